@@ -1,0 +1,277 @@
+"""A tiny GPT in plain PyTorch: the model every stage of minipost trains.
+
+The architecture is GPT-2's (Radford et al. 2019), at toy scale:
+    tokens -> token embedding + learned position embedding
+           -> n_layer x [x + attn(LN(x)); x + mlp(LN(x))]      (pre-LayerNorm blocks)
+           -> LN -> logits = h @ wte^T                          (output layer tied to the input embedding)
+Attention goes through `F.scaled_dot_product_attention`; weights start as in GPT-2 (N(0, 0.02), and the two
+projections that write into the residual stream scaled by 1/sqrt(2 * n_layer)).
+
+Post-training needs three things a pretraining-only GPT often lacks, all here:
+- **left padding**: a batch of prompts of different lengths is left-padded so every prompt ends at the same
+  column and generation appends on the right. `attention_mask` (B, T) marks real tokens; positions are counted
+  over real tokens only, and no real token attends to padding, so a sequence's logits are the same alone or in
+  a padded batch (tests check it).
+- **a KV cache** for generation: keys and values of past tokens are stored, so each new token costs one
+  position of compute instead of re-running the whole sequence.
+- **an optional value head** (a linear layer on the final hidden state) for PPO's critic.
+
+Shape legend: B batch, T time (sequence), C channels (n_embd), H heads, D head size (C // H), V vocabulary,
+S cache slots.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int = 1030  # BPE ranks + special tokens (set from the tokenizer)
+    block_size: int = 256  # longest sequence (positions) the model can see
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    dropout: float = 0.0  # off by default: log-probs that feed a ratio or a KL must be deterministic
+    value_head: bool = False  # add a scalar head for PPO's critic
+
+
+# Model sizes by preset. nano: ~1M parameters, trains on a laptop CPU in minutes. small: ~11M, one GPU.
+PRESETS = {
+    "nano": dict(block_size=256, n_layer=4, n_head=4, n_embd=128),
+    "small": dict(block_size=512, n_layer=6, n_head=6, n_embd=384),
+}
+
+
+class KVCache:
+    """Keys and values of every layer for the tokens seen so far, plus which slots hold real (non-pad) tokens.
+
+    k, v: (L, B, H, S, D) preallocated; `length` slots are filled. `valid` (B, S) is False for padding slots.
+    `next_pos` (B,) is the position id the next token of each row gets (padding does not count).
+    """
+
+    def __init__(self, cfg: GPTConfig, batch_size: int, max_len: int, device, dtype):
+        D = cfg.n_embd // cfg.n_head
+        shape = (cfg.n_layer, batch_size, cfg.n_head, max_len, D)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.valid = torch.zeros(batch_size, max_len, dtype=torch.bool, device=device)
+        self.next_pos = torch.zeros(batch_size, dtype=torch.long, device=device)
+        self.length = 0
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        assert cfg.n_embd % cfg.n_head == 0
+        self.n_head = cfg.n_head
+        self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd)
+        self.proj = nn.Linear(cfg.n_embd, cfg.n_embd)
+        self.proj.residual = True  # scaled at init, see GPT._init_weights
+        self.dropout = cfg.dropout
+
+    def forward(self, x, attn_mask, cache: KVCache | None, layer: int):
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).split(C, dim=2)  # each (B, T, C)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
+        if cache is not None:  # write this step's keys/values into the cache, then attend over all filled slots
+            s0 = cache.length
+            cache.k[layer, :, :, s0:s0 + T] = k
+            cache.v[layer, :, :, s0:s0 + T] = v
+            k = cache.k[layer, :, :, :s0 + T]  # (B, H, S, D)
+            v = cache.v[layer, :, :, :s0 + T]
+        drop = self.dropout if self.training else 0.0
+        if attn_mask is None:  # no padding, no cache: the fast fused causal path
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=drop)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=drop)  # (B, H, T, D)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.proj(y)
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd)
+        self.proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd)
+        self.proj.residual = True
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x):
+        return self.drop(self.proj(F.gelu(self.fc(x))))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(cfg.n_embd)
+        self.attn = CausalSelfAttention(cfg)
+        self.ln2 = nn.LayerNorm(cfg.n_embd)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, attn_mask, cache, layer):
+        x = x + self.attn(self.ln1(x), attn_mask, cache, layer)
+        x = x + self.mlp(self.ln2(x))
+        return x
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.ln_f = nn.LayerNorm(cfg.n_embd)
+        self.value_head = nn.Linear(cfg.n_embd, 1) if cfg.value_head else None
+        self.apply(self._init_weights)
+
+    def _init_weights(self, m):
+        if isinstance(m, nn.Linear):
+            std = 0.02 / math.sqrt(2 * self.cfg.n_layer) if getattr(m, "residual", False) else 0.02
+            nn.init.normal_(m.weight, mean=0.0, std=std)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, mean=0.0, std=0.02)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters()) - self.wpe.weight.numel()  # GPT-2's convention
+
+    def forward(self, idx, attention_mask=None, cache: KVCache | None = None, return_hidden: bool = False):
+        """idx (B, T) token ids -> logits (B, T, V) (and the final hidden states (B, T, C) if asked).
+
+        attention_mask (B, T): 1 for real tokens, 0 for padding (left padding). With a cache, idx holds only the
+        new tokens and attention_mask their validity.
+        """
+        B, T = idx.shape
+        if attention_mask is None and cache is None:  # the plain training path
+            assert T <= self.cfg.block_size, f"sequence of {T} tokens > block_size {self.cfg.block_size}"
+            pos = torch.arange(T, device=idx.device)  # (T,)
+            attn_mask = None
+        else:
+            valid = (torch.ones_like(idx, dtype=torch.bool) if attention_mask is None
+                     else attention_mask.bool())  # (B, T)
+            start = 0 if cache is None else cache.length
+            base = 0 if cache is None else cache.next_pos[:, None]  # (B, 1)
+            pos = base + valid.long().cumsum(dim=1) - 1  # position = number of real tokens before this one
+            pos = pos.clamp(min=0)  # (B, T); pads get position 0 (their outputs are never used)
+            if cache is not None:
+                cache.valid[:, start:start + T] = valid
+                cache.next_pos += valid.long().sum(dim=1)
+                key_valid = cache.valid[:, :start + T]  # (B, S)
+            else:
+                key_valid = valid
+            assert int(pos.max()) < self.cfg.block_size, "sequence longer than block_size"
+            q_slot = torch.arange(start, start + T, device=idx.device)  # (T,)
+            k_slot = torch.arange(key_valid.shape[1], device=idx.device)  # (S,)
+            causal = k_slot[None, :] <= q_slot[:, None]  # (T, S)
+            attn_mask = causal[None] & key_valid[:, None, :]  # (B, T, S): real keys at or before the query
+            attn_mask = attn_mask | (k_slot[None, :] == q_slot[:, None])[None]  # a pad query sees itself: no NaN
+            attn_mask = attn_mask[:, None]  # (B, 1, T, S), broadcast over heads
+        x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C)
+        for i, block in enumerate(self.blocks):
+            x = block(x, attn_mask, cache, i)
+        if cache is not None:
+            cache.length += T
+        h = self.ln_f(x)  # (B, T, C)
+        logits = h @ self.wte.weight.T  # (B, T, V), tied output layer
+        return (logits, h) if return_hidden else logits
+
+    def values(self, hidden):
+        """PPO critic: hidden (B, T, C) -> value estimates (B, T) in float32."""
+        return self.value_head(hidden).squeeze(-1).float()
+
+    @torch.no_grad()
+    def generate(self, idx, attention_mask=None, max_new_tokens=32, temperature=1.0, top_k=None, top_p=None,
+                 stop_token=None, pad_id=0, generator=None):
+        """Sample continuations for a left-padded batch of prompts, with the KV cache.
+
+        idx (B, P) prompt ids (left-padded), attention_mask (B, P). temperature 0 means greedy.
+        Returns (tokens, mask, logprobs), each (B, N) with N <= max_new_tokens:
+          tokens   the new tokens; after a row's stop token the rest is pad_id
+          mask     1 on generated tokens up to and including the stop token
+          logprobs log pi(token) under the temperature-scaled distribution *before* top-k/top-p filtering,
+                   the same number a training forward pass computes with `token_logprobs(..., temperature)`.
+        """
+        B, P = idx.shape
+        if attention_mask is None:
+            attention_mask = torch.ones_like(idx)
+        n_real = int(attention_mask.sum(dim=1).max())
+        max_new_tokens = min(max_new_tokens, self.cfg.block_size - n_real)
+        cache = KVCache(self.cfg, B, P + max_new_tokens, idx.device, self.wte.weight.dtype)
+        logits = self(idx, attention_mask, cache=cache)[:, -1]  # (B, V): left padding puts every last token here
+        done = torch.zeros(B, dtype=torch.bool, device=idx.device)
+        tokens, masks, logps = [], [], []
+        for _ in range(max_new_tokens):
+            logits = logits.float()
+            if temperature == 0:
+                nxt = logits.argmax(dim=-1)  # (B,)
+                logp = torch.log_softmax(logits, dim=-1)
+            else:
+                logp = torch.log_softmax(logits / temperature, dim=-1)  # (B, V)
+                probs = filter_probs(logp.exp(), top_k, top_p)
+                nxt = torch.multinomial(probs, 1, generator=generator).squeeze(1)  # (B,)
+            live = ~done
+            tokens.append(torch.where(live, nxt, torch.full_like(nxt, pad_id)))
+            masks.append(live.long())
+            logps.append(torch.where(live, logp.gather(1, nxt[:, None]).squeeze(1), torch.zeros_like(logp[:, 0])))
+            if stop_token is not None:
+                done = done | (nxt == stop_token)
+            if bool(done.all()):
+                break
+            logits = self(tokens[-1][:, None], live.long()[:, None], cache=cache)[:, -1]
+        return torch.stack(tokens, 1), torch.stack(masks, 1), torch.stack(logps, 1)
+
+
+def filter_probs(probs, top_k=None, top_p=None):
+    """Keep the top_k most likely tokens and/or the smallest set whose mass reaches top_p; renormalise."""
+    if top_k is not None and top_k > 0:
+        kth = probs.topk(min(top_k, probs.shape[-1]), dim=-1).values[:, -1:]  # (B, 1)
+        probs = probs.masked_fill(probs < kth, 0.0)
+    if top_p is not None and top_p < 1.0:
+        sorted_p, order = probs.sort(dim=-1, descending=True)
+        mass_before = sorted_p.cumsum(dim=-1) - sorted_p  # mass of strictly more likely tokens
+        sorted_p = sorted_p.masked_fill(mass_before >= top_p, 0.0)  # the top token always survives
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+    return probs / probs.sum(dim=-1, keepdim=True)
+
+
+def left_pad(seqs: list[list[int]], pad_id: int, device=None):
+    """Left-pad token lists into (ids, attention_mask), each (B, T_max)."""
+    T = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), T), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        if s:
+            ids[i, T - len(s):] = torch.tensor(s)
+            mask[i, T - len(s):] = 1
+    return ids.to(device), mask.to(device)
+
+
+def model_checkpoint(model: GPT, tokenizer_name: str, step: int, **extra) -> dict:
+    """The dict `model.pt` holds: weights, model config, tokenizer name, step (plus anything else given)."""
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    return {"model": state, "model_config": asdict(model.cfg), "tokenizer": tokenizer_name, "step": step, **extra}
+
+
+def load_model(path, device="cpu", value_head: bool | None = None):
+    """Load a checkpoint written by any minipost stage -> (model in eval mode, tokenizer, checkpoint dict)."""
+    from minipost.common import load_checkpoint
+    from minipost.tokenizer import get_tokenizer
+
+    ckpt = load_checkpoint(path, map_location="cpu")
+    cfg = GPTConfig(**ckpt["model_config"])
+    if value_head is not None:
+        cfg.value_head = value_head
+    model = GPT(cfg)
+    missing, unexpected = model.load_state_dict(ckpt["model"], strict=False)
+    allowed = {"value_head.weight", "value_head.bias"}
+    if set(missing) - allowed or set(unexpected) - allowed:
+        raise ValueError(f"{path}: checkpoint does not match the model: missing {missing}, unexpected {unexpected}")
+    model.to(device).eval()
+    return model, get_tokenizer(ckpt["tokenizer"]), ckpt

@@ -1,0 +1,101 @@
+"""The GPT's contracts: causal, cache-consistent, padding-invariant, and generation that matches itself."""
+import torch
+
+from minipost.model import GPT, GPTConfig, KVCache, filter_probs, left_pad
+
+CFG = GPTConfig(vocab_size=50, block_size=32, n_layer=2, n_head=2, n_embd=16)
+
+
+def make_model(seed=0, **kw):
+    torch.manual_seed(seed)
+    return GPT(GPTConfig(**{**CFG.__dict__, **kw})).eval()
+
+
+def test_causality_later_tokens_do_not_change_earlier_logits():
+    model = make_model()
+    idx = torch.randint(0, 50, (2, 12))
+    changed = idx.clone()
+    changed[:, 7:] = torch.randint(0, 50, (2, 5))
+    a, b = model(idx), model(changed)
+    assert torch.equal(a[:, :7], b[:, :7])
+    assert not torch.allclose(a[:, 7:], b[:, 7:])
+
+
+def test_kv_cache_decoding_matches_full_forward():
+    model = make_model()
+    idx = torch.randint(0, 50, (3, 14))
+    full = model(idx)  # (B, T, V)
+    cache = KVCache(model.cfg, 3, 14, "cpu", torch.float32)
+    steps = [model(idx[:, :5], torch.ones(3, 5), cache=cache)]  # prefill 5 tokens, then one at a time
+    for t in range(5, 14):
+        steps.append(model(idx[:, t:t + 1], torch.ones(3, 1), cache=cache))
+    torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-5, rtol=1e-5)
+
+
+def test_sequence_is_the_same_alone_and_left_padded_in_a_batch():
+    model = make_model()
+    seqs = [[5, 6, 7], [1, 2, 3, 4, 8, 9, 10], [11]]
+    ids, mask = left_pad(seqs, pad_id=0)
+    batch = model(ids, mask)  # (B, T, V)
+    for i, s in enumerate(seqs):
+        alone = model(torch.tensor([s]))[0]  # (t, V)
+        torch.testing.assert_close(batch[i, -len(s):], alone, atol=1e-5, rtol=1e-5)
+        # log-probs of each token, too
+        lp_alone = torch.log_softmax(alone[:-1], -1).gather(1, torch.tensor(s[1:])[:, None])
+        lp_batch = torch.log_softmax(batch[i, -len(s):-1], -1).gather(1, torch.tensor(s[1:])[:, None])
+        torch.testing.assert_close(lp_batch, lp_alone, atol=1e-5, rtol=1e-5)
+    assert torch.isfinite(batch).all()  # padded queries must not produce NaN
+
+
+def test_batched_greedy_generation_equals_one_at_a_time():
+    model = make_model()
+    prompts = [[3, 4, 5, 6], [7], [8, 9]]
+    ids, mask = left_pad(prompts, pad_id=0)
+    toks, m, _ = model.generate(ids, mask, max_new_tokens=8, temperature=0, stop_token=2)
+    for i, p in enumerate(prompts):
+        t1, m1, _ = model.generate(torch.tensor([p]), max_new_tokens=8, temperature=0, stop_token=2)
+        n = int(m1.sum())
+        assert int(m[i].sum()) == n
+        assert toks[i, :n].tolist() == t1[0, :n].tolist()
+
+
+def test_generation_logprobs_match_a_training_forward_pass():
+    model = make_model(seed=1)
+    prompts = [[3, 4, 5], [6, 7, 8, 9, 10]]
+    ids, mask = left_pad(prompts, pad_id=0)
+    g = torch.Generator().manual_seed(0)
+    toks, m, logps = model.generate(ids, mask, max_new_tokens=6, temperature=0.7, generator=g)
+    full = torch.cat([ids, toks], 1)
+    full_mask = torch.cat([mask, m], 1)
+    logits = model(full, full_mask)[:, ids.shape[1] - 1:-1]  # (B, N, V): logits that predicted each new token
+    recomputed = torch.log_softmax(logits / 0.7, -1).gather(2, toks[..., None]).squeeze(-1)
+    torch.testing.assert_close(recomputed * m, logps, atol=1e-5, rtol=1e-5)
+
+
+def test_stop_token_ends_a_row_and_pads_the_rest():
+    model = make_model()
+    ids = torch.tensor([[1, 2, 3]])
+    toks, m, _ = model.generate(ids, max_new_tokens=10, temperature=0)
+    stop = toks[0, 0].item()  # whatever greedy picks first, call it the stop token
+    toks, m, _ = model.generate(ids, max_new_tokens=10, temperature=0, stop_token=stop, pad_id=0)
+    assert toks.shape[1] == 1 and m.tolist() == [[1]]
+
+
+def test_top_k_and_top_p_filtering():
+    p = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
+    torch.testing.assert_close(filter_probs(p, top_k=2), torch.tensor([[0.625, 0.375, 0.0, 0.0]]))
+    # top_p=0.7: 0.5 alone is short of 0.7, 0.5+0.3 reaches it -> keep two tokens
+    torch.testing.assert_close(filter_probs(p, top_p=0.7), torch.tensor([[0.625, 0.375, 0.0, 0.0]]))
+    torch.testing.assert_close(filter_probs(p, top_p=0.1), torch.tensor([[1.0, 0.0, 0.0, 0.0]]))
+
+
+def test_init_and_tied_embeddings():
+    model = make_model()
+    logits = model(torch.tensor([[1, 2]]))
+    h = model.ln_f(model.blocks[1](model.blocks[0](model.wte(torch.tensor([[1, 2]])) + model.wpe.weight[:2], None, None, 0), None, None, 1))
+    torch.testing.assert_close(logits, h @ model.wte.weight.T)  # output layer is the input embedding
+    assert abs(model.wte.weight.std().item() - 0.02) < 0.005
+    assert abs(model.blocks[0].attn.proj.weight.std().item() - 0.02 / 2) < 0.005  # 0.02 / sqrt(2 * 2 layers)
+    v = make_model(value_head=True)
+    logits, h = v(torch.randint(0, 50, (2, 5)), return_hidden=True)
+    assert v.values(h).shape == (2, 5)
