@@ -233,3 +233,26 @@ def check_finite(loss: torch.Tensor, step: int, out_dir) -> None:
         raise FloatingPointError(
             f"loss is {loss.item()} at step {step}; stopping. The last good checkpoint in {out_dir} is untouched. "
             "Usual causes: learning rate too high, fp16 overflow, or an empty loss mask (0/0).")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# KL estimators
+
+def kl_estimate(logps: torch.Tensor, ref_logps: torch.Tensor, kind: str = "k3") -> torch.Tensor:
+    """Per-sample estimates of KL(pi || pi_ref) from log-probs of tokens *sampled from pi* (Schulman 2020,
+    "Approximating KL Divergence", http://joschu.net/blog/kl-approx.html). With log r = ref_logps - logps:
+
+        k1 = -log r                 unbiased, high variance, can be negative
+        k2 = (log r)^2 / 2          biased, low variance, >= 0
+        k3 = (r - 1) - log r        unbiased, low variance, >= 0   (GRPO's choice)
+
+    Elementwise: returns the shape of `logps`; average over samples (tokens) for the estimate.
+    """
+    log_r = ref_logps - logps
+    if kind == "k1":
+        return -log_r
+    if kind == "k2":
+        return 0.5 * log_r ** 2
+    if kind == "k3":
+        return torch.expm1(log_r) - log_r  # expm1: exact near r = 1, where (r - 1) would lose digits
+    raise ValueError(f"unknown KL estimator {kind!r}; use k1, k2 or k3")
