@@ -1,0 +1,130 @@
+"""Rollouts: the policy answers a batch of prompts, `group_size` samples each, with the KV cache.
+
+Online RL alternates two phases. This file is the first: *sample* completions y ~ pi(. | x) and keep what
+the update needs. Every objective (reinforce.py, grpo.py, ppo.py) then scores them (rewards.py) and
+computes log pi(y_t | x, y_<t) again with gradients, through `completion_logprobs` below.
+
+Layout of one rollout batch of N = (number of prompts) * group_size rows, group after group
+(rows 0..G-1 are the G samples of prompt 0, and so on; `rewards.view(-1, G)` gives one row per prompt):
+
+    prompt_ids      (N, P)  left-padded prompts, so every prompt ends in column P-1
+    completion_ids  (N, T)  sampled tokens, right-padded with <|pad|> after the stop token
+    completion_mask (N, T)  1 on sampled tokens up to and including the stop token <|end|>, 0 after
+    logprobs        (N, T)  log pi_old(y_t) at sampling time, under the *temperature-scaled* distribution,
+                            before top-k / top-p filtering (0 where the mask is 0)
+
+The sampler's log-probs and a training forward pass must agree: the first PPO/GRPO update has ratio
+pi / pi_old = 1 exactly (up to float rounding). Two things make that true, and tests check both:
+- the training pass runs the same tokens with the same attention mask (left-padded prompt, completion
+  padding masked out), so positions and attended keys are those the KV cache saw;
+- it divides logits by the same temperature (`token_logprobs(..., temperature=T)`). Top-k / top-p change
+  *which* tokens can be drawn but the log-prob we keep is that of the unfiltered tempered softmax, the same
+  quantity the training pass computes (as in TRL and OpenRLHF); with filtering on, the sampler is then
+  slightly off-policy, a known, usually harmless, mismatch.
+
+Shape legend: N rows (prompts x group_size), P prompt columns, T completion columns, V vocabulary,
+C channels.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field as dc_field
+
+import torch
+
+from minipost.logprobs import token_logprobs
+from minipost.model import left_pad
+
+
+@dataclass
+class Rollout:
+    """One batch of sampled completions (see the module docstring for shapes)."""
+    prompt_ids: torch.Tensor  # (N, P)
+    prompt_mask: torch.Tensor  # (N, P)
+    completion_ids: torch.Tensor  # (N, T)
+    completion_mask: torch.Tensor  # (N, T)
+    logprobs: torch.Tensor  # (N, T) float32, log pi_old at sampling time
+    stopped: torch.Tensor  # (N,) bool: the completion ended with the stop token
+    group_size: int = 1
+    texts: list[str] = dc_field(default_factory=list)  # decoded completions, stop token removed
+    records: list[dict] = dc_field(default_factory=list)  # the record each row answers (repeated G times)
+
+    def __len__(self) -> int:
+        return self.completion_ids.shape[0]
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        """Completion lengths in tokens, stop token included. -> (N,)"""
+        return self.completion_mask.sum(dim=1)
+
+    def select(self, idx: torch.Tensor) -> "Rollout":
+        """Rows `idx` (a minibatch); column widths stay the same, so per-token tensors keep shape (n, T)."""
+        rows = idx.tolist()
+        return Rollout(self.prompt_ids[idx], self.prompt_mask[idx], self.completion_ids[idx],
+                       self.completion_mask[idx], self.logprobs[idx], self.stopped[idx], self.group_size,
+                       [self.texts[i] for i in rows] if self.texts else [],
+                       [self.records[i] for i in rows] if self.records else [])
+
+
+@torch.no_grad()
+def sample_completions(model, prompts: list[list[int]], group_size: int = 1, max_new_tokens: int = 64,
+                       temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+                       stop_token: int | None = None, pad_id: int = 0,
+                       generator: torch.Generator | None = None) -> Rollout:
+    """Sample `group_size` completions for each token prompt in one batched, KV-cached generate() call.
+
+    temperature 0 is greedy (then `logprobs` are under the untempered softmax); RL sampling uses T > 0.
+    """
+    device = next(model.parameters()).device
+    repeated = [p for p in prompts for _ in range(group_size)]  # group after group
+    prompt_ids, prompt_mask = left_pad(repeated, pad_id, device)  # (N, P) each
+    was_training = model.training
+    model.eval()  # no dropout while sampling: the log-probs we keep must be reproducible
+    tokens, mask, logps = model.generate(prompt_ids, prompt_mask, max_new_tokens=max_new_tokens,
+                                         temperature=temperature, top_k=top_k, top_p=top_p,
+                                         stop_token=stop_token, pad_id=pad_id, generator=generator)  # (N, T) x3
+    model.train(was_training)
+    if stop_token is None:
+        stopped = torch.zeros(len(repeated), dtype=torch.bool, device=device)
+    else:
+        last = (mask.sum(dim=1) - 1).clamp(min=0)  # (N,) index of each row's last sampled token
+        stopped = tokens.gather(1, last[:, None]).squeeze(1) == stop_token  # (N,)
+    return Rollout(prompt_ids, prompt_mask, tokens, mask, logps.float(), stopped, group_size)
+
+
+def rollout(model, enc, records: list[dict], group_size: int, max_new_tokens: int = 64, temperature: float = 1.0,
+            top_k: int | None = None, top_p: float | None = None,
+            generator: torch.Generator | None = None) -> Rollout:
+    """Chat-template each record's "prompt", sample `group_size` answers per prompt, decode them.
+
+    Stops at <|end|> (the chat template's end of turn); `texts` hold the answers without it.
+    """
+    from minipost.tokenizer import render_prompt, special_id
+
+    for i, r in enumerate(records):
+        if "prompt" not in r:
+            raise ValueError(f"record {i} has no 'prompt' field (fields: {sorted(r)})")
+    end, pad = special_id(enc, "<|end|>"), special_id(enc, "<|pad|>")
+    ro = sample_completions(model, [render_prompt(enc, r["prompt"]) for r in records], group_size, max_new_tokens,
+                            temperature, top_k, top_p, stop_token=end, pad_id=pad, generator=generator)
+    for row, n, hit in zip(ro.completion_ids.tolist(), ro.lengths.tolist(), ro.stopped.tolist()):
+        ro.texts.append(enc.decode(row[:n - 1] if hit else row[:n]))
+    ro.records = [r for r in records for _ in range(group_size)]
+    return ro
+
+
+def completion_logprobs(model, ro: Rollout, temperature: float = 1.0, impl: str = "auto",
+                        return_hidden: bool = False):
+    """log pi(y_t | x, y_<t) for every completion token, by one ordinary (differentiable) forward pass.
+
+    The input is prompt + completion minus its last token; the logits at column P-1+t predict completion
+    token t. Returns (N, T) float32 log-probs (0 where completion_mask is 0), and with `return_hidden` the
+    final hidden states at the same columns (N, T, C): the state *before* token t, which PPO's critic scores.
+    """
+    P, T = ro.prompt_ids.shape[1], ro.completion_ids.shape[1]
+    ids = torch.cat([ro.prompt_ids, ro.completion_ids], dim=1)[:, :-1]  # (N, P+T-1)
+    attn = torch.cat([ro.prompt_mask, ro.completion_mask], dim=1)[:, :-1]  # (N, P+T-1)
+    logits, hidden = model(ids, attn, return_hidden=True)  # (N, P+T-1, V), (N, P+T-1, C)
+    logits, hidden = logits[:, P - 1:P - 1 + T], hidden[:, P - 1:P - 1 + T]  # (N, T, V), (N, T, C)
+    logps = token_logprobs(logits, ro.completion_ids, temperature=temperature, impl=impl)  # (N, T)
+    logps = logps * ro.completion_mask  # padding contributes exactly 0
+    return (logps, hidden) if return_hidden else logps
