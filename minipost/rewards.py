@@ -1,0 +1,146 @@
+"""Rewards for online RL, built from the synthetic world's checkers (verifiable rewards, no reward model).
+
+A reward function here is any callable
+
+    reward(prompt: str, completion: str, record: dict) -> float
+
+where `completion` is the decoded answer without the stop token and `record` the rl.jsonl row it answers
+(its "domain" and checker fields, e.g. "answer"). Pass your own to any objective's `train()` through
+`score_rollout`, or name built-in ones with weights on the command line: `--reward correct:1,format:0.1`.
+
+Built-in rewards (all 0 or 1):
+    correct   world.check: the domain's checker, whatever the domain (the default)
+    answer    arithmetic: the last integer equals the answer              (GSM8K-style exact answer)
+    sql       sql: the query runs in a sandboxed SQLite and returns the gold rows   (execution match)
+    tool      tools: the JSON call has the gold name and arguments         (BFCL-style call match)
+    format    the answer has the domain's shape, right or wrong: arithmetic ends "= <integer>.", tools is a
+              JSON object with "name" and "arguments", sql is a query that runs, otherwise non-empty text
+
+Sequence-level penalties, applied by `score_rollout` after the weighted sum:
+    missing_stop_penalty  subtracted when a completion hit max_new_tokens without <|end|> (a truncated
+                          answer should never look as good as a finished one; PPO in InstructGPT-style
+                          setups uses the same trick)
+    length_penalty        subtracted times (completion length / max_new_tokens), to discourage padding
+                          answers with tokens (off by default: the checkers already reward short answers)
+"""
+from __future__ import annotations
+
+import json
+import re
+from typing import Callable
+
+import torch
+
+RewardFn = Callable[[str, str, dict], float]
+
+
+def correctness(prompt: str, completion: str, record: dict) -> float:
+    """The world's checker for record["domain"], 0.0 or 1.0."""
+    from minipost.world import check
+    return check(record, completion)
+
+
+def _only(domain: str, record: dict, name: str) -> None:
+    if record.get("domain") != domain:
+        raise ValueError(f"reward {name!r} scores {domain} records only, got domain {record.get('domain')!r} "
+                         f"(use 'correct' for mixed domains)")
+
+
+def exact_answer(prompt: str, completion: str, record: dict) -> float:
+    """Arithmetic: the last integer in the completion equals record["answer"]."""
+    from minipost.world import check_arithmetic
+    _only("arithmetic", record, "answer")
+    return check_arithmetic(record, completion)
+
+
+def sql_execution(prompt: str, completion: str, record: dict) -> float:
+    """SQL: the completion, executed on a fresh sandboxed database, returns the gold query's rows."""
+    from minipost.world import check_sql
+    _only("sql", record, "sql")
+    return check_sql(completion, record["answer"])
+
+
+def tool_call(prompt: str, completion: str, record: dict) -> float:
+    """Tools: the completion parses as {"name", "arguments"} matching the gold call."""
+    from minipost.world import check_tools
+    _only("tools", record, "tool")
+    return check_tools(record, completion)
+
+
+def format_reward(prompt: str, completion: str, record: dict) -> float:
+    """1.0 if the answer has its domain's shape (correct or not), see the module docstring."""
+    from minipost.world import _run_sql
+    text = completion.strip()
+    domain = record.get("domain")
+    if domain == "arithmetic":
+        return float(re.search(r"=\s*-?\d+\.?$", text) is not None)
+    if domain == "tools":
+        try:
+            call = json.loads(text)
+        except ValueError:
+            return 0.0
+        return float(isinstance(call, dict) and set(call) == {"name", "arguments"})
+    if domain == "sql":
+        return float(_run_sql(text) is not None)
+    return float(any(ch.isalpha() for ch in text))
+
+
+REWARDS: dict[str, RewardFn] = {"correct": correctness, "answer": exact_answer, "sql": sql_execution,
+                                "tool": tool_call, "format": format_reward}
+
+
+class WeightedReward:
+    """sum_i w_i * reward_i(prompt, completion, record); `parts()` returns each unweighted term for logging."""
+
+    def __init__(self, terms: dict[str, tuple[RewardFn, float]]):
+        if not terms:
+            raise ValueError("a reward needs at least one term")
+        self.terms = terms
+
+    def parts(self, prompt: str, completion: str, record: dict) -> dict[str, float]:
+        return {name: float(fn(prompt, completion, record)) for name, (fn, _) in self.terms.items()}
+
+    def __call__(self, prompt: str, completion: str, record: dict) -> float:
+        parts = self.parts(prompt, completion, record)
+        return sum(w * parts[name] for name, (_, w) in self.terms.items())
+
+
+def parse_reward(spec: str) -> WeightedReward:
+    """"correct:1,format:0.1" -> WeightedReward. A name without a weight gets weight 1."""
+    terms = {}
+    for item in spec.split(","):
+        name, _, w = item.strip().partition(":")
+        if name not in REWARDS:
+            raise ValueError(f"unknown reward {name!r} in {spec!r}; built-in rewards are {sorted(REWARDS)}")
+        try:
+            terms[name] = (REWARDS[name], float(w) if w else 1.0)
+        except ValueError:
+            raise ValueError(f"reward weight {w!r} for {name!r} in {spec!r} is not a number") from None
+    return WeightedReward(terms)
+
+
+def score_rollout(ro, reward_fn: RewardFn, max_new_tokens: int, missing_stop_penalty: float = 0.0,
+                  length_penalty: float = 0.0) -> tuple[torch.Tensor, dict]:
+    """Score every row of a Rollout -> (rewards (N,) float32, stats for the log).
+
+    stats: reward mean/std, each named term's mean (for a WeightedReward), stop rate, mean completion length.
+    """
+    if not ro.records or len(ro.records) != len(ro):
+        raise ValueError("score_rollout needs a Rollout made by rollout() (with texts and records)")
+    rewards, parts = [], []
+    for text, rec in zip(ro.texts, ro.records):
+        if isinstance(reward_fn, WeightedReward):
+            p = reward_fn.parts(rec["prompt"], text, rec)
+            parts.append(p)
+            rewards.append(sum(w * p[n] for n, (_, w) in reward_fn.terms.items()))
+        else:
+            rewards.append(float(reward_fn(rec["prompt"], text, rec)))
+    r = torch.tensor(rewards, dtype=torch.float32)  # (N,)
+    lengths = ro.lengths.float().cpu()  # (N,)
+    stopped = ro.stopped.cpu()
+    r = r - missing_stop_penalty * (~stopped).float() - length_penalty * lengths / max_new_tokens
+    stats = {"reward": r.mean().item(), "reward_std": r.std().item() if len(r) > 1 else 0.0,
+             "stop_rate": stopped.float().mean().item(), "length": lengths.mean().item()}
+    for name in (parts[0] if parts else {}):
+        stats[f"r_{name}"] = sum(p[name] for p in parts) / len(parts)
+    return r.to(ro.completion_ids.device), stats

@@ -1,0 +1,74 @@
+"""Rewards: world checkers wrapped, weights composed, penalties applied, user functions accepted."""
+import pytest
+import torch
+
+from minipost.rewards import (correctness, exact_answer, format_reward, parse_reward, score_rollout,
+                              sql_execution, tool_call)
+from minipost.rollout import Rollout
+
+ARITH = {"prompt": "What is 17 + 25?", "domain": "arithmetic", "answer": 42}
+SQL = {"prompt": "Write a SQL query for: count the employees.", "domain": "sql",
+       "answer": "SELECT COUNT(*) FROM employees"}
+TOOL = {"prompt": "What is the weather in Oslo?", "domain": "tools",
+        "answer": {"name": "get_weather", "arguments": {"city": "Oslo"}}}
+
+
+def test_builtin_rewards_use_the_world_checkers():
+    assert exact_answer("", "17 + 25 = 42.", ARITH) == 1.0
+    assert exact_answer("", "17 + 25 = 43.", ARITH) == 0.0
+    assert sql_execution("", "SELECT count(id) FROM employees;", SQL) == 1.0  # different text, same rows
+    assert sql_execution("", "SELECT COUNT(*) FROM employees WHERE salary > 0 AND 0", SQL) == 0.0
+    assert sql_execution("", "DROP TABLE employees", SQL) == 0.0  # the sandbox refuses writes
+    assert tool_call("", '{"name": "get_weather", "arguments": {"city": "Oslo"}}', TOOL) == 1.0
+    assert tool_call("", '{"name": "get_weather", "arguments": {"city": "Bergen"}}', TOOL) == 0.0
+    assert correctness("", "42", ARITH) == 1.0 and correctness("", "SELECT COUNT(*) FROM employees", SQL) == 1.0
+    with pytest.raises(ValueError, match="arithmetic records only"):
+        exact_answer("", "42", SQL)
+
+
+def test_format_reward_is_about_shape_not_correctness():
+    assert format_reward("", "17 + 25 = 43.", ARITH) == 1.0  # wrong answer, right shape
+    assert format_reward("", "forty two", ARITH) == 0.0
+    assert format_reward("", '{"name": "x", "arguments": {}}', TOOL) == 1.0
+    assert format_reward("", '{"name": "x"', TOOL) == 0.0
+    assert format_reward("", "SELECT name FROM employees", SQL) == 1.0
+    assert format_reward("", "SELEC name FROM", SQL) == 0.0
+
+
+def test_parse_reward_weights_and_errors():
+    r = parse_reward("correct:1,format:0.25")
+    assert r("", "17 + 25 = 42.", ARITH) == 1.25
+    assert r("", "17 + 25 = 41.", ARITH) == 0.25
+    assert r.parts("", "41", ARITH) == {"correct": 0.0, "format": 0.0}
+    assert parse_reward("answer")("", "42", ARITH) == 1.0  # no weight: 1
+    with pytest.raises(ValueError, match="unknown reward 'bogus'"):
+        parse_reward("correct,bogus:2")
+    with pytest.raises(ValueError, match="not a number"):
+        parse_reward("correct:x")
+
+
+def fake_rollout(texts, records, lengths, stopped, T=8):
+    N = len(texts)
+    mask = torch.tensor([[1] * n + [0] * (T - n) for n in lengths])
+    z = torch.zeros(N, T, dtype=torch.long)
+    return Rollout(z[:, :2], torch.ones(N, 2, dtype=torch.long), z, mask, torch.zeros(N, T),
+                   torch.tensor(stopped), 2, list(texts), list(records))
+
+
+def test_score_rollout_applies_penalties_and_accepts_any_callable():
+    ro = fake_rollout(["42", "41", "17 + 25 = 42.", "42"], [ARITH] * 4, lengths=[2, 2, 8, 4],
+                      stopped=[True, True, False, True])
+    r, stats = score_rollout(ro, parse_reward("correct:1,format:0.5"), max_new_tokens=8, missing_stop_penalty=1.0,
+                             length_penalty=0.5)
+    # correct + 0.5 * format - 1.0 * (no stop) - 0.5 * length / 8
+    expected = torch.tensor([1 - 0.125, 0 - 0.125, 1 + 0.5 - 1.0 - 0.5, 1 - 0.25])
+    torch.testing.assert_close(r, expected)
+    assert stats["r_correct"] == 0.75 and stats["r_format"] == 0.25 and stats["stop_rate"] == 0.75
+    assert stats["length"] == 4.0
+
+    def shorter_is_better(prompt, completion, record):  # a user's own reward function
+        assert prompt == record["prompt"]
+        return -len(completion)
+
+    r2, _ = score_rollout(ro, shorter_is_better, max_new_tokens=8)
+    assert r2.tolist() == [-2.0, -2.0, -13.0, -2.0]
