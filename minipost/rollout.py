@@ -128,3 +128,57 @@ def completion_logprobs(model, ro: Rollout, temperature: float = 1.0, impl: str 
     logps = token_logprobs(logits, ro.completion_ids, temperature=temperature, impl=impl)  # (N, T)
     logps = logps * ro.completion_mask  # padding contributes exactly 0
     return (logps, hidden) if return_hidden else logps
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# prompts in, scores out: small helpers the three objective files share
+
+def load_prompts(path, domains: str = "") -> list[dict]:
+    """RL records (rl.jsonl / eval.jsonl rows: "prompt", "domain" and checker fields) of the named domains.
+
+    domains: comma-separated, e.g. "arithmetic" or "arithmetic,sql"; empty keeps every domain.
+    """
+    from minipost.common import read_jsonl
+
+    records = read_jsonl(path, required=("prompt", "domain"))
+    wanted = {d.strip() for d in domains.split(",") if d.strip()}
+    kept = [r for r in records if not wanted or r["domain"] in wanted]
+    if not kept:
+        raise ValueError(f"{path}: no records of domain(s) {sorted(wanted)}; "
+                         f"it has {sorted({r['domain'] for r in records})}")
+    return kept
+
+
+def per_domain(records: list[dict], limit: int | None) -> list[dict]:
+    """The first `limit` records of each domain (all of them when limit is None or 0), in a stable order."""
+    out, seen = [], {}
+    for r in records:
+        seen[r["domain"]] = seen.get(r["domain"], 0) + 1
+        if not limit or seen[r["domain"]] <= limit:
+            out.append(r)
+    return out
+
+
+@torch.no_grad()
+def heldout_scores(model, enc, records: list[dict], max_new_tokens: int = 64) -> dict:
+    """Greedy answers to held-out prompts, scored by the world's checkers: {"eval_<domain>": accuracy, ...}
+    plus "eval_format" (share of answers that ended with <|end|>). The same numbers as the report card."""
+    from minipost.evals import chat_scores
+
+    was_training = model.training
+    model.eval()
+    scores, _ = chat_scores(model, enc, records, max_new_tokens=max_new_tokens)
+    model.train(was_training)
+    return {f"eval_{k}": v for k, v in scores.items()}
+
+
+@torch.no_grad()
+def write_samples(model, enc, path, records: list[dict], max_new_tokens: int = 64) -> None:
+    """Greedy answers to a few held-out prompts, with their scores, so you can read what RL changed."""
+    from minipost.evals import chat_scores
+
+    _, rows = chat_scores(model, enc, records, max_new_tokens=max_new_tokens)
+    text = "".join(f"### [{r['domain']}] score {r['score']:.0f}  stopped {r['stopped']}\n{r['prompt']}\n"
+                   f"--> {r['completion']}\n\n" for r in rows)
+    from pathlib import Path
+    Path(path).write_text(text, encoding="utf-8")

@@ -1,0 +1,177 @@
+"""RLOO, GRPO and PPO objectives: advantages and losses against hand-computed values, and their invariants."""
+import pytest
+import torch
+
+from minipost.grpo import group_advantages, grpo_loss, micro_batch_weight
+from minipost.model import GPT, GPTConfig
+from minipost.ppo import gae, ppo_policy_loss, ppo_value_loss, token_rewards, whiten
+from minipost.reinforce import reinforce_loss, rloo_advantages
+from minipost.rollout import completion_logprobs, sample_completions
+
+# 8 samples of one prompt, 3 correct (reward 1) and 5 wrong (reward 0)
+R = torch.tensor([1.0, 0, 0, 1, 0, 0, 1, 0])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# advantages
+
+def test_advantages_by_hand_8_samples_3_correct():
+    # mean 3/8 = 0.375; unbiased std = sqrt((3 * 0.625^2 + 5 * 0.375^2) / 7) = sqrt(1.875 / 7) = 0.517549
+    grpo = group_advantages(R, 8, eps=0.0)
+    assert grpo[0].item() == pytest.approx(1.2076, abs=1e-4) and grpo[1].item() == pytest.approx(-0.7246, abs=1e-4)
+    grpo_eps = group_advantages(R, 8)  # default eps 1e-4 in the denominator
+    assert grpo_eps[0].item() == pytest.approx(0.625 / (0.517549 + 1e-4), abs=1e-5)
+    rloo = rloo_advantages(R, 8)  # 1 - 2/7, 0 - 3/7
+    assert rloo[0].item() == pytest.approx(0.7143, abs=1e-4) and rloo[1].item() == pytest.approx(-0.4286, abs=1e-4)
+    dr = group_advantages(R, 8, scale=False)  # only centred
+    assert dr[0].item() == pytest.approx(0.625, abs=1e-6) and dr[1].item() == pytest.approx(-0.375, abs=1e-6)
+    for a in (grpo, rloo, dr):  # same value for every correct sample, and for every wrong one
+        assert torch.allclose(a[R == 1], a[R == 1][0]) and torch.allclose(a[R == 0], a[R == 0][0])
+
+
+def test_group_advantages_sum_to_zero_and_vanish_for_identical_rewards():
+    torch.manual_seed(0)
+    r = torch.rand(6 * 4)  # 6 groups of 4
+    for a in (group_advantages(r, 4), group_advantages(r, 4, scale=False), rloo_advantages(r, 4)):
+        torch.testing.assert_close(a.view(6, 4).sum(1), torch.zeros(6), atol=1e-6, rtol=0)
+    same = torch.tensor([0.0, 0, 0, 0, 1, 1, 1, 1, 0.3, 0.3, 0.3, 0.3])
+    for a in (group_advantages(same, 4), group_advantages(same, 4, scale=False), rloo_advantages(same, 4)):
+        assert torch.all(a == 0)
+    # groups are independent: rows 0-3 and 4-7 of [1,0,0,0, 1,1,1,0] get mirrored advantages
+    a = rloo_advantages(torch.tensor([1.0, 0, 0, 0, 1, 1, 1, 0]), 4)
+    torch.testing.assert_close(a[:4], -a[4:].flip(0))
+    with pytest.raises(ValueError, match="group_size >= 2"):
+        rloo_advantages(R, 1)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# GRPO loss on a ragged batch, by hand
+
+# row 0: 2 real tokens (a pad after), advantage +1; row 1: 3 tokens, advantage -0.5
+MASK = torch.tensor([[1, 1, 0], [1, 1, 1]])
+ADV = torch.tensor([1.0, -0.5])
+OLD = torch.log(torch.tensor([[0.2, 0.3, 0.4], [0.4, 0.1, 0.5]]))
+RATIO = torch.tensor([[1.5, 1.0, 3.0], [0.5, 1.0, 1.1]])  # pi / pi_old; the 3.0 sits on padding
+NEW = OLD + torch.log(RATIO)
+# per-token loss -min(rho A, clip(rho) A), clip range 0.2:
+#   row 0: rho 1.5 -> -min(1.5, 1.2) = -1.2;  rho 1.0 -> -1.0
+#   row 1: rho 0.5 -> -min(-0.25, -0.4) = 0.4;  rho 1.0 -> 0.5;  rho 1.1 -> -min(-0.55, -0.55) = 0.55
+BY_HAND = {"grpo": ((-1.2 - 1.0) / 2 + (0.4 + 0.5 + 0.55) / 3) / 2,  # mean of sequence means = -0.308333
+           "bnpo": (-1.2 - 1.0 + 0.4 + 0.5 + 0.55) / 5,  # token mean = -0.15
+           "dr_grpo": (-1.2 - 1.0 + 0.4 + 0.5 + 0.55) / (2 * 3)}  # sum / (B * T_max) = -0.125
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "bnpo", "dr_grpo"])
+def test_grpo_loss_types_on_a_ragged_batch_by_hand(loss_type):
+    loss = grpo_loss(NEW, OLD, None, ADV, MASK, clip_eps=0.2, beta=0.0, loss_type=loss_type)
+    assert loss.item() == pytest.approx(BY_HAND[loss_type], abs=1e-6)
+
+
+def test_grpo_k3_kl_term_by_hand():
+    # ratio 1 and zero advantage, so only the KL term is left; pi_ref = 2 pi on one token, = pi elsewhere
+    # k3 = (r - 1) - log r with r = pi_ref / pi = 2: 1 - log 2 = 0.306853
+    logps = torch.log(torch.tensor([[0.2, 0.3, 0.4], [0.4, 0.1, 0.5]]))
+    ref = logps.clone()
+    ref[1, 2] += torch.log(torch.tensor(2.0))
+    loss = grpo_loss(logps, logps, ref, torch.zeros(2), MASK, beta=0.1, loss_type="bnpo")
+    assert loss.item() == pytest.approx(0.1 * (1 - 0.693147) / 5, abs=1e-6)
+    with pytest.raises(ValueError, match="unknown loss_type"):
+        grpo_loss(logps, logps, ref, torch.zeros(2), MASK, loss_type="bogus")
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "bnpo", "dr_grpo"])
+def test_gradient_accumulation_over_micro_batches_equals_one_batch(loss_type):
+    torch.manual_seed(1)
+    B, T = 6, 5
+    mask = torch.tensor([[1] * n + [0] * (T - n) for n in (5, 1, 3, 4, 2, 5)])
+    old = -torch.rand(B, T) * 3
+    ref = -torch.rand(B, T) * 3
+    adv = torch.randn(B)
+    theta = (old + 0.3 * torch.randn(B, T)).requires_grad_()  # some ratios beyond the clip range
+    full = grpo_loss(theta, old, ref, adv, mask, beta=0.05, loss_type=loss_type)
+    (g_full,) = torch.autograd.grad(full, theta)
+    acc, g_acc = 0.0, torch.zeros(B, T)
+    for idx in (torch.arange(0, 4), torch.arange(4, 6)):  # unequal micro-batches
+        part = grpo_loss(theta[idx], old[idx], ref[idx], adv[idx], mask[idx], beta=0.05, loss_type=loss_type)
+        part = part * micro_batch_weight(loss_type, mask[idx], mask)
+        (g,) = torch.autograd.grad(part, theta)
+        acc, g_acc = acc + part.item(), g_acc + g
+    assert acc == pytest.approx(full.item(), abs=1e-6)
+    torch.testing.assert_close(g_acc, g_full, atol=1e-7, rtol=1e-6)
+
+
+def test_first_update_has_ratio_one_and_zero_clip_fraction():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=40, block_size=64, n_layer=2, n_head=2, n_embd=32)).eval()
+    ro = sample_completions(model, [[3, 4, 5], [6, 7]], group_size=4, max_new_tokens=8, temperature=0.9,
+                            stop_token=2, generator=torch.Generator().manual_seed(0))
+    logps = completion_logprobs(model, ro, temperature=0.9)  # the training pass, with gradients
+    mask = ro.completion_mask
+    ratio = torch.exp(logps - ro.logprobs)[mask.bool()]
+    torch.testing.assert_close(ratio, torch.ones_like(ratio), atol=2e-6, rtol=0)
+    _, clip_frac, approx_kl = ppo_policy_loss(logps, ro.logprobs, torch.randn(mask.shape), mask)
+    assert clip_frac.item() == 0.0 and abs(approx_kl.item()) < 1e-10
+    # at ratio 1 the clipped loss's gradient is the plain policy gradient (the clip is inactive)
+    adv = group_advantages(torch.tensor([1.0, 0, 0, 1, 0, 0, 0, 1]), 4)
+    (g_clip,) = torch.autograd.grad(grpo_loss(logps, ro.logprobs, None, adv, mask), logps, retain_graph=True)
+    pg = -((adv[:, None] * logps * mask).sum(1) / mask.sum(1)).mean()  # -mean_i A_i * mean_t log pi
+    (g_pg,) = torch.autograd.grad(pg, logps)
+    torch.testing.assert_close(g_clip, g_pg, atol=1e-6, rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# REINFORCE loss
+
+def test_reinforce_loss_by_hand():
+    logps = torch.log(torch.tensor([[0.5, 0.25, 0.9], [0.1, 0.2, 0.3]])).requires_grad_()
+    adv = torch.tensor([2.0, -1.0])
+    loss = reinforce_loss(logps, adv, MASK)  # -(2 * log(0.125) - log(0.006)) / 2
+    assert loss.item() == pytest.approx(-(2 * torch.log(torch.tensor(0.125)).item()
+                                          - torch.log(torch.tensor(0.006)).item()) / 2, abs=1e-5)
+    (g,) = torch.autograd.grad(loss, logps)  # d/d logp_it = -A_i / B on real tokens, 0 on padding
+    torch.testing.assert_close(g, torch.tensor([[-1.0, -1.0, 0.0], [0.5, 0.5, 0.5]]))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# PPO
+
+def test_gae_by_hand_4_steps():
+    gamma, lam = 0.9, 0.8
+    rewards = torch.tensor([[0.1, 0.0, -0.2, 1.0], [0.0, 2.0, 9.0, 9.0]])
+    values = torch.tensor([[0.5, 0.4, 0.6, 0.3], [1.0, 0.5, 9.0, 9.0]])
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])  # row 1 ends after 2 tokens; 9s are padding garbage
+    adv, ret = gae(rewards, values, mask, gamma, lam)
+    # row 0, backwards (V after the last token is 0):
+    #   t3: delta = 1 - 0.3 = 0.7                               A3 = 0.7
+    #   t2: delta = -0.2 + 0.9 * 0.3 - 0.6 = -0.53               A2 = -0.53 + 0.72 * 0.7 = -0.026
+    #   t1: delta = 0 + 0.9 * 0.6 - 0.4 = 0.14                   A1 = 0.14 + 0.72 * -0.026 = 0.12128
+    #   t0: delta = 0.1 + 0.9 * 0.4 - 0.5 = -0.04                A0 = -0.04 + 0.72 * 0.12128 = 0.0473216
+    # row 1: t1: delta = 2 - 0.5 = 1.5, A1 = 1.5;  t0: delta = 0.9 * 0.5 - 1 = -0.55, A0 = -0.55 + 0.72 * 1.5 = 0.53
+    expected = torch.tensor([[0.0473216, 0.12128, -0.026, 0.7], [0.53, 1.5, 0.0, 0.0]])
+    torch.testing.assert_close(adv, expected, atol=1e-6, rtol=0)
+    torch.testing.assert_close(ret, (expected + values) * mask, atol=1e-6, rtol=0)
+    # gamma = lam = 1: A_t = (sum of rewards from t on) - V_t
+    adv1, _ = gae(rewards[:1], values[:1], mask[:1], 1.0, 1.0)
+    torch.testing.assert_close(adv1[0], rewards[0].flip(0).cumsum(0).flip(0) - values[0], atol=1e-6, rtol=0)
+
+
+def test_token_rewards_put_the_score_on_the_last_token():
+    logps = torch.tensor([[-1.0, -2.0, 0.0], [-1.0, -1.0, -1.0]])
+    ref = torch.tensor([[-1.5, -1.0, 0.0], [-1.0, -1.0, -2.0]])
+    r = token_rewards(torch.tensor([1.0, 0.5]), logps, ref, MASK, beta=0.1)
+    torch.testing.assert_close(r, torch.tensor([[-0.05, 0.1 + 1.0, 0.0], [0.0, 0.0, -0.1 + 0.5]]))
+
+
+def test_whiten_and_ppo_losses_by_hand():
+    x = torch.tensor([[1.0, 3.0, 100.0], [2.0, 4.0, 5.0]])
+    w = whiten(x, MASK)  # real values 1, 3, 2, 4, 5: mean 3, biased var 2
+    torch.testing.assert_close(w, torch.tensor([[-2.0, 0.0, 0.0], [-1.0, 1.0, 2.0]]) / 2 ** 0.5, atol=1e-6, rtol=0)
+    loss, clip_frac, _ = ppo_policy_loss(NEW, OLD, ADV[:, None].expand(2, 3), MASK, clip_eps=0.2)
+    assert loss.item() == pytest.approx(BY_HAND["bnpo"], abs=1e-6)  # same per-token terms, token mean
+    assert clip_frac.item() == pytest.approx(2 / 5)  # rho 1.5 and 0.5 are outside [0.8, 1.2]
+    v = torch.tensor([[0.5, 1.0, 7.0], [0.0, 0.0, 0.0]])
+    old_v = torch.tensor([[0.0, 0.9, 0.0], [0.0, 0.3, 0.0]])
+    ret = torch.tensor([[1.0, 1.0, 0.0], [0.0, 1.0, -1.0]])
+    # token 00: max((0.5-1)^2, (0.2-1)^2) = 0.64; 01: max(0, (1.0-1)^2) = 0; 10: 0; 11: max(1, (0.1-1)^2) = 1;
+    # 12: max(1, (0-(-1))^2) = 1  ->  0.5 * (0.64 + 0 + 0 + 1 + 1) / 5 = 0.264
+    assert ppo_value_loss(v, old_v, ret, MASK, clip_value=0.2).item() == pytest.approx(0.264, abs=1e-6)
