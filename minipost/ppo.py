@@ -181,7 +181,8 @@ def completion_values(critic, ro) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------------------------
 # the loop
 
-def train(cfg: Config) -> dict:
+def train(cfg: Config, reward_fn=None) -> dict:
+    """Run the objective; `reward_fn(prompt, completion, record) -> float` replaces cfg.reward if given."""
     from minipost.world import build as build_world
 
     device = pick_device(cfg.device)
@@ -195,7 +196,7 @@ def train(cfg: Config) -> dict:
         build_world(DATA_DIR)
     records = load_prompts(cfg.data or DATA_DIR / "rl.jsonl", cfg.domains)
     eval_records = per_domain(load_prompts(cfg.eval_data or DATA_DIR / "eval.jsonl", cfg.domains), cfg.eval_limit)
-    reward_fn = parse_reward(cfg.reward)
+    reward_fn = reward_fn or parse_reward(cfg.reward)
     print(f"{len(records)} RL prompts, {len(eval_records)} held-out prompts, domains: {cfg.domains or 'all'}")
 
     # ---- models: the policy we train, a frozen copy of the start (the reference), the critic
