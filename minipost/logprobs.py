@@ -89,6 +89,13 @@ def _chunks(x: torch.Tensor):
             yield start + i, block[i : i + C]  # (C, V) view
 
 
+def _scratch(x: torch.Tensor) -> torch.Tensor:
+    """One float32 (C, V) buffer for all chunks: allocating a fresh one per chunk costs page faults."""
+    V = x.shape[-1]
+    C = min(max(1, CHUNK_ELEMENTS // max(V, 1)), max(1, x.numel() // max(V, 1)))
+    return torch.empty((C, V), dtype=torch.float32, device=x.device)
+
+
 class _ChunkedLogprobs(torch.autograd.Function):
     """log softmax(x / T)[y] in chunks of rows; saves (m, log s) per row, recomputes softmax in backward."""
 
@@ -100,10 +107,11 @@ class _ChunkedLogprobs(torch.autograd.Function):
         out = torch.empty(N, dtype=torch.float32, device=logits.device)  # (N,)
         row_max = torch.empty_like(out)  # (N,) m
         row_logs = torch.empty_like(out)  # (N,) log s
+        scratch = _scratch(logits)  # (C, V) float32, the only big temporary, reused for every chunk
         for r0, xc in _chunks(logits):
             C = xc.shape[0]
             yc = y[r0 : r0 + C, None]  # (C, 1)
-            z = xc.to(torch.float32, copy=True)  # (C, V) float32 scratch, the only big temporary
+            z = scratch[:C].copy_(xc)  # (C, V) float32 copy of the chunk
             if temperature != 1.0:
                 z.div_(temperature)  # x / T, rounded exactly like the reference
             m = z.amax(dim=-1)  # (C,)
@@ -125,9 +133,10 @@ class _ChunkedLogprobs(torch.autograd.Function):
         g = grad_out.reshape(-1).float() / T  # (N,) g / T: the chain rule through x / T
         grad = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)  # gradient buffer
         grad_rows = grad.view(-1, V)  # (N, V) contiguous view of the buffer
+        scratch = _scratch(logits)
         for r0, xc in _chunks(logits):
             C = xc.shape[0]
-            z = xc.to(torch.float32, copy=True)  # (C, V)
+            z = scratch[:C].copy_(xc)  # (C, V) float32
             if T != 1.0:
                 z.div_(T)
             # p = exp((x/T - m) - log s): the same rounding path as forward, so p matches its softmax
