@@ -168,6 +168,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, 0o644)  # mkstemp makes files private (0600); these are ordinary outputs
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
@@ -183,6 +184,7 @@ def save_checkpoint(path: str | os.PathLike, obj: dict) -> None:
     os.close(fd)
     try:
         torch.save(obj, tmp)
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
