@@ -52,7 +52,7 @@ from minipost.common import DATA_DIR, atomic_write_bytes, read_jsonl
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|user|>", "<|assistant|>", "<|system|>", "<|end|>", "<|pad|>"]
 # Number of BPE tokens (256 bytes + merges); special tokens come on top: n_vocab = size + len(SPECIAL_TOKENS).
-VOCAB_SIZES = {"nano": 1024, "small": 4096}
+VOCAB_SIZES = {"nano": 1024, "small": 2048}  # the corpus runs out of pairs near 2600
 ROLES = ("system", "user", "assistant")
 
 # ----------------------------------------------------------------------------------------------------------------
