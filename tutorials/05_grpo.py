@@ -1,0 +1,134 @@
+# %% [markdown]
+# # 05 · GRPO: group-relative advantages and a clipped ratio
+#
+# GRPO (DeepSeekMath, Shao et al. 2024) is RLOO's close cousin with two changes borrowed from PPO:
+#
+#     A_i = (r_i - mean(group)) / (std(group) + eps)        the group is the baseline, and the scale
+#     loss = - mean_i mean_t min(rho_it A_i, clip(rho_it, 1 - 0.2, 1 + 0.2) A_i)  [+ beta * KL_k3]
+#     rho_it = pi_theta(y_it) / pi_old(y_it)
+#
+# The ratio rho lets one batch of samples be reused for several optimizer steps (`num_iterations`); the clip
+# stops any token's probability moving more than 20% away from where it was sampled. With one step per batch
+# (the nano default) rho is exactly 1 and GRPO is REINFORCE with a scaled group baseline and per-token
+# averaging. This lesson shows each piece on small tensors, then trains on arithmetic.
+#
+# Set MINIPOST_SMOKE=1 for a few-second version (the test suite runs it that way).
+
+# %%
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from minipost.common import DATA_DIR, config_with_preset, read_jsonl
+from minipost.grpo import PRESETS, Config, group_advantages, grpo_loss, train
+
+SMOKE = os.environ.get("MINIPOST_SMOKE") == "1"
+OUT = Path(os.environ.get("MINIPOST_OUT", "runs/tutorials")) / "05_grpo"
+
+
+def start_checkpoint() -> str:
+    """The model RL starts from: $MINIPOST_INIT, else the newest DPO or SFT run we can find. In smoke mode with
+    none of them, a random nano GPT (it will learn nothing; the point is to run the code)."""
+    candidates = [os.environ.get("MINIPOST_INIT", ""), "runs/pipeline/dpo/model.pt", "runs/dpo/model.pt",
+                  "runs/pipeline/sft/model.pt", "runs/sft/model.pt"]
+    for c in candidates:
+        if c and Path(c).exists():
+            return c
+    if not SMOKE:
+        raise SystemExit("no SFT/DPO checkpoint found: run `python -m minipost.pipeline --stages pretrain,sft,dpo` "
+                         "first, or set MINIPOST_INIT=path/to/model.pt")
+    from minipost.common import save_checkpoint
+    from minipost.model import GPT, GPTConfig, PRESETS as MODEL_PRESETS, model_checkpoint
+    from minipost.tokenizer import get_tokenizer
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=get_tokenizer("nano").n_vocab, **MODEL_PRESETS["nano"]))
+    save_checkpoint(OUT / "random_init.pt", model_checkpoint(model, "nano", 0))
+    return str(OUT / "random_init.pt")
+
+
+if not (DATA_DIR / "rl.jsonl").exists():
+    from minipost.world import build
+    build(DATA_DIR)
+INIT = start_checkpoint()
+print("starting from", INIT)
+
+# %% [markdown]
+# ## Advantages: scaled or only centred
+# The same 8 answers as in lesson 04 (3 right). GRPO divides by the group's std; Dr. GRPO (Liu et al. 2025)
+# only centres, because dividing by the std gives prompts that are almost always right (or wrong) the same
+# total weight as the informative ones.
+
+# %%
+r = torch.tensor([1.0, 0, 0, 1, 0, 0, 1, 0])
+print("GRPO    ", [round(a, 4) for a in group_advantages(r, 8).tolist()])
+print("Dr. GRPO", [round(a, 4) for a in group_advantages(r, 8, scale=False).tolist()])
+print("1 of 8 right: GRPO gives the right one", round(group_advantages(torch.eye(8)[0], 8)[0].item(), 3),
+      "while 4 of 8 right gives", round(group_advantages(torch.tensor([1.0] * 4 + [0.0] * 4), 8)[0].item(), 3))
+
+# %% [markdown]
+# ## Loss types: how tokens are averaged
+# Two answers, one of 2 tokens (A = +1) and one of 3 tokens (A = -0.5), at ratio 1. `grpo` averages each
+# answer's tokens, then the answers: the short answer's tokens weigh 1/2 each, the long one's 1/3. `bnpo`
+# averages all 5 tokens together. `dr_grpo` divides the sum by B * T_max = 6 whatever the lengths, so a
+# token's weight never depends on how long its answer is (no length bias).
+
+# %%
+mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
+adv = torch.tensor([1.0, -0.5])
+logps = torch.log(torch.tensor([[0.2, 0.3, 0.4], [0.4, 0.1, 0.5]]))
+for lt in ("grpo", "bnpo", "dr_grpo"):
+    print(f"{lt:8s} loss {grpo_loss(logps, logps, None, adv, mask, loss_type=lt).item():+.4f}")
+
+# %% [markdown]
+# ## The clip
+# A token whose ratio already moved past 1.2 in the direction its advantage wants gets no more gradient.
+
+# %%
+old = torch.log(torch.tensor([[0.2, 0.3]]))
+for ratio in (1.0, 1.1, 1.3):
+    new = (old + torch.log(torch.tensor([[ratio, 1.0]]))).requires_grad_()
+    grpo_loss(new, old, None, torch.tensor([1.0]), torch.ones(1, 2)).backward()
+    print(f"ratio {ratio}: gradient on that token {new.grad[0, 0].item():+.3f}")
+
+# %% [markdown]
+# ## Train
+# Same task, prompts and compute as lesson 04: 16 prompts x 8 answers per step. Watch `zero_std_frac`: the
+# share of groups whose 8 answers all scored the same. Those groups have A = 0 and teach nothing, so GRPO
+# learns fastest on prompts the model gets right *sometimes*.
+
+# %%
+overrides = dict(max_steps=3, prompts_per_step=2, group_size=4, max_new_tokens=12, eval_every=0, eval_limit=4,
+                 init=INIT) if SMOKE else dict(init=INIT)
+cfg = config_with_preset(Config, PRESETS, preset="nano", out=str(OUT), **overrides)
+summary = train(cfg)
+
+# %%
+rows = [json.loads(line) for line in (OUT / "metrics.jsonl").read_text().splitlines()]
+train_rows = [r for r in rows if "reward" in r]
+print("step  reward  zero_std  clip_frac  kl_ref")
+for r in train_rows[:: max(1, len(train_rows) // 10)] + train_rows[-1:]:
+    print(f"{r['step']:4d}  {r['reward']:.3f}   {r['zero_std_frac']:.2f}      {r['clip_frac']:.3f}     {r['kl_ref']:.4f}")
+print("held-out:", {k: f"{summary['start'][k]:.3f} -> {summary['end'][k]:.3f}" for k in summary["end"]})
+try:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(1, 2, figsize=(9, 3.5))
+    ax[0].plot([r["step"] for r in train_rows], [r["reward"] for r in train_rows])
+    ax[0].set_xlabel("step"); ax[0].set_ylabel("mean reward (training samples)")
+    ax[1].plot([r["step"] for r in train_rows], [r["zero_std_frac"] for r in train_rows])
+    ax[1].set_xlabel("step"); ax[1].set_ylabel("groups with zero reward spread")
+    fig.tight_layout(); fig.savefig(OUT / "grpo.png", dpi=100)
+    print("wrote", OUT / "grpo.png")
+except ImportError:
+    pass
+print((OUT / "samples.txt").read_text()[:1000])
+
+# %% [markdown]
+# ## Try next
+# - `--num-iterations 4`: four updates per batch; `clip_frac` becomes non-zero, and you get more learning per
+#   sample (and per second, since sampling is the slow part) until the ratio drifts too far.
+# - `--loss-type dr_grpo --scale-rewards false`: Dr. GRPO. Compare completion `length` over training.
+# - `--beta 0.04`: the paper's KL weight. `kl_ref` stays lower; does held-out accuracy?

@@ -1,0 +1,106 @@
+# %% [markdown]
+# # 08 · Customising a model: RL on SQL with an execution reward
+#
+# The seed's use case: "Write me a SQL query for ...". The world has a small SQLite table
+# (`employees(id, name, department, salary, city)`); a query is right when it *returns the right rows*,
+# whatever its text. That is a perfect RL reward: `rewards.sql_execution` runs the model's query in a
+# read-only, time-limited sandbox on a fresh in-memory database and compares the rows with the gold query's.
+# No one has to write the "right" SQL for the RL prompts: the checker is enough.
+#
+# Set MINIPOST_SMOKE=1 for a few-second version (the test suite runs it that way).
+
+# %%
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from minipost.common import DATA_DIR, config_with_preset, read_jsonl
+from minipost.grpo import PRESETS, Config, train
+from minipost.rewards import sql_execution
+
+SMOKE = os.environ.get("MINIPOST_SMOKE") == "1"
+OUT = Path(os.environ.get("MINIPOST_OUT", "runs/tutorials")) / "08_sql_rl"
+
+
+def start_checkpoint() -> str:
+    """The model RL starts from: $MINIPOST_INIT, else the newest DPO or SFT run we can find. In smoke mode with
+    none of them, a random nano GPT (it will learn nothing; the point is to run the code)."""
+    candidates = [os.environ.get("MINIPOST_INIT", ""), "runs/pipeline/dpo/model.pt", "runs/dpo/model.pt",
+                  "runs/pipeline/sft/model.pt", "runs/sft/model.pt"]
+    for c in candidates:
+        if c and Path(c).exists():
+            return c
+    if not SMOKE:
+        raise SystemExit("no SFT/DPO checkpoint found: run `python -m minipost.pipeline --stages pretrain,sft,dpo` "
+                         "first, or set MINIPOST_INIT=path/to/model.pt")
+    from minipost.common import save_checkpoint
+    from minipost.model import GPT, GPTConfig, PRESETS as MODEL_PRESETS, model_checkpoint
+    from minipost.tokenizer import get_tokenizer
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=get_tokenizer("nano").n_vocab, **MODEL_PRESETS["nano"]))
+    save_checkpoint(OUT / "random_init.pt", model_checkpoint(model, "nano", 0))
+    return str(OUT / "random_init.pt")
+
+
+if not (DATA_DIR / "rl.jsonl").exists():
+    from minipost.world import build
+    build(DATA_DIR)
+INIT = start_checkpoint()
+print("starting from", INIT)
+
+# %% [markdown]
+# ## The reward: execution match, not string match
+
+# %%
+rec = next(r for r in read_jsonl(DATA_DIR / "rl.jsonl") if r["domain"] == "sql")
+print(rec["prompt"], "\ngold:", rec["answer"])
+for attempt in [rec["answer"], rec["answer"].replace("SELECT", "select").rstrip(";"),
+                rec["answer"].replace("employees", "staff"), "DROP TABLE employees"]:
+    print(f"  {sql_execution(rec['prompt'], attempt, rec):.0f}  {attempt}")
+
+# %% [markdown]
+# ## Before: what does the start model write?
+
+# %%
+from minipost.model import load_model
+from minipost.rollout import heldout_scores, load_prompts, per_domain
+
+model, enc, _ = load_model(INIT)
+held = per_domain(load_prompts(DATA_DIR / "eval.jsonl", "sql"), 8 if SMOKE else 0)
+print(f"held-out SQL prompts: {len(held)}; execution accuracy before RL:",
+      round(heldout_scores(model, enc, held)["eval_sql"], 3))
+
+# %% [markdown]
+# ## Train: GRPO on the sql domain, reward = execution match
+# A small format term (the query runs at all) helps early on, when most sampled queries are broken.
+
+# %%
+overrides = dict(max_steps=3, prompts_per_step=2, group_size=4, max_new_tokens=24, eval_every=0, eval_limit=4,
+                 init=INIT) if SMOKE else dict(init=INIT)
+cfg = config_with_preset(Config, PRESETS, preset="nano", out=str(OUT), domains="sql", reward="sql:1,format:0.1",
+                         **overrides)
+summary = train(cfg)
+print("held-out SQL execution accuracy:", f"{summary['start']['eval_sql']:.3f} -> {summary['end']['eval_sql']:.3f}")
+
+# %% [markdown]
+# ## After: "Write me a SQL query"
+
+# %%
+from minipost.evals import complete
+from minipost.tokenizer import render_prompt, special_id
+
+tuned, _, _ = load_model(OUT / "model.pt")
+asks = ["Write a SQL query for: the names of engineering employees.",
+        "Write a SQL query for: the number of employees in sales."]
+for name, m in (("before", model), ("after", tuned)):
+    texts, _ = complete(m, enc, [render_prompt(enc, a) for a in asks], 64, special_id(enc, "<|end|>"))
+    for a, t in zip(asks, texts):
+        print(f"[{name}] {a}\n    {t}")
+
+# %% [markdown]
+# ## Try next
+# - `--reward sql:1` alone: slower start? `--reward correct:1` is the same checker through world.check.
+# - Bring your own schema: write rl.jsonl rows {"prompt", "domain": "sql", "answer": gold query} and pass
+#   `--data`, or pass any `reward(prompt, completion, record) -> float` to `train(cfg, reward_fn=...)`.
