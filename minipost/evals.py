@@ -142,20 +142,23 @@ def preference_accuracy(model, ref_model, enc, pairs: list[dict]) -> float:
     return (chosen > rejected).float().mean().item()
 
 
+def per_domain(records: list[dict], limit: int | None) -> list[dict]:
+    """The first `limit` records of every domain (all of them when limit is None): quick smoke evals."""
+    if not limit:
+        return records
+    return [r for d in sorted({r["domain"] for r in records}) for r in [x for x in records if x["domain"] == d][:limit]]
+
+
 def evaluate_checkpoint(path, device="cpu", ref_path=None, chat: bool = True, limit: int | None = None,
                         out_dir=None) -> dict:
     """Every column of the report card for one checkpoint."""
     from minipost.model import load_model
 
     model, enc, _ = load_model(path, device)
-    scores = probe_scores(model, enc, read_jsonl(DATA_DIR / "probes.jsonl")[:limit])
+    scores = probe_scores(model, enc, per_domain(read_jsonl(DATA_DIR / "probes.jsonl"), limit))
     scores["val_loss"] = val_loss(model, enc)
     if chat:
-        records = read_jsonl(DATA_DIR / "eval.jsonl")
-        if limit:  # a few of every domain, for smoke tests
-            records = [r for d in sorted({r["domain"] for r in records})
-                       for r in [x for x in records if x["domain"] == d][:limit]]
-        chat, rows = chat_scores(model, enc, records)
+        chat, rows = chat_scores(model, enc, per_domain(read_jsonl(DATA_DIR / "eval.jsonl"), limit))
         scores.update(chat)
         if out_dir is not None:
             Path(out_dir).mkdir(parents=True, exist_ok=True)
@@ -163,8 +166,8 @@ def evaluate_checkpoint(path, device="cpu", ref_path=None, chat: bool = True, li
                 "".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     if ref_path is not None and Path(ref_path).resolve() != Path(path).resolve():
         ref, _, _ = load_model(ref_path, device)
-        scores["pref_acc"] = preference_accuracy(model, ref, enc,
-                                                 read_jsonl(DATA_DIR / "eval_prefs.jsonl")[:limit])
+        pairs = per_domain(read_jsonl(DATA_DIR / "eval_prefs.jsonl"), limit)
+        scores["pref_acc"] = preference_accuracy(model, ref, enc, pairs)
     return scores
 
 

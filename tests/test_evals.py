@@ -1,0 +1,44 @@
+"""The report card: scores in range, invariants of preference accuracy, arrows that point the right way."""
+import torch
+
+from minipost.evals import COLUMN_ORDER, evaluate_checkpoint, report_table, write_report
+from minipost.model import GPT, GPTConfig, model_checkpoint
+from minipost.common import save_checkpoint
+from minipost.tokenizer import get_tokenizer
+
+
+def tiny_checkpoint(path, seed=0):
+    torch.manual_seed(seed)
+    enc = get_tokenizer("nano")
+    model = GPT(GPTConfig(vocab_size=enc.n_vocab, block_size=256, n_layer=1, n_head=2, n_embd=16))
+    save_checkpoint(path, model_checkpoint(model, "nano", step=0))
+
+
+def test_every_column_in_range_and_identical_models_have_zero_preference_accuracy(tmp_path):
+    tiny_checkpoint(tmp_path / "a.pt")
+    tiny_checkpoint(tmp_path / "b.pt")  # same weights, another file: the "reference"
+    scores = evaluate_checkpoint(tmp_path / "a.pt", ref_path=tmp_path / "b.pt", limit=3, out_dir=tmp_path)
+    assert set(scores) == set(COLUMN_ORDER)
+    for k, v in scores.items():
+        assert (v > 0) if k == "val_loss" else (0.0 <= v <= 1.0), (k, v)
+    # policy == reference: every implicit reward is exactly 0, and accuracy counts strict wins only
+    assert scores["pref_acc"] == 0.0
+    # a random model knows nothing and never says the stop token on purpose
+    assert scores["knowledge"] == 0.0 and scores["val_loss"] > 5.0
+    assert len((tmp_path / f"answers_{tmp_path.name}.jsonl").read_text().splitlines()) == 6 * 3
+
+
+def test_report_arrows_respect_each_columns_direction(tmp_path):
+    rows = {"base": {"knowledge": 0.10, "val_loss": 1.00, "over_refusal": 0.30},
+            "sft": {"knowledge": 0.50, "val_loss": 1.20, "over_refusal": 0.10},
+            "dpo": {"knowledge": 0.505, "val_loss": 1.20, "over_refusal": 0.40}}
+    lines = report_table(rows).splitlines()
+    sft, dpo = lines[3], lines[4]
+    assert "50.0 ▲" in sft  # knowledge up: better
+    assert "1.200 ▼" in sft  # loss up: worse
+    assert "10.0 ▲" in sft  # over-refusal down: better
+    assert "50.5 " in dpo and "50.5 ▲" not in dpo  # +0.5 points: below the 2-point threshold, no arrow
+    assert "40.0 ▼" in dpo
+    write_report(rows, tmp_path)
+    assert (tmp_path / "report.md").read_text().startswith("| stage |")
+    assert (tmp_path / "report.png").stat().st_size > 1000
