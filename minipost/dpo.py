@@ -68,6 +68,7 @@ class Config:
     ref: str = field("", "the frozen reference model (default: the init checkpoint)")
     data: str = field("", "preference pairs: JSONL of {'prompt', 'chosen', 'rejected'} (default: the world's)")
     eval_data: str = field("", "held-out pairs for preference accuracy (default: the world's eval_prefs.jsonl)")
+    max_pairs: int = field(0, "train on the first N pairs only (0: all); for quick experiments")
     beta: float = field(0.1, "strength of the pull towards the reference (the KL coefficient)")
     loss_type: str = field("sigmoid", "sigmoid (DPO), ipo, hinge or robust", choices=LOSS_TYPES)
     label_smoothing: float = field(0.0, "assumed share of flipped labels, in [0, 0.5); robust loss only")
@@ -216,7 +217,7 @@ def train(cfg: Config) -> dict:
         from minipost.world import build as build_world
         build_world(DATA_DIR)
     data_path = cfg.data or DATA_DIR / "prefs.jsonl"
-    rows = load_prefs(data_path)
+    rows = load_prefs(data_path)[:cfg.max_pairs or None]
     pairs = tokenize_pairs(enc, rows, block_size, str(data_path))
     eval_path = cfg.eval_data or (DATA_DIR / "eval_prefs.jsonl" if not cfg.data else "")
     eval_pairs = tokenize_pairs(enc, load_prefs(eval_path), block_size, str(eval_path))[:cfg.eval_pairs] if (

@@ -1,0 +1,130 @@
+# %% [markdown]
+# # 03 · Direct Preference Optimization: fixing what SFT learned from noisy data
+#
+# The SFT model from lesson 02 copied a flaw of its data: it answers some harmless questions with
+# "Sorry, I can't help with that." Writing better SFT data is one fix; a cheaper one is to collect
+# *preferences*: for a prompt x, answer y_w is better than answer y_l. DPO (Rafailov et al. 2023) turns them
+# into a loss on the model itself, with no reward model and no sampling:
+#
+#     L = - log sigmoid( beta * [ (log pi(y_w|x) - log pi_ref(y_w|x)) - (log pi(y_l|x) - log pi_ref(y_l|x)) ] )
+#
+# pi_ref is a frozen copy of the SFT model. beta * log pi/pi_ref is the *implicit reward* of an answer; DPO
+# raises it on chosen answers and lowers it on rejected ones, and the reference keeps the model from
+# drifting far from what SFT taught it. This lesson: (1) the reference model and the step-0 invariant,
+# (2) the training run and how to read its reward metrics, (3) the over-refusal fix and what else moved.
+#
+# Set MINIPOST_SMOKE=1 for a fast version (the test suite runs it that way).
+
+# %%
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from minipost.common import DATA_DIR, config_with_preset, read_jsonl
+from minipost.dpo import PRESETS, Config, all_logps, dpo_loss, pair_batch, response_logps, tokenize_pairs, train
+from minipost.evals import chat_scores
+from minipost.model import load_model
+from minipost.tokenizer import special_id
+from minipost.world import is_refusal
+
+SMOKE = os.environ.get("MINIPOST_SMOKE") == "1"
+OUT = Path(os.environ.get("MINIPOST_OUT", "runs/tutorials")) / "03_dpo"
+OUT.mkdir(parents=True, exist_ok=True)
+
+
+def sft_checkpoint() -> str:
+    """The SFT model: $MINIPOST_INIT, else an SFT run we can find, else (smoke mode only) a random nano GPT
+    (it learns nothing useful; the point is to run the code)."""
+    for c in [os.environ.get("MINIPOST_INIT", ""), "runs/pipeline/sft/model.pt", "runs/sft/model.pt",
+              "runs/tutorials/02_sft/model.pt"]:
+        if c and Path(c).exists():
+            return c
+    if not SMOKE:
+        raise SystemExit("no SFT model found: run tutorials/02_sft.py or `python -m minipost.sft` first, "
+                         "or set MINIPOST_INIT=path/to/model.pt")
+    from minipost.common import save_checkpoint
+    from minipost.model import GPT, GPTConfig, PRESETS as MODEL_PRESETS, model_checkpoint
+    from minipost.tokenizer import get_tokenizer
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=get_tokenizer("nano").n_vocab, **MODEL_PRESETS["nano"]))
+    save_checkpoint(OUT / "random_init.pt", model_checkpoint(model, "nano", 0))
+    return str(OUT / "random_init.pt")
+
+
+if not (DATA_DIR / "prefs.jsonl").exists():
+    from minipost.world import build
+    build(DATA_DIR)
+SFT = sft_checkpoint()
+print("SFT model (policy init and reference):", SFT)
+
+# %% [markdown]
+# ## 1. The data and the reference model
+# Each row is (prompt, chosen, rejected). The world's pairs are of three kinds: a right answer over a wrong one
+# (all domains), a refusal over compliance on forbidden topics, and, the kind that fixes SFT's flaw, a real
+# answer over "Sorry, I can't help with that." on benign prompts.
+#
+# The reference is a frozen copy of the starting model. At step 0 the policy *is* the reference, so every
+# log-ratio is 0, every reward is 0, and the loss is -log sigmoid(0) = ln 2 = 0.693 for every pair. We check it
+# on a real batch.
+
+# %%
+rows = read_jsonl(DATA_DIR / "prefs.jsonl")
+for kind in sorted({r.get("pair_type", "?") for r in rows}):
+    r = next(r for r in rows if r.get("pair_type", "?") == kind)
+    print(f"[{kind}] {r['prompt']!r}\n   chosen:   {r['chosen']!r}\n   rejected: {r['rejected']!r}")
+
+policy, enc, _ = load_model(SFT)
+reference, _, _ = load_model(SFT)
+pad = special_id(enc, "<|pad|>")
+pairs = tokenize_pairs(enc, rows[:8], block_size=256)
+x, y = pair_batch(pairs, pad)  # (16, T): 8 chosen rows, then 8 rejected rows
+logps = response_logps(policy(x), y)  # (16,): summed log-probs of the answer tokens
+ref_c, ref_r = all_logps(reference, pairs, pad, torch.device("cpu"))  # (8,) each
+losses, chosen_r, rejected_r = dpo_loss(logps[:8], logps[8:], ref_c, ref_r, beta=0.1)
+print("step-0 losses:", [round(v, 4) for v in losses.tolist()], " ln 2 =", round(float(torch.log(torch.tensor(2.0))), 4))
+print("step-0 margins:", (chosen_r - rejected_r).tolist())
+
+# %% [markdown]
+# ## 2. Train, and read the reward metrics
+# nano preset: 32 pairs per step, beta 0.1, about 2 minutes on a 2-core CPU. In metrics.jsonl:
+# - `rewards/chosen`, `rewards/rejected`: mean beta * log pi/pi_ref of each side. Often *both* fall: the model
+#   makes both answers less likely, the rejected one much faster. That is normal for DPO.
+# - `rewards/margins` (chosen - rejected) should climb; `rewards/accuracies` (share of pairs with chosen reward
+#   strictly above rejected) starts at 0 (ties at step 0) and should approach 1.
+# - `logps/chosen`: if it falls a lot, the model is moving probability mass somewhere neither answer is.
+# - `eval_pref_acc`: the same accuracy on held-out pairs, the number that says it generalised.
+
+# %%
+overrides = dict(max_steps=4, log_every=1, eval_every=4, eval_pairs=16, max_pairs=64) if SMOKE else {}
+cfg = config_with_preset(Config, PRESETS, preset="nano", init=SFT, out=str(OUT), **overrides)
+summary = train(cfg)
+metrics = [json.loads(line) for line in (OUT / "metrics.jsonl").read_text().splitlines()]
+print("step   loss  r/chosen r/rejected margin  acc   held-out acc")
+for m in metrics[:: max(1, len(metrics) // 8)] + metrics[-1:]:
+    print(f"{m['step']:4d}  {m['loss']:.3f}  {m['rewards/chosen']:7.3f}  {m['rewards/rejected']:7.3f}  "
+          f"{m['rewards/margins']:6.3f}  {m['rewards/accuracies']:.2f}  {m['eval_pref_acc']}")
+
+# %% [markdown]
+# ## 3. Did it fix the over-refusal, and what else moved?
+# Greedy answers to the held-out eval prompts, SFT model vs DPO model. `over_refusal` (refusals on benign
+# prompts, lower is better) should drop by half or more, `refuse` (refusals on forbidden topics) should stay
+# high, and the other domains should barely move: the reference anchors everything the pairs do not talk about.
+
+# %%
+EVAL = read_jsonl(DATA_DIR / "eval.jsonl")
+PER_DOMAIN = 2 if SMOKE else 100
+EVAL = [r for d in sorted({r["domain"] for r in EVAL}) for r in [x for x in EVAL if x["domain"] == d][:PER_DOMAIN]]
+dpo_model, _, _ = load_model(OUT / "model.pt")
+NEW_TOKENS = 16 if SMOKE else 64
+sft_scores, sft_rows = chat_scores(reference, enc, EVAL, NEW_TOKENS)
+dpo_scores, dpo_rows = chat_scores(dpo_model, enc, EVAL, NEW_TOKENS)
+print(f"{'column':14s} {'sft':>6s} {'dpo':>6s}")
+for k in sft_scores:
+    print(f"{k:14s} {100 * sft_scores[k]:6.1f} {100 * dpo_scores[k]:6.1f}")
+fixed = [(rec, a, b) for rec, a, b in zip(EVAL, sft_rows, dpo_rows)
+         if not rec.get("should_refuse") and is_refusal(a["completion"]) and not is_refusal(b["completion"])]
+print(f"\n{len(fixed)} benign prompts the SFT model refused and the DPO model answers, e.g.:")
+for rec, a, b in fixed[:4]:
+    print(f"  {rec['prompt']!r}\n    sft: {a['completion']!r}\n    dpo: {b['completion']!r}")
