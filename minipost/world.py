@@ -12,9 +12,12 @@ Six domains, each a small stand-in for a public benchmark (see BENCHMARK):
   Two thirds are "sft facts" that also appear as chat questions in SFT/prefs/RL. One third are
   "held-out facts": they appear ONLY in pretraining and in eval. If the SFT model answers those,
   SFT did not teach the fact; it taught the model to *use* what pretraining had already stored.
-- arithmetic (GSM8K-like): "What is 37 + 48?" and short word problems with exact integer answers,
-  from 1-digit sums to two-step problems. Every operand pair used in eval is held out of ALL
-  training text (pretraining included), so eval measures generalisation, not recall.
+- arithmetic (GSM8K-like): "What is 37 + 8?" and short word problems with exact integer answers,
+  from 1-digit sums to two-step problems, over a small table of equations (about 600) that the corpus
+  lists as bare equations ("37 + 8 = 45."). Like the held-out facts, the equations used in eval appear
+  only in pretraining, never in a chat split: SFT and RL must teach the model to *use* them in word
+  problems (and to chain two of them). A model of a million parameters trained for minutes does not
+  learn carrying in general; it can learn a table, and that keeps every stage's effect measurable.
 - instructions (IFEval-like): "Name a fruit. Answer in uppercase." -> "MANGO"; seven verifiable
   constraint types (see CONSTRAINTS).
 - tools (BFCL-like): reply with one JSON tool call such as
@@ -232,9 +235,9 @@ def _eq_key(a: int, op: str, b: int) -> tuple:
 def _sample_arithmetic(rng, W, split, levels=None):
     level = rng.choices(ARITH_LEVELS, levels or (EVAL_LEVEL_WEIGHTS if split == "eval" else TRAIN_LEVEL_WEIGHTS))[0]
     who, things = rng.choice(PEOPLE), rng.choice(THINGS)
-    if level == "two_step":
-        a, b = rng.randint(10, 50), rng.randint(2, 20)
-        c = rng.randint(2, a + b - 1)
+    if level == "two_step":  # both steps are equations of the add2 / sub2 levels below
+        a, b = rng.randint(10, 30), rng.randint(1, 9)
+        c = rng.randint(1, 9)
         s, r = a + b, a + b - c
         prompt = rng.choice([f"What is {a} + {b} - {c}?", f"Compute {a} + {b} - {c}.",
                              f"{who} has {a} {things}, finds {b} more and then loses {c}. How many {things} are left?"])
@@ -244,12 +247,11 @@ def _sample_arithmetic(rng, W, split, levels=None):
         if level == "add1":
             a, b, op = rng.randint(0, 9), rng.randint(0, 9), "+"
         elif level == "add2":
-            a, b, op = rng.randint(10, 99), rng.randint(10, 99), "+"
+            a, b, op = rng.randint(10, 39), rng.randint(1, 9), "+"
         elif level == "sub2":
-            a = rng.randint(10, 99)
-            b, op = rng.randint(1, a), "-"
+            a, b, op = rng.randint(10, 39), rng.randint(1, 9), "-"
         else:
-            a, b, op = rng.randint(2, 12), rng.randint(2, 12), "*"
+            a, b, op = rng.randint(2, 9), rng.randint(2, 9), "*"
         r = {"+": a + b, "-": a - b, "*": a * b}[op]
         stories = {"+": f"{who} has {a} {things} and gets {b} more. How many {things} does {who} have now?",
                    "-": f"{who} has {a} {things} and gives away {b}. How many {things} are left?",
@@ -742,7 +744,9 @@ def _doc_arithmetic(rng, W, train_item):
         return f"{it['prompt']} {it['completion']}"
     lines = []
     for _ in range(rng.randint(6, 14)):
-        it = train_item("arithmetic", levels=(25, 30, 25, 20, 0))  # bare equations "37 + 48 = 85."
+        # bare equations "37 + 8 = 45." from the whole (small) table, eval pairs included: like the held-out
+        # facts, the base model can learn every equation, and only the chat skill of using it is held out
+        it = _sample_arithmetic(rng, W, "train", levels=(25, 30, 25, 20, 0))
         lines.append(it["completion"])
     return " ".join(lines)
 

@@ -69,7 +69,7 @@ def _pairs(text):
     return out
 
 
-def test_heldout_arithmetic_pairs_absent_from_all_training_text(built):
+def test_heldout_arithmetic_pairs_only_in_pretraining_and_eval(built):
     splits, _ = built
     held = set()
     for name in ("eval", "eval_prefs"):
@@ -77,10 +77,13 @@ def test_heldout_arithmetic_pairs_absent_from_all_training_text(built):
             if r["domain"] == "arithmetic":
                 held |= _pairs(r["prompt"] + " " + r.get("completion", r.get("chosen", "")))
     assert len(held) > 100
-    texts = [r["text"] for r in splits["pretrain"]] + [json.dumps(r) for n in ("sft", "prefs", "rl") for r in splits[n]]
-    seen = set().union(*(_pairs(t) for t in texts))
-    assert not (held & seen), sorted(held & seen)[:5]
-    assert len(seen) > 1000  # the corpus does contain plenty of other equations
+    # no chat split (SFT, preferences, RL prompts) ever shows an eval equation...
+    chat = set().union(*(_pairs(json.dumps(r)) for n in ("sft", "prefs", "rl") for r in splits[n]))
+    assert not (held & chat), sorted(held & chat)[:5]
+    assert len(chat) > 300  # ...though they do contain plenty of other equations
+    # ...while the pretraining corpus states most of them as bare equations, as it states held-out facts
+    corpus = set().union(*(_pairs(r["text"]) for r in splits["pretrain"]))
+    assert len(held & corpus) > 0.8 * len(held)
 
 
 def test_heldout_facts_only_in_pretraining_and_eval(built):
