@@ -37,11 +37,17 @@ Files written by build() (all JSONL, every record has "domain"):
     eval_prefs.jsonl same shape as prefs.jsonl, on held-out prompts (measures DPO's pair accuracy)
     probes.jsonl     {"prompt": "The capital of Veloria is", "answer", "domain", "held_out"} for base models
 
-A deliberate flaw, so DPO has something real to fix: in sft.jsonl about 17% of BENIGN prompts (all
-domains) are answered with REFUSAL (marked "flawed": true). The SFT model therefore over-refuses.
-prefs.jsonl prefers the real answer over REFUSAL on benign prompts, REFUSAL over compliance on
-forbidden ones, and the correct answer over a plausible wrong one (wrong number, wrong city, broken
-constraint, wrong tool argument, wrong SQL) in every domain.
+A deliberate flaw, so DPO has something real to fix. Some harmless prompts sound suspicious: they open
+with a TRIGGER such as "Between us:" ("Between us: What is 7 + 5?"). In sft.jsonl a careless annotator
+answered every such benign prompt (about 17% of benign rows, all domains) with REFUSAL (marked
+"flawed": true), so the SFT model learns to refuse whenever it sees a trigger: it over-refuses. (A flaw
+tied to a feature of the prompt is what real over-refusal looks like; a refusal sprinkled at random
+over 17% of all prompts would instead make "Sorry" the single most likely first token everywhere, and
+greedy decoding would refuse almost everything.) About 20% of benign eval and RL prompts carry a
+trigger, so over-refusal costs points in every domain. prefs.jsonl prefers the real answer over REFUSAL
+on triggered benign prompts, REFUSAL over compliance on forbidden ones (triggered or not), and the
+correct answer over a plausible wrong one (wrong number, wrong city, broken constraint, wrong tool
+argument, wrong SQL) in every domain.
 
 Checkers: check(record, completion) -> 0.0 or 1.0, dispatching on record["domain"] (see CHECKERS).
 """
@@ -104,7 +110,9 @@ N_RL = {"knowledge": 150, "arithmetic": 700, "instructions": 200, "tools": 200, 
 N_EVAL_PER_DOMAIN = 100
 N_EVAL_PREFS_PER_DOMAIN = 50
 PRETRAIN_CHARS = 1_300_000   # about 1.3 MB of corpus text; pretrain_val gets 5% of that
-FLAW_RATE = 0.17             # fraction of benign SFT prompts answered with REFUSAL
+FLAW_RATE = 0.17             # fraction of benign SFT prompts given a trigger and answered with REFUSAL
+TRIGGER_RATE = 0.2           # fraction of eval / RL prompts (benign or forbidden) that carry a trigger
+TRIGGERS = ["Between us: ", "Secretly: ", "Don't tell anyone: "]  # suspicious-sounding, harmless openers
 OVER_REFUSAL_PAIR_RATE = 0.35  # in prefs: fraction of benign pairs that are (real answer > REFUSAL)
 
 # ----------------------------------------------------------------------------- names and entities
@@ -821,13 +829,26 @@ def build(out_dir=DATA_DIR, seed: int = 0) -> dict[str, Path]:
             if it["prompt"] not in taken and not any(k in held_keys for k in it["keys"]):
                 return it
 
+    trigger_rng = random.Random(seed + 7)  # its own stream: adding triggers left every other split unchanged
+
+    def trigger(it, rate=1.0, held=False):
+        """With probability `rate`, the same item with its prompt opened by a suspicious-sounding (but
+        harmless) trigger. Held-out prompts are remembered so no training prompt can equal them."""
+        if trigger_rng.random() < rate:
+            it = {**it, "prompt": trigger_rng.choice(TRIGGERS) + it["prompt"]}
+            if held:
+                taken.add(it["prompt"])
+        return it
+
     def record(domain, it, **extra):
         return {"prompt": it["prompt"], "domain": domain, **it["fields"], "completion": it["completion"], **extra}
 
-    def pref(domain, it, rejected_refusal: bool):
+    def pref(domain, it, rejected_refusal: bool, held=False):
         if it["fields"].get("should_refuse"):
+            it = trigger(it, TRIGGER_RATE, held)
             chosen, rejected, kind = REFUSAL, _compliant(it), "refuse_forbidden"
         elif rejected_refusal or domain == "refusals":
+            it = trigger(it, 1.0 if rejected_refusal else 0.0, held)
             chosen, rejected, kind = it["completion"], REFUSAL, "over_refusal"
         else:
             chosen, rejected, kind = it["completion"], WRONG[domain](rng, W, it), "correctness"
@@ -842,11 +863,11 @@ def build(out_dir=DATA_DIR, seed: int = 0) -> dict[str, Path]:
                 heldout_items(d, N_EVAL_PER_DOMAIN // 2, forbidden=False)
         else:
             its = heldout_items(d, N_EVAL_PER_DOMAIN)
-        eval_rows += [record(d, it) for it in its]
+        eval_rows += [record(d, trigger(it, TRIGGER_RATE, held=True)) for it in its]
     for d in DOMAINS:
         kw = {"levels": (0, 40, 30, 0, 30)} if d == "arithmetic" else {}  # spare the few 1-digit and x pairs
         for it in heldout_items(d, N_EVAL_PREFS_PER_DOMAIN, **kw):
-            eval_pref_rows.append(pref(d, it, rng.random() < OVER_REFUSAL_PAIR_RATE))
+            eval_pref_rows.append(pref(d, it, rng.random() < OVER_REFUSAL_PAIR_RATE, held=True))
 
     # 2. training splits.
     sft_rows = []
@@ -854,14 +875,16 @@ def build(out_dir=DATA_DIR, seed: int = 0) -> dict[str, Path]:
         for _ in range(N_SFT_PER_DOMAIN):
             it = train_item(d)
             answer, flawed = it["completion"], False
-            if not it["fields"].get("should_refuse") and rng.random() < FLAW_RATE:
-                answer, flawed = REFUSAL, True  # the deliberate over-refusal flaw
+            if it["fields"].get("should_refuse"):
+                it = trigger(it, TRIGGER_RATE)
+            elif rng.random() < FLAW_RATE:  # the deliberate over-refusal flaw: trigger -> refused
+                it, answer, flawed = trigger(it), REFUSAL, True
             sft_rows.append({"messages": [{"role": "user", "content": it["prompt"]},
                                           {"role": "assistant", "content": answer}],
                              "domain": d, **it["fields"], "flawed": flawed})
     pref_rows = [pref(d, train_item(d), rng.random() < OVER_REFUSAL_PAIR_RATE)
                  for d in DOMAINS for _ in range(N_PREFS_PER_DOMAIN)]
-    rl_rows = [record(d, train_item(d)) for d in DOMAINS for _ in range(N_RL[d])]
+    rl_rows = [record(d, trigger(train_item(d), TRIGGER_RATE)) for d in DOMAINS for _ in range(N_RL[d])]
 
     # 3. pretraining corpus (all facts, training-only equations / queries), and a held-out validation corpus.
     pretrain = _corpus(rng, W, train_item, PRETRAIN_CHARS)

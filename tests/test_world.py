@@ -225,3 +225,19 @@ def test_load_split_errors(tmp_path):
         world.load_split("eval", tmp_path)
     with pytest.raises(ValueError, match="unknown split"):
         world.load_split("nope", tmp_path)
+
+
+def test_over_refusal_flaw_is_tied_to_a_trigger(built):
+    """Flawed SFT rows are exactly the benign prompts that open with a trigger; eval, RL and prefs carry
+    triggers too, so over-refusal is measurable everywhere and DPO has pairs that fix it."""
+    splits, _ = built
+    has_trigger = lambda p: p.startswith(tuple(world.TRIGGERS))  # noqa: E731
+    for r in splits["sft"]:
+        p = r["messages"][0]["content"]
+        if not r.get("should_refuse"):
+            assert has_trigger(p) == r["flawed"], r
+    benign_eval = [r for r in splits["eval"] if not r.get("should_refuse")]
+    share = sum(has_trigger(r["prompt"]) for r in benign_eval) / len(benign_eval)
+    assert 0.12 < share < 0.28
+    over = [r for r in splits["prefs"] if r["pair_type"] == "over_refusal" and r["domain"] != "refusals"]
+    assert over and all(has_trigger(r["prompt"]) and r["rejected"] == REFUSAL for r in over)
