@@ -26,6 +26,8 @@ from minipost.common import DATA_DIR, config_with_preset, read_jsonl
 from minipost.ppo import PRESETS, Config, gae, token_rewards, train
 
 SMOKE = os.environ.get("MINIPOST_SMOKE") == "1"
+if SMOKE:
+    torch.set_num_threads(1)  # tiny tensors: one thread is faster, and the test machine is shared
 OUT = Path(os.environ.get("MINIPOST_OUT", "runs/tutorials")) / "06_ppo"
 
 

@@ -24,6 +24,8 @@ from minipost import grpo, ppo, reinforce
 from minipost.evals import evaluate_checkpoint, report_table
 
 SMOKE = os.environ.get("MINIPOST_SMOKE") == "1"
+if SMOKE:
+    torch.set_num_threads(1)  # tiny tensors: one thread is faster, and the test machine is shared
 OUT = Path(os.environ.get("MINIPOST_OUT", "runs/tutorials")) / "07_rl_compare"
 
 

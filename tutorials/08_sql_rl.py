@@ -21,6 +21,8 @@ from minipost.grpo import PRESETS, Config, train
 from minipost.rewards import sql_execution
 
 SMOKE = os.environ.get("MINIPOST_SMOKE") == "1"
+if SMOKE:
+    torch.set_num_threads(1)  # tiny tensors: one thread is faster, and the test machine is shared
 OUT = Path(os.environ.get("MINIPOST_OUT", "runs/tutorials")) / "08_sql_rl"
 
 
