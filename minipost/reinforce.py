@@ -149,7 +149,7 @@ def train(cfg: Config, reward_fn=None) -> dict:
     order_gen = torch.Generator().manual_seed(cfg.seed)  # prompt order
 
     def evaluate(step):
-        scores = heldout_scores(policy, enc, eval_records, cfg.max_new_tokens)
+        scores = heldout_scores(policy, enc, eval_records)  # 64 tokens, as the report card
         logger.log(step, **scores, elapsed_s=time.time() - t0)
         return scores
 
@@ -224,7 +224,7 @@ def train(cfg: Config, reward_fn=None) -> dict:
     logger.close()
     elapsed = time.time() - t0
     save_checkpoint(out / "model.pt", model_checkpoint(policy, ckpt["tokenizer"], done))
-    write_samples(policy, enc, out / "samples.txt", per_domain(eval_records, 4), cfg.max_new_tokens)
+    write_samples(policy, enc, out / "samples.txt", per_domain(eval_records, 4))
     summary = {"steps": done, "seconds": elapsed, "steps_per_s": done / elapsed, "start": first, "end": last,
                "device": str(device)}
     save_json(out / "summary.json", summary)
