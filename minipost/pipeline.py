@@ -33,6 +33,8 @@ class Config:
     seed: int = field(1337, "random seed for every stage")
     device: str = field("auto", "cuda, mps, cpu or auto")
     progress: bool = field(True, "show tqdm progress bars")
+    max_steps: int = field(0, "if > 0, cap every stage at this many steps (a quick smoke run, not real results)")
+    eval_limit: int = field(0, "if > 0, evaluate only this many items per domain (smoke runs)")
 
 
 # stage -> (module, the stage its --init comes from, extra config overrides)
@@ -57,6 +59,8 @@ def run_stage(name: str, cfg: Config, out: Path) -> Path:
     kw = dict(preset=cfg.preset, out=str(stage_out), seed=cfg.seed, device=cfg.device, progress=cfg.progress)
     if parent is not None:
         kw["init"] = str(out / parent / "model.pt")
+    if cfg.max_steps:
+        kw["max_steps"] = min(cfg.max_steps, module.PRESETS[cfg.preset]["max_steps"])
     stage_cfg = config_with_preset(module.Config, module.PRESETS, **kw, **overrides)
     print(f"== {name}: python -m {module_name} --init {kw.get('init', '(random)')} --out {stage_out}")
     t0 = time.time()
@@ -90,7 +94,8 @@ def main(cfg: Config) -> dict:
     rows = {}
     for s, path in ckpts.items():
         print(f"== eval {s}")
-        rows[ROW_NAMES.get(s, s)] = evaluate_checkpoint(path, device, ref_path=ref, out_dir=out / "report")
+        rows[ROW_NAMES.get(s, s)] = evaluate_checkpoint(path, device, ref_path=ref, out_dir=out / "report",
+                                                        limit=cfg.eval_limit or None)
     timings["evals"] = time.time() - t
     timings["total"] = time.time() - t0
     print()
