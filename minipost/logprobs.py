@@ -166,12 +166,13 @@ def token_logprobs(
     """Log-probability of each target token: log softmax(logits / temperature)[targets].
 
     Args:
-        logits: (..., V) float32, bfloat16 or float16; any strides (e.g. `logits[:, :-1]`).
+        logits: (..., V) float32, bfloat16 or float16 (float64 works too, computed in float32); any
+            strides (e.g. `logits[:, :-1]`).
         targets: (...) integer token ids in [0, V), shape `logits.shape[:-1]`.
         temperature: T > 0; the logits are divided by T before the softmax (use the sampling
             temperature so that ratios against the sampler's log-probs are consistent).
-        impl: "reference" | "chunked" | "triton" | "auto" (triton for CUDA tensors when triton imports,
-            otherwise chunked).
+        impl: "reference" | "chunked" | "triton" | "auto" (triton for CUDA float32/bf16/fp16 logits when
+            triton imports, otherwise chunked).
 
     Returns:
         (...) float32 log-probs, differentiable with respect to `logits`; the gradient comes back in the
@@ -198,7 +199,10 @@ def token_logprobs(
         raise ValueError(f"token_logprobs: targets must lie in [0, {V}), got [{targets.min()}, {targets.max()}]")
 
     if impl == "auto":
-        impl = "triton" if logits.is_cuda and _triton_importable() else "chunked"
+        # The kernels are written and tested for 16- and 32-bit logits; anything else (float64, say)
+        # takes the chunked path, which computes in float32 just the same.
+        kernel_dtype = logits.dtype in (torch.float32, torch.bfloat16, torch.float16)
+        impl = "triton" if logits.is_cuda and kernel_dtype and _triton_importable() else "chunked"
     if impl == "reference":
         return _reference(logits, targets, float(temperature))
     if impl == "chunked":

@@ -39,7 +39,7 @@ pytestmark = [
 @pytest.fixture(autouse=True)
 def _interpreter_rounds_bf16_to_nearest(monkeypatch):
     """Triton's CPU interpreter truncates float32 -> bfloat16 (and its "rtne" path drops the carry);
-    the GPU's cvt.rn.bf16.f32, which the kernel asks for, rounds to nearest even. Make the emulator do
+    the GPU's cvt.rn.bf16.f32, which a narrowing .to() compiles to, rounds to nearest even. Make the emulator do
     what the hardware does, so the bf16 gradient precision test measures the kernel and not the emulator."""
     if DEVICE == "cuda" or not HAS_TRITON:
         return
@@ -222,3 +222,18 @@ def test_chunked_spans_many_chunks_and_saves_two_floats_per_row(monkeypatch):
     assert [t.shape for t in saved] == [(15,), (15,)]  # m and log s: two floats per row
     (grad,) = torch.autograd.grad(val.sum(), x)
     assert torch.allclose(val, ref, atol=1e-6) and torch.allclose(grad, gref, atol=1e-6)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_float64_logits_compute_in_float32_and_return_a_float64_gradient(impl):
+    """float64 logits are accepted (computed in float32). The triton backward once crashed here: a
+    rounding mode passed to a non-narrowing fp32 -> fp64 cast is an error in Triton."""
+    g = torch.Generator().manual_seed(64)
+    x = torch.randn(2, 4, 37, generator=g, dtype=torch.float64).to(DEVICE).requires_grad_()
+    y = torch.randint(0, 37, (2, 3), generator=g).to(DEVICE)
+    val = token_logprobs(x[:, :-1], y, impl=impl)  # (2, 3)
+    val64, grad64 = float64_truth(x, y, 1.0, torch.ones(2, 3, device=DEVICE))
+    (raw,) = [t for t in val.grad_fn.apply(torch.ones(2, 3, device=DEVICE)) if t is not None]
+    assert val.dtype == torch.float32 and raw.dtype == torch.float64
+    assert (val.double() - val64).abs().max() < 1e-5
+    assert (raw - grad64[:, :-1]).abs().max() < 1e-6

@@ -126,7 +126,9 @@ def _grad_kernel(
             x = tl.math.div_rn(x, temperature)
         p = tl.exp((x - m) - logs)  # softmax, same rounding path as forward; the only exp per element
         d = tl.where(cols == y, 1.0 - p, -p) * g_over_t  # g/T * (onehot - p); 1 - p is exact near 1
-        tl.store(dx_row + cols, d.to(dx_ptr.dtype.element_ty, fp_downcast_rounding="rtne"), mask=ok)
+        # .to() of a narrowing float cast (fp32 -> bf16/fp16) rounds to nearest even by default; no
+        # rounding argument, because Triton rejects one on a non-narrowing cast (fp32 -> fp32/fp64).
+        tl.store(dx_row + cols, d.to(dx_ptr.dtype.element_ty), mask=ok)
 
 
 # ---------------------------------------------------------------------------------------------------
