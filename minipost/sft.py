@@ -21,7 +21,9 @@ Choices and deviations, all switchable in `Config`:
   mask is unchanged, so only the context differs.
 - pretraining mix (`ptx_coef`): optionally add ptx_coef * (next-token loss on a packed batch of pretraining
   text) to every step, the "pretraining mix" InstructGPT uses in PPO-ptx (their eq. 2) to limit forgetting.
-  Logged as `ptx_loss`; `val_loss` (held-out pretraining text) shows what SFT costs the base model.
+  Logged as `ptx_loss`; `val_loss` (held-out pretraining text) shows what SFT costs the base model. The presets
+  use it (ptx_coef 1): on nano, 100 SFT steps at lr 1e-3 *without* it raised the held-out pretraining loss from
+  1.08 to 2.90; with it (lr 5e-4) the loss stayed at 0.88-1.00 and held-out knowledge QA reached 94%.
 - the learning-rate schedule, optimizer and clipping are pretrain.py's (`lr_at`, `make_optimizer`).
 
 Run:  python -m minipost.sft --init runs/pretrain/model.pt --out runs/sft          (nano preset, ~3 min on CPU)
@@ -75,8 +77,8 @@ class Config:
 
 
 PRESETS = {
-    "nano": dict(preset="nano", max_steps=300, batch_size=32, block_size=256, lr=1e-3),
-    "small": dict(preset="small", max_steps=600, batch_size=64, block_size=512, lr=5e-4),
+    "nano": dict(preset="nano", max_steps=300, batch_size=32, block_size=256, lr=5e-4, ptx_coef=1.0),
+    "small": dict(preset="small", max_steps=600, batch_size=64, block_size=512, lr=3e-4, ptx_coef=1.0),
 }
 
 
