@@ -114,6 +114,13 @@ def run(impl, x, y, temperature, grad_out):
     return val.detach(), grad
 
 
+def raw_grad(val, grad_out):
+    """The gradient exactly as the autograd.Function's backward returns it. Autograd silently casts a
+    custom Function's gradient to the input's dtype, so x.grad cannot show which dtype backward wrote."""
+    grads = val.grad_fn.apply(grad_out)  # calls backward(ctx, grad_out) directly
+    return grads[0]
+
+
 def float64_truth(x, y, temperature, grad_out):
     x64 = x.detach().double().requires_grad_()
     val = torch.log_softmax(x64[:, :-1] / temperature, -1).gather(-1, y[..., None]).squeeze(-1)
@@ -132,11 +139,13 @@ def test_matches_float64_and_is_as_precise_as_pytorch(impl, dtype, V, poison):
         val64, grad64 = float64_truth(x, y, temperature, grad_out)
         val_pt, grad_pt = run("reference", x, y, temperature, grad_out)  # PyTorch float32 log_softmax
         val, grad = run(impl, x, y, temperature, grad_out)
+        xs = x.detach().clone().requires_grad_()
+        raw = raw_grad(token_logprobs(xs[:, :-1], y, temperature=temperature, impl=impl), grad_out)
 
         assert val.dtype == torch.float32 and val.shape == y.shape
-        assert grad.dtype == dtype and grad.shape == x.shape
-        assert not torch.isnan(val).any() and not torch.isnan(grad).any()  # every element was written
-        assert torch.all(grad[:, -1] == 0)  # the sliced-off position gets no gradient
+        assert raw.dtype == dtype and raw.shape == y.shape + (V,)  # written in the logits' dtype
+        assert not torch.isnan(val).any() and not torch.isnan(raw).any()  # every element was written
+        assert torch.equal(grad[:, :-1], raw) and torch.all(grad[:, -1] == 0)  # sliced-off: no gradient
         # As precise as PyTorch's float32 log_softmax on the same inputs, up to 2 float32 ulps of
         # rounding-order noise (the sums are accumulated in a different order).
         e_val, e_val_pt = rel_err(val, val64), rel_err(val_pt, val64)
