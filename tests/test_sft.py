@@ -127,8 +127,10 @@ def test_sft_teaches_the_model_to_stop():
 
 def test_train_end_to_end_writes_the_run_files(tmp_path, monkeypatch):
     """train() on a tiny random model and a prompt/completion JSONL: files written, loss goes down."""
-    monkeypatch.setattr(sft, "DATA_DIR", tmp_path / "no_world")  # no world data: samples come from the chats
+    monkeypatch.setattr(sft, "DATA_DIR", tmp_path / "no_world")  # no eval split: samples come from the chats
     monkeypatch.setattr(tokenizer, "get_tokenizer", lambda name, *a, **k: ENC)
+    (tmp_path / "no_world").mkdir()  # only pretraining text, for the preset's pretraining mix (ptx_coef 1)
+    (tmp_path / "no_world" / "pretrain.jsonl").write_text(json.dumps({"text": "plain text to keep. " * 20}) + "\n")
     data = tmp_path / "chats.jsonl"
     rows = [{"prompt": f"say {w}", "completion": w} for w in ["yes", "no", "maybe", "ok"] * 4]
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -142,5 +144,6 @@ def test_train_end_to_end_writes_the_run_files(tmp_path, monkeypatch):
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert metrics[-1]["loss"] < metrics[0]["loss"] - 1.0  # nats
     assert metrics[-1]["tokens_seen"] > 0 and 0 <= metrics[-1]["token_acc"] <= 1
+    assert cfg.ptx_coef > 0 and metrics[-1]["ptx_loss"] < metrics[0]["ptx_loss"]  # the mixed-in text is learned too
     assert summary["token_acc"] == metrics[-1]["token_acc"]
     assert "say yes" in (run / "samples.txt").read_text()
