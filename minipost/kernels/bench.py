@@ -10,9 +10,9 @@ parallel regions, and each one waits for its slowest thread, which a busy neighb
 Columns
   fwd ms      forward only (no_grad), median
   f+b ms      forward + backward with upstream grad g (ones), grad written to x.grad, median
-  fwd GB/s    N*V*bytes / fwd time: the one read of the logits a forward cannot avoid
-  %copy       fwd GB/s against the copy bandwidth measured here (x.copy_ of the same tensor: read+write)
-  f+b GB/s    3*N*V*bytes / f+b time: read x (fwd), read x + write grad (bwd), the minimum traffic
+  fwd TB/s    N*V*bytes / fwd time: the one read of the logits a forward cannot avoid
+  %copy       fwd TB/s against the copy bandwidth measured here (x.copy_ of the same tensor: read+write)
+  f+b TB/s    3*N*V*bytes / f+b time: read x (fwd), read x + write grad (bwd), the minimum traffic
   extra MB    peak memory allocated during forward+backward beyond the inputs, gradient included
   x grad      extra MB / size of the gradient buffer (N*V*bytes): 1.00 is the floor
   err / gerr  max |error| of the log-probs / of the gradient against float64 on the same inputs
@@ -25,10 +25,13 @@ them in time order, and report the highest running total. That counts exactly th
 allocates (scratch and result), not Python objects or allocator slack.
 
 `--sweep` (GPU) times the triton kernels under other launch configs, to tune `pick_config`.
+Every line is printed with flush=True, so a redirected or remote run shows its rows as they come. On a
+CPU the profiler logs a line per call to stderr; `2>/dev/null` keeps only the table.
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import time
 
@@ -39,6 +42,7 @@ from minipost.logprobs import _reference, token_logprobs
 GPU_VOCABS, GPU_N = (32768, 50257, 151936), 8192
 CPU_VOCABS, CPU_N = (32768,), 2048
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}
+say = functools.partial(print, flush=True)  # rows appear as they are measured, even through a pipe
 
 
 # ------------------------------------------------------------------------------------------------
@@ -50,8 +54,11 @@ def make_impls(device: str, compile_ref: bool) -> dict:
         "chunked": lambda x, y: token_logprobs(x, y, impl="chunked"),
     }
     if compile_ref:
-        compiled = torch.compile(lambda x, y: _reference(x, y, 1.0))
-        impls["compile(ref)"] = compiled
+        # A fresh compile per (V, dtype) table block: dynamo's cache is reset so that earlier shapes
+        # cannot use up its recompile limit (after which it silently runs eager), and dynamic=False
+        # specialises on the exact shape, as a training step with fixed shapes would.
+        torch._dynamo.reset()
+        impls["compile(ref)"] = torch.compile(lambda x, y: _reference(x, y, 1.0), dynamic=False)
     if device == "cuda":
         impls["triton"] = lambda x, y: token_logprobs(x, y, impl="triton")
         try:  # optional comparison; never a dependency
@@ -162,7 +169,7 @@ def bench_one(name, fn, x, y, device, reps) -> dict:
 def sweep(device, N, vocabs, dtypes):
     from minipost.kernels.logprobs_triton import pick_config, triton_token_logprobs
 
-    print("\ntriton launch sweep (ms, median):  V  dtype  warps  chunk  block x tiles  fwd  f+b")
+    say("\ntriton launch sweep (ms, median):  V  dtype  warps  chunk  block x tiles  fwd  f+b")
     for V in vocabs:
         for dname in dtypes:
             x = torch.randn(N, V, device=device).to(DTYPES[dname])
@@ -176,7 +183,7 @@ def sweep(device, N, vocabs, dtypes):
                         fwd = time_ms(lambda: triton_token_logprobs(x, y, 1.0, cfg), device, 3)
                     fb = time_ms(lambda: triton_token_logprobs(xg, y, 1.0, cfg).backward(g), device, 3,
                                  grad_to_none=[xg])
-                    print(f"  {V:>6} {dname:>5} {warps:>5} {chunk:>6} {cfg.block:>6} x {cfg.tiles:<3}"
+                    say(f"  {V:>6} {dname:>5} {warps:>5} {chunk:>6} {cfg.block:>6} x {cfg.tiles:<3}"
                           f" {fwd:7.3f} {fb:7.3f}")
             del x, xg
 
@@ -203,12 +210,19 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except Exception:
+        triton_version = "not installed"
     what = torch.cuda.get_device_name() if on_gpu else f"CPU, {torch.get_num_threads()} threads"
-    print(f"token_logprobs bench: {what}, torch {torch.__version__}, N={N}")
-    head = (f"{'V':>6} {'dtype':>5} {'impl':>12} {'fwd ms':>8} {'f+b ms':>8} {'fwd GB/s':>8} {'%copy':>6} "
-            f"{'f+b GB/s':>8} {'extra MB':>9} {'x grad':>6} {'err':>8} {'gerr':>8} {'vs eager t/mem':>14}")
-    print(head)
-    print("-" * len(head))
+    say(f"token_logprobs bench, {time.strftime('%Y-%m-%d %H:%M %Z')}: {what}; torch {torch.__version__}, "
+        f"triton {triton_version}; N={N}")
+    head = (f"{'V':>6} {'dtype':>5} {'impl':>12} {'fwd ms':>8} {'f+b ms':>8} {'fwd TB/s':>8} {'%copy':>6} "
+            f"{'f+b TB/s':>8} {'extra MB':>9} {'x grad':>6} {'err':>8} {'gerr':>8} {'vs eager t/mem':>14}")
+    say(head)
+    say("-" * len(head))
     for V in vocabs:
         for dname in dtypes:
             x = (torch.randn(N, V, device=device) * 4).to(DTYPES[dname])  # (N, V)
@@ -219,14 +233,15 @@ def main(argv=None):
                 try:
                     r = bench_one(name, fn, x, y, device, args.reps)
                 except Exception as e:  # e.g. an optional library with another API
-                    print(f"{V:>6} {dname:>5} {name:>12}  failed: {type(e).__name__}: {str(e)[:60]}")
+                    say(f"{V:>6} {dname:>5} {name:>12}  failed: {type(e).__name__}: {str(e)[:60]}")
                     continue
                 base = base or r
-                print(f"{V:>6} {dname:>5} {name:>12} {r['fwd']:8.3f} {r['fb']:8.3f} {1e3 * r['fwd_tbps']:8.1f} "
-                      f"{100 * r['fwd_tbps'] / copy:5.0f}% {1e3 * r['fb_tbps']:8.1f} {r['extra'] / 2**20:9.1f} "
-                      f"{r['extra'] / r['grad_bytes']:6.2f} {r['err']:8.1e} {r['gerr']:8.1e} "
-                      f"{r['fb'] / base['fb']:6.2f}/{r['extra'] / base['extra']:.2f}")
-            print(f"{'':>12} copy bandwidth {1e3 * copy:.1f} GB/s; gradient buffer {x.numel() * x.element_size() / 2**20:.1f} MB")
+                say(f"{V:>6} {dname:>5} {name:>12} {r['fwd']:8.3f} {r['fb']:8.3f} {r['fwd_tbps']:8.3g} "
+                    f"{100 * r['fwd_tbps'] / copy:5.0f}% {r['fb_tbps']:8.3g} {r['extra'] / 2**20:9.1f} "
+                    f"{r['extra'] / r['grad_bytes']:6.2f} {r['err']:8.1e} {r['gerr']:8.1e} "
+                    f"{r['fb'] / base['fb']:6.2f}/{r['extra'] / base['extra']:.2f}")
+            say(f"{'':>12} copy bandwidth {copy:.3g} TB/s; gradient buffer "
+                f"{x.numel() * x.element_size() / 2**20:.1f} MB")
             del x
             if on_gpu:
                 torch.cuda.empty_cache()
