@@ -50,10 +50,11 @@ def _lse_partial_kernel(
     t = row % T_rows
     x_row = x_ptr + b.to(tl.int64) * stride_b + t.to(tl.int64) * stride_t  # int64 row offset
     col0 = split * (BLOCK * TILES)
+    n_tiles = tl.cdiv(tl.minimum(V - col0, BLOCK * TILES), BLOCK)  # TILES, fewer in a row's last split
     lanes = tl.arange(0, BLOCK)
     m = tl.full([BLOCK], float("-inf"), tl.float32)  # (BLOCK,) running max per lane
     s = tl.zeros([BLOCK], tl.float32)  # (BLOCK,) running sum of exp(x - m) per lane
-    for i in range(TILES):
+    for i in range(n_tiles):
         cols = col0 + i * BLOCK + lanes
         x = tl.load(x_row + cols, mask=cols < V, other=float("-inf")).to(tl.float32)
         if SCALE:  # x / T, correctly rounded like PyTorch's division (plain `/` may be approximate)
@@ -117,8 +118,9 @@ def _grad_kernel(
     if SCALE:
         g_over_t = tl.math.div_rn(g_over_t, temperature)  # chain rule through x / T
     col0 = split * (BLOCK * TILES)
+    n_tiles = tl.cdiv(tl.minimum(V - col0, BLOCK * TILES), BLOCK)  # no fully masked tiles at the end
     lanes = tl.arange(0, BLOCK)
-    for i in range(TILES):
+    for i in range(n_tiles):
         cols = col0 + i * BLOCK + lanes
         ok = cols < V
         x = tl.load(x_row + cols, mask=ok, other=float("-inf")).to(tl.float32)
