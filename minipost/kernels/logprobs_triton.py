@@ -120,14 +120,16 @@ def _grad_kernel(
     col0 = split * (BLOCK * TILES)
     n_tiles = tl.cdiv(tl.minimum(V - col0, BLOCK * TILES), BLOCK)  # no fully masked tiles at the end
     lanes = tl.arange(0, BLOCK)
+    y_off = (y - col0).to(tl.int32)  # the target's offset from col0 (outside [0, BLOCK * TILES): not here)
     for i in range(n_tiles):
-        cols = col0 + i * BLOCK + lanes
+        offs = i * BLOCK + lanes  # (BLOCK,) int32 offsets from col0
+        cols = col0 + offs
         ok = cols < V
         x = tl.load(x_row + cols, mask=ok, other=float("-inf")).to(tl.float32)
         if SCALE:
             x = tl.math.div_rn(x, temperature)
         p = tl.exp((x - m) - logs)  # softmax, same rounding path as forward; the only exp per element
-        d = tl.where(cols == y, 1.0 - p, -p) * g_over_t  # g/T * (onehot - p); 1 - p is exact near 1
+        d = tl.where(offs == y_off, 1.0 - p, -p) * g_over_t  # g/T * (onehot - p); 1 - p is exact near 1
         # .to() of a narrowing float cast (fp32 -> bf16/fp16) rounds to nearest even by default; no
         # rounding argument, because Triton rejects one on a non-narrowing cast (fp32 -> fp32/fp64).
         tl.store(dx_row + cols, d.to(dx_ptr.dtype.element_ty), mask=ok)
