@@ -247,10 +247,27 @@ def test_chunked_spans_many_chunks_and_saves_two_floats_per_row(monkeypatch):
     (gref,) = torch.autograd.grad(ref.sum(), x)
     monkeypatch.setattr(lp, "CHUNK_ELEMENTS", 120)  # 2 rows per chunk
     val = token_logprobs(x[:, :-1], y, impl="chunked")
-    saved = [t for t in val.grad_fn.saved_tensors if t.dim() == 1 and t.is_floating_point()]
-    assert [t.shape for t in saved] == [(15,), (15,)]  # m and log s: two floats per row
+    assert_saves_logits_and_o_n(val, x, N=15)
     (grad,) = torch.autograd.grad(val.sum(), x)
     assert torch.allclose(val, ref, atol=1e-6) and torch.allclose(grad, gref, atol=1e-6)
+
+
+def assert_saves_logits_and_o_n(val, x, N):
+    """What val's backward keeps alive: the logits themselves (a view of x's storage, not a copy) and
+    tensors of at most N elements, two of them floating point (m and log s per row)."""
+    saved = val.grad_fn.saved_tensors
+    is_x = [t.untyped_storage().data_ptr() == x.untyped_storage().data_ptr() for t in saved]
+    assert sum(is_x) == 1  # the logits, saved by reference
+    rest = [t for t, same in zip(saved, is_x) if not same]
+    assert all(t.numel() <= N for t in rest), [t.shape for t in rest]
+    assert sum(t.is_floating_point() for t in rest) == 2
+
+
+@pytest.mark.parametrize("impl", IMPLS_AND_SPLIT)
+def test_saves_only_the_logits_and_two_floats_per_row(impl):
+    x = torch.randn(3, 6, 500, device=DEVICE).requires_grad_()
+    y = torch.randint(0, 500, (3, 5), device=DEVICE)
+    assert_saves_logits_and_o_n(logprobs(x[:, :-1], y, 1.0, impl), x, N=15)  # a slice: no copy either
 
 
 @pytest.mark.parametrize("impl", IMPLS)
