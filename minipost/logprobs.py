@@ -160,6 +160,14 @@ def _triton_importable() -> bool:
     return True
 
 
+def _auto_impl(logits: torch.Tensor) -> str:
+    """impl="auto": triton for CUDA logits when triton imports, chunked otherwise. The kernels are
+    written and tested for 16- and 32-bit logits; anything else (float64, say) takes the chunked path,
+    which computes in float32 just the same."""
+    kernel_dtype = logits.dtype in (torch.float32, torch.bfloat16, torch.float16)
+    return "triton" if logits.is_cuda and kernel_dtype and _triton_importable() else "chunked"
+
+
 def token_logprobs(
     logits: torch.Tensor, targets: torch.Tensor, *, temperature: float = 1.0, impl: str = "auto"
 ) -> torch.Tensor:
@@ -199,10 +207,7 @@ def token_logprobs(
         raise ValueError(f"token_logprobs: targets must lie in [0, {V}), got [{targets.min()}, {targets.max()}]")
 
     if impl == "auto":
-        # The kernels are written and tested for 16- and 32-bit logits; anything else (float64, say)
-        # takes the chunked path, which computes in float32 just the same.
-        kernel_dtype = logits.dtype in (torch.float32, torch.bfloat16, torch.float16)
-        impl = "triton" if logits.is_cuda and kernel_dtype and _triton_importable() else "chunked"
+        impl = _auto_impl(logits)
     if impl == "reference":
         return _reference(logits, targets, float(temperature))
     if impl == "chunked":

@@ -283,3 +283,56 @@ def test_float64_logits_compute_in_float32_and_return_a_float64_gradient(impl):
     assert val.dtype == torch.float32 and raw.dtype == torch.float64
     assert (val.double() - val64).abs().max() < 1e-5
     assert (raw - grad64[:, :-1]).abs().max() < 1e-6
+
+
+@pytest.mark.parametrize("impl", IMPLS_AND_SPLIT)
+def test_row_of_minus_inf_but_the_target(impl, poison):
+    """All the probability on the target: log-prob 0 and gradient exactly 0, no NaN from -inf - -inf.
+    At V = 500 the split config puts the target (column 400) in the third of three segments, so the
+    other segments see nothing but -inf."""
+    x = torch.full((2, 500), float("-inf"), device=DEVICE)
+    x[0, 400], x[1, 0] = 3.0, -2.0
+    x[1, 1:] = torch.randn(499)  # an ordinary row beside it
+    y = torch.tensor([400, 7], device=DEVICE)
+    for temperature in (1.0, 0.7):
+        xg = x.clone().requires_grad_()
+        val = logprobs(xg, y, temperature, impl)  # (2,)
+        grad = raw_grad(val, torch.ones(2, device=DEVICE))  # (2, 500)
+        assert val[0].item() == 0.0 and torch.all(grad[0] == 0)
+        ref = token_logprobs(x[1:], y[1:], temperature=temperature, impl="reference")
+        assert torch.allclose(val[1:], ref, atol=1e-6) and not torch.isnan(grad).any()
+
+
+@pytest.mark.parametrize("impl", IMPLS_AND_SPLIT)
+def test_transposed_and_4d_inputs(impl):
+    """A last dim with stride != 1 (from a transpose) and a 4-D slice that no (B, T, V) view can
+    describe: both take the copying paths; values and gradients still match float64."""
+    g = torch.Generator().manual_seed(11)
+    V = 300
+    x_t = torch.randn(2, V, 4, generator=g).to(DEVICE).transpose(1, 2)  # (2, 4, V), stride(-1) = 4
+    x_4d = torch.randn(2, 3, 3, V, generator=g).to(DEVICE)  # sliced below to (2, 2, 2, V)
+    for base, cut in ((x_t, lambda t: t), (x_4d, lambda t: t[:, :-1, :-1])):
+        x = base.detach().clone().requires_grad_()
+        y = torch.randint(0, V, cut(x).shape[:-1], generator=g).to(DEVICE)
+        val = logprobs(cut(x), y, 1.3, impl)
+        (grad,) = torch.autograd.grad(val.sum(), x)
+        x64 = base.detach().double().requires_grad_()
+        val64 = torch.log_softmax(cut(x64) / 1.3, -1).gather(-1, y[..., None]).squeeze(-1)
+        (grad64,) = torch.autograd.grad(val64.sum(), x64)
+        assert not cut(x).is_contiguous() and (base is x_4d or cut(x).stride(-1) == 4)
+        assert (val.double() - val64).abs().max() < 1e-5 and (grad.double() - grad64).abs().max() < 1e-6
+
+
+@pytest.mark.parametrize("dtype", DTYPES + [torch.float64], ids=str)
+def test_auto_picks_triton_for_cuda_logits(monkeypatch, dtype):
+    """The decision itself, without a GPU: a stand-in for a CUDA tensor, triton (not) importable."""
+    import types
+
+    import minipost.logprobs as lp
+
+    cuda_logits = types.SimpleNamespace(is_cuda=True, dtype=dtype)
+    monkeypatch.setattr(lp, "_triton_importable", lambda: True)
+    assert lp._auto_impl(cuda_logits) == ("chunked" if dtype == torch.float64 else "triton")
+    assert lp._auto_impl(torch.zeros(1, dtype=dtype)) == "chunked"  # CPU logits
+    monkeypatch.setattr(lp, "_triton_importable", lambda: False)
+    assert lp._auto_impl(cuda_logits) == "chunked"
