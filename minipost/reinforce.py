@@ -56,15 +56,17 @@ class Config:
     reward: str = field("correct:1", "reward terms name:weight, see rewards.py (correct, answer, sql, tool, format)")
     missing_stop_penalty: float = field(0.0, "subtracted from the reward of a completion without <|end|>")
     length_penalty: float = field(0.0, "subtracted times completion length / max_new_tokens")
-    max_steps: int = field(60, "rollout batches (each followed by one optimizer step)")
-    max_seconds: float = field(0.0, "stop early after this many seconds of training (0: no limit)")
+    max_steps: int = field(100, "rollout batches (each followed by one optimizer step)")
+    max_seconds: float = field(0.0, "stop after this many seconds (0: no limit); the nano preset caps a run at 225 s "
+                                     "so the pipeline fits its budget on a busy CPU, which makes the step count "
+                                     "machine-dependent (set 0 for exactly repeatable runs)")
     prompts_per_step: int = field(16, "prompts per rollout batch")
     group_size: int = field(8, "samples per prompt (G)")
     max_new_tokens: int = field(48, "longest completion")
     temperature: float = field(1.0, "sampling temperature (the log-probs use the same one)")
     top_k: int = field(0, "sample from the k most likely tokens only (0: off)")
     top_p: float = field(1.0, "nucleus sampling mass (1: off)")
-    lr: float = field(1e-5, "Adam learning rate (constant)")
+    lr: float = field(3e-5, "Adam learning rate (constant)")
     grad_clip: float = field(1.0, "clip the global gradient norm to this (0: off)")
     micro_batch: int = field(64, "rows per forward/backward (gradient accumulation); does not change the result")
     baseline: str = field("rloo", "none, mean (running mean of rewards) or rloo (leave-one-out in the group)",
@@ -84,7 +86,8 @@ class Config:
 
 
 PRESETS = {
-    "nano": dict(preset="nano", max_steps=60, prompts_per_step=16, group_size=8, max_new_tokens=48, lr=1e-5),
+    "nano": dict(preset="nano", max_steps=100, max_seconds=225, prompts_per_step=16, group_size=8, max_new_tokens=48,
+                 lr=3e-5),
     "small": dict(preset="small", max_steps=200, prompts_per_step=32, group_size=8, max_new_tokens=64, lr=5e-6),
 }
 

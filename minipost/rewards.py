@@ -13,6 +13,8 @@ Built-in rewards (all 0 or 1):
     answer    arithmetic: the last integer equals the answer              (GSM8K-style exact answer)
     sql       sql: the query runs in a sandboxed SQLite and returns the gold rows   (execution match)
     tool      tools: the JSON call has the gold name and arguments         (BFCL-style call match)
+    restate   arithmetic: the answer starts by restating the problem's first operation ("13 + 9 = ..."), a
+              shaping term (partial credit for reading the operands right), right result or not
     format    the answer has the domain's shape, right or wrong: arithmetic ends "= <integer>.", tools is a
               JSON object with "name" and "arguments", sql is a query that runs, otherwise non-empty text
 
@@ -67,6 +69,17 @@ def tool_call(prompt: str, completion: str, record: dict) -> float:
     return check_tools(record, completion)
 
 
+def restate(prompt: str, completion: str, record: dict) -> float:
+    """Arithmetic: 1.0 if the completion begins with the first operation of record["expression"] and "=".
+
+    "13 + 9 - 4" -> the answer should start "13 + 9 =" (the world's worked form). Shaping only: it rewards
+    copying the operands, a step towards the right answer, and is never the quantity we evaluate.
+    """
+    _only("arithmetic", record, "restate")
+    first = re.match(r"\s*-?\d+\s*[-+*]\s*-?\d+", record["expression"])
+    return float(first is not None and completion.strip().startswith(first.group(0).strip() + " ="))
+
+
 def format_reward(prompt: str, completion: str, record: dict) -> float:
     """1.0 if the answer has its domain's shape (correct or not), see the module docstring."""
     from minipost.world import _run_sql
@@ -86,7 +99,8 @@ def format_reward(prompt: str, completion: str, record: dict) -> float:
 
 
 REWARDS: dict[str, RewardFn] = {"correct": correctness, "answer": exact_answer, "sql": sql_execution,
-                                "tool": tool_call, "format": format_reward}
+                                "tool": tool_call, "restate": restate,
+                                "format": format_reward}
 
 
 class WeightedReward:

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from minipost.rewards import (correctness, exact_answer, format_reward, parse_reward, score_rollout,
+from minipost.rewards import (correctness, exact_answer, format_reward, parse_reward, restate, score_rollout,
                               sql_execution, tool_call)
 from minipost.rollout import Rollout
 
@@ -33,6 +33,16 @@ def test_format_reward_is_about_shape_not_correctness():
     assert format_reward("", '{"name": "x"', TOOL) == 0.0
     assert format_reward("", "SELECT name FROM employees", SQL) == 1.0
     assert format_reward("", "SELEC name FROM", SQL) == 0.0
+
+
+def test_restate_rewards_copying_the_first_operation_only():
+    two_step = {"domain": "arithmetic", "expression": "13 + 9 - 4", "answer": 18}
+    assert restate("", "13 + 9 = 22. 22 - 4 = 18.", two_step) == 1.0
+    assert restate("", "13 + 9 = 23. 23 - 4 = 19.", two_step) == 1.0  # shaping: wrong result, still copied
+    assert restate("", "13 + 8 = 21.", two_step) == 0.0 and restate("", "13 + 90 = 103.", two_step) == 0.0
+    assert restate("", "17 + 25 = 42.", {**ARITH, "expression": "17 + 25"}) == 1.0
+    with pytest.raises(ValueError, match="arithmetic records only"):
+        restate("", "x", SQL)
 
 
 def test_parse_reward_weights_and_errors():
