@@ -114,7 +114,8 @@ class _ChunkedLogprobs(torch.autograd.Function):
             yc = y[r0 : r0 + C, None]  # (C, 1)
             z = scratch[:C].copy_(xc)  # (C, V) float32 copy of the chunk
             if temperature != 1.0:
-                z.div_(temperature)  # x / T, rounded exactly like the reference
+                z.div_(temperature)  # x / T, correctly rounded (as the reference is on the CPU; PyTorch on
+                # CUDA multiplies by 1/T instead, which may differ by an ulp)
             m = z.amax(dim=-1)  # (C,)
             z.sub_(m[:, None])  # (C, V) x/T - m <= 0: exp cannot overflow
             zy = z.gather(1, yc).squeeze(1)  # (C,) x_y/T - m, taken before z is overwritten

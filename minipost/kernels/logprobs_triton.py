@@ -7,18 +7,23 @@ forward can do is read it once (backward: read it once more and write the gradie
 Forward, two kernels:
   1. `_lse_partial_kernel`, grid (N, S): row r is cut into S segments of CHUNK columns, and each program
      sweeps its segment once in BLOCK-wide tiles, keeping an *online* logsumexp per lane: a running max
-     m and a running sum s of exp(x/T - m). Splitting a row over S programs gives the GPU many more,
-     shorter programs than one per row (V = 151936 would otherwise be one long serial sweep per program),
-     which evens out the tail of the launch.
-     The per-lane update costs one exp per element: with d = -|x - m|, e = exp(d) is either
-     exp(x - m) (x is not a new max: s += e) or exp(m_old - x) (x is the new max: s = s * e + 1).
+     m of the raw logits x and a running sum s of exp((x - m) / T). Splitting a row over S programs
+     gives the GPU many more, shorter programs than one per row (V = 151936 would otherwise be one long
+     serial sweep per program), which evens out the tail of the launch.
+     The per-lane update costs one exp2 per element and no division: with c = log2(e) / T and
+     d = -|x - m| * c, e = 2**d is either exp((x - m)/T) (x is not a new max: s += e) or
+     exp((m_old - x)/T) (x is the new max: s = s * e + 1). The max is taken over x rather than x / T:
+     for T > 0 both pick the same entry, and (x - m) / T is the shifted logit either way.
      Loads are bf16/fp16/fp32, arithmetic is float32; offsets are int64 (N * V overflows int32).
   2. `_lse_combine_kernel`, grid (N / BLOCK_R,): merges the S partial (m, s) of each row, loads the
-     target logit x[y] and writes logp = (x[y]/T - m) - log s, plus the two row statistics m and log s.
+     target logit x[y] and writes logp = (x[y] - m) / T - log s, plus the two row statistics m (of
+     the raw logits: T * the m of logprobs.py) and log s.
 
 Backward, one kernel:
-  3. `_grad_kernel`, grid (N, S): p = exp((x/T - m) - log s), grad = g/T * (onehot(y) - p), written once
-     in the logits' dtype. One read of x, one write, one exp per element; nothing else is materialised.
+  3. `_grad_kernel`, grid (N, S): p = 2**((x - m) * c - log2 s), grad = g/T * (onehot(y) - p), written
+     once in the logits' dtype. One read of x, one write, one exp2 per element; nothing else is
+     materialised. (A GPU's exp is an exp2 after a multiply by log2(e) anyway; folding 1/T into that
+     multiply is what removes the per-element division.)
 
 Non-contiguous rows: the logits are addressed as (B, T, V) with strides (stride_b, stride_t, 1), so the
 usual `logits[:, :-1]` works in place; only a last dim with stride != 1 is copied first.
@@ -34,6 +39,8 @@ import torch
 import triton
 import triton.language as tl
 
+LOG2E = 1.4426950408889634  # log2(e): exp(z) = 2**(z * log2(e))
+
 
 # ---------------------------------------------------------------------------------------------------
 # kernels
@@ -41,8 +48,8 @@ import triton.language as tl
 @triton.jit
 def _lse_partial_kernel(
     x_ptr, part_m_ptr, part_s_ptr,  # logits (B, T, V); partials (N, S) float32
-    T_rows, stride_b, stride_t, V, n_splits, temperature,
-    BLOCK: tl.constexpr, TILES: tl.constexpr, SCALE: tl.constexpr,
+    T_rows, stride_b, stride_t, V, n_splits, c,  # c = log2(e) / T
+    BLOCK: tl.constexpr, TILES: tl.constexpr,
 ):
     row = tl.program_id(0)
     split = tl.program_id(1)
@@ -52,20 +59,18 @@ def _lse_partial_kernel(
     col0 = split * (BLOCK * TILES)
     n_tiles = tl.cdiv(tl.minimum(V - col0, BLOCK * TILES), BLOCK)  # TILES, fewer in a row's last split
     lanes = tl.arange(0, BLOCK)
-    m = tl.full([BLOCK], float("-inf"), tl.float32)  # (BLOCK,) running max per lane
-    s = tl.zeros([BLOCK], tl.float32)  # (BLOCK,) running sum of exp(x - m) per lane
+    m = tl.full([BLOCK], float("-inf"), tl.float32)  # (BLOCK,) running max of x per lane
+    s = tl.zeros([BLOCK], tl.float32)  # (BLOCK,) running sum of exp((x - m) / T) per lane
     for i in range(n_tiles):
         cols = col0 + i * BLOCK + lanes
         x = tl.load(x_row + cols, mask=cols < V, other=float("-inf")).to(tl.float32)
-        if SCALE:  # x / T, correctly rounded like PyTorch's division (plain `/` may be approximate)
-            x = tl.math.div_rn(x, temperature)
-        e = tl.exp(-tl.abs(x - m))  # exp(smaller - larger), in (0, 1]
+        e = tl.exp2(-tl.abs(x - m) * c)  # exp((smaller - larger) / T), in (0, 1]
         e = tl.where(x == float("-inf"), 0.0, e)  # masked / -inf entries add nothing (and avoid NaN)
-        s = tl.where(x > m, s * e + 1.0, s + e)  # new max: rescale old sum; else: add exp(x - m)
+        s = tl.where(x > m, s * e + 1.0, s + e)  # new max: rescale old sum; else: add exp((x - m)/T)
         m = tl.maximum(m, x)
     # reduce the lanes to one (m, s) for this segment
     m_seg = tl.max(m, axis=0)
-    s_seg = tl.sum(tl.where(m == float("-inf"), 0.0, s * tl.exp(m - m_seg)), axis=0)
+    s_seg = tl.sum(tl.where(m == float("-inf"), 0.0, s * tl.exp2((m - m_seg) * c)), axis=0)
     tl.store(part_m_ptr + row.to(tl.int64) * n_splits + split, m_seg)
     tl.store(part_s_ptr + row.to(tl.int64) * n_splits + split, s_seg)
 
@@ -73,7 +78,7 @@ def _lse_partial_kernel(
 @triton.jit
 def _lse_combine_kernel(
     x_ptr, y_ptr, part_m_ptr, part_s_ptr, out_ptr, row_max_ptr, row_logs_ptr,
-    N, T_rows, stride_b, stride_t, n_splits, temperature,
+    N, T_rows, stride_b, stride_t, n_splits, temperature, c,  # c = log2(e) / T
     BLOCK_R: tl.constexpr, SPLITS: tl.constexpr, SCALE: tl.constexpr,
 ):
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)  # (R,)
@@ -84,7 +89,7 @@ def _lse_combine_kernel(
     pm = tl.load(part_m_ptr + idx, mask=ok, other=float("-inf"))  # (R, S)
     ps = tl.load(part_s_ptr + idx, mask=ok, other=0.0)  # (R, S)
     m = tl.max(pm, axis=1)  # (R,)
-    s = tl.sum(tl.where(pm == float("-inf"), 0.0, ps * tl.exp(pm - m[:, None])), axis=1)  # (R,)
+    s = tl.sum(tl.where(pm == float("-inf"), 0.0, ps * tl.exp2((pm - m[:, None]) * c)), axis=1)  # (R,)
     logs = tl.log(s)  # (R,)
     # gather the target logit x[y] of each row
     y = tl.load(y_ptr + rows, mask=row_ok, other=0)  # (R,) int64
@@ -92,17 +97,18 @@ def _lse_combine_kernel(
     t = rows % T_rows
     x_row = x_ptr + b.to(tl.int64) * stride_b + t.to(tl.int64) * stride_t
     xy = tl.load(x_row + y, mask=row_ok, other=0.0).to(tl.float32)  # (R,)
-    if SCALE:
-        xy = tl.math.div_rn(xy, temperature)
-    tl.store(out_ptr + rows, (xy - m) - logs, mask=row_ok)  # (x_y/T - m) - log s: keeps digits
-    tl.store(row_max_ptr + rows, m, mask=row_ok)
+    zy = xy - m  # (R,) x_y - m, exact when x_y is close to m
+    if SCALE:  # one correctly rounded division per row (plain `/` may be approximate on a GPU)
+        zy = tl.math.div_rn(zy, temperature)
+    tl.store(out_ptr + rows, zy - logs, mask=row_ok)  # (x_y - m)/T - log s: keeps digits
+    tl.store(row_max_ptr + rows, m, mask=row_ok)  # max of the raw logits
     tl.store(row_logs_ptr + rows, logs, mask=row_ok)
 
 
 @triton.jit
 def _grad_kernel(
     x_ptr, y_ptr, row_max_ptr, row_logs_ptr, g_ptr, dx_ptr,
-    T_rows, stride_b, stride_t, V, temperature,
+    T_rows, stride_b, stride_t, V, temperature, c,  # c = log2(e) / T
     BLOCK: tl.constexpr, TILES: tl.constexpr, SCALE: tl.constexpr,
 ):
     row = tl.program_id(0)
@@ -111,8 +117,8 @@ def _grad_kernel(
     t = row % T_rows
     x_row = x_ptr + b.to(tl.int64) * stride_b + t.to(tl.int64) * stride_t
     dx_row = dx_ptr + row.to(tl.int64) * V  # gradient buffer is contiguous (N, V)
-    m = tl.load(row_max_ptr + row)
-    logs = tl.load(row_logs_ptr + row)
+    m = tl.load(row_max_ptr + row)  # max of the raw logits
+    log2s = tl.load(row_logs_ptr + row) * 1.4426950408889634  # log2 s = log s * log2(e)
     y = tl.load(y_ptr + row)
     g_over_t = tl.load(g_ptr + row)
     if SCALE:
@@ -126,9 +132,7 @@ def _grad_kernel(
         cols = col0 + offs
         ok = cols < V
         x = tl.load(x_row + cols, mask=ok, other=float("-inf")).to(tl.float32)
-        if SCALE:
-            x = tl.math.div_rn(x, temperature)
-        p = tl.exp((x - m) - logs)  # softmax, same rounding path as forward; the only exp per element
+        p = tl.exp2((x - m) * c - log2s)  # softmax exp((x - m)/T - log s); the only exp per element
         d = tl.where(offs == y_off, 1.0 - p, -p) * g_over_t  # g/T * (onehot - p); 1 - p is exact near 1
         # .to() of a narrowing float cast (fp32 -> bf16/fp16) rounds to nearest even by default; no
         # rounding argument, because Triton rejects one on a non-narrowing cast (fp32 -> fp32/fp64).
@@ -196,12 +200,12 @@ class _TritonLogprobs(torch.autograd.Function):
         row_logs = torch.empty_like(out)
         if N > 0:
             _lse_partial_kernel[(N, n_splits)](
-                x, part_m, part_s, T_rows, x.stride(0), x.stride(1), V, n_splits, temperature,
-                BLOCK=cfg.block, TILES=cfg.tiles, SCALE=temperature != 1.0, num_warps=cfg.num_warps,
+                x, part_m, part_s, T_rows, x.stride(0), x.stride(1), V, n_splits, LOG2E / temperature,
+                BLOCK=cfg.block, TILES=cfg.tiles, num_warps=cfg.num_warps,
             )
             _lse_combine_kernel[(triton.cdiv(N, cfg.block_rows),)](
                 x, y, part_m, part_s, out, row_max, row_logs, N, T_rows, x.stride(0), x.stride(1),
-                n_splits, temperature, BLOCK_R=cfg.block_rows, SPLITS=triton.next_power_of_2(n_splits),
+                n_splits, temperature, LOG2E / temperature, BLOCK_R=cfg.block_rows, SPLITS=triton.next_power_of_2(n_splits),
                 SCALE=temperature != 1.0, num_warps=4,
             )
         ctx.save_for_backward(x, y, row_max, row_logs)
@@ -219,6 +223,7 @@ class _TritonLogprobs(torch.autograd.Function):
         if N > 0:
             _grad_kernel[(N, triton.cdiv(V, cfg.block * cfg.tiles))](
                 x, y, row_max, row_logs, g, dx, T_rows, x.stride(0), x.stride(1), V, ctx.temperature,
+                LOG2E / ctx.temperature,
                 BLOCK=cfg.block, TILES=cfg.tiles, SCALE=ctx.temperature != 1.0, num_warps=cfg.num_warps,
             )
         return dx.view(ctx.shape), None, None, None
