@@ -29,7 +29,17 @@ Non-contiguous rows: the logits are addressed as (B, T, V) with strides (stride_
 usual `logits[:, :-1]` works in place; only a last dim with stride != 1 is copied first.
 
 Launch parameters (`LaunchConfig`) are chosen from V and the element size by `pick_config`; the bench
-(`python -m minipost.kernels.bench --sweep`) tries alternatives on a GPU.
+(`python -m minipost.kernels.bench --sweep`) tries alternatives on a GPU. Each program loops over only
+the tiles its segment covers (a runtime trip count), so a row's last segment runs no all-masked tiles.
+
+Known risk, not yet measured on a GPU: vectorised (16-byte) loads need the compiler to know that a row
+starts on a 16-byte boundary. Triton learns that from integer arguments divisible by 16, so for
+V = 32768 the row stride qualifies, but for an odd V such as 50257 the row base `t * stride_t` is not
+provably aligned and every load and store goes out one element at a time, which may cost bandwidth. A
+possible fix: a masked head up to the next aligned column, full tiles without masks under
+`tl.multiple_of` hints, and a masked tail. Until a GPU bench shows the need, the simple path stays.
+These kernels have been checked in Triton's CPU interpreter and compiled to PTX for sm_90 offline,
+but not run on a GPU since the changes in this file's latest commits.
 """
 from __future__ import annotations
 
