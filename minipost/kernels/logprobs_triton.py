@@ -39,7 +39,7 @@ provably aligned and every load and store goes out one element at a time, which 
 possible fix: a masked head up to the next aligned column, full tiles without masks under
 `tl.multiple_of` hints, and a masked tail. Until a GPU bench shows the need, the simple path stays.
 These kernels have been checked in Triton's CPU interpreter and compiled to PTX for sm_90 offline,
-but not run on a GPU since the changes in this file's latest commits.
+but not yet run on a GPU since the exp2 and trip-count changes.
 """
 from __future__ import annotations
 
