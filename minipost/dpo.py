@@ -34,9 +34,11 @@ Deviations and choices:
 - The policy is trained with dropout off (the nano and small models have none): its log-probs are compared with
   the reference's, and noise in one side would show up as a fake reward.
 - The reference defaults to the init checkpoint; `--ref` can name another.
-- Optional `rpo_alpha` adds rpo_alpha * (mean per-token NLL of the chosen answers) to the loss, as in RPO
+- `rpo_alpha` (the presets use 1.0) adds rpo_alpha * (mean per-token NLL of the chosen answers) to the loss, as in RPO
   (Pang et al. 2024, "Iterative Reasoning Preference Optimization", eq. 1). Plain DPO only constrains the
   *difference* of log-ratios, so both log-probs can fall together; the NLL term keeps the chosen ones up.
+  Measured on nano: plain DPO (beta 0.1, lr 3e-4) took logps/chosen from -7 to -35 and knowledge QA from 94% to
+  10%; with rpo_alpha 1, lr 1e-4, beta 0.5 logps/chosen rose from -7 to -3 and no domain score fell by over 4 points.
 
 Run:  python -m minipost.dpo --init runs/sft/model.pt --out runs/dpo          (nano preset, ~2 min on CPU)
       python -m minipost.dpo --init SFT.pt --data my_prefs.jsonl --loss-type ipo --out runs/my_dpo
@@ -97,8 +99,8 @@ class Config:
 
 
 PRESETS = {
-    "nano": dict(preset="nano", max_steps=100, batch_size=32, block_size=256, lr=3e-4),
-    "small": dict(preset="small", max_steps=200, batch_size=64, block_size=512, lr=1e-4),
+    "nano": dict(preset="nano", max_steps=100, batch_size=32, block_size=256, lr=1e-4, beta=0.5, rpo_alpha=1.0),
+    "small": dict(preset="small", max_steps=200, batch_size=64, block_size=512, lr=5e-5, beta=0.5, rpo_alpha=1.0),
 }
 
 

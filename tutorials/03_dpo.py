@@ -88,7 +88,10 @@ print("step-0 margins:", (chosen_r - rejected_r).tolist())
 
 # %% [markdown]
 # ## 2. Train, and read the reward metrics
-# nano preset: 32 pairs per step, beta 0.1, about 2 minutes on a 2-core CPU. In metrics.jsonl:
+# nano preset: 32 pairs per step, 100 steps, and RPO's extra NLL term on the chosen answers (`rpo_alpha`). In one
+# of our runs, plain DPO at lr 3e-4 took logps/chosen from -7 to -35 in 100 steps and broke the model (knowledge
+# 94% -> 10%, refusals on forbidden topics 100% -> 0%); with the NLL term, a lower lr and beta 0.5 logps/chosen rises (-7 -> -3).
+# About 2 minutes on a free 2-core CPU. In metrics.jsonl:
 # - `rewards/chosen`, `rewards/rejected`: mean beta * log pi/pi_ref of each side. Often *both* fall: the model
 #   makes both answers less likely, the rejected one much faster. That is normal for DPO.
 # - `rewards/margins` (chosen - rejected) should climb; `rewards/accuracies` (share of pairs with chosen reward
