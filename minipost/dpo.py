@@ -16,7 +16,8 @@ Bradley-Terry likelihood of the preferences under it. We log it as rewards/chose
 Reading the metrics: at step 0 the policy equals the reference, so every reward is 0 and the loss is
 ln 2 = 0.693. rewards/margins (chosen - rejected) should grow and rewards/accuracies (the share of pairs with
 chosen reward strictly above rejected) rise towards 1. (At step 1 it is not exactly 0: the reference's log-probs
-were computed in differently padded batches, and float rounding of ~1e-6 breaks some of the ties.) Both rewards often go *down* together (the policy
+were computed in differently padded batches, and float rounding of ~1e-6 breaks some of the ties.)
+Both rewards often go *down* together (the policy
 lowers the probability of both answers, the rejected one faster); watch logps/chosen for that.
 
 Loss types (`dpo_loss(..., loss_type=)`), all functions of h:
@@ -34,11 +35,12 @@ Deviations and choices:
 - The policy is trained with dropout off (the nano and small models have none): its log-probs are compared with
   the reference's, and noise in one side would show up as a fake reward.
 - The reference defaults to the init checkpoint; `--ref` can name another.
-- `rpo_alpha` (the presets use 1.0) adds rpo_alpha * (mean per-token NLL of the chosen answers) to the loss, as in RPO
-  (Pang et al. 2024, "Iterative Reasoning Preference Optimization", eq. 1). Plain DPO only constrains the
+- `rpo_alpha` (the presets use 1.0) adds rpo_alpha * (mean per-token NLL of the chosen answers) to the loss,
+  as in RPO (Pang et al. 2024, "Iterative Reasoning Preference Optimization", eq. 1). Plain DPO only constrains the
   *difference* of log-ratios, so both log-probs can fall together; the NLL term keeps the chosen ones up.
   Measured on nano: plain DPO (beta 0.1, lr 3e-4) took logps/chosen from -7 to -35 and knowledge QA from 94% to
-  10%; with rpo_alpha 1, lr 1e-4, beta 0.5 logps/chosen rose from -7 to -3 and no domain score fell by over 4 points.
+  10%; with rpo_alpha 1, lr 1e-4, beta 0.5 logps/chosen rose from -7 to -3 and no domain score fell by
+  more than 4 points.
 
 Run:  python -m minipost.dpo --init runs/sft/model.pt --out runs/dpo          (nano preset, ~2 min on CPU)
       python -m minipost.dpo --init SFT.pt --data my_prefs.jsonl --loss-type ipo --out runs/my_dpo

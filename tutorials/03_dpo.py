@@ -17,6 +17,7 @@
 
 # %%
 import json
+import math
 import os
 from pathlib import Path
 
@@ -83,14 +84,15 @@ x, y = pair_batch(pairs, pad)  # (16, T): 8 chosen rows, then 8 rejected rows
 logps = response_logps(policy(x), y)  # (16,): summed log-probs of the answer tokens
 ref_c, ref_r = all_logps(reference, pairs, pad, torch.device("cpu"))  # (8,) each
 losses, chosen_r, rejected_r = dpo_loss(logps[:8], logps[8:], ref_c, ref_r, beta=0.1)
-print("step-0 losses:", [round(v, 4) for v in losses.tolist()], " ln 2 =", round(float(torch.log(torch.tensor(2.0))), 4))
+print("step-0 losses:", [round(v, 4) for v in losses.tolist()], " ln 2 =", round(math.log(2), 4))
 print("step-0 margins:", (chosen_r - rejected_r).tolist())
 
 # %% [markdown]
 # ## 2. Train, and read the reward metrics
 # nano preset: 32 pairs per step, 100 steps, and RPO's extra NLL term on the chosen answers (`rpo_alpha`). In one
 # of our runs, plain DPO at lr 3e-4 took logps/chosen from -7 to -35 in 100 steps and broke the model (knowledge
-# 94% -> 10%, refusals on forbidden topics 100% -> 0%); with the NLL term, a lower lr and beta 0.5 logps/chosen rises (-7 -> -3).
+# 94% -> 10%, refusals on forbidden topics 100% -> 0%); with the NLL term, a lower lr and beta 0.5,
+# logps/chosen rises instead (-7 -> -3).
 # About 2 minutes on a free 2-core CPU. In metrics.jsonl:
 # - `rewards/chosen`, `rewards/rejected`: mean beta * log pi/pi_ref of each side. Often *both* fall: the model
 #   makes both answers less likely, the rejected one much faster. That is normal for DPO.
