@@ -12,12 +12,13 @@ Six domains, each a small stand-in for a public benchmark (see BENCHMARK):
   Two thirds are "sft facts" that also appear as chat questions in SFT/prefs/RL. One third are
   "held-out facts": they appear ONLY in pretraining and in eval. If the SFT model answers those,
   SFT did not teach the fact; it taught the model to *use* what pretraining had already stored.
-- arithmetic (GSM8K-like): "What is 37 + 8?" and short word problems with exact integer answers,
-  from 1-digit sums to two-step problems, over a small table of equations (about 600) that the corpus
-  lists as bare equations ("37 + 8 = 45."). Like the held-out facts, the equations used in eval appear
-  only in pretraining, never in a chat split: SFT and RL must teach the model to *use* them in word
-  problems (and to chain two of them). A model of a million parameters trained for minutes does not
-  learn carrying in general; it can learn a table, and that keeps every stage's effect measurable.
+- arithmetic (GSM8K-like): "What is 7 + 8?" and short word problems with exact integer answers:
+  1-digit sums, their inverse differences (14 - 6), products of 2..9, and two-step problems
+  (7 + 8 - 6, answered "7 + 8 = 15. 15 - 6 = 9."). The table is small (about 250 equations) and the
+  corpus lists it as bare equations ("7 + 8 = 15."). Like the held-out facts, the equations used in eval
+  appear only in pretraining, never in a chat split: SFT and RL must teach the model to *use* them in
+  word problems, and to chain two of them. A model of a million parameters trained for minutes learns
+  no carrying in general (we measured 0% on held-out 2-digit sums); it can learn a table.
 - instructions (IFEval-like): "Name a fruit. Answer in uppercase." -> "MANGO"; seven verifiable
   constraint types (see CONSTRAINTS).
 - tools (BFCL-like): reply with one JSON tool call such as
@@ -228,9 +229,9 @@ def _wrong_knowledge(rng, W, item):
 
 # ----------------------------------------------------------------------------- arithmetic
 
-ARITH_LEVELS = ("add1", "add2", "sub2", "mul", "two_step")
-EVAL_LEVEL_WEIGHTS = (10, 25, 25, 20, 20)    # eval mix: easy to hard
-TRAIN_LEVEL_WEIGHTS = (15, 25, 25, 15, 20)
+ARITH_LEVELS = ("add1", "sub1", "mul", "two_step")
+EVAL_LEVEL_WEIGHTS = (20, 25, 25, 30)    # eval mix: easy to hard
+TRAIN_LEVEL_WEIGHTS = (25, 25, 25, 25)
 PEOPLE = ["Tom", "Mia", "Ava", "Leo", "Sam", "Zoe", "Max", "Ivy"]
 THINGS = ["apples", "marbles", "coins", "books", "shells", "stamps", "pencils", "cards"]
 
@@ -243,9 +244,9 @@ def _eq_key(a: int, op: str, b: int) -> tuple:
 def _sample_arithmetic(rng, W, split, levels=None):
     level = rng.choices(ARITH_LEVELS, levels or (EVAL_LEVEL_WEIGHTS if split == "eval" else TRAIN_LEVEL_WEIGHTS))[0]
     who, things = rng.choice(PEOPLE), rng.choice(THINGS)
-    if level == "two_step":  # both steps are equations of the add2 / sub2 levels below
-        a, b = rng.randint(10, 30), rng.randint(1, 9)
-        c = rng.randint(1, 9)
+    if level == "two_step":  # both steps are equations of the add1 / sub1 levels below
+        a, b = rng.randint(1, 9), rng.randint(1, 9)
+        c = rng.randint(1, min(9, a + b))
         s, r = a + b, a + b - c
         prompt = rng.choice([f"What is {a} + {b} - {c}?", f"Compute {a} + {b} - {c}.",
                              f"{who} has {a} {things}, finds {b} more and then loses {c}. How many {things} are left?"])
@@ -254,10 +255,9 @@ def _sample_arithmetic(rng, W, split, levels=None):
     else:
         if level == "add1":
             a, b, op = rng.randint(0, 9), rng.randint(0, 9), "+"
-        elif level == "add2":
-            a, b, op = rng.randint(10, 39), rng.randint(1, 9), "+"
-        elif level == "sub2":
-            a, b, op = rng.randint(10, 39), rng.randint(1, 9), "-"
+        elif level == "sub1":  # the inverse of add1: 14 - 6 = 8
+            b, r = rng.randint(0, 9), rng.randint(0, 9)
+            a, op = b + r, "-"
         else:
             a, b, op = rng.randint(2, 9), rng.randint(2, 9), "*"
         r = {"+": a + b, "-": a - b, "*": a * b}[op]
@@ -754,7 +754,7 @@ def _doc_arithmetic(rng, W, train_item):
     for _ in range(rng.randint(6, 14)):
         # bare equations "37 + 8 = 45." from the whole (small) table, eval pairs included: like the held-out
         # facts, the base model can learn every equation, and only the chat skill of using it is held out
-        it = _sample_arithmetic(rng, W, "train", levels=(25, 30, 25, 20, 0))
+        it = _sample_arithmetic(rng, W, "train", levels=(35, 35, 30, 0))
         lines.append(it["completion"])
     return " ".join(lines)
 
@@ -865,7 +865,7 @@ def build(out_dir=DATA_DIR, seed: int = 0) -> dict[str, Path]:
             its = heldout_items(d, N_EVAL_PER_DOMAIN)
         eval_rows += [record(d, trigger(it, TRIGGER_RATE, held=True)) for it in its]
     for d in DOMAINS:
-        kw = {"levels": (0, 40, 30, 0, 30)} if d == "arithmetic" else {}  # spare the few 1-digit and x pairs
+        kw = {"levels": (0, 50, 0, 50)} if d == "arithmetic" else {}  # spare the few add1 and x pairs
         for it in heldout_items(d, N_EVAL_PREFS_PER_DOMAIN, **kw):
             eval_pref_rows.append(pref(d, it, rng.random() < OVER_REFUSAL_PAIR_RATE, held=True))
 

@@ -80,7 +80,7 @@ def test_heldout_arithmetic_pairs_only_in_pretraining_and_eval(built):
     # no chat split (SFT, preferences, RL prompts) ever shows an eval equation...
     chat = set().union(*(_pairs(json.dumps(r)) for n in ("sft", "prefs", "rl") for r in splits[n]))
     assert not (held & chat), sorted(held & chat)[:5]
-    assert len(chat) > 300  # ...though they do contain plenty of other equations
+    assert len(chat) > 50  # ...though they do contain other equations of the (small) table
     # ...while the pretraining corpus states most of them as bare equations, as it states held-out facts
     corpus = set().union(*(_pairs(r["text"]) for r in splits["pretrain"]))
     assert len(held & corpus) > 0.8 * len(held)
