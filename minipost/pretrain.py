@@ -41,7 +41,7 @@ class Config:
     val_data: str = field("", "held-out text in the same form (default: the world's pretrain_val.jsonl)")
     init: str = field("", "start from this checkpoint's weights instead of random init")
     resume: bool = field(False, "continue from OUT/state.pt (optimizer, schedule, RNG and step restored)")
-    max_steps: int = field(1000, "optimizer steps (the learning-rate schedule spans these)")
+    max_steps: int = field(1600, "optimizer steps (the learning-rate schedule spans these)")
     stop_after: int = field(0, "checkpoint and stop after this many steps, to --resume later (0: run to the end)")
     batch_size: int = field(16, "sequences per micro-batch")
     grad_accum: int = field(1, "micro-batches per optimizer step")
@@ -51,7 +51,7 @@ class Config:
     warmup_steps: int = field(50, "linear warmup steps")
     weight_decay: float = field(0.1, "AdamW weight decay on matrices (not biases, LayerNorms)")
     grad_clip: float = field(1.0, "clip the global gradient norm to this (0: off)")
-    eval_every: int = field(250, "steps between held-out loss evaluations and checkpoints")
+    eval_every: int = field(400, "steps between held-out loss evaluations and checkpoints")
     eval_windows: int = field(64, "held-out windows of block_size tokens per evaluation")
     log_every: int = field(10, "steps between metrics.jsonl rows")
     tokenizer: str = field("nano", "tokenizer name (data/tokenizer_<name>.tiktoken)")
@@ -64,7 +64,7 @@ class Config:
 
 
 PRESETS = {
-    "nano": dict(preset="nano", max_steps=1000, batch_size=16, block_size=256, lr=2e-3, tokenizer="nano"),
+    "nano": dict(preset="nano", max_steps=1600, batch_size=16, block_size=256, lr=2e-3, tokenizer="nano"),
     "small": dict(preset="small", max_steps=3000, batch_size=32, block_size=512, lr=1e-3, tokenizer="small"),
 }
 
