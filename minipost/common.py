@@ -101,7 +101,11 @@ def parse_config(cls, argv: list[str] | None = None, presets: dict[str, dict] | 
     parser = argparse.ArgumentParser(description=(cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else None)
     for f in dataclasses.fields(cls):
         typ = hints[f.name]
-        kwargs: dict = {"help": f.metadata.get("help", "") + f" (default: {f.default})", "default": None}
+        default = f"default: {f.default}"
+        for name, values in (presets or {}).items():  # what each preset actually runs
+            if f.name in values and f.name != "preset" and values[f.name] != f.default:
+                default += f"; {name}: {values[f.name]}"
+        kwargs: dict = {"help": f.metadata.get("help", "") + f" ({default})", "default": None}
         if typ is bool:
             kwargs["type"] = _str2bool
             kwargs["metavar"] = "BOOL"
@@ -230,11 +234,13 @@ def _plain(v):
 
 
 def check_finite(loss: torch.Tensor, step: int, out_dir) -> None:
-    """Stop the run with a clear message on a NaN/inf loss; the last good checkpoint on disk is kept."""
+    """Stop the run with a clear message on a NaN/inf loss, before the bad step reaches the weights. Nothing is
+    written after this point: checkpoints already on disk (written atomically) stay as they were."""
     if not torch.isfinite(loss).all():
         raise FloatingPointError(
-            f"loss is {loss.item()} at step {step}; stopping. The last good checkpoint in {out_dir} is untouched. "
-            "Usual causes: learning rate too high, fp16 overflow, or an empty loss mask (0/0).")
+            f"loss is {loss.item()} at step {step}; stopping before the optimizer step. Checkpoints already in "
+            f"{out_dir} are untouched (this run writes no more). Usual causes: learning rate too high, fp16 "
+            "overflow, or an empty loss mask (0/0).")
 
 
 # ----------------------------------------------------------------------------------------------------------------

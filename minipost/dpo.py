@@ -234,12 +234,13 @@ def train(cfg: Config) -> dict:
     pad_id = special_id(enc, "<|pad|>")
 
     # ---- the reference's log-probs, once: it never changes
-    t0 = time.time()
+    t_ref = time.time()
     ref_chosen, ref_rejected = all_logps(ref_model, pairs, pad_id, device, cfg.logprobs_impl)  # (N,) each
     eval_ref = all_logps(ref_model, eval_pairs, pad_id, device, cfg.logprobs_impl) if eval_pairs else None
     del ref_model
     print(f"{len(pairs)} training pairs, {len(eval_pairs)} held-out pairs; reference log-probs in "
-          f"{time.time() - t0:.1f} s")
+          f"{time.time() - t_ref:.1f} s")
+    t0 = time.time()
 
     # ---- optimizer
     optimizer = make_optimizer(model, cfg, device)
@@ -254,7 +255,7 @@ def train(cfg: Config) -> dict:
         lr = lr_at(step, cfg)
         for g in optimizer.param_groups:
             g["lr"] = lr
-        stats = {k: 0.0 for k in ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins",
+        stats = {k: 0.0 for k in ("loss", "nll_loss", "rewards/chosen", "rewards/rejected", "rewards/margins",
                                   "rewards/accuracies", "logps/chosen", "logps/rejected")}
         for _ in range(cfg.grad_accum):
             idx = next(batches)  # B pair indices
@@ -267,14 +268,14 @@ def train(cfg: Config) -> dict:
             losses, chosen_r, rejected_r = dpo_loss(
                 logps[:B], logps[B:], ref_chosen[idx].to(device), ref_rejected[idx].to(device),
                 beta=cfg.beta, loss_type=cfg.loss_type, label_smoothing=cfg.label_smoothing)  # (B,) each
-            loss = losses.mean()
-            if cfg.rpo_alpha:  # RPO: also imitate the chosen answers (per-token NLL)
-                n_chosen = (y[:B] != IGNORE).sum()
-                loss = loss - cfg.rpo_alpha * logps[:B].sum() / n_chosen
+            loss = losses.mean()  # logged as `loss`: the DPO term alone
+            nll = -logps[:B].sum() / (y[:B] != IGNORE).sum()  # per-token NLL of the chosen answers
+            if cfg.rpo_alpha:  # RPO: also imitate the chosen answers; logged as `nll_loss`
+                loss = loss + cfg.rpo_alpha * nll
             loss = loss / cfg.grad_accum
             check_finite(loss, step, out)
             loss.backward()
-            for k, v in (("loss", losses.mean()), ("rewards/chosen", chosen_r.mean()),
+            for k, v in (("loss", losses.mean()), ("nll_loss", nll.detach()), ("rewards/chosen", chosen_r.mean()),
                          ("rewards/rejected", rejected_r.mean()), ("rewards/margins", (chosen_r - rejected_r).mean()),
                          ("rewards/accuracies", (chosen_r > rejected_r).float().mean()),
                          ("logps/chosen", logps[:B].detach().mean()), ("logps/rejected", logps[B:].detach().mean())):

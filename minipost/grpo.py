@@ -104,6 +104,8 @@ def group_advantages(rewards: torch.Tensor, group_size: int, scale: bool = True,
     rewards (B,) laid out group after group -> (B,). Each group's advantages sum to zero; a group whose
     rewards are all equal gets zero advantage (it carries no learning signal).
     """
+    if scale and group_size < 2:
+        raise ValueError("group_size must be >= 2 to scale by the group's std (or pass scale=False)")
     r = rewards.float().view(-1, group_size)  # (B/G, G)
     centred = r - r.mean(dim=1, keepdim=True)  # (B/G, G)
     if scale:

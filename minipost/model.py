@@ -203,6 +203,9 @@ class GPT(nn.Module):
             attention_mask = torch.ones_like(idx)
         n_real = int(attention_mask.sum(dim=1).max())
         max_new_tokens = min(max_new_tokens, self.cfg.block_size - n_real)
+        if max_new_tokens <= 0:
+            raise ValueError(f"a prompt of {n_real} tokens leaves no room to generate (block_size "
+                             f"{self.cfg.block_size}); shorten the prompt")
         cache = KVCache(self.cfg, B, P + max_new_tokens, idx.device, self.wte.weight.dtype)
         logits = self(idx, attention_mask, cache=cache)[:, -1]  # (B, V): left padding puts every last token here
         done = torch.zeros(B, dtype=torch.bool, device=idx.device)

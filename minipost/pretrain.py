@@ -15,6 +15,7 @@ Run:  python -m minipost.pretrain --out runs/pretrain            (nano preset, a
 """
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -151,7 +152,9 @@ def train(cfg: Config) -> dict:
     model.to(device)
     optimizer = make_optimizer(model, cfg, device)
     step = 0
-    if cfg.resume and (out / "state.pt").exists():
+    if cfg.resume:
+        if not (out / "state.pt").exists():
+            raise FileNotFoundError(f"--resume: no {out / 'state.pt'} to resume from")
         state = load_checkpoint(out / "state.pt")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -160,6 +163,10 @@ def train(cfg: Config) -> dict:
         print(f"resumed from {out / 'state.pt'} at step {step}")
     print(f"model: {model.num_params() / 1e6:.2f}M parameters on {device}")
     fwd = torch.compile(model) if cfg.compile else model
+    if step > 0:  # drop rows logged after the checkpoint we resume from (a crash can leave some)
+        rows = (out / "metrics.jsonl").read_text().splitlines() if (out / "metrics.jsonl").exists() else []
+        kept = [r for r in rows if json.loads(r)["step"] <= step]
+        (out / "metrics.jsonl").write_text("".join(r + "\n" for r in kept))
     logger = MetricsLogger(out, append=step > 0)
 
     def checkpoint(step):  # model.pt: what later stages load; state.pt: everything needed to resume exactly
@@ -201,7 +208,7 @@ def train(cfg: Config) -> dict:
             logger.log(done, loss=loss_sum, val_loss=val_loss, lr=lr, grad_norm=grad_norm,
                        tokens_per_s=tokens_seen / elapsed, elapsed_s=elapsed)
             bar.set_postfix(loss=f"{loss_sum:.3f}", val=f"{val_loss:.3f}", tok_s=f"{tokens_seen / elapsed:,.0f}")
-        if cfg.stop_after and done >= cfg.stop_after:
+        if cfg.stop_after and done == cfg.stop_after:
             checkpoint(done)
             print(f"stopping after step {done}; continue with --resume true")
             break

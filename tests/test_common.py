@@ -78,5 +78,5 @@ def test_read_jsonl_names_file_line_and_field(tmp_path):
 
 
 def test_nan_loss_stops_with_a_message():
-    with pytest.raises(FloatingPointError, match="last good checkpoint"):
+    with pytest.raises(FloatingPointError, match="stopping before the optimizer step"):
         check_finite(torch.tensor(float("nan")), 7, "runs/x")

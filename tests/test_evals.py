@@ -23,7 +23,7 @@ def test_every_column_in_range_and_identical_models_have_zero_preference_accurac
         assert (v > 0) if k == "val_loss" else (0.0 <= v <= 1.0), (k, v)
     # policy == reference: every implicit reward is exactly 0, and accuracy counts strict wins only
     assert scores["pref_acc"] == 0.0
-    # a random model knows nothing and never says the stop token on purpose
+    # a random model knows nothing
     assert scores["knowledge"] == 0.0 and scores["val_loss"] > 5.0
     assert len((tmp_path / f"answers_{tmp_path.name}.jsonl").read_text().splitlines()) == 6 * 3
 

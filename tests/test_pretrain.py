@@ -48,3 +48,15 @@ def test_learning_rate_schedule_warmup_then_cosine():
     assert lr_at(0, cfg) == 0.1 and lr_at(9, cfg) == 1.0
     assert abs(lr_at(60, cfg) - 0.55) < 1e-9  # halfway through the cosine
     assert abs(lr_at(110, cfg) - 0.1) < 1e-9
+
+
+def test_resume_without_state_is_an_error_and_a_crash_tail_is_dropped(tmp_path):
+    import pytest
+    with pytest.raises(FileNotFoundError, match="no .*state.pt"):
+        train(small_cfg(tmp_path, "none", resume=True))
+    train(small_cfg(tmp_path, "crash", stop_after=3))
+    log = tmp_path / "crash" / "metrics.jsonl"
+    log.write_text(log.read_text() + json.dumps({"step": 4, "loss": 9.9}) + "\n")  # logged, then crashed
+    train(small_cfg(tmp_path, "crash", resume=True))
+    steps = [json.loads(line)["step"] for line in log.read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]
