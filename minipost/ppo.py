@@ -91,8 +91,8 @@ class Config:
 
 
 PRESETS = {
-    "nano": dict(preset="nano", max_steps=100, max_seconds=225, prompts_per_step=16, group_size=8, max_new_tokens=48,
-                 lr=3e-5),
+    "nano": dict(preset="nano", max_steps=180, max_seconds=230, prompts_per_step=16, group_size=8, max_new_tokens=48,
+                 lr=3e-5, domains="", eval_every=60),
     "small": dict(preset="small", max_steps=200, prompts_per_step=32, group_size=8, max_new_tokens=64, lr=5e-6,
                   ppo_epochs=2),
 }
