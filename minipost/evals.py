@@ -174,13 +174,15 @@ def evaluate_checkpoint(path, device="cpu", ref_path=None, chat: bool = True, li
 # ----------------------------------------------------------------------------------------------------------------
 # the report card
 
-def report_table(rows: dict[str, dict], markdown: bool = False) -> str:
-    """rows: name -> scores. Each cell shows the value and, against the row above, an arrow when it moved by
-    at least 2 points (up = better, down = worse, whatever the column's direction)."""
+def report_table(rows: dict[str, dict], markdown: bool = False, parents: dict[str, str] | None = None) -> str:
+    """rows: name -> scores. Each cell shows the value and an arrow when it moved by at least 2 points
+    (0.01 nats for val_loss) against the row's parent: `parents[name]` if given (the stage it started from),
+    else the row above. ▲ is better and ▼ worse, whatever the column's direction."""
     cols = [c for c in COLUMN_ORDER if any(c in r for r in rows.values())]
     header = ["stage"] + cols
-    lines, prev = [], None
+    lines, above = [], None
     for name, r in rows.items():
+        prev = rows.get((parents or {}).get(name), above)
         cells = [name]
         for c in cols:
             if c not in r:
@@ -195,7 +197,7 @@ def report_table(rows: dict[str, dict], markdown: bool = False) -> str:
                     cell += " ▲" if better else " ▼"
             cells.append(cell)
         lines.append(cells)
-        prev = r
+        above = r
     if markdown:
         out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         out += ["| " + " | ".join(c) + " |" for c in lines]
@@ -205,18 +207,19 @@ def report_table(rows: dict[str, dict], markdown: bool = False) -> str:
     return "\n".join([fmt(header), fmt(["-" * w for w in widths])] + [fmt(c) for c in lines])
 
 
-LEGEND = ("scores in % (val_loss in nats/token); ▲ better / ▼ worse than the row above by >= 2 points "
-          "(0.01 nats); over_refusal: lower is better.")
+LEGEND = ("scores in % (val_loss in nats/token); ▲ better / ▼ worse by >= 2 points (0.01 nats) than the stage "
+          "the row started from (the row above, when not given); over_refusal: lower is better.")
 
 
-def write_report(rows: dict[str, dict], out_dir) -> str:
-    """Print the report card and write report.md, report.json and report.png into out_dir."""
+def write_report(rows: dict[str, dict], out_dir, parents: dict[str, str] | None = None) -> str:
+    """Print the report card and write report.md, report.json (rows and parents) and report.png into out_dir."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    text = report_table(rows)
+    text = report_table(rows, parents=parents)
     print(text + "\n" + LEGEND)
-    (out_dir / "report.md").write_text(report_table(rows, markdown=True) + "\n\n" + LEGEND + "\n", encoding="utf-8")
-    save_json(out_dir / "report.json", rows)
+    (out_dir / "report.md").write_text(report_table(rows, markdown=True, parents=parents) + "\n\n" + LEGEND + "\n",
+                                       encoding="utf-8")
+    save_json(out_dir / "report.json", {"rows": rows, "parents": parents or {}})
     plot_report(rows, out_dir / "report.png")
     return text
 
@@ -244,7 +247,8 @@ def plot_report(rows: dict[str, dict], path) -> None:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description="Evaluate checkpoints and print the report card.")
-    ap.add_argument("--ckpt", action="append", required=True, help="checkpoint path (repeat for several rows)")
+    ap.add_argument("--ckpt", action="append", help="checkpoint path (repeat for several rows)")
+    ap.add_argument("--from-json", default=None, help="re-render a saved report.json instead of evaluating")
     ap.add_argument("--name", action="append", help="row names, in --ckpt order (default: the folder names)")
     ap.add_argument("--ref", default=None, help="reference checkpoint for preference accuracy (e.g. the SFT model)")
     ap.add_argument("--out", default="runs/report", help="folder for report.md, report.json, report.png")
@@ -252,6 +256,12 @@ def main(argv=None):
     ap.add_argument("--limit", type=int, default=None, help="evaluate at most this many items per domain")
     ap.add_argument("--device", default="auto")
     args = ap.parse_args(argv)
+    if args.from_json:
+        saved = json.loads(Path(args.from_json).read_text())
+        write_report(saved["rows"], args.out, saved.get("parents"))
+        return saved["rows"]
+    if not args.ckpt:
+        ap.error("give --ckpt (one or more) or --from-json")
     device = pick_device(args.device)
     names = args.name or [Path(c).parent.name for c in args.ckpt]
     rows = {n: evaluate_checkpoint(c, device, args.ref, chat=not args.no_chat, limit=args.limit, out_dir=args.out)

@@ -99,7 +99,8 @@ def main(cfg: Config) -> dict:
     timings["evals"] = time.time() - t
     timings["total"] = time.time() - t0
     print()
-    write_report(rows, out / "report")
+    parents = {ROW_NAMES.get(s, s): ROW_NAMES.get(STAGES[s][1], STAGES[s][1]) for s in ckpts if STAGES[s][1] in ckpts}
+    write_report(rows, out / "report", parents)
     save_json(out / "timings.json", timings)
     print("\nseconds per stage: " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
     return rows

@@ -39,6 +39,8 @@ def test_report_arrows_respect_each_columns_direction(tmp_path):
     assert "10.0 ▲" in sft  # over-refusal down: better
     assert "50.5 " in dpo and "50.5 ▲" not in dpo  # +0.5 points: below the 2-point threshold, no arrow
     assert "40.0 ▼" in dpo
+    # against a named parent instead of the row above: dpo vs base, knowledge +40.5 points
+    assert "50.5 ▲" in report_table(rows, parents={"dpo": "base"}).splitlines()[4]
     write_report(rows, tmp_path)
     assert (tmp_path / "report.md").read_text().startswith("| stage |")
     assert (tmp_path / "report.png").stat().st_size > 1000

@@ -11,5 +11,6 @@ def test_pipeline_smoke_runs_every_stage_and_writes_the_report(tmp_path, capsys)
         assert (tmp_path / stage / "model.pt").exists(), stage
     assert "pref_acc" in rows["dpo"] and "pref_acc" not in rows["sft"]  # sft is the reference
     report = json.loads((tmp_path / "report" / "report.json").read_text())
-    assert report == json.loads(json.dumps(rows))
+    assert report["rows"] == json.loads(json.dumps(rows))
+    assert report["parents"] == {"sft": "base", "dpo": "sft", "rloo": "dpo", "grpo": "dpo", "ppo": "dpo"}
     assert "stage" in capsys.readouterr().out
