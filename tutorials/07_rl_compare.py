@@ -14,7 +14,6 @@
 
 # %%
 import json
-import os
 from pathlib import Path
 
 import torch
@@ -23,36 +22,11 @@ from minipost.common import DATA_DIR, config_with_preset, read_jsonl
 from minipost import grpo, ppo, reinforce
 from minipost.evals import evaluate_checkpoint, report_table
 
-SMOKE = os.environ.get("MINIPOST_SMOKE") == "1"
-if SMOKE:
-    torch.set_num_threads(1)  # tiny tensors: one thread is faster, and the test machine is shared
-OUT = Path(os.environ.get("MINIPOST_OUT", "runs/tutorials")) / "07_rl_compare"
+from _setup import SMOKE, ensure_world, out_dir, start_checkpoint  # noqa: E402  (tutorials/_setup.py)
 
-
-def start_checkpoint() -> str:
-    """The model RL starts from: $MINIPOST_INIT, else the newest DPO or SFT run we can find. In smoke mode with
-    none of them, a random nano GPT (it will learn nothing; the point is to run the code)."""
-    candidates = [os.environ.get("MINIPOST_INIT", ""), "runs/pipeline/dpo/model.pt", "runs/dpo/model.pt",
-                  "runs/pipeline/sft/model.pt", "runs/sft/model.pt"]
-    for c in candidates:
-        if c and Path(c).exists():
-            return c
-    if not SMOKE:
-        raise SystemExit("no SFT/DPO checkpoint found: run `python -m minipost.pipeline --stages pretrain,sft,dpo` "
-                         "first, or set MINIPOST_INIT=path/to/model.pt")
-    from minipost.common import save_checkpoint
-    from minipost.model import GPT, GPTConfig, PRESETS as MODEL_PRESETS, model_checkpoint
-    from minipost.tokenizer import get_tokenizer
-    torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=get_tokenizer("nano").n_vocab, **MODEL_PRESETS["nano"]))
-    save_checkpoint(OUT / "random_init.pt", model_checkpoint(model, "nano", 0))
-    return str(OUT / "random_init.pt")
-
-
-if not (DATA_DIR / "rl.jsonl").exists():
-    from minipost.world import build
-    build(DATA_DIR)
-INIT = start_checkpoint()
+OUT = out_dir("07_rl_compare")
+ensure_world()
+INIT = start_checkpoint(OUT)
 print("starting from", INIT)
 
 # %% [markdown]
