@@ -26,7 +26,8 @@ import torch
 from minipost.common import DATA_DIR, config_with_preset, read_jsonl
 from minipost.reinforce import PRESETS, Config, rloo_advantages, train
 
-from _setup import SMOKE, ensure_world, out_dir, start_checkpoint  # noqa: E402  (tutorials/_setup.py)
+from _setup import (SMOKE, ensure_world, every_tenth, out_dir, report_run,  # noqa: E402  (tutorials/_setup.py)
+                    start_checkpoint, training_rows)
 
 OUT = out_dir("04_reinforce_rloo")
 ensure_world()
@@ -76,25 +77,11 @@ summary = train(cfg)
 # numbers for this CPU.
 
 # %%
-rows = [json.loads(line) for line in (OUT / "metrics.jsonl").read_text().splitlines()]
-train_rows = [r for r in rows if "reward" in r]
+train_rows = training_rows(OUT)
 print("step  reward  zero_std  kl_ref  length")
-for r in train_rows[:: max(1, len(train_rows) // 10)] + train_rows[-1:]:
+for r in every_tenth(train_rows):
     print(f"{r['step']:4d}  {r['reward']:.3f}   {r['zero_std_frac']:.2f}     {r['kl_ref']:.4f}  {r['length']:.1f}")
-print("held-out:", {k: f"{summary['start'][k]:.3f} -> {summary['end'][k]:.3f}" for k in summary["end"]})
-try:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(1, 2, figsize=(9, 3.5))
-    ax[0].plot([r["step"] for r in train_rows], [r["reward"] for r in train_rows])
-    ax[0].set_xlabel("step"); ax[0].set_ylabel("mean reward (training samples)")
-    ax[1].plot([r["step"] for r in train_rows], [r["kl_ref"] for r in train_rows])
-    ax[1].set_xlabel("step"); ax[1].set_ylabel("KL to the start model (k3, per token)")
-    fig.tight_layout(); fig.savefig(OUT / "rloo.png", dpi=100)
-    print("wrote", OUT / "rloo.png")
-except ImportError:
-    pass
+report_run(OUT, summary, train_rows, "kl_ref", "KL to the start model (k3, per token)", "rloo.png")
 
 # %% [markdown]
 # ## Read the answers

@@ -15,7 +15,6 @@
 # Set MINIPOST_SMOKE=1 for a few-second version (the test suite runs it that way).
 
 # %%
-import json
 from pathlib import Path
 
 import torch
@@ -23,7 +22,8 @@ import torch
 from minipost.common import DATA_DIR, config_with_preset, read_jsonl
 from minipost.grpo import PRESETS, Config, group_advantages, grpo_loss, train
 
-from _setup import SMOKE, ensure_world, out_dir, start_checkpoint  # noqa: E402  (tutorials/_setup.py)
+from _setup import (SMOKE, ensure_world, every_tenth, out_dir, report_run,  # noqa: E402  (tutorials/_setup.py)
+                    start_checkpoint, training_rows)
 
 OUT = out_dir("05_grpo")
 ensure_world()
@@ -81,25 +81,11 @@ cfg = config_with_preset(Config, PRESETS, preset="nano", out=str(OUT), **overrid
 summary = train(cfg)
 
 # %%
-rows = [json.loads(line) for line in (OUT / "metrics.jsonl").read_text().splitlines()]
-train_rows = [r for r in rows if "reward" in r]
+train_rows = training_rows(OUT)
 print("step  reward  zero_std  clip_frac  kl_ref")
-for r in train_rows[:: max(1, len(train_rows) // 10)] + train_rows[-1:]:
+for r in every_tenth(train_rows):
     print(f"{r['step']:4d}  {r['reward']:.3f}   {r['zero_std_frac']:.2f}      {r['clip_frac']:.3f}     {r['kl_ref']:.4f}")
-print("held-out:", {k: f"{summary['start'][k]:.3f} -> {summary['end'][k]:.3f}" for k in summary["end"]})
-try:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(1, 2, figsize=(9, 3.5))
-    ax[0].plot([r["step"] for r in train_rows], [r["reward"] for r in train_rows])
-    ax[0].set_xlabel("step"); ax[0].set_ylabel("mean reward (training samples)")
-    ax[1].plot([r["step"] for r in train_rows], [r["zero_std_frac"] for r in train_rows])
-    ax[1].set_xlabel("step"); ax[1].set_ylabel("groups with zero reward spread")
-    fig.tight_layout(); fig.savefig(OUT / "grpo.png", dpi=100)
-    print("wrote", OUT / "grpo.png")
-except ImportError:
-    pass
+report_run(OUT, summary, train_rows, "zero_std_frac", "groups with zero reward spread", "grpo.png")
 print((OUT / "samples.txt").read_text()[:1000])
 
 # %% [markdown]

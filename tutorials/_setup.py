@@ -43,3 +43,31 @@ def start_checkpoint(out: Path, candidates=RL_STARTS) -> str:
     model = GPT(GPTConfig(vocab_size=get_tokenizer("nano").n_vocab, **MODEL_PRESETS["nano"]))
     save_checkpoint(out / "random_init.pt", model_checkpoint(model, "nano", 0))
     return str(out / "random_init.pt")
+
+
+def training_rows(out: Path) -> list[dict]:
+    """The per-step training rows of OUT/metrics.jsonl (held-out evaluation rows have no `reward`)."""
+    from minipost.common import read_jsonl
+    return [r for r in read_jsonl(out / "metrics.jsonl") if "reward" in r]
+
+
+def every_tenth(rows: list[dict]) -> list[dict]:
+    return rows[:: max(1, len(rows) // 10)] + rows[-1:]
+
+
+def report_run(out: Path, summary: dict, rows: list[dict], key: str, label: str, png: str) -> None:
+    """Print the held-out change and plot the training reward next to one diagnostic (`key`) into OUT/png."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    print("held-out:", {k: f"{summary['start'][k]:.3f} -> {summary['end'][k]:.3f}" for k in summary["end"]})
+    steps = [r["step"] for r in rows]
+    fig, ax = plt.subplots(1, 2, figsize=(9, 3.5))
+    ax[0].plot(steps, [r["reward"] for r in rows])
+    ax[0].set_xlabel("step"); ax[0].set_ylabel("mean reward (training samples)")
+    ax[1].plot(steps, [r[key] for r in rows])
+    ax[1].set_xlabel("step"); ax[1].set_ylabel(label)
+    fig.tight_layout(); fig.savefig(out / png, dpi=100)
+    plt.close(fig)
+    print("wrote", out / png)
