@@ -23,7 +23,10 @@ is what InstructGPT and TRL's PPO trainer do. The saved model.pt is the policy a
 like any other stage.
 
 Deviations, all on purpose:
-- gamma = 1 (the only reward that matters is at the end) and lam = 0.95, TRL's defaults.
+- gamma = 1 (the only reward that matters is at the end) and lam = 1, where TRL uses 0.95: with one score at
+  the end, lam = 1 makes A_t = (rewards still to come) - V(s_t), unbiased however wrong the critic is, and
+  the critic starts as an untrained head. Measured (nano, DPO start, arithmetic:2, 200 steps): arithmetic 34 -> 45
+  with lam 1, 34 -> 39 with lam 0.95. The critic's bootstrapping pays off on long episodes, not 15 tokens.
 - the reward is a verifiable checker (rewards.py), not a learned reward model.
 - the model stays in eval mode throughout (no dropout), like the other RL files.
 - `group_size` samples per prompt, as in the GRPO and RLOO files, so the three spend the same compute;
@@ -56,6 +59,7 @@ class Config:
     data: str = field("", "RL prompts, JSONL with prompt, domain and checker fields (default: the world's rl.jsonl)")
     eval_data: str = field("", "held-out prompts in the same form (default: the world's eval.jsonl)")
     domains: str = field("arithmetic", "comma-separated domains to train on (empty: all)")
+    oversample: str = field("", "domain:k,... repeats that domain's prompts k times (e.g. arithmetic:2)")
     reward: str = field("correct:1", "reward terms name:weight, see rewards.py (correct, answer, sql, tool, format)")
     missing_stop_penalty: float = field(1.0, "subtracted from the reward of a completion without <|end|>")
     length_penalty: float = field(0.0, "subtracted times completion length / max_new_tokens")
@@ -69,14 +73,15 @@ class Config:
     temperature: float = field(1.0, "sampling temperature (the log-probs use the same one)")
     top_k: int = field(0, "sample from the k most likely tokens only (0: off)")
     top_p: float = field(1.0, "nucleus sampling mass (1: off)")
-    lr: float = field(3e-5, "Adam learning rate (constant)")
+    lr: float = field(3e-5, "Adam learning rate")
+    lr_decay: bool = field(True, "decay the learning rate linearly to 0 over max_steps (TRL's default schedule)")
     grad_clip: float = field(1.0, "clip the global gradient norm to this (0: off)")
     ppo_epochs: int = field(1, "passes over each rollout batch")
     num_minibatches: int = field(2, "optimizer steps per pass (the batch split into this many minibatches)")
     clip_eps: float = field(0.2, "clip range for the policy ratio")
     beta: float = field(0.02, "weight of the per-token k1 KL penalty in the reward")
     gamma: float = field(1.0, "discount")
-    lam: float = field(0.95, "GAE lambda")
+    lam: float = field(1.0, "GAE lambda (1: Monte Carlo advantages; < 1 trusts the critic more)")
     critic_lr: float = field(1e-4, "Adam learning rate of the critic")
     vf_coef: float = field(0.5, "weight of the value loss")
     clip_value: float = field(0.2, "clip range for value updates around the old values")
@@ -91,8 +96,8 @@ class Config:
 
 
 PRESETS = {
-    "nano": dict(preset="nano", max_steps=180, max_seconds=230, prompts_per_step=16, group_size=8, max_new_tokens=48,
-                 lr=3e-5, domains="", eval_every=60),
+    "nano": dict(preset="nano", max_steps=200, max_seconds=230, prompts_per_step=16, group_size=8, max_new_tokens=48,
+                 lr=5e-5, domains="", oversample="arithmetic:2", eval_every=50),
     "small": dict(preset="small", max_steps=200, prompts_per_step=32, group_size=8, max_new_tokens=64, lr=5e-6,
                   ppo_epochs=2),
 }
@@ -197,7 +202,7 @@ def train(cfg: Config, reward_fn=None) -> dict:
     # ---- data: prompts with checkers, and held-out prompts of the same domains
     if not (cfg.data and cfg.eval_data) and not (DATA_DIR / "rl.jsonl").exists():
         build_world(DATA_DIR)
-    records = load_prompts(cfg.data or DATA_DIR / "rl.jsonl", cfg.domains)
+    records = load_prompts(cfg.data or DATA_DIR / "rl.jsonl", cfg.domains, cfg.oversample)
     eval_records = per_domain(load_prompts(cfg.eval_data or DATA_DIR / "eval.jsonl", cfg.domains), cfg.eval_limit)
     reward_fn = reward_fn or parse_reward(cfg.reward)
     print(f"{len(records)} RL prompts, {len(eval_records)} held-out prompts, domains: {cfg.domains or 'all'}")
@@ -227,6 +232,8 @@ def train(cfg: Config, reward_fn=None) -> dict:
     bar = tqdm(range(cfg.max_steps), disable=not cfg.progress, desc="ppo")
     done, last = 0, first
     for step in bar:
+        for group in optimizer.param_groups:  # linear decay: the last updates are the smallest
+            group["lr"] = cfg.lr * (1 - step / cfg.max_steps) if cfg.lr_decay else cfg.lr
         if pos + cfg.prompts_per_step > len(records):  # next epoch over the prompts
             perm, pos = torch.randperm(len(records), generator=order_gen), 0
         batch = [records[i] for i in perm[pos:pos + cfg.prompts_per_step].tolist()]

@@ -41,7 +41,8 @@ from minipost.common import (DATA_DIR, MetricsLogger, check_finite, field, kl_es
                              save_checkpoint, save_json, seed_everything)
 from minipost.model import load_model, model_checkpoint
 from minipost.rewards import parse_reward, score_rollout
-from minipost.rollout import completion_logprobs, heldout_scores, load_prompts, per_domain, rollout, write_samples
+from minipost.rollout import (completion_logprobs, heldout_scores, load_prompts, micro_batches, per_domain,
+                              rollout, write_samples)
 
 
 @dataclass
@@ -53,6 +54,7 @@ class Config:
     data: str = field("", "RL prompts, JSONL with prompt, domain and checker fields (default: the world's rl.jsonl)")
     eval_data: str = field("", "held-out prompts in the same form (default: the world's eval.jsonl)")
     domains: str = field("arithmetic", "comma-separated domains to train on (empty: all)")
+    oversample: str = field("", "domain:k,... repeats that domain's prompts k times (e.g. arithmetic:2)")
     reward: str = field("correct:1", "reward terms name:weight, see rewards.py (correct, answer, sql, tool, format)")
     missing_stop_penalty: float = field(0.0, "subtracted from the reward of a completion without <|end|>")
     length_penalty: float = field(0.0, "subtracted times completion length / max_new_tokens")
@@ -66,7 +68,8 @@ class Config:
     temperature: float = field(1.0, "sampling temperature (the log-probs use the same one)")
     top_k: int = field(0, "sample from the k most likely tokens only (0: off)")
     top_p: float = field(1.0, "nucleus sampling mass (1: off)")
-    lr: float = field(3e-5, "Adam learning rate (constant)")
+    lr: float = field(3e-5, "Adam learning rate")
+    lr_decay: bool = field(True, "decay the learning rate linearly to 0 over max_steps (TRL's default schedule)")
     grad_clip: float = field(1.0, "clip the global gradient norm to this (0: off)")
     micro_batch: int = field(64, "rows per forward/backward (gradient accumulation); does not change the result")
     baseline: str = field("rloo", "none, mean (running mean of rewards) or rloo (leave-one-out in the group)",
@@ -86,8 +89,8 @@ class Config:
 
 
 PRESETS = {
-    "nano": dict(preset="nano", max_steps=180, max_seconds=230, prompts_per_step=16, group_size=8, max_new_tokens=48,
-                 lr=3e-5, domains="", beta=0.04, kl_in="loss", eval_every=60),
+    "nano": dict(preset="nano", max_steps=200, max_seconds=230, prompts_per_step=16, group_size=8, max_new_tokens=48,
+                 lr=5e-5, domains="", oversample="arithmetic:2", beta=0.04, kl_in="loss", eval_every=50),
     "small": dict(preset="small", max_steps=200, prompts_per_step=32, group_size=8, max_new_tokens=64, lr=5e-6),
 }
 
@@ -136,7 +139,7 @@ def train(cfg: Config, reward_fn=None) -> dict:
     # ---- data: prompts with checkers, and held-out prompts of the same domains
     if not (cfg.data and cfg.eval_data) and not (DATA_DIR / "rl.jsonl").exists():
         build_world(DATA_DIR)
-    records = load_prompts(cfg.data or DATA_DIR / "rl.jsonl", cfg.domains)
+    records = load_prompts(cfg.data or DATA_DIR / "rl.jsonl", cfg.domains, cfg.oversample)
     eval_records = per_domain(load_prompts(cfg.eval_data or DATA_DIR / "eval.jsonl", cfg.domains), cfg.eval_limit)
     reward_fn = reward_fn or parse_reward(cfg.reward)
     print(f"{len(records)} RL prompts, {len(eval_records)} held-out prompts, domains: {cfg.domains or 'all'}")
@@ -165,6 +168,8 @@ def train(cfg: Config, reward_fn=None) -> dict:
     done, last = 0, first
     running_mean = 0.0  # the "mean" baseline b
     for step in bar:
+        for group in optimizer.param_groups:  # linear decay: the last updates are the smallest
+            group["lr"] = cfg.lr * (1 - step / cfg.max_steps) if cfg.lr_decay else cfg.lr
         if pos + cfg.prompts_per_step > len(records):  # next epoch over the prompts
             perm, pos = torch.randperm(len(records), generator=order_gen), 0
         batch = [records[i] for i in perm[pos:pos + cfg.prompts_per_step].tolist()]
@@ -195,8 +200,7 @@ def train(cfg: Config, reward_fn=None) -> dict:
         # 4. update: one on-policy optimizer step on this batch, micro-batched
         loss_sum, kl_sum = 0.0, 0.0
         kl_beta = cfg.beta if cfg.kl_in == "loss" else 0.0
-        for s in range(0, len(ro), cfg.micro_batch):
-            idx = torch.arange(s, min(s + cfg.micro_batch, len(ro)), device=mask.device)
+        for idx in micro_batches(ro, cfg.micro_batch):
             logps = completion_logprobs(policy, ro.select(idx), cfg.temperature, cfg.logprobs_impl)  # (b, T)
             loss = reinforce_loss(logps, advantages[idx], mask[idx], ref_logps[idx], kl_beta)
             loss = loss * len(idx) / len(ro)  # a mean over sequences: weight each micro-batch by its rows

@@ -137,7 +137,8 @@ def score_rollout(ro, reward_fn: RewardFn, max_new_tokens: int, missing_stop_pen
                   length_penalty: float = 0.0) -> tuple[torch.Tensor, dict]:
     """Score every row of a Rollout -> (rewards (N,) float32, stats for the log).
 
-    stats: reward mean/std, each named term's mean (for a WeightedReward), stop rate, mean completion length.
+    stats: reward mean/std, each named term's mean (for a WeightedReward), stop rate, mean completion length,
+    and in a batch of several domains each domain's mean reward ("reward/sql", ...).
     """
     if not ro.records or len(ro.records) != len(ro):
         raise ValueError("score_rollout needs a Rollout made by rollout() (with texts and records)")
@@ -157,4 +158,8 @@ def score_rollout(ro, reward_fn: RewardFn, max_new_tokens: int, missing_stop_pen
              "stop_rate": stopped.float().mean().item(), "length": lengths.mean().item()}
     for name in (parts[0] if parts else {}):
         stats[f"r_{name}"] = sum(p[name] for p in parts) / len(parts)
+    domains = [rec.get("domain", "") for rec in ro.records]
+    if len(set(domains)) > 1:  # a mixed batch: each domain's mean reward too
+        for d in sorted(set(domains)):
+            stats[f"reward/{d}"] = r[torch.tensor([x == d for x in domains])].mean().item()
     return r.to(ro.completion_ids.device), stats

@@ -30,6 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field as dc_field
 
 import torch
+import torch.nn.functional as F
 
 from minipost.logprobs import token_logprobs
 from minipost.model import left_pad
@@ -119,24 +120,45 @@ def completion_logprobs(model, ro: Rollout, temperature: float = 1.0, impl: str 
     The input is prompt + completion minus its last token; the logits at column P-1+t predict completion
     token t. Returns (N, T) float32 log-probs (0 where completion_mask is 0), and with `return_hidden` the
     final hidden states at the same columns (N, T, C): the state *before* token t, which PPO's critic scores.
+
+    Columns that are padding in *every* row are cut before the forward pass (left of the longest prompt, right
+    of the longest completion) and the (N, T) layout is restored after: a batch of 13-token answers padded to
+    48 by one long one costs a 13-token forward. Exact, since padding is masked out of attention and
+    positions count real tokens only; it pays most when rows of similar length share a micro-batch.
     """
-    P, T = ro.prompt_ids.shape[1], ro.completion_ids.shape[1]
-    ids = torch.cat([ro.prompt_ids, ro.completion_ids], dim=1)[:, :-1]  # (N, P+T-1)
-    attn = torch.cat([ro.prompt_mask, ro.completion_mask], dim=1)[:, :-1]  # (N, P+T-1)
-    logits, hidden = model(ids, attn, return_hidden=True)  # (N, P+T-1, V), (N, P+T-1, C)
-    logits, hidden = logits[:, P - 1:P - 1 + T], hidden[:, P - 1:P - 1 + T]  # (N, T, V), (N, T, C)
-    logps = token_logprobs(logits, ro.completion_ids, temperature=temperature, impl=impl)  # (N, T)
-    logps = logps * ro.completion_mask  # padding contributes exactly 0
-    return (logps, hidden) if return_hidden else logps
+    T = ro.completion_ids.shape[1]
+    p = max(int(ro.prompt_mask.sum(dim=1).max()), 1)  # prompt columns in use (prompts are left-padded)
+    t = max(int(ro.completion_mask.sum(dim=1).max()), 1)  # completion columns in use (completions are right-padded)
+    ids = torch.cat([ro.prompt_ids[:, -p:], ro.completion_ids[:, :t]], dim=1)[:, :-1]  # (N, p+t-1)
+    attn = torch.cat([ro.prompt_mask[:, -p:], ro.completion_mask[:, :t]], dim=1)[:, :-1]  # (N, p+t-1)
+    logits, hidden = model(ids, attn, return_hidden=True)  # (N, p+t-1, V), (N, p+t-1, C)
+    logits, hidden = logits[:, p - 1:], hidden[:, p - 1:]  # (N, t, V), (N, t, C)
+    logps = token_logprobs(logits, ro.completion_ids[:, :t], temperature=temperature, impl=impl)  # (N, t)
+    logps = F.pad(logps, (0, T - t)) * ro.completion_mask  # (N, T); padding contributes exactly 0
+    return (logps, F.pad(hidden, (0, 0, 0, T - t))) if return_hidden else logps
+
+
+def micro_batches(ro: Rollout, size: int) -> list[torch.Tensor]:
+    """Row indices in chunks of `size`, rows of similar length together, for gradient accumulation.
+
+    Which rows share a micro-batch never changes the accumulated gradient (each micro-batch's loss is weighted
+    by its share of the batch), only the cost: short rows together let completion_logprobs cut more padding.
+    """
+    order = (ro.prompt_mask.sum(dim=1) + ro.lengths).argsort(stable=True)  # (N,) shortest first
+    return [order[s:s + size] for s in range(0, len(ro), size)]
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # prompts in, scores out: small helpers the three objective files share
 
-def load_prompts(path, domains: str = "") -> list[dict]:
+def load_prompts(path, domains: str = "", oversample: str = "") -> list[dict]:
     """RL records (rl.jsonl / eval.jsonl rows: "prompt", "domain" and checker fields) of the named domains.
 
     domains: comma-separated, e.g. "arithmetic" or "arithmetic,sql"; empty keeps every domain.
+    oversample: "domain:k,..." lists each record of that domain k times (k >= 1, an integer), so an epoch over
+        the prompts, and so every batch on average, holds k times as many of them. A way to spend more of a
+        fixed budget on one skill while the other domains' rewards keep them from drifting. A domain that
+        `domains` leaves out is not added back.
     """
     from minipost.common import read_jsonl
 
@@ -146,6 +168,12 @@ def load_prompts(path, domains: str = "") -> list[dict]:
     if not kept:
         raise ValueError(f"{path}: no records of domain(s) {sorted(wanted)}; "
                          f"it has {sorted({r['domain'] for r in records})}")
+    for item in filter(None, (s.strip() for s in oversample.split(","))):
+        name, _, k = item.partition(":")
+        if not k.isdigit() or int(k) < 1 or name not in {r["domain"] for r in records}:
+            raise ValueError(f"oversample {item!r}: expected domain:k with k an integer >= 1 and a domain among "
+                             f"{sorted({r['domain'] for r in records})}")
+        kept += [r for r in kept if r["domain"] == name] * (int(k) - 1)  # nothing if `domains` left it out
     return kept
 
 

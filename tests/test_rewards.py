@@ -82,3 +82,13 @@ def test_score_rollout_applies_penalties_and_accepts_any_callable():
 
     r2, _ = score_rollout(ro, shorter_is_better, max_new_tokens=8)
     assert r2.tolist() == [-2.0, -2.0, -13.0, -2.0]
+
+
+def test_score_rollout_reports_each_domains_mean_reward_in_a_mixed_batch():
+    ro = fake_rollout(["42", "41", "SELECT COUNT(*) FROM employees;", "no"], [ARITH, ARITH, SQL, SQL],
+                      lengths=[2, 2, 8, 2], stopped=[True] * 4)
+    r, stats = score_rollout(ro, parse_reward("correct:1"), max_new_tokens=8)
+    assert r.tolist() == [1.0, 0.0, 1.0, 0.0]
+    assert stats["reward/arithmetic"] == 0.5 and stats["reward/sql"] == 0.5
+    _, one_domain = score_rollout(fake_rollout(["42"], [ARITH], [2], [True]), parse_reward("correct:1"), 8)
+    assert not any(k.startswith("reward/") for k in one_domain)

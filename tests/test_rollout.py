@@ -1,9 +1,12 @@
 """Rollouts: the sampler's log-probs equal the training pass's, batching changes nothing, masks are right."""
+import json
+
 import pytest
 import torch
+import torch.nn.functional as F
 
 from minipost.model import GPT, GPTConfig
-from minipost.rollout import completion_logprobs, sample_completions
+from minipost.rollout import Rollout, completion_logprobs, load_prompts, micro_batches, sample_completions
 
 STOP, PAD = 2, 0
 PROMPTS = [[3, 4, 5, 6], [7], [8, 9, 10], [11, 12]]
@@ -81,3 +84,51 @@ def test_select_keeps_rows_and_widths():
     with torch.no_grad():
         torch.testing.assert_close(completion_logprobs(model, sub), completion_logprobs(model, ro)[[5, 1]],
                                    atol=1e-5, rtol=1e-5)
+
+
+def test_columns_of_padding_cut_from_the_forward_pass_change_nothing():
+    model = make_model(5)
+    ro = sample_completions(model, PROMPTS, group_size=2, max_new_tokens=10, temperature=1.0, stop_token=STOP,
+                            pad_id=PAD, generator=torch.Generator().manual_seed(5))
+    wide = Rollout(F.pad(ro.prompt_ids, (3, 0), value=PAD), F.pad(ro.prompt_mask, (3, 0)),
+                   F.pad(ro.completion_ids, (0, 5), value=PAD), F.pad(ro.completion_mask, (0, 5)),
+                   F.pad(ro.logprobs, (0, 5)), ro.stopped, ro.group_size)  # 3 + 5 extra all-padding columns
+    with torch.no_grad():
+        lp, h = completion_logprobs(model, ro, return_hidden=True)
+        lp_wide, h_wide = completion_logprobs(model, wide, return_hidden=True)
+        short = ro.select(micro_batches(ro, 4)[0])  # the 4 shortest rows: their own longest row sets the width
+        lp_short = completion_logprobs(model, short)
+    T = ro.completion_ids.shape[1]
+    assert lp_wide.shape == (8, T + 5) and h_wide.shape[:2] == (8, T + 5) and lp_short.shape == (4, T)
+    torch.testing.assert_close(lp_wide[:, :T], lp, atol=1e-6, rtol=1e-6)
+    m = ro.completion_mask.bool()
+    torch.testing.assert_close(h_wide[:, :T][m], h[m], atol=1e-5, rtol=1e-5)
+    assert torch.all(lp_wide[:, T:] == 0)
+    torch.testing.assert_close(lp_short, lp[micro_batches(ro, 4)[0]], atol=1e-6, rtol=1e-6)
+
+
+def test_micro_batches_cover_every_row_once_shortest_first():
+    model = make_model(6)
+    ro = sample_completions(model, PROMPTS, group_size=3, max_new_tokens=10, temperature=1.0, stop_token=STOP,
+                            pad_id=PAD, generator=torch.Generator().manual_seed(6))
+    chunks = micro_batches(ro, 5)
+    assert [len(c) for c in chunks] == [5, 5, 2]
+    assert sorted(torch.cat(chunks).tolist()) == list(range(12))
+    total = (ro.prompt_mask.sum(dim=1) + ro.lengths)[torch.cat(chunks)]
+    assert torch.all(total[1:] >= total[:-1])
+
+
+def test_load_prompts_filters_domains_and_oversamples(tmp_path):
+    path = tmp_path / "rl.jsonl"
+    rows = [{"prompt": f"q{i}", "domain": d} for i, d in enumerate(["arithmetic", "sql", "sql", "tools"])]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert [r["prompt"] for r in load_prompts(path, "sql")] == ["q1", "q2"]
+    both = load_prompts(path, "", "arithmetic:3")
+    assert [r["prompt"] for r in both].count("q0") == 3 and len(both) == 6
+    assert len(load_prompts(path, "sql", "sql:1")) == 2
+    assert [r["prompt"] for r in load_prompts(path, "sql", "arithmetic:2")] == ["q1", "q2"]  # not added back
+    for bad in ["arithmetic:0", "arithmetic:1.5", "knowledge:2", "arithmetic"]:
+        with pytest.raises(ValueError, match="oversample"):
+            load_prompts(path, "", bad)
+    with pytest.raises(ValueError, match="no records"):
+        load_prompts(path, "knowledge")

@@ -49,14 +49,29 @@ print(f"held-out SQL prompts: {len(held)}; execution accuracy before RL:",
       round(heldout_scores(model, enc, held)["eval_sql"], 3))
 
 # %% [markdown]
+# What do the wrong answers get wrong? Compare each with the gold query.
+
+# %%
+from minipost.evals import complete
+from minipost.tokenizer import render_prompt, special_id
+
+answers, _ = complete(model, enc, [render_prompt(enc, r["prompt"]) for r in held], 64, special_id(enc, "<|end|>"))
+wrong = [(r, a) for r, a in zip(held, answers) if not sql_execution(r["prompt"], a, r)]
+for r, a in wrong[:5]:
+    print(f"{r['prompt']}\n    gold: {r['answer']}\n    got:  {a}")
+
+# %% [markdown]
 # ## Train: GRPO on the sql domain, reward = execution match
 # A small format term (the query runs at all) helps early on, when most sampled queries are broken.
+# The learning rate is twice the preset's: every batch is SQL, and what is left to learn is narrow (the
+# failures above: mostly a name, city or department copied wrongly from the question, not a wrong query
+# shape). Measured from the pipeline's DPO model: 3e-5 held constant for 180 steps moved SQL 76 -> 78.
 
 # %%
 overrides = dict(max_steps=3, prompts_per_step=2, group_size=4, max_new_tokens=24, eval_every=0, eval_limit=4,
                  init=INIT) if SMOKE else dict(init=INIT)
 cfg = config_with_preset(Config, PRESETS, preset="nano", out=str(OUT), domains="sql", reward="sql:1,format:0.1",
-                         **overrides)
+                         lr=1e-4, **overrides)
 summary = train(cfg)
 print("held-out SQL execution accuracy:", f"{summary['start']['eval_sql']:.3f} -> {summary['end']['eval_sql']:.3f}")
 
@@ -64,9 +79,6 @@ print("held-out SQL execution accuracy:", f"{summary['start']['eval_sql']:.3f} -
 # ## After: "Write me a SQL query"
 
 # %%
-from minipost.evals import complete
-from minipost.tokenizer import render_prompt, special_id
-
 tuned, _, _ = load_model(OUT / "model.pt")
 asks = ["Write a SQL query for: the names of engineering employees.",
         "Write a SQL query for: the number of employees in sales."]
