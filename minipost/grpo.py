@@ -28,7 +28,7 @@ Deviations from the paper, all on purpose:
 - the reward is a verifiable checker (rewards.py), not a reward model; outcome supervision only.
 - the model stays in eval mode throughout: dropout would make rho != 1 on the first iteration.
 
-Run:  python -m minipost.grpo --init runs/dpo/model.pt --out runs/grpo          (nano preset: arithmetic)
+Run:  python -m minipost.grpo --init runs/dpo/model.pt --out runs/grpo          (nano preset: every domain)
       python -m minipost.grpo --init runs/dpo/model.pt --domains sql --out runs/grpo_sql
 """
 from __future__ import annotations
@@ -58,11 +58,12 @@ class Config:
     eval_data: str = field("", "held-out prompts in the same form (default: the world's eval.jsonl)")
     domains: str = field("arithmetic", "comma-separated domains to train on (empty: all)")
     oversample: str = field("", "domain:k,... repeats that domain's prompts k times (e.g. arithmetic:2)")
-    reward: str = field("correct:1", "reward terms name:weight, see rewards.py (correct, answer, sql, tool, format)")
+    reward: str = field("correct:1", "reward terms name:weight, see rewards.py (correct, answer, sql, tool, restate, "
+                                     "format)")
     missing_stop_penalty: float = field(0.0, "subtracted from the reward of a completion without <|end|>")
     length_penalty: float = field(0.0, "subtracted times completion length / max_new_tokens")
     max_steps: int = field(100, "rollout batches (each followed by num_iterations optimizer steps)")
-    max_seconds: float = field(0.0, "stop after this many seconds (0: no limit); the nano preset caps a run at 225 s "
+    max_seconds: float = field(0.0, "stop after this many seconds (0: no limit); the nano preset caps a run at 230 s "
                                      "so the pipeline fits its budget on a busy CPU, which makes the step count "
                                      "machine-dependent (set 0 for exactly repeatable runs)")
     prompts_per_step: int = field(16, "prompts per rollout batch")
@@ -92,7 +93,8 @@ class Config:
 
 PRESETS = {
     "nano": dict(preset="nano", max_steps=200, max_seconds=230, prompts_per_step=16, group_size=8, max_new_tokens=48,
-                 lr=5e-5, domains="", oversample="arithmetic:2", beta=0.04, eval_every=50),
+                 lr=5e-5, domains="", oversample="arithmetic:2", reward="correct:1,restate:0.3",
+                 beta=0.04, eval_every=50),
     "small": dict(preset="small", max_steps=200, prompts_per_step=32, group_size=8, max_new_tokens=64, lr=5e-6,
                   num_iterations=2),
 }

@@ -60,11 +60,12 @@ class Config:
     eval_data: str = field("", "held-out prompts in the same form (default: the world's eval.jsonl)")
     domains: str = field("arithmetic", "comma-separated domains to train on (empty: all)")
     oversample: str = field("", "domain:k,... repeats that domain's prompts k times (e.g. arithmetic:2)")
-    reward: str = field("correct:1", "reward terms name:weight, see rewards.py (correct, answer, sql, tool, format)")
+    reward: str = field("correct:1", "reward terms name:weight, see rewards.py (correct, answer, sql, tool, restate, "
+                                     "format)")
     missing_stop_penalty: float = field(1.0, "subtracted from the reward of a completion without <|end|>")
     length_penalty: float = field(0.0, "subtracted times completion length / max_new_tokens")
     max_steps: int = field(100, "rollout batches (each followed by ppo_epochs * num_minibatches optimizer steps)")
-    max_seconds: float = field(0.0, "stop after this many seconds (0: no limit); the nano preset caps a run at 225 s "
+    max_seconds: float = field(0.0, "stop after this many seconds (0: no limit); the nano preset caps a run at 230 s "
                                      "so the pipeline fits its budget on a busy CPU, which makes the step count "
                                      "machine-dependent (set 0 for exactly repeatable runs)")
     prompts_per_step: int = field(16, "prompts per rollout batch")
@@ -97,7 +98,8 @@ class Config:
 
 PRESETS = {
     "nano": dict(preset="nano", max_steps=200, max_seconds=230, prompts_per_step=16, group_size=8, max_new_tokens=48,
-                 lr=5e-5, domains="", oversample="arithmetic:2", eval_every=50),
+                 lr=5e-5, domains="", oversample="arithmetic:2", reward="correct:1,restate:0.3",
+                 eval_every=50),
     "small": dict(preset="small", max_steps=200, prompts_per_step=32, group_size=8, max_new_tokens=64, lr=5e-6,
                   ppo_epochs=2),
 }
@@ -293,7 +295,8 @@ def train(cfg: Config, reward_fn=None) -> dict:
         elapsed = time.time() - t0
         if done % cfg.log_every == 0:
             logger.log(done, loss=loss_sum / n_mb, **stats, zero_std_frac=zero_std, clip_frac=clipped / n_mb,
-                       approx_kl=approx_kl / n_mb, value_loss=v_loss / n_mb, explained_var=ev, kl_ref=kl_sum / n_tok, grad_norm=grad_norm, steps_per_s=done / elapsed, elapsed_s=elapsed)
+                       approx_kl=approx_kl / n_mb, value_loss=v_loss / n_mb, explained_var=ev, kl_ref=kl_sum / n_tok,
+                       grad_norm=grad_norm, steps_per_s=done / elapsed, elapsed_s=elapsed)
         bar.set_postfix(reward=f"{stats['reward']:.3f}", kl=f"{kl_sum / n_tok:.4f}")
         out_of_time = cfg.max_seconds and elapsed > cfg.max_seconds
         if (cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.max_steps or out_of_time:

@@ -14,7 +14,10 @@ Built-in rewards (all 0 or 1):
     sql       sql: the query runs in a sandboxed SQLite and returns the gold rows   (execution match)
     tool      tools: the JSON call has the gold name and arguments         (BFCL-style call match)
     restate   arithmetic: the answer starts by restating the problem's first operation ("13 + 9 = ..."), a
-              shaping term (partial credit for reading the operands right), right result or not
+              shaping term (partial credit for reading the operands right), right result or not; 0 for
+              every other domain. The nano RL presets use correct:1,restate:0.3: the model's typical
+              arithmetic error is a miscopied operand ("3 + 7" -> "3 + 1 = 4"), and a two-step problem
+              is rarely solved outright, so without it most arithmetic groups score all 0 and teach nothing
     format    the answer has the domain's shape, right or wrong: arithmetic ends "= <integer>.", tools is a
               JSON object with "name" and "arguments", sql is a query that runs, otherwise non-empty text
 
@@ -73,9 +76,11 @@ def restate(prompt: str, completion: str, record: dict) -> float:
     """Arithmetic: 1.0 if the completion begins with the first operation of record["expression"] and "=".
 
     "13 + 9 - 4" -> the answer should start "13 + 9 =" (the world's worked form). Shaping only: it rewards
-    copying the operands, a step towards the right answer, and is never the quantity we evaluate.
+    copying the operands, a step towards the right answer, and is never the quantity we evaluate. 0.0 for
+    other domains, so it can be added to `correct` on a mixed batch.
     """
-    _only("arithmetic", record, "restate")
+    if record.get("domain") != "arithmetic":
+        return 0.0
     first = re.match(r"\s*-?\d+\s*[-+*]\s*-?\d+", record["expression"])
     return float(first is not None and completion.strip().startswith(first.group(0).strip() + " ="))
 

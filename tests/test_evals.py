@@ -44,3 +44,16 @@ def test_report_arrows_respect_each_columns_direction(tmp_path):
     write_report(rows, tmp_path)
     assert (tmp_path / "report.md").read_text().startswith("| stage |")
     assert (tmp_path / "report.png").stat().st_size > 1000
+
+
+def test_cli_vs_compares_every_row_with_one_row(tmp_path, monkeypatch):
+    import json
+
+    import minipost.evals as evals
+    scores = {"a": {"knowledge": 0.10}, "b": {"knowledge": 0.50}, "c": {"knowledge": 0.49}}
+    monkeypatch.setattr(evals, "evaluate_checkpoint", lambda path, *a, **k: scores[path.split("/")[0]])
+    evals.main(["--ckpt", "a/model.pt", "--ckpt", "b/model.pt", "--ckpt", "c/model.pt", "--vs", "a",
+                "--out", str(tmp_path)])
+    saved = json.loads((tmp_path / "report.json").read_text())
+    assert saved["parents"] == {"b": "a", "c": "a"}
+    assert "49.0 ▲" in (tmp_path / "report.md").read_text().splitlines()[4]  # c vs a (+39), not vs b (-1)

@@ -41,8 +41,7 @@ def test_restate_rewards_copying_the_first_operation_only():
     assert restate("", "13 + 9 = 23. 23 - 4 = 19.", two_step) == 1.0  # shaping: wrong result, still copied
     assert restate("", "13 + 8 = 21.", two_step) == 0.0 and restate("", "13 + 90 = 103.", two_step) == 0.0
     assert restate("", "17 + 25 = 42.", {**ARITH, "expression": "17 + 25"}) == 1.0
-    with pytest.raises(ValueError, match="arithmetic records only"):
-        restate("", "x", SQL)
+    assert restate("", "SELECT 1", SQL) == 0.0  # 0 on other domains: addable to `correct` on a mixed batch
 
 
 def test_parse_reward_weights_and_errors():
