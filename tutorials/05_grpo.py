@@ -10,7 +10,7 @@
 # The ratio rho lets one batch of samples be reused for several optimizer steps (`num_iterations`); the clip
 # stops any token's probability moving more than 20% away from where it was sampled. With one step per batch
 # (the nano default) rho is exactly 1 and GRPO is REINFORCE with a scaled group baseline and per-token
-# averaging. This lesson shows each piece on small tensors, then trains on arithmetic.
+# averaging. This lesson shows each piece on small tensors, then trains with lesson 04's prompts and reward.
 #
 # Set MINIPOST_SMOKE=1 for a few-second version (the test suite runs it that way).
 
@@ -84,13 +84,15 @@ summary = train(cfg)
 train_rows = training_rows(OUT)
 print("step  reward  zero_std  clip_frac  kl_ref")
 for r in every_tenth(train_rows):
-    print(f"{r['step']:4d}  {r['reward']:.3f}   {r['zero_std_frac']:.2f}      {r['clip_frac']:.3f}     {r['kl_ref']:.4f}")
+    print(f"{r['step']:4d}  {r['reward']:.3f}   {r['zero_std_frac']:.2f}      {r['clip_frac']:.3f}"
+          f"     {r['kl_ref']:.4f}")
 report_run(OUT, summary, train_rows, "zero_std_frac", "groups with zero reward spread", "grpo.png")
 print((OUT / "samples.txt").read_text()[:1000])
 
 # %% [markdown]
 # ## Try next
 # - `--num-iterations 4`: four updates per batch; `clip_frac` becomes non-zero, and you get more learning per
-#   sample (and per second, since sampling is the slow part) until the ratio drifts too far.
+#   sample until the ratio drifts too far; is it more per second too? (`steps_per_s` is logged)
 # - `--loss-type dr_grpo --scale-rewards false`: Dr. GRPO. Compare completion `length` over training.
-# - `--beta 0.04`: the paper's KL weight. `kl_ref` stays lower; does held-out accuracy?
+# - `--beta 0`: no KL term (DAPO and Dr. GRPO drop it; the preset keeps the paper's 0.04). `kl_ref` grows
+#   faster; do the domains that are not arithmetic hold?
