@@ -252,7 +252,7 @@ def main(argv=None):
     ap.add_argument("--name", action="append", help="row names, in --ckpt order (default: the folder names)")
     ap.add_argument("--ref", default=None, help="reference checkpoint for preference accuracy (e.g. the SFT model)")
     ap.add_argument("--out", default="runs/report", help="folder for report.md, report.json, report.png")
-    ap.add_argument("--vs", default=None, help="row name every other row's arrows compare with (default: the row above)")
+    ap.add_argument("--vs", default=None, help="row every other row's arrows compare with (default: the row above)")
     ap.add_argument("--no-chat", action="store_true", help="probes and held-out loss only (base models)")
     ap.add_argument("--limit", type=int, default=None, help="evaluate at most this many items per domain")
     ap.add_argument("--device", default="auto")
@@ -265,6 +265,8 @@ def main(argv=None):
         ap.error("give --ckpt (one or more) or --from-json")
     device = pick_device(args.device)
     names = args.name or [Path(c).parent.name for c in args.ckpt]
+    if args.vs and args.vs not in names:
+        ap.error(f"--vs {args.vs!r} is not a row name; the rows are {names}")
     rows = {n: evaluate_checkpoint(c, device, args.ref, chat=not args.no_chat, limit=args.limit, out_dir=args.out)
             for n, c in zip(names, args.ckpt)}
     write_report(rows, args.out, {n: args.vs for n in rows if n != args.vs} if args.vs else None)

@@ -73,7 +73,8 @@ class Config:
     top_k: int = field(0, "sample from the k most likely tokens only (0: off)")
     top_p: float = field(1.0, "nucleus sampling mass (1: off)")
     lr: float = field(3e-5, "Adam learning rate")
-    lr_decay: bool = field(True, "decay the learning rate linearly to 0 over max_steps (TRL's default schedule)")
+    lr_decay: bool = field(True, "decay the learning rate linearly to 0 over max_steps, set once per rollout step; "
+                                 "a run that max_seconds stops early ends above 0")
     grad_clip: float = field(1.0, "clip the global gradient norm to this (0: off)")
     micro_batch: int = field(64, "rows per forward/backward (gradient accumulation); does not change the result")
     num_iterations: int = field(1, "optimizer steps per rollout batch (mu); > 1 makes the clip matter")
@@ -243,7 +244,8 @@ def train(cfg: Config, reward_fn=None) -> dict:
         elapsed = time.time() - t0
         if done % cfg.log_every == 0:
             logger.log(done, loss=loss_sum, **stats, zero_std_frac=zero_std, clip_frac=clipped / n_tok,
-                       kl_ref=kl_sum / n_tok, grad_norm=grad_norm, steps_per_s=done / elapsed, elapsed_s=elapsed)
+                       kl_ref=kl_sum / n_tok, grad_norm=grad_norm, lr=optimizer.param_groups[0]["lr"],
+                       steps_per_s=done / elapsed, elapsed_s=elapsed)
         bar.set_postfix(reward=f"{stats['reward']:.3f}", kl=f"{kl_sum / n_tok:.4f}")
         out_of_time = cfg.max_seconds and elapsed > cfg.max_seconds
         if (cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.max_steps or out_of_time:

@@ -75,7 +75,8 @@ class Config:
     top_k: int = field(0, "sample from the k most likely tokens only (0: off)")
     top_p: float = field(1.0, "nucleus sampling mass (1: off)")
     lr: float = field(3e-5, "Adam learning rate")
-    lr_decay: bool = field(True, "decay the learning rate linearly to 0 over max_steps (TRL's default schedule)")
+    lr_decay: bool = field(True, "decay the learning rate linearly to 0 over max_steps, set once per rollout step; "
+                                 "a run that max_seconds stops early ends above 0 (the critic's stays constant)")
     grad_clip: float = field(1.0, "clip the global gradient norm to this (0: off)")
     ppo_epochs: int = field(1, "passes over each rollout batch")
     num_minibatches: int = field(2, "optimizer steps per pass (the batch split into this many minibatches)")
@@ -131,7 +132,7 @@ def token_rewards(scores, logps, ref_logps, mask, beta: float) -> torch.Tensor:
     return rewards.scatter_add(1, last[:, None], scores.float()[:, None] * (mask.sum(dim=1, keepdim=True) > 0))
 
 
-def gae(rewards, values, mask, gamma: float = 1.0, lam: float = 0.95):
+def gae(rewards, values, mask, gamma: float = 1.0, lam: float = 1.0):
     """Generalised Advantage Estimation (Schulman et al. 2016, arXiv:1506.02438) -> (advantages, returns).
 
     rewards, values, mask: (B, T), mask 1 on a prefix of each row (the completion); the episode ends after the
@@ -296,7 +297,8 @@ def train(cfg: Config, reward_fn=None) -> dict:
         if done % cfg.log_every == 0:
             logger.log(done, loss=loss_sum / n_mb, **stats, zero_std_frac=zero_std, clip_frac=clipped / n_mb,
                        approx_kl=approx_kl / n_mb, value_loss=v_loss / n_mb, explained_var=ev, kl_ref=kl_sum / n_tok,
-                       grad_norm=grad_norm, steps_per_s=done / elapsed, elapsed_s=elapsed)
+                       grad_norm=grad_norm, lr=optimizer.param_groups[0]["lr"], steps_per_s=done / elapsed,
+                       elapsed_s=elapsed)
         bar.set_postfix(reward=f"{stats['reward']:.3f}", kl=f"{kl_sum / n_tok:.4f}")
         out_of_time = cfg.max_seconds and elapsed > cfg.max_seconds
         if (cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.max_steps or out_of_time:

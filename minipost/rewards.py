@@ -143,7 +143,8 @@ def score_rollout(ro, reward_fn: RewardFn, max_new_tokens: int, missing_stop_pen
     """Score every row of a Rollout -> (rewards (N,) float32, stats for the log).
 
     stats: reward mean/std, each named term's mean (for a WeightedReward), stop rate, mean completion length,
-    and in a batch of several domains each domain's mean reward ("reward/sql", ...).
+    and in a batch of several domains each domain's mean reward ("reward/sql", ...): the weighted total with
+    penalties, like "reward", so shaping terms make domains' values not comparable with each other.
     """
     if not ro.records or len(ro.records) != len(ro):
         raise ValueError("score_rollout needs a Rollout made by rollout() (with texts and records)")

@@ -143,6 +143,8 @@ def micro_batches(ro: Rollout, size: int) -> list[torch.Tensor]:
 
     Which rows share a micro-batch never changes the accumulated gradient (each micro-batch's loss is weighted
     by its share of the batch), only the cost: short rows together let completion_logprobs cut more padding.
+    Rows are sorted by prompt + completion length, a proxy: the cost is the longest prompt plus the longest
+    completion of the micro-batch.
     """
     order = (ro.prompt_mask.sum(dim=1) + ro.lengths).argsort(stable=True)  # (N,) shortest first
     return [order[s:s + size] for s in range(0, len(ro), size)]
@@ -168,12 +170,15 @@ def load_prompts(path, domains: str = "", oversample: str = "") -> list[dict]:
     if not kept:
         raise ValueError(f"{path}: no records of domain(s) {sorted(wanted)}; "
                          f"it has {sorted({r['domain'] for r in records})}")
+    repeats = {}
     for item in filter(None, (s.strip() for s in oversample.split(","))):
-        name, _, k = item.partition(":")
-        if not k.isdigit() or int(k) < 1 or name not in {r["domain"] for r in records}:
-            raise ValueError(f"oversample {item!r}: expected domain:k with k an integer >= 1 and a domain among "
-                             f"{sorted({r['domain'] for r in records})}")
-        kept += [r for r in kept if r["domain"] == name] * (int(k) - 1)  # nothing if `domains` left it out
+        name, _, k = (x.strip() for x in item.partition(":"))
+        if not k.isdigit() or int(k) < 1 or name not in {r["domain"] for r in records} or name in repeats:
+            raise ValueError(f"oversample {item!r}: expected domain:k with k an integer >= 1, each domain once, "
+                             f"domains among {sorted({r['domain'] for r in records})}")
+        repeats[name] = int(k)
+    for name, k in repeats.items():
+        kept += [r for r in kept if r["domain"] == name] * (k - 1)  # nothing if `domains` left it out
     return kept
 
 

@@ -1,4 +1,5 @@
 """The report card: scores in range, invariants of preference accuracy, arrows that point the right way."""
+import pytest
 import torch
 
 from minipost.evals import COLUMN_ORDER, evaluate_checkpoint, report_table, write_report
@@ -57,3 +58,5 @@ def test_cli_vs_compares_every_row_with_one_row(tmp_path, monkeypatch):
     saved = json.loads((tmp_path / "report.json").read_text())
     assert saved["parents"] == {"b": "a", "c": "a"}
     assert "49.0 ▲" in (tmp_path / "report.md").read_text().splitlines()[4]  # c vs a (+39), not vs b (-1)
+    with pytest.raises(SystemExit):  # a mistyped --vs fails before any checkpoint is evaluated
+        evals.main(["--ckpt", "a/model.pt", "--vs", "dpo", "--out", str(tmp_path)])

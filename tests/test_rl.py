@@ -6,7 +6,7 @@ from minipost.grpo import group_advantages, grpo_loss, micro_batch_weight
 from minipost.model import GPT, GPTConfig
 from minipost.ppo import gae, ppo_policy_loss, ppo_value_loss, token_rewards, whiten
 from minipost.reinforce import reinforce_loss, rloo_advantages
-from minipost.rollout import completion_logprobs, sample_completions
+from minipost.rollout import completion_logprobs, micro_batches, sample_completions
 
 # 8 samples of one prompt, 3 correct (reward 1) and 5 wrong (reward 0)
 R = torch.tensor([1.0, 0, 0, 1, 0, 0, 1, 0])
@@ -98,6 +98,33 @@ def test_gradient_accumulation_over_micro_batches_equals_one_batch(loss_type):
         acc, g_acc = acc + part.item(), g_acc + g
     assert acc == pytest.approx(full.item(), abs=1e-6)
     torch.testing.assert_close(g_acc, g_full, atol=1e-7, rtol=1e-6)
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "bnpo", "dr_grpo", "reinforce"])
+def test_length_grouped_trimmed_micro_batches_give_the_full_batch_gradient(loss_type):
+    """What the training loops do: micro_batches + completion_logprobs (padding cut) == one untrimmed batch."""
+    torch.manual_seed(3)
+    model = GPT(GPTConfig(vocab_size=8, block_size=64, n_layer=1, n_head=2, n_embd=16)).eval()
+    ro = sample_completions(model, [[3, 4, 5, 6], [7], [5, 6]], group_size=4, max_new_tokens=10, temperature=1.0,
+                            stop_token=2, generator=torch.Generator().manual_seed(3))
+    assert len(set(ro.lengths.tolist())) > 2  # ragged: the stop token is drawn at different steps
+    old, ref, adv, mask = ro.logprobs, ro.logprobs - 0.1, torch.randn(len(ro)), ro.completion_mask
+
+    def loss_of(logps, idx):
+        if loss_type == "reinforce":
+            return reinforce_loss(logps, adv[idx], mask[idx], ref[idx], 0.05) * len(idx) / len(ro)
+        return grpo_loss(logps, old[idx], ref[idx], adv[idx], mask[idx], beta=0.05, loss_type=loss_type) \
+            * micro_batch_weight(loss_type, mask[idx], mask)
+
+    params = list(model.parameters())
+    full = loss_of(completion_logprobs(model, ro), torch.arange(len(ro)))
+    g_full = torch.autograd.grad(full, params)
+    g_acc = [torch.zeros_like(p) for p in params]
+    for idx in micro_batches(ro, 5):
+        for acc, g in zip(g_acc, torch.autograd.grad(loss_of(completion_logprobs(model, ro.select(idx)), idx), params)):
+            acc += g
+    for a, b in zip(g_acc, g_full):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
 
 
 def test_first_update_has_ratio_one_and_zero_clip_fraction():
@@ -231,6 +258,8 @@ def test_train_end_to_end_raises_a_toy_reward(objective, extra, tiny_setup, tmp_
     last = sum(r["reward"] for r in train_rows[-5:]) / 5
     assert last > first + 0.15, (first, last)  # the policy moved toward what scored well
     assert train_rows[-1]["kl_ref"] > 0
+    lr = extra["lr"]  # linear decay, set at the start of each rollout step: lr * (1 - step / max_steps)
+    assert train_rows[0]["lr"] == lr and train_rows[-1]["lr"] == pytest.approx(lr * (1 - 24 / 25))
     if objective == "ppo":
         assert {"approx_kl", "value_loss", "explained_var"} <= set(train_rows[0])
     model, _, ckpt = load_model(run / "model.pt")  # PPO saves the policy only: loads like any stage

@@ -87,9 +87,11 @@ def test_select_keeps_rows_and_widths():
 
 
 def test_columns_of_padding_cut_from_the_forward_pass_change_nothing():
-    model = make_model(5)
-    ro = sample_completions(model, PROMPTS, group_size=2, max_new_tokens=10, temperature=1.0, stop_token=STOP,
-                            pad_id=PAD, generator=torch.Generator().manual_seed(5))
+    torch.manual_seed(5)  # a vocabulary of 8: the stop token is drawn often, so completion lengths differ
+    model = GPT(GPTConfig(vocab_size=8, block_size=64, n_layer=2, n_head=2, n_embd=32)).eval()
+    ro = sample_completions(model, [[3, 4, 5, 6], [7], [5, 6, 7], [1, 3]], group_size=2, max_new_tokens=10,
+                            temperature=1.0, stop_token=STOP, pad_id=PAD, generator=torch.Generator().manual_seed(5))
+    assert len(set(ro.lengths.tolist())) > 2
     wide = Rollout(F.pad(ro.prompt_ids, (3, 0), value=PAD), F.pad(ro.prompt_mask, (3, 0)),
                    F.pad(ro.completion_ids, (0, 5), value=PAD), F.pad(ro.completion_mask, (0, 5)),
                    F.pad(ro.logprobs, (0, 5)), ro.stopped, ro.group_size)  # 3 + 5 extra all-padding columns
@@ -127,7 +129,8 @@ def test_load_prompts_filters_domains_and_oversamples(tmp_path):
     assert [r["prompt"] for r in both].count("q0") == 3 and len(both) == 6
     assert len(load_prompts(path, "sql", "sql:1")) == 2
     assert [r["prompt"] for r in load_prompts(path, "sql", "arithmetic:2")] == ["q1", "q2"]  # not added back
-    for bad in ["arithmetic:0", "arithmetic:1.5", "knowledge:2", "arithmetic"]:
+    assert len(load_prompts(path, "", " arithmetic : 2 ")) == 5  # spaces are fine
+    for bad in ["arithmetic:0", "arithmetic:1.5", "knowledge:2", "arithmetic", "arithmetic:2,arithmetic:3"]:
         with pytest.raises(ValueError, match="oversample"):
             load_prompts(path, "", bad)
     with pytest.raises(ValueError, match="no records"):

@@ -6,8 +6,10 @@
 # same number of steps, and are scored on the same held-out prompts. Then the report card shows what each
 # gained on arithmetic and what each cost on the domains it never trained on.
 #
-# What differs is only the update: RLOO (leave-one-out baseline, one step per batch), GRPO (group-scaled
-# advantages, clipped ratio), PPO (critic + GAE, two minibatch steps per batch, plus the critic's cost).
+# What differs is the update: RLOO (leave-one-out baseline, one step per batch), GRPO (group-scaled
+# advantages, clipped ratio), PPO (critic + GAE, two minibatch steps per batch, plus the critic's cost), and
+# each method's preset learning rate (RLOO 1e-4, GRPO and PPO 5e-5: RLOO's loss sums over tokens, see
+# reinforce.py). Pass one `lr` in `shared` below to compare them at equal step sizes instead.
 #
 # Set MINIPOST_SMOKE=1 for a short version (the test suite runs it that way). The full version takes about
 # 3 x 4 minutes of training plus the evaluations on a 2-core CPU.
@@ -34,7 +36,7 @@ print("starting from", INIT)
 
 # %%
 METHODS = {"rloo": (reinforce, dict(baseline="rloo")), "grpo": (grpo, {}), "ppo": (ppo, {})}
-shared = dict(init=INIT, seed=1337, domains="arithmetic")
+shared = dict(init=INIT, seed=1337, domains="arithmetic", oversample="")  # arithmetic only: nothing to oversample
 if SMOKE:
     shared.update(max_steps=2, prompts_per_step=2, group_size=4, max_new_tokens=12, eval_every=1, eval_limit=4)
 summaries = {}
