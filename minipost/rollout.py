@@ -122,9 +122,9 @@ def completion_logprobs(model, ro: Rollout, temperature: float = 1.0, impl: str 
     final hidden states at the same columns (N, T, C): the state *before* token t, which PPO's critic scores.
 
     Columns that are padding in *every* row are cut before the forward pass (left of the longest prompt, right
-    of the longest completion) and the (N, T) layout is restored after: a batch of 13-token answers padded to
-    48 by one long one costs a 13-token forward. Exact, since padding is masked out of attention and
-    positions count real tokens only; it pays most when rows of similar length share a micro-batch.
+    of the longest completion) and the (N, T) layout is restored after: a micro-batch of 13-token answers
+    costs a 13-token forward even when another row of the rollout ran to 48. Exact, since padding is masked
+    out of attention and positions count real tokens only; see micro_batches for grouping rows by length.
     """
     T = ro.completion_ids.shape[1]
     p = max(int(ro.prompt_mask.sum(dim=1).max()), 1)  # prompt columns in use (prompts are left-padded)

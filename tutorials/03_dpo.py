@@ -18,8 +18,6 @@
 # %%
 import json
 import math
-import os
-from pathlib import Path
 
 import torch
 
@@ -30,34 +28,11 @@ from minipost.model import load_model
 from minipost.tokenizer import special_id
 from minipost.world import is_refusal
 
-SMOKE = os.environ.get("MINIPOST_SMOKE") == "1"
-OUT = Path(os.environ.get("MINIPOST_OUT", "runs/tutorials")) / "03_dpo"
-OUT.mkdir(parents=True, exist_ok=True)
+from _setup import SMOKE, ensure_world, out_dir, start_checkpoint  # noqa: E402  (tutorials/_setup.py)
 
-
-def sft_checkpoint() -> str:
-    """The SFT model: $MINIPOST_INIT, else an SFT run we can find, else (smoke mode only) a random nano GPT
-    (it learns nothing useful; the point is to run the code)."""
-    for c in [os.environ.get("MINIPOST_INIT", ""), "runs/pipeline/sft/model.pt", "runs/sft/model.pt",
-              "runs/tutorials/02_sft/model.pt"]:
-        if c and Path(c).exists():
-            return c
-    if not SMOKE:
-        raise SystemExit("no SFT model found: run tutorials/02_sft.py or `python -m minipost.sft` first, "
-                         "or set MINIPOST_INIT=path/to/model.pt")
-    from minipost.common import save_checkpoint
-    from minipost.model import GPT, GPTConfig, PRESETS as MODEL_PRESETS, model_checkpoint
-    from minipost.tokenizer import get_tokenizer
-    torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=get_tokenizer("nano").n_vocab, **MODEL_PRESETS["nano"]))
-    save_checkpoint(OUT / "random_init.pt", model_checkpoint(model, "nano", 0))
-    return str(OUT / "random_init.pt")
-
-
-if not (DATA_DIR / "prefs.jsonl").exists():
-    from minipost.world import build
-    build(DATA_DIR)
-SFT = sft_checkpoint()
+OUT = out_dir("03_dpo")
+ensure_world()
+SFT = start_checkpoint(OUT, ["runs/pipeline/sft/model.pt", "runs/sft/model.pt", "runs/tutorials/02_sft/model.pt"])
 print("SFT model (policy init and reference):", SFT)
 
 # %% [markdown]

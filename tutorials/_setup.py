@@ -1,4 +1,4 @@
-"""What lessons 04-08 do first: smoke mode, an output folder, the world's data, and a checkpoint to start from.
+"""What lessons 03-08 do first: smoke mode, an output folder, the world's data, and a checkpoint to start from.
 
 Kept in one place so each lesson's own cells are about its method. Import it as `from _setup import ...`
 (the lessons run as scripts from the repository root, so this folder is on sys.path).
@@ -34,8 +34,8 @@ def start_checkpoint(out: Path, candidates=RL_STARTS) -> str:
         if c and Path(c).exists():
             return c
     if not SMOKE:
-        raise SystemExit("no SFT/DPO checkpoint found: run `python -m minipost.pipeline --stages pretrain,sft,dpo` "
-                         "first, or set MINIPOST_INIT=path/to/model.pt")
+        raise SystemExit(f"none of {list(candidates)} exists: run `python -m minipost.pipeline --stages "
+                         "pretrain,sft,dpo` first, or set MINIPOST_INIT=path/to/model.pt")
     from minipost.common import save_checkpoint
     from minipost.model import GPT, GPTConfig, PRESETS as MODEL_PRESETS, model_checkpoint
     from minipost.tokenizer import get_tokenizer
