@@ -8,6 +8,11 @@ Nothing here is about learning; it is kept small so the objective files can stay
 - Checkpoints are written atomically (temp file + `os.replace`) and loaded with `weights_only=True`, so a crash
   mid-write never leaves a half file and loading a checkpoint never runs pickled code.
 - `MetricsLogger` appends one JSON object per logged step to `metrics.jsonl`.
+- Bad input is part of the lesson: `InputError` is what a flag, a file or a record that is wrong raises, with
+  `file:line: what is wrong`; `main()` prints that one line and exits with code 2 (no traceback).
+- A run folder: `start_run` checks and writes config.json only once every input has been validated;
+  `save_state` / `load_state` hold everything `--resume true` needs (weights, optimizer, RNGs, data position,
+  step) in OUT/state.pt, and `load_state` refuses a changed config unless told otherwise.
 """
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ import json
 import math
 import os
 import random
+import sys
 import tempfile
 import typing
 from pathlib import Path
@@ -76,11 +82,55 @@ def set_rng_state(state: dict) -> None:
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# errors a user can read
+
+class InputError(ValueError):
+    """Something the user gave is wrong: a flag, a file, a record. The message is one line that names where
+    (`--lr`, `data/sft.jsonl:12: field 'content'`) and what; `main` prints it and exits with code 2."""
+
+
+def main(train_fn, cls, presets: dict[str, dict] | None = None, argv: list[str] | None = None):
+    """`python -m minipost.<objective>`: flags -> Config -> train(cfg). A wrong flag, file or record prints
+    one line `error: ...` and exits 2; anything else is a bug and keeps its traceback."""
+    try:
+        return train_fn(parse_config(cls, argv, presets))
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # config dataclass -> command line
 
-def field(default, help: str, **kw):
-    """A dataclass field with a one-line doc that becomes its `--help` text."""
-    return dataclasses.field(default=default, metadata={"help": help, **kw})
+def field(default, help: str, *, min=None, max=None, gt=None, **kw):
+    """A dataclass field with a one-line doc that becomes its `--help` text, and optional bounds that
+    `check_config` enforces: `min`/`max` inclusive, `gt` exclusive (`gt=0`: must be positive)."""
+    bounds = {k: v for k, v in (("min", min), ("max", max), ("gt", gt)) if v is not None}
+    return dataclasses.field(default=default, metadata={"help": help, **bounds, **kw})
+
+
+def check_config(cfg) -> None:
+    """Raise InputError on the first field outside its bounds or choices, or a float that is not finite.
+    Objective configs call it in `__post_init__`, so `Config(max_steps=-5)` fails wherever it is built,
+    before any data or model is loaded."""
+    for f in dataclasses.fields(cfg):
+        v, meta, flag = getattr(cfg, f.name), f.metadata, "--" + f.name.replace("_", "-")
+        if isinstance(v, float) and not math.isfinite(v):
+            raise InputError(f"{flag} {v}: must be a finite number")
+        if "choices" in meta and v not in meta["choices"]:
+            raise InputError(f"{flag} {v!r}: choose from {list(meta['choices'])}")
+        if "min" in meta and v < meta["min"]:
+            raise InputError(f"{flag} {v}: must be >= {meta['min']}")
+        if "max" in meta and v > meta["max"]:
+            raise InputError(f"{flag} {v}: must be <= {meta['max']}")
+        if "gt" in meta and not v > meta["gt"]:
+            raise InputError(f"{flag} {v}: must be > {meta['gt']}")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2 (argparse's default also prints the whole usage)
+        print(f"error: {message} (see --help)", file=sys.stderr)
+        raise SystemExit(2)
 
 
 def _str2bool(s: str) -> bool:
@@ -98,10 +148,13 @@ def parse_config(cls, argv: list[str] | None = None, presets: dict[str, dict] | 
     `presets` maps preset names to field overrides, those overrides apply first and explicit flags win.
     """
     hints = typing.get_type_hints(cls)
-    parser = argparse.ArgumentParser(description=(cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else None)
+    parser = _Parser(description=(cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else None)
     for f in dataclasses.fields(cls):
         typ = hints[f.name]
         default = f"default: {f.default}"
+        for key, sign in (("min", ">="), ("max", "<="), ("gt", ">")):
+            if key in f.metadata:
+                default += f"; {sign} {f.metadata[key]}"
         for name, values in (presets or {}).items():  # what each preset actually runs
             if f.name in values and f.name != "preset" and values[f.name] != f.default:
                 default += f"; {name}: {values[f.name]}"
@@ -123,40 +176,68 @@ def parse_config(cls, argv: list[str] | None = None, presets: dict[str, dict] | 
     given = {k: v for k, v in vars(args).items() if v is not None}
     values = {}
     if presets is not None and "preset" in {f.name for f in dataclasses.fields(cls)}:
-        preset = given.get("preset", cls().preset)
+        preset = given.get("preset", _default(cls, "preset"))
         if preset not in presets:
             parser.error(f"unknown preset {preset!r}; choose from {sorted(presets)}")
         values.update(presets[preset])
     values.update(given)
-    return cls(**values)
+    try:
+        return cls(**values)
+    except InputError as e:  # a value out of range: one line, exit 2
+        parser.error(str(e))
+
+
+def _default(cls, name):
+    return next(f.default for f in dataclasses.fields(cls) if f.name == name)
 
 
 def config_with_preset(cls, presets: dict[str, dict], **overrides):
-    """Python-side twin of parse_config: `config_with_preset(Config, PRESETS, preset="nano", max_steps=5)`."""
-    preset = overrides.get("preset", cls().preset)
+    """Python-side twin of parse_config: `config_with_preset(Config, PRESETS, preset="small", max_steps=5)`.
+    The dataclass defaults are the nano preset; a preset lists only what it changes."""
+    preset = overrides.get("preset", _default(cls, "preset"))
+    if preset not in presets:
+        raise InputError(f"--preset {preset!r}: choose from {sorted(presets)}")
     return cls(**{**presets[preset], **overrides})
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # files: JSONL, checkpoints, metrics
 
-def read_jsonl(path: str | os.PathLike, required: typing.Sequence[str] = ()) -> list[dict]:
-    """Read a JSONL file; a malformed line raises ValueError naming the file, the line and the problem."""
+def read_jsonl(path: str | os.PathLike, required: typing.Sequence[str] | dict = (),
+               allow_empty: bool = False) -> list[dict]:
+    """Read a JSONL file (blank lines skipped). Anything wrong raises InputError naming the file, the line and
+    the problem: no such file, bytes that are not UTF-8, a line that is not a JSON object, a missing field, or
+    (when `required` maps field -> type, e.g. {"text": str}) a field of the wrong type; and a file without a
+    single record unless `allow_empty`."""
+    if not os.path.isfile(path):
+        raise InputError(f"{path}: no such file")
+    types = required if isinstance(required, dict) else {}
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise InputError(f"{path}:{lineno}: not UTF-8 text (byte {raw[e.start]:#x} at column {e.start + 1})"
+                                 ) from None
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+                raise InputError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
             if not isinstance(row, dict):
-                raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+                raise InputError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
             missing = [k for k in required if k not in row]
             if missing:
-                raise ValueError(f"{path}:{lineno}: missing field(s) {missing}; has {sorted(row)}")
+                raise InputError(f"{path}:{lineno}: missing field(s) {missing}; has {sorted(row)}")
+            for k, typ in types.items():
+                if not isinstance(row[k], typ) or isinstance(row[k], bool) and typ is not bool:
+                    want = typ.__name__ if isinstance(typ, type) else " or ".join(t.__name__ for t in typ)
+                    raise InputError(f"{path}:{lineno}: field {k!r} must be {want}, got {type(row[k]).__name__}")
             rows.append(row)
+    if not rows and not allow_empty:
+        raise InputError(f"{path}: no records (the file is empty or blank)")
     return rows
 
 
@@ -181,7 +262,12 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 def save_checkpoint(path: str | os.PathLike, obj: dict) -> None:
     """torch.save to a temp file in the same folder, then os.replace: the old file stays valid until the new
-    one is complete."""
+    one is complete. Refuses (FloatingPointError) to write a tensor holding NaN or inf, so a checkpoint on
+    disk only ever holds finite weights and optimizer state."""
+    bad = next(non_finite(obj), None)
+    if bad is not None:
+        raise FloatingPointError(f"not writing {path}: {bad} is not finite (the file on disk, if any, is the "
+                                 "last good one). Usual causes: learning rate too high, fp16 overflow.")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
@@ -196,11 +282,33 @@ def save_checkpoint(path: str | os.PathLike, obj: dict) -> None:
         raise
 
 
-def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
-    """Load with weights_only=True: tensors, numbers, strings, lists and dicts only, never arbitrary code."""
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    return torch.load(path, map_location=map_location, weights_only=True)
+def non_finite(obj, name: str = ""):
+    """Yield the name of every floating-point tensor inside `obj` (dicts, lists, tuples) with a NaN or inf."""
+    if isinstance(obj, torch.Tensor):
+        if obj.is_floating_point() and not bool(torch.isfinite(obj).all()):
+            yield name or "tensor"
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from non_finite(v, f"{name}.{k}" if name else str(k))
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            yield from non_finite(v, f"{name}[{i}]")
+
+
+def load_checkpoint(path: str | os.PathLike, map_location="cpu", required: typing.Sequence[str] = ()) -> dict:
+    """Load with weights_only=True: tensors, numbers, strings, lists and dicts only, never arbitrary code.
+    A missing, unreadable or foreign file, or one without the `required` keys, raises InputError."""
+    if not os.path.isfile(path):
+        raise InputError(f"{path}: no such checkpoint")
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # truncated file, not a torch file, pickled code that weights_only refuses
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise InputError(f"{path}: not a readable minipost checkpoint ({first})") from None
+    if not isinstance(obj, dict) or any(k not in obj for k in required):
+        has = sorted(obj)[:8] if isinstance(obj, dict) else type(obj).__name__
+        raise InputError(f"{path}: expected a checkpoint dict with keys {list(required)}, found {has}")
+    return obj
 
 
 def save_json(path: str | os.PathLike, obj) -> None:
@@ -208,12 +316,19 @@ def save_json(path: str | os.PathLike, obj) -> None:
 
 
 class MetricsLogger:
-    """Appends one JSON object per call to OUT/metrics.jsonl (flushed at once, so a crash keeps what was logged)."""
+    """Appends one JSON object per call to OUT/metrics.jsonl (flushed at once, so a crash keeps what was logged).
 
-    def __init__(self, out_dir: str | os.PathLike, append: bool = False):
+    A fresh run (resume_step None) starts the file anew. A resumed run keeps the rows up to resume_step and
+    drops any logged after it (a run killed after logging step 57 but checkpointing at 50 redoes 51-57)."""
+
+    def __init__(self, out_dir: str | os.PathLike, resume_step: int | None = None):
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         self.path = Path(out_dir) / "metrics.jsonl"
-        self._f = open(self.path, "a" if append else "w", encoding="utf-8")
+        if resume_step is not None and self.path.exists():
+            rows = [r for r in self.path.read_text(encoding="utf-8").splitlines() if r.strip()]
+            kept = [r for r in rows if _row_step(r) is not None and _row_step(r) <= resume_step]
+            atomic_write_bytes(self.path, "".join(r + "\n" for r in kept).encode("utf-8"))
+        self._f = open(self.path, "a" if resume_step is not None else "w", encoding="utf-8")
 
     def log(self, step: int, **metrics) -> dict:
         row = {"step": step, **{k: _plain(v) for k, v in metrics.items()}}
@@ -225,6 +340,13 @@ class MetricsLogger:
         self._f.close()
 
 
+def _row_step(line: str):
+    try:
+        return json.loads(line).get("step")
+    except (json.JSONDecodeError, AttributeError):  # a half-written last line from a kill
+        return None
+
+
 def _plain(v):
     if isinstance(v, torch.Tensor):
         v = v.item()
@@ -233,14 +355,58 @@ def _plain(v):
     return v
 
 
-def check_finite(loss: torch.Tensor, step: int, out_dir) -> None:
-    """Stop the run with a clear message on a NaN/inf loss, before the bad step reaches the weights. Nothing is
-    written after this point: checkpoints already on disk (written atomically) stay as they were."""
-    if not torch.isfinite(loss).all():
+def check_finite(value, what: str, step: int, out_dir) -> None:
+    """Stop the run with a clear message when a loss (or any logged number) is NaN/inf, before it reaches the
+    weights or a checkpoint. Checkpoints already in out_dir were written atomically from finite weights and
+    stay as they are."""
+    v = value.detach() if isinstance(value, torch.Tensor) else torch.tensor(float(value))
+    if not bool(torch.isfinite(v).all()):
         raise FloatingPointError(
-            f"loss is {loss.item()} at step {step}; stopping before the optimizer step. Checkpoints already in "
-            f"{out_dir} are untouched (this run writes no more). Usual causes: learning rate too high, fp16 "
-            "overflow, or an empty loss mask (0/0).")
+            f"{what} is {v.flatten()[0].item() if v.numel() else v} at step {step}: stopping. Checkpoints in "
+            f"{out_dir} are the last good ones (only finite weights are ever written). Usual causes: learning rate "
+            "too high, fp16 overflow, or an empty loss mask (0/0).")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# a run folder: config.json, and state.pt for --resume
+
+RESUME_IGNORES = ("resume", "allow_config_change", "progress", "device", "stop_after", "save_every", "threads",
+                  "max_seconds")  # fields that may change between a run and its resumption
+
+
+def start_run(out_dir, cfg) -> dict | None:
+    """Call once every flag, file and model has been checked, and after the models are built (their random
+    init draws from the global RNG that a resume restores here). Removes *.tmp files a killed run left behind;
+    with cfg.resume, loads OUT/state.pt (refusing a changed config unless cfg.allow_config_change) and returns
+    it; without, writes config.json and returns None. Nothing in out_dir changes before this point."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for tmp in out.glob("*.tmp"):
+        tmp.unlink()
+    if not cfg.resume:
+        save_json(out / "config.json", dataclasses.asdict(cfg))
+        return None
+    state = load_checkpoint(out / "state.pt", required=("step", "config", "rng")) if (
+        out / "state.pt").exists() else None
+    if state is None:
+        raise InputError(f"--resume: no {out / 'state.pt'} to resume from (a run saves it every --save-every steps)")
+    now = dataclasses.asdict(cfg)
+    changed = sorted(k for k in set(now) | set(state["config"]) if k not in RESUME_IGNORES
+                     and now.get(k) != state["config"].get(k))
+    if changed and not cfg.allow_config_change:
+        diff = ", ".join(f"{k}: {state['config'].get(k)!r} -> {now.get(k)!r}" for k in changed)
+        raise InputError(f"--resume: the config differs from the saved run's ({diff}); "
+                         "pass --allow-config-change true to resume anyway")
+    set_rng_state(state["rng"])
+    print(f"resumed from {out / 'state.pt'} at step {state['step']}")
+    return state
+
+
+def save_state(out_dir, step: int, cfg, **parts) -> None:
+    """OUT/state.pt: the step, the config, every RNG, and `parts` (state_dicts of the model, optimizer, data
+    order, ...). Written atomically and only from finite tensors, like every checkpoint."""
+    save_checkpoint(Path(out_dir) / "state.pt", {"step": step, "config": dataclasses.asdict(cfg),
+                                                 "rng": rng_state(), **parts})
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -19,9 +19,10 @@ from pathlib import Path
 
 import torch
 
-from minipost.common import read_jsonl
+from minipost.common import InputError, read_jsonl
 
 IGNORE = -100  # target id that cross-entropy skips
+ROLES = ("system", "user", "assistant")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -32,22 +33,40 @@ def load_texts(path) -> list[str]:
     blank-line-separated paragraph)."""
     path = Path(path)
     if path.suffix == ".txt":
-        docs = [d.strip() for d in path.read_text(encoding="utf-8").split("\n\n")]
+        if not path.is_file():
+            raise InputError(f"{path}: no such file")
+        try:
+            docs = [d.strip() for d in path.read_text(encoding="utf-8").split("\n\n")]
+        except UnicodeDecodeError as e:
+            raise InputError(f"{path}: not UTF-8 text (byte offset {e.start})") from None
+        if not any(docs):
+            raise InputError(f"{path}: no documents (the file is empty or blank)")
         return [d for d in docs if d]
-    return [r["text"] for r in read_jsonl(path, required=("text",))]
+    return [r["text"] for r in read_jsonl(path, required={"text": str})]
 
 
 def to_messages(row: dict, where: str = "") -> list[dict]:
-    """One SFT row in either TRL format -> a list of {"role", "content"} messages."""
+    """One SFT row in either TRL format -> a list of {"role", "content"} messages (checked: roles among
+    system/user/assistant, string contents, at least one assistant turn)."""
     if "messages" in row:
         msgs = row["messages"]
-        for m in msgs:
-            if not isinstance(m, dict) or "role" not in m or "content" not in m:
-                raise ValueError(f"{where}: each message needs 'role' and 'content', got {m!r}")
-        return msgs
-    if "prompt" in row and "completion" in row:
-        return [{"role": "user", "content": row["prompt"]}, {"role": "assistant", "content": row["completion"]}]
-    raise ValueError(f"{where}: expected 'messages' or 'prompt' + 'completion', got fields {sorted(row)}")
+        if not isinstance(msgs, list) or not msgs:
+            raise InputError(f"{where}: field 'messages' must be a non-empty list of {{'role', 'content'}}")
+    elif "prompt" in row and "completion" in row:
+        msgs = [{"role": "user", "content": row["prompt"]}, {"role": "assistant", "content": row["completion"]}]
+    else:
+        raise InputError(f"{where}: expected 'messages' or 'prompt' + 'completion', got fields {sorted(row)}")
+    for i, m in enumerate(msgs):
+        if not isinstance(m, dict) or "role" not in m or "content" not in m:
+            raise InputError(f"{where}: each message needs 'role' and 'content', got {m!r}"[:300])
+        if m["role"] not in ROLES:
+            raise InputError(f"{where}: message {i} field 'role' is {m['role']!r}; expected one of {list(ROLES)}")
+        if not isinstance(m["content"], str):
+            raise InputError(f"{where}: message {i} field 'content' must be a string, got "
+                             f"{type(m['content']).__name__}")
+    if not any(m["role"] == "assistant" for m in msgs):
+        raise InputError(f"{where}: no assistant message, so nothing to learn")
+    return msgs
 
 
 def load_chats(path) -> list[list[dict]]:
@@ -57,7 +76,16 @@ def load_chats(path) -> list[list[dict]]:
 
 
 def load_prefs(path) -> list[dict]:
-    return read_jsonl(path, required=("prompt", "chosen", "rejected"))
+    """Preference pairs {"prompt", "chosen", "rejected"}: each a string or, in TRL's conversational form, a
+    list of messages (checked like SFT messages)."""
+    rows = read_jsonl(path, required={"prompt": (str, list), "chosen": (str, list), "rejected": (str, list)})
+    for i, row in enumerate(rows):
+        for key in ("prompt", "chosen", "rejected"):
+            if isinstance(row[key], list):
+                to_messages({"messages": row[key] + [{"role": "assistant", "content": ""}]}, f"{path}:{i + 1}")
+            elif not row[key].strip():
+                raise InputError(f"{path}:{i + 1}: field {key!r} is empty")
+    return rows
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -103,6 +131,63 @@ def tokenize_chats(enc, chats: list[list[dict]], block_size: int) -> list[tuple[
         ids, mask = render_chat(enc, msgs)
         out.append((ids[:block_size + 1], mask[:block_size + 1]))
     return out
+
+
+class EpochBatches:
+    """Endless stream of index batches: a fresh shuffle of range(n) every epoch, the last partial batch of an
+    epoch topped up from the next one, so every batch has batch_size rows.
+
+    `state_dict()` / `load_state_dict()` hold the shuffle generator and the rest of the current epoch: a
+    resumed run draws exactly the batches the uninterrupted one would have."""
+
+    def __init__(self, n: int, batch_size: int, seed: int):
+        self.n, self.batch_size = n, batch_size
+        self.generator = torch.Generator().manual_seed(seed)
+        self.order: list[int] = []
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> list[int]:
+        while len(self.order) < self.batch_size:
+            self.order += torch.randperm(self.n, generator=self.generator).tolist()
+        batch, self.order = self.order[:self.batch_size], self.order[self.batch_size:]
+        return batch
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state(), "order": torch.tensor(self.order, dtype=torch.long)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+        self.order = state["order"].tolist()
+
+
+def tokenize_pairs(enc, rows: list[dict], block_size: int, where: str = "") -> list[tuple]:
+    """Each {"prompt", "chosen", "rejected"} row -> (chosen (ids, mask), rejected (ids, mask)), rendered with
+    the chat template. prompt/chosen/rejected may be strings (a user turn, an assistant answer) or, as in TRL's
+    conversational format, lists of messages. A pair longer than block_size + 1 tokens is an InputError."""
+    from minipost.tokenizer import render_chat
+
+    def as_messages(value, role):
+        return [{"role": role, "content": value}] if isinstance(value, str) else value
+
+    pairs = []
+    for i, row in enumerate(rows):
+        prompt = as_messages(row["prompt"], "user")
+        pair = []
+        for key in ("chosen", "rejected"):
+            ids, mask = render_chat(enc, prompt + as_messages(row[key], "assistant"))
+            if len(ids) > block_size + 1:
+                raise InputError(f"{where}:{i + 1}: prompt + {key} is {len(ids)} tokens, more than "
+                                 f"block_size + 1 = {block_size + 1}")
+            pair.append((ids, mask))
+        pairs.append(tuple(pair))
+    return pairs
+
+
+def pair_batch(pairs: list[tuple], pad_id: int):
+    """B pairs -> one padded batch of 2B rows, chosen rows first: x (2B, T), y (2B, T)."""
+    return collate([c for c, _ in pairs] + [r for _, r in pairs], pad_id)
 
 
 def collate(examples: list[tuple[list[int], list[int]]], pad_id: int):

@@ -23,7 +23,13 @@ from pathlib import Path
 
 import torch
 
-from minipost.common import DATA_DIR, pick_device, read_jsonl, save_json
+from minipost.common import DATA_DIR, autocast, pick_device, read_jsonl, save_json
+from minipost.data import load_texts, pack, packed_eval_batches, pair_batch, tokenize_pairs
+from minipost.logprobs import sequence_logprobs, token_logprobs
+from minipost.model import check_same_tokenizer, load_model
+from minipost.rollout import complete
+from minipost.tokenizer import encode_text, render_prompt, special_id
+from minipost.world import check, check_probe, is_refusal
 
 HIGHER_IS_BETTER = {"val_loss": False, "over_refusal": False}
 COLUMN_ORDER = ["probe_knowledge", "probe_arithmetic", "val_loss", "format", "knowledge", "arithmetic",
@@ -31,38 +37,8 @@ COLUMN_ORDER = ["probe_knowledge", "probe_arithmetic", "val_loss", "format", "kn
 
 
 @torch.no_grad()
-def complete(model, enc, prompts: list[list[int]], max_new_tokens: int, stop_token: int | None,
-             batch_size: int = 64, temperature: float = 0.0) -> tuple[list[str], list[bool]]:
-    """Generate for many token prompts in left-padded batches -> (texts without the stop token, stopped?)."""
-    from minipost.model import left_pad
-    from minipost.tokenizer import special_id
-
-    device = next(model.parameters()).device
-    pad = special_id(enc, "<|pad|>")
-    texts, stopped = [], []
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths together: less padding
-    results = {}
-    for s in range(0, len(order), batch_size):
-        idx = order[s:s + batch_size]
-        ids, mask = left_pad([prompts[i] for i in idx], pad, device)
-        toks, m, _ = model.generate(ids, mask, max_new_tokens=max_new_tokens, temperature=temperature,
-                                    stop_token=stop_token, pad_id=pad)
-        for i, row, rm in zip(idx, toks.tolist(), m.tolist()):
-            out = [t for t, keep in zip(row, rm) if keep]
-            hit = stop_token is not None and len(out) > 0 and out[-1] == stop_token
-            results[i] = (enc.decode(out[:-1] if hit else out), hit)
-    for i in range(len(prompts)):
-        texts.append(results[i][0])
-        stopped.append(results[i][1])
-    return texts, stopped
-
-
-@torch.no_grad()
 def probe_scores(model, enc, records: list[dict]) -> dict:
     """Base-model probes: plain-text completion, no chat template."""
-    from minipost.tokenizer import encode_text
-    from minipost.world import check_probe
-
     texts, _ = complete(model, enc, [encode_text(enc, r["prompt"]) for r in records], max_new_tokens=8,
                         stop_token=None)
     out = {}
@@ -76,9 +52,6 @@ def probe_scores(model, enc, records: list[dict]) -> dict:
 @torch.no_grad()
 def chat_scores(model, enc, records: list[dict], max_new_tokens: int = 64) -> tuple[dict, list[dict]]:
     """Greedy chat answers to the eval prompts, scored per domain -> (scores, per-example rows)."""
-    from minipost.tokenizer import render_prompt, special_id
-    from minipost.world import check, is_refusal
-
     texts, stopped = complete(model, enc, [render_prompt(enc, r["prompt"]) for r in records], max_new_tokens,
                               stop_token=special_id(enc, "<|end|>"))
     rows = [{"domain": r["domain"], "prompt": r["prompt"], "completion": t, "stopped": s,
@@ -98,62 +71,99 @@ def chat_scores(model, enc, records: list[dict], max_new_tokens: int = 64) -> tu
 
 
 @torch.no_grad()
-def val_loss(model, enc, windows: int = 64, block_size: int = 256) -> float:
-    from minipost.data import load_texts, pack, packed_eval_batches
-    from minipost.logprobs import token_logprobs
-
-    device = next(model.parameters()).device
-    block_size = min(block_size, model.cfg.block_size)
-    stream = pack(enc, load_texts(DATA_DIR / "pretrain_val.jsonl"))[:windows * block_size + 1]
-    total, n = 0.0, 0
-    for x, y in packed_eval_batches(stream, 16, block_size):
-        lp = token_logprobs(model(x.to(device)), y.to(device))
-        total, n = total - lp.sum().item(), n + lp.numel()
-    return total / n
+def heldout_scores(model, enc, records: list[dict], max_new_tokens: int = 64) -> dict:
+    """chat_scores as the RL files log them: {"eval_<column>": score, ...}; the same numbers as the card."""
+    was_training = model.training
+    model.eval()
+    scores, _ = chat_scores(model, enc, records, max_new_tokens=max_new_tokens)
+    model.train(was_training)
+    return {f"eval_{k}": v for k, v in scores.items()}
 
 
 @torch.no_grad()
-def sequence_logps(model, enc, prompts: list[str], responses: list[str], batch_size: int = 32) -> torch.Tensor:
-    """Sum of log pi(response tokens | prompt) in the chat template, one number per pair. -> (N,) float32"""
-    from minipost.data import collate, IGNORE
-    from minipost.logprobs import token_logprobs
-    from minipost.tokenizer import render_chat, special_id
+def write_samples(model, enc, path, records: list[dict], chat: bool = True, max_new_tokens: int = 64) -> str:
+    """Greedy answers to a few held-out records, scored, into a text file a person reads after a run:
+    chat answers in the chat template (chat=True), or plain continuations of probes for a base model."""
+    was_training = model.training
+    model.eval()
+    if chat:
+        _, rows = chat_scores(model, enc, records, max_new_tokens=max_new_tokens)
+    else:
+        texts, _ = complete(model, enc, [encode_text(enc, r["prompt"]) for r in records], max_new_tokens,
+                            stop_token=special_id(enc, "<|endoftext|>"))
+        rows = [{"domain": r.get("domain", "-"), "prompt": r["prompt"], "completion": t, "stopped": "-",
+                 "score": check_probe(r, t) if "answer" in r else float("nan")} for r, t in zip(records, texts)]
+    model.train(was_training)
+    text = "".join(f"### [{r['domain']}] score {r['score']:.0f}  stopped {r['stopped']}\n{r['prompt']}\n"
+                   f"--> {r['completion']}\n\n" for r in rows)
+    Path(path).write_text(text, encoding="utf-8")
+    return text
 
+
+@torch.no_grad()
+def heldout_loss(model, stream: torch.Tensor, *, windows: int = 64, block_size: int = 256, batch_size: int = 16,
+                 impl: str = "auto") -> float:
+    """Mean next-token loss (nats/token) over the first `windows` consecutive windows of a held-out token
+    stream: what a stage forgot about the pretraining corpus. Deterministic; every file reports this one."""
+    block_size = min(block_size, model.cfg.block_size)
+    stream = stream[:windows * block_size + 1]
+    if len(stream) < block_size + 1:
+        raise ValueError(f"held-out stream of {len(stream)} tokens is shorter than one window of {block_size + 1}")
     device = next(model.parameters()).device
-    out = []
-    for s in range(0, len(prompts), batch_size):
-        ex = [render_chat(enc, [{"role": "user", "content": p}, {"role": "assistant", "content": r}])
-              for p, r in zip(prompts[s:s + batch_size], responses[s:s + batch_size])]
-        x, y = collate(ex, special_id(enc, "<|pad|>"))
-        x, y = x.to(device), y.to(device)
-        mask = y != IGNORE  # (B, T)
-        lp = token_logprobs(model(x), y.clamp(min=0))  # (B, T)
-        out.append((lp * mask).sum(1).float().cpu())
-    return torch.cat(out)
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for x, y in packed_eval_batches(stream, batch_size, block_size):
+        x, y = x.to(device), y.to(device)  # (B, T) each
+        with autocast(device):
+            logits = model(x)  # (B, T, V)
+        total -= token_logprobs(logits, y, impl=impl).sum().item()
+        count += y.numel()
+    model.train(was_training)
+    return total / count
 
 
-def preference_accuracy(model, ref_model, enc, pairs: list[dict]) -> float:
-    """Share of held-out pairs whose implicit reward log pi/pi_ref is strictly higher for chosen."""
-    p = [r["prompt"] for r in pairs]
-    chosen = sequence_logps(model, enc, p, [r["chosen"] for r in pairs])
-    rejected = sequence_logps(model, enc, p, [r["rejected"] for r in pairs])
-    chosen = chosen - sequence_logps(ref_model, enc, p, [r["chosen"] for r in pairs])
-    rejected = rejected - sequence_logps(ref_model, enc, p, [r["rejected"] for r in pairs])
-    return (chosen > rejected).float().mean().item()
+def val_loss(model, enc, windows: int = 64, block_size: int = 256) -> float:
+    """The card's val_loss: heldout_loss on the world's pretrain_val.jsonl."""
+    return heldout_loss(model, pack(enc, load_texts(DATA_DIR / "pretrain_val.jsonl")), windows=windows,
+                        block_size=block_size)
+
+
+@torch.no_grad()
+def pair_logps(model, pairs: list[tuple], pad_id: int, *, batch_size: int = 64, impl: str = "auto"):
+    """Summed response log-probs of tokenized preference pairs (data.tokenize_pairs) -> (chosen (N,),
+    rejected (N,)), float32 on the CPU. DPO's reference pass and both preference accuracies use it."""
+    device = next(model.parameters()).device
+    chosen, rejected = [], []
+    for s in range(0, len(pairs), batch_size):
+        x, y = pair_batch(pairs[s:s + batch_size], pad_id)  # (2B, T) each, chosen rows first
+        with autocast(device):
+            logits = model(x.to(device))  # (2B, T, V)
+        lp = sequence_logprobs(logits, y.to(device), impl=impl).float().cpu()  # (2B,)
+        chosen.append(lp[:len(lp) // 2])
+        rejected.append(lp[len(lp) // 2:])
+    return torch.cat(chosen), torch.cat(rejected)
+
+
+def preference_accuracy(chosen, rejected, ref_chosen, ref_rejected) -> float:
+    """Share of pairs whose implicit DPO reward log pi/pi_ref is strictly higher for the chosen answer.
+    Every argument is (N,) summed log-probs (pair_logps of the policy and of the reference)."""
+    return ((chosen - ref_chosen) > (rejected - ref_rejected)).float().mean().item()
 
 
 def per_domain(records: list[dict], limit: int | None) -> list[dict]:
-    """The first `limit` records of every domain (all of them when limit is None): quick smoke evals."""
-    if not limit:
-        return records
-    return [r for d in sorted({r["domain"] for r in records}) for r in [x for x in records if x["domain"] == d][:limit]]
+    """The first `limit` records of each domain (all of them when limit is None or 0), in file order."""
+    out, seen = [], {}
+    for r in records:
+        seen[r["domain"]] = seen.get(r["domain"], 0) + 1
+        if not limit or seen[r["domain"]] <= limit:
+            out.append(r)
+    return out
 
 
 def evaluate_checkpoint(path, device="cpu", ref_path=None, chat: bool = True, limit: int | None = None,
                         out_dir=None) -> dict:
     """Every column of the report card for one checkpoint."""
-    from minipost.model import load_model
-
     model, enc, _ = load_model(path, device)
     scores = probe_scores(model, enc, per_domain(read_jsonl(DATA_DIR / "probes.jsonl"), limit))
     scores["val_loss"] = val_loss(model, enc)
@@ -165,9 +175,12 @@ def evaluate_checkpoint(path, device="cpu", ref_path=None, chat: bool = True, li
             (Path(out_dir) / f"answers_{Path(path).parent.name}.jsonl").write_text(
                 "".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     if ref_path is not None and Path(ref_path).resolve() != Path(path).resolve():
-        ref, _, _ = load_model(ref_path, device)
-        pairs = per_domain(read_jsonl(DATA_DIR / "eval_prefs.jsonl"), limit)
-        scores["pref_acc"] = preference_accuracy(model, ref, enc, pairs)
+        ref, ref_enc, _ = load_model(ref_path, device)
+        check_same_tokenizer(enc, ref_enc, path, ref_path)
+        records = per_domain(read_jsonl(DATA_DIR / "eval_prefs.jsonl"), limit)
+        pairs = tokenize_pairs(enc, records, model.cfg.block_size, str(DATA_DIR / "eval_prefs.jsonl"))
+        pad = special_id(enc, "<|pad|>")
+        scores["pref_acc"] = preference_accuracy(*pair_logps(model, pairs, pad), *pair_logps(ref, pairs, pad))
     return scores
 
 

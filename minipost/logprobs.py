@@ -221,3 +221,14 @@ def token_logprobs(
     from minipost.kernels.logprobs_triton import triton_token_logprobs
 
     return triton_token_logprobs(logits, targets, float(temperature))
+
+
+def sequence_logprobs(logits: torch.Tensor, targets: torch.Tensor, *, ignore_index: int = -100,
+                      temperature: float = 1.0, impl: str = "auto") -> torch.Tensor:
+    """Sum of log pi(target) over the positions whose target is not `ignore_index` (the response tokens):
+    one number per row, log pi(response | prompt). logits (B, T, V), targets (B, T) -> (B,) float32.
+
+    DPO's policy and reference log-probs and the report card's preference accuracy all come from here."""
+    mask = targets != ignore_index  # (B, T)
+    logp = token_logprobs(logits, targets.masked_fill(~mask, 0), temperature=temperature, impl=impl)  # (B, T)
+    return (logp * mask).sum(dim=1)  # (B,)

@@ -192,6 +192,7 @@ class GPT(nn.Module):
         """Sample continuations for a left-padded batch of prompts, with the KV cache.
 
         idx (B, P) prompt ids (left-padded), attention_mask (B, P). temperature 0 means greedy.
+        Each row adds at most min(max_new_tokens, block_size - its prompt length) tokens.
         Returns (tokens, mask, logprobs), each (B, N) with N <= max_new_tokens:
           tokens   the new tokens; after a row's stop token the rest is pad_id
           mask     1 on generated tokens up to and including the stop token
@@ -201,16 +202,17 @@ class GPT(nn.Module):
         B, P = idx.shape
         if attention_mask is None:
             attention_mask = torch.ones_like(idx)
-        n_real = int(attention_mask.sum(dim=1).max())
-        max_new_tokens = min(max_new_tokens, self.cfg.block_size - n_real)
-        if max_new_tokens <= 0:
-            raise ValueError(f"a prompt of {n_real} tokens leaves no room to generate (block_size "
+        n_real = attention_mask.sum(dim=1)  # (B,) prompt tokens per row
+        budget = (self.cfg.block_size - n_real).clamp(max=max_new_tokens)  # (B,) new tokens each row may add
+        if int(budget.min()) <= 0:
+            raise ValueError(f"a prompt of {int(n_real.max())} tokens leaves no room to generate (block_size "
                              f"{self.cfg.block_size}); shorten the prompt")
-        cache = KVCache(self.cfg, B, P + max_new_tokens, idx.device, self.wte.weight.dtype)
+        steps = int(budget.max())  # a long prompt caps its own row, not the whole batch
+        cache = KVCache(self.cfg, B, P + steps, idx.device, self.wte.weight.dtype)
         logits = self(idx, attention_mask, cache=cache)[:, -1]  # (B, V): left padding puts every last token here
         done = torch.zeros(B, dtype=torch.bool, device=idx.device)
         tokens, masks, logps = [], [], []
-        for _ in range(max_new_tokens):
+        for t in range(steps):
             logits = logits.float()
             if temperature == 0:
                 nxt = logits.argmax(dim=-1)  # (B,)
@@ -225,6 +227,7 @@ class GPT(nn.Module):
             logps.append(torch.where(live, logp.gather(1, nxt[:, None]).squeeze(1), torch.zeros_like(logp[:, 0])))
             if stop_token is not None:
                 done = done | (nxt == stop_token)
+            done = done | (budget <= t + 1)  # this row's context is full
             if bool(done.all()):
                 break
             logits = self(tokens[-1][:, None], live.long()[:, None], cache=cache)[:, -1]
@@ -264,17 +267,34 @@ def model_checkpoint(model: GPT, tokenizer_name: str, step: int, **extra) -> dic
 
 def load_model(path, device="cpu", value_head: bool | None = None):
     """Load a checkpoint written by any minipost stage -> (model in eval mode, tokenizer, checkpoint dict)."""
-    from minipost.common import load_checkpoint
+    from minipost.common import InputError, load_checkpoint
     from minipost.tokenizer import get_tokenizer
 
-    ckpt = load_checkpoint(path, map_location="cpu")
-    cfg = GPTConfig(**ckpt["model_config"])
+    ckpt = load_checkpoint(path, map_location="cpu", required=("model", "model_config", "tokenizer"))
+    try:
+        cfg = GPTConfig(**ckpt["model_config"])
+    except TypeError as e:
+        raise InputError(f"{path}: model_config does not describe a minipost GPT ({e})") from None
     if value_head is not None:
         cfg.value_head = value_head
     model = GPT(cfg)
     missing, unexpected = model.load_state_dict(ckpt["model"], strict=False)
     allowed = {"value_head.weight", "value_head.bias"}
     if set(missing) - allowed or set(unexpected) - allowed:
-        raise ValueError(f"{path}: checkpoint does not match the model: missing {missing}, unexpected {unexpected}")
+        raise InputError(f"{path}: checkpoint does not match the model: missing {missing}, unexpected {unexpected}")
+    enc = get_tokenizer(ckpt["tokenizer"])
+    if enc.n_vocab != cfg.vocab_size:
+        raise InputError(f"{path}: the model has {cfg.vocab_size} token embeddings but its tokenizer "
+                         f"{ckpt['tokenizer']!r} has {enc.n_vocab} tokens")
     model.to(device).eval()
-    return model, get_tokenizer(ckpt["tokenizer"]), ckpt
+    return model, enc, ckpt
+
+
+def check_same_tokenizer(enc, other_enc, path, other_path) -> None:
+    """Two models whose log-probs are compared (policy and reference) must share one tokenizer: otherwise
+    the same text is different token ids and log pi - log pi_ref is meaningless."""
+    from minipost.common import InputError
+
+    if enc.name != other_enc.name or enc.n_vocab != other_enc.n_vocab:
+        raise InputError(f"{other_path}: tokenizer {other_enc.name!r} ({other_enc.n_vocab} tokens) differs from "
+                         f"{path}'s {enc.name!r} ({enc.n_vocab} tokens); the reference must share the policy's")

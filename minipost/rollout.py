@@ -32,8 +32,10 @@ from dataclasses import dataclass, field as dc_field
 import torch
 import torch.nn.functional as F
 
+from minipost.common import InputError, read_jsonl
 from minipost.logprobs import token_logprobs
 from minipost.model import left_pad
+from minipost.tokenizer import render_prompt, special_id
 
 
 @dataclass
@@ -70,10 +72,13 @@ class Rollout:
 def sample_completions(model, prompts: list[list[int]], group_size: int = 1, max_new_tokens: int = 64,
                        temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
                        stop_token: int | None = None, pad_id: int = 0,
-                       generator: torch.Generator | None = None) -> Rollout:
+                       generator: torch.Generator | None = None, enc=None,
+                       records: list[dict] | None = None) -> Rollout:
     """Sample `group_size` completions for each token prompt in one batched, KV-cached generate() call.
 
     temperature 0 is greedy (then `logprobs` are under the untempered softmax); RL sampling uses T > 0.
+    With `enc`, the Rollout also holds the decoded texts (stop token removed); with `records`, the record
+    each row answers (one per prompt, repeated group_size times).
     """
     device = next(model.parameters()).device
     repeated = [p for p in prompts for _ in range(group_size)]  # group after group
@@ -89,7 +94,10 @@ def sample_completions(model, prompts: list[list[int]], group_size: int = 1, max
     else:
         last = (mask.sum(dim=1) - 1).clamp(min=0)  # (N,) index of each row's last sampled token
         stopped = tokens.gather(1, last[:, None]).squeeze(1) == stop_token  # (N,)
-    return Rollout(prompt_ids, prompt_mask, tokens, mask, logps.float(), stopped, group_size)
+    texts = [] if enc is None else [enc.decode(row[:n - 1] if hit else row[:n]) for row, n, hit in zip(
+        tokens.tolist(), mask.sum(dim=1).tolist(), stopped.tolist())]
+    rows = [r for r in records for _ in range(group_size)] if records is not None else []
+    return Rollout(prompt_ids, prompt_mask, tokens, mask, logps.float(), stopped, group_size, texts, rows)
 
 
 def rollout(model, enc, records: list[dict], group_size: int, max_new_tokens: int = 64, temperature: float = 1.0,
@@ -99,18 +107,28 @@ def rollout(model, enc, records: list[dict], group_size: int, max_new_tokens: in
 
     Stops at <|end|> (the chat template's end of turn); `texts` hold the answers without it.
     """
-    from minipost.tokenizer import render_prompt, special_id
-
     for i, r in enumerate(records):
         if "prompt" not in r:
             raise ValueError(f"record {i} has no 'prompt' field (fields: {sorted(r)})")
-    end, pad = special_id(enc, "<|end|>"), special_id(enc, "<|pad|>")
-    ro = sample_completions(model, [render_prompt(enc, r["prompt"]) for r in records], group_size, max_new_tokens,
-                            temperature, top_k, top_p, stop_token=end, pad_id=pad, generator=generator)
-    for row, n, hit in zip(ro.completion_ids.tolist(), ro.lengths.tolist(), ro.stopped.tolist()):
-        ro.texts.append(enc.decode(row[:n - 1] if hit else row[:n]))
-    ro.records = [r for r in records for _ in range(group_size)]
-    return ro
+    return sample_completions(model, [render_prompt(enc, r["prompt"]) for r in records], group_size,
+                              max_new_tokens, temperature, top_k, top_p, stop_token=special_id(enc, "<|end|>"),
+                              pad_id=special_id(enc, "<|pad|>"), generator=generator, enc=enc, records=records)
+
+
+@torch.no_grad()
+def complete(model, enc, prompts: list[list[int]], max_new_tokens: int, stop_token: int | None,
+             batch_size: int = 64, temperature: float = 0.0) -> tuple[list[str], list[bool]]:
+    """Generate for many token prompts in left-padded batches -> (texts without the stop token, stopped?), in
+    the order given. Prompts are batched by length (less padding); greedy by default, as every eval is."""
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths together: less padding
+    results = {}
+    for s in range(0, len(order), batch_size):
+        idx = order[s:s + batch_size]
+        ro = sample_completions(model, [prompts[i] for i in idx], 1, max_new_tokens, temperature,
+                                stop_token=stop_token, pad_id=special_id(enc, "<|pad|>"), enc=enc)
+        for i, text, hit in zip(idx, ro.texts, ro.stopped.tolist()):
+            results[i] = (text, hit)
+    return [results[i][0] for i in range(len(prompts))], [results[i][1] for i in range(len(prompts))]
 
 
 def completion_logprobs(model, ro: Rollout, temperature: float = 1.0, impl: str = "auto",
@@ -151,9 +169,10 @@ def micro_batches(ro: Rollout, size: int) -> list[torch.Tensor]:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# prompts in, scores out: small helpers the three objective files share
+# prompts in: the RL records, checked when the file loads
 
-def load_prompts(path, domains: str = "", oversample: str = "") -> list[dict]:
+def load_prompts(path, domains: str = "", oversample: str = "", enc=None,
+                 max_prompt_tokens: int | None = None) -> list[dict]:
     """RL records (rl.jsonl / eval.jsonl rows: "prompt", "domain" and checker fields) of the named domains.
 
     domains: comma-separated, e.g. "arithmetic" or "arithmetic,sql"; empty keeps every domain.
@@ -161,57 +180,34 @@ def load_prompts(path, domains: str = "", oversample: str = "") -> list[dict]:
         the prompts, and so every batch on average, holds k times as many of them. A way to spend more of a
         fixed budget on one skill while the other domains' rewards keep them from drifting. A domain that
         `domains` leaves out is not added back.
+    Every record is checked as the file loads (world.validate_record: prompt, known domain, checker fields, a
+    gold SQL query that runs), and with `enc` and `max_prompt_tokens` its chat-templated prompt length: a bad
+    record stops the run now with file:line, not when it is first sampled hours later.
     """
-    from minipost.common import read_jsonl
+    from minipost.world import validate_record  # TODO(integration): top-level once world/ lands
 
     records = read_jsonl(path, required=("prompt", "domain"))
+    for lineno, r in enumerate(records, start=1):
+        problem = validate_record(r)
+        if problem:
+            raise InputError(f"{path}:{lineno}: {problem}")
+        if enc is not None and max_prompt_tokens is not None:
+            n = len(render_prompt(enc, r["prompt"]))
+            if n > max_prompt_tokens:
+                raise InputError(f"{path}:{lineno}: field 'prompt' is {n} tokens in the chat template; at most "
+                                 f"{max_prompt_tokens} leave room for the answer (block_size - max_new_tokens)")
     wanted = {d.strip() for d in domains.split(",") if d.strip()}
     kept = [r for r in records if not wanted or r["domain"] in wanted]
     if not kept:
-        raise ValueError(f"{path}: no records of domain(s) {sorted(wanted)}; "
+        raise InputError(f"{path}: no records of domain(s) {sorted(wanted)}; "
                          f"it has {sorted({r['domain'] for r in records})}")
     repeats = {}
     for item in filter(None, (s.strip() for s in oversample.split(","))):
         name, _, k = (x.strip() for x in item.partition(":"))
         if not k.isdigit() or int(k) < 1 or name not in {r["domain"] for r in records} or name in repeats:
-            raise ValueError(f"oversample {item!r}: expected domain:k with k an integer >= 1, each domain once, "
+            raise InputError(f"--oversample {item!r}: expected domain:k with k an integer >= 1, each domain once, "
                              f"domains among {sorted({r['domain'] for r in records})}")
         repeats[name] = int(k)
     for name, k in repeats.items():
         kept += [r for r in kept if r["domain"] == name] * (k - 1)  # nothing if `domains` left it out
     return kept
-
-
-def per_domain(records: list[dict], limit: int | None) -> list[dict]:
-    """The first `limit` records of each domain (all of them when limit is None or 0), in a stable order."""
-    out, seen = [], {}
-    for r in records:
-        seen[r["domain"]] = seen.get(r["domain"], 0) + 1
-        if not limit or seen[r["domain"]] <= limit:
-            out.append(r)
-    return out
-
-
-@torch.no_grad()
-def heldout_scores(model, enc, records: list[dict], max_new_tokens: int = 64) -> dict:
-    """Greedy answers to held-out prompts, scored by the world's checkers: {"eval_<domain>": accuracy, ...}
-    plus "eval_format" (share of answers that ended with <|end|>). The same numbers as the report card."""
-    from minipost.evals import chat_scores
-
-    was_training = model.training
-    model.eval()
-    scores, _ = chat_scores(model, enc, records, max_new_tokens=max_new_tokens)
-    model.train(was_training)
-    return {f"eval_{k}": v for k, v in scores.items()}
-
-
-@torch.no_grad()
-def write_samples(model, enc, path, records: list[dict], max_new_tokens: int = 64) -> None:
-    """Greedy answers to a few held-out prompts, with their scores, so you can read what RL changed."""
-    from minipost.evals import chat_scores
-
-    _, rows = chat_scores(model, enc, records, max_new_tokens=max_new_tokens)
-    text = "".join(f"### [{r['domain']}] score {r['score']:.0f}  stopped {r['stopped']}\n{r['prompt']}\n"
-                   f"--> {r['completion']}\n\n" for r in rows)
-    from pathlib import Path
-    Path(path).write_text(text, encoding="utf-8")
