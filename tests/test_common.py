@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 
-from minipost.common import (check_finite, field, kl_estimate, load_checkpoint, parse_config, read_jsonl,
-                             save_checkpoint)
+from minipost.common import (InputError, MetricsLogger, check_config, check_finite, field, kl_estimate,
+                             load_checkpoint, parse_config, read_jsonl, save_checkpoint, save_state, start_run)
 
 
 def test_kl_estimators_match_exact_kl_of_small_categoricals():
@@ -63,7 +63,7 @@ def test_checkpoint_roundtrip_atomic_and_weights_only(tmp_path):
     torch.save({"x": Evil()}, tmp_path / "evil.pt")
     with pytest.raises(Exception):  # weights_only refuses arbitrary pickled objects
         load_checkpoint(tmp_path / "evil.pt")
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(InputError, match="missing.pt: no such checkpoint"):
         load_checkpoint(tmp_path / "missing.pt")
 
 
@@ -78,5 +78,108 @@ def test_read_jsonl_names_file_line_and_field(tmp_path):
 
 
 def test_nan_loss_stops_with_a_message():
-    with pytest.raises(FloatingPointError, match="stopping before the optimizer step"):
-        check_finite(torch.tensor(float("nan")), 7, "runs/x")
+    with pytest.raises(FloatingPointError, match="loss is nan at step 7: stopping"):
+        check_finite(torch.tensor(float("nan")), "loss", 7, "runs/x")
+    with pytest.raises(FloatingPointError, match="held-out loss is inf"):
+        check_finite(float("inf"), "held-out loss", 3, "runs/x")
+    check_finite(torch.tensor(1.5), "loss", 1, "runs/x")  # finite: nothing happens
+
+
+def test_read_jsonl_rejects_bad_bytes_types_and_empty_files(tmp_path):
+    p = tmp_path / "d.jsonl"
+    p.write_bytes(b'{"text": "ok"}\n{"text": "caf\xe9"}\n')  # latin-1, not UTF-8
+    with pytest.raises(InputError, match=r"d.jsonl:2: not UTF-8"):
+        read_jsonl(p)
+    p.write_text('{"text": 123}\n')
+    with pytest.raises(InputError, match=r"d.jsonl:1: field 'text' must be str, got int"):
+        read_jsonl(p, required={"text": str})
+    p.write_text("\n   \n")
+    with pytest.raises(InputError, match=r"d.jsonl: no records"):
+        read_jsonl(p)
+    assert read_jsonl(p, allow_empty=True) == []
+    p.write_text("[1, 2]\n")
+    with pytest.raises(InputError, match=r"d.jsonl:1: expected a JSON object, got list"):
+        read_jsonl(p)
+    with pytest.raises(InputError, match=r"nope.jsonl: no such file"):
+        read_jsonl(tmp_path / "nope.jsonl")
+
+
+@dataclasses.dataclass
+class Bounded:
+    steps: int = field(3, "steps", min=1)
+    lr: float = field(1e-3, "learning rate", gt=0)
+    frac: float = field(0.5, "a fraction", min=0, max=1)
+    kind: str = field("a", "a kind", choices=["a", "b"])
+
+    def __post_init__(self):
+        check_config(self)
+
+
+def test_config_bounds_are_checked_wherever_the_config_is_built():
+    for bad, msg in [({"steps": -5}, r"--steps -5: must be >= 1"), ({"lr": 0.0}, r"--lr 0.0: must be > 0"),
+                     ({"lr": float("inf")}, r"--lr inf: must be a finite number"),
+                     ({"lr": float("nan")}, r"--lr nan: must be a finite"), ({"frac": 1.5}, r"must be <= 1"),
+                     ({"kind": "z"}, r"--kind 'z': choose from")]:
+        with pytest.raises(InputError, match=msg):
+            Bounded(**bad)
+    with pytest.raises(SystemExit) as e:  # on the command line: one line, exit code 2
+        parse_config(Bounded, ["--steps", "0"])
+    assert e.value.code == 2
+
+
+def test_checkpoints_only_ever_hold_finite_tensors(tmp_path):
+    path = tmp_path / "m.pt"
+    save_checkpoint(path, {"model": {"w": torch.ones(2)}, "step": 1})
+    with pytest.raises(FloatingPointError, match=r"not writing .*m.pt: model.w is not finite"):
+        save_checkpoint(path, {"model": {"w": torch.tensor([1.0, float("nan")])}, "step": 2})
+    assert load_checkpoint(path)["step"] == 1  # the good file is still there
+    assert [p.name for p in tmp_path.iterdir()] == ["m.pt"]
+
+
+def test_load_checkpoint_says_what_it_expected(tmp_path):
+    (tmp_path / "text.pt").write_text("not a checkpoint")
+    with pytest.raises(InputError, match=r"text.pt: not a readable minipost checkpoint"):
+        load_checkpoint(tmp_path / "text.pt")
+    torch.save({"w": torch.ones(1)}, tmp_path / "bare.pt")
+    with pytest.raises(InputError, match=r"bare.pt: expected a checkpoint dict with keys \['model'\]"):
+        load_checkpoint(tmp_path / "bare.pt", required=("model",))
+
+
+@dataclasses.dataclass
+class RunCfg:
+    out: str = field("", "out")
+    lr: float = field(1.0, "lr")
+    resume: bool = field(False, "resume")
+    allow_config_change: bool = field(False, "allow")
+    progress: bool = field(True, "bar")
+
+
+def test_start_run_writes_config_resumes_and_refuses_a_changed_config(tmp_path):
+    cfg = RunCfg(out=str(tmp_path))
+    assert start_run(tmp_path, cfg) is None
+    assert json.loads((tmp_path / "config.json").read_text())["lr"] == 1.0
+    torch.manual_seed(5)
+    save_state(tmp_path, 3, cfg, model={"w": torch.zeros(1)})
+    expected = torch.rand(1)
+    (tmp_path / "state.pt.abc.tmp").write_text("left by a kill")
+    state = start_run(tmp_path, RunCfg(out=str(tmp_path), resume=True, progress=False))  # progress may change
+    assert state["step"] == 3 and torch.equal(torch.rand(1), expected)  # the RNG continues where it was saved
+    assert not list(tmp_path.glob("*.tmp"))
+    with pytest.raises(InputError, match=r"config differs .*lr: 1.0 -> 2.0"):
+        start_run(tmp_path, RunCfg(out=str(tmp_path), lr=2.0, resume=True))
+    assert start_run(tmp_path, RunCfg(out=str(tmp_path), lr=2.0, resume=True, allow_config_change=True))["step"] == 3
+    with pytest.raises(InputError, match=r"no .*state.pt to resume from"):
+        start_run(tmp_path / "other", RunCfg(resume=True))
+
+
+def test_metrics_logger_on_resume_drops_rows_after_the_checkpoint(tmp_path):
+    log = MetricsLogger(tmp_path)
+    for step in (1, 2, 3, 4):
+        log.log(step, loss=1.0 / step)
+    log.close()
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"step": 5, "lo')  # a kill in the middle of a line
+    log = MetricsLogger(tmp_path, resume_step=2)
+    log.log(3, loss=0.5)
+    log.close()
+    assert [json.loads(r)["step"] for r in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
