@@ -92,8 +92,13 @@ class InputError(ValueError):
 def main(train_fn, cls, presets: dict[str, dict] | None = None, argv: list[str] | None = None):
     """`python -m minipost.<objective>`: flags -> Config -> train(cfg). A wrong flag, file or record prints
     one line `error: ...` and exits 2; anything else is a bug and keeps its traceback."""
+    return exit_on_input_error(lambda: train_fn(parse_config(cls, argv, presets)))
+
+
+def exit_on_input_error(fn):
+    """Call fn(); an InputError becomes one line on stderr and exit code 2 (what every CLI here does)."""
     try:
-        return train_fn(parse_config(cls, argv, presets))
+        return fn()
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -127,7 +132,9 @@ def check_config(cfg) -> None:
             raise InputError(f"{flag} {v}: must be > {meta['gt']}")
 
 
-class _Parser(argparse.ArgumentParser):
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with one-line errors (exit 2), for the CLIs that are not built from a Config."""
+
     def error(self, message):  # one line, exit 2 (argparse's default also prints the whole usage)
         print(f"error: {message} (see --help)", file=sys.stderr)
         raise SystemExit(2)
@@ -148,7 +155,7 @@ def parse_config(cls, argv: list[str] | None = None, presets: dict[str, dict] | 
     `presets` maps preset names to field overrides, those overrides apply first and explicit flags win.
     """
     hints = typing.get_type_hints(cls)
-    parser = _Parser(description=(cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else None)
+    parser = ArgumentParser(description=(cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else None)
     for f in dataclasses.fields(cls):
         typ = hints[f.name]
         default = f"default: {f.default}"

@@ -17,13 +17,13 @@ Every column is measured on held-out data that no training split contains (world
 """
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 import torch
 
-from minipost.common import DATA_DIR, autocast, pick_device, read_jsonl, save_json
+from minipost.common import (DATA_DIR, ArgumentParser, InputError, autocast, exit_on_input_error, pick_device,
+                             read_jsonl, save_json)
 from minipost.data import load_texts, pack, packed_eval_batches, pair_batch, tokenize_pairs
 from minipost.logprobs import sequence_logprobs, token_logprobs
 from minipost.model import check_same_tokenizer, load_model
@@ -259,7 +259,11 @@ def plot_report(rows: dict[str, dict], path) -> None:
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description="Evaluate checkpoints and print the report card.")
+    return exit_on_input_error(lambda: _main(argv))
+
+
+def _main(argv=None):
+    ap = ArgumentParser(description="Evaluate checkpoints and print the report card.")
     ap.add_argument("--ckpt", action="append", help="checkpoint path (repeat for several rows)")
     ap.add_argument("--from-json", default=None, help="re-render a saved report.json instead of evaluating")
     ap.add_argument("--name", action="append", help="row names, in --ckpt order (default: the folder names)")
@@ -270,8 +274,16 @@ def main(argv=None):
     ap.add_argument("--limit", type=int, default=None, help="evaluate at most this many items per domain")
     ap.add_argument("--device", default="auto")
     args = ap.parse_args(argv)
+    if args.limit is not None and args.limit < 1:
+        ap.error(f"--limit {args.limit}: must be >= 1")
+    if args.name and len(args.name) != len(args.ckpt or []):
+        ap.error(f"--name given {len(args.name)} times for {len(args.ckpt or [])} --ckpt")
     if args.from_json:
-        saved = json.loads(Path(args.from_json).read_text())
+        try:
+            saved = json.loads(Path(args.from_json).read_text(encoding="utf-8"))
+            saved["rows"]
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
+            raise InputError(f"{args.from_json}: not a report.json written by minipost.evals ({e})") from None
         write_report(saved["rows"], args.out, saved.get("parents"))
         return saved["rows"]
     if not args.ckpt:
@@ -280,6 +292,10 @@ def main(argv=None):
     names = args.name or [Path(c).parent.name for c in args.ckpt]
     if args.vs and args.vs not in names:
         ap.error(f"--vs {args.vs!r} is not a row name; the rows are {names}")
+    if len(set(names)) < len(names):
+        ap.error(f"row names {names} repeat; name the rows with --name")
+    for c in args.ckpt + ([args.ref] if args.ref else []):  # every file checked before the first evaluation
+        load_model(c)
     rows = {n: evaluate_checkpoint(c, device, args.ref, chat=not args.no_chat, limit=args.limit, out_dir=args.out)
             for n, c in zip(names, args.ckpt)}
     write_report(rows, args.out, {n: args.vs for n in rows if n != args.vs} if args.vs else None)

@@ -8,19 +8,26 @@
       -> report card: one row per stage, what each gained and what it cost elsewhere
 
 Each stage is just `python -m minipost.<stage> --init PREVIOUS/model.pt --out OUT/<stage>`; this file only
-chains them. A stage whose model.pt already exists is reused (delete the folder, or pass --fresh true, to rerun).
+chains them. Run it again after a crash or `kill -9` and it picks up where it stopped: a finished stage (its
+model.pt holds the stage's last step) is reused, an unfinished one resumes from its OUT/<stage>/state.pt
+(`--resume true`), exactly as if it had not been interrupted. `--fresh true` reruns every stage from scratch.
 
     python -m minipost.pipeline                  # nano preset, a 2-core CPU
     python -m minipost.pipeline --preset small   # one GPU
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from minipost.common import DATA_DIR, config_with_preset, field, parse_config, pick_device, save_json
+from minipost.common import (DATA_DIR, InputError, check_config, config_with_preset, field, load_checkpoint, main,
+                             pick_device, save_json)
+from minipost.evals import evaluate_checkpoint, write_report
+from minipost.tokenizer import get_tokenizer
+from minipost.world import build as build_world
 
 
 @dataclass
@@ -29,12 +36,22 @@ class Config:
     out: str = field("runs/pipeline", "output folder; each stage writes OUT/<stage>/")
     preset: str = field("nano", "nano (laptop CPU) or small (one GPU)", choices=["nano", "small"])
     stages: str = field("pretrain,sft,dpo,rloo,grpo,ppo", "comma-separated stages to run, in order")
-    fresh: bool = field(False, "rerun stages even if their model.pt exists")
+    fresh: bool = field(False, "rerun every stage from scratch (default: reuse finished stages, resume the rest)")
     seed: int = field(1337, "random seed for every stage")
     device: str = field("auto", "cuda, mps, cpu or auto")
     progress: bool = field(True, "show tqdm progress bars")
-    max_steps: int = field(0, "if > 0, cap every stage at this many steps (a quick smoke run, not real results)")
-    eval_limit: int = field(0, "if > 0, evaluate only this many items per domain (smoke runs)")
+    max_steps: int = field(0, "if > 0, cap every stage at this many steps (a quick smoke run, not real results)",
+                           min=0)
+    eval_limit: int = field(0, "if > 0, evaluate only this many items per domain (smoke runs)", min=0)
+
+    def __post_init__(self):
+        check_config(self)
+        unknown = [s for s in self.stage_list() if s not in STAGES]
+        if unknown or not self.stage_list():
+            raise InputError(f"--stages {self.stages!r}: choose among {list(STAGES)}")
+
+    def stage_list(self) -> list[str]:
+        return [s.strip() for s in self.stages.split(",") if s.strip()]
 
 
 # stage -> (module, the stage its --init comes from, extra config overrides)
@@ -49,41 +66,50 @@ STAGES = {
 ROW_NAMES = {"pretrain": "base"}
 
 
-def run_stage(name: str, cfg: Config, out: Path) -> Path:
+def stage_config(name: str, cfg: Config, out: Path):
+    """The config `python -m minipost.<module> --preset P --init PARENT/model.pt --out OUT/<name>` would run."""
     module_name, parent, overrides = STAGES[name]
-    stage_out = out / name
-    if (stage_out / "model.pt").exists() and not cfg.fresh:
-        print(f"== {name}: reusing {stage_out / 'model.pt'}")
-        return stage_out / "model.pt"
     module = importlib.import_module(module_name)
-    kw = dict(preset=cfg.preset, out=str(stage_out), seed=cfg.seed, device=cfg.device, progress=cfg.progress)
+    kw = dict(preset=cfg.preset, out=str(out / name), seed=cfg.seed, device=cfg.device, progress=cfg.progress)
     if parent is not None:
         kw["init"] = str(out / parent / "model.pt")
+    full = config_with_preset(module.Config, module.PRESETS, **kw, **overrides)
     if cfg.max_steps:
-        kw["max_steps"] = min(cfg.max_steps, module.PRESETS[cfg.preset]["max_steps"])
-    stage_cfg = config_with_preset(module.Config, module.PRESETS, **kw, **overrides)
-    print(f"== {name}: python -m {module_name} --init {kw.get('init', '(random)')} --out {stage_out}")
+        kw["max_steps"] = min(cfg.max_steps, full.max_steps)
+    return module, config_with_preset(module.Config, module.PRESETS, **kw, **overrides)
+
+
+def run_stage(name: str, cfg: Config, out: Path) -> Path:
+    """Run one stage, reuse it if it finished, resume it if it was interrupted."""
+    module, stage_cfg = stage_config(name, cfg, out)
+    stage_out = Path(stage_cfg.out)
+    if not cfg.fresh and (stage_out / "model.pt").exists():
+        if load_checkpoint(stage_out / "model.pt", required=("step",))["step"] >= stage_cfg.max_steps:
+            print(f"== {name}: reusing {stage_out / 'model.pt'} (finished)")
+            return stage_out / "model.pt"
+    resume = not cfg.fresh and (stage_out / "state.pt").exists()
+    if resume:
+        stage_cfg = dataclasses.replace(stage_cfg, resume=True)
+    print(f"== {name}: python -m {module.__name__} --init {getattr(stage_cfg, 'init', '') or '(random)'} "
+          f"--out {stage_out}{' --resume true' if resume else ''}")
     t0 = time.time()
     module.train(stage_cfg)
     print(f"== {name}: {time.time() - t0:.0f} s")
     return stage_out / "model.pt"
 
 
-def main(cfg: Config) -> dict:
-    from minipost.evals import evaluate_checkpoint, write_report
-    from minipost.tokenizer import get_tokenizer
-    from minipost.world import build as build_world
-
+def run(cfg: Config) -> dict:
     t0 = time.time()
     out = Path(cfg.out)
+    for name in cfg.stage_list():  # every stage's config is checked before the first one starts
+        stage_config(name, cfg, out)
     out.mkdir(parents=True, exist_ok=True)
     save_json(out / "config.json", asdict(cfg))
     if not (DATA_DIR / "pretrain.jsonl").exists():
         build_world(DATA_DIR)
     get_tokenizer(cfg.preset)  # trains and saves the tokenizer on first use
-    stages = [s.strip() for s in cfg.stages.split(",") if s.strip()]
     timings, ckpts = {}, {}
-    for s in stages:
+    for s in cfg.stage_list():
         t = time.time()
         ckpts[s] = run_stage(s, cfg, out)
         timings[s] = time.time() - t
@@ -107,4 +133,4 @@ def main(cfg: Config) -> dict:
 
 
 if __name__ == "__main__":
-    main(parse_config(Config))
+    main(run, Config)
