@@ -36,7 +36,6 @@ Command line: `python -m minipost.tokenizer --name nano` trains on the world cor
 """
 from __future__ import annotations
 
-import argparse
 import base64
 import heapq
 import re
@@ -48,7 +47,7 @@ from typing import Iterable
 
 import tiktoken
 
-from minipost.common import DATA_DIR, atomic_write_bytes, read_jsonl
+from minipost.common import DATA_DIR, ArgumentParser, InputError, atomic_write_bytes, exit_on_input_error, read_jsonl
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|user|>", "<|assistant|>", "<|system|>", "<|end|>", "<|pad|>"]
 # Number of BPE tokens (256 bytes + merges); special tokens come on top: n_vocab = size + len(SPECIAL_TOKENS).
@@ -240,7 +239,7 @@ def get_tokenizer(name: str = "nano", data_dir: str | Path = DATA_DIR) -> tiktok
     Cached per (name, data_dir), so every caller in a process shares one Encoding.
     """
     if name not in VOCAB_SIZES:
-        raise ValueError(f"unknown tokenizer {name!r}; choose one of {sorted(VOCAB_SIZES)}")
+        raise InputError(f"unknown tokenizer {name!r}; choose one of {sorted(VOCAB_SIZES)}")
     data_dir = Path(data_dir).resolve()
     key = (name, data_dir)
     if key not in _CACHE:
@@ -307,7 +306,11 @@ def render_prompt(enc: tiktoken.Encoding, prompt: str | list[dict]) -> list[int]
 # ----------------------------------------------------------------------------------------------------------------
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Train the BPE tokenizer on the world corpus and save it.")
+    exit_on_input_error(lambda: _main(argv))
+
+
+def _main(argv: list[str] | None = None) -> None:
+    parser = ArgumentParser(description="Train the BPE tokenizer on the world corpus and save it.")
     parser.add_argument("--name", default="nano", choices=sorted(VOCAB_SIZES), help="which vocabulary size")
     parser.add_argument("--data-dir", default=str(DATA_DIR), help="where the corpus is and the file goes")
     args = parser.parse_args(argv)
