@@ -142,42 +142,51 @@ class GPT(nn.Module):
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters()) - self.wpe.weight.numel()  # GPT-2's convention
 
+    def positions_and_mask(self, idx, attention_mask=None, cache: KVCache | None = None):
+        """Position ids and the attention mask for idx (B, T), with left padding and a KV cache.
+
+        No padding and no cache (training): positions 0..T-1 and attn_mask None (the fused causal path).
+        Otherwise a token's position counts the real tokens before it in its row (so left padding does not
+        shift it), and attn_mask (B, 1, T, S) lets each query see the real keys at or before its own slot; S is
+        T without a cache, every filled cache slot with one. With a cache, this records the new tokens'
+        validity and advances cache.next_pos (forward advances cache.length after the blocks have written).
+        """
+        T = idx.shape[1]
+        if attention_mask is None and cache is None:  # the plain training path
+            assert T <= self.cfg.block_size, f"sequence of {T} tokens > block_size {self.cfg.block_size}"
+            return torch.arange(T, device=idx.device), None  # (T,), no mask
+        valid = (torch.ones_like(idx, dtype=torch.bool) if attention_mask is None
+                 else attention_mask.bool())  # (B, T)
+        start = 0 if cache is None else cache.length
+        base = 0 if cache is None else cache.next_pos[:, None]  # (B, 1)
+        pos = base + valid.long().cumsum(dim=1) - 1  # position = number of real tokens before this one
+        pos = pos.clamp(min=0)  # (B, T); pads get position 0 (their outputs are never used)
+        if cache is not None:
+            cache.valid[:, start:start + T] = valid
+            cache.next_pos += valid.long().sum(dim=1)
+            key_valid = cache.valid[:, :start + T]  # (B, S)
+        else:
+            key_valid = valid  # (B, S = T)
+        assert int(pos.max()) < self.cfg.block_size, "sequence longer than block_size"
+        q_slot = torch.arange(start, start + T, device=idx.device)  # (T,)
+        k_slot = torch.arange(key_valid.shape[1], device=idx.device)  # (S,)
+        causal = k_slot[None, :] <= q_slot[:, None]  # (T, S)
+        attn_mask = causal[None] & key_valid[:, None, :]  # (B, T, S): real keys at or before the query
+        attn_mask = attn_mask | (k_slot[None, :] == q_slot[:, None])[None]  # a pad query sees itself: no NaN
+        return pos, attn_mask[:, None]  # (B, T); (B, 1, T, S), broadcast over heads
+
     def forward(self, idx, attention_mask=None, cache: KVCache | None = None, return_hidden: bool = False):
         """idx (B, T) token ids -> logits (B, T, V) (and the final hidden states (B, T, C) if asked).
 
         attention_mask (B, T): 1 for real tokens, 0 for padding (left padding). With a cache, idx holds only the
         new tokens and attention_mask their validity.
         """
-        B, T = idx.shape
-        if attention_mask is None and cache is None:  # the plain training path
-            assert T <= self.cfg.block_size, f"sequence of {T} tokens > block_size {self.cfg.block_size}"
-            pos = torch.arange(T, device=idx.device)  # (T,)
-            attn_mask = None
-        else:
-            valid = (torch.ones_like(idx, dtype=torch.bool) if attention_mask is None
-                     else attention_mask.bool())  # (B, T)
-            start = 0 if cache is None else cache.length
-            base = 0 if cache is None else cache.next_pos[:, None]  # (B, 1)
-            pos = base + valid.long().cumsum(dim=1) - 1  # position = number of real tokens before this one
-            pos = pos.clamp(min=0)  # (B, T); pads get position 0 (their outputs are never used)
-            if cache is not None:
-                cache.valid[:, start:start + T] = valid
-                cache.next_pos += valid.long().sum(dim=1)
-                key_valid = cache.valid[:, :start + T]  # (B, S)
-            else:
-                key_valid = valid
-            assert int(pos.max()) < self.cfg.block_size, "sequence longer than block_size"
-            q_slot = torch.arange(start, start + T, device=idx.device)  # (T,)
-            k_slot = torch.arange(key_valid.shape[1], device=idx.device)  # (S,)
-            causal = k_slot[None, :] <= q_slot[:, None]  # (T, S)
-            attn_mask = causal[None] & key_valid[:, None, :]  # (B, T, S): real keys at or before the query
-            attn_mask = attn_mask | (k_slot[None, :] == q_slot[:, None])[None]  # a pad query sees itself: no NaN
-            attn_mask = attn_mask[:, None]  # (B, 1, T, S), broadcast over heads
+        pos, attn_mask = self.positions_and_mask(idx, attention_mask, cache)  # (B, T) or (T,); (B, 1, T, S)
         x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C)
         for i, block in enumerate(self.blocks):
             x = block(x, attn_mask, cache, i)
         if cache is not None:
-            cache.length += T
+            cache.length += idx.shape[1]  # the T new slots are filled now
         h = self.ln_f(x)  # (B, T, C)
         logits = h @ self.wte.weight.T  # (B, T, V), tied output layer
         return (logits, h) if return_hidden else logits

@@ -1,7 +1,10 @@
-"""The GPT's contracts: causal, cache-consistent, padding-invariant, and generation that matches itself."""
+"""The GPT's contracts: causal, cache-consistent, padding-invariant, generation that matches itself and caps each
+row by its own prompt, and load_model refusing files that are not minipost checkpoints."""
+import pytest
 import torch
 
-from minipost.model import GPT, GPTConfig, KVCache, filter_probs, left_pad
+from minipost.common import InputError
+from minipost.model import GPT, GPTConfig, KVCache, filter_probs, left_pad, load_model
 
 CFG = GPTConfig(vocab_size=50, block_size=32, n_layer=2, n_head=2, n_embd=16)
 
@@ -70,6 +73,32 @@ def test_generation_logprobs_match_a_training_forward_pass():
     logits = model(full, full_mask)[:, ids.shape[1] - 1:-1]  # (B, N, V): logits that predicted each new token
     recomputed = torch.log_softmax(logits / 0.7, -1).gather(2, toks[..., None]).squeeze(-1)
     torch.testing.assert_close(recomputed * m, logps, atol=1e-5, rtol=1e-5)
+
+
+def test_a_long_prompt_caps_only_its_own_row():
+    """block_size 32: a 30-token prompt leaves room for 2 new tokens. Batched with it, a short prompt still gets
+    all max_new_tokens, the long row stops at 2 without an error, and each row equals its prompt generated alone."""
+    model = make_model()
+    long, short = [(3 * i) % 47 + 1 for i in range(30)], [7, 8]
+    ids, mask = left_pad([long, short], pad_id=0)
+    toks, m, _ = model.generate(ids, mask, max_new_tokens=8, temperature=0)
+    assert m[1].sum().item() == 8  # the short row is not truncated by the long one
+    assert m[0].sum().item() == 2  # the long row fills its context and stops: 30 + 2 = block_size
+    for i, p in enumerate([long, short]):
+        alone, m1, _ = model.generate(torch.tensor([p]), max_new_tokens=8, temperature=0)
+        n = int(m1.sum())
+        assert n == int(m[i].sum()) and toks[i, :n].tolist() == alone[0, :n].tolist()
+    with pytest.raises(ValueError, match="no room"):  # a prompt that fills the whole context is an error
+        model.generate(torch.tensor([long + [1, 2]]), max_new_tokens=8, temperature=0)
+
+
+def test_load_model_refuses_files_that_are_not_minipost_checkpoints(tmp_path):
+    torch.save({}, tmp_path / "empty.pt")
+    torch.save(make_model().state_dict(), tmp_path / "bare.pt")  # weights without model_config or tokenizer
+    (tmp_path / "notes.pt").write_text("not a checkpoint\n")
+    for name in ("empty.pt", "bare.pt", "notes.pt", "missing.pt"):
+        with pytest.raises(InputError, match=name):
+            load_model(tmp_path / name)
 
 
 def test_stop_token_ends_a_row_and_pads_the_rest():
