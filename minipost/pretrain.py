@@ -7,55 +7,66 @@ model this file writes: post-training only *reshapes* what pretraining put in, w
 probes the base model's knowledge before any chat data is seen.
 
 The loop is nanoGPT's: AdamW (decoupled weight decay, not on biases/LayerNorms), linear warmup then cosine
-decay, gradient clipping, gradient accumulation, bf16 autocast on CUDA, optional torch.compile. The log-probs
-go through `minipost.logprobs.token_logprobs`, the op every objective shares.
+decay, gradient clipping, exact gradient accumulation over micro-batches, bf16 autocast on CUDA, optional
+torch.compile. The log-probs go through `minipost.logprobs.token_logprobs`, the op every objective shares; the
+held-out loss is `evals.heldout_loss`, the report card's val_loss.
 
-Run:  python -m minipost.pretrain --out runs/pretrain            (nano preset, a few minutes on a laptop CPU)
+Batches depend on (seed, step) only: step s draws batch_size random windows from a generator seeded with
+seed * 100003 + s. So a resumed run draws exactly the batches the uninterrupted one would have, and
+micro_batch_size only changes how the same windows are split into forward passes.
+
+Run:  python -m minipost.pretrain --out runs/pretrain            (the defaults: nano, a few minutes on a laptop CPU)
       python -m minipost.pretrain --out runs/pretrain --resume true   (continue an interrupted run exactly)
 """
 from __future__ import annotations
 
-import json
-import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from minipost.common import (DATA_DIR, MetricsLogger, autocast, check_finite, field, load_checkpoint,
-                             parse_config, pick_device, read_jsonl, rng_state, save_checkpoint, save_json,
-                             seed_everything, set_rng_state)
-from minipost.data import load_texts, pack, packed_batch, packed_eval_batches
+from minipost.common import (DATA_DIR, InputError, MetricsLogger, autocast, check_config, check_finite, field,
+                             main, pick_device, read_jsonl, save_checkpoint, save_state, seed_everything, start_run)
+from minipost.data import load_texts, pack, packed_batch
+from minipost.evals import heldout_loss, per_domain, write_samples
 from minipost.logprobs import token_logprobs
-from minipost.model import GPT, PRESETS as MODEL_PRESETS, GPTConfig, model_checkpoint
+from minipost.model import GPT, PRESETS as MODEL_PRESETS, GPTConfig, check_same_tokenizer, load_model, model_checkpoint
+from minipost.optim import adamw, cosine_lr, set_lr
+from minipost.tokenizer import VOCAB_SIZES, get_tokenizer
+from minipost.world import build as build_world
 
 
 @dataclass
 class Config:
-    """Pretrain a tiny GPT on the synthetic world's corpus (or your own text)."""
-    preset: str = field("nano", "model size and schedule: nano (laptop CPU) or small (one GPU)",
+    """Pretrain a tiny GPT on the synthetic world's corpus (or your own text). The defaults are the nano preset."""
+    preset: str = field("nano", "model size: nano (~1M parameters, laptop CPU) or small (~11M, one GPU)",
                         choices=["nano", "small"])
-    out: str = field("runs/pretrain", "output folder: config.json, metrics.jsonl, model.pt, samples.txt")
+    out: str = field("runs/pretrain", "output folder: config.json, metrics.jsonl, state.pt, model.pt, samples.txt")
     data: str = field("", "training text: JSONL of {'text'} or a .txt file (default: the world's corpus)")
     val_data: str = field("", "held-out text in the same form (default: the world's pretrain_val.jsonl)")
-    init: str = field("", "start from this checkpoint's weights instead of random init")
-    resume: bool = field(False, "continue from OUT/state.pt (optimizer, schedule, RNG and step restored)")
-    max_steps: int = field(1600, "optimizer steps (the learning-rate schedule spans these)")
-    stop_after: int = field(0, "checkpoint and stop after this many steps, to --resume later (0: run to the end)")
-    batch_size: int = field(16, "sequences per micro-batch")
-    grad_accum: int = field(1, "micro-batches per optimizer step")
-    block_size: int = field(256, "tokens per sequence (at most the model's block_size)")
-    lr: float = field(2e-3, "peak learning rate")
-    min_lr_ratio: float = field(0.1, "final learning rate as a fraction of the peak")
-    warmup_steps: int = field(50, "linear warmup steps")
-    weight_decay: float = field(0.1, "AdamW weight decay on matrices (not biases, LayerNorms)")
-    grad_clip: float = field(1.0, "clip the global gradient norm to this (0: off)")
-    eval_every: int = field(400, "steps between held-out loss evaluations and checkpoints")
-    eval_windows: int = field(64, "held-out windows of block_size tokens per evaluation")
-    log_every: int = field(10, "steps between metrics.jsonl rows")
-    tokenizer: str = field("nano", "tokenizer name (data/tokenizer_<name>.tiktoken)")
+    init: str = field("", "start from this checkpoint's weights (and size) instead of random init")
+    tokenizer: str = field("nano", "tokenizer name (data/tokenizer_<name>.tiktoken)", choices=sorted(VOCAB_SIZES))
+    max_steps: int = field(1600, "optimizer steps (the learning-rate schedule spans these)", min=1)
+    batch_size: int = field(16, "sequences per optimizer step", min=1)
+    micro_batch_size: int = field(0, "sequences per forward/backward (0: the whole batch); exact gradient "
+                                     "accumulation, the same result up to float rounding", min=0)
+    block_size: int = field(256, "tokens per sequence (at most the model's block_size: nano 256, small 512)", min=1)
+    lr: float = field(2e-3, "peak learning rate", gt=0)
+    min_lr_ratio: float = field(0.1, "final learning rate as a fraction of the peak", min=0, max=1)
+    warmup_steps: int = field(50, "linear warmup steps", min=0)
+    weight_decay: float = field(0.1, "AdamW weight decay on matrices (not biases, LayerNorms)", min=0)
+    grad_clip: float = field(1.0, "clip the global gradient norm to this (0: off)", min=0)
+    eval_every: int = field(400, "steps between held-out loss evaluations", min=1)
+    eval_windows: int = field(64, "held-out windows of block_size tokens per evaluation (64: the report card's)",
+                              min=1)
+    log_every: int = field(10, "steps between metrics.jsonl rows", min=1)
+    save_every: int = field(400, "steps between OUT/state.pt saves (what --resume continues from)", min=1)
+    resume: bool = field(False, "continue from OUT/state.pt: weights, optimizer, schedule, RNG, data position and step")
+    allow_config_change: bool = field(False, "with --resume, accept a config that differs from the saved run's")
+    stop_after: int = field(0, "save state and stop after this many steps, to --resume later (0: run to the end)",
+                            min=0)
     logprobs_impl: str = field("auto", "token_logprobs implementation",
                                choices=["auto", "reference", "chunked", "triton"])
     compile: bool = field(False, "torch.compile the model")
@@ -63,9 +74,14 @@ class Config:
     device: str = field("auto", "cuda, mps, cpu or auto")
     progress: bool = field(True, "show a tqdm progress bar")
 
+    def __post_init__(self):
+        check_config(self)
+        if self.micro_batch_size > self.batch_size:
+            raise InputError(f"--micro-batch-size {self.micro_batch_size}: more than --batch-size {self.batch_size}")
+
 
 PRESETS = {
-    "nano": dict(preset="nano", max_steps=1600, batch_size=16, block_size=256, lr=2e-3, tokenizer="nano"),
+    "nano": {},
     "small": dict(preset="small", max_steps=3000, batch_size=32, block_size=512, lr=1e-3, tokenizer="small"),
 }
 
@@ -75,155 +91,108 @@ def next_token_loss(logits, targets, impl="auto"):
     return -token_logprobs(logits, targets, impl=impl).mean()
 
 
-def lr_at(step: int, cfg) -> float:
-    """Linear warmup to cfg.lr, then cosine decay to cfg.lr * cfg.min_lr_ratio at max_steps."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    progress = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
-    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
-
-
-def make_optimizer(model, cfg, device):
-    """AdamW with weight decay on 2-D weights only (embeddings and matmuls), as in GPT-2 / nanoGPT."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), fused=device.type == "cuda")
-
-
-@torch.no_grad()
-def evaluate(model, stream, cfg, device) -> float:
-    """Mean next-token loss over the first cfg.eval_windows held-out windows (deterministic)."""
-    model.eval()
-    total, count = 0.0, 0
-    for x, y in packed_eval_batches(stream[:cfg.eval_windows * cfg.block_size + 1], cfg.batch_size, cfg.block_size):
-        x, y = x.to(device), y.to(device)
-        with autocast(device):
-            logits = model(x)
-        total += next_token_loss(logits, y, cfg.logprobs_impl).item() * y.numel()
-        count += y.numel()
-    model.train()
-    return total / max(count, 1)
-
-
-@torch.no_grad()
-def write_samples(model, enc, path, prompts, device, max_new_tokens=40):
-    """Greedy continuations of a few prompts, so you can read what the model learned."""
-    from minipost.model import left_pad
-    from minipost.tokenizer import encode_text, special_id
-
-    model.eval()
-    ids, mask = left_pad([encode_text(enc, p) for p in prompts], pad_id=special_id(enc, "<|pad|>"), device=device)
-    toks, m, _ = model.generate(ids, mask, max_new_tokens=max_new_tokens, temperature=0,
-                                stop_token=special_id(enc, "<|endoftext|>"))
-    lines = []
-    for p, t, mm in zip(prompts, toks.tolist(), m.tolist()):
-        text = enc.decode([tok for tok, keep in zip(t, mm) if keep])
-        lines.append(f"### {p}\n{p}{text}\n")
-    Path(path).write_text("\n".join(lines), encoding="utf-8")
-    model.train()
-    return lines
-
-
 def train(cfg: Config) -> dict:
-    from minipost.tokenizer import get_tokenizer
-    from minipost.world import build as build_world
-
     device = pick_device(cfg.device)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    save_json(out / "config.json", asdict(cfg))
     seed_everything(cfg.seed)
+    out = Path(cfg.out)
 
-    # ---- data: the world's corpus unless you pass your own
-    if not cfg.data and not (DATA_DIR / "pretrain.jsonl").exists():
+    # ---- data: the world's corpus unless you pass your own; every file is checked before OUT is touched
+    train_path = cfg.data or DATA_DIR / "pretrain.jsonl"
+    val_path = cfg.val_data or DATA_DIR / "pretrain_val.jsonl"
+    if not all((DATA_DIR / f).exists() for f in ("pretrain.jsonl", "pretrain_val.jsonl", "probes.jsonl")):
         build_world(DATA_DIR)
     enc = get_tokenizer(cfg.tokenizer)
-    train_stream = pack(enc, load_texts(cfg.data or DATA_DIR / "pretrain.jsonl"))  # (N,)
-    val_stream = pack(enc, load_texts(cfg.val_data or DATA_DIR / "pretrain_val.jsonl"))
+    train_stream = pack(enc, load_texts(train_path))  # (N,)
+    val_stream = pack(enc, load_texts(val_path))  # (M,)
+    for path, stream in ((train_path, train_stream), (val_path, val_stream)):
+        if len(stream) < cfg.block_size + 2:
+            raise InputError(f"{path}: {len(stream)} tokens, too few for one window of --block-size "
+                             f"{cfg.block_size} (+1 target)")
+    probes = per_domain(read_jsonl(DATA_DIR / "probes.jsonl", required={"prompt": str, "domain": str}), 4)
     print(f"train tokens {len(train_stream):,}  held-out tokens {len(val_stream):,}  vocab {enc.n_vocab}")
 
     # ---- model and optimizer
-    mcfg = GPTConfig(vocab_size=enc.n_vocab, **{**MODEL_PRESETS[cfg.preset], "block_size": max(
-        cfg.block_size, MODEL_PRESETS[cfg.preset]["block_size"])})
-    model = GPT(mcfg)
     if cfg.init:
-        model.load_state_dict(load_checkpoint(cfg.init)["model"])
+        model, init_enc, _ = load_model(cfg.init)
+        check_same_tokenizer(enc, init_enc, f"--tokenizer {cfg.tokenizer}", cfg.init)
+    else:
+        model = GPT(GPTConfig(vocab_size=enc.n_vocab, **MODEL_PRESETS[cfg.preset]))
+    if cfg.block_size > model.cfg.block_size:
+        raise InputError(f"--block-size {cfg.block_size}: the model ({cfg.init or cfg.preset + ' preset'}) sees at "
+                         f"most {model.cfg.block_size} tokens")
     model.to(device)
-    optimizer = make_optimizer(model, cfg, device)
-    step = 0
-    if cfg.resume:
-        if not (out / "state.pt").exists():
-            raise FileNotFoundError(f"--resume: no {out / 'state.pt'} to resume from")
-        state = load_checkpoint(out / "state.pt")
+    optimizer = adamw(model, lr=cfg.lr, weight_decay=cfg.weight_decay, device=device)
+    fwd = torch.compile(model) if cfg.compile else model
+    print(f"model: {model.num_params() / 1e6:.2f}M parameters on {device}")
+
+    # ---- the run folder: a fresh run, or everything an interrupted one saved
+    state = start_run(out, cfg)
+    steps_done, tokens_seen, val_loss, elapsed_s = 0, 0, float("nan"), 0.0
+    if state:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        set_rng_state(state["rng"])
-        step = state["step"]
-        print(f"resumed from {out / 'state.pt'} at step {step}")
-    print(f"model: {model.num_params() / 1e6:.2f}M parameters on {device}")
-    fwd = torch.compile(model) if cfg.compile else model
-    if step > 0:  # drop rows logged after the checkpoint we resume from (a crash can leave some)
-        rows = (out / "metrics.jsonl").read_text().splitlines() if (out / "metrics.jsonl").exists() else []
-        kept = [r for r in rows if json.loads(r)["step"] <= step]
-        (out / "metrics.jsonl").write_text("".join(r + "\n" for r in kept))
-    logger = MetricsLogger(out, append=step > 0)
-
-    def checkpoint(step):  # model.pt: what later stages load; state.pt: everything needed to resume exactly
-        save_checkpoint(out / "model.pt", model_checkpoint(model, cfg.tokenizer, step))
-        save_checkpoint(out / "state.pt", {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                           "rng": rng_state(), "step": step, "config": asdict(cfg)})
+        steps_done, tokens_seen, val_loss, elapsed_s = (state["step"], state["tokens_seen"], state["val_loss"],
+                                                        state["elapsed_s"])
+    logger = MetricsLogger(out, resume_step=steps_done if state else None)
 
     # ---- the loop
     model.train()
-    t0, tokens_seen, val_loss = time.time(), 0, float("nan")
-    bar = tqdm(range(step, cfg.max_steps), initial=step, total=cfg.max_steps, disable=not cfg.progress,
+    micro = cfg.micro_batch_size or cfg.batch_size
+    t0 = time.time() - elapsed_s
+    bar = tqdm(range(steps_done, cfg.max_steps), initial=steps_done, total=cfg.max_steps, disable=not cfg.progress,
                desc="pretrain")
     for step in bar:
-        lr = lr_at(step, cfg)
-        for g in optimizer.param_groups:
-            g["lr"] = lr
+        lr = cosine_lr(step, lr=cfg.lr, warmup_steps=cfg.warmup_steps, max_steps=cfg.max_steps,
+                       min_lr_ratio=cfg.min_lr_ratio)
+        set_lr(optimizer, lr)
         batch_gen = torch.Generator().manual_seed(cfg.seed * 100_003 + step)  # batches depend on (seed, step) only
+        batch_x, batch_y = packed_batch(train_stream, cfg.batch_size, cfg.block_size, batch_gen)  # (B, T) each
         loss_sum = 0.0
-        for _ in range(cfg.grad_accum):
-            x, y = packed_batch(train_stream, cfg.batch_size, cfg.block_size, batch_gen)
-            x, y = x.to(device), y.to(device)  # (B, T) each
+        for i in range(0, cfg.batch_size, micro):
+            x, y = batch_x[i:i + micro].to(device), batch_y[i:i + micro].to(device)  # (b, T) each
             with autocast(device):
-                logits = fwd(x)  # (B, T, V)
-            loss = next_token_loss(logits, y, cfg.logprobs_impl) / cfg.grad_accum
-            check_finite(loss, step, out)
+                logits = fwd(x)  # (b, T, V)
+            # every window has T targets, so the b/B share of the batch mean makes the sum the full-batch mean
+            loss = next_token_loss(logits, y, cfg.logprobs_impl) * (len(x) / cfg.batch_size)
+            check_finite(loss, "loss", step, out)
             loss.backward()
             loss_sum += loss.item()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        tokens_seen += cfg.grad_accum * cfg.batch_size * cfg.block_size
+        tokens_seen += cfg.batch_size * cfg.block_size
 
-        done = step + 1
-        if done % cfg.eval_every == 0 or done == cfg.max_steps:
-            val_loss = evaluate(model, val_stream, cfg, device)
-            checkpoint(done)
-        if done % cfg.log_every == 0 or done == cfg.max_steps:
+        steps_done = step + 1
+        if steps_done % cfg.eval_every == 0 or steps_done == cfg.max_steps:
+            val_loss = heldout_loss(model, val_stream, windows=cfg.eval_windows, block_size=cfg.block_size,
+                                    impl=cfg.logprobs_impl)
+            check_finite(val_loss, "val_loss", steps_done, out)
+        if steps_done % cfg.log_every == 0 or steps_done == cfg.max_steps:
             elapsed = time.time() - t0
-            logger.log(done, loss=loss_sum, val_loss=val_loss, lr=lr, grad_norm=grad_norm,
+            logger.log(steps_done, loss=loss_sum, val_loss=val_loss, lr=lr, grad_norm=grad_norm,
                        tokens_per_s=tokens_seen / elapsed, elapsed_s=elapsed)
             bar.set_postfix(loss=f"{loss_sum:.3f}", val=f"{val_loss:.3f}", tok_s=f"{tokens_seen / elapsed:,.0f}")
-        if cfg.stop_after and done == cfg.stop_after:
-            checkpoint(done)
-            print(f"stopping after step {done}; continue with --resume true")
+        if steps_done % cfg.save_every == 0 or steps_done in (cfg.stop_after, cfg.max_steps):
+            save_state(out, steps_done, cfg, model=model.state_dict(), optimizer=optimizer.state_dict(),
+                       tokens_seen=tokens_seen, val_loss=val_loss, elapsed_s=time.time() - t0)
+        if steps_done == cfg.stop_after:
             break
     bar.close()
     logger.close()
     elapsed = time.time() - t0
     summary = {"val_loss": val_loss, "tokens_per_s": tokens_seen / max(elapsed, 1e-9), "seconds": elapsed,
-               "params": model.num_params(), "device": str(device)}
-    probes = DATA_DIR / "probes.jsonl"
-    samples = [r["prompt"] for r in read_jsonl(probes)[::50]][:8] if probes.exists() else ["The"]
-    write_samples(model, enc, out / "samples.txt", samples, device)
+               "params": model.num_params(), "device": str(device), "steps": steps_done}
+    if steps_done < cfg.max_steps:
+        print(f"stopped after step {steps_done} (state in {out / 'state.pt'}); continue with --resume true")
+        return summary
+
+    # ---- the outputs later stages read
+    save_checkpoint(out / "model.pt", model_checkpoint(model, cfg.tokenizer, steps_done))
+    write_samples(model, enc, out / "samples.txt", probes, chat=False)
     print(f"pretrain done: held-out loss {val_loss:.3f}, {summary['tokens_per_s']:,.0f} tokens/s, "
           f"{elapsed:.0f} s on {device}")
     return summary
 
 
 if __name__ == "__main__":
-    train(parse_config(Config, presets=PRESETS))
+    main(train, Config, PRESETS)

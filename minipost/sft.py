@@ -21,64 +21,84 @@ Choices and deviations, all switchable in `Config`:
   mask is unchanged, so only the context differs.
 - pretraining mix (`ptx_coef`): optionally add ptx_coef * (next-token loss on a packed batch of pretraining
   text) to every step, the "pretraining mix" InstructGPT uses in PPO-ptx (their eq. 2) to limit forgetting.
-  Logged as `ptx_loss`; `val_loss` (held-out pretraining text) shows what SFT costs the base model. The presets
+  Logged as `ptx_loss`; `val_loss` (held-out pretraining text) shows what SFT costs the base model. The defaults
   use it (ptx_coef 1): on nano, 100 SFT steps at lr 1e-3 *without* it raised the held-out pretraining loss from
   1.08 to 2.90; with it (lr 5e-4) the loss stayed at 0.88-1.00 and held-out knowledge QA reached 94%.
-- the learning-rate schedule, optimizer and clipping are pretrain.py's (`lr_at`, `make_optimizer`).
+- the learning-rate schedule and optimizer are the shared ones (`optim.cosine_lr`, `optim.adamw`); `val_loss` is
+  `evals.heldout_loss` with the report card's 64 windows of 256 tokens, so it equals the card's val_loss of the
+  same checkpoint.
 
-Run:  python -m minipost.sft --init runs/pretrain/model.pt --out runs/sft          (nano preset, ~3 min on CPU)
+Run:  python -m minipost.sft --init runs/pretrain/model.pt --out runs/sft          (the defaults: nano, ~3 min on CPU)
       python -m minipost.sft --init BASE.pt --data my_chats.jsonl --out runs/my_sft   (your own data, TRL format)
+      python -m minipost.sft --init runs/pretrain/model.pt --out runs/sft --resume true  (continue exactly)
 """
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from minipost.common import (DATA_DIR, MetricsLogger, autocast, check_finite, field, parse_config, pick_device,
-                             read_jsonl, save_checkpoint, save_json, seed_everything)
-from minipost.data import IGNORE, collate, load_chats, load_texts, pack, packed_batch, tokenize_chats
+from minipost.common import (DATA_DIR, InputError, MetricsLogger, autocast, check_config, check_finite, field, main,
+                             pick_device, read_jsonl, save_checkpoint, save_state, seed_everything, start_run)
+from minipost.data import IGNORE, EpochBatches, collate, load_chats, load_texts, pack, packed_batch, tokenize_chats
+from minipost.evals import heldout_loss, per_domain, write_samples
 from minipost.logprobs import token_logprobs
 from minipost.model import load_model, model_checkpoint
-from minipost.pretrain import lr_at, make_optimizer
+from minipost.optim import adamw, cosine_lr, set_lr
+from minipost.tokenizer import special_id
+from minipost.world import build as build_world
 
 
 @dataclass
 class Config:
-    """Supervised fine-tuning on chat data: loss on the assistant's tokens only."""
-    preset: str = field("nano", "model size and schedule: nano (laptop CPU) or small (one GPU)",
+    """Supervised fine-tuning on chat data: loss on the assistant's tokens only. The defaults are the nano preset."""
+    preset: str = field("nano", "schedule: nano (laptop CPU) or small (one GPU); the model's size comes from --init",
                         choices=["nano", "small"])
-    out: str = field("runs/sft", "output folder: config.json, metrics.jsonl, model.pt, samples.txt")
+    out: str = field("runs/sft", "output folder: config.json, metrics.jsonl, state.pt, model.pt, samples.txt")
     init: str = field("runs/pretrain/model.pt", "the base model to fine-tune (a minipost checkpoint)")
     data: str = field("", "chat data: JSONL of {'messages'} or {'prompt', 'completion'} (default: the world's)")
-    max_steps: int = field(300, "optimizer steps")
-    batch_size: int = field(32, "rows per micro-batch (conversations, or packed rows with --pack)")
-    grad_accum: int = field(1, "micro-batches per optimizer step (token-weighted: same gradient as one batch)")
-    block_size: int = field(256, "longest row in tokens (at most the model's block_size); longer chats are cut")
+    max_steps: int = field(300, "optimizer steps", min=1)
+    batch_size: int = field(32, "rows per optimizer step (conversations, or packed rows with --pack)", min=1)
+    micro_batch_size: int = field(0, "rows per forward/backward (0: the whole batch); token-weighted, so the same "
+                                     "gradient as one batch up to float rounding", min=0)
+    block_size: int = field(256, "longest row in tokens (at most the model's block_size); longer chats are cut",
+                            min=1)
     pack: bool = field(False, "pack several conversations into each row of block_size tokens")
-    ptx_coef: float = field(0.0, "weight of a next-token loss on pretraining text mixed into every step (0: off)")
-    ptx_batch_size: int = field(4, "pretraining windows of block_size tokens per step when ptx_coef > 0")
-    lr: float = field(1e-3, "peak learning rate")
-    min_lr_ratio: float = field(0.1, "final learning rate as a fraction of the peak")
-    warmup_steps: int = field(20, "linear warmup steps")
-    weight_decay: float = field(0.0, "AdamW weight decay on matrices")
-    grad_clip: float = field(1.0, "clip the global gradient norm to this (0: off)")
-    eval_every: int = field(100, "steps between held-out pretraining-loss evaluations")
-    eval_windows: int = field(32, "held-out windows of block_size tokens per evaluation")
-    log_every: int = field(10, "steps between metrics.jsonl rows")
+    ptx_coef: float = field(1.0, "weight of a next-token loss on pretraining text mixed into every step (0: off)",
+                            min=0)
+    ptx_batch_size: int = field(4, "pretraining windows of block_size tokens per step when ptx_coef > 0", min=1)
+    lr: float = field(5e-4, "peak learning rate", gt=0)
+    min_lr_ratio: float = field(0.1, "final learning rate as a fraction of the peak", min=0, max=1)
+    warmup_steps: int = field(20, "linear warmup steps", min=0)
+    weight_decay: float = field(0.0, "AdamW weight decay on matrices", min=0)
+    grad_clip: float = field(1.0, "clip the global gradient norm to this (0: off)", min=0)
+    eval_every: int = field(100, "steps between held-out pretraining-loss evaluations", min=1)
+    eval_windows: int = field(64, "held-out windows of 256 tokens per evaluation (64: the report card's val_loss)",
+                              min=1)
+    log_every: int = field(10, "steps between metrics.jsonl rows", min=1)
+    save_every: int = field(100, "steps between OUT/state.pt saves (what --resume continues from)", min=1)
+    resume: bool = field(False, "continue from OUT/state.pt: weights, optimizer, schedule, RNG, data position and step")
+    allow_config_change: bool = field(False, "with --resume, accept a config that differs from the saved run's")
+    stop_after: int = field(0, "save state and stop after this many steps, to --resume later (0: run to the end)",
+                            min=0)
     logprobs_impl: str = field("auto", "token_logprobs implementation",
                                choices=["auto", "reference", "chunked", "triton"])
     seed: int = field(1337, "random seed (data order)")
     device: str = field("auto", "cuda, mps, cpu or auto")
     progress: bool = field(True, "show a tqdm progress bar")
 
+    def __post_init__(self):
+        check_config(self)
+        if self.micro_batch_size > self.batch_size:
+            raise InputError(f"--micro-batch-size {self.micro_batch_size}: more than --batch-size {self.batch_size}")
+
 
 PRESETS = {
-    "nano": dict(preset="nano", max_steps=300, batch_size=32, block_size=256, lr=5e-4, ptx_coef=1.0),
-    "small": dict(preset="small", max_steps=600, batch_size=64, block_size=512, lr=3e-4, ptx_coef=1.0),
+    "nano": {},
+    "small": dict(preset="small", max_steps=600, batch_size=64, block_size=512, lr=3e-4),
 }
 
 
@@ -121,133 +141,100 @@ def pack_examples(examples: list[tuple[list[int], list[int]]], block_size: int):
     return rows
 
 
-def epoch_batches(n: int, batch_size: int, generator: torch.Generator):
-    """Endless stream of index batches: a fresh shuffle of range(n) every epoch (the last partial batch of an
-    epoch is topped up from the next one, so every batch has batch_size rows)."""
-    order: list[int] = []
-    while True:
-        while len(order) < batch_size:
-            order += torch.randperm(n, generator=generator).tolist()
-        yield order[:batch_size]
-        order = order[batch_size:]
-
-
-@torch.no_grad()
-def heldout_loss(model, stream, cfg, device) -> float:
-    """Next-token loss on the first cfg.eval_windows windows of held-out pretraining text (forgetting)."""
-    from minipost.data import packed_eval_batches
-
-    model.eval()
-    total, count = 0.0, 0
-    for x, y in packed_eval_batches(stream[:cfg.eval_windows * cfg.block_size + 1], 16, cfg.block_size):
-        x, y = x.to(device), y.to(device)
-        with autocast(device):
-            logits = model(x)  # (B, T, V)
-        total -= token_logprobs(logits, y, impl=cfg.logprobs_impl).sum().item()
-        count += y.numel()
-    model.train()
-    return total / max(count, 1)
-
-
-@torch.no_grad()
-def write_chat_samples(model, enc, path, records: list[dict], device, max_new_tokens=64) -> list[str]:
-    """Greedy chat answers to a few prompts, with whether the model stopped by itself (emitted <|end|>)."""
-    from minipost.evals import complete
-    from minipost.tokenizer import render_prompt, special_id
-
-    model.eval()
-    texts, stopped = complete(model, enc, [render_prompt(enc, r["prompt"]) for r in records], max_new_tokens,
-                              stop_token=special_id(enc, "<|end|>"))
-    lines = [f"### [{r.get('domain', '?')}] {r['prompt']}\n{t}\n({'stopped' if s else 'did NOT stop'})\n"
-             for r, t, s in zip(records, texts, stopped)]
-    Path(path).write_text("\n".join(lines), encoding="utf-8")
-    model.train()
-    return lines
-
-
-def sample_prompts(chats: list[list[dict]], per_domain: int = 2) -> list[dict]:
-    """Prompts for samples.txt: a few of each domain from the world's held-out eval split if it exists, else
-    the first user turns of the training data."""
-    path = DATA_DIR / "eval.jsonl"
-    if path.exists():
-        rows = read_jsonl(path, required=("prompt", "domain"))
-        domains = sorted({r["domain"] for r in rows})
-        return [r for d in domains for r in [x for x in rows if x["domain"] == d][:per_domain]]
-    return [{"prompt": c[0]["content"], "domain": "train"} for c in chats[:6] if c and c[0]["role"] == "user"]
-
-
 def train(cfg: Config) -> dict:
     device = pick_device(cfg.device)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    save_json(out / "config.json", asdict(cfg))
     seed_everything(cfg.seed)
+    out = Path(cfg.out)
 
     # ---- model: the base checkpoint; its tokenizer comes with it
     if not Path(cfg.init).exists():
-        raise FileNotFoundError(f"--init {cfg.init}: no such checkpoint; pretrain first "
-                                "(python -m minipost.pretrain --out runs/pretrain)")
+        raise InputError(f"--init {cfg.init}: no such checkpoint; pretrain first "
+                         "(python -m minipost.pretrain --out runs/pretrain)")
     model, enc, ckpt = load_model(cfg.init, device)
     block_size = min(cfg.block_size, model.cfg.block_size)
+    if block_size < cfg.block_size:
+        print(f"--block-size {cfg.block_size}: the model sees at most {block_size} tokens; using {block_size}")
     print(f"model: {model.num_params() / 1e6:.2f}M parameters from {cfg.init} on {device}")
 
-    # ---- data: rendered with the chat template -> (ids, loss_mask); optionally packed into rows
-    from minipost.tokenizer import special_id
-
-    if not cfg.data and not (DATA_DIR / "sft.jsonl").exists():
-        from minipost.world import build as build_world
+    # ---- data: rendered with the chat template -> (ids, loss_mask); optionally packed into rows. The world's
+    # held-out text (val_loss), corpus (the pretraining mix) and eval prompts (samples.txt) are read too.
+    if not all((DATA_DIR / f).exists() for f in ("sft.jsonl", "pretrain.jsonl", "pretrain_val.jsonl", "eval.jsonl")):
         build_world(DATA_DIR)
-    chats = load_chats(cfg.data or DATA_DIR / "sft.jsonl")
+    data_path = cfg.data or DATA_DIR / "sft.jsonl"
+    chats = load_chats(data_path)
     examples = tokenize_chats(enc, chats, block_size)
     kept = [e for e in examples if sum(e[1][1:]) > 0]  # a chat cut before its answer has nothing to learn
+    if not kept:
+        raise InputError(f"{data_path}: every conversation is cut before its answer at --block-size {block_size}, "
+                         "so there is nothing to train on")
     if len(kept) < len(examples):
         print(f"dropped {len(examples) - len(kept)} chats with no assistant token within {block_size} tokens")
-    if not kept:
-        raise ValueError(f"{cfg.data or DATA_DIR / 'sft.jsonl'}: no conversation has an assistant turn to train on")
     order = torch.randperm(len(kept), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
     rows = pack_examples([kept[i] for i in order], block_size) if cfg.pack else kept
     n_targets = sum(sum(m[1:]) for _, m in kept)
     print(f"{len(kept)} chats, {n_targets:,} target tokens, {len(rows)} rows"
-          f"{' (packed)' if cfg.pack else ''}; one epoch = {len(rows) / (cfg.batch_size * cfg.grad_accum):.1f} steps")
+          f"{' (packed)' if cfg.pack else ''}; one epoch = {len(rows) / cfg.batch_size:.1f} steps")
     pad_id = special_id(enc, "<|pad|>")
-    val_stream = pack(enc, load_texts(DATA_DIR / "pretrain_val.jsonl")) if (
-        DATA_DIR / "pretrain_val.jsonl").exists() else None
-    ptx_stream = pack(enc, load_texts(DATA_DIR / "pretrain.jsonl")) if cfg.ptx_coef > 0 else None
+    val_stream = pack(enc, load_texts(DATA_DIR / "pretrain_val.jsonl"))  # (M,)
+    if len(val_stream) < min(256, model.cfg.block_size) + 1:
+        raise InputError(f"{DATA_DIR / 'pretrain_val.jsonl'}: {len(val_stream)} tokens, too few for one held-out window")
+    ptx_stream = pack(enc, load_texts(DATA_DIR / "pretrain.jsonl")) if cfg.ptx_coef > 0 else None  # (N,)
+    if ptx_stream is not None and len(ptx_stream) < block_size + 2:
+        raise InputError(f"{DATA_DIR / 'pretrain.jsonl'}: {len(ptx_stream)} tokens, too few for one window of "
+                         f"{block_size} for the pretraining mix (--ptx-coef 0 turns it off)")
+    sample_records = per_domain(read_jsonl(DATA_DIR / "eval.jsonl", required={"prompt": str, "domain": str}), 2)
 
-    # ---- optimizer
-    optimizer = make_optimizer(model, cfg, device)
-    logger = MetricsLogger(out)
-    batches = epoch_batches(len(rows), cfg.batch_size, torch.Generator().manual_seed(cfg.seed + 1))
+    # ---- optimizer and data order
+    optimizer = adamw(model, lr=cfg.lr, weight_decay=cfg.weight_decay, device=device)
+    batches = EpochBatches(len(rows), cfg.batch_size, seed=cfg.seed + 1)
     ptx_gen = torch.Generator().manual_seed(cfg.seed + 2)
+
+    # ---- the run folder: a fresh run, or everything an interrupted one saved
+    state = start_run(out, cfg)
+    steps_done, tokens_seen, val_loss, elapsed_s = 0, 0, float("nan"), 0.0
+    if state:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        batches.load_state_dict(state["data"])
+        ptx_gen.set_state(state["ptx_generator"])
+        steps_done, tokens_seen, val_loss, elapsed_s = (state["step"], state["tokens_seen"], state["val_loss"],
+                                                        state["elapsed_s"])
+    logger = MetricsLogger(out, resume_step=steps_done if state else None)
 
     # ---- the loop
     model.train()
-    t0, tokens_seen, val_loss = time.time(), 0, float("nan")
-    if val_stream is not None:
-        val_loss = heldout_loss(model, val_stream, cfg, device)
+    if not state:
+        val_loss = heldout_loss(model, val_stream, windows=cfg.eval_windows, impl=cfg.logprobs_impl)
         logger.log(0, val_loss=val_loss)
-    bar = tqdm(range(cfg.max_steps), disable=not cfg.progress, desc="sft")
+    micro = cfg.micro_batch_size or cfg.batch_size
+    t0 = time.time() - elapsed_s
+    loss_sum, correct, n_tok = float("nan"), 0, 0
+    bar = tqdm(range(steps_done, cfg.max_steps), initial=steps_done, total=cfg.max_steps, disable=not cfg.progress,
+               desc="sft")
     for step in bar:
-        lr = lr_at(step, cfg)
-        for g in optimizer.param_groups:
-            g["lr"] = lr
-        micro = [collate([rows[i] for i in next(batches)], pad_id) for _ in range(cfg.grad_accum)]  # [(x, y)]
-        n_tok = sum(int((y != IGNORE).sum()) for _, y in micro)  # target tokens in the whole step
+        lr = cosine_lr(step, lr=cfg.lr, warmup_steps=cfg.warmup_steps, max_steps=cfg.max_steps,
+                       min_lr_ratio=cfg.min_lr_ratio)
+        set_lr(optimizer, lr)
+        batch = next(batches)  # batch_size row indices
+        micro_batches = [collate([rows[i] for i in batch[s:s + micro]], pad_id)
+                         for s in range(0, len(batch), micro)]  # [(x (b, T), y (b, T))]
+        n_tok = sum(int((y != IGNORE).sum()) for _, y in micro_batches)  # target tokens in the whole step
         loss_sum, correct = 0.0, 0
-        for x, y in micro:
-            x, y = x.to(device), y.to(device)  # (B, T) each
+        for x, y in micro_batches:
+            x, y = x.to(device), y.to(device)  # (b, T) each
             with autocast(device):
-                logits = model(x)  # (B, T, V)
+                logits = model(x)  # (b, T, V)
             loss = sft_loss(logits, y, n_tok, cfg.logprobs_impl)  # this micro-batch's share of the step's mean
-            check_finite(loss, step, out)
+            check_finite(loss, "loss", step, out)
             loss.backward()
             loss_sum += loss.item()
             correct += token_accuracy(logits, y)[0]
         ptx_loss = float("nan")
         if ptx_stream is not None:  # pretraining mix: a little next-token loss on the corpus (InstructGPT eq. 2)
-            x, y = packed_batch(ptx_stream, cfg.ptx_batch_size, block_size, ptx_gen)
+            x, y = packed_batch(ptx_stream, cfg.ptx_batch_size, block_size, ptx_gen)  # (P, T) each
             with autocast(device):
                 loss = -token_logprobs(model(x.to(device)), y.to(device), impl=cfg.logprobs_impl).mean()
+            check_finite(loss, "ptx_loss", step, out)
             (cfg.ptx_coef * loss).backward()
             ptx_loss = loss.item()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
@@ -255,27 +242,39 @@ def train(cfg: Config) -> dict:
         optimizer.zero_grad(set_to_none=True)
         tokens_seen += n_tok
 
-        done = step + 1
-        if val_stream is not None and (done % cfg.eval_every == 0 or done == cfg.max_steps):
-            val_loss = heldout_loss(model, val_stream, cfg, device)
-        if done % cfg.log_every == 0 or done == cfg.max_steps:
+        steps_done = step + 1
+        if steps_done % cfg.eval_every == 0 or steps_done == cfg.max_steps:
+            val_loss = heldout_loss(model, val_stream, windows=cfg.eval_windows, impl=cfg.logprobs_impl)
+            check_finite(val_loss, "val_loss", steps_done, out)
+        if steps_done % cfg.log_every == 0 or steps_done == cfg.max_steps:
             elapsed = time.time() - t0
-            logger.log(done, loss=loss_sum, token_acc=correct / max(n_tok, 1), tokens_seen=tokens_seen,
+            logger.log(steps_done, loss=loss_sum, token_acc=correct / max(n_tok, 1), tokens_seen=tokens_seen,
                        ptx_loss=ptx_loss, val_loss=val_loss, lr=lr, grad_norm=grad_norm,
-                       steps_per_s=done / elapsed, elapsed_s=elapsed)
+                       steps_per_s=steps_done / elapsed, elapsed_s=elapsed)
             bar.set_postfix(loss=f"{loss_sum:.3f}", acc=f"{correct / max(n_tok, 1):.2f}", val=f"{val_loss:.3f}")
+        if steps_done % cfg.save_every == 0 or steps_done in (cfg.stop_after, cfg.max_steps):
+            save_state(out, steps_done, cfg, model=model.state_dict(), optimizer=optimizer.state_dict(),
+                       data=batches.state_dict(), ptx_generator=ptx_gen.get_state(), tokens_seen=tokens_seen,
+                       val_loss=val_loss, elapsed_s=time.time() - t0)
+        if steps_done == cfg.stop_after:
+            break
     bar.close()
     logger.close()
     elapsed = time.time() - t0
-    save_checkpoint(out / "model.pt", model_checkpoint(model, ckpt["tokenizer"], cfg.max_steps))
-    write_chat_samples(model, enc, out / "samples.txt", sample_prompts(chats), device)
     summary = {"loss": loss_sum, "token_acc": correct / max(n_tok, 1), "tokens_seen": tokens_seen,
-               "val_loss": val_loss, "seconds": elapsed, "steps_per_s": cfg.max_steps / max(elapsed, 1e-9),
-               "device": str(device)}
+               "val_loss": val_loss, "seconds": elapsed, "steps_per_s": steps_done / max(elapsed, 1e-9),
+               "device": str(device), "steps": steps_done}
+    if steps_done < cfg.max_steps:
+        print(f"stopped after step {steps_done} (state in {out / 'state.pt'}); continue with --resume true")
+        return summary
+
+    # ---- the outputs later stages read
+    save_checkpoint(out / "model.pt", model_checkpoint(model, ckpt["tokenizer"], steps_done))
+    write_samples(model, enc, out / "samples.txt", sample_records)
     print(f"sft done: loss {loss_sum:.3f}, token accuracy {summary['token_acc']:.2f}, held-out pretraining loss "
           f"{val_loss:.3f}, {summary['steps_per_s']:.2f} steps/s, {elapsed:.0f} s on {device}")
     return summary
 
 
 if __name__ == "__main__":
-    train(parse_config(Config, presets=PRESETS))
+    main(train, Config, PRESETS)
