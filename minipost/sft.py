@@ -158,7 +158,8 @@ def train(cfg: Config) -> dict:
 
     # ---- data: rendered with the chat template -> (ids, loss_mask); optionally packed into rows. The world's
     # held-out text (val_loss), corpus (the pretraining mix) and eval prompts (samples.txt) are read too.
-    if not all((DATA_DIR / f).exists() for f in ("sft.jsonl", "pretrain.jsonl", "pretrain_val.jsonl", "eval.jsonl")):
+    world_files = ["pretrain.jsonl", "pretrain_val.jsonl", "eval.jsonl"] + ([] if cfg.data else ["sft.jsonl"])
+    if not all((DATA_DIR / f).exists() for f in world_files):
         build_world(DATA_DIR)
     data_path = cfg.data or DATA_DIR / "sft.jsonl"
     chats = load_chats(data_path)

@@ -1,16 +1,21 @@
 """SFT: the loss counts assistant tokens only (and <|end|>), accumulation is token-weighted, the model learns to
-stop, and `python -m minipost.sft`'s train() runs end to end on a tiny model."""
+stop, and `python -m minipost.sft`'s train() runs end to end on a tiny model, logs the card's val_loss, resumes
+exactly, and refuses bad flags, bad files and non-finite weights with a true message."""
 import json
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
 
+import minipost.evals as evals
 import minipost.sft as sft
 import minipost.tokenizer as tokenizer
+from minipost.common import DATA_DIR, InputError, config_with_preset, load_checkpoint, save_checkpoint
 from minipost.data import IGNORE, collate
-from minipost.model import GPT, GPTConfig, model_checkpoint
-from minipost.common import config_with_preset, save_checkpoint
+from minipost.evals import per_domain
+from minipost.model import GPT, GPTConfig, load_model, model_checkpoint
 
 # A byte-level tokenizer (no merges): 256 byte tokens + the specials. Needs no trained file.
 ENC = tokenizer.build_encoding("bytes", {bytes([i]): i for i in range(256)})
@@ -103,12 +108,6 @@ def test_pack_examples_keeps_every_token_in_order_and_fits_rows():
     assert len(rows) < len(examples)  # it actually packed
 
 
-def test_epoch_batches_visit_every_row_once_per_epoch():
-    it = sft.epoch_batches(10, 5, torch.Generator().manual_seed(0))
-    first_epoch = next(it) + next(it)
-    assert sorted(first_epoch) == list(range(10))
-
-
 def test_sft_teaches_the_model_to_stop():
     """A few dozen steps on one conversation: greedy decoding then gives the answer and stops with <|end|>."""
     model = tiny_gpt(block_size=32)
@@ -125,25 +124,143 @@ def test_sft_teaches_the_model_to_stop():
     assert out[-1] == END and ENC.decode(out[:-1]) == "hello"
 
 
-def test_train_end_to_end_writes_the_run_files(tmp_path, monkeypatch):
-    """train() on a tiny random model and a prompt/completion JSONL: files written, loss goes down."""
-    monkeypatch.setattr(sft, "DATA_DIR", tmp_path / "no_world")  # no eval split: samples come from the chats
+EVAL_RECORDS = [json.loads(line) for line in (DATA_DIR / "eval.jsonl").read_text().splitlines()]
+TIME_COLUMNS = ("steps_per_s", "elapsed_s")
+
+
+@pytest.fixture
+def world(tmp_path, monkeypatch):
+    """A tiny stand-in for data/: pretraining text (the mix and val_loss), one eval prompt per domain (samples.txt),
+    a base model on the byte tokenizer, and a prompt/completion JSONL. Returns the folder."""
+    root = tmp_path / "world"
+    root.mkdir()
+    for name, n in (("pretrain.jsonl", 20), ("pretrain_val.jsonl", 5)):
+        (root / name).write_text("".join(json.dumps({"text": f"plain text number {i} to keep. " * 4}) + "\n"
+                                         for i in range(n)))
+        # 5 docs of ~120 bytes: 600 tokens, enough for a few held-out windows of the tiny model's 64
+    (root / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in per_domain(EVAL_RECORDS, 1)))
+    (root / "chats.jsonl").write_text("".join(json.dumps({"prompt": f"say {w}", "completion": w}) + "\n"
+                                              for w in ["yes", "no", "maybe", "ok"] * 4 + ["fine", "sure"]))
+    save_checkpoint(root / "base.pt", model_checkpoint(tiny_gpt(), "bytes", 0))
+    for module in (sft, evals):
+        monkeypatch.setattr(module, "DATA_DIR", root)
     monkeypatch.setattr(tokenizer, "get_tokenizer", lambda name, *a, **k: ENC)
-    (tmp_path / "no_world").mkdir()  # only pretraining text, for the preset's pretraining mix (ptx_coef 1)
-    (tmp_path / "no_world" / "pretrain.jsonl").write_text(json.dumps({"text": "plain text to keep. " * 20}) + "\n")
-    data = tmp_path / "chats.jsonl"
-    rows = [{"prompt": f"say {w}", "completion": w} for w in ["yes", "no", "maybe", "ok"] * 4]
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    save_checkpoint(tmp_path / "base.pt", model_checkpoint(tiny_gpt(), "bytes", 0))
-    cfg = config_with_preset(sft.Config, sft.PRESETS, init=str(tmp_path / "base.pt"), out=str(tmp_path / "run"),
-                             data=str(data), max_steps=30, batch_size=4, grad_accum=2, pack=True, lr=3e-3,
-                             warmup_steps=2, log_every=5, device="cpu", progress=False)
+    return root
+
+
+def small_cfg(world, name, **kw):
+    base = dict(init=str(world / "base.pt"), out=str(world.parent / name), data=str(world / "chats.jsonl"),
+                max_steps=6, batch_size=4, micro_batch_size=2, lr=3e-3, warmup_steps=2, log_every=1, eval_every=3,
+                save_every=3, eval_windows=4, device="cpu", progress=False)
+    return config_with_preset(sft.Config, sft.PRESETS, **{**base, **kw})
+
+
+def metrics(run, drop=TIME_COLUMNS):
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k not in drop} for r in rows]
+
+
+def test_defaults_are_the_nano_preset():
+    cfg = sft.Config()
+    assert sft.PRESETS["nano"] == {} and cfg.ptx_coef == 1.0 and cfg.lr == 5e-4 and cfg.eval_windows == 64
+
+
+def test_train_end_to_end_writes_the_run_files(world):
+    """train() on a tiny random model and a prompt/completion JSONL: files written, loss goes down."""
+    cfg = small_cfg(world, "run", max_steps=30, batch_size=8, micro_batch_size=4, pack=True, log_every=5,
+                    eval_every=10, save_every=10)
     summary = sft.train(cfg)
-    run = tmp_path / "run"
-    assert {p.name for p in run.iterdir()} >= {"config.json", "metrics.jsonl", "model.pt", "samples.txt"}
-    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert metrics[-1]["loss"] < metrics[0]["loss"] - 1.0  # nats
-    assert metrics[-1]["tokens_seen"] > 0 and 0 <= metrics[-1]["token_acc"] <= 1
-    assert cfg.ptx_coef > 0 and metrics[-1]["ptx_loss"] < metrics[0]["ptx_loss"]  # the mixed-in text is learned too
-    assert summary["token_acc"] == metrics[-1]["token_acc"]
-    assert "say yes" in (run / "samples.txt").read_text()
+    run = world.parent / "run"
+    assert {p.name for p in run.iterdir()} >= {"config.json", "metrics.jsonl", "state.pt", "model.pt", "samples.txt"}
+    rows = metrics(run)
+    assert rows[0] == {"step": 0, "val_loss": rows[0]["val_loss"]}  # the base model's held-out loss
+    assert rows[-1]["loss"] < rows[1]["loss"] - 1.0  # nats
+    assert rows[-1]["tokens_seen"] > 0 and 0 <= rows[-1]["token_acc"] <= 1
+    assert cfg.ptx_coef > 0 and rows[-1]["ptx_loss"] < rows[1]["ptx_loss"]  # the mixed-in text is learned too
+    assert summary["token_acc"] == pytest.approx(rows[-1]["token_acc"], abs=1e-6)  # logged to 6 decimals
+    assert EVAL_RECORDS[0]["prompt"] in (run / "samples.txt").read_text()  # greedy answers to eval prompts
+
+
+def test_logged_val_loss_is_the_report_cards(world):
+    """The final val_loss in metrics.jsonl is evals.val_loss (the card's column) of the saved model.pt."""
+    sft.train(small_cfg(world, "run", max_steps=2, eval_windows=64))
+    model, enc, _ = load_model(world.parent / "run" / "model.pt")
+    assert metrics(world.parent / "run")[-1]["val_loss"] == round(evals.val_loss(model, enc), 6)
+
+
+def test_a_block_size_beyond_the_model_is_clamped_everywhere(world):
+    """--preset small (block_size 512) on a base that sees 64 tokens: rows and held-out windows use 64. (The
+    held-out loss used to read the unclamped 512 and hit the model's length assert.)"""
+    cfg = small_cfg(world, "run", preset="small", max_steps=2)
+    assert cfg.block_size == 512
+    summary = sft.train(cfg)
+    assert math.isfinite(summary["val_loss"])
+
+
+def test_resume_gives_the_same_result_as_an_uninterrupted_run(world):
+    """Stop mid-epoch at step 3 and resume: same weights (data order, pretraining-mix generator, optimizer) and
+    the same metrics rows."""
+    sft.train(small_cfg(world, "straight"))
+    sft.train(small_cfg(world, "resumed", stop_after=3))
+    assert not (world.parent / "resumed" / "model.pt").exists()
+    (world.parent / "resumed" / "state.pt.abc.tmp").write_text("left by a killed run")
+    sft.train(small_cfg(world, "resumed", resume=True))
+    a = load_checkpoint(world.parent / "straight" / "model.pt")["model"]
+    b = load_checkpoint(world.parent / "resumed" / "model.pt")["model"]
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert metrics(world.parent / "resumed") == metrics(world.parent / "straight")
+    assert not list((world.parent / "resumed").glob("*.tmp"))
+
+
+def test_resume_refuses_a_changed_config_unless_allowed(world):
+    sft.train(small_cfg(world, "run", stop_after=3))
+    with pytest.raises(InputError, match="batch_size: 4 -> 2"):
+        sft.train(small_cfg(world, "run", resume=True, batch_size=2))
+    assert sft.train(small_cfg(world, "run", resume=True, batch_size=2, allow_config_change=True))["steps"] == 6
+
+
+def test_a_huge_learning_rate_stops_and_leaves_finite_checkpoints(world):
+    sft.train(small_cfg(world, "run", max_steps=2))
+    good = load_checkpoint(world.parent / "run" / "model.pt")["model"]
+    with pytest.raises(FloatingPointError, match="not finite|stopping"):
+        sft.train(small_cfg(world, "run", max_steps=20, lr=1e6, save_every=1))
+    model = load_checkpoint(world.parent / "run" / "model.pt")["model"]
+    assert all(torch.equal(model[k], good[k]) for k in good)
+    state = load_checkpoint(world.parent / "run" / "state.pt")
+    assert all(bool(torch.isfinite(v).all()) for v in state["model"].values())
+
+
+@pytest.mark.parametrize("bad", [dict(max_steps=-5), dict(batch_size=0), dict(eval_every=-1),
+                                 dict(micro_batch_size=-1), dict(micro_batch_size=64, batch_size=32),
+                                 dict(lr=float("inf")), dict(lr=0.0), dict(ptx_coef=-1.0), dict(save_every=0),
+                                 dict(stop_after=-1), dict(ptx_batch_size=0)])
+def test_bad_config_values_are_input_errors(bad):
+    with pytest.raises(InputError):
+        sft.Config(**bad)
+
+
+def test_data_with_nothing_to_learn_is_an_input_error(world):
+    with pytest.raises(InputError, match="chats.jsonl: every conversation is cut before its answer"):
+        sft.train(small_cfg(world, "run", block_size=4))
+    (world / "empty.jsonl").write_text("\n")
+    with pytest.raises(InputError, match="empty.jsonl: no records"):
+        sft.train(small_cfg(world, "run", data=str(world / "empty.jsonl")))
+
+
+def test_a_failed_start_leaves_the_earlier_run_untouched(world):
+    sft.train(small_cfg(world, "run", max_steps=2))
+    before = {f: (world.parent / "run" / f).read_bytes() for f in ("config.json", "metrics.jsonl")}
+    (world / "bad.jsonl").write_text(json.dumps({"messages": [{"role": "robot", "content": "hi"}]}) + "\n")
+    with pytest.raises(InputError, match=r"bad.jsonl:1: .*'role' is 'robot'"):
+        sft.train(small_cfg(world, "run", data=str(world / "bad.jsonl")))
+    with pytest.raises(InputError, match="no such checkpoint"):
+        sft.train(small_cfg(world, "run", init=str(world / "missing.pt")))
+    assert before == {f: (world.parent / "run" / f).read_bytes() for f in before}
+
+
+def test_cli_bad_flag_is_one_line_and_exit_2():
+    proc = subprocess.run([sys.executable, "-m", "minipost.sft", "--batch-size", "0"], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "--batch-size 0" in proc.stderr and "Traceback" not in proc.stderr
