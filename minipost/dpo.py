@@ -31,11 +31,19 @@ Loss types (`dpo_loss(..., loss_type=)`), all functions of h:
 Deviations and choices:
 - IPO's h uses summed log-probs, as in the paper's equation (TRL averages over tokens for IPO).
 - The reference's log-probs are computed once for every training and held-out pair before training starts
-  (the reference never changes), so each step runs only the policy.
+  (the reference never changes), so each step runs only the policy. `--resume` recomputes them: the same model
+  on the same batches gives the same numbers (the resume test checks bit-identical weights).
+- `batch_size` pairs per optimizer step, in micro-batches of `micro_batch_size` pairs (0: all at once). The loss
+  is a mean over pairs, so a micro-batch of b pairs weighs b / B, and the NLL term is normalised by the chosen
+  tokens of the whole batch: accumulation is exact, up to float rounding.
+- `eval_pref_acc` is evals.preference_accuracy on evals.pair_logps, the code behind the report card's pref_acc,
+  on the first `eval_pairs` (256) held-out pairs; the card scores all 300 of eval_prefs.jsonl, so the two can
+  differ by a little.
 - The policy is trained with dropout off (the nano and small models have none): its log-probs are compared with
   the reference's, and noise in one side would show up as a fake reward.
-- The reference defaults to the init checkpoint; `--ref` can name another.
-- `rpo_alpha` (the presets use 1.0) adds rpo_alpha * (mean per-token NLL of the chosen answers) to the loss,
+- The reference defaults to the init checkpoint; `--ref` can name another, which must share the policy's
+  tokenizer (another one would score different token ids; it is refused before anything is written).
+- `rpo_alpha` (default 1.0) adds rpo_alpha * (mean per-token NLL of the chosen answers) to the loss,
   as in RPO (Pang et al. 2024, "Iterative Reasoning Preference Optimization", eq. 1). Plain DPO only constrains the
   *difference* of log-ratios, so both log-probs can fall together; the NLL term keeps the chosen ones up.
   Measured on nano: plain DPO (beta 0.1, lr 3e-4) took logps/chosen from -7 to -35 and knowledge QA from 94% to
@@ -44,65 +52,84 @@ Deviations and choices:
 
 Run:  python -m minipost.dpo --init runs/sft/model.pt --out runs/dpo          (nano preset, ~2 min on CPU)
       python -m minipost.dpo --init SFT.pt --data my_prefs.jsonl --loss-type ipo --out runs/my_dpo
+      python -m minipost.dpo --init runs/sft/model.pt --out runs/dpo --resume true  (continue from runs/dpo/state.pt)
 """
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from minipost.common import (DATA_DIR, MetricsLogger, autocast, check_finite, field, parse_config, pick_device,
-                             save_checkpoint, save_json, seed_everything)
-from minipost.data import IGNORE, collate, load_prefs
-from minipost.logprobs import token_logprobs
-from minipost.model import load_model, model_checkpoint
-from minipost.pretrain import lr_at, make_optimizer
-from minipost.sft import epoch_batches, sample_prompts, write_chat_samples
+from minipost.common import (DATA_DIR, InputError, MetricsLogger, autocast, check_config, check_finite, field, main,
+                             pick_device, read_jsonl, save_checkpoint, save_state, seed_everything, start_run)
+from minipost.data import IGNORE, EpochBatches, load_prefs, pair_batch, tokenize_pairs
+from minipost.evals import pair_logps, per_domain, preference_accuracy, write_samples
+from minipost.logprobs import sequence_logprobs
+from minipost.model import check_same_tokenizer, load_model, model_checkpoint
+from minipost.optim import adamw, cosine_lr, set_lr
+from minipost.tokenizer import special_id
+from minipost.world import build as build_world
 
 LOSS_TYPES = ["sigmoid", "ipo", "hinge", "robust"]
 
 
 @dataclass
 class Config:
-    """Direct Preference Optimization on (prompt, chosen, rejected) pairs against a frozen reference."""
+    """Direct Preference Optimization on (prompt, chosen, rejected) pairs against a frozen reference.
+    The defaults are the nano preset (a laptop CPU, ~2 min); `--preset small` changes only what PRESETS lists."""
     preset: str = field("nano", "model size and schedule: nano (laptop CPU) or small (one GPU)",
                         choices=["nano", "small"])
-    out: str = field("runs/dpo", "output folder: config.json, metrics.jsonl, model.pt, samples.txt")
+    out: str = field("runs/dpo", "output folder: config.json, metrics.jsonl, state.pt, model.pt, samples.txt")
     init: str = field("runs/sft/model.pt", "the model to start from (usually the SFT model)")
-    ref: str = field("", "the frozen reference model (default: the init checkpoint)")
+    ref: str = field("", "the frozen reference model (default: the init checkpoint); same tokenizer as --init")
     data: str = field("", "preference pairs: JSONL of {'prompt', 'chosen', 'rejected'} (default: the world's)")
     eval_data: str = field("", "held-out pairs for preference accuracy (default: the world's eval_prefs.jsonl)")
-    max_pairs: int = field(0, "train on the first N pairs only (0: all); for quick experiments")
-    beta: float = field(0.1, "strength of the pull towards the reference (the KL coefficient)")
+    max_pairs: int = field(0, "train on the first N pairs only (0: all); for quick experiments", min=0)
+    beta: float = field(0.5, "strength of the pull towards the reference (the KL coefficient)", gt=0)
     loss_type: str = field("sigmoid", "sigmoid (DPO), ipo, hinge or robust", choices=LOSS_TYPES)
-    label_smoothing: float = field(0.0, "assumed share of flipped labels, in [0, 0.5); robust loss only")
-    rpo_alpha: float = field(0.0, "weight of an extra per-token NLL on the chosen answers (RPO; 0: plain DPO)")
-    max_steps: int = field(100, "optimizer steps")
-    batch_size: int = field(32, "pairs per micro-batch")
-    grad_accum: int = field(1, "micro-batches per optimizer step")
-    block_size: int = field(256, "longest prompt + answer in tokens (at most the model's block_size)")
-    lr: float = field(3e-4, "peak learning rate")
-    min_lr_ratio: float = field(0.1, "final learning rate as a fraction of the peak")
-    warmup_steps: int = field(10, "linear warmup steps")
-    weight_decay: float = field(0.0, "AdamW weight decay on matrices")
-    grad_clip: float = field(1.0, "clip the global gradient norm to this (0: off)")
-    eval_every: int = field(50, "steps between held-out preference-accuracy evaluations")
-    eval_pairs: int = field(256, "held-out pairs per evaluation")
-    log_every: int = field(5, "steps between metrics.jsonl rows")
+    label_smoothing: float = field(0.0, "assumed share of flipped labels, in [0, 0.5); robust loss only", min=0)
+    rpo_alpha: float = field(1.0, "weight of an extra per-token NLL on the chosen answers (RPO; 0: plain DPO)",
+                             min=0)
+    max_steps: int = field(100, "optimizer steps", min=1)
+    batch_size: int = field(32, "pairs per optimizer step", min=1)
+    micro_batch_size: int = field(0, "pairs per forward/backward (0: the whole batch); exact gradient accumulation",
+                                  min=0)
+    block_size: int = field(256, "longest prompt + answer in tokens (at most the model's block_size)", min=2)
+    lr: float = field(1e-4, "peak learning rate", gt=0)
+    min_lr_ratio: float = field(0.1, "final learning rate as a fraction of the peak", min=0, max=1)
+    warmup_steps: int = field(10, "linear warmup steps", min=0)
+    weight_decay: float = field(0.0, "AdamW weight decay on matrices", min=0)
+    grad_clip: float = field(1.0, "clip the global gradient norm to this (0: off)", min=0)
+    eval_every: int = field(50, "steps between held-out preference-accuracy evaluations", min=1)
+    eval_pairs: int = field(256, "held-out pairs per evaluation (0: none)", min=0)
+    log_every: int = field(5, "steps between metrics.jsonl rows", min=1)
+    save_every: int = field(50, "steps between OUT/state.pt saves (for --resume)", min=1)
+    stop_after: int = field(0, "save state and stop after this many steps, to --resume later (0: run to the end)",
+                            min=0)
+    resume: bool = field(False, "continue from OUT/state.pt: weights, optimizer, schedule, RNG, data position and step")
+    allow_config_change: bool = field(False, "with --resume, accept a config that differs from the saved run's")
     logprobs_impl: str = field("auto", "token_logprobs implementation",
                                choices=["auto", "reference", "chunked", "triton"])
     seed: int = field(1337, "random seed (data order)")
     device: str = field("auto", "cuda, mps, cpu or auto")
     progress: bool = field(True, "show a tqdm progress bar")
 
+    def __post_init__(self):
+        check_config(self)
+        if self.label_smoothing and self.loss_type != "robust":
+            raise InputError(f"--label-smoothing {self.label_smoothing}: only used by --loss-type robust, "
+                             f"not {self.loss_type!r}")
+        if self.label_smoothing >= 0.5:
+            raise InputError(f"--label-smoothing {self.label_smoothing}: must be below 0.5")
+
 
 PRESETS = {
-    "nano": dict(preset="nano", max_steps=100, batch_size=32, block_size=256, lr=1e-4, beta=0.5, rpo_alpha=1.0),
-    "small": dict(preset="small", max_steps=200, batch_size=64, block_size=512, lr=5e-5, beta=0.5, rpo_alpha=1.0),
+    "nano": {},
+    "small": dict(preset="small", max_steps=200, batch_size=64, block_size=512, lr=5e-5),
 }
 
 
@@ -136,175 +163,138 @@ def dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_r
     return losses, chosen_rewards, rejected_rewards
 
 
-def response_logps(logits, targets, impl="auto"):
-    """Sum of log pi(target) over the response tokens (targets != IGNORE), one number per row.
-
-    logits (B, T, V), targets (B, T) -> (B,) float32.
-    """
-    mask = targets != IGNORE  # (B, T)
-    logp = token_logprobs(logits, targets.clamp(min=0), impl=impl)  # (B, T)
-    return (logp * mask).sum(dim=1)  # (B,)
-
-
-def tokenize_pairs(enc, rows: list[dict], block_size: int, where: str = "") -> list[tuple]:
-    """Each {"prompt", "chosen", "rejected"} row -> (chosen (ids, mask), rejected (ids, mask)), rendered with
-    the chat template. prompt/chosen/rejected may be strings (a user turn, an assistant answer) or, as in TRL's
-    conversational format, lists of messages."""
-    from minipost.tokenizer import render_chat
-
-    def as_messages(value, role, i, key):
-        if isinstance(value, str):
-            return [{"role": role, "content": value}]
-        if isinstance(value, list):
-            return value
-        raise ValueError(f"{where}:{i + 1}: '{key}' must be a string or a list of messages, got "
-                         f"{type(value).__name__}")
-
-    pairs = []
-    for i, row in enumerate(rows):
-        prompt = as_messages(row["prompt"], "user", i, "prompt")
-        pair = []
-        for key in ("chosen", "rejected"):
-            ids, mask = render_chat(enc, prompt + as_messages(row[key], "assistant", i, key))
-            if len(ids) > block_size + 1:
-                raise ValueError(f"{where}:{i + 1}: prompt + {key} is {len(ids)} tokens, more than "
-                                 f"block_size + 1 = {block_size + 1}")
-            pair.append((ids, mask))
-        pairs.append(tuple(pair))
-    return pairs
-
-
-def pair_batch(pairs: list[tuple], pad_id: int):
-    """B pairs -> one padded batch of 2B rows, chosen rows first: x (2B, T), y (2B, T)."""
-    return collate([c for c, _ in pairs] + [r for _, r in pairs], pad_id)
-
-
-@torch.no_grad()
-def all_logps(model, pairs: list[tuple], pad_id: int, device, impl="auto", batch_size=64):
-    """Summed response log-probs of every pair -> (chosen (N,), rejected (N,)), float32 on the CPU."""
-    chosen, rejected = [], []
-    for s in range(0, len(pairs), batch_size):
-        x, y = pair_batch(pairs[s:s + batch_size], pad_id)
-        with autocast(device):
-            logits = model(x.to(device))  # (2B, T, V)
-        lp = response_logps(logits, y.to(device), impl).float().cpu()  # (2B,)
-        chosen.append(lp[:len(lp) // 2])
-        rejected.append(lp[len(lp) // 2:])
-    return torch.cat(chosen), torch.cat(rejected)
-
-
-@torch.no_grad()
-def preference_accuracy(model, pairs, ref_chosen, ref_rejected, pad_id, device, impl="auto") -> float:
-    """Share of pairs whose implicit reward log pi/pi_ref is strictly higher for the chosen answer."""
-    chosen, rejected = all_logps(model, pairs, pad_id, device, impl)
-    return ((chosen - ref_chosen) > (rejected - ref_rejected)).float().mean().item()
-
-
 def train(cfg: Config) -> dict:
     device = pick_device(cfg.device)
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    save_json(out / "config.json", asdict(cfg))
     seed_everything(cfg.seed)
 
-    # ---- models: the policy starts as the init checkpoint; the reference is a frozen copy of it
-    for path in (cfg.init, cfg.ref):
-        if path and not Path(path).exists():
-            raise FileNotFoundError(f"{path}: no such checkpoint; run SFT first "
-                                    "(python -m minipost.sft --init runs/pretrain/model.pt --out runs/sft)")
+    # ---- models: the policy starts as the init checkpoint; the reference is a frozen copy of it (or --ref)
+    for flag, path in (("--init", cfg.init), ("--ref", cfg.ref)):
+        if path and not Path(path).is_file():
+            raise InputError(f"{flag} {path}: no such checkpoint; run SFT first "
+                             "(python -m minipost.sft --init runs/pretrain/model.pt --out runs/sft)")
     model, enc, ckpt = load_model(cfg.init, device)
-    ref_model, _, _ = load_model(cfg.ref or cfg.init, device)  # load_model returns it in eval mode
+    ref_model, ref_enc, _ = load_model(cfg.ref or cfg.init, device)  # load_model returns it in eval mode
+    check_same_tokenizer(enc, ref_enc, cfg.init, cfg.ref or cfg.init)
     ref_model.requires_grad_(False)
-    block_size = min(cfg.block_size, model.cfg.block_size)
+    block_size = min(cfg.block_size, model.cfg.block_size, ref_model.cfg.block_size)
     print(f"model: {model.num_params() / 1e6:.2f}M parameters from {cfg.init} on {device}; "
           f"reference {cfg.ref or cfg.init}")
 
     # ---- data: each pair rendered twice with the chat template (prompt + chosen, prompt + rejected)
-    from minipost.tokenizer import special_id
-
     if not cfg.data and not (DATA_DIR / "prefs.jsonl").exists():
-        from minipost.world import build as build_world
         build_world(DATA_DIR)
     data_path = cfg.data or DATA_DIR / "prefs.jsonl"
     rows = load_prefs(data_path)[:cfg.max_pairs or None]
     pairs = tokenize_pairs(enc, rows, block_size, str(data_path))
-    eval_path = cfg.eval_data or (DATA_DIR / "eval_prefs.jsonl" if not cfg.data else "")
+    eval_path = cfg.eval_data or ("" if cfg.data else DATA_DIR / "eval_prefs.jsonl")
     eval_pairs = tokenize_pairs(enc, load_prefs(eval_path), block_size, str(eval_path))[:cfg.eval_pairs] if (
-        eval_path and Path(eval_path).exists()) else []
+        eval_path and cfg.eval_pairs) else []
+    sample_path = DATA_DIR / "eval.jsonl"  # samples.txt: greedy answers to a few held-out prompts per domain
+    sample_records = per_domain(read_jsonl(sample_path, required={"prompt": str, "domain": str}), 2) if (
+        sample_path.exists()) else []
     pad_id = special_id(enc, "<|pad|>")
 
-    # ---- the reference's log-probs, once: it never changes
+    # ---- optimizer and data order
+    optimizer = adamw(model, lr=cfg.lr, weight_decay=cfg.weight_decay, device=device)
+    batches = EpochBatches(len(pairs), cfg.batch_size, seed=cfg.seed + 1)  # B pair indices per step
+
+    # ---- the run folder: nothing in OUT has changed before this line
+    state = start_run(out, cfg)
+    if state:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        batches.load_state_dict(state["data"])
+    steps_done = state["step"] if state else 0
+    eval_acc = state["eval_pref_acc"] if state else float("nan")  # the last held-out accuracy, logged every row
+    stats = state["stats"] if state else {}
+    elapsed_before = state["elapsed_s"] if state else 0.0
+
+    # ---- the reference's log-probs, once: it never changes (a resumed run recomputes the same numbers)
     t_ref = time.time()
-    ref_chosen, ref_rejected = all_logps(ref_model, pairs, pad_id, device, cfg.logprobs_impl)  # (N,) each
-    eval_ref = all_logps(ref_model, eval_pairs, pad_id, device, cfg.logprobs_impl) if eval_pairs else None
+    ref_chosen, ref_rejected = pair_logps(ref_model, pairs, pad_id, impl=cfg.logprobs_impl)  # (N,) each
+    eval_ref = pair_logps(ref_model, eval_pairs, pad_id, impl=cfg.logprobs_impl) if eval_pairs else None
     del ref_model
     print(f"{len(pairs)} training pairs, {len(eval_pairs)} held-out pairs; reference log-probs in "
           f"{time.time() - t_ref:.1f} s")
-    t0 = time.time()
-
-    # ---- optimizer
-    optimizer = make_optimizer(model, cfg, device)
-    logger = MetricsLogger(out)
-    batches = epoch_batches(len(pairs), cfg.batch_size, torch.Generator().manual_seed(cfg.seed + 1))
 
     # ---- the loop
+    logger = MetricsLogger(out, resume_step=steps_done if state else None)
+    micro = cfg.micro_batch_size or cfg.batch_size  # pairs per forward/backward
     model.eval()  # dropout off (see the docstring); gradients flow as usual
-    eval_acc = float("nan")
-    bar = tqdm(range(cfg.max_steps), disable=not cfg.progress, desc="dpo")
+    t0 = time.time()
+    bar = tqdm(range(steps_done, cfg.max_steps), initial=steps_done, total=cfg.max_steps,
+               disable=not cfg.progress, desc="dpo")
     for step in bar:
-        lr = lr_at(step, cfg)
-        for g in optimizer.param_groups:
-            g["lr"] = lr
+        lr = cosine_lr(step, lr=cfg.lr, warmup_steps=cfg.warmup_steps, max_steps=cfg.max_steps,
+                       min_lr_ratio=cfg.min_lr_ratio)
+        set_lr(optimizer, lr)
+        idx = next(batches)  # B pair indices
+        B = len(idx)
+        micro_idx = [idx[s:s + micro] for s in range(0, B, micro)]
+        micro_xy = [pair_batch([pairs[i] for i in mb], pad_id) for mb in micro_idx]  # (2b, T) each, chosen first
+        chosen_tokens = sum((y[:len(mb)] != IGNORE).sum() for mb, (_, y) in zip(micro_idx, micro_xy))  # batch's
         stats = {k: 0.0 for k in ("loss", "nll_loss", "rewards/chosen", "rewards/rejected", "rewards/margins",
                                   "rewards/accuracies", "logps/chosen", "logps/rejected")}
-        for _ in range(cfg.grad_accum):
-            idx = next(batches)  # B pair indices
-            x, y = pair_batch([pairs[i] for i in idx], pad_id)
-            x, y = x.to(device), y.to(device)  # (2B, T) each
+        for mb, (x, y) in zip(micro_idx, micro_xy):
+            b = len(mb)
+            weight = b / B  # the loss is a mean over the batch's pairs: this micro-batch's share
+            x, y = x.to(device), y.to(device)  # (2b, T) each
             with autocast(device):
-                logits = model(x)  # (2B, T, V)
-            logps = response_logps(logits, y, cfg.logprobs_impl)  # (2B,)
-            B = len(idx)
+                logits = model(x)  # (2b, T, V)
+            logps = sequence_logprobs(logits, y, ignore_index=IGNORE, impl=cfg.logprobs_impl)  # (2b,)
             losses, chosen_r, rejected_r = dpo_loss(
-                logps[:B], logps[B:], ref_chosen[idx].to(device), ref_rejected[idx].to(device),
-                beta=cfg.beta, loss_type=cfg.loss_type, label_smoothing=cfg.label_smoothing)  # (B,) each
-            loss = losses.mean()  # logged as `loss`: the DPO term alone
-            nll = -logps[:B].sum() / (y[:B] != IGNORE).sum()  # per-token NLL of the chosen answers
+                logps[:b], logps[b:], ref_chosen[mb].to(device), ref_rejected[mb].to(device),
+                beta=cfg.beta, loss_type=cfg.loss_type, label_smoothing=cfg.label_smoothing)  # (b,) each
+            loss = losses.mean() * weight  # logged as `loss`: the DPO term alone
+            nll = -logps[:b].sum() / chosen_tokens  # its share of the per-token NLL of the batch's chosen answers
             if cfg.rpo_alpha:  # RPO: also imitate the chosen answers; logged as `nll_loss`
                 loss = loss + cfg.rpo_alpha * nll
-            loss = loss / cfg.grad_accum
-            check_finite(loss, step, out)
+            check_finite(loss, "loss", step + 1, out)
             loss.backward()
-            for k, v in (("loss", losses.mean()), ("nll_loss", nll.detach()), ("rewards/chosen", chosen_r.mean()),
+            stats["nll_loss"] += nll.item()
+            for k, v in (("loss", losses.mean()), ("rewards/chosen", chosen_r.mean()),
                          ("rewards/rejected", rejected_r.mean()), ("rewards/margins", (chosen_r - rejected_r).mean()),
                          ("rewards/accuracies", (chosen_r > rejected_r).float().mean()),
-                         ("logps/chosen", logps[:B].detach().mean()), ("logps/rejected", logps[B:].detach().mean())):
-                stats[k] += v.item() / cfg.grad_accum
+                         ("logps/chosen", logps[:b].detach().mean()), ("logps/rejected", logps[b:].detach().mean())):
+                stats[k] += v.item() * weight
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-        done = step + 1
-        if eval_ref is not None and (done % cfg.eval_every == 0 or done == cfg.max_steps):
-            eval_acc = preference_accuracy(model, eval_pairs, *eval_ref, pad_id, device, cfg.logprobs_impl)
-        if done % cfg.log_every == 0 or done == 1 or done == cfg.max_steps:
-            elapsed = time.time() - t0
-            logger.log(done, **stats, eval_pref_acc=eval_acc, lr=lr, grad_norm=grad_norm,
-                       steps_per_s=done / elapsed, elapsed_s=elapsed)
+        steps_done = step + 1
+        if eval_ref is not None and (steps_done % cfg.eval_every == 0 or steps_done == cfg.max_steps):
+            eval_chosen, eval_rejected = pair_logps(model, eval_pairs, pad_id, impl=cfg.logprobs_impl)  # (M,) each
+            check_finite(torch.cat([eval_chosen, eval_rejected]), "held-out log-probs", steps_done, out)
+            eval_acc = preference_accuracy(eval_chosen, eval_rejected, *eval_ref)
+        elapsed = elapsed_before + time.time() - t0
+        if steps_done % cfg.log_every == 0 or steps_done == 1 or steps_done == cfg.max_steps:
+            logger.log(steps_done, **stats, eval_pref_acc=eval_acc, lr=lr, grad_norm=grad_norm,
+                       steps_per_s=steps_done / elapsed, elapsed_s=elapsed)
             bar.set_postfix(loss=f"{stats['loss']:.3f}", margin=f"{stats['rewards/margins']:.2f}",
                             acc=f"{stats['rewards/accuracies']:.2f}")
+        if steps_done % cfg.save_every == 0 or steps_done == cfg.stop_after:
+            save_state(out, steps_done, cfg, model=model.state_dict(), optimizer=optimizer.state_dict(),
+                       data=batches.state_dict(), eval_pref_acc=eval_acc, stats=stats, elapsed_s=elapsed)
+        if steps_done == cfg.stop_after:
+            break
     bar.close()
     logger.close()
     elapsed = time.time() - t0
+    summary = {**stats, "eval_pref_acc": eval_acc, "steps": steps_done, "seconds": elapsed,
+               "steps_per_s": (steps_done - (state["step"] if state else 0)) / max(elapsed, 1e-9),
+               "device": str(device)}
+    if steps_done < cfg.max_steps:
+        print(f"dpo stopped after step {steps_done} (--stop-after): state in {out / 'state.pt'}; "
+              "continue with --resume true")
+        return summary
     save_checkpoint(out / "model.pt", model_checkpoint(model, ckpt["tokenizer"], cfg.max_steps))
-    train_prompts = [[{"role": "user", "content": r["prompt"]}] for r in rows if isinstance(r["prompt"], str)]
-    write_chat_samples(model, enc, out / "samples.txt", sample_prompts(train_prompts), device)
-    summary = {**stats, "eval_pref_acc": eval_acc, "seconds": elapsed,
-               "steps_per_s": cfg.max_steps / max(elapsed, 1e-9), "device": str(device)}
+    if sample_records:
+        write_samples(model, enc, out / "samples.txt", sample_records)
     print(f"dpo done: loss {stats['loss']:.3f}, margin {stats['rewards/margins']:.2f}, held-out preference "
           f"accuracy {eval_acc:.3f}, {summary['steps_per_s']:.2f} steps/s, {elapsed:.0f} s on {device}")
     return summary
 
 
 if __name__ == "__main__":
-    train(parse_config(Config, presets=PRESETS))
+    main(train, Config, PRESETS)

@@ -60,3 +60,40 @@ def test_cli_vs_compares_every_row_with_one_row(tmp_path, monkeypatch):
     assert "49.0 ▲" in (tmp_path / "report.md").read_text().splitlines()[4]  # c vs a (+39), not vs b (-1)
     with pytest.raises(SystemExit):  # a mistyped --vs fails before any checkpoint is evaluated
         evals.main(["--ckpt", "a/model.pt", "--vs", "dpo", "--out", str(tmp_path)])
+
+
+def test_preference_accuracy_counts_strict_wins_of_the_implicit_reward():
+    from minipost.evals import preference_accuracy
+
+    t = torch.tensor
+    ref_c, ref_r = t([-10.0, -10.0, -10.0, -10.0]), t([-12.0, -12.0, -12.0, -12.0])
+    # log-ratios (chosen, rejected): (+1, 0) win, (0, +1) loss, (+1, +1) tie, (-1, -3) win: 2 of 4
+    chosen, rejected = t([-9.0, -10.0, -9.0, -11.0]), t([-12.0, -11.0, -11.0, -15.0])
+    assert preference_accuracy(chosen, rejected, ref_c, ref_r) == 0.5
+    assert preference_accuracy(ref_c, ref_r, ref_c, ref_r) == 0.0  # policy == reference: all ties, none counted
+
+
+def test_pair_logps_sums_each_answer_alone_whatever_the_batching():
+    """pair_logps pads pairs of different lengths into batches; each number equals the answer's summed
+    log-probs computed on its own row (chosen and rejected in the right order), for any batch_size."""
+    from minipost.data import IGNORE, collate, tokenize_pairs
+    from minipost.evals import pair_logps
+    from minipost.logprobs import sequence_logprobs
+    from minipost.tokenizer import build_encoding, special_id
+
+    enc = build_encoding("bytes", {bytes([i]): i for i in range(256)})
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=enc.n_vocab, block_size=64, n_layer=1, n_head=2, n_embd=16)).eval()
+    rows = [{"prompt": "2+2?", "chosen": "4", "rejected": "five, I believe"},
+            {"prompt": "Capital of France, please?", "chosen": "Paris", "rejected": "Lyon"},
+            {"prompt": "hi", "chosen": "hello there, friend", "rejected": "no"}]
+    pairs = tokenize_pairs(enc, rows, 64)
+    pad = special_id(enc, "<|pad|>")
+    alone = [[sequence_logprobs(model(x), y, ignore_index=IGNORE).item() for x, y in (collate([c], pad),
+                                                                                    collate([r], pad))]
+             for c, r in pairs]
+    for batch_size in (1, 2, 64):
+        chosen, rejected = pair_logps(model, pairs, pad, batch_size=batch_size)  # (3,) each
+        assert chosen.shape == rejected.shape == (3,)
+        torch.testing.assert_close(chosen, torch.tensor([a[0] for a in alone]), atol=1e-4, rtol=1e-5)
+        torch.testing.assert_close(rejected, torch.tensor([a[1] for a in alone]), atol=1e-4, rtol=1e-5)

@@ -19,11 +19,11 @@
 import json
 import math
 
-import torch
-
-from minipost.common import DATA_DIR, config_with_preset, read_jsonl
-from minipost.dpo import PRESETS, Config, all_logps, dpo_loss, pair_batch, response_logps, tokenize_pairs, train
-from minipost.evals import chat_scores
+from minipost.common import DATA_DIR, read_jsonl
+from minipost.data import pair_batch, tokenize_pairs
+from minipost.dpo import Config, dpo_loss, train
+from minipost.evals import chat_scores, pair_logps
+from minipost.logprobs import sequence_logprobs
 from minipost.model import load_model
 from minipost.tokenizer import special_id
 from minipost.world import is_refusal
@@ -56,8 +56,8 @@ reference, _, _ = load_model(SFT)
 pad = special_id(enc, "<|pad|>")
 pairs = tokenize_pairs(enc, rows[:8], block_size=256)
 x, y = pair_batch(pairs, pad)  # (16, T): 8 chosen rows, then 8 rejected rows
-logps = response_logps(policy(x), y)  # (16,): summed log-probs of the answer tokens
-ref_c, ref_r = all_logps(reference, pairs, pad, torch.device("cpu"))  # (8,) each
+logps = sequence_logprobs(policy(x), y)  # (16,): summed log-probs of the answer tokens (targets != -100)
+ref_c, ref_r = pair_logps(reference, pairs, pad)  # (8,) each: the same sums, batched, chosen and rejected
 losses, chosen_r, rejected_r = dpo_loss(logps[:8], logps[8:], ref_c, ref_r, beta=0.1)
 print("step-0 losses:", [round(v, 4) for v in losses.tolist()], " ln 2 =", round(math.log(2), 4))
 print("step-0 margins:", (chosen_r - rejected_r).tolist())
@@ -78,7 +78,7 @@ print("step-0 margins:", (chosen_r - rejected_r).tolist())
 
 # %%
 overrides = dict(max_steps=4, log_every=1, eval_every=4, eval_pairs=16, max_pairs=64) if SMOKE else {}
-cfg = config_with_preset(Config, PRESETS, preset="nano", init=SFT, out=str(OUT), **overrides)
+cfg = Config(init=SFT, out=str(OUT), **overrides)  # the defaults are the nano preset
 summary = train(cfg)
 metrics = [json.loads(line) for line in (OUT / "metrics.jsonl").read_text().splitlines()]
 print("step   loss  r/chosen r/rejected margin  acc   held-out acc")
