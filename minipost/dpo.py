@@ -39,6 +39,8 @@ Deviations and choices:
 - `eval_pref_acc` is evals.preference_accuracy on evals.pair_logps, the code behind the report card's pref_acc,
   on the first `eval_pairs` (256) held-out pairs; the card scores all 300 of eval_prefs.jsonl, so the two can
   differ by a little.
+- samples.txt holds greedy answers to two held-out prompts per domain of the world's eval.jsonl, scored by
+  evals.write_samples; without the world's files (your own --data and no data/eval.jsonl) it is not written.
 - The policy is trained with dropout off (the nano and small models have none): its log-probs are compared with
   the reference's, and noise in one side would show up as a fake reward.
 - The reference defaults to the init checkpoint; `--ref` can name another, which must share the policy's
