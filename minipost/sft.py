@@ -23,7 +23,8 @@ Choices and deviations, all switchable in `Config`:
   text) to every step, the "pretraining mix" InstructGPT uses in PPO-ptx (their eq. 2) to limit forgetting.
   Logged as `ptx_loss`; `val_loss` (held-out pretraining text) shows what SFT costs the base model. The defaults
   use it (ptx_coef 1): on nano, 100 SFT steps at lr 1e-3 *without* it raised the held-out pretraining loss (then
-  measured on 32 windows) from 1.08 to 2.90; with it (lr 5e-4) the loss stayed at 0.88-1.00 and held-out knowledge QA reached 94%.
+  measured on 32 windows) from 1.08 to 2.90; with it (lr 5e-4) the loss stayed at 0.88-1.00 and held-out
+  knowledge QA reached 94%.
 - the learning-rate schedule and optimizer are the shared ones (`optim.cosine_lr`, `optim.adamw`); `val_loss` is
   `evals.heldout_loss` with the report card's 64 windows of 256 tokens, so it equals the card's val_loss of the
   same checkpoint.
