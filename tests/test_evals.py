@@ -53,6 +53,7 @@ def test_cli_vs_compares_every_row_with_one_row(tmp_path, monkeypatch):
     import minipost.evals as evals
     scores = {"a": {"knowledge": 0.10}, "b": {"knowledge": 0.50}, "c": {"knowledge": 0.49}}
     monkeypatch.setattr(evals, "evaluate_checkpoint", lambda path, *a, **k: scores[path.split("/")[0]])
+    monkeypatch.setattr(evals, "load_model", lambda path, *a, **k: None)  # the up-front check of every file
     evals.main(["--ckpt", "a/model.pt", "--ckpt", "b/model.pt", "--ckpt", "c/model.pt", "--vs", "a",
                 "--out", str(tmp_path)])
     saved = json.loads((tmp_path / "report.json").read_text())
@@ -97,3 +98,14 @@ def test_pair_logps_sums_each_answer_alone_whatever_the_batching():
         assert chosen.shape == rejected.shape == (3,)
         torch.testing.assert_close(chosen, torch.tensor([a[0] for a in alone]), atol=1e-4, rtol=1e-5)
         torch.testing.assert_close(rejected, torch.tensor([a[1] for a in alone]), atol=1e-4, rtol=1e-5)
+
+
+def test_cli_errors_are_one_line_and_exit_2(tmp_path, capsys):
+    import minipost.evals as evals
+    for argv, msg in [(["--ckpt", str(tmp_path / "nope.pt")], "nope.pt: no such checkpoint"),
+                      (["--ckpt", "a.pt", "--limit", "0"], "--limit 0: must be >= 1"),
+                      (["--from-json", str(tmp_path / "r.json")], "r.json: not a report.json")]:
+        with pytest.raises(SystemExit) as e:
+            evals.main(argv + ["--out", str(tmp_path / "out")])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and msg in err and len(err.strip().splitlines()) == 1, err
