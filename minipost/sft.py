@@ -179,7 +179,8 @@ def train(cfg: Config) -> dict:
     pad_id = special_id(enc, "<|pad|>")
     val_stream = pack(enc, load_texts(DATA_DIR / "pretrain_val.jsonl"))  # (M,)
     if len(val_stream) < min(256, model.cfg.block_size) + 1:
-        raise InputError(f"{DATA_DIR / 'pretrain_val.jsonl'}: {len(val_stream)} tokens, too few for one held-out window")
+        raise InputError(f"{DATA_DIR / 'pretrain_val.jsonl'}: {len(val_stream)} tokens, too few for one "
+                         "held-out window")
     ptx_stream = pack(enc, load_texts(DATA_DIR / "pretrain.jsonl")) if cfg.ptx_coef > 0 else None  # (N,)
     if ptx_stream is not None and len(ptx_stream) < block_size + 2:
         raise InputError(f"{DATA_DIR / 'pretrain.jsonl'}: {len(ptx_stream)} tokens, too few for one window of "
