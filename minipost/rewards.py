@@ -87,7 +87,7 @@ def restate(prompt: str, completion: str, record: dict) -> float:
 
 def format_reward(prompt: str, completion: str, record: dict) -> float:
     """1.0 if the answer has its domain's shape (correct or not), see the module docstring."""
-    from minipost.world import _run_sql
+    from minipost.world import run_sql
     text = completion.strip()
     domain = record.get("domain")
     if domain == "arithmetic":
@@ -99,7 +99,7 @@ def format_reward(prompt: str, completion: str, record: dict) -> float:
             return 0.0
         return float(isinstance(call, dict) and set(call) == {"name", "arguments"})
     if domain == "sql":
-        return float(_run_sql(text) is not None)
+        return float(run_sql(text) is not None)
     return float(any(ch.isalpha() for ch in text))
 
 

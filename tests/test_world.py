@@ -1,15 +1,18 @@
 """Tests for the synthetic world: held-out splits really are held out, checkers score gold 1 and near misses 0,
-the SQL sandbox holds, and generation is byte-for-byte deterministic."""
+the SQL sandbox holds (also against queries built to eat time and memory), records are validated up front,
+and generation is byte-for-byte deterministic (pinned by sha256)."""
 
 import hashlib
 import json
 import re
+import subprocess
+import sys
 import time
 
 import pytest
 
 from minipost import world
-from minipost.world import REFUSAL, check, check_probe, check_sql
+from minipost.world import REFUSAL, check, check_probe, check_sql, make_sql_db, run_sql, validate_record
 
 
 @pytest.fixture(scope="module")
@@ -21,6 +24,33 @@ def built(tmp_path_factory):
 
 def _digest(paths):
     return {n: hashlib.sha256(p.read_bytes()).hexdigest() for n, p in paths.items()}
+
+
+# sha256 of every file build(seed=0) writes. A change here is a change of data/: regenerate data/ with
+# `python -m minipost.world --out data` and update these only on purpose (every reported number moves).
+DATA_SHA256 = {
+    "pretrain": "31d416f73bf88417f57f5a4b6c3cb3b5c01a96dbde625388f32f8959d1464197",
+    "pretrain_val": "13f7568104cd755ccb18fa5e00dc503215b7cc9d4f14e3ac7f263ba3857d3ca7",
+    "sft": "ce3d6f712bbabaacba699ee116b1e2697a624fb568ab7658f646b00d3569c449",
+    "prefs": "3ac3f8e5a6b171ea066b6bdffc28a5f60f418d5c54d0d62200495ffb854a3eac",
+    "rl": "d2e012dd6a6576d67ad3263a8170af1ea39954c375379f5fbe587b23111021d8",
+    "eval": "bd17da93ae20251039c1bc4b4e0fedbc02c67632a417e70da3a7bc86ece034f1",
+    "eval_prefs": "48eb38ee541a6b01eedbacb8e8b90360cd62837ae756ad8ab63c370d5b68e64f",
+    "probes": "ea26de0a4e78d80dbc8668b3165e23d736186d4ad4a368249165d07dc6fd4d9d",
+}
+
+
+def test_generated_bytes_are_pinned(built):
+    _, paths = built
+    assert _digest(paths) == DATA_SHA256
+
+
+def test_registry_is_the_one_list_of_domains():
+    assert world.DOMAINS == tuple(world.REGISTRY) == (
+        "knowledge", "arithmetic", "instructions", "tools", "sql", "refusals")
+    assert world.PROBE_DOMAINS == ("knowledge", "arithmetic")
+    assert world.SCORED_DOMAINS == ("knowledge", "arithmetic", "instructions", "tools", "sql")
+    assert all(d.name == name for name, d in world.REGISTRY.items())
 
 
 def test_deterministic_and_matches_committed_data(built, tmp_path):
@@ -217,6 +247,109 @@ def test_sql_sandbox(attack, tmp_path):
     assert list(tmp_path.iterdir()) == []  # no file was created
     assert check_sql("SELECT count(*) FROM employees", gold) == 1.0  # the next query still works
     assert world.make_sql_db().execute("SELECT COUNT(*) FROM employees").fetchone() == (30,)
+
+
+def test_every_gold_query_runs_in_the_sandbox(built):
+    """The sandbox's limits leave every generated query alone: gold ones return the rows plain SQLite gives,
+    and the rejected (wrong) queries of preference pairs still run."""
+    splits, _ = built
+    golds = {r["answer"] for n in ("sft", "prefs", "rl", "eval", "eval_prefs") for r in splits[n] if r["domain"] == "sql"}
+    assert len(golds) > 100
+    db = make_sql_db()
+    for q in golds:
+        assert run_sql(q) == db.execute(q).fetchall(), q
+    wrong = [r["rejected"] for n in ("prefs", "eval_prefs") for r in splits[n]
+             if r["domain"] == "sql" and r["pair_type"] == "correctness"]
+    assert wrong and all(run_sql(q) is not None for q in wrong)
+
+
+# Queries built to eat time or memory. Before the sandbox had size limits, one call of the first took 4.6 s
+# and 3 GB, "over 30 rows" 14 s and 4 GB, the string doubling 12 s and 3.3 GB, format() 10 s.
+HOSTILE_SQL = [
+    "SELECT randomblob(1e9)",
+    "SELECT randomblob(1e9) FROM employees",
+    "SELECT zeroblob(1e9)",
+    "SELECT length(zeroblob(1e9)) FROM employees",
+    "SELECT printf('%.*c', 1e9, 'x')",
+    "SELECT format('%.*c', 1e9, 'x') FROM employees",
+    "WITH RECURSIVE s(x, n) AS (SELECT 'x', 0 UNION ALL SELECT x || x, n + 1 FROM s WHERE n < 40) SELECT length(x) FROM s",
+    "WITH RECURSIVE s(x) AS (SELECT 'ab' UNION ALL SELECT replace(x, 'a', x) FROM s) SELECT length(x) FROM s",
+    "SELECT count(*) FROM employees a, employees b, employees c, employees d",
+    "SELECT a.name, b.name, c.name FROM employees a, employees b, employees c",
+    "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c) SELECT count(*) FROM c",
+    "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c) SELECT group_concat(x) FROM c",
+    "SELECT randomblob(5e7), randomblob(5e7), randomblob(5e7) FROM employees",
+    "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c LIMIT 999) SELECT hex(randomblob(4000)) FROM c",
+    "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c) SELECT randomblob(9000) FROM c ORDER BY 1 LIMIT 1",
+    "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c) SELECT count(DISTINCT randomblob(9000)) FROM c",
+    "WITH RECURSIVE c(x) AS (SELECT randomblob(9000) UNION ALL SELECT c.x FROM c, employees) SELECT count(*) FROM c",
+    "WITH RECURSIVE c(x, b) AS (SELECT 1, randomblob(9000) UNION SELECT x+1, randomblob(9000) FROM c) SELECT count(*) FROM c",
+    "SELECT " + "+".join(["1"] * 200_000),
+]
+_HOSTILE_CHILD = """
+import json, resource, sys, time
+from minipost.world import run_sql
+try:  # a guard: if the sandbox regresses, this child fails with MemoryError instead of filling the machine
+    vm = int([l for l in open("/proc/self/status") if l.startswith("VmSize")][0].split()[1]) * 1024
+    resource.setrlimit(resource.RLIMIT_AS, (vm + (2 << 30), vm + (2 << 30)))
+except (OSError, ValueError):
+    pass
+unit = 1 if sys.platform == "darwin" else 1024  # ru_maxrss is in bytes on macOS, KiB on Linux
+peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * unit
+base, out = peak(), []
+for q in json.loads(sys.stdin.read()):
+    t = time.perf_counter()
+    rows = run_sql(q)
+    out.append([q, time.perf_counter() - t, peak() - base, None if rows is None else len(repr(rows))])
+print(json.dumps(out))
+"""
+
+
+def test_sql_sandbox_bounds_time_and_memory_of_hostile_queries():
+    """Each hostile query returns (None, or a small result) within 1 s, and the peak memory of the process
+    grows by well under 100 MB over all of them (ru_maxrss is a peak, so it covers every query)."""
+    p = subprocess.run([sys.executable, "-c", _HOSTILE_CHILD], input=json.dumps(HOSTILE_SQL), capture_output=True,
+                       text=True, timeout=120)
+    assert p.returncode == 0, p.stderr[-2000:]
+    for q, seconds, grew, size in json.loads(p.stdout):
+        assert seconds < 1.0, (q[:80], seconds)
+        assert grew < 100e6, (q[:80], grew / 1e6)
+        assert size is None or size < 1000, q[:80]
+
+
+@pytest.mark.parametrize("record,message", [
+    ([1, 2], "record: expected a JSON object"),
+    ({"domain": "sql", "answer": "SELECT 1"}, "field 'prompt': missing"),
+    ({"prompt": "  ", "domain": "sql", "answer": "SELECT 1"}, "field 'prompt': expected a non-empty string"),
+    ({"prompt": 3, "domain": "sql", "answer": "SELECT 1"}, "field 'prompt': expected a non-empty string"),
+    ({"prompt": "hi"}, "field 'domain': missing"),
+    ({"prompt": "hi", "domain": "poetry"}, "field 'domain': unknown domain 'poetry'"),
+    ({"prompt": "hi", "domain": "arithmetic"}, "field 'answer': missing"),
+    ({"prompt": "hi", "domain": "arithmetic", "answer": "42"}, "field 'answer': expected an integer, got str"),
+    ({"prompt": "hi", "domain": "arithmetic", "answer": True}, "field 'answer': expected an integer, got bool"),
+    ({"prompt": "hi", "domain": "knowledge", "answer": 7}, "field 'answer': expected a string, got int"),
+    ({"prompt": "hi", "domain": "knowledge", "answer": " ! "}, "field 'answer': has no letters or digits"),
+    ({"prompt": "hi", "domain": "refusals", "should_refuse": "yes"}, "field 'should_refuse': expected true or false"),
+    ({"prompt": "hi", "domain": "sql", "answer": "SELEC name FROM employees"},
+     "field 'answer': gold SQL query does not run"),
+    ({"prompt": "hi", "domain": "sql", "answer": "DROP TABLE employees"}, "field 'answer': gold SQL query does not run"),
+    ({"prompt": "hi", "domain": "tools", "answer": {"name": "get_weather"}}, "field 'answer': expected a call"),
+    ({"prompt": "hi", "domain": "tools", "answer": "get_weather"}, "field 'answer': expected an object, got str"),
+    ({"prompt": "hi", "domain": "instructions", "constraint": "rhyme"}, "field 'constraint': unknown constraint 'rhyme'"),
+    ({"prompt": "hi", "domain": "instructions", "constraint": "start_with"}, "field 'params': constraint 'start_with'"),
+    ({"prompt": "hi", "domain": "instructions", "constraint": "n_words", "params": {"n": "2"}},
+     "field 'params': constraint 'n_words'"),
+])
+def test_validate_record_names_the_bad_field(record, message):
+    got = validate_record(record)
+    assert got is not None and got.startswith(message), got
+
+
+def test_validate_record_passes_every_generated_record(built):
+    splits, _ = built
+    for r in splits["rl"] + splits["eval"]:
+        assert validate_record(r) is None, r
+    assert validate_record({"prompt": "Count them.", "domain": "sql", "answer": "SELECT COUNT(*) FROM employees"}) is None
 
 
 def test_load_split_errors(tmp_path):
