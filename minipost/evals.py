@@ -1,11 +1,12 @@
 """The eval suite and the report card: what each stage gained, and what it cost elsewhere.
 
-Every column is measured on held-out data that no training split contains (world.py's tests enforce it):
-- **probes** (base-model style, no chat template): greedy completion of "The capital of Veloria is" or
-  "37 + 48 =", scored on the text up to the first full stop or line break (world.check_probe). They show
-  what pretraining stored.
-- **chat columns**: greedy answers to each domain's eval prompts, in the chat template, scored by world.py's
-  checkers; `format` is the share of answers that end with the stop token <|end|>.
+Every column is measured on held-out data that no training split contains (tests/test_world.py enforces it);
+the world's registry (minipost/world/registry.py) decides which domains are columns:
+- **probes** (PROBE_DOMAINS; base-model style, no chat template): greedy completion of "The capital of
+  Veloria is" or "37 + 48 =", scored on the text up to the first full stop or line break (world.check_probe).
+  They show what pretraining stored.
+- **chat columns** (SCORED_DOMAINS): greedy answers to each domain's eval prompts, in the chat template,
+  scored by the world's checkers; `format` is the share of answers that end with the stop token <|end|>.
 - **refusals**: `refuse` is the refusal rate on forbidden topics (higher is better); `over_refusal` is the
   refusal rate on benign prompts of every domain (lower is better).
 - **val_loss**: next-token loss on held-out pretraining text (what the model forgot about its corpus).
@@ -29,11 +30,11 @@ from minipost.logprobs import sequence_logprobs, token_logprobs
 from minipost.model import check_same_tokenizer, load_model
 from minipost.rollout import complete
 from minipost.tokenizer import encode_text, render_prompt, special_id
-from minipost.world import check, check_probe, is_refusal
+from minipost.world import PROBE_DOMAINS, SCORED_DOMAINS, check, check_probe, is_refusal
 
 HIGHER_IS_BETTER = {"val_loss": False, "over_refusal": False}
-COLUMN_ORDER = ["probe_knowledge", "probe_arithmetic", "val_loss", "format", "knowledge", "arithmetic",
-                "instructions", "tools", "sql", "refuse", "over_refusal", "pref_acc"]
+COLUMN_ORDER = ([f"probe_{d}" for d in PROBE_DOMAINS] + ["val_loss", "format"] + list(SCORED_DOMAINS)
+                + ["refuse", "over_refusal", "pref_acc"])  # the world's registry decides the domain columns
 
 
 @torch.no_grad()
@@ -42,7 +43,7 @@ def probe_scores(model, enc, records: list[dict]) -> dict:
     texts, _ = complete(model, enc, [encode_text(enc, r["prompt"]) for r in records], max_new_tokens=8,
                         stop_token=None)
     out = {}
-    for domain in ("knowledge", "arithmetic"):
+    for domain in PROBE_DOMAINS:
         scores = [check_probe(r, t) for r, t in zip(records, texts) if r["domain"] == domain]
         if scores:
             out[f"probe_{domain}"] = sum(scores) / len(scores)
@@ -57,7 +58,7 @@ def chat_scores(model, enc, records: list[dict], max_new_tokens: int = 64) -> tu
     rows = [{"domain": r["domain"], "prompt": r["prompt"], "completion": t, "stopped": s,
              "score": check(r, t)} for r, t, s in zip(records, texts, stopped)]
     out = {"format": sum(r["stopped"] for r in rows) / len(rows)}
-    for domain in ("knowledge", "arithmetic", "instructions", "tools", "sql"):
+    for domain in SCORED_DOMAINS:
         d = [r["score"] for r in rows if r["domain"] == domain]
         if d:
             out[domain] = sum(d) / len(d)

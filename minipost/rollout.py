@@ -36,6 +36,7 @@ from minipost.common import InputError, read_jsonl
 from minipost.logprobs import token_logprobs
 from minipost.model import left_pad
 from minipost.tokenizer import render_prompt, special_id
+from minipost.world import validate_record
 
 
 @dataclass
@@ -184,8 +185,6 @@ def load_prompts(path, domains: str = "", oversample: str = "", enc=None,
     gold SQL query that runs), and with `enc` and `max_prompt_tokens` its chat-templated prompt length: a bad
     record stops the run now with file:line, not when it is first sampled hours later.
     """
-    from minipost.world import validate_record  # TODO(integration): top-level once world/ lands
-
     records = read_jsonl(path, required=("prompt", "domain"))
     for lineno, r in enumerate(records, start=1):
         problem = validate_record(r)

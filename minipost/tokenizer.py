@@ -212,7 +212,7 @@ def build_encoding(name: str, ranks: dict[bytes, int]) -> tiktoken.Encoding:
 def load_corpus(data_dir: str | Path = DATA_DIR) -> list[str]:
     """Training texts: every pretraining document plus every chat message of the SFT set.
 
-    Builds the synthetic world first if `pretrain.jsonl` is missing (world.py is imported only then).
+    Builds the synthetic world first if `pretrain.jsonl` is missing (minipost.world is imported only then).
     """
     data_dir = Path(data_dir)
     if not (data_dir / "pretrain.jsonl").exists():
