@@ -109,7 +109,8 @@ def exit_on_input_error(fn):
 
 def field(default, help: str, *, min=None, max=None, gt=None, **kw):
     """A dataclass field with a one-line doc that becomes its `--help` text, and optional bounds that
-    `check_config` enforces: `min`/`max` inclusive, `gt` exclusive (`gt=0`: must be positive)."""
+    `check_config` enforces: `min`/`max` inclusive, `gt` exclusive (`gt=0`: must be positive); `check=fn`
+    runs fn(value), which raises InputError for a bad value."""
     bounds = {k: v for k, v in (("min", min), ("max", max), ("gt", gt)) if v is not None}
     return dataclasses.field(default=default, metadata={"help": help, **bounds, **kw})
 
@@ -130,6 +131,8 @@ def check_config(cfg) -> None:
             raise InputError(f"{flag} {v}: must be <= {meta['max']}")
         if "gt" in meta and not v > meta["gt"]:
             raise InputError(f"{flag} {v}: must be > {meta['gt']}")
+        if "check" in meta:  # a field's own check, e.g. threads.parse_threads; raises InputError
+            meta["check"](v)
 
 
 class ArgumentParser(argparse.ArgumentParser):

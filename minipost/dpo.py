@@ -66,6 +66,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from minipost import threads
 from minipost.common import (DATA_DIR, InputError, MetricsLogger, autocast, check_config, check_finite, field, main,
                              pick_device, read_jsonl, save_checkpoint, save_state, seed_everything, start_run)
 from minipost.data import IGNORE, EpochBatches, load_prefs, pair_batch, tokenize_pairs
@@ -119,6 +120,7 @@ class Config:
     seed: int = field(1337, "random seed (data order)")
     device: str = field("auto", "cuda, mps, cpu or auto")
     progress: bool = field(True, "show a tqdm progress bar")
+    threads: str = field("auto", threads.HELP, check=threads.parse_threads)
 
     def __post_init__(self):
         check_config(self)
@@ -168,6 +170,7 @@ def dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_r
 def train(cfg: Config) -> dict:
     device = pick_device(cfg.device)
     out = Path(cfg.out)
+    print(threads.configure(cfg.threads))
     seed_everything(cfg.seed)
 
     # ---- models: the policy starts as the init checkpoint; the reference is a frozen copy of it (or --ref)

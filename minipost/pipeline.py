@@ -23,6 +23,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from minipost import threads
 from minipost.common import (DATA_DIR, InputError, check_config, config_with_preset, field, load_checkpoint, main,
                              pick_device, save_json)
 from minipost.evals import evaluate_checkpoint, write_report
@@ -40,6 +41,7 @@ class Config:
     seed: int = field(1337, "random seed for every stage")
     device: str = field("auto", "cuda, mps, cpu or auto")
     progress: bool = field(True, "show tqdm progress bars")
+    threads: str = field("auto", threads.HELP, check=threads.parse_threads)
     max_steps: int = field(0, "if > 0, cap every stage at this many steps (a quick smoke run, not real results)",
                            min=0)
     eval_limit: int = field(0, "if > 0, evaluate only this many items per domain (smoke runs)", min=0)
@@ -70,7 +72,8 @@ def stage_config(name: str, cfg: Config, out: Path):
     """The config `python -m minipost.<module> --preset P --init PARENT/model.pt --out OUT/<name>` would run."""
     module_name, parent, overrides = STAGES[name]
     module = importlib.import_module(module_name)
-    kw = dict(preset=cfg.preset, out=str(out / name), seed=cfg.seed, device=cfg.device, progress=cfg.progress)
+    kw = dict(preset=cfg.preset, out=str(out / name), seed=cfg.seed, device=cfg.device, progress=cfg.progress,
+              threads=cfg.threads)
     if parent is not None:
         kw["init"] = str(out / parent / "model.pt")
     full = config_with_preset(module.Config, module.PRESETS, **kw, **overrides)

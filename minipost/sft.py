@@ -42,6 +42,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from minipost import threads
 from minipost.common import (DATA_DIR, InputError, MetricsLogger, autocast, check_config, check_finite, field, main,
                              pick_device, read_jsonl, save_checkpoint, save_state, seed_everything, start_run)
 from minipost.data import IGNORE, EpochBatches, collate, load_chats, load_texts, pack, packed_batch, tokenize_chats
@@ -90,6 +91,7 @@ class Config:
     seed: int = field(1337, "random seed (data order)")
     device: str = field("auto", "cuda, mps, cpu or auto")
     progress: bool = field(True, "show a tqdm progress bar")
+    threads: str = field("auto", threads.HELP, check=threads.parse_threads)
 
     def __post_init__(self):
         check_config(self)
@@ -144,6 +146,7 @@ def pack_examples(examples: list[tuple[list[int], list[int]]], block_size: int):
 
 def train(cfg: Config) -> dict:
     device = pick_device(cfg.device)
+    print(threads.configure(cfg.threads))
     seed_everything(cfg.seed)
     out = Path(cfg.out)
 

@@ -54,6 +54,9 @@ _POLICY_NOTE = {
 }
 
 
+HELP = "CPU threads: auto (this machine's cores; the numbers never depend on the load) or a count"
+
+
 def usable_cores() -> int:
     """Cores this process may run on (its CPU affinity), the count libgomp and torch default to."""
     try:
