@@ -22,6 +22,10 @@ to do with the policy's) pushes the policy's features around, and the two need d
 is what InstructGPT and TRL's PPO trainer do. The saved model.pt is the policy alone, so load_model reads it
 like any other stage.
 
+What runs by default (the nano preset: `python -m minipost.ppo` and `train(Config())` are the same run):
+200 steps of 16 prompts x 8 answers from every domain, arithmetic listed twice, reward correct + 0.3 restate,
+lr 5e-5 decayed linearly to 0 (critic 1e-4, constant), beta 0.02, one pass of 2 minibatch steps per batch.
+
 Deviations, all on purpose:
 - gamma = 1 (the only reward that matters is at the end) and lam = 1, where TRL uses 0.95: with one score at
   the end, lam = 1 makes A_t = (rewards still to come) - V(s_t), unbiased however wrong the critic is, and
@@ -33,76 +37,95 @@ Deviations, all on purpose:
   PPO itself does not need groups (its baseline is the critic).
 
 Run:  python -m minipost.ppo --init runs/dpo/model.pt --out runs/ppo
+      python -m minipost.ppo --out runs/ppo --resume true                        (continue from OUT/state.pt)
 """
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
-from minipost.common import (DATA_DIR, MetricsLogger, check_finite, field, kl_estimate, parse_config, pick_device,
-                             save_checkpoint, save_json, seed_everything)
+from minipost import threads
+from minipost.common import (DATA_DIR, InputError, MetricsLogger, check_config, check_finite, field, kl_estimate,
+                             main, pick_device, save_checkpoint, save_json, save_state, seed_everything, start_run)
+from minipost.evals import heldout_scores, per_domain, write_samples
 from minipost.model import load_model, model_checkpoint
+from minipost.optim import adamw, linear_decay_lr, set_lr
 from minipost.rewards import parse_reward, score_rollout
-from minipost.rollout import completion_logprobs, heldout_scores, load_prompts, per_domain, rollout, write_samples
+from minipost.rollout import completion_logprobs, load_prompts, micro_batches, rollout
+from minipost.world import build as build_world
 
 
 @dataclass
 class Config:
     """PPO: critic, per-token KL-penalised rewards, GAE, clipped policy and value losses."""
-    preset: str = field("nano", "nano (laptop CPU) or small (one GPU)", choices=["nano", "small"])
-    out: str = field("runs/ppo", "output folder: config.json, metrics.jsonl, model.pt, samples.txt")
+    preset: str = field("nano", "nano (laptop CPU; the defaults) or small (one GPU)", choices=["nano", "small"])
+    out: str = field("runs/ppo", "output folder: config.json, metrics.jsonl, state.pt, model.pt, samples.txt")
     init: str = field("runs/dpo/model.pt", "checkpoint to start from (and the frozen reference)")
     data: str = field("", "RL prompts, JSONL with prompt, domain and checker fields (default: the world's rl.jsonl)")
     eval_data: str = field("", "held-out prompts in the same form (default: the world's eval.jsonl)")
-    domains: str = field("arithmetic", "comma-separated domains to train on (empty: all)")
-    oversample: str = field("", "domain:k,... repeats that domain's prompts k times (e.g. arithmetic:2)")
-    reward: str = field("correct:1", "reward terms name:weight, see rewards.py (correct, answer, sql, tool, restate, "
-                                     "format)")
-    missing_stop_penalty: float = field(1.0, "subtracted from the reward of a completion without <|end|>")
-    length_penalty: float = field(0.0, "subtracted times completion length / max_new_tokens")
-    max_steps: int = field(100, "rollout batches (each followed by ppo_epochs * num_minibatches optimizer steps)")
-    max_seconds: float = field(0.0, "stop after this many seconds (0: no limit); the nano preset caps a run at 230 s "
-                                     "so the pipeline fits its budget on a busy CPU, which makes the step count "
-                                     "machine-dependent (set 0 for exactly repeatable runs)")
-    prompts_per_step: int = field(16, "prompts per rollout batch")
-    group_size: int = field(8, "samples per prompt (G)")
-    max_new_tokens: int = field(48, "longest completion")
-    temperature: float = field(1.0, "sampling temperature (the log-probs use the same one)")
-    top_k: int = field(0, "sample from the k most likely tokens only (0: off)")
-    top_p: float = field(1.0, "nucleus sampling mass (1: off)")
-    lr: float = field(3e-5, "Adam learning rate")
+    domains: str = field("", "comma-separated domains to train on (empty: all)")
+    oversample: str = field("arithmetic:2", "domain:k,... repeats that domain's prompts k times (empty: none)")
+    reward: str = field("correct:1,restate:0.3", "reward terms name:weight, see rewards.py (correct, answer, sql, "
+                                                 "tool, restate, format)")
+    missing_stop_penalty: float = field(1.0, "subtracted from the reward of a completion without <|end|>", min=0)
+    length_penalty: float = field(0.0, "subtracted times completion length / max_new_tokens", min=0)
+    max_steps: int = field(200, "rollout batches (each followed by ppo_epochs * num_minibatches optimizer steps)",
+                           min=1)
+    max_seconds: float = field(0.0, "stop after this many seconds (0: no limit); a cap makes the step count "
+                                     "machine-dependent", min=0)
+    prompts_per_step: int = field(16, "prompts per rollout batch", min=1)
+    group_size: int = field(8, "samples per prompt (G)", min=1)
+    max_new_tokens: int = field(48, "longest completion", min=1)
+    temperature: float = field(1.0, "sampling temperature (the log-probs use the same one)", gt=0)
+    top_k: int = field(0, "sample from the k most likely tokens only (0: off)", min=0)
+    top_p: float = field(1.0, "nucleus sampling mass (1: off)", gt=0, max=1)
+    lr: float = field(5e-5, "Adam learning rate", gt=0)
     lr_decay: bool = field(True, "decay the learning rate linearly to 0 over max_steps, set once per rollout step; "
                                  "a run that max_seconds stops early ends above 0 (the critic's stays constant)")
-    grad_clip: float = field(1.0, "clip the global gradient norm to this (0: off)")
-    ppo_epochs: int = field(1, "passes over each rollout batch")
-    num_minibatches: int = field(2, "optimizer steps per pass (the batch split into this many minibatches)")
-    clip_eps: float = field(0.2, "clip range for the policy ratio")
-    beta: float = field(0.02, "weight of the per-token k1 KL penalty in the reward")
-    gamma: float = field(1.0, "discount")
-    lam: float = field(1.0, "GAE lambda (1: Monte Carlo advantages; < 1 trusts the critic more)")
-    critic_lr: float = field(1e-4, "Adam learning rate of the critic")
-    vf_coef: float = field(0.5, "weight of the value loss")
-    clip_value: float = field(0.2, "clip range for value updates around the old values")
-    eval_every: int = field(20, "steps between held-out evaluations (0: only at start and end)")
-    eval_limit: int = field(100, "held-out prompts per domain for those evaluations (0: all)")
-    log_every: int = field(1, "steps between metrics.jsonl rows")
+    grad_clip: float = field(1.0, "clip the global gradient norm to this (0: off)", min=0)
+    micro_batch_size: int = field(64, "rows per forward/backward within a minibatch (0: all its rows); exact "
+                                      "gradient accumulation, does not change the result beyond float rounding", min=0)
+    ppo_epochs: int = field(1, "passes over each rollout batch", min=1)
+    num_minibatches: int = field(2, "optimizer steps per pass (the batch split into this many minibatches); unlike "
+                                    "micro_batch_size this changes the result: more, smaller, staler steps", min=1)
+    clip_eps: float = field(0.2, "clip range for the policy ratio", gt=0)
+    beta: float = field(0.02, "weight of the per-token k1 KL penalty in the reward", min=0)
+    gamma: float = field(1.0, "discount", min=0, max=1)
+    lam: float = field(1.0, "GAE lambda (1: Monte Carlo advantages; < 1 trusts the critic more)", min=0, max=1)
+    critic_lr: float = field(1e-4, "Adam learning rate of the critic", gt=0)
+    vf_coef: float = field(0.5, "weight of the value loss", min=0)
+    clip_value: float = field(0.2, "clip range for value updates around the old values", gt=0)
+    eval_every: int = field(50, "steps between held-out evaluations (0: only at start and end)", min=0)
+    eval_limit: int = field(100, "held-out prompts per domain for those evaluations (0: all)", min=0)
+    log_every: int = field(1, "steps between metrics.jsonl rows", min=1)
     logprobs_impl: str = field("auto", "token_logprobs implementation",
                                choices=["auto", "reference", "chunked", "triton"])
     seed: int = field(1337, "random seed (prompt order, sampling)")
     device: str = field("auto", "cuda, mps, cpu or auto")
     progress: bool = field(True, "show a tqdm progress bar")
+    threads: str = field("auto", threads.HELP, check=threads.parse_threads)
+    resume: bool = field(False, "continue from OUT/state.pt: weights, optimizer, schedule, RNG, data position and step")
+    allow_config_change: bool = field(False, "with --resume, accept a config that differs from the saved run's")
+    save_every: int = field(50, "steps between OUT/state.pt saves", min=1)
+    stop_after: int = field(0, "save state and stop after this many steps, to --resume later (0: run to the end)",
+                            min=0)
+
+    def __post_init__(self):
+        check_config(self)
+        if self.num_minibatches > self.prompts_per_step * self.group_size:
+            raise InputError(f"--num-minibatches {self.num_minibatches}: more than the "
+                             f"{self.prompts_per_step * self.group_size} rows of a rollout batch")
 
 
 PRESETS = {
-    "nano": dict(preset="nano", max_steps=200, max_seconds=230, prompts_per_step=16, group_size=8, max_new_tokens=48,
-                 lr=5e-5, domains="", oversample="arithmetic:2", reward="correct:1,restate:0.3",
-                 eval_every=50),
-    "small": dict(preset="small", max_steps=200, prompts_per_step=32, group_size=8, max_new_tokens=64, lr=5e-6,
-                  ppo_epochs=2),
+    "nano": {},
+    "small": dict(preset="small", prompts_per_step=32, max_new_tokens=64, lr=5e-6, ppo_epochs=2,
+                  domains="arithmetic", oversample="", reward="correct:1", eval_every=20),
 }
 
 
@@ -155,25 +178,33 @@ def gae(rewards, values, mask, gamma: float = 1.0, lam: float = 1.0):
     return advantages, returns
 
 
-def ppo_policy_loss(logps, old_logps, advantages, mask, clip_eps: float = 0.2):
-    """Clipped surrogate, token mean over the batch -> (loss, clip fraction, approx KL(pi_old || pi), k3).
+def ppo_policy_loss(logps, old_logps, advantages, mask, clip_eps: float = 0.2,
+                    ref_logps=None) -> tuple[torch.Tensor, dict]:
+    """Clipped surrogate, token mean over the batch -> (scalar loss, info).
 
-    logps, old_logps, advantages, mask: (B, T).
+    logps, old_logps, advantages, mask: (B, T); ref_logps (B, T) or None, only for the kl_ref metric (PPO's KL
+    to the reference is in the reward, token_rewards). info (detached scalars; the token metrics are means over
+    this batch's completion tokens): policy_loss, clip_frac (ratio outside [1 - clip_eps, 1 + clip_eps]), ratio,
+    approx_kl (k3 of pi_old vs pi_theta), kl_ref (k3 of pi_theta vs pi_ref, when ref_logps is given).
     """
     mask = mask.float()  # (B, T)
-    ratio = torch.exp(logps - old_logps)  # (B, T)
+    ratio = torch.exp(logps - old_logps)  # (B, T) rho
     loss = masked_mean(torch.max(-advantages * ratio, -advantages * torch.clamp(ratio, 1 - clip_eps, 1 + clip_eps)),
                        mask)
-    with torch.no_grad():
-        clip_frac = masked_mean(((ratio - 1).abs() > clip_eps).float(), mask)
-        approx_kl = masked_mean(kl_estimate(old_logps, logps, "k3"), mask)  # samples come from pi_old
-    return loss, clip_frac, approx_kl
+    with torch.no_grad():  # what to watch: how often the clip acts, how far from pi_old and from the reference
+        info = {"policy_loss": loss.detach(), "clip_frac": masked_mean(((ratio - 1).abs() > clip_eps).float(), mask),
+                "ratio": masked_mean(ratio, mask), "approx_kl": masked_mean(kl_estimate(old_logps, logps, "k3"), mask)}
+        if ref_logps is not None:
+            info["kl_ref"] = masked_mean(kl_estimate(logps, ref_logps, "k3"), mask)
+    return loss, info
 
 
-def ppo_value_loss(values, old_values, returns, mask, clip_value: float = 0.2) -> torch.Tensor:
-    """1/2 token mean of max((V - R)^2, (V_clipped - R)^2), V_clipped = V_old + clip(V - V_old). (B, T) -> scalar."""
+def ppo_value_loss(values, old_values, returns, mask, clip_value: float = 0.2) -> tuple[torch.Tensor, dict]:
+    """1/2 token mean of max((V - R)^2, (V_clipped - R)^2), V_clipped = V_old + clip(V - V_old). (B, T) ->
+    (scalar loss, info: value_loss)."""
     clipped = old_values + torch.clamp(values - old_values, -clip_value, clip_value)  # (B, T)
-    return 0.5 * masked_mean(torch.max((values - returns) ** 2, (clipped - returns) ** 2), mask.float())
+    loss = 0.5 * masked_mean(torch.max((values - returns) ** 2, (clipped - returns) ** 2), mask.float())
+    return loss, {"value_loss": loss.detach()}
 
 
 def explained_variance(values, returns, mask) -> float:
@@ -183,141 +214,213 @@ def explained_variance(values, returns, mask) -> float:
     return (1 - (r - v).var() / r.var().clamp(min=1e-8)).item()
 
 
-def completion_values(critic, ro) -> torch.Tensor:
-    """The critic's V(s_t) for the state before each completion token -> (B, T), 0 where the mask is 0."""
-    _, hidden = completion_logprobs(critic, ro, return_hidden=True)  # (B, T, C)
-    return critic.values(hidden) * ro.completion_mask  # (B, T)
+def completion_values(critic, batch_rollout) -> torch.Tensor:
+    """The critic's V(s_t) for the state before each completion token -> (B, T), 0 where the mask is 0.
+
+    The same forward pass as completion_logprobs (prompt + completion minus its last token, columns that are
+    padding in every row cut), keeping only the final hidden states: no log-softmax over the vocabulary.
+    """
+    T = batch_rollout.completion_ids.shape[1]
+    p = max(int(batch_rollout.prompt_mask.sum(dim=1).max()), 1)  # prompt columns in use (left-padded)
+    t = max(int(batch_rollout.completion_mask.sum(dim=1).max()), 1)  # completion columns in use (right-padded)
+    ids = torch.cat([batch_rollout.prompt_ids[:, -p:], batch_rollout.completion_ids[:, :t]], dim=1)[:, :-1]
+    attn = torch.cat([batch_rollout.prompt_mask[:, -p:], batch_rollout.completion_mask[:, :t]], dim=1)[:, :-1]
+    _, hidden = critic(ids, attn, return_hidden=True)  # (B, p+t-1, C); the model's forward makes logits too
+    values = critic.values(hidden[:, p - 1:])  # (B, t): the state before completion token 0, 1, ...
+    return F.pad(values, (0, T - t)) * batch_rollout.completion_mask  # (B, T)
+
+
+def add_info(totals: dict, info: dict, loss_weight: float, token_weight: float) -> None:
+    """Accumulate one micro-batch's info into the rollout batch's: the losses with the weight their gradient got,
+    the per-token metrics with the micro-batch's share of the tokens. Both weights already divide by the number
+    of optimizer steps (losses) or passes (tokens) made on the batch, so `totals` ends as the mean."""
+    for name, value in info.items():
+        totals[name] = totals.get(name, 0.0) + value.item() * (loss_weight if name.endswith("loss") else token_weight)
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# the loop
+# the loop, one phase per function: prompts -> sample and score -> advantages -> update
+
+def next_prompts(records: list[dict], perm: torch.Tensor, pos: int, n: int, order_gen: torch.Generator):
+    """The next n prompts of a shuffled pass over the records; a fresh shuffle when fewer than n are left.
+    -> (batch, perm, pos): perm and pos are the data position a resumed run restores."""
+    if pos + n > len(records):  # next epoch over the prompts
+        perm, pos = torch.randperm(len(records), generator=order_gen), 0
+    return [records[i] for i in perm[pos:pos + n].tolist()], perm, pos + n
+
+
+def sample_and_score(policy, ref, enc, prompts: list[dict], reward_fn, cfg: Config, gen: torch.Generator):
+    """G answers per prompt with the sampler's log-probs pi_old, the reference's log-probs of the same tokens,
+    and the rewards -> (rollout, ref_logps (B, T), rewards (B,), reward stats for the log)."""
+    batch_rollout = rollout(policy, enc, prompts, cfg.group_size, cfg.max_new_tokens, cfg.temperature,
+                            cfg.top_k or None, cfg.top_p, generator=gen)
+    with torch.no_grad():
+        ref_logps = completion_logprobs(ref, batch_rollout, cfg.temperature, cfg.logprobs_impl)  # (B, T)
+    rewards, stats = score_rollout(batch_rollout, reward_fn, cfg.max_new_tokens, cfg.missing_stop_penalty,
+                                   cfg.length_penalty)  # (B,)
+    return batch_rollout, ref_logps, rewards, stats
+
+
+def ppo_advantages(critic, batch_rollout, scores, ref_logps, cfg: Config):
+    """The critic's values of the sampled states, per-token rewards, GAE -> (whitened advantages, returns,
+    old values), each (B, T)."""
+    mask = batch_rollout.completion_mask  # (B, T)
+    with torch.no_grad():
+        old_values = completion_values(critic, batch_rollout)  # (B, T)
+    rewards = token_rewards(scores, batch_rollout.logprobs, ref_logps, mask, cfg.beta)  # (B, T)
+    advantages, returns = gae(rewards, old_values, mask, cfg.gamma, cfg.lam)  # (B, T) each
+    return whiten(advantages, mask), returns, old_values
+
+
+def update(policy, critic, optimizer, critic_optimizer, batch_rollout, ref_logps, advantages, returns, old_values,
+           cfg: Config, order_gen: torch.Generator, step: int, out: Path) -> dict:
+    """ppo_epochs passes over one rollout batch, each num_minibatches optimizer steps of policy and critic
+    together, each accumulated over micro-batches -> info, averaged over the batch's tokens and passes (token
+    metrics) or its optimizer steps (losses, grad_norm)."""
+    mask, old_logps = batch_rollout.completion_mask, batch_rollout.logprobs  # (B, T) each
+    mb_size = -(-len(batch_rollout) // cfg.num_minibatches)  # rows per minibatch (the last may have fewer)
+    n_steps = cfg.ppo_epochs * -(-len(batch_rollout) // mb_size)  # optimizer steps on this batch
+    totals = {}
+    for _ in range(cfg.ppo_epochs):
+        shuffle = torch.randperm(len(batch_rollout), generator=order_gen).to(mask.device)
+        for s in range(0, len(batch_rollout), mb_size):
+            minibatch = shuffle[s:s + mb_size]
+            mb_rollout = batch_rollout.select(minibatch)
+            for part in micro_batches(mb_rollout, cfg.micro_batch_size or len(minibatch)):
+                idx = minibatch[part]  # rows of the rollout batch
+                sub = mb_rollout.select(part)
+                logps = completion_logprobs(policy, sub, cfg.temperature, cfg.logprobs_impl)  # (b, T)
+                values = completion_values(critic, sub)  # (b, T)
+                policy_loss, policy_info = ppo_policy_loss(logps, old_logps[idx], advantages[idx], mask[idx],
+                                                           cfg.clip_eps, ref_logps[idx])
+                value_loss, value_info = ppo_value_loss(values, old_values[idx], returns[idx], mask[idx],
+                                                        cfg.clip_value)
+                loss = policy_loss + cfg.vf_coef * value_loss  # two separate models: each gets its own term's gradient
+                info = {"loss": loss.detach(), **policy_info, **value_info}
+                weight = mask[idx].sum().item() / max(mask[minibatch].sum().item(), 1)  # token means: token share
+                check_finite(loss, "loss", step, out)
+                (loss * weight).backward()
+                add_info(totals, info, weight / n_steps, mask[idx].sum().item() / mask.sum().item() / cfg.ppo_epochs)
+            grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip or float("inf"))
+            torch.nn.utils.clip_grad_norm_(critic.parameters(), cfg.grad_clip or float("inf"))
+            optimizer.step()
+            critic_optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            critic_optimizer.zero_grad(set_to_none=True)
+            totals["grad_norm"] = totals.get("grad_norm", 0.0) + grad_norm.item() / n_steps
+    check_finite(largest_weight(policy), "the policy's largest |weight|", step, out)
+    check_finite(largest_weight(critic), "the critic's largest |weight|", step, out)
+    return totals
+
+
+def largest_weight(model) -> torch.Tensor:
+    """max |w| over every parameter: inf or NaN as soon as one weight is (checked after each update, before the
+    next rollout samples from broken weights)."""
+    return torch.stack([p.detach().abs().max() for p in model.parameters()]).max()
+
+
+def log_heldout(logger: MetricsLogger, step: int, policy, enc, eval_records: list[dict], elapsed_s: float) -> dict:
+    """Greedy answers to the held-out prompts, scored like the report card (64 tokens), into metrics.jsonl."""
+    scores = heldout_scores(policy, enc, eval_records)
+    logger.log(step, **scores, elapsed_s=elapsed_s)
+    return scores
+
 
 def train(cfg: Config, reward_fn=None) -> dict:
     """Run the objective; `reward_fn(prompt, completion, record) -> float` replaces cfg.reward if given."""
-    from minipost.world import build as build_world
-
     device = pick_device(cfg.device)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    save_json(out / "config.json", asdict(cfg))
+    print(threads.configure(cfg.threads))
     seed_everything(cfg.seed)
+    out = Path(cfg.out)
 
-    # ---- data: prompts with checkers, and held-out prompts of the same domains
+    # ---- inputs, every one checked before anything is written: reward, the policy, prompts, the reference
+    reward_fn = reward_fn or parse_reward(cfg.reward)
     if not (cfg.data and cfg.eval_data) and not (DATA_DIR / "rl.jsonl").exists():
         build_world(DATA_DIR)
-    records = load_prompts(cfg.data or DATA_DIR / "rl.jsonl", cfg.domains, cfg.oversample)
-    eval_records = per_domain(load_prompts(cfg.eval_data or DATA_DIR / "eval.jsonl", cfg.domains), cfg.eval_limit)
-    reward_fn = reward_fn or parse_reward(cfg.reward)
-    print(f"{len(records)} RL prompts, {len(eval_records)} held-out prompts, domains: {cfg.domains or 'all'}")
-
-    # ---- models: the policy we train, a frozen copy of the start (the reference), the critic
-    policy, enc, ckpt = load_model(cfg.init, device)
-    ref, _, _ = load_model(cfg.init, device)
+    policy, enc, ckpt = load_model(cfg.init, device)  # the policy we train
+    room = policy.cfg.block_size - cfg.max_new_tokens  # longest prompt that leaves room for a whole answer
+    if room < 1:
+        raise InputError(f"--max-new-tokens {cfg.max_new_tokens}: {cfg.init} has block_size "
+                         f"{policy.cfg.block_size}, which leaves no room for a prompt")
+    records = load_prompts(cfg.data or DATA_DIR / "rl.jsonl", cfg.domains, cfg.oversample, enc, room)
+    eval_records = per_domain(load_prompts(cfg.eval_data or DATA_DIR / "eval.jsonl", cfg.domains, "", enc, room),
+                              cfg.eval_limit)
+    if len(records) < cfg.prompts_per_step:
+        raise InputError(f"--prompts-per-step {cfg.prompts_per_step}: only {len(records)} prompts to train on")
+    ref, _, _ = load_model(cfg.init, device)  # a frozen copy of the start, the reference
     ref.requires_grad_(False)
     critic, _, _ = load_model(cfg.init, device, value_head=True)  # a copy of the policy + a fresh value head
-    optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=0.0)
-    critic_optimizer = torch.optim.AdamW(critic.parameters(), lr=cfg.critic_lr, betas=(0.9, 0.99), weight_decay=0.0)
+    print(f"{len(records)} RL prompts, {len(eval_records)} held-out prompts, domains: {cfg.domains or 'all'}")
     print(f"policy: {policy.num_params() / 1e6:.2f}M parameters on {device}, from {cfg.init}")
-    logger = MetricsLogger(out)
+
+    # ---- optimizer, random streams, data order; then the run folder (a resume restores all of them here)
+    optimizer = adamw(policy, lr=cfg.lr, weight_decay=0.0, betas=(0.9, 0.99), device=device)
+    critic_optimizer = adamw(critic, lr=cfg.critic_lr, weight_decay=0.0, betas=(0.9, 0.99), device=device)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)  # sampling
-    order_gen = torch.Generator().manual_seed(cfg.seed)  # prompt order
-
-    def evaluate(step):
-        scores = heldout_scores(policy, enc, eval_records)  # 64 tokens, as the report card
-        logger.log(step, **scores, elapsed_s=time.time() - t0)
-        return scores
-
-    # ---- the loop: sample, score, advantages, update
-    t0 = time.time()
-    first = evaluate(0)
-    print("held-out at start: " + "  ".join(f"{k} {v:.3f}" for k, v in first.items()))
+    order_gen = torch.Generator().manual_seed(cfg.seed)  # prompt order, then each batch's minibatch shuffles
     perm, pos = torch.randperm(len(records), generator=order_gen), 0
-    bar = tqdm(range(cfg.max_steps), disable=not cfg.progress, desc="ppo")
-    done, last = 0, first
+    state = start_run(out, cfg)
+    if state:
+        policy.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        critic.load_state_dict(state["critic"])
+        critic_optimizer.load_state_dict(state["critic_optimizer"])
+        gen.set_state(state["sample_generator"])
+        order_gen.set_state(state["order_generator"])
+        perm, pos = state["perm"], state["pos"]
+    logger = MetricsLogger(out, resume_step=state["step"] if state else None)
+    steps_done, elapsed_before = (state["step"], state["elapsed_s"]) if state else (0, 0.0)
+    t0 = time.time()
+    start_scores = state["start_scores"] if state else log_heldout(logger, 0, policy, enc, eval_records, 0.0)
+    end_scores = state["end_scores"] if state else start_scores
+    print("held-out at start: " + "  ".join(f"{k} {v:.3f}" for k, v in start_scores.items()))
+
+    # ---- the loop: prompts, sample and score, advantages, update, log
+    bar = tqdm(range(steps_done, cfg.max_steps), initial=steps_done, total=cfg.max_steps, disable=not cfg.progress,
+               desc="ppo")
     for step in bar:
-        for group in optimizer.param_groups:  # linear decay: the last updates are the smallest
-            group["lr"] = cfg.lr * (1 - step / cfg.max_steps) if cfg.lr_decay else cfg.lr
-        if pos + cfg.prompts_per_step > len(records):  # next epoch over the prompts
-            perm, pos = torch.randperm(len(records), generator=order_gen), 0
-        batch = [records[i] for i in perm[pos:pos + cfg.prompts_per_step].tolist()]
-        pos += cfg.prompts_per_step
-
-        # 1. rollouts: G answers per prompt, with the sampler's log-probs pi_old
-        ro = rollout(policy, enc, batch, cfg.group_size, cfg.max_new_tokens, cfg.temperature,
-                     cfg.top_k or None, cfg.top_p, generator=gen)
-        mask = ro.completion_mask  # (B, T)
-        old_logps = ro.logprobs  # (B, T)
-        with torch.no_grad():
-            ref_logps = completion_logprobs(ref, ro, cfg.temperature, cfg.logprobs_impl)  # (B, T)
-
-        # 2. rewards and 3. advantages
-        scores, stats = score_rollout(ro, reward_fn, cfg.max_new_tokens, cfg.missing_stop_penalty,
-                                      cfg.length_penalty)  # (B,)
-        with torch.no_grad():
-            old_values = completion_values(critic, ro)  # (B, T)
-        rewards = token_rewards(scores, old_logps, ref_logps, mask, cfg.beta)  # (B, T)
-        advantages, returns = gae(rewards, old_values, mask, cfg.gamma, cfg.lam)  # (B, T) each
-        advantages = whiten(advantages, mask)  # (B, T)
+        set_lr(optimizer, linear_decay_lr(step, lr=cfg.lr, max_steps=cfg.max_steps) if cfg.lr_decay else cfg.lr)
+        prompts, perm, pos = next_prompts(records, perm, pos, cfg.prompts_per_step, order_gen)
+        batch_rollout, ref_logps, scores, stats = sample_and_score(policy, ref, enc, prompts, reward_fn, cfg, gen)
+        advantages, returns, old_values = ppo_advantages(critic, batch_rollout, scores, ref_logps, cfg)  # (B, T) x3
         zero_std = (scores.view(-1, cfg.group_size).std(dim=1) == 0).float().mean().item()
+        explained_var = explained_variance(old_values, returns, batch_rollout.completion_mask)
+        info = update(policy, critic, optimizer, critic_optimizer, batch_rollout, ref_logps, advantages, returns,
+                      old_values, cfg, order_gen, step, out)
 
-        # 4. update: ppo_epochs passes, each num_minibatches optimizer steps, policy and critic together
-        mb_size = -(-len(ro) // cfg.num_minibatches)
-        loss_sum, clipped, approx_kl, v_loss, kl_sum, n_mb = 0.0, 0.0, 0.0, 0.0, 0.0, 0
-        for _ in range(cfg.ppo_epochs):
-            shuffle = torch.randperm(len(ro), generator=order_gen).to(mask.device)
-            for s in range(0, len(ro), mb_size):
-                idx = shuffle[s:s + mb_size]
-                sub = ro.select(idx)
-                logps = completion_logprobs(policy, sub, cfg.temperature, cfg.logprobs_impl)  # (b, T)
-                values = completion_values(critic, sub)  # (b, T)
-                pg_loss, clip_frac, kl_old = ppo_policy_loss(logps, old_logps[idx], advantages[idx], mask[idx],
-                                                             cfg.clip_eps)
-                vf_loss = ppo_value_loss(values, old_values[idx], returns[idx], mask[idx], cfg.clip_value)
-                loss = pg_loss + cfg.vf_coef * vf_loss  # two separate models: each gets its own term's gradient
-                check_finite(loss, step, out)
-                loss.backward()
-                grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip or float("inf"))
-                torch.nn.utils.clip_grad_norm_(critic.parameters(), cfg.grad_clip or float("inf"))
-                optimizer.step()
-                critic_optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                critic_optimizer.zero_grad(set_to_none=True)
-                loss_sum, clipped, approx_kl, v_loss = (loss_sum + pg_loss.item(), clipped + clip_frac.item(),
-                                                        approx_kl + kl_old.item(), v_loss + vf_loss.item())
-                n_mb += 1
-                with torch.no_grad():  # what to watch: how far from the reference
-                    kl_sum += kl_estimate(logps, ref_logps[idx], "k3")[mask[idx].bool()].sum().item()
-        kl_sum /= cfg.ppo_epochs  # every token was seen once per epoch
-        ev = explained_variance(old_values, returns, mask)
-
-        # 5. log, evaluate
-        done = step + 1
-        n_tok = mask.sum().item()
-        elapsed = time.time() - t0
-        if done % cfg.log_every == 0:
-            logger.log(done, loss=loss_sum / n_mb, **stats, zero_std_frac=zero_std, clip_frac=clipped / n_mb,
-                       approx_kl=approx_kl / n_mb, value_loss=v_loss / n_mb, explained_var=ev, kl_ref=kl_sum / n_tok,
-                       grad_norm=grad_norm, lr=optimizer.param_groups[0]["lr"], steps_per_s=done / elapsed,
-                       elapsed_s=elapsed)
-        bar.set_postfix(reward=f"{stats['reward']:.3f}", kl=f"{kl_sum / n_tok:.4f}")
-        out_of_time = cfg.max_seconds and elapsed > cfg.max_seconds
-        if (cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.max_steps or out_of_time:
-            last = evaluate(done)
-        if out_of_time:
-            print(f"stopping after {done} steps: max_seconds={cfg.max_seconds} reached")
+        steps_done = step + 1
+        elapsed = elapsed_before + time.time() - t0
+        if steps_done % cfg.log_every == 0:
+            logger.log(steps_done, **stats, zero_std_frac=zero_std, **info, explained_var=explained_var,
+                       lr=optimizer.param_groups[0]["lr"], steps_per_s=steps_done / elapsed, elapsed_s=elapsed)
+        bar.set_postfix(reward=f"{stats['reward']:.3f}", kl=f"{info['kl_ref']:.4f}")
+        out_of_time = bool(cfg.max_seconds) and elapsed > cfg.max_seconds
+        if (cfg.eval_every and steps_done % cfg.eval_every == 0) or steps_done == cfg.max_steps or out_of_time:
+            end_scores = log_heldout(logger, steps_done, policy, enc, eval_records, elapsed)
+        stop = steps_done == cfg.stop_after or out_of_time
+        if steps_done % cfg.save_every == 0 or steps_done == cfg.max_steps or stop:
+            save_state(out, steps_done, cfg, model=policy.state_dict(), optimizer=optimizer.state_dict(),
+                       critic=critic.state_dict(), critic_optimizer=critic_optimizer.state_dict(),
+                       sample_generator=gen.get_state(), order_generator=order_gen.get_state(), perm=perm, pos=pos,
+                       start_scores=start_scores, end_scores=end_scores, elapsed_s=elapsed)
+        if stop:
+            print(f"stopping after {steps_done} steps: " + (f"max_seconds={cfg.max_seconds} reached" if out_of_time
+                  else f"--stop-after {cfg.stop_after}; continue with --resume true"))
             break
     bar.close()
     logger.close()
-    elapsed = time.time() - t0
-    save_checkpoint(out / "model.pt", model_checkpoint(policy, ckpt["tokenizer"], done))
+    elapsed = elapsed_before + time.time() - t0
+    summary = {"steps": steps_done, "seconds": elapsed, "steps_per_s": steps_done / max(elapsed, 1e-9),
+               "start": start_scores, "end": end_scores, "device": str(device)}
+    if steps_done == cfg.stop_after and steps_done < cfg.max_steps:
+        return summary  # the run is not over: state.pt holds it, model.pt is written at the end
+    save_checkpoint(out / "model.pt", model_checkpoint(policy, ckpt["tokenizer"], steps_done))
     write_samples(policy, enc, out / "samples.txt", per_domain(eval_records, 4))
-    summary = {"steps": done, "seconds": elapsed, "steps_per_s": done / elapsed, "start": first, "end": last,
-               "device": str(device)}
     save_json(out / "summary.json", summary)
-    print(f"ppo done: {done} steps in {elapsed:.0f} s; held-out " +
-          "  ".join(f"{k} {first[k]:.3f} -> {last[k]:.3f}" for k in last if k in first))
+    print(f"ppo done: {steps_done} steps in {elapsed:.0f} s; held-out " +
+          "  ".join(f"{k} {start_scores[k]:.3f} -> {end_scores[k]:.3f}" for k in end_scores if k in start_scores))
     return summary
 
 
 if __name__ == "__main__":
-    train(parse_config(Config, presets=PRESETS))
+    main(train, Config, PRESETS)

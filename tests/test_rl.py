@@ -63,7 +63,8 @@ BY_HAND = {"grpo": ((-1.2 - 1.0) / 2 + (0.4 + 0.5 + 0.55) / 3) / 2,  # mean of s
 
 @pytest.mark.parametrize("loss_type", ["grpo", "bnpo", "dr_grpo"])
 def test_grpo_loss_types_on_a_ragged_batch_by_hand(loss_type):
-    loss = grpo_loss(NEW, OLD, None, ADV, MASK, clip_eps=0.2, beta=0.0, loss_type=loss_type)
+    loss, info = grpo_loss(NEW, OLD, None, ADV, MASK, clip_eps=0.2, beta=0.0, loss_type=loss_type)
+    assert info["loss"] == loss.detach() and info["clip_frac"].item() == pytest.approx(2 / 5)  # rho 1.5, 0.5
     assert loss.item() == pytest.approx(BY_HAND[loss_type], abs=1e-6)
 
 
@@ -73,7 +74,7 @@ def test_grpo_k3_kl_term_by_hand():
     logps = torch.log(torch.tensor([[0.2, 0.3, 0.4], [0.4, 0.1, 0.5]]))
     ref = logps.clone()
     ref[1, 2] += torch.log(torch.tensor(2.0))
-    loss = grpo_loss(logps, logps, ref, torch.zeros(2), MASK, beta=0.1, loss_type="bnpo")
+    loss, _ = grpo_loss(logps, logps, ref, torch.zeros(2), MASK, beta=0.1, loss_type="bnpo")
     assert loss.item() == pytest.approx(0.1 * (1 - 0.693147) / 5, abs=1e-6)
     with pytest.raises(ValueError, match="unknown loss_type"):
         grpo_loss(logps, logps, ref, torch.zeros(2), MASK, loss_type="bogus")
@@ -88,11 +89,11 @@ def test_gradient_accumulation_over_micro_batches_equals_one_batch(loss_type):
     ref = -torch.rand(B, T) * 3
     adv = torch.randn(B)
     theta = (old + 0.3 * torch.randn(B, T)).requires_grad_()  # some ratios beyond the clip range
-    full = grpo_loss(theta, old, ref, adv, mask, beta=0.05, loss_type=loss_type)
+    full, _ = grpo_loss(theta, old, ref, adv, mask, beta=0.05, loss_type=loss_type)
     (g_full,) = torch.autograd.grad(full, theta)
     acc, g_acc = 0.0, torch.zeros(B, T)
     for idx in (torch.arange(0, 4), torch.arange(4, 6)):  # unequal micro-batches
-        part = grpo_loss(theta[idx], old[idx], ref[idx], adv[idx], mask[idx], beta=0.05, loss_type=loss_type)
+        part, _ = grpo_loss(theta[idx], old[idx], ref[idx], adv[idx], mask[idx], beta=0.05, loss_type=loss_type)
         part = part * micro_batch_weight(loss_type, mask[idx], mask)
         (g,) = torch.autograd.grad(part, theta)
         acc, g_acc = acc + part.item(), g_acc + g
@@ -112,8 +113,8 @@ def test_length_grouped_trimmed_micro_batches_give_the_full_batch_gradient(loss_
 
     def loss_of(logps, idx):
         if loss_type == "reinforce":
-            return reinforce_loss(logps, adv[idx], mask[idx], ref[idx], 0.05) * len(idx) / len(ro)
-        return grpo_loss(logps, old[idx], ref[idx], adv[idx], mask[idx], beta=0.05, loss_type=loss_type) \
+            return reinforce_loss(logps, adv[idx], mask[idx], ref[idx], 0.05)[0] * len(idx) / len(ro)
+        return grpo_loss(logps, old[idx], ref[idx], adv[idx], mask[idx], beta=0.05, loss_type=loss_type)[0] \
             * micro_batch_weight(loss_type, mask[idx], mask)
 
     params = list(model.parameters())
@@ -136,11 +137,11 @@ def test_first_update_has_ratio_one_and_zero_clip_fraction():
     mask = ro.completion_mask
     ratio = torch.exp(logps - ro.logprobs)[mask.bool()]
     torch.testing.assert_close(ratio, torch.ones_like(ratio), atol=2e-6, rtol=0)
-    _, clip_frac, approx_kl = ppo_policy_loss(logps, ro.logprobs, torch.randn(mask.shape), mask)
-    assert clip_frac.item() == 0.0 and abs(approx_kl.item()) < 1e-10
+    _, info = ppo_policy_loss(logps, ro.logprobs, torch.randn(mask.shape), mask)
+    assert info["clip_frac"].item() == 0.0 and abs(info["approx_kl"].item()) < 1e-10
     # at ratio 1 the clipped loss's gradient is the plain policy gradient (the clip is inactive)
     adv = group_advantages(torch.tensor([1.0, 0, 0, 1, 0, 0, 0, 1]), 4)
-    (g_clip,) = torch.autograd.grad(grpo_loss(logps, ro.logprobs, None, adv, mask), logps, retain_graph=True)
+    (g_clip,) = torch.autograd.grad(grpo_loss(logps, ro.logprobs, None, adv, mask)[0], logps, retain_graph=True)
     pg = -((adv[:, None] * logps * mask).sum(1) / mask.sum(1)).mean()  # -mean_i A_i * mean_t log pi
     (g_pg,) = torch.autograd.grad(pg, logps)
     torch.testing.assert_close(g_clip, g_pg, atol=1e-6, rtol=1e-5)
@@ -152,7 +153,7 @@ def test_first_update_has_ratio_one_and_zero_clip_fraction():
 def test_reinforce_loss_by_hand():
     logps = torch.log(torch.tensor([[0.5, 0.25, 0.9], [0.1, 0.2, 0.3]])).requires_grad_()
     adv = torch.tensor([2.0, -1.0])
-    loss = reinforce_loss(logps, adv, MASK)  # -(2 * log(0.125) - log(0.006)) / 2
+    loss, _ = reinforce_loss(logps, adv, MASK)  # -(2 * log(0.125) - log(0.006)) / 2
     assert loss.item() == pytest.approx(-(2 * torch.log(torch.tensor(0.125)).item()
                                           - torch.log(torch.tensor(0.006)).item()) / 2, abs=1e-5)
     (g,) = torch.autograd.grad(loss, logps)  # d/d logp_it = -A_i / B on real tokens, 0 on padding
@@ -193,15 +194,15 @@ def test_whiten_and_ppo_losses_by_hand():
     x = torch.tensor([[1.0, 3.0, 100.0], [2.0, 4.0, 5.0]])
     w = whiten(x, MASK)  # real values 1, 3, 2, 4, 5: mean 3, biased var 2
     torch.testing.assert_close(w, torch.tensor([[-2.0, 0.0, 0.0], [-1.0, 1.0, 2.0]]) / 2 ** 0.5, atol=1e-6, rtol=0)
-    loss, clip_frac, _ = ppo_policy_loss(NEW, OLD, ADV[:, None].expand(2, 3), MASK, clip_eps=0.2)
+    loss, info = ppo_policy_loss(NEW, OLD, ADV[:, None].expand(2, 3), MASK, clip_eps=0.2)
     assert loss.item() == pytest.approx(BY_HAND["bnpo"], abs=1e-6)  # same per-token terms, token mean
-    assert clip_frac.item() == pytest.approx(2 / 5)  # rho 1.5 and 0.5 are outside [0.8, 1.2]
+    assert info["clip_frac"].item() == pytest.approx(2 / 5)  # rho 1.5 and 0.5 are outside [0.8, 1.2]
     v = torch.tensor([[0.5, 1.0, 7.0], [0.0, 0.0, 0.0]])
     old_v = torch.tensor([[0.0, 0.9, 0.0], [0.0, 0.3, 0.0]])
     ret = torch.tensor([[1.0, 1.0, 0.0], [0.0, 1.0, -1.0]])
     # token 00: max((0.5-1)^2, (0.2-1)^2) = 0.64; 01: max(0, (1.0-1)^2) = 0; 10: 0; 11: max(1, (0.1-1)^2) = 1;
     # 12: max(1, (0-(-1))^2) = 1  ->  0.5 * (0.64 + 0 + 0 + 1 + 1) / 5 = 0.264
-    assert ppo_value_loss(v, old_v, ret, MASK, clip_value=0.2).item() == pytest.approx(0.264, abs=1e-6)
+    assert ppo_value_loss(v, old_v, ret, MASK, clip_value=0.2)[0].item() == pytest.approx(0.264, abs=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -122,7 +122,9 @@ def test_micro_batches_cover_every_row_once_shortest_first():
 
 def test_load_prompts_filters_domains_and_oversamples(tmp_path):
     path = tmp_path / "rl.jsonl"
-    rows = [{"prompt": f"q{i}", "domain": d} for i, d in enumerate(["arithmetic", "sql", "sql", "tools"])]
+    fields = {"arithmetic": {"answer": 4}, "sql": {"answer": "SELECT name FROM employees;"},
+              "tools": {"answer": {"name": "get_weather", "arguments": {"city": "Bagar"}}}}
+    rows = [{"prompt": f"q{i}", "domain": d, **fields[d]} for i, d in enumerate(["arithmetic", "sql", "sql", "tools"])]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert [r["prompt"] for r in load_prompts(path, "sql")] == ["q1", "q2"]
     both = load_prompts(path, "", "arithmetic:3")
@@ -135,3 +137,23 @@ def test_load_prompts_filters_domains_and_oversamples(tmp_path):
             load_prompts(path, "", bad)
     with pytest.raises(ValueError, match="no records"):
         load_prompts(path, "knowledge")
+
+
+def test_load_prompts_checks_every_record_when_the_file_loads(tmp_path):
+    from minipost.common import InputError
+    from minipost.tokenizer import get_tokenizer
+
+    path = tmp_path / "rl.jsonl"
+    good = {"prompt": "What is 2 + 2?", "domain": "arithmetic", "answer": 4}
+    cases = [({"prompt": "q", "domain": "cooking"}, r"rl.jsonl:2: .*domain"),
+             ({"prompt": "q", "domain": "arithmetic"}, r"rl.jsonl:2: field 'answer'"),
+             ({"prompt": "q", "domain": "sql", "answer": "SELECT nope FROM nowhere"}, r"rl.jsonl:2: field 'answer'"),
+             ({"prompt": 7, "domain": "arithmetic", "answer": 4}, r"rl.jsonl:2: .*prompt")]
+    for bad, msg in cases:
+        path.write_text(json.dumps(good) + "\n" + json.dumps(bad) + "\n")
+        with pytest.raises(InputError, match=msg):
+            load_prompts(path)
+    path.write_text(json.dumps(good) + "\n" + json.dumps({**good, "prompt": "What is 2 + 2? " * 40}) + "\n")
+    with pytest.raises(InputError, match=r"rl.jsonl:2: field 'prompt' is \d+ tokens"):
+        load_prompts(path, enc=get_tokenizer("nano"), max_prompt_tokens=64)
+    assert len(load_prompts(path)) == 2  # without a token budget the long prompt is fine

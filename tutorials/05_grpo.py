@@ -55,7 +55,7 @@ mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
 adv = torch.tensor([1.0, -0.5])
 logps = torch.log(torch.tensor([[0.2, 0.3, 0.4], [0.4, 0.1, 0.5]]))
 for lt in ("grpo", "bnpo", "dr_grpo"):
-    print(f"{lt:8s} loss {grpo_loss(logps, logps, None, adv, mask, loss_type=lt).item():+.4f}")
+    print(f"{lt:8s} loss {grpo_loss(logps, logps, None, adv, mask, loss_type=lt)[0].item():+.4f}")
 
 # %% [markdown]
 # ## The clip
@@ -65,7 +65,7 @@ for lt in ("grpo", "bnpo", "dr_grpo"):
 old = torch.log(torch.tensor([[0.2, 0.3]]))
 for ratio in (1.0, 1.1, 1.3):
     new = (old + torch.log(torch.tensor([[ratio, 1.0]]))).requires_grad_()
-    grpo_loss(new, old, None, torch.tensor([1.0]), torch.ones(1, 2)).backward()
+    grpo_loss(new, old, None, torch.tensor([1.0]), torch.ones(1, 2))[0].backward()
     print(f"ratio {ratio}: gradient on that token {new.grad[0, 0].item():+.3f}")
 
 # %% [markdown]

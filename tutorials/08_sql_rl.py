@@ -41,7 +41,8 @@ for attempt in [rec["answer"], rec["answer"].replace("SELECT", "select").rstrip(
 
 # %%
 from minipost.model import load_model
-from minipost.rollout import heldout_scores, load_prompts, per_domain
+from minipost.evals import heldout_scores, per_domain
+from minipost.rollout import load_prompts
 
 model, enc, _ = load_model(INIT)
 held = per_domain(load_prompts(DATA_DIR / "eval.jsonl", "sql"), 8 if SMOKE else 0)
@@ -52,7 +53,7 @@ print(f"held-out SQL prompts: {len(held)}; execution accuracy before RL:",
 # What do the wrong answers get wrong? Compare each with the gold query.
 
 # %%
-from minipost.evals import complete
+from minipost.rollout import complete
 from minipost.tokenizer import render_prompt, special_id
 
 answers, _ = complete(model, enc, [render_prompt(enc, r["prompt"]) for r in held], 64, special_id(enc, "<|end|>"))
