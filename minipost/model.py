@@ -223,6 +223,9 @@ class GPT(nn.Module):
         tokens, masks, logps = [], [], []
         for t in range(steps):
             logits = logits.float()
+            if not bool(torch.isfinite(logits).all()):  # weights blown up: stop with a clear message
+                raise FloatingPointError(f"generate: the model's logits are not finite at new token {t}: stopping "
+                                         "(its weights have diverged; usual cause: a learning rate too high)")
             if temperature == 0:
                 nxt = logits.argmax(dim=-1)  # (B,)
                 logp = torch.log_softmax(logits, dim=-1)

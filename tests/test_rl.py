@@ -265,3 +265,96 @@ def test_train_end_to_end_raises_a_toy_reward(objective, extra, tiny_setup, tmp_
         assert {"approx_kl", "value_loss", "explained_var"} <= set(train_rows[0])
     model, _, ckpt = load_model(run / "model.pt")  # PPO saves the policy only: loads like any stage
     assert model.value_head is None and ckpt["tokenizer"] == "bytes" and ckpt["step"] == 25
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# runs that never lose work: resume, refused configs, NaN, bad flags, failed starts, the CLI
+
+RL_FILES = {"reinforce": dict(baseline="rloo", lr=1e-2), "grpo": dict(lr=1e-2, beta=0.01),
+            "ppo": dict(lr=1e-2, critic_lr=1e-2, beta=0.01)}
+WALL_CLOCK = ("elapsed_s", "steps_per_s")
+
+
+def _rows(path):
+    import json
+    return [{k: v for k, v in json.loads(line).items() if k not in WALL_CLOCK}
+            for line in (path / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("objective", list(RL_FILES))
+def test_rl_resume_is_bit_exact_and_refuses_a_changed_config(objective, tiny_setup, tmp_path):
+    import importlib
+
+    from minipost.common import InputError, load_checkpoint
+
+    mod = importlib.import_module(f"minipost.{objective}")
+    base = dict(max_steps=4, save_every=10, **tiny_setup, **RL_FILES[objective])
+    mod.train(mod.Config(out=str(tmp_path / "straight"), **base), reward_fn=ascii_share)
+    resumed = tmp_path / "resumed"
+    mod.train(mod.Config(out=str(resumed), stop_after=2, **base), reward_fn=ascii_share)
+    assert (resumed / "state.pt").exists() and not (resumed / "model.pt").exists()
+    with pytest.raises(InputError, match="config differs"):
+        mod.train(mod.Config(out=str(resumed), resume=True, **{**base, "max_new_tokens": 6}), reward_fn=ascii_share)
+    (resumed / "model.pt.x.tmp").write_text("left by a kill")
+    mod.train(mod.Config(out=str(resumed), resume=True, **base), reward_fn=ascii_share)
+    assert not list(resumed.glob("*.tmp"))
+    a, b = (load_checkpoint(p / "model.pt")["model"] for p in (tmp_path / "straight", resumed))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert _rows(tmp_path / "straight") == _rows(resumed)
+    if objective == "ppo":  # the critic and its optimizer come back too
+        sa, sb = (load_checkpoint(p / "state.pt") for p in (tmp_path / "straight", resumed))
+        assert all(torch.equal(sa["critic"][k], sb["critic"][k]) for k in sa["critic"])
+
+
+@pytest.mark.parametrize("objective", list(RL_FILES))
+def test_rl_blowup_stops_and_leaves_only_finite_checkpoints(objective, tiny_setup, tmp_path):
+    import importlib
+
+    from minipost.common import load_checkpoint, non_finite
+
+    mod = importlib.import_module(f"minipost.{objective}")
+    cfg = mod.Config(out=str(tmp_path / "run"), max_steps=6, save_every=1, **{**tiny_setup, **RL_FILES[objective],
+                                                                               "lr": 1e30, "critic_lr": 1e30}) \
+        if objective == "ppo" else mod.Config(out=str(tmp_path / "run"), max_steps=6, save_every=1,
+                                              **{**tiny_setup, **RL_FILES[objective], "lr": 1e30})
+    with pytest.raises(FloatingPointError, match="stopping"):
+        mod.train(cfg, reward_fn=ascii_share)
+    for name in ("model.pt", "state.pt"):
+        if (tmp_path / "run" / name).exists():
+            assert next(non_finite(load_checkpoint(tmp_path / "run" / name)), None) is None
+
+
+@pytest.mark.parametrize("objective", list(RL_FILES))
+def test_rl_bad_flags_and_bad_files_fail_before_anything_is_written(objective, tiny_setup, tmp_path):
+    import importlib
+    import json
+
+    from minipost.common import InputError
+
+    mod = importlib.import_module(f"minipost.{objective}")
+    bad = [dict(max_steps=-5), dict(prompts_per_step=0), dict(group_size=0), dict(micro_batch_size=-1),
+           dict(eval_every=-1), dict(lr=float("inf")), dict(lr=0.0), dict(temperature=0.0)]
+    bad += [dict(num_iterations=0)] if objective == "grpo" else []
+    bad += [dict(ppo_epochs=0), dict(num_minibatches=0)] if objective == "ppo" else [dict(group_size=1)]
+    for kw in bad:
+        with pytest.raises(InputError):
+            mod.Config(**kw)
+    run = tmp_path / "run"
+    mod.train(mod.Config(out=str(run), max_steps=1, **tiny_setup, **RL_FILES[objective]), reward_fn=ascii_share)
+    before = {f: (run / f).read_bytes() for f in ("config.json", "metrics.jsonl")}
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text(json.dumps({"prompt": "What is 1 + 1?", "domain": "arithmetic"}) + "\n")  # no answer
+    with pytest.raises(InputError, match=r"broken.jsonl:1: field 'answer'"):
+        mod.train(mod.Config(out=str(run), max_steps=1, **{**tiny_setup, "data": str(broken)},
+                             **RL_FILES[objective]), reward_fn=ascii_share)
+    assert {f: (run / f).read_bytes() for f in before} == before
+
+
+@pytest.mark.parametrize("objective", list(RL_FILES))
+def test_rl_cli_prints_one_line_and_exits_2(objective):
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", f"minipost.{objective}", "--max-steps", "0"], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 2 and "--max-steps 0" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
