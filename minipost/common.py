@@ -440,3 +440,17 @@ def kl_estimate(logps: torch.Tensor, ref_logps: torch.Tensor, kind: str = "k3") 
     if kind == "k3":
         return torch.expm1(log_r) - log_r  # expm1: exact near r = 1, where (r - 1) would lose digits
     raise ValueError(f"unknown KL estimator {kind!r}; use k1, k2 or k3")
+
+
+def add_info(totals: dict, info: dict, loss_weight: float, token_weight: float) -> None:
+    """Accumulate one micro-batch's info into the rollout batch's: the losses with the weight their gradient got,
+    the per-token metrics with the micro-batch's share of the tokens. Both weights already divide by the number
+    of optimizer steps (losses) or passes (tokens) made on the batch, so `totals` ends as the mean."""
+    for name, value in info.items():
+        totals[name] = totals.get(name, 0.0) + value.item() * (loss_weight if name.endswith("loss") else token_weight)
+
+
+def largest_weight(model) -> torch.Tensor:
+    """max |w| over every parameter: inf or NaN as soon as one weight is (checked after each update, before the
+    next rollout samples from broken weights)."""
+    return torch.stack([p.detach().abs().max() for p in model.parameters()]).max()

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from minipost.common import InputError, read_jsonl
+from minipost.tokenizer import encode_text, render_chat, special_id
 
 IGNORE = -100  # target id that cross-entropy skips
 ROLES = ("system", "user", "assistant")
@@ -93,8 +94,6 @@ def load_prefs(path) -> list[dict]:
 
 def pack(enc, texts: list[str]) -> torch.Tensor:
     """Tokenise documents and join them into one stream, each followed by <|endoftext|>. -> (N,) int64"""
-    from minipost.tokenizer import encode_text, special_id
-
     eot = special_id(enc, "<|endoftext|>")
     ids: list[int] = []
     for t in texts:
@@ -124,8 +123,6 @@ def packed_eval_batches(stream: torch.Tensor, batch_size: int, block_size: int):
 
 def tokenize_chats(enc, chats: list[list[dict]], block_size: int) -> list[tuple[list[int], list[int]]]:
     """Render each conversation with the chat template -> (ids, loss_mask), cut to block_size + 1 tokens."""
-    from minipost.tokenizer import render_chat
-
     out = []
     for msgs in chats:
         ids, mask = render_chat(enc, msgs)
@@ -166,8 +163,6 @@ def tokenize_pairs(enc, rows: list[dict], block_size: int, where: str = "") -> l
     """Each {"prompt", "chosen", "rejected"} row -> (chosen (ids, mask), rejected (ids, mask)), rendered with
     the chat template. prompt/chosen/rejected may be strings (a user turn, an assistant answer) or, as in TRL's
     conversational format, lists of messages. A pair longer than block_size + 1 tokens is an InputError."""
-    from minipost.tokenizer import render_chat
-
     def as_messages(value, role):
         return [{"role": role, "content": value}] if isinstance(value, str) else value
 

@@ -232,3 +232,8 @@ def sequence_logprobs(logits: torch.Tensor, targets: torch.Tensor, *, ignore_ind
     mask = targets != ignore_index  # (B, T)
     logp = token_logprobs(logits, targets.masked_fill(~mask, 0), temperature=temperature, impl=impl)  # (B, T)
     return (logp * mask).sum(dim=1)  # (B,)
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of x over the positions where mask is 1 -> scalar."""
+    return (x * mask).sum() / mask.sum().clamp(min=1)

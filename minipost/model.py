@@ -28,6 +28,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from minipost.common import InputError, load_checkpoint
+from minipost.tokenizer import get_tokenizer
+
 
 @dataclass
 class GPTConfig:
@@ -279,9 +282,6 @@ def model_checkpoint(model: GPT, tokenizer_name: str, step: int, **extra) -> dic
 
 def load_model(path, device="cpu", value_head: bool | None = None):
     """Load a checkpoint written by any minipost stage -> (model in eval mode, tokenizer, checkpoint dict)."""
-    from minipost.common import InputError, load_checkpoint
-    from minipost.tokenizer import get_tokenizer
-
     ckpt = load_checkpoint(path, map_location="cpu", required=("model", "model_config", "tokenizer"))
     try:
         cfg = GPTConfig(**ckpt["model_config"])
@@ -305,8 +305,6 @@ def load_model(path, device="cpu", value_head: bool | None = None):
 def check_same_tokenizer(enc, other_enc, path, other_path) -> None:
     """Two models whose log-probs are compared (policy and reference) must share one tokenizer: otherwise
     the same text is different token ids and log pi - log pi_ref is meaningless."""
-    from minipost.common import InputError
-
     if enc.name != other_enc.name or enc.n_vocab != other_enc.n_vocab:
         raise InputError(f"{other_path}: tokenizer {other_enc.name!r} ({other_enc.n_vocab} tokens) differs from "
                          f"{path}'s {enc.name!r} ({enc.n_vocab} tokens); the reference must share the policy's")

@@ -46,13 +46,15 @@ import torch
 from tqdm import tqdm
 
 from minipost import threads
-from minipost.common import (DATA_DIR, InputError, MetricsLogger, check_config, check_finite, field, kl_estimate,
-                             main, pick_device, save_checkpoint, save_json, save_state, seed_everything, start_run)
-from minipost.evals import heldout_scores, per_domain, write_samples
+from minipost.common import (DATA_DIR, InputError, MetricsLogger, add_info, check_config, check_finite, field,
+                             kl_estimate, largest_weight, main, pick_device, save_checkpoint, save_json, save_state,
+                             seed_everything, start_run)
+from minipost.evals import log_heldout, per_domain, write_samples
+from minipost.logprobs import masked_mean
 from minipost.model import load_model, model_checkpoint
 from minipost.optim import adamw, linear_decay_lr, set_lr
 from minipost.rewards import parse_reward, score_rollout
-from minipost.rollout import completion_logprobs, load_prompts, micro_batches, rollout
+from minipost.rollout import completion_logprobs, load_prompts, micro_batches, next_prompts, rollout
 from minipost.world import build as build_world
 
 
@@ -154,29 +156,8 @@ def reinforce_loss(logps, advantages, mask, ref_logps=None, beta: float = 0.0) -
     return loss, info
 
 
-def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean of x over the positions where mask is 1 -> scalar."""
-    return (x * mask).sum() / mask.sum().clamp(min=1)
-
-
-def add_info(totals: dict, info: dict, loss_weight: float, token_weight: float) -> None:
-    """Accumulate one micro-batch's info into the rollout batch's: the losses with the weight their gradient got,
-    the per-token metrics with the micro-batch's share of the tokens. Both weights already divide by the number
-    of optimizer steps (losses) or passes (tokens) made on the batch, so `totals` ends as the mean."""
-    for name, value in info.items():
-        totals[name] = totals.get(name, 0.0) + value.item() * (loss_weight if name.endswith("loss") else token_weight)
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # the loop, one phase per function: prompts -> sample and score -> advantages -> update
-
-def next_prompts(records: list[dict], perm: torch.Tensor, pos: int, n: int, order_gen: torch.Generator):
-    """The next n prompts of a shuffled pass over the records; a fresh shuffle when fewer than n are left.
-    -> (batch, perm, pos): perm and pos are the data position a resumed run restores."""
-    if pos + n > len(records):  # next epoch over the prompts
-        perm, pos = torch.randperm(len(records), generator=order_gen), 0
-    return [records[i] for i in perm[pos:pos + n].tolist()], perm, pos + n
-
 
 def sample_and_score(policy, ref, enc, prompts: list[dict], reward_fn, cfg: Config, gen: torch.Generator):
     """G answers per prompt with the sampler's log-probs pi_old, the reference's log-probs of the same tokens,
@@ -219,19 +200,6 @@ def update(policy, optimizer, batch_rollout, ref_logps, advantages, cfg: Config,
     totals["grad_norm"] = grad_norm.item()
     check_finite(largest_weight(policy), "the policy's largest |weight|", step, out)
     return totals
-
-
-def largest_weight(model) -> torch.Tensor:
-    """max |w| over every parameter: inf or NaN as soon as one weight is (checked after each update, before the
-    next rollout samples from broken weights)."""
-    return torch.stack([p.detach().abs().max() for p in model.parameters()]).max()
-
-
-def log_heldout(logger: MetricsLogger, step: int, policy, enc, eval_records: list[dict], elapsed_s: float) -> dict:
-    """Greedy answers to the held-out prompts, scored like the report card (64 tokens), into metrics.jsonl."""
-    scores = heldout_scores(policy, enc, eval_records)
-    logger.log(step, **scores, elapsed_s=elapsed_s)
-    return scores
 
 
 def train(cfg: Config, reward_fn=None) -> dict:

@@ -36,12 +36,13 @@ from typing import Callable
 
 import torch
 
+from minipost.world import check, check_arithmetic, check_sql, check_tools, run_sql
+
 RewardFn = Callable[[str, str, dict], float]
 
 
 def correctness(prompt: str, completion: str, record: dict) -> float:
     """The world's checker for record["domain"], 0.0 or 1.0."""
-    from minipost.world import check
     return check(record, completion)
 
 
@@ -53,21 +54,18 @@ def _only(domain: str, record: dict, name: str) -> None:
 
 def exact_answer(prompt: str, completion: str, record: dict) -> float:
     """Arithmetic: the last integer in the completion equals record["answer"]."""
-    from minipost.world import check_arithmetic
     _only("arithmetic", record, "answer")
     return check_arithmetic(record, completion)
 
 
 def sql_execution(prompt: str, completion: str, record: dict) -> float:
     """SQL: the completion, executed on a fresh sandboxed database, returns the gold query's rows."""
-    from minipost.world import check_sql
     _only("sql", record, "sql")
     return check_sql(completion, record["answer"])
 
 
 def tool_call(prompt: str, completion: str, record: dict) -> float:
     """Tools: the completion parses as {"name", "arguments"} matching the gold call."""
-    from minipost.world import check_tools
     _only("tools", record, "tool")
     return check_tools(record, completion)
 
@@ -87,7 +85,6 @@ def restate(prompt: str, completion: str, record: dict) -> float:
 
 def format_reward(prompt: str, completion: str, record: dict) -> float:
     """1.0 if the answer has its domain's shape (correct or not), see the module docstring."""
-    from minipost.world import run_sql
     text = completion.strip()
     domain = record.get("domain")
     if domain == "arithmetic":

@@ -210,3 +210,11 @@ def load_prompts(path, domains: str = "", oversample: str = "", enc=None,
     for name, k in repeats.items():
         kept += [r for r in kept if r["domain"] == name] * (k - 1)  # nothing if `domains` left it out
     return kept
+
+
+def next_prompts(records: list[dict], perm: torch.Tensor, pos: int, n: int, order_gen: torch.Generator):
+    """The next n prompts of a shuffled pass over the records; a fresh shuffle when fewer than n are left.
+    -> (batch, perm, pos): perm and pos are the data position a resumed run restores."""
+    if pos + n > len(records):  # next epoch over the prompts
+        perm, pos = torch.randperm(len(records), generator=order_gen), 0
+    return [records[i] for i in perm[pos:pos + n].tolist()], perm, pos + n
