@@ -12,20 +12,12 @@ The table gives medians over --repeats measurements (settings interleaved, so a 
 hits all of them), and "other load": CPU cores used by processes that are not ours during the measurement,
 from /proc/stat (0.0 means the machine was ours). Rerun it on an idle machine for clean numbers.
 
-Measured 2026-12-02 on the project's 2-core machine, shared with other test runs (15 steps, median of 3;
-"other load" is the largest seen in the three; the GOMP_SPINCOUNT row used 10000 then):
-
-    setting                       alone s  vs default  pair s/run  pair/alone  other load
-    torch default (spin)             3.25       1.00x       27.65       8.51x        1.17  (quiet repeat: 10.5 s, 3.3x)
-    1 thread                         5.97       1.83x        6.14       1.03x        1.00
-    auto (PASSIVE)                   3.76       1.16x        6.31       1.68x        0.11  (alone: 3.35 to 3.90 s)
-    auto + GOMP_SPINCOUNT=10000      3.34       1.03x        9.18       2.75x        0.03
-    next to one busy process (1 core taken): torch default 24 to 45 s, PASSIVE 6.1 to 6.4 s alone.
-
-Read it with the bound in mind: a step runs 1.83x faster on 2 threads than on 1, so two runs sharing 2
-cores can each take no less than the 1-thread time (1.83x a 2-thread run alone). PASSIVE's pair time is 6%
-above that bound; the spinning default's is 1.8x to 4.6x above it. Reaching 1.5x would need each run to drop
-to 1 thread while the other runs, and the thread count changes the numbers (minipost/threads.py).
+Measured 2026-12-02 on the project's idle 2-core machine (these defaults; the table is in README.md):
+torch default 3.28 s alone, 11.05 s per run side by side; auto (PASSIVE) 3.42 s and 6.09 s; 1 thread 5.76 s
+and 5.89 s. Read it with the bound in mind: a step runs ~1.7x faster on 2 threads than on 1, so two runs
+sharing 2 cores can each take no less than the 1-thread time (~1.7x a 2-thread run alone). PASSIVE's pair
+time is 3% above that bound; the spinning default's is ~1.9x above it. Reaching 1.5x would need each run to
+drop to 1 thread while the other runs, and the thread count changes the numbers (minipost/threads.py).
 
 Run:  python -m minipost.bench_threads                 (about 4 minutes on an idle 2-core machine)
       python -m minipost.bench_threads --steps 8 --repeats 1   (a quick look)
@@ -46,7 +38,7 @@ SETTINGS = {
     "torch default (spin)": ("torch-default", {}),
     "1 thread": ("1", {}),
     "auto (PASSIVE)": ("auto", {}),
-    "auto + GOMP_SPINCOUNT=1000": ("auto", {"OMP_WAIT_POLICY": None, "GOMP_SPINCOUNT": "1000"}),
+    "auto + GOMP_SPINCOUNT=10000": ("auto", {"OMP_WAIT_POLICY": None, "GOMP_SPINCOUNT": "10000"}),
 }
 OMP_VARS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS", "OMP_DYNAMIC")
 
@@ -125,7 +117,7 @@ def measure(name: str, copies: int, steps: int) -> dict:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--steps", type=int, default=12, help="timed optimizer steps per run")
+    ap.add_argument("--steps", type=int, default=15, help="timed optimizer steps per run")
     ap.add_argument("--repeats", type=int, default=3, help="measurements per setting and case (median shown)")
     ap.add_argument("--settings", default=",".join(SETTINGS), help="comma-separated names from SETTINGS")
     args = ap.parse_args(argv)
