@@ -25,9 +25,9 @@ reruns the timing half):
    alone. OMP_WAIT_POLICY=PASSIVE makes idle threads sleep at once: the same count and the same numbers,
    and two runs share the cores instead of fighting for them. libgomp reads the variable once, when torch
    is imported, so `minipost/__init__.py` sets it (unless you did) before any minipost module imports torch;
-   `import minipost` before `import torch` in your own scripts to get it. Measured (bench_threads.py): alone
-   3.76 s vs 3.25 s for 15 steps (noisy, 3.35 to 3.90); two side by side 6.3 s each instead of 10.5 to 28 s;
-   next to one busy process 6.3 s instead of 24 to 45 s.
+   `import minipost` before `import torch` in your own scripts to get it. Measured (bench_threads.py, idle 2-core,
+   15 steps): alone 3.42 s vs 3.28 s for torch's default; two side by side 6.09 s each instead of 11.05 s;
+   next to one busy process (shared machine) 6.1 to 6.4 s instead of 24 to 45 s.
 
 The rule, `configure("auto")`: threads = OMP_NUM_THREADS if you set it, else the cores this process may run
 on (what torch picks by default, so "auto" reproduces earlier default runs bitwise), with PASSIVE waiting.
