@@ -29,7 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from minipost.common import InputError, load_checkpoint
-from minipost.tokenizer import get_tokenizer
+from minipost import tokenizer
 
 
 @dataclass
@@ -294,7 +294,7 @@ def load_model(path, device="cpu", value_head: bool | None = None):
     allowed = {"value_head.weight", "value_head.bias"}
     if set(missing) - allowed or set(unexpected) - allowed:
         raise InputError(f"{path}: checkpoint does not match the model: missing {missing}, unexpected {unexpected}")
-    enc = get_tokenizer(ckpt["tokenizer"])
+    enc = tokenizer.get_tokenizer(ckpt["tokenizer"])
     if enc.n_vocab != cfg.vocab_size:
         raise InputError(f"{path}: the model has {cfg.vocab_size} token embeddings but its tokenizer "
                          f"{ckpt['tokenizer']!r} has {enc.n_vocab} tokens")
