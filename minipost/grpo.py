@@ -55,7 +55,7 @@ from minipost.logprobs import masked_mean
 from minipost.model import load_model, model_checkpoint
 from minipost.optim import adamw, linear_decay_lr, set_lr
 from minipost.rewards import parse_reward, score_rollout
-from minipost.rollout import completion_logprobs, load_prompts, micro_batches, next_prompts, rollout
+from minipost.rollout import completion_logprobs, load_rl_prompts, micro_batches, next_prompts, rollout
 from minipost.world import build as build_world
 
 
@@ -235,15 +235,11 @@ def train(cfg: Config, reward_fn=None) -> dict:
     if not (cfg.data and cfg.eval_data) and not (DATA_DIR / "rl.jsonl").exists():
         build_world(DATA_DIR)
     policy, enc, ckpt = load_model(cfg.init, device)  # the policy we train
-    room = policy.cfg.block_size - cfg.max_new_tokens  # longest prompt that leaves room for a whole answer
-    if room < 1:
-        raise InputError(f"--max-new-tokens {cfg.max_new_tokens}: {cfg.init} has block_size "
-                         f"{policy.cfg.block_size}, which leaves no room for a prompt")
-    records = load_prompts(cfg.data or DATA_DIR / "rl.jsonl", cfg.domains, cfg.oversample, enc, room)
-    eval_records = per_domain(load_prompts(cfg.eval_data or DATA_DIR / "eval.jsonl", cfg.domains, "", enc, room),
-                              cfg.eval_limit)
-    if len(records) < cfg.prompts_per_step:
-        raise InputError(f"--prompts-per-step {cfg.prompts_per_step}: only {len(records)} prompts to train on")
+    records, eval_records = load_rl_prompts(
+        cfg.data or DATA_DIR / "rl.jsonl", cfg.eval_data or DATA_DIR / "eval.jsonl", domains=cfg.domains,
+        oversample=cfg.oversample, prompts_per_step=cfg.prompts_per_step, enc=enc, block_size=policy.cfg.block_size,
+        max_new_tokens=cfg.max_new_tokens, model_path=cfg.init)
+    eval_records = per_domain(eval_records, cfg.eval_limit)
     ref, _, _ = load_model(cfg.init, device)  # a frozen copy of the start, the reference
     ref.requires_grad_(False)
     print(f"{len(records)} RL prompts, {len(eval_records)} held-out prompts, domains: {cfg.domains or 'all'}")

@@ -212,6 +212,23 @@ def load_prompts(path, domains: str = "", oversample: str = "", enc=None,
     return kept
 
 
+def load_rl_prompts(data, eval_data, *, domains: str, oversample: str, prompts_per_step: int, enc,
+                    block_size: int, max_new_tokens: int, model_path) -> tuple[list[dict], list[dict]]:
+    """The training and held-out prompts of an RL run, every record checked now -> (records, eval_records).
+
+    A prompt may take at most block_size - max_new_tokens tokens (room for a whole answer); the training file
+    must hold at least one batch of prompts. The held-out records keep every domain's items (cut them with
+    evals.per_domain)."""
+    room = block_size - max_new_tokens  # longest prompt that leaves room for a whole answer
+    if room < 1:
+        raise InputError(f"--max-new-tokens {max_new_tokens}: {model_path} has block_size {block_size}, which "
+                         "leaves no room for a prompt")
+    records = load_prompts(data, domains, oversample, enc, room)
+    eval_records = load_prompts(eval_data, domains, "", enc, room)
+    if len(records) < prompts_per_step:
+        raise InputError(f"--prompts-per-step {prompts_per_step}: only {len(records)} prompts to train on")
+    return records, eval_records
+
 def next_prompts(records: list[dict], perm: torch.Tensor, pos: int, n: int, order_gen: torch.Generator):
     """The next n prompts of a shuffled pass over the records; a fresh shuffle when fewer than n are left.
     -> (batch, perm, pos): perm and pos are the data position a resumed run restores."""
