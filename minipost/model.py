@@ -66,6 +66,11 @@ class KVCache:
         self.next_pos = torch.zeros(batch_size, dtype=torch.long, device=device)
         self.length = 0
 
+    def keep(self, rows: torch.Tensor):
+        """Keep only the batch rows where `rows` (B,) is True (finished rows leave a generate() batch)."""
+        self.k, self.v = self.k[:, rows], self.v[:, rows]
+        self.valid, self.next_pos = self.valid[rows], self.next_pos[rows]
+
 
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: GPTConfig):
@@ -200,7 +205,7 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def generate(self, idx, attention_mask=None, max_new_tokens=32, temperature=1.0, top_k=None, top_p=None,
-                 stop_token=None, pad_id=0, generator=None):
+                 stop_token=None, pad_id=0, generator=None, compact=True):
         """Sample continuations for a left-padded batch of prompts, with the KV cache.
 
         idx (B, P) prompt ids (left-padded), attention_mask (B, P). temperature 0 means greedy.
@@ -210,6 +215,11 @@ class GPT(nn.Module):
           mask     1 on generated tokens up to and including the stop token
           logprobs log pi(token) under the temperature-scaled distribution *before* top-k/top-p filtering,
                    the same number a training forward pass computes with `token_logprobs(..., temperature)`.
+
+        Finished rows leave the batch (`compact`): the loop runs until the longest row is done, and in RL most
+        rows stop long before that one (nano: mean 13 of 48 tokens), so once at most half of the rows in the
+        batch are still going, the others' cache rows are dropped and every later step costs only the live
+        rows. Off, the finished rows ride along as padding to the end (the same tokens, more compute).
         """
         B, P = idx.shape
         if attention_mask is None:
@@ -220,33 +230,52 @@ class GPT(nn.Module):
             raise ValueError(f"a prompt of {int(n_real.max())} tokens leaves no room to generate (block_size "
                              f"{self.cfg.block_size}); shorten the prompt")
         steps = int(budget.max())  # a long prompt caps its own row, not the whole batch
+        tokens = torch.full((B, steps), pad_id, dtype=idx.dtype, device=idx.device)  # (B, N) filled row by row
+        mask = torch.zeros(B, steps, dtype=torch.long, device=idx.device)
+        logps = torch.zeros(B, steps, device=idx.device)
+        rows = torch.arange(B, device=idx.device)  # (b,) which row of the batch each cache row is
+        live = torch.ones(B, dtype=torch.bool, device=idx.device)  # (b,) cache rows still generating
         cache = KVCache(self.cfg, B, P + steps, idx.device, self.wte.weight.dtype)
         logits = self(idx, attention_mask, cache=cache)[:, -1]  # (B, V): left padding puts every last token here
-        done = torch.zeros(B, dtype=torch.bool, device=idx.device)
-        tokens, masks, logps = [], [], []
+        n = 0  # columns written
         for t in range(steps):
             logits = logits.float()
             if not bool(torch.isfinite(logits).all()):  # weights blown up: stop with a clear message
                 raise FloatingPointError(f"generate: the model's logits are not finite at new token {t}: stopping "
                                          "(its weights have diverged; usual cause: a learning rate too high)")
+            logp = torch.log_softmax(logits / (temperature or 1.0), dim=-1)  # (b, V)
             if temperature == 0:
-                nxt = logits.argmax(dim=-1)  # (B,)
-                logp = torch.log_softmax(logits, dim=-1)
+                nxt = logits.argmax(dim=-1)  # (b,)
             else:
-                logp = torch.log_softmax(logits / temperature, dim=-1)  # (B, V)
-                probs = filter_probs(logp.exp(), top_k, top_p)
-                nxt = torch.multinomial(probs, 1, generator=generator).squeeze(1)  # (B,)
-            live = ~done
-            tokens.append(torch.where(live, nxt, torch.full_like(nxt, pad_id)))
-            masks.append(live.long())
-            logps.append(torch.where(live, logp.gather(1, nxt[:, None]).squeeze(1), torch.zeros_like(logp[:, 0])))
+                u = torch.rand(B, 1, generator=generator, device=idx.device)[rows]  # (b, 1): B draws every step,
+                nxt = sample(filter_probs(logp.exp(), top_k, top_p), u)  # (b,)  so compact changes no token
+            write = rows[live]  # batch rows that get a token in column t
+            tokens[write, t] = nxt[live]
+            mask[write, t] = 1
+            logps[write, t] = logp.gather(1, nxt[:, None]).squeeze(1)[live]
+            n = t + 1
+            finished = budget[rows] <= t + 1  # (b,) this row's context is full
             if stop_token is not None:
-                done = done | (nxt == stop_token)
-            done = done | (budget <= t + 1)  # this row's context is full
-            if bool(done.all()):
+                finished = finished | (nxt == stop_token)
+            live = live & ~finished
+            if not bool(live.any()):
                 break
-            logits = self(tokens[-1][:, None], live.long()[:, None], cache=cache)[:, -1]
-        return torch.stack(tokens, 1), torch.stack(masks, 1), torch.stack(logps, 1)
+            if compact and 2 * int(live.sum()) <= len(rows):  # at most half still going: drop the others
+                cache.keep(live)
+                rows, nxt, live = rows[live], nxt[live], live[live]
+            logits = self(nxt[:, None], live.long()[:, None], cache=cache)[:, -1]
+        return tokens[:, :n], mask[:, :n], logps[:, :n]
+
+
+def sample(probs, u):
+    """Inverse-CDF sampling: for each row of probs (b, V), the first token whose cumulative probability passes
+    u * (row total), u (b, 1) uniform in [0, 1). The same distribution as torch.multinomial(probs, 1), which on
+    the CPU draws V exponentials per row (measured: 2.7 ms for 128 x 1030, a fifth of a nano rollout's time)
+    where this takes one uniform. -> (b,) token ids."""
+    cdf = probs.cumsum(dim=-1)  # (b, V)
+    nxt = torch.searchsorted(cdf, u.to(cdf.dtype) * cdf[:, -1:], right=True).squeeze(1)  # (b,) first cdf > u * total
+    last = probs.shape[-1] - 1 - (probs > 0).flip(-1).int().argmax(dim=-1)  # (b,) last token with p > 0
+    return torch.minimum(nxt, last)  # u * total can round up to the total: never past the last possible token
 
 
 def filter_probs(probs, top_k=None, top_p=None):

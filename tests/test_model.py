@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from minipost.common import InputError
-from minipost.model import GPT, GPTConfig, KVCache, filter_probs, left_pad, load_model
+from minipost.model import GPT, GPTConfig, KVCache, filter_probs, left_pad, load_model, sample
 
 CFG = GPTConfig(vocab_size=50, block_size=32, n_layer=2, n_head=2, n_embd=16)
 
@@ -90,6 +90,40 @@ def test_a_long_prompt_caps_only_its_own_row():
         assert n == int(m[i].sum()) and toks[i, :n].tolist() == alone[0, :n].tolist()
     with pytest.raises(ValueError, match="no room"):  # a prompt that fills the whole context is an error
         model.generate(torch.tensor([long + [1, 2]]), max_new_tokens=8, temperature=0)
+
+
+def test_inverse_cdf_sampling_draws_each_token_with_its_probability():
+    """200k draws from p (zeros included): frequencies within 4 standard errors of p, zero-mass tokens never drawn,
+    and u at the ends of [0, 1) lands on the first and the last token with p > 0."""
+    p = torch.tensor([0.0, 0.5, 0.0, 0.3, 0.15, 0.05, 0.0])
+    n = 200_000
+    u = torch.rand(n, 1, generator=torch.Generator().manual_seed(0))
+    counts = torch.bincount(sample(p.expand(n, -1), u), minlength=len(p)).double()
+    stderr = (p * (1 - p) / n).sqrt().double()
+    assert ((counts / n - p.double()).abs() <= 4 * stderr + 1e-12).all(), counts / n
+    assert counts[p == 0].sum() == 0
+    ends = torch.tensor([[0.0], [1.0 - 2 ** -24], [1.0]])  # 1.0 itself is out of range but must stay safe
+    assert sample(p.expand(3, -1), ends).tolist() == [1, 5, 5]
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_compacting_finished_rows_changes_no_token(temperature):
+    """Rows that stop early leave the batch (compact=True); the tokens, masks and log-probs equal those of the
+    uncompacted loop, greedy and sampled (the same uniform draws go to the same rows). Long prompts (block_size
+    32) end their rows after 3-8 tokens, the short ones run to 12."""
+    model = make_model(seed=3)
+    prompts = [[(5 * i + j) % 47 + 2 for i in range(n)] for j, n in enumerate([28, 26, 24, 2, 27, 25, 3, 29])]
+    ids, mask = left_pad(prompts, pad_id=0)
+    outs = []
+    for compact in (True, False):
+        g = torch.Generator().manual_seed(5)
+        outs.append(model.generate(ids, mask, max_new_tokens=12, temperature=temperature, stop_token=1,
+                                   generator=g, compact=compact))
+    lengths = outs[1][1].sum(dim=1)
+    assert lengths.min() < lengths.max() / 2  # rows did finish early, so the compacted loop dropped some
+    for a, b in zip(*outs):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    assert torch.equal(outs[0][0], outs[1][0])
 
 
 def test_load_model_refuses_files_that_are_not_minipost_checkpoints(tmp_path):
