@@ -442,6 +442,39 @@ def kl_estimate(logps: torch.Tensor, ref_logps: torch.Tensor, kind: str = "k3") 
     raise ValueError(f"unknown KL estimator {kind!r}; use k1, k2 or k3")
 
 
+KL_LOSSES = ("k1", "k2", "k3", "k3_corrected")
+
+
+def kl_loss_term(logps: torch.Tensor, ref_logps: torch.Tensor, kind: str = "k3",
+                 old_logps: torch.Tensor | None = None) -> torch.Tensor:
+    """The per-token KL term an RL loss adds (times beta) and *differentiates*, for tokens sampled from pi_old.
+
+    What matters in a loss is the expected gradient, not the value, and it differs from what the names say
+    (Tang & Munos 2025, "On a few pitfalls in KL divergence gradient estimation for RL", arXiv:2506.09477).
+    With y ~ pi and log r = log pi_ref(y) - log pi(y), in expectation over the samples:
+
+        k1            -log r                 gradient E[grad log pi] = 0: no pull toward pi_ref at all
+        k2            (log r)^2 / 2          gradient E[-log r grad log pi] = grad KL(pi || pi_ref)  (reverse KL)
+        k3            (r - 1) - log r        gradient E[(1 - r) grad log pi] = grad KL(pi_ref || pi)  (forward KL,
+                                             GRPO's choice: its value estimates the reverse KL, its gradient not)
+        k3_corrected  k3 * pi / pi_old       k3 times the importance ratio (DeepSeek-V3.2, TRL's
+                                             use_bias_correction_kl): gradient grad KL(pi || pi_ref); at
+                                             pi = pi_old each sample's gradient is exactly k2's
+
+    KL in the *reward* instead (REINFORCE's and PPO's `kl_in reward`: -beta * k1 summed into the return, no
+    gradient through it) is the score-function estimator of the reverse KL's gradient over whole sequences;
+    these per-token terms see only the token's own KL, not its effect on later tokens (Tang & Munos, section 4).
+    logps, ref_logps, old_logps (k3_corrected only): (B, T) -> (B, T).
+    """
+    if kind == "k3_corrected":
+        if old_logps is None:
+            raise ValueError("kl_loss k3_corrected needs old_logps (the importance ratio pi / pi_old)")
+        return kl_estimate(logps, ref_logps, "k3") * torch.exp(logps - old_logps)
+    if kind not in KL_LOSSES:
+        raise ValueError(f"unknown kl_loss {kind!r}; use one of {', '.join(KL_LOSSES)}")
+    return kl_estimate(logps, ref_logps, kind)
+
+
 def add_info(totals: dict, info: dict, loss_weight: float, token_weight: float) -> None:
     """Accumulate one micro-batch's info into the rollout batch's: the losses with the weight their gradient got,
     the per-token metrics with the micro-batch's share of the tokens. Both weights already divide by the number

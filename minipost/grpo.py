@@ -14,13 +14,31 @@ and minimise -J. Each rollout batch is reused for `num_iterations` optimizer ste
 pi_old log-probs (mu in the paper); with num_iterations = 1 (the default) the ratio is exactly 1 and the
 clip never acts.
 
-Loss types (how token losses are averaged; they matter, see Liu et al. 2025, "Understanding R1-Zero-Like
-Training", arXiv:2503.20783, "Dr. GRPO"):
-    grpo     mean over sequences of each sequence's token mean (the paper): short answers weigh more per token
-    bnpo     one token mean over the whole batch: every token counts the same
-    dr_grpo  sum over tokens / (B * T_max): a constant normaliser, no length bias; pair it with
-             `--scale-rewards false` (advantages only centred: dividing by the group std up-weights
-             prompts that are nearly always right or wrong)
+Loss types (how the token losses of a rollout batch become one number; they matter, see Liu et al. 2025,
+"Understanding R1-Zero-Like Training", arXiv:2503.20783, "Dr. GRPO"). |o_i| is completion i's length, B the
+rows of the rollout batch, L the generation budget (max_new_tokens):
+
+    loss type | sum of token losses divided by                     | who uses it
+    grpo      | |o_i| per row, then the mean over rows             | the GRPO paper; TRL `grpo`
+    dapo      | all tokens of the rollout batch                    | DAPO (Yu et al. 2025); TRL `dapo` (its default)
+    bnpo      | the tokens of each micro-batch (mean of those)     | TRL `bnpo`; changes with micro_batch_size
+    dr_grpo   | B x L, the same every step                         | Dr. GRPO; TRL `dr_grpo`
+
+grpo gives a short answer's tokens more weight each; dapo weighs every token alike; dr_grpo too, without the
+normaliser moving with the batch's lengths. Pair dr_grpo with `--scale-rewards false` (advantages only
+centred: dividing by the group std up-weights prompts that are nearly always right or wrong).
+
+Variants, each one option (the paper's settings are not the defaults):
+- DAPO (Yu et al. 2025, arXiv:2503.14476): `--loss-type dapo`, clip-higher `--clip-eps-high 0.28` (the ratio
+  may rise further than it may fall, so unlikely tokens can gain probability), dynamic sampling
+  `--dynamic-sampling true` (groups whose G rewards are all equal carry no signal: drop them and sample more
+  prompts until the batch is full, at most `--max-sample-rounds` rounds; logs dropped_groups), and overlong
+  reward shaping `--overlong-buffer N` (a penalty rising from 0 to 1 over the last N tokens of the budget).
+- GSPO (Zheng et al. 2025, arXiv:2507.18071): `--importance-sampling-level sequence`, one ratio per completion
+  s_i = (pi / pi_old)(o_i)^(1/|o_i|), clipped per sequence (the paper clips at 3e-4 / 4e-4 and uses beta 0).
+- the KL term `--kl-loss k1|k2|k3|k3_corrected` in the loss (common.kl_loss_term: k3, the default, has the
+  gradient of KL(pi_ref || pi), k2 and k3_corrected that of KL(pi || pi_ref), k1 none), or `--kl-in reward`:
+  r_i <- r_i - beta * sum_t (log pi_old - log pi_ref)(o_it) before the group advantages.
 
 What runs by default (the nano preset: `python -m minipost.grpo` and `train(Config())` are the same run):
 200 steps of 16 prompts x 8 answers from every domain, arithmetic listed twice, reward correct + 0.3 restate,
@@ -47,15 +65,17 @@ import torch
 from tqdm import tqdm
 
 from minipost import threads
-from minipost.common import (DATA_DIR, InputError, MetricsLogger, add_info, check_config, check_finite, field,
-                             kl_estimate, largest_weight, main, pick_device, save_checkpoint, save_json, save_state,
-                             seed_everything, start_run)
+from minipost.common import (DATA_DIR, KL_LOSSES, InputError, MetricsLogger, add_info, check_config, check_finite,
+                             field, kl_estimate, kl_loss_term, largest_weight, main, pick_device, save_checkpoint,
+                             save_json, save_state, seed_everything, start_run)
 from minipost.evals import log_heldout, per_domain, write_samples
 from minipost.logprobs import masked_mean
 from minipost.model import load_model, model_checkpoint
 from minipost.optim import adamw, linear_decay_lr, set_lr
 from minipost.rewards import parse_reward, score_rollout
-from minipost.rollout import completion_logprobs, load_rl_prompts, micro_batches, next_prompts, rollout
+from minipost.rollout import (completion_logprobs, concat_rollouts, load_rl_prompts, micro_batches, next_prompts,
+                              rollout)
+from minipost.tokenizer import special_id
 from minipost.world import build as build_world
 
 
@@ -91,7 +111,23 @@ class Config:
     num_iterations: int = field(1, "optimizer steps per rollout batch (mu); > 1 makes the clip matter", min=1)
     clip_eps: float = field(0.2, "PPO-style clip range for the ratio", gt=0)
     beta: float = field(0.04, "weight of the k3 KL to the reference in the loss (0: no KL term)", min=0)
-    loss_type: str = field("grpo", "token averaging: grpo, bnpo or dr_grpo", choices=["grpo", "bnpo", "dr_grpo"])
+    loss_type: str = field("grpo", "token averaging: grpo, dapo, bnpo or dr_grpo (see the docstring's table)",
+                           choices=["grpo", "dapo", "bnpo", "dr_grpo"])
+    clip_eps_high: float = field(0.0, "upper clip range, ratio <= 1 + this (DAPO's clip-higher, 0.28); 0: clip_eps",
+                                 min=0)
+    importance_sampling_level: str = field("token", "token (GRPO) or sequence (GSPO: one length-normalised ratio "
+                                                    "per completion)", choices=["token", "sequence"])
+    kl_in: str = field("loss", "where the KL to the reference goes: loss (kl_loss, differentiated) or reward "
+                               "(k1 summed per completion, subtracted before the advantages)",
+                       choices=["loss", "reward"])
+    kl_loss: str = field("k3", "per-token KL term in the loss: k1, k2, k3 or k3_corrected (common.kl_loss_term)",
+                         choices=list(KL_LOSSES))
+    dynamic_sampling: bool = field(False, "DAPO: drop groups whose rewards are all equal and sample more prompts "
+                                          "until prompts_per_step groups remain")
+    max_sample_rounds: int = field(4, "with dynamic_sampling, rollout batches sampled per step at most (a step "
+                                      "that still has too few groups trains on those it has)", min=1)
+    overlong_buffer: int = field(0, "DAPO's overlong shaping: a penalty rising linearly to 1 over the last N "
+                                    "tokens of max_new_tokens (0: off)", min=0)
     scale_rewards: bool = field(True, "divide advantages by the group std (false: Dr. GRPO, only centre)")
     eval_every: int = field(50, "steps between held-out evaluations (0: only at start and end)", min=0)
     eval_limit: int = field(100, "held-out prompts per domain for those evaluations (0: all)", min=0)
@@ -110,6 +146,9 @@ class Config:
 
     def __post_init__(self):
         check_config(self)
+        if self.overlong_buffer > self.max_new_tokens:
+            raise InputError(f"--overlong-buffer {self.overlong_buffer}: more than --max-new-tokens "
+                             f"{self.max_new_tokens}")
         if self.scale_rewards and self.group_size < 2:
             raise InputError(f"--group-size {self.group_size}: scaling by the group std needs >= 2 samples per "
                              "prompt (or pass --scale-rewards false)")
@@ -141,45 +180,73 @@ def group_advantages(rewards: torch.Tensor, group_size: int, scale: bool = True,
 
 
 def grpo_loss(logps, old_logps, ref_logps, advantages, mask, clip_eps: float = 0.2, beta: float = 0.0,
-              loss_type: str = "grpo") -> tuple[torch.Tensor, dict]:
-    """The negated GRPO objective -> (scalar loss, info).
+              loss_type: str = "grpo", *, max_tokens: int | None = None, clip_eps_high: float | None = None,
+              importance_sampling_level: str = "token", kl_loss: str = "k3") -> tuple[torch.Tensor, dict]:
+    """The negated GRPO objective and its variants -> (scalar loss, info).
 
     logps, old_logps, ref_logps: (B, T) per-token log-probs under pi_theta, pi_old and pi_ref (ref_logps may be
     None when beta = 0); advantages (B,); mask (B, T) 1 on completion tokens.
+    loss_type      how token losses become one number (LOSS_TYPES below; dr_grpo needs max_tokens, the
+                   generation budget, so its normaliser is the same every step)
+    clip_eps_high  upper clip 1 + clip_eps_high (DAPO's clip-higher); None: the symmetric clip_eps
+    importance_sampling_level  "token": rho_t = pi / pi_old per token (GRPO); "sequence": one ratio per
+                   completion, s_i = (pi / pi_old)(o_i)^(1/|o_i|) = exp(mean_t log rho_t), clipped per sequence
+                   (GSPO), the same for each of its tokens
+    kl_loss        the per-token KL term times beta: k1, k2, k3 or k3_corrected (common.kl_loss_term says which
+                   KL each one's gradient follows)
     info (detached scalars; the token metrics are means over this batch's completion tokens): loss, clip_frac
-    (ratio outside [1 - clip_eps, 1 + clip_eps]), ratio, approx_kl (k3 of pi_old vs pi_theta), kl_ref (k3 of
-    pi_theta vs pi_ref, when ref_logps is given).
+    (ratio outside [1 - clip_eps, 1 + clip_eps_high]), ratio, approx_kl (k3 of pi_old vs pi_theta), kl_ref (k3 of
+    pi_theta vs pi_ref, when ref_logps is given: the same *estimate* whatever kl_loss is).
     """
+    if loss_type not in LOSS_TYPES:
+        raise ValueError(f"unknown loss_type {loss_type!r}; use one of {', '.join(LOSS_TYPES)}")
     mask = mask.float()  # (B, T)
-    ratio = torch.exp(logps - old_logps)  # (B, T) rho
+    log_ratio = logps - old_logps  # (B, T)
+    if importance_sampling_level == "sequence":  # GSPO: log s_i = mean over o_i's tokens of log rho_t
+        log_ratio = ((log_ratio * mask).sum(dim=1, keepdim=True) / mask.sum(dim=1, keepdim=True).clamp(min=1))
+    elif importance_sampling_level != "token":
+        raise ValueError(f"importance_sampling_level must be token or sequence, got {importance_sampling_level!r}")
+    ratio = torch.exp(log_ratio).expand_as(mask)  # (B, T) rho_t, or s_i on every token of row i
+    low, high = 1 - clip_eps, 1 + (clip_eps if clip_eps_high is None else clip_eps_high)
     adv = advantages[:, None]  # (B, 1), broadcast over tokens
-    surrogate = torch.min(ratio * adv, torch.clamp(ratio, 1 - clip_eps, 1 + clip_eps) * adv)  # (B, T)
-    per_token = -surrogate  # (B, T)
+    per_token = -torch.min(ratio * adv, torch.clamp(ratio, low, high) * adv)  # (B, T)
     if beta != 0.0:
-        per_token = per_token + beta * kl_estimate(logps, ref_logps, "k3")  # (B, T)
+        per_token = per_token + beta * kl_loss_term(logps, ref_logps, kl_loss, old_logps)  # (B, T)
     if loss_type == "grpo":  # mean over sequences of per-sequence token means
         loss = ((per_token * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)).mean()
-    elif loss_type == "bnpo":  # one token mean over the batch
+    elif loss_type in ("bnpo", "dapo"):  # a token mean over these rows (they differ in micro_batch_weight)
         loss = (per_token * mask).sum() / mask.sum().clamp(min=1)
-    elif loss_type == "dr_grpo":  # constant normaliser B * T_max
-        loss = (per_token * mask).sum() / (mask.shape[0] * mask.shape[1])
-    else:
-        raise ValueError(f"unknown loss_type {loss_type!r}; use grpo, bnpo or dr_grpo")
+    else:  # dr_grpo: a constant normaliser, rows x the generation budget
+        if max_tokens is None:
+            raise ValueError("loss_type dr_grpo needs max_tokens (the rollout's max_new_tokens)")
+        loss = (per_token * mask).sum() / (mask.shape[0] * max_tokens)
     with torch.no_grad():  # what to watch: how often the clip acts, how far from pi_old and from the reference
-        info = {"loss": loss.detach(), "clip_frac": masked_mean(((ratio - 1).abs() > clip_eps).float(), mask),
+        info = {"loss": loss.detach(), "clip_frac": masked_mean(((ratio < low) | (ratio > high)).float(), mask),
                 "ratio": masked_mean(ratio, mask), "approx_kl": masked_mean(kl_estimate(old_logps, logps, "k3"), mask)}
         if ref_logps is not None:
             info["kl_ref"] = masked_mean(kl_estimate(logps, ref_logps, "k3"), mask)
     return loss, info
 
 
-def micro_batch_weight(loss_type: str, mb_mask: torch.Tensor, full_mask: torch.Tensor) -> float:
-    """Scale of one micro-batch's loss so that the accumulated gradient equals the full batch's.
+# loss type -> (normaliser of the summed token losses, who uses it). One rollout batch of B rows is split into
+# micro-batches of b rows; |o_i| is row i's length, L the generation budget (max_new_tokens).
+LOSS_TYPES = {
+    "grpo": ("per row |o_i|, then a mean over the B rows", "the GRPO paper (DeepSeekMath); TRL's `grpo`"),
+    "bnpo": ("the tokens of each micro-batch, micro-batches weighted by their rows: depends on micro_batch_size",
+             "TRL's `bnpo`"),
+    "dapo": ("all tokens of the rollout batch", "DAPO; TRL's default `dapo`"),
+    "dr_grpo": ("B x L, a constant", "Dr. GRPO; TRL's `dr_grpo`"),
+}
 
-    grpo and dr_grpo average over sequences (dr_grpo with the same T_max in every micro-batch, since all rows
-    share the rollout's width): weight = rows / all rows. bnpo averages over tokens: weight = tokens / all tokens.
+
+def micro_batch_weight(loss_type: str, mb_mask: torch.Tensor, full_mask: torch.Tensor) -> float:
+    """Scale of one micro-batch's loss so that the accumulated gradient is that of LOSS_TYPES' normaliser.
+
+    grpo and dr_grpo average over rows (each micro-batch's loss is already per row): weight = rows / all rows.
+    dapo is one token mean over the whole rollout batch: weight = tokens / all tokens. bnpo, a token mean per
+    micro-batch, weighs micro-batches by their rows (equal weights when they are equal in size, as in TRL).
     """
-    if loss_type == "bnpo":
+    if loss_type == "dapo":
         return mb_mask.sum().item() / max(full_mask.sum().item(), 1)
     return mb_mask.shape[0] / full_mask.shape[0]
 
@@ -195,8 +262,39 @@ def sample_and_score(policy, ref, enc, prompts: list[dict], reward_fn, cfg: Conf
     with torch.no_grad():
         ref_logps = completion_logprobs(ref, batch_rollout, cfg.temperature, cfg.logprobs_impl)  # (B, T)
     rewards, stats = score_rollout(batch_rollout, reward_fn, cfg.max_new_tokens, cfg.missing_stop_penalty,
-                                   cfg.length_penalty)  # (B,)
+                                   cfg.length_penalty, cfg.overlong_buffer)  # (B,)
+    if cfg.kl_in == "reward" and cfg.beta:  # k1 summed over each completion, a constant to the gradient
+        mask = batch_rollout.completion_mask
+        rewards = rewards - cfg.beta * ((batch_rollout.logprobs - ref_logps) * mask).sum(dim=1)  # (B,)
     return batch_rollout, ref_logps, rewards, stats
+
+
+def sample_informative_groups(policy, ref, enc, records, perm, pos, reward_fn, cfg: Config, gen, order_gen):
+    """DAPO's dynamic sampling: rollout batches of fresh prompts until prompts_per_step groups whose rewards are
+    not all equal are collected (or max_sample_rounds batches are spent) -> (rollout, ref_logps, rewards,
+    stats of the first batch plus dropped_groups and sample_rounds, perm, pos).
+
+    A group with zero reward spread has zero advantage for every sample: it costs compute and adds only the KL
+    term. Extra groups past prompts_per_step are discarded; if no round found any, the last batch is used as is.
+    """
+    kept, dropped, first_stats = [], 0, None
+    for rounds in range(1, cfg.max_sample_rounds + 1):
+        prompts, perm, pos = next_prompts(records, perm, pos, cfg.prompts_per_step, order_gen)
+        batch_rollout, ref_logps, rewards, stats = sample_and_score(policy, ref, enc, prompts, reward_fn, cfg, gen)
+        first_stats = first_stats or stats
+        spread = rewards.view(-1, cfg.group_size).std(dim=1) > 0  # (prompts,) groups with a learning signal
+        dropped += int((~spread).sum())
+        rows = torch.arange(len(batch_rollout), device=rewards.device).view(-1, cfg.group_size)[spread].view(-1)
+        if len(rows):
+            kept.append((batch_rollout.select(rows), ref_logps[rows], rewards[rows]))
+        if sum(len(k[2]) for k in kept) >= cfg.prompts_per_step * cfg.group_size:
+            break
+    if kept:
+        batch_rollout, ref_logps, rewards = concat_rollouts(kept, special_id(enc, "<|pad|>"))
+        first = torch.arange(min(cfg.prompts_per_step * cfg.group_size, len(rewards)))  # whole groups, in order
+        batch_rollout, ref_logps, rewards = batch_rollout.select(first), ref_logps[first], rewards[first]
+    stats = {**first_stats, "dropped_groups": dropped, "sample_rounds": rounds}
+    return batch_rollout, ref_logps, rewards, stats, perm, pos
 
 
 def update(policy, optimizer, batch_rollout, ref_logps, advantages, cfg: Config, step: int, out: Path) -> dict:
@@ -209,7 +307,9 @@ def update(policy, optimizer, batch_rollout, ref_logps, advantages, cfg: Config,
             logps = completion_logprobs(policy, batch_rollout.select(idx), cfg.temperature,
                                         cfg.logprobs_impl)  # (b, T)
             loss, info = grpo_loss(logps, old_logps[idx], ref_logps[idx], advantages[idx], mask[idx], cfg.clip_eps,
-                                   cfg.beta, cfg.loss_type)
+                                   cfg.beta if cfg.kl_in == "loss" else 0.0, cfg.loss_type,
+                                   max_tokens=cfg.max_new_tokens, clip_eps_high=cfg.clip_eps_high or None,
+                                   importance_sampling_level=cfg.importance_sampling_level, kl_loss=cfg.kl_loss)
             weight = micro_batch_weight(cfg.loss_type, mask[idx], mask)
             check_finite(loss, "loss", step, out)
             (loss * weight).backward()
@@ -269,8 +369,13 @@ def train(cfg: Config, reward_fn=None) -> dict:
                desc="grpo")
     for step in bar:
         set_lr(optimizer, linear_decay_lr(step, lr=cfg.lr, max_steps=cfg.max_steps) if cfg.lr_decay else cfg.lr)
-        prompts, perm, pos = next_prompts(records, perm, pos, cfg.prompts_per_step, order_gen)
-        batch_rollout, ref_logps, rewards, stats = sample_and_score(policy, ref, enc, prompts, reward_fn, cfg, gen)
+        if cfg.dynamic_sampling:
+            batch_rollout, ref_logps, rewards, stats, perm, pos = sample_informative_groups(
+                policy, ref, enc, records, perm, pos, reward_fn, cfg, gen, order_gen)
+        else:
+            prompts, perm, pos = next_prompts(records, perm, pos, cfg.prompts_per_step, order_gen)
+            batch_rollout, ref_logps, rewards, stats = sample_and_score(policy, ref, enc, prompts, reward_fn, cfg,
+                                                                        gen)
         advantages = group_advantages(rewards, cfg.group_size, scale=cfg.scale_rewards)  # (B,)
         zero_std = (rewards.view(-1, cfg.group_size).std(dim=1) == 0).float().mean().item()
         info = update(policy, optimizer, batch_rollout, ref_logps, advantages, cfg, step, out)

@@ -237,3 +237,10 @@ def sequence_logprobs(logits: torch.Tensor, targets: torch.Tensor, *, ignore_ind
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean of x over the positions where mask is 1 -> scalar."""
     return (x * mask).sum() / mask.sum().clamp(min=1)
+
+
+def whiten(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """(x - mean) / std over the masked positions (biased std); 0 elsewhere. x, mask (B, T) -> (B, T)."""
+    mean = masked_mean(x, mask)
+    var = masked_mean((x - mean) ** 2, mask)
+    return (x - mean) * torch.rsqrt(var + eps) * mask

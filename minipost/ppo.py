@@ -11,6 +11,9 @@ episode whose actions are its tokens; the state before token t is (x, y_<t).
     policy loss        mean_t max(-A_t rho_t, -A_t clip(rho_t, 1 - eps, 1 + eps)),  rho_t = pi / pi_old
     value loss         1/2 mean_t max((V_t - R_t)^2, (V_old,t + clip(V_t - V_old,t, -eps_v, eps_v) - R_t)^2)
 
+The KL can go in the loss instead (`--kl-in loss --kl-loss k1|k2|k3|k3_corrected`, common.kl_loss_term),
+which is what GRPO does; in the reward it is the sequence-level estimator of the reverse KL's gradient.
+
 Each rollout batch is reused for `ppo_epochs` passes of `num_minibatches` optimizer steps. A completion that
 never emits <|end|> loses `missing_stop_penalty` from its score (InstructGPT-style), so the policy cannot
 "win" by rambling until it is cut off.
@@ -33,6 +36,9 @@ Deviations, all on purpose:
   with lam 1, 34 -> 39 with lam 0.95. The critic's bootstrapping pays off on long episodes, not 15 tokens.
 - the reward is a verifiable checker (rewards.py), not a learned reward model.
 - the model stays in eval mode throughout (no dropout), like the other RL files.
+- where the score sits: on the last completion token (the <|end|> when the row stopped), and the value loss
+  covers exactly the completion tokens. TRL's PPOTrainer adds the score one index later (sequence_length + 1,
+  when that index exists) and its value mask keeps that one extra position.
 - `group_size` samples per prompt, as in the GRPO and RLOO files, so the three spend the same compute;
   PPO itself does not need groups (its baseline is the critic).
 
@@ -50,14 +56,14 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from minipost import threads
-from minipost.common import (DATA_DIR, InputError, MetricsLogger, add_info, check_config, check_finite, field,
-                             kl_estimate, largest_weight, main, pick_device, save_checkpoint, save_json, save_state,
-                             seed_everything, start_run)
+from minipost.common import (DATA_DIR, KL_LOSSES, InputError, MetricsLogger, add_info, check_config, check_finite,
+                             field, kl_estimate, kl_loss_term, largest_weight, main, pick_device, save_checkpoint,
+                             save_json, save_state, seed_everything, start_run)
 from minipost.evals import log_heldout, per_domain, write_samples
-from minipost.logprobs import masked_mean
+from minipost.logprobs import masked_mean, whiten
 from minipost.model import load_model, model_checkpoint
 from minipost.optim import adamw, linear_decay_lr, set_lr
-from minipost.rewards import parse_reward, score_rollout
+from minipost.rewards import parse_reward, score_rollout, token_rewards
 from minipost.rollout import completion_logprobs, load_rl_prompts, micro_batches, next_prompts, rollout
 from minipost.world import build as build_world
 
@@ -96,7 +102,11 @@ class Config:
     num_minibatches: int = field(2, "optimizer steps per pass (the batch split into this many minibatches); unlike "
                                     "micro_batch_size this changes the result: more, smaller, staler steps", min=1)
     clip_eps: float = field(0.2, "clip range for the policy ratio", gt=0)
-    beta: float = field(0.02, "weight of the per-token k1 KL penalty in the reward", min=0)
+    beta: float = field(0.02, "weight of the KL to the reference (per-token k1 in the reward by default)", min=0)
+    kl_in: str = field("reward", "where the KL goes: reward (k1 on every token, PPO's usual place) or loss "
+                                 "(kl_loss, differentiated)", choices=["reward", "loss"])
+    kl_loss: str = field("k3", "per-token KL term when kl_in is loss: k1, k2, k3 or k3_corrected "
+                               "(common.kl_loss_term)", choices=list(KL_LOSSES))
     gamma: float = field(1.0, "discount", min=0, max=1)
     lam: float = field(1.0, "GAE lambda (1: Monte Carlo advantages; < 1 trusts the critic more)", min=0, max=1)
     critic_lr: float = field(1e-4, "Adam learning rate of the critic", gt=0)
@@ -134,24 +144,6 @@ PRESETS = {
 # ----------------------------------------------------------------------------------------------------------------
 # the objective: pure functions of tensors
 
-def whiten(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """(x - mean) / std over the masked positions (biased std); 0 elsewhere. x, mask (B, T) -> (B, T)."""
-    mean = masked_mean(x, mask)
-    var = masked_mean((x - mean) ** 2, mask)
-    return (x - mean) * torch.rsqrt(var + eps) * mask
-
-
-def token_rewards(scores, logps, ref_logps, mask, beta: float) -> torch.Tensor:
-    """Per-token reward: -beta * (log pi - log pi_ref) on every token, plus the score at each row's last token.
-
-    scores (B,), logps / ref_logps / mask (B, T) -> (B, T), 0 where mask is 0.
-    """
-    mask = mask.float()  # (B, T)
-    rewards = -beta * (logps - ref_logps) * mask  # (B, T) k1 KL penalty
-    last = (mask.sum(dim=1).long() - 1).clamp(min=0)  # (B,) index of the last completion token
-    return rewards.scatter_add(1, last[:, None], scores.float()[:, None] * (mask.sum(dim=1, keepdim=True) > 0))
-
-
 def gae(rewards, values, mask, gamma: float = 1.0, lam: float = 1.0):
     """Generalised Advantage Estimation (Schulman et al. 2016, arXiv:1506.02438) -> (advantages, returns).
 
@@ -176,11 +168,12 @@ def gae(rewards, values, mask, gamma: float = 1.0, lam: float = 1.0):
 
 
 def ppo_policy_loss(logps, old_logps, advantages, mask, clip_eps: float = 0.2,
-                    ref_logps=None) -> tuple[torch.Tensor, dict]:
-    """Clipped surrogate, token mean over the batch -> (scalar loss, info).
+                    ref_logps=None, *, beta: float = 0.0, kl_loss: str = "k3") -> tuple[torch.Tensor, dict]:
+    """Clipped surrogate, token mean over the batch [+ beta * token mean of a KL term] -> (scalar loss, info).
 
-    logps, old_logps, advantages, mask: (B, T); ref_logps (B, T) or None, only for the kl_ref metric (PPO's KL
-    to the reference is in the reward, token_rewards). info (detached scalars; the token metrics are means over
+    logps, old_logps, advantages, mask: (B, T); ref_logps (B, T) or None: the kl_ref metric, and with beta > 0
+    the KL term kl_loss (common.kl_loss_term) in the loss, for `--kl-in loss`; PPO's usual place for the KL is
+    the reward (token_rewards), where beta here stays 0. info (detached scalars; the token metrics are means over
     this batch's completion tokens): policy_loss, clip_frac (ratio outside [1 - clip_eps, 1 + clip_eps]), ratio,
     approx_kl (k3 of pi_old vs pi_theta), kl_ref (k3 of pi_theta vs pi_ref, when ref_logps is given).
     """
@@ -188,6 +181,8 @@ def ppo_policy_loss(logps, old_logps, advantages, mask, clip_eps: float = 0.2,
     ratio = torch.exp(logps - old_logps)  # (B, T) rho
     loss = masked_mean(torch.max(-advantages * ratio, -advantages * torch.clamp(ratio, 1 - clip_eps, 1 + clip_eps)),
                        mask)
+    if beta != 0.0:
+        loss = loss + beta * masked_mean(kl_loss_term(logps, ref_logps, kl_loss, old_logps), mask)
     with torch.no_grad():  # what to watch: how often the clip acts, how far from pi_old and from the reference
         info = {"policy_loss": loss.detach(), "clip_frac": masked_mean(((ratio - 1).abs() > clip_eps).float(), mask),
                 "ratio": masked_mean(ratio, mask), "approx_kl": masked_mean(kl_estimate(old_logps, logps, "k3"), mask)}
@@ -248,7 +243,8 @@ def ppo_advantages(critic, batch_rollout, scores, ref_logps, cfg: Config):
     mask = batch_rollout.completion_mask  # (B, T)
     with torch.no_grad():
         old_values = completion_values(critic, batch_rollout)  # (B, T)
-    rewards = token_rewards(scores, batch_rollout.logprobs, ref_logps, mask, cfg.beta)  # (B, T)
+    rewards = token_rewards(scores, batch_rollout.logprobs, ref_logps, mask,
+                            cfg.beta if cfg.kl_in == "reward" else 0.0)  # (B, T)
     advantages, returns = gae(rewards, old_values, mask, cfg.gamma, cfg.lam)  # (B, T) each
     return whiten(advantages, mask), returns, old_values
 
@@ -273,7 +269,8 @@ def update(policy, critic, optimizer, critic_optimizer, batch_rollout, ref_logps
                 logps = completion_logprobs(policy, sub, cfg.temperature, cfg.logprobs_impl)  # (b, T)
                 values = completion_values(critic, sub)  # (b, T)
                 policy_loss, policy_info = ppo_policy_loss(logps, old_logps[idx], advantages[idx], mask[idx],
-                                                           cfg.clip_eps, ref_logps[idx])
+                                                           cfg.clip_eps, ref_logps[idx], kl_loss=cfg.kl_loss,
+                                                           beta=cfg.beta if cfg.kl_in == "loss" else 0.0)
                 value_loss, value_info = ppo_value_loss(values, old_values[idx], returns[idx], mask[idx],
                                                         cfg.clip_value)
                 loss = policy_loss + cfg.vf_coef * value_loss  # two separate models: each gets its own term's gradient

@@ -14,10 +14,21 @@ unbiased and cuts its variance (`--baseline`):
            samples, get a baseline for free!"; Ahmadian et al. 2024, "Back to Basics", arXiv:2402.14740):
            A_i = r_i - 1/(G-1) sum_{j != i} r_j = G/(G-1) * (r_i - mean_j r_j)
 
+    reinforce++  REINFORCE++ (Hu 2025, arXiv:2501.03262): per-token rewards (the KL penalty on every token,
+           the score on the last), each token's return-to-go G_it = sum_{s >= t} r_is, and the baseline is the
+           whole batch: A_it = (G_it - mean) / std over all the batch's tokens (no groups needed)
+
 KL to the reference policy, weighted by beta, in one of two places (`--kl-in`):
     reward  r_i <- r_i - beta * sum_t (log pi(y_it) - log pi_ref(y_it))   (k1 per token, summed; as in RLOO's
-            paper and InstructGPT; a constant to the gradient, so it shapes what counts as a good sample)
-    loss    loss += beta * 1/B sum_i sum_t k3_it    (the k3 estimator, differentiated, as GRPO does)
+            paper and InstructGPT; a constant to the gradient, so it shapes what counts as a good sample;
+            with reinforce++ each token's share stays on its token, inside the return-to-go)
+    loss    loss += beta * 1/B sum_i sum_t kl_it    (`--kl-loss`, k3 by default, differentiated as GRPO does;
+            common.kl_loss_term says which KL each estimator's gradient follows)
+
+Several optimizer steps per batch (`--num-iterations`, multi-update RLOO as in PPO): after the first step the
+samples are off-policy, so the term becomes PPO's clipped surrogate, summed over tokens like the rest:
+    loss = - 1/B sum_i sum_t min(rho_it A_i, clip(rho_it, 1 - eps, 1 + eps) A_i),  rho = pi / pi_old
+whose gradient at rho = 1 is exactly REINFORCE's. With one iteration (the default) there is no ratio at all.
 
 What runs by default (the nano preset: `python -m minipost.reinforce` and `train(Config())` are the same run):
 RLOO, 200 steps of 16 prompts x 8 answers from every domain, arithmetic listed twice, reward correct + 0.3
@@ -31,9 +42,13 @@ Deviations, all on purpose:
   arithmetic +15 and +12 with seeds 1337 and 2, tools -1 and -2; +8 with seed 2 at 5e-5).
 - the reward is a verifiable checker (rewards.py), not a reward model.
 - the model stays in eval mode throughout (no dropout), like the other RL files.
+- reinforce++ keeps this file's loss (sum over each sequence's tokens, mean over sequences) where the paper
+  trains with PPO's clipped token mean; its KL goes in the reward only with `--kl-in reward`.
 
 Run:  python -m minipost.reinforce --init runs/dpo/model.pt --out runs/rloo             (baseline rloo)
       python -m minipost.reinforce --init runs/dpo/model.pt --baseline mean --out runs/reinforce_mean
+      python -m minipost.reinforce --init runs/dpo/model.pt --baseline reinforce++ --kl-in reward --out runs/rpp
+      python -m minipost.reinforce --init runs/dpo/model.pt --num-iterations 2 --out runs/rloo_x2   (multi-update)
       python -m minipost.reinforce --out runs/rloo --resume true                 (continue from OUT/state.pt)
 """
 from __future__ import annotations
@@ -46,14 +61,14 @@ import torch
 from tqdm import tqdm
 
 from minipost import threads
-from minipost.common import (DATA_DIR, InputError, MetricsLogger, add_info, check_config, check_finite, field,
-                             kl_estimate, largest_weight, main, pick_device, save_checkpoint, save_json, save_state,
-                             seed_everything, start_run)
+from minipost.common import (DATA_DIR, KL_LOSSES, InputError, MetricsLogger, add_info, check_config, check_finite,
+                             field, kl_estimate, kl_loss_term, largest_weight, main, pick_device, save_checkpoint,
+                             save_json, save_state, seed_everything, start_run)
 from minipost.evals import log_heldout, per_domain, write_samples
-from minipost.logprobs import masked_mean
+from minipost.logprobs import masked_mean, whiten
 from minipost.model import load_model, model_checkpoint
 from minipost.optim import adamw, linear_decay_lr, set_lr
-from minipost.rewards import parse_reward, score_rollout
+from minipost.rewards import parse_reward, score_rollout, token_rewards
 from minipost.rollout import completion_logprobs, load_rl_prompts, micro_batches, next_prompts, rollout
 from minipost.world import build as build_world
 
@@ -87,12 +102,18 @@ class Config:
     grad_clip: float = field(1.0, "clip the global gradient norm to this (0: off)", min=0)
     micro_batch_size: int = field(64, "rows per forward/backward (0: all rows); exact gradient accumulation, does "
                                       "not change the result beyond float rounding", min=0)
-    baseline: str = field("rloo", "none, mean (running mean of rewards) or rloo (leave-one-out in the group)",
-                          choices=["none", "mean", "rloo"])
+    baseline: str = field("rloo", "none, mean (running mean of rewards), rloo (leave-one-out in the group) or "
+                                  "reinforce++ (per-token returns whitened over the batch)",
+                          choices=["none", "mean", "rloo", "reinforce++"])
     mean_momentum: float = field(0.9, "momentum m of the running-mean baseline", min=0, max=1)
     beta: float = field(0.04, "weight of the KL to the reference (0: no KL)", min=0)
-    kl_in: str = field("loss", "where the KL goes: reward (k1, subtracted from r) or loss (k3, added to the loss)",
-                       choices=["reward", "loss"])
+    kl_in: str = field("loss", "where the KL goes: reward (k1, subtracted from r) or loss (kl_loss, added to the "
+                               "loss)", choices=["reward", "loss"])
+    kl_loss: str = field("k3", "per-token KL term in the loss: k1, k2, k3 or k3_corrected (common.kl_loss_term)",
+                         choices=list(KL_LOSSES))
+    num_iterations: int = field(1, "optimizer steps per rollout batch; > 1 uses the clipped ratio pi / pi_old",
+                                min=1)
+    clip_eps: float = field(0.2, "clip range of the ratio when num_iterations > 1", gt=0)
     eval_every: int = field(50, "steps between held-out evaluations (0: only at start and end)", min=0)
     eval_limit: int = field(100, "held-out prompts per domain for those evaluations (0: all)", min=0)
     log_every: int = field(1, "steps between metrics.jsonl rows", min=1)
@@ -137,22 +158,46 @@ def rloo_advantages(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
     return (r - others).view(-1)  # (B,)
 
 
-def reinforce_loss(logps, advantages, mask, ref_logps=None, beta: float = 0.0) -> tuple[torch.Tensor, dict]:
-    """- 1/B sum_i A_i * sum_t log pi(y_it)  [+ beta * 1/B sum_i sum_t k3_it] -> (scalar loss, info).
+def reinforce_pp_advantages(scores, logps, ref_logps, mask, beta: float) -> torch.Tensor:
+    """REINFORCE++'s advantages: per-token rewards (-beta * k1 on every token, the score on the last), the
+    return-to-go G_t = sum_{s >= t} r_s, whitened over every completion token of the batch.
 
-    logps (B, T) per-token log-probs (differentiable), advantages (B,), mask (B, T); ref_logps (B, T) or None.
-    info (detached scalars): loss, and with ref_logps kl_ref (k3 of pi_theta vs pi_ref, mean over completion
-    tokens). No ratio: the update is on-policy, one step per batch.
+    scores (B,); logps (pi_old), ref_logps, mask (B, T) -> (B, T), 0 where mask is 0.
+    """
+    rewards = token_rewards(scores, logps, ref_logps, mask, beta)  # (B, T)
+    returns = rewards.flip(1).cumsum(dim=1).flip(1) * mask  # (B, T) G_t, gamma = 1
+    return whiten(returns, mask.float())
+
+
+def reinforce_loss(logps, advantages, mask, ref_logps=None, beta: float = 0.0, *, old_logps=None,
+                   clip_eps: float = 0.2, kl_loss: str = "k3") -> tuple[torch.Tensor, dict]:
+    """- 1/B sum_i sum_t A_it * log pi(y_it)  [+ beta * 1/B sum_i sum_t kl_it] -> (scalar loss, info).
+
+    logps (B, T) per-token log-probs (differentiable); advantages (B,) for a sequence (the same on each of its
+    tokens) or (B, T) per token (REINFORCE++); mask (B, T); ref_logps (B, T) or None. With old_logps (B, T),
+    the policy term is the clipped surrogate -1/B sum_i sum_t min(rho A, clip(rho) A), rho = pi / pi_old, for
+    the later optimizer steps on one batch. kl_loss: common.kl_loss_term's k1, k2, k3 or k3_corrected.
+    info (detached scalars): loss; with ref_logps kl_ref (k3 of pi_theta vs pi_ref, mean over completion
+    tokens); with old_logps ratio and clip_frac (token means).
     """
     mask = mask.float()  # (B, T)
-    seq_logps = (logps * mask).sum(dim=1)  # (B,) log pi(y | x)
-    loss = -(advantages.detach() * seq_logps).mean()
+    adv = advantages.detach() if advantages.dim() == 2 else advantages.detach()[:, None]  # (B, T) or (B, 1)
+    if old_logps is None:  # on-policy: the score-function estimator itself
+        per_token = -adv * logps  # (B, T)
+    else:
+        ratio = torch.exp(logps - old_logps)  # (B, T)
+        per_token = -torch.min(ratio * adv, torch.clamp(ratio, 1 - clip_eps, 1 + clip_eps) * adv)  # (B, T)
     if ref_logps is not None and beta != 0.0:
-        loss = loss + beta * (kl_estimate(logps, ref_logps, "k3") * mask).sum(dim=1).mean()
-    with torch.no_grad():  # what to watch: how far from the reference
+        old = logps.detach() if old_logps is None else old_logps  # k3_corrected's ratio: 1 on-policy
+        per_token = per_token + beta * kl_loss_term(logps, ref_logps, kl_loss, old)
+    loss = (per_token * mask).sum(dim=1).mean()  # a sum over each sequence's tokens, a mean over sequences
+    with torch.no_grad():  # what to watch: how far from the reference (and from pi_old)
         info = {"loss": loss.detach()}
         if ref_logps is not None:
             info["kl_ref"] = masked_mean(kl_estimate(logps, ref_logps, "k3"), mask)
+        if old_logps is not None:
+            info["ratio"] = masked_mean(ratio, mask)
+            info["clip_frac"] = masked_mean(((ratio - 1).abs() > clip_eps).float(), mask)
     return loss, info
 
 
@@ -175,6 +220,8 @@ def baseline_advantages(rewards: torch.Tensor, cfg: Config, running_mean: float)
     """A = r - b for the chosen baseline -> (advantages (B,), the running mean updated *after* this batch)."""
     if cfg.baseline == "rloo":
         return rloo_advantages(rewards, cfg.group_size), running_mean
+    if cfg.baseline == "reinforce++":
+        raise ValueError("reinforce++ advantages are per token: use reinforce_pp_advantages")
     if cfg.baseline == "mean":
         updated = cfg.mean_momentum * running_mean + (1 - cfg.mean_momentum) * rewards.mean().item()
         return rewards - running_mean, updated
@@ -182,22 +229,29 @@ def baseline_advantages(rewards: torch.Tensor, cfg: Config, running_mean: float)
 
 
 def update(policy, optimizer, batch_rollout, ref_logps, advantages, cfg: Config, step: int, out: Path) -> dict:
-    """One on-policy optimizer step on one rollout batch, accumulated over micro-batches -> info, averaged over
-    the batch's tokens (token metrics) or its optimizer step (loss, grad_norm)."""
+    """num_iterations optimizer steps on one rollout batch (the first on-policy, the later ones with the clipped
+    ratio), each accumulated over micro-batches -> info, averaged over the batch's tokens (token metrics) or its
+    optimizer steps (loss, grad_norm)."""
     mask = batch_rollout.completion_mask  # (B, T)
     kl_beta = cfg.beta if cfg.kl_in == "loss" else 0.0
+    old_logps = batch_rollout.logprobs if cfg.num_iterations > 1 else None  # pi_old, for the ratio
     totals = {}
-    for idx in micro_batches(batch_rollout, cfg.micro_batch_size or len(batch_rollout)):
-        logps = completion_logprobs(policy, batch_rollout.select(idx), cfg.temperature, cfg.logprobs_impl)  # (b, T)
-        loss, info = reinforce_loss(logps, advantages[idx], mask[idx], ref_logps[idx], kl_beta)
-        weight = len(idx) / len(batch_rollout)  # a mean over sequences: weight each micro-batch by its rows
-        check_finite(loss, "loss", step, out)
-        (loss * weight).backward()
-        add_info(totals, info, weight, mask[idx].sum().item() / mask.sum().item())
-    grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip or float("inf"))
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    totals["grad_norm"] = grad_norm.item()
+    for _ in range(cfg.num_iterations):
+        for idx in micro_batches(batch_rollout, cfg.micro_batch_size or len(batch_rollout)):
+            logps = completion_logprobs(policy, batch_rollout.select(idx), cfg.temperature,
+                                        cfg.logprobs_impl)  # (b, T)
+            loss, info = reinforce_loss(logps, advantages[idx], mask[idx], ref_logps[idx], kl_beta,
+                                        old_logps=None if old_logps is None else old_logps[idx],
+                                        clip_eps=cfg.clip_eps, kl_loss=cfg.kl_loss)
+            weight = len(idx) / len(batch_rollout)  # a mean over sequences: weight each micro-batch by its rows
+            check_finite(loss, "loss", step, out)
+            (loss * weight).backward()
+            add_info(totals, info, weight / cfg.num_iterations,
+                     mask[idx].sum().item() / mask.sum().item() / cfg.num_iterations)
+        grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip or float("inf"))
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        totals["grad_norm"] = totals.get("grad_norm", 0.0) + grad_norm.item() / cfg.num_iterations
     check_finite(largest_weight(policy), "the policy's largest |weight|", step, out)
     return totals
 
@@ -252,10 +306,15 @@ def train(cfg: Config, reward_fn=None) -> dict:
         set_lr(optimizer, linear_decay_lr(step, lr=cfg.lr, max_steps=cfg.max_steps) if cfg.lr_decay else cfg.lr)
         prompts, perm, pos = next_prompts(records, perm, pos, cfg.prompts_per_step, order_gen)
         batch_rollout, ref_logps, rewards, stats = sample_and_score(policy, ref, enc, prompts, reward_fn, cfg, gen)
-        if cfg.beta and cfg.kl_in == "reward":  # k1 per token, summed over the sequence
-            rewards = rewards - cfg.beta * ((batch_rollout.logprobs - ref_logps) * batch_rollout.completion_mask
-                                            ).sum(dim=1)  # (B,)
-        advantages, running_mean = baseline_advantages(rewards, cfg, running_mean)  # (B,)
+        if cfg.baseline == "reinforce++":  # per token: the KL penalty stays on its token, whitened over the batch
+            advantages = reinforce_pp_advantages(rewards, batch_rollout.logprobs, ref_logps,
+                                                 batch_rollout.completion_mask,
+                                                 cfg.beta if cfg.kl_in == "reward" else 0.0)  # (B, T)
+        else:
+            if cfg.beta and cfg.kl_in == "reward":  # k1 per token, summed over the sequence
+                rewards = rewards - cfg.beta * ((batch_rollout.logprobs - ref_logps) * batch_rollout.completion_mask
+                                                ).sum(dim=1)  # (B,)
+            advantages, running_mean = baseline_advantages(rewards, cfg, running_mean)  # (B,)
         zero_std = (rewards.view(-1, cfg.group_size).std(dim=1) == 0).float().mean().item()
         info = update(policy, optimizer, batch_rollout, ref_logps, advantages, cfg, step, out)
 

@@ -135,9 +135,33 @@ def parse_reward(spec: str) -> WeightedReward:
     return WeightedReward(terms)
 
 
+def token_rewards(scores, logps, ref_logps, mask, beta: float) -> torch.Tensor:
+    """Per-token reward: -beta * (log pi - log pi_ref) on every token, plus the score at each row's last token.
+
+    scores (B,), logps / ref_logps / mask (B, T) -> (B, T), 0 where mask is 0.
+    """
+    mask = mask.to(logps.dtype)  # (B, T)
+    rewards = -beta * (logps - ref_logps) * mask  # (B, T) k1 KL penalty, in the log-probs' dtype
+    last = (mask.sum(dim=1).long() - 1).clamp(min=0)  # (B,) index of the last completion token
+    score = scores.to(rewards.dtype)[:, None] * (mask.sum(dim=1, keepdim=True) > 0)  # (B, 1), 0 for empty rows
+    return rewards.scatter_add(1, last[:, None], score)
+
+
+def overlong_penalty(lengths: torch.Tensor, max_tokens: int, buffer: int) -> torch.Tensor:
+    """DAPO's soft overlong punishment (Yu et al. 2025, arXiv:2503.14476, eq. 13): 0 up to max_tokens - buffer
+    tokens, then falling linearly to -1 at max_tokens (and -1 beyond). lengths (N,) -> (N,) float, <= 0."""
+    if buffer <= 0:
+        return torch.zeros_like(lengths, dtype=torch.float32)
+    over = (lengths.float() - (max_tokens - buffer)) / buffer  # (N,) how far into the buffer
+    return -over.clamp(min=0.0, max=1.0)
+
+
 def score_rollout(ro, reward_fn: RewardFn, max_new_tokens: int, missing_stop_penalty: float = 0.0,
-                  length_penalty: float = 0.0) -> tuple[torch.Tensor, dict]:
+                  length_penalty: float = 0.0, overlong_buffer: int = 0) -> tuple[torch.Tensor, dict]:
     """Score every row of a Rollout -> (rewards (N,) float32, stats for the log).
+
+    Penalties subtracted from the reward: missing_stop_penalty if a row never emitted its stop token,
+    length_penalty * length / max_new_tokens, and with overlong_buffer DAPO's overlong_penalty.
 
     stats: reward mean/std, each named term's mean (for a WeightedReward), stop rate, mean completion length,
     and in a batch of several domains each domain's mean reward ("reward/sql", ...): the weighted total with
@@ -157,6 +181,8 @@ def score_rollout(ro, reward_fn: RewardFn, max_new_tokens: int, missing_stop_pen
     lengths = ro.lengths.float().cpu()  # (N,)
     stopped = ro.stopped.cpu()
     r = r - missing_stop_penalty * (~stopped).float() - length_penalty * lengths / max_new_tokens
+    if overlong_buffer:
+        r = r + overlong_penalty(lengths, max_new_tokens, overlong_buffer)
     stats = {"reward": r.mean().item(), "reward_std": r.std().item() if len(r) > 1 else 0.0,
              "stop_rate": stopped.float().mean().item(), "length": lengths.mean().item()}
     for name in (parts[0] if parts else {}):

@@ -157,6 +157,27 @@ def completion_logprobs(model, ro: Rollout, temperature: float = 1.0, impl: str 
     return (logps, F.pad(hidden, (0, 0, 0, T - t))) if return_hidden else logps
 
 
+def concat_rollouts(parts: list[tuple[Rollout, torch.Tensor, torch.Tensor]], pad_id: int):
+    """Stack (rollout, per-token tensor (n, T_k), per-row tensor (n,)) triples row-wise -> the same triple.
+
+    Widths may differ between parts: prompts are left-padded to the widest, completions and the per-token
+    tensor right-padded (pad_id for ids, 0 for masks and log-probs), which changes no masked computation.
+    """
+    P = max(ro.prompt_ids.shape[1] for ro, _, _ in parts)
+    T = max(ro.completion_ids.shape[1] for ro, _, _ in parts)
+    left = lambda x, value: F.pad(x, (P - x.shape[1], 0), value=value)  # noqa: E731
+    right = lambda x, value: F.pad(x, (0, T - x.shape[1]), value=value)  # noqa: E731
+    ros = [ro for ro, _, _ in parts]
+    ro = Rollout(torch.cat([left(r.prompt_ids, pad_id) for r in ros]),
+                 torch.cat([left(r.prompt_mask, 0) for r in ros]),
+                 torch.cat([right(r.completion_ids, pad_id) for r in ros]),
+                 torch.cat([right(r.completion_mask, 0) for r in ros]),
+                 torch.cat([right(r.logprobs, 0.0) for r in ros]),
+                 torch.cat([r.stopped for r in ros]), ros[0].group_size, [t for r in ros for t in r.texts],
+                 [x for r in ros for x in r.records])
+    return ro, torch.cat([right(x, 0.0) for _, x, _ in parts]), torch.cat([y for _, _, y in parts])
+
+
 def micro_batches(ro: Rollout, size: int) -> list[torch.Tensor]:
     """Row indices in chunks of `size`, rows of similar length together, for gradient accumulation.
 

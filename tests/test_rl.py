@@ -58,12 +58,13 @@ NEW = OLD + torch.log(RATIO)
 #   row 1: rho 0.5 -> -min(-0.25, -0.4) = 0.4;  rho 1.0 -> 0.5;  rho 1.1 -> -min(-0.55, -0.55) = 0.55
 BY_HAND = {"grpo": ((-1.2 - 1.0) / 2 + (0.4 + 0.5 + 0.55) / 3) / 2,  # mean of sequence means = -0.308333
            "bnpo": (-1.2 - 1.0 + 0.4 + 0.5 + 0.55) / 5,  # token mean = -0.15
-           "dr_grpo": (-1.2 - 1.0 + 0.4 + 0.5 + 0.55) / (2 * 3)}  # sum / (B * T_max) = -0.125
+           "dapo": (-1.2 - 1.0 + 0.4 + 0.5 + 0.55) / 5,  # the same on one batch (they differ across micro-batches)
+           "dr_grpo": (-1.2 - 1.0 + 0.4 + 0.5 + 0.55) / (2 * 4)}  # sum / (B * max_tokens 4) = -0.09375
 
 
-@pytest.mark.parametrize("loss_type", ["grpo", "bnpo", "dr_grpo"])
+@pytest.mark.parametrize("loss_type", ["grpo", "bnpo", "dapo", "dr_grpo"])
 def test_grpo_loss_types_on_a_ragged_batch_by_hand(loss_type):
-    loss, info = grpo_loss(NEW, OLD, None, ADV, MASK, clip_eps=0.2, beta=0.0, loss_type=loss_type)
+    loss, info = grpo_loss(NEW, OLD, None, ADV, MASK, clip_eps=0.2, beta=0.0, loss_type=loss_type, max_tokens=4)
     assert info["loss"] == loss.detach() and info["clip_frac"].item() == pytest.approx(2 / 5)  # rho 1.5, 0.5
     assert loss.item() == pytest.approx(BY_HAND[loss_type], abs=1e-6)
 
@@ -80,7 +81,7 @@ def test_grpo_k3_kl_term_by_hand():
         grpo_loss(logps, logps, ref, torch.zeros(2), MASK, loss_type="bogus")
 
 
-@pytest.mark.parametrize("loss_type", ["grpo", "bnpo", "dr_grpo"])
+@pytest.mark.parametrize("loss_type", ["grpo", "dapo", "dr_grpo"])
 def test_gradient_accumulation_over_micro_batches_equals_one_batch(loss_type):
     torch.manual_seed(1)
     B, T = 6, 5
@@ -89,11 +90,12 @@ def test_gradient_accumulation_over_micro_batches_equals_one_batch(loss_type):
     ref = -torch.rand(B, T) * 3
     adv = torch.randn(B)
     theta = (old + 0.3 * torch.randn(B, T)).requires_grad_()  # some ratios beyond the clip range
-    full, _ = grpo_loss(theta, old, ref, adv, mask, beta=0.05, loss_type=loss_type)
+    full, _ = grpo_loss(theta, old, ref, adv, mask, beta=0.05, loss_type=loss_type, max_tokens=T)
     (g_full,) = torch.autograd.grad(full, theta)
     acc, g_acc = 0.0, torch.zeros(B, T)
     for idx in (torch.arange(0, 4), torch.arange(4, 6)):  # unequal micro-batches
-        part, _ = grpo_loss(theta[idx], old[idx], ref[idx], adv[idx], mask[idx], beta=0.05, loss_type=loss_type)
+        part, _ = grpo_loss(theta[idx], old[idx], ref[idx], adv[idx], mask[idx], beta=0.05, loss_type=loss_type,
+                            max_tokens=T)
         part = part * micro_batch_weight(loss_type, mask[idx], mask)
         (g,) = torch.autograd.grad(part, theta)
         acc, g_acc = acc + part.item(), g_acc + g
@@ -101,7 +103,7 @@ def test_gradient_accumulation_over_micro_batches_equals_one_batch(loss_type):
     torch.testing.assert_close(g_acc, g_full, atol=1e-7, rtol=1e-6)
 
 
-@pytest.mark.parametrize("loss_type", ["grpo", "bnpo", "dr_grpo", "reinforce"])
+@pytest.mark.parametrize("loss_type", ["grpo", "dapo", "dr_grpo", "reinforce"])
 def test_length_grouped_trimmed_micro_batches_give_the_full_batch_gradient(loss_type):
     """What the training loops do: micro_batches + completion_logprobs (padding cut) == one untrimmed batch."""
     torch.manual_seed(3)
@@ -114,7 +116,8 @@ def test_length_grouped_trimmed_micro_batches_give_the_full_batch_gradient(loss_
     def loss_of(logps, idx):
         if loss_type == "reinforce":
             return reinforce_loss(logps, adv[idx], mask[idx], ref[idx], 0.05)[0] * len(idx) / len(ro)
-        return grpo_loss(logps, old[idx], ref[idx], adv[idx], mask[idx], beta=0.05, loss_type=loss_type)[0] \
+        return grpo_loss(logps, old[idx], ref[idx], adv[idx], mask[idx], beta=0.05, loss_type=loss_type,
+                         max_tokens=10)[0] \
             * micro_batch_weight(loss_type, mask[idx], mask)
 
     params = list(model.parameters())
@@ -188,6 +191,9 @@ def test_token_rewards_put_the_score_on_the_last_token():
     ref = torch.tensor([[-1.5, -1.0, 0.0], [-1.0, -1.0, -2.0]])
     r = token_rewards(torch.tensor([1.0, 0.5]), logps, ref, MASK, beta=0.1)
     torch.testing.assert_close(r, torch.tensor([[-0.05, 0.1 + 1.0, 0.0], [0.0, 0.0, -0.1 + 0.5]]))
+    r64 = token_rewards(torch.tensor([1.0, 0.5]), logps.double(), ref.double(), MASK, beta=0.1)  # float64 log-probs
+    assert r64.dtype == torch.float64
+    torch.testing.assert_close(r64, r.double())
 
 
 def test_whiten_and_ppo_losses_by_hand():
@@ -358,3 +364,48 @@ def test_rl_cli_prints_one_line_and_exits_2(objective):
     r = subprocess.run([sys.executable, "-m", f"minipost.{objective}", "--max-steps", "0"], capture_output=True,
                        text=True, timeout=120)
     assert r.returncode == 2 and "--max-steps 0" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the variants (DAPO, GSPO, KL choices, REINFORCE++, multi-update RLOO) train, log what they add, resume exactly
+
+def length_over_3(prompt, completion, record):
+    """A 0/1 reward, so that many groups of 4 have no spread at all (what dynamic sampling drops)."""
+    return float(len(completion) > 3)
+
+
+VARIANTS = {
+    "reinforce++": ("reinforce", dict(lr=1e-2, baseline="reinforce++", kl_in="reward", beta=0.05)),
+    "rloo_x2": ("reinforce", dict(lr=1e-2, num_iterations=2, kl_loss="k2")),
+    "dapo": ("grpo", dict(lr=1e-2, beta=0.0, loss_type="dapo", clip_eps_high=0.28, num_iterations=2,
+                          dynamic_sampling=True, max_sample_rounds=3, overlong_buffer=4)),
+    "gspo": ("grpo", dict(lr=1e-2, beta=0.0, importance_sampling_level="sequence", clip_eps=3e-4,
+                          clip_eps_high=4e-4, num_iterations=2)),
+    "grpo_kl": ("grpo", dict(lr=1e-2, beta=0.05, kl_loss="k3_corrected", loss_type="dr_grpo",
+                             scale_rewards=False)),
+    "grpo_kl_reward": ("grpo", dict(lr=1e-2, beta=0.05, kl_in="reward")),
+    "ppo_kl_loss": ("ppo", dict(lr=1e-2, critic_lr=1e-2, beta=0.05, kl_in="loss", kl_loss="k2")),
+}
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_rl_variants_train_log_and_resume_bit_exact(variant, tiny_setup, tmp_path):
+    import importlib
+
+    from minipost.common import load_checkpoint
+
+    name, extra = VARIANTS[variant]
+    mod = importlib.import_module(f"minipost.{name}")
+    base = dict(max_steps=4, save_every=10, **tiny_setup, **extra)
+    mod.train(mod.Config(out=str(tmp_path / "straight"), **base), reward_fn=length_over_3)
+    mod.train(mod.Config(out=str(tmp_path / "resumed"), stop_after=2, **base), reward_fn=length_over_3)
+    mod.train(mod.Config(out=str(tmp_path / "resumed"), resume=True, **base), reward_fn=length_over_3)
+    a, b = (load_checkpoint(tmp_path / p / "model.pt")["model"] for p in ("straight", "resumed"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    rows = _rows(tmp_path / "straight")
+    assert rows == _rows(tmp_path / "resumed")
+    train_rows = [r for r in rows if "reward" in r]
+    assert len(train_rows) == 4 and all(torch.isfinite(torch.tensor(r["loss"])) for r in train_rows)
+    if variant == "dapo":  # groups were dropped, and a full batch of informative groups has no zero-spread group
+        assert sum(r["dropped_groups"] for r in train_rows) > 0
+        assert all(r["zero_std_frac"] == 0 for r in train_rows if r["sample_rounds"] < 3 or r["dropped_groups"] == 0)

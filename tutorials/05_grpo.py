@@ -45,17 +45,27 @@ print("1 of 8 right: GRPO gives the right one", round(group_advantages(torch.eye
 
 # %% [markdown]
 # ## Loss types: how tokens are averaged
-# Two answers, one of 2 tokens (A = +1) and one of 3 tokens (A = -0.5), at ratio 1. `grpo` averages each
-# answer's tokens, then the answers: the short answer's tokens weigh 1/2 each, the long one's 1/3. `bnpo`
-# averages all 5 tokens together. `dr_grpo` divides the sum by B * T_max = 6 whatever the lengths, so a
+# Two answers, one of 2 tokens (A = +1) and one of 3 tokens (A = -0.5), at ratio 1, generated with a budget of
+# max_new_tokens = 4. The sum of token losses is divided by:
+#
+# | loss type | normaliser | who uses it |
+# |---|---|---|
+# | `grpo` | each answer's length, then the mean over answers | the GRPO paper; TRL `grpo` |
+# | `dapo` | all tokens of the rollout batch | DAPO; TRL `dapo` (its default) |
+# | `bnpo` | the tokens of each micro-batch | TRL `bnpo` (changes with the micro-batch size) |
+# | `dr_grpo` | rows x the generation budget, a constant | Dr. GRPO; TRL `dr_grpo` |
+#
+# `grpo` gives the short answer's tokens 1/2 each and the long one's 1/3. `dapo` and `bnpo` average all 5
+# tokens together (on one micro-batch they agree; over several, `bnpo` averages each micro-batch's own mean).
+# `dr_grpo` divides by 2 x 4 = 8 whatever the lengths, and whatever width generation happened to stop at, so a
 # token's weight never depends on how long its answer is (no length bias).
 
 # %%
 mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
 adv = torch.tensor([1.0, -0.5])
 logps = torch.log(torch.tensor([[0.2, 0.3, 0.4], [0.4, 0.1, 0.5]]))
-for lt in ("grpo", "bnpo", "dr_grpo"):
-    print(f"{lt:8s} loss {grpo_loss(logps, logps, None, adv, mask, loss_type=lt)[0].item():+.4f}")
+for lt in ("grpo", "dapo", "bnpo", "dr_grpo"):
+    print(f"{lt:8s} loss {grpo_loss(logps, logps, None, adv, mask, loss_type=lt, max_tokens=4)[0].item():+.4f}")
 
 # %% [markdown]
 # ## The clip
