@@ -38,9 +38,32 @@ DATA_DIR = REPO_DIR / "data"
 # ----------------------------------------------------------------------------------------------------------------
 # device, dtype, seeds
 
+DEVICE_HELP = "cuda, cuda:N, mps, cpu or auto (cuda, then mps, then cpu)"
+
+
+def check_device(name: str) -> None:
+    """A --device value that names a device this machine has; anything else is an InputError that says why."""
+    if name == "auto":
+        return
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise InputError(f"--device {name!r}: expected {DEVICE_HELP}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"--device {name!r}: no CUDA device on this machine (use cpu or auto)")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise InputError(f"--device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None) is not None
+                                     and torch.backends.mps.is_available()):
+        raise InputError(f"--device {name!r}: MPS is not available on this machine (use cpu or auto)")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise InputError(f"--device {name!r}: expected {DEVICE_HELP}")
+
+
 def pick_device(name: str = "auto") -> torch.device:
-    """cuda, then mps, then cpu (or the device you name)."""
+    """cuda, then mps, then cpu (or the device you name, checked by check_device)."""
     if name != "auto":
+        check_device(name)
         return torch.device(name)
     if torch.cuda.is_available():
         return torch.device("cuda")

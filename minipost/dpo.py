@@ -67,8 +67,9 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from minipost import threads
-from minipost.common import (DATA_DIR, InputError, MetricsLogger, autocast, check_config, check_finite, field, main,
-                             pick_device, read_jsonl, save_checkpoint, save_state, seed_everything, start_run)
+from minipost.common import (DATA_DIR, DEVICE_HELP, InputError, MetricsLogger, autocast, check_config, check_device,
+                             check_finite, field, main, pick_device, read_jsonl, save_checkpoint, save_state,
+                             seed_everything, start_run)
 from minipost.data import IGNORE, EpochBatches, load_prefs, pair_batch, tokenize_pairs
 from minipost.evals import pair_logps, per_domain, preference_accuracy, write_samples
 from minipost.logprobs import sequence_logprobs
@@ -118,7 +119,7 @@ class Config:
     logprobs_impl: str = field("auto", "token_logprobs implementation",
                                choices=["auto", "reference", "chunked", "triton"])
     seed: int = field(1337, "random seed (data order)")
-    device: str = field("auto", "cuda, mps, cpu or auto")
+    device: str = field("auto", DEVICE_HELP, check=check_device)
     progress: bool = field(True, "show a tqdm progress bar")
     threads: str = field("auto", threads.HELP, check=threads.parse_threads)
 

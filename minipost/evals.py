@@ -23,8 +23,8 @@ from pathlib import Path
 
 import torch
 
-from minipost.common import (DATA_DIR, ArgumentParser, InputError, autocast, exit_on_input_error, pick_device,
-                             read_jsonl, save_json)
+from minipost.common import (DATA_DIR, DEVICE_HELP, ArgumentParser, InputError, autocast, exit_on_input_error,
+                             pick_device, read_jsonl, save_json)
 from minipost.data import load_texts, pack, packed_eval_batches, pair_batch, tokenize_pairs
 from minipost.logprobs import sequence_logprobs, token_logprobs
 from minipost.model import check_same_tokenizer, load_model
@@ -273,7 +273,7 @@ def _main(argv=None):
     ap.add_argument("--vs", default=None, help="row every other row's arrows compare with (default: the row above)")
     ap.add_argument("--no-chat", action="store_true", help="probes and held-out loss only (base models)")
     ap.add_argument("--limit", type=int, default=None, help="evaluate at most this many items per domain")
-    ap.add_argument("--device", default="auto")
+    ap.add_argument("--device", default="auto", help=DEVICE_HELP)
     args = ap.parse_args(argv)
     if args.limit is not None and args.limit < 1:
         ap.error(f"--limit {args.limit}: must be >= 1")

@@ -183,11 +183,14 @@ class GPT(nn.Module):
         attn_mask = attn_mask | (k_slot[None, :] == q_slot[:, None])[None]  # a pad query sees itself: no NaN
         return pos, attn_mask[:, None]  # (B, T); (B, 1, T, S), broadcast over heads
 
-    def forward(self, idx, attention_mask=None, cache: KVCache | None = None, return_hidden: bool = False):
+    def forward(self, idx, attention_mask=None, cache: KVCache | None = None, return_hidden: bool = False,
+                logits_to_keep: int | None = None):
         """idx (B, T) token ids -> logits (B, T, V) (and the final hidden states (B, T, C) if asked).
 
         attention_mask (B, T): 1 for real tokens, 0 for padding (left padding). With a cache, idx holds only the
-        new tokens and attention_mask their validity.
+        new tokens and attention_mask their validity. logits_to_keep k: logits for the last k positions only,
+        (B, k, V), and None for k = 0 (a critic needs only the hidden states); the output layer is V / C times
+        wider than a block's input, so skipping it on prompt tokens nobody scores saves real compute.
         """
         pos, attn_mask = self.positions_and_mask(idx, attention_mask, cache)  # (B, T) or (T,); (B, 1, T, S)
         x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C)
@@ -196,7 +199,10 @@ class GPT(nn.Module):
         if cache is not None:
             cache.length += idx.shape[1]  # the T new slots are filled now
         h = self.ln_f(x)  # (B, T, C)
-        logits = h @ self.wte.weight.T  # (B, T, V), tied output layer
+        if logits_to_keep is None:
+            logits = h @ self.wte.weight.T  # (B, T, V), tied output layer
+        else:
+            logits = h[:, h.shape[1] - logits_to_keep:] @ self.wte.weight.T if logits_to_keep else None  # (B, k, V)
         return (logits, h) if return_hidden else logits
 
     def values(self, hidden):
@@ -236,7 +242,8 @@ class GPT(nn.Module):
         rows = torch.arange(B, device=idx.device)  # (b,) which row of the batch each cache row is
         live = torch.ones(B, dtype=torch.bool, device=idx.device)  # (b,) cache rows still generating
         cache = KVCache(self.cfg, B, P + steps, idx.device, self.wte.weight.dtype)
-        logits = self(idx, attention_mask, cache=cache)[:, -1]  # (B, V): left padding puts every last token here
+        logits = self(idx, attention_mask, cache=cache, logits_to_keep=1)[:, -1]  # (B, V): left padding puts every
+        # prompt's last token in the last column
         n = 0  # columns written
         for t in range(steps):
             logits = logits.float()

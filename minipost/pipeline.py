@@ -24,8 +24,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from minipost import threads
-from minipost.common import (DATA_DIR, InputError, check_config, config_with_preset, field, load_checkpoint, main,
-                             pick_device, save_json)
+from minipost.common import (DATA_DIR, DEVICE_HELP, InputError, check_config, check_device, config_with_preset, field,
+                             load_checkpoint, main, pick_device, save_json)
 from minipost.evals import evaluate_checkpoint, write_report
 from minipost.tokenizer import get_tokenizer
 from minipost.world import build as build_world
@@ -39,7 +39,7 @@ class Config:
     stages: str = field("pretrain,sft,dpo,rloo,grpo,ppo", "comma-separated stages to run, in order")
     fresh: bool = field(False, "rerun every stage from scratch (default: reuse finished stages, resume the rest)")
     seed: int = field(1337, "random seed for every stage")
-    device: str = field("auto", "cuda, mps, cpu or auto")
+    device: str = field("auto", DEVICE_HELP, check=check_device)
     progress: bool = field(True, "show tqdm progress bars")
     threads: str = field("auto", threads.HELP, check=threads.parse_threads)
     max_steps: int = field(0, "if > 0, cap every stage at this many steps (a quick smoke run, not real results)",

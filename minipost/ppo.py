@@ -56,9 +56,9 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from minipost import threads
-from minipost.common import (DATA_DIR, KL_LOSSES, InputError, MetricsLogger, add_info, check_config, check_finite,
-                             field, kl_estimate, kl_loss_term, largest_weight, main, pick_device, save_checkpoint,
-                             save_json, save_state, seed_everything, start_run)
+from minipost.common import (DATA_DIR, DEVICE_HELP, KL_LOSSES, InputError, MetricsLogger, add_info, check_config,
+                             check_device, check_finite, field, kl_estimate, kl_loss_term, largest_weight, main,
+                             pick_device, save_checkpoint, save_json, save_state, seed_everything, start_run)
 from minipost.evals import log_heldout, per_domain, write_samples
 from minipost.logprobs import masked_mean, whiten
 from minipost.model import load_model, model_checkpoint
@@ -118,7 +118,7 @@ class Config:
     logprobs_impl: str = field("auto", "token_logprobs implementation",
                                choices=["auto", "reference", "chunked", "triton"])
     seed: int = field(1337, "random seed (prompt order, sampling)")
-    device: str = field("auto", "cuda, mps, cpu or auto")
+    device: str = field("auto", DEVICE_HELP, check=check_device)
     progress: bool = field(True, "show a tqdm progress bar")
     threads: str = field("auto", threads.HELP, check=threads.parse_threads)
     resume: bool = field(False, "continue from OUT/state.pt: weights, optimizer, schedule, RNG, data position and step")
@@ -210,14 +210,14 @@ def completion_values(critic, batch_rollout) -> torch.Tensor:
     """The critic's V(s_t) for the state before each completion token -> (B, T), 0 where the mask is 0.
 
     The same forward pass as completion_logprobs (prompt + completion minus its last token, columns that are
-    padding in every row cut), keeping only the final hidden states: no log-softmax over the vocabulary.
+    padding in every row cut), keeping only the final hidden states: no output layer, no log-softmax.
     """
     T = batch_rollout.completion_ids.shape[1]
     p = max(int(batch_rollout.prompt_mask.sum(dim=1).max()), 1)  # prompt columns in use (left-padded)
     t = max(int(batch_rollout.completion_mask.sum(dim=1).max()), 1)  # completion columns in use (right-padded)
     ids = torch.cat([batch_rollout.prompt_ids[:, -p:], batch_rollout.completion_ids[:, :t]], dim=1)[:, :-1]
     attn = torch.cat([batch_rollout.prompt_mask[:, -p:], batch_rollout.completion_mask[:, :t]], dim=1)[:, :-1]
-    _, hidden = critic(ids, attn, return_hidden=True)  # (B, p+t-1, C); the model's forward makes logits too
+    _, hidden = critic(ids, attn, return_hidden=True, logits_to_keep=0)  # (B, p+t-1, C), no logits
     values = critic.values(hidden[:, p - 1:])  # (B, t): the state before completion token 0, 1, ...
     return F.pad(values, (0, T - t)) * batch_rollout.completion_mask  # (B, T)
 

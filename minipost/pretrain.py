@@ -28,8 +28,9 @@ import torch
 from tqdm import tqdm
 
 from minipost import threads
-from minipost.common import (DATA_DIR, InputError, MetricsLogger, autocast, check_config, check_finite, field,
-                             main, pick_device, read_jsonl, save_checkpoint, save_state, seed_everything, start_run)
+from minipost.common import (DATA_DIR, DEVICE_HELP, InputError, MetricsLogger, autocast, check_config, check_device,
+                             check_finite, field, main, pick_device, read_jsonl, save_checkpoint, save_state,
+                             seed_everything, start_run)
 from minipost.data import load_texts, pack, packed_batch
 from minipost.evals import heldout_loss, per_domain, write_samples
 from minipost.logprobs import token_logprobs
@@ -72,7 +73,7 @@ class Config:
                                choices=["auto", "reference", "chunked", "triton"])
     compile: bool = field(False, "torch.compile the model")
     seed: int = field(1337, "random seed (init, batches)")
-    device: str = field("auto", "cuda, mps, cpu or auto")
+    device: str = field("auto", DEVICE_HELP, check=check_device)
     progress: bool = field(True, "show a tqdm progress bar")
     threads: str = field("auto", threads.HELP, check=threads.parse_threads)
 

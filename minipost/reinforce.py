@@ -61,9 +61,9 @@ import torch
 from tqdm import tqdm
 
 from minipost import threads
-from minipost.common import (DATA_DIR, KL_LOSSES, InputError, MetricsLogger, add_info, check_config, check_finite,
-                             field, kl_estimate, kl_loss_term, largest_weight, main, pick_device, save_checkpoint,
-                             save_json, save_state, seed_everything, start_run)
+from minipost.common import (DATA_DIR, DEVICE_HELP, KL_LOSSES, InputError, MetricsLogger, add_info, check_config,
+                             check_device, check_finite, field, kl_estimate, kl_loss_term, largest_weight, main,
+                             pick_device, save_checkpoint, save_json, save_state, seed_everything, start_run)
 from minipost.evals import log_heldout, per_domain, write_samples
 from minipost.logprobs import masked_mean, whiten
 from minipost.model import load_model, model_checkpoint
@@ -120,7 +120,7 @@ class Config:
     logprobs_impl: str = field("auto", "token_logprobs implementation",
                                choices=["auto", "reference", "chunked", "triton"])
     seed: int = field(1337, "random seed (prompt order, sampling)")
-    device: str = field("auto", "cuda, mps, cpu or auto")
+    device: str = field("auto", DEVICE_HELP, check=check_device)
     progress: bool = field(True, "show a tqdm progress bar")
     threads: str = field("auto", threads.HELP, check=threads.parse_threads)
     resume: bool = field(False, "continue from OUT/state.pt: weights, optimizer, schedule, RNG, data position and step")

@@ -150,8 +150,8 @@ def completion_logprobs(model, ro: Rollout, temperature: float = 1.0, impl: str 
     t = max(int(ro.completion_mask.sum(dim=1).max()), 1)  # completion columns in use (completions are right-padded)
     ids = torch.cat([ro.prompt_ids[:, -p:], ro.completion_ids[:, :t]], dim=1)[:, :-1]  # (N, p+t-1)
     attn = torch.cat([ro.prompt_mask[:, -p:], ro.completion_mask[:, :t]], dim=1)[:, :-1]  # (N, p+t-1)
-    logits, hidden = model(ids, attn, return_hidden=True)  # (N, p+t-1, V), (N, p+t-1, C)
-    logits, hidden = logits[:, p - 1:], hidden[:, p - 1:]  # (N, t, V), (N, t, C)
+    logits, hidden = model(ids, attn, return_hidden=True, logits_to_keep=t)  # (N, t, V), (N, p+t-1, C)
+    hidden = hidden[:, p - 1:]  # (N, t, C): the last t columns, those that predict completion tokens
     logps = token_logprobs(logits, ro.completion_ids[:, :t], temperature=temperature, impl=impl)  # (N, t)
     logps = F.pad(logps, (0, T - t)) * ro.completion_mask  # (N, T); padding contributes exactly 0
     return (logps, F.pad(hidden, (0, 0, 0, T - t))) if return_hidden else logps

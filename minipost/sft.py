@@ -43,8 +43,9 @@ import torch
 from tqdm import tqdm
 
 from minipost import threads
-from minipost.common import (DATA_DIR, InputError, MetricsLogger, autocast, check_config, check_finite, field, main,
-                             pick_device, read_jsonl, save_checkpoint, save_state, seed_everything, start_run)
+from minipost.common import (DATA_DIR, DEVICE_HELP, InputError, MetricsLogger, autocast, check_config, check_device,
+                             check_finite, field, main, pick_device, read_jsonl, save_checkpoint, save_state,
+                             seed_everything, start_run)
 from minipost.data import IGNORE, EpochBatches, collate, load_chats, load_texts, pack, packed_batch, tokenize_chats
 from minipost.evals import heldout_loss, per_domain, write_samples
 from minipost.logprobs import token_logprobs
@@ -89,7 +90,7 @@ class Config:
     logprobs_impl: str = field("auto", "token_logprobs implementation",
                                choices=["auto", "reference", "chunked", "triton"])
     seed: int = field(1337, "random seed (data order)")
-    device: str = field("auto", "cuda, mps, cpu or auto")
+    device: str = field("auto", DEVICE_HELP, check=check_device)
     progress: bool = field(True, "show a tqdm progress bar")
     threads: str = field("auto", threads.HELP, check=threads.parse_threads)
 

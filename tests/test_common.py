@@ -183,3 +183,17 @@ def test_metrics_logger_on_resume_drops_rows_after_the_checkpoint(tmp_path):
     log.log(3, loss=0.5)
     log.close()
     assert [json.loads(r)["step"] for r in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+
+
+def test_device_names_are_checked_with_one_line_errors():
+    from minipost.common import check_device, pick_device
+
+    for name in ("auto", "cpu"):
+        check_device(name)
+    assert pick_device("cpu").type == "cpu"
+    for bad in ("tpu", "cuda:x", "", "cpu:0:1"):
+        with pytest.raises(InputError, match="--device"):
+            check_device(bad)
+    if not torch.cuda.is_available():
+        with pytest.raises(InputError, match="no CUDA device"):
+            pick_device("cuda")
