@@ -23,6 +23,7 @@ import json
 import math
 import os
 import random
+import shutil
 import sys
 import tempfile
 import typing
@@ -114,17 +115,22 @@ class InputError(ValueError):
 
 def main(train_fn, cls, presets: dict[str, dict] | None = None, argv: list[str] | None = None):
     """`python -m minipost.<objective>`: flags -> Config -> train(cfg). A wrong flag, file or record prints
-    one line `error: ...` and exits 2; anything else is a bug and keeps its traceback."""
+    one line `error: ...` and exits 2; a run stopped by a non-finite value prints one line `stopped: ...` and
+    exits 1; anything else is a bug and keeps its traceback."""
     return exit_on_input_error(lambda: train_fn(parse_config(cls, argv, presets)))
 
 
 def exit_on_input_error(fn):
-    """Call fn(); an InputError becomes one line on stderr and exit code 2 (what every CLI here does)."""
+    """Call fn(); an InputError becomes one line on stderr and exit code 2 (what every CLI here does), a
+    FloatingPointError (check_finite, generate: the run diverged) one line and exit code 1."""
     try:
         return fn()
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
+    except FloatingPointError as e:
+        print(f"stopped: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -403,6 +409,7 @@ def check_finite(value, what: str, step: int, out_dir) -> None:
 # ----------------------------------------------------------------------------------------------------------------
 # a run folder: config.json, and state.pt for --resume
 
+RUN_FILES = ("config.json", "metrics.jsonl", "state.pt", "model.pt", "samples.txt", "summary.json")  # a run's own
 RESUME_IGNORES = ("resume", "allow_config_change", "progress", "device", "stop_after", "save_every", "threads",
                   "max_seconds")  # fields that may change between a run and its resumption
 
@@ -411,12 +418,23 @@ def start_run(out_dir, cfg) -> dict | None:
     """Call once every flag, file and model has been checked, and after the models are built (their random
     init draws from the global RNG that a resume restores here). Removes *.tmp files a killed run left behind;
     with cfg.resume, loads OUT/state.pt (refusing a changed config unless cfg.allow_config_change) and returns
-    it; without, writes config.json and returns None. Nothing in out_dir changes before this point."""
+    it; without, moves an earlier run's files to OUT/previous/ (one generation is kept, so a fresh start in the
+    wrong folder loses nothing), writes config.json and returns None. Nothing in out_dir changes before this
+    point."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for tmp in out.glob("*.tmp"):
         tmp.unlink()
     if not cfg.resume:
+        earlier = [out / n for n in RUN_FILES if (out / n).exists()]
+        if any(p.name in ("state.pt", "model.pt") for p in earlier):
+            backup = out / "previous"
+            shutil.rmtree(backup, ignore_errors=True)
+            backup.mkdir()
+            for p in earlier:
+                os.replace(p, backup / p.name)
+            print(f"{out} held an earlier run: moved its {', '.join(p.name for p in earlier)} to {backup}/ "
+                  "(use --resume true to continue a run instead)")
         save_json(out / "config.json", dataclasses.asdict(cfg))
         return None
     state = load_checkpoint(out / "state.pt", required=("step", "config", "rng")) if (

@@ -90,7 +90,7 @@ class Config:
     domains: str = field("", "comma-separated domains to train on (empty: all)")
     oversample: str = field("arithmetic:2", "domain:k,... repeats that domain's prompts k times (empty: none)")
     reward: str = field("correct:1,restate:0.3", "reward terms name:weight, see rewards.py (correct, answer, sql, "
-                                                 "tool, restate, format)")
+                                                 "tool, restate, format)", check=parse_reward)
     missing_stop_penalty: float = field(0.0, "subtracted from the reward of a completion without <|end|>", min=0)
     length_penalty: float = field(0.0, "subtracted times completion length / max_new_tokens", min=0)
     max_steps: int = field(200, "rollout batches (each followed by num_iterations optimizer steps)", min=1)
@@ -311,7 +311,7 @@ def update(policy, optimizer, batch_rollout, ref_logps, advantages, cfg: Config,
                                    max_tokens=cfg.max_new_tokens, clip_eps_high=cfg.clip_eps_high or None,
                                    importance_sampling_level=cfg.importance_sampling_level, kl_loss=cfg.kl_loss)
             weight = micro_batch_weight(cfg.loss_type, mask[idx], mask)
-            check_finite(loss, "loss", step, out)
+            check_finite(loss, "loss", step + 1, out)
             (loss * weight).backward()
             add_info(totals, info, weight / cfg.num_iterations,
                      mask[idx].sum().item() / mask.sum().item() / cfg.num_iterations)
@@ -319,7 +319,7 @@ def update(policy, optimizer, batch_rollout, ref_logps, advantages, cfg: Config,
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         totals["grad_norm"] = totals.get("grad_norm", 0.0) + grad_norm.item() / cfg.num_iterations
-    check_finite(largest_weight(policy), "the policy's largest |weight|", step, out)
+    check_finite(largest_weight(policy), "the policy's largest |weight|", step + 1, out)
     return totals
 
 

@@ -79,7 +79,7 @@ class Config:
     domains: str = field("", "comma-separated domains to train on (empty: all)")
     oversample: str = field("arithmetic:2", "domain:k,... repeats that domain's prompts k times (empty: none)")
     reward: str = field("correct:1,restate:0.3", "reward terms name:weight, see rewards.py (correct, answer, sql, "
-                                                 "tool, restate, format)")
+                                                 "tool, restate, format)", check=parse_reward)
     missing_stop_penalty: float = field(1.0, "subtracted from the reward of a completion without <|end|>", min=0)
     length_penalty: float = field(0.0, "subtracted times completion length / max_new_tokens", min=0)
     max_steps: int = field(200, "rollout batches (each followed by ppo_epochs * num_minibatches optimizer steps)",
@@ -276,7 +276,7 @@ def update(policy, critic, optimizer, critic_optimizer, batch_rollout, ref_logps
                 loss = policy_loss + cfg.vf_coef * value_loss  # two separate models: each gets its own term's gradient
                 info = {"loss": loss.detach(), **policy_info, **value_info}
                 weight = mask[idx].sum().item() / max(mask[minibatch].sum().item(), 1)  # token means: token share
-                check_finite(loss, "loss", step, out)
+                check_finite(loss, "loss", step + 1, out)
                 (loss * weight).backward()
                 add_info(totals, info, weight / n_steps, mask[idx].sum().item() / mask.sum().item() / cfg.ppo_epochs)
             grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip or float("inf"))
@@ -286,8 +286,8 @@ def update(policy, critic, optimizer, critic_optimizer, batch_rollout, ref_logps
             optimizer.zero_grad(set_to_none=True)
             critic_optimizer.zero_grad(set_to_none=True)
             totals["grad_norm"] = totals.get("grad_norm", 0.0) + grad_norm.item() / n_steps
-    check_finite(largest_weight(policy), "the policy's largest |weight|", step, out)
-    check_finite(largest_weight(critic), "the critic's largest |weight|", step, out)
+    check_finite(largest_weight(policy), "the policy's largest |weight|", step + 1, out)
+    check_finite(largest_weight(critic), "the critic's largest |weight|", step + 1, out)
     return totals
 
 

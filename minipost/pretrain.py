@@ -158,7 +158,7 @@ def train(cfg: Config) -> dict:
                 logits = fwd(x)  # (b, T, V)
             # every window has T targets, so the b/B share of the batch mean makes the sum the full-batch mean
             loss = next_token_loss(logits, y, cfg.logprobs_impl) * (len(x) / cfg.batch_size)
-            check_finite(loss, "loss", step, out)
+            check_finite(loss, "loss", step + 1, out)
             loss.backward()
             loss_sum += loss.item()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))

@@ -31,11 +31,13 @@ Sequence-level penalties, applied by `score_rollout` after the weighted sum:
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Callable
 
 import torch
 
+from minipost.common import InputError
 from minipost.world import check, check_arithmetic, check_sql, check_tools, run_sql
 
 RewardFn = Callable[[str, str, dict], float]
@@ -122,16 +124,20 @@ class WeightedReward:
 
 
 def parse_reward(spec: str) -> WeightedReward:
-    """"correct:1,format:0.1" -> WeightedReward. A name without a weight gets weight 1."""
+    """"correct:1,format:0.1" -> WeightedReward. A name without a weight gets weight 1. A bad spec is an
+    InputError naming the flag (the RL configs check it before anything loads)."""
     terms = {}
     for item in spec.split(","):
         name, _, w = item.strip().partition(":")
         if name not in REWARDS:
-            raise ValueError(f"unknown reward {name!r} in {spec!r}; built-in rewards are {sorted(REWARDS)}")
+            raise InputError(f"--reward {spec!r}: unknown reward {name!r}; built-in rewards are {sorted(REWARDS)}")
         try:
-            terms[name] = (REWARDS[name], float(w) if w else 1.0)
+            weight = float(w) if w else 1.0
         except ValueError:
-            raise ValueError(f"reward weight {w!r} for {name!r} in {spec!r} is not a number") from None
+            raise InputError(f"--reward {spec!r}: weight {w!r} of {name!r} is not a number") from None
+        if not math.isfinite(weight):
+            raise InputError(f"--reward {spec!r}: weight {w!r} of {name!r} must be a finite number")
+        terms[name] = (REWARDS[name], weight)
     return WeightedReward(terms)
 
 

@@ -232,7 +232,7 @@ def train(cfg: Config) -> dict:
             with autocast(device):
                 logits = model(x)  # (b, T, V)
             loss = sft_loss(logits, y, n_tok, cfg.logprobs_impl)  # this micro-batch's share of the step's mean
-            check_finite(loss, "loss", step, out)
+            check_finite(loss, "loss", step + 1, out)
             loss.backward()
             loss_sum += loss.item()
             correct += token_accuracy(logits, y)[0]
@@ -241,7 +241,7 @@ def train(cfg: Config) -> dict:
             x, y = packed_batch(ptx_stream, cfg.ptx_batch_size, block_size, ptx_gen)  # (P, T) each
             with autocast(device):
                 loss = -token_logprobs(model(x.to(device)), y.to(device), impl=cfg.logprobs_impl).mean()
-            check_finite(loss, "ptx_loss", step, out)
+            check_finite(loss, "ptx_loss", step + 1, out)
             (cfg.ptx_coef * loss).backward()
             ptx_loss = loss.item()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))

@@ -127,6 +127,22 @@ def test_config_bounds_are_checked_wherever_the_config_is_built():
     assert e.value.code == 2
 
 
+def test_cli_errors_and_divergence_stops_are_one_line(capsys):
+    from minipost.common import exit_on_input_error
+
+    def diverge():
+        raise FloatingPointError("loss is nan at step 3: stopping. Checkpoints in runs/x are the last good ones")
+
+    def bad_input():
+        raise InputError("--lr inf: must be a finite number")
+
+    for fn, code, prefix in ((bad_input, 2, "error: --lr inf"), (diverge, 1, "stopped: loss is nan at step 3")):
+        with pytest.raises(SystemExit) as e:
+            exit_on_input_error(fn)
+        err = capsys.readouterr().err
+        assert e.value.code == code and err.startswith(prefix) and err.count("\n") == 1 and "Traceback" not in err
+
+
 def test_checkpoints_only_ever_hold_finite_tensors(tmp_path):
     path = tmp_path / "m.pt"
     save_checkpoint(path, {"model": {"w": torch.ones(2)}, "step": 1})
@@ -170,6 +186,20 @@ def test_start_run_writes_config_resumes_and_refuses_a_changed_config(tmp_path):
     assert start_run(tmp_path, RunCfg(out=str(tmp_path), lr=2.0, resume=True, allow_config_change=True))["step"] == 3
     with pytest.raises(InputError, match=r"no .*state.pt to resume from"):
         start_run(tmp_path / "other", RunCfg(resume=True))
+
+
+def test_a_fresh_start_over_an_earlier_run_keeps_that_run_in_previous(tmp_path):
+    cfg = RunCfg(out=str(tmp_path))
+    start_run(tmp_path, cfg)
+    save_state(tmp_path, 3, cfg, model={"w": torch.ones(1)})
+    (tmp_path / "metrics.jsonl").write_text('{"step": 3}\n')
+    start_run(tmp_path, RunCfg(out=str(tmp_path), lr=1e6))  # a new run, by mistake, into the same folder
+    kept = tmp_path / "previous"
+    assert sorted(p.name for p in kept.iterdir()) == ["config.json", "metrics.jsonl", "state.pt"]
+    assert load_checkpoint(kept / "state.pt")["step"] == 3 and json.loads((kept / "config.json").read_text())["lr"] == 1
+    assert json.loads((tmp_path / "config.json").read_text())["lr"] == 1e6 and not (tmp_path / "state.pt").exists()
+    start_run(tmp_path, cfg)  # no state.pt or model.pt here now: nothing to keep, previous/ stays as it was
+    assert load_checkpoint(kept / "state.pt")["step"] == 3
 
 
 def test_metrics_logger_on_resume_drops_rows_after_the_checkpoint(tmp_path):

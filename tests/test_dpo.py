@@ -242,15 +242,17 @@ def test_resume_refuses_a_changed_config_and_removes_leftover_tmp_files(tmp_path
 
 def test_a_diverging_run_stops_and_leaves_only_finite_files(tmp_path, monkeypatch):
     """lr 1e30 overflows the weights: the run stops with FloatingPointError, and the model.pt and state.pt of an
-    earlier good run in the same folder stay loadable and finite (no file with NaN/inf is ever written)."""
+    earlier good run in the same folder stay loadable and finite in run/previous/ (no file with NaN/inf is ever
+    written)."""
     dpo.train(tiny_run(tmp_path, monkeypatch, max_steps=2, save_every=1))
     run = tmp_path / "run"
     with pytest.raises(FloatingPointError):
         dpo.train(tiny_run(tmp_path, monkeypatch, max_steps=6, save_every=1, lr=1e30))
-    model, _, _ = load_model(run / "model.pt")
+    model, _, _ = load_model(run / "previous" / "model.pt")
     assert all(torch.isfinite(v).all() for v in model.state_dict().values())
-    state = torch.load(run / "state.pt", weights_only=True)
-    assert all(torch.isfinite(v).all() for v in state["model"].values())
+    for state_path in (run / "previous" / "state.pt", *run.glob("state.pt")):
+        state = torch.load(state_path, weights_only=True)
+        assert all(torch.isfinite(v).all() for v in state["model"].values())
 
 
 @pytest.mark.parametrize("bad", [dict(max_steps=-5), dict(batch_size=0), dict(eval_every=-1),

@@ -93,10 +93,11 @@ def test_a_huge_learning_rate_stops_and_leaves_finite_checkpoints(tmp_path):
     good = load_checkpoint(tmp_path / "run" / "model.pt")["model"]
     with pytest.raises(FloatingPointError, match="not finite|stopping"):
         train(small_cfg(tmp_path, "run", max_steps=20, lr=1e6, save_every=1))
-    model = load_checkpoint(tmp_path / "run" / "model.pt")["model"]
+    model = load_checkpoint(tmp_path / "run" / "previous" / "model.pt")["model"]  # the new run kept it aside
     assert all(torch.equal(model[k], good[k]) for k in good)  # the earlier good file, untouched
-    state = load_checkpoint(tmp_path / "run" / "state.pt")
-    assert all(bool(torch.isfinite(v).all()) for v in state["model"].values())
+    for name in ("state.pt", "previous/state.pt"):  # what the diverging run saved before it stopped, and the old
+        state = load_checkpoint(tmp_path / "run" / name)
+        assert all(bool(torch.isfinite(v).all()) for v in state["model"].values())
 
 
 @pytest.mark.parametrize("bad", [dict(max_steps=-5), dict(batch_size=0), dict(eval_every=-1),

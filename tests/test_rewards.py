@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+from minipost.common import InputError
 from minipost.rewards import (correctness, exact_answer, format_reward, parse_reward, restate, score_rollout,
                               sql_execution, tool_call)
 from minipost.rollout import Rollout
@@ -54,6 +55,9 @@ def test_parse_reward_weights_and_errors():
         parse_reward("correct,bogus:2")
     with pytest.raises(ValueError, match="not a number"):
         parse_reward("correct:x")
+    for spec in ("correct:inf", "correct:nan", ""):  # caught when the Config is built, before any model loads
+        with pytest.raises(InputError, match="--reward"):
+            parse_reward(spec)
 
 
 def fake_rollout(texts, records, lengths, stopped, T=8):

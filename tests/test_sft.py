@@ -225,10 +225,11 @@ def test_a_huge_learning_rate_stops_and_leaves_finite_checkpoints(world):
     good = load_checkpoint(world.parent / "run" / "model.pt")["model"]
     with pytest.raises(FloatingPointError, match="not finite|stopping"):
         sft.train(small_cfg(world, "run", max_steps=20, lr=1e6, save_every=1))
-    model = load_checkpoint(world.parent / "run" / "model.pt")["model"]
+    model = load_checkpoint(world.parent / "run" / "previous" / "model.pt")["model"]  # kept aside, untouched
     assert all(torch.equal(model[k], good[k]) for k in good)
-    state = load_checkpoint(world.parent / "run" / "state.pt")
-    assert all(bool(torch.isfinite(v).all()) for v in state["model"].values())
+    for name in ("state.pt", "previous/state.pt"):
+        state = load_checkpoint(world.parent / "run" / name)
+        assert all(bool(torch.isfinite(v).all()) for v in state["model"].values())
 
 
 @pytest.mark.parametrize("bad", [dict(max_steps=-5), dict(batch_size=0), dict(eval_every=-1),
