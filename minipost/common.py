@@ -306,7 +306,7 @@ def save_checkpoint(path: str | os.PathLike, obj: dict) -> None:
     bad = next(non_finite(obj), None)
     if bad is not None:
         raise FloatingPointError(f"not writing {path}: {bad} is not finite (the file on disk, if any, is the "
-                                 "last good one). Usual causes: learning rate too high, fp16 overflow.")
+                                 "last finite one). Usual causes: learning rate too high, fp16 overflow.")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
@@ -402,8 +402,8 @@ def check_finite(value, what: str, step: int, out_dir) -> None:
     if not bool(torch.isfinite(v).all()):
         raise FloatingPointError(
             f"{what} is {v.flatten()[0].item() if v.numel() else v} at step {step}: stopping. Checkpoints in "
-            f"{out_dir} are the last good ones (only finite weights are ever written). Usual causes: learning rate "
-            "too high, fp16 overflow, or an empty loss mask (0/0).")
+            f"{out_dir} hold the last finite weights (an earlier run in that folder is in previous/). Usual "
+            "causes: learning rate too high, fp16 overflow, or an empty loss mask (0/0).")
 
 
 # ----------------------------------------------------------------------------------------------------------------
