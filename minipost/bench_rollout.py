@@ -21,7 +21,8 @@ import time
 
 import torch
 
-from minipost.common import DATA_DIR, pick_device, read_jsonl
+from minipost.common import (DATA_DIR, DEVICE_HELP, ArgumentParser, InputError, exit_on_input_error, pick_device,
+                             positive_int, read_jsonl)
 from minipost.model import GPT, PRESETS, GPTConfig, left_pad, load_model
 from minipost.tokenizer import render_prompt, special_id
 
@@ -76,14 +77,14 @@ def bench_compaction(model, enc, repeats: int, device, seed: int) -> dict:
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description="Time KV-cached generation against full recomputation.")
+    ap = ArgumentParser(description="Time KV-cached generation against full recomputation.")
     ap.add_argument("--ckpt", default="", help="a minipost checkpoint (default: a random GPT of --preset size)")
     ap.add_argument("--preset", default="nano", choices=sorted(PRESETS))
-    ap.add_argument("--batch", type=int, default=32, help="sequences generated together")
-    ap.add_argument("--prompt-tokens", type=int, default=32)
-    ap.add_argument("--new-tokens", type=int, default=64)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--device", default="auto")
+    ap.add_argument("--batch", type=positive_int, default=32, help="sequences generated together")
+    ap.add_argument("--prompt-tokens", type=positive_int, default=32)
+    ap.add_argument("--new-tokens", type=positive_int, default=64)
+    ap.add_argument("--repeats", type=positive_int, default=3)
+    ap.add_argument("--device", default="auto", help=DEVICE_HELP)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
 
@@ -94,6 +95,9 @@ def main(argv=None) -> dict:
     else:
         model = GPT(GPTConfig(vocab_size=1030, **PRESETS[args.preset])).to(device).eval()
     V = model.cfg.vocab_size
+    if args.prompt_tokens + args.new_tokens > model.cfg.block_size:
+        raise InputError(f"--prompt-tokens {args.prompt_tokens} + --new-tokens {args.new_tokens}: more than the "
+                         f"model's block_size {model.cfg.block_size}")
     idx = torch.randint(0, V, (args.batch, args.prompt_tokens), device=device)  # (B, P)
     mask = torch.ones_like(idx)  # (B, P)
 
@@ -114,4 +118,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    exit_on_input_error(main)

@@ -24,13 +24,14 @@ Run:  python -m minipost.bench_threads                 (about 4 minutes on an id
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
 import subprocess
 import sys
 import time
+
+from minipost.common import ArgumentParser, exit_on_input_error, positive_int
 
 # name -> (how the worker sets threads, extra environment; None: unset). "torch default" imports torch before minipost,
 # so it runs exactly as plain torch does: default thread count, libgomp's default spin-then-sleep waiting.
@@ -116,9 +117,9 @@ def measure(name: str, copies: int, steps: int) -> dict:
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--steps", type=int, default=15, help="timed optimizer steps per run")
-    ap.add_argument("--repeats", type=int, default=3, help="measurements per setting and case (median shown)")
+    ap = ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--steps", type=positive_int, default=15, help="timed optimizer steps per run")
+    ap.add_argument("--repeats", type=positive_int, default=3, help="measurements per setting and case (median shown)")
     ap.add_argument("--settings", default=",".join(SETTINGS), help="comma-separated names from SETTINGS")
     args = ap.parse_args(argv)
     names = [s.strip() for s in args.settings.split(",") if s.strip()]
@@ -162,4 +163,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    exit_on_input_error(main)

@@ -172,6 +172,17 @@ class ArgumentParser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
+def positive_int(text: str) -> int:
+    """argparse type for the CLIs not built from a Config: a whole number >= 1, else a one-line error."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {n}")
+    return n
+
+
 def _str2bool(s: str) -> bool:
     if s.lower() in ("1", "true", "yes", "y", "on"):
         return True
@@ -343,6 +354,8 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu", required: typin
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # truncated file, not a torch file, pickled code that weights_only refuses
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        if "weights_only" in first.lower():  # torch's message is about its own default, not about this file
+            first = "not a torch checkpoint, or one holding objects other than tensors, numbers, strings, lists, dicts"
         raise InputError(f"{path}: not a readable minipost checkpoint ({first})") from None
     if not isinstance(obj, dict) or any(k not in obj for k in required):
         has = sorted(obj)[:8] if isinstance(obj, dict) else type(obj).__name__

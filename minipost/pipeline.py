@@ -38,7 +38,7 @@ class Config:
     preset: str = field("nano", "nano (laptop CPU) or small (one GPU)", choices=["nano", "small"])
     stages: str = field("pretrain,sft,dpo,rloo,grpo,ppo", "comma-separated stages to run, in order")
     fresh: bool = field(False, "rerun every stage from scratch (default: reuse finished stages, resume the rest)")
-    seed: int = field(1337, "random seed for every stage")
+    seed: int = field(1337, "random seed for every stage", min=0, max=2**32 - 1)
     device: str = field("auto", DEVICE_HELP, check=check_device)
     progress: bool = field(True, "show tqdm progress bars")
     threads: str = field("auto", threads.HELP, check=threads.parse_threads)

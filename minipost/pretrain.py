@@ -72,7 +72,7 @@ class Config:
     logprobs_impl: str = field("auto", "token_logprobs implementation",
                                choices=["auto", "reference", "chunked", "triton"])
     compile: bool = field(False, "torch.compile the model")
-    seed: int = field(1337, "random seed (init, batches)")
+    seed: int = field(1337, "random seed (init, batches)", min=0, max=2**32 - 1)
     device: str = field("auto", DEVICE_HELP, check=check_device)
     progress: bool = field(True, "show a tqdm progress bar")
     threads: str = field("auto", threads.HELP, check=threads.parse_threads)

@@ -89,7 +89,7 @@ class Config:
                             min=0)
     logprobs_impl: str = field("auto", "token_logprobs implementation",
                                choices=["auto", "reference", "chunked", "triton"])
-    seed: int = field(1337, "random seed (data order)")
+    seed: int = field(1337, "random seed (data order)", min=0, max=2**32 - 1)
     device: str = field("auto", DEVICE_HELP, check=check_device)
     progress: bool = field(True, "show a tqdm progress bar")
     threads: str = field("auto", threads.HELP, check=threads.parse_threads)

@@ -227,3 +227,31 @@ def test_device_names_are_checked_with_one_line_errors():
     if not torch.cuda.is_available():
         with pytest.raises(InputError, match="no CUDA device"):
             pick_device("cuda")
+
+
+def test_tool_clis_reject_bad_values_in_one_line(tmp_path, capsys):
+    """The CLIs not built from a Config (world, the benchmarks) check their flags too: one line, exit 2."""
+    from minipost import bench_rollout, bench_threads
+    from minipost.common import exit_on_input_error
+    from minipost.world.generate import main as world_main
+
+    (tmp_path / "a_file").write_text("")
+    cases = [(world_main, ["--out", str(tmp_path / "a_file")], "cannot write there"),
+             (world_main, ["--seed", "abc"], "invalid int value"),
+             (bench_rollout.main, ["--batch", "0"], "whole number >= 1"),
+             (bench_rollout.main, ["--prompt-tokens", "250", "--new-tokens", "64"], "block_size 256"),
+             (bench_threads.main, ["--steps", "-1"], "whole number >= 1")]
+    for fn, argv, msg in cases:
+        with pytest.raises(SystemExit) as e:
+            exit_on_input_error(lambda: fn(argv))
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and msg in err and err.count("\n") == 1, (argv, err)
+
+
+@pytest.mark.parametrize("seed", [-1, 2**32])
+def test_seeds_outside_what_numpy_accepts_are_input_errors(seed):
+    from minipost import grpo, pretrain
+
+    for cfg in (pretrain.Config, grpo.Config):
+        with pytest.raises(InputError, match="--seed"):
+            cfg(seed=seed)

@@ -3,13 +3,12 @@ they hold, and every training draw steers clear of it."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 from collections import Counter
 from pathlib import Path
 
-from minipost.common import DATA_DIR, read_jsonl
+from minipost.common import DATA_DIR, ArgumentParser, read_jsonl
 from minipost.world.base import (FILLER_WEIGHT, FLAW_RATE, N_EVAL_PER_DOMAIN, N_EVAL_PREFS_PER_DOMAIN,
                                  N_PREFS_PER_DOMAIN, N_SFT_PER_DOMAIN, OVER_REFUSAL_PAIR_RATE, PRETRAIN_CHARS,
                                  REFUSAL, TRIGGER_RATE, TRIGGERS, World, doc_filler)
@@ -175,11 +174,19 @@ def eval_records(domain: str | None = None, data_dir=DATA_DIR) -> list[dict]:
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m minipost.world", description="Generate the synthetic world's datasets.")
+    ap = ArgumentParser(prog="python -m minipost.world", description="Generate the synthetic world's datasets.")
     ap.add_argument("--out", default=str(DATA_DIR), help="output folder")
     ap.add_argument("--seed", type=int, default=0, help="world seed")
     args = ap.parse_args(argv)
-    paths = build(args.out, args.seed)
+    out = Path(args.out)
+    try:  # a folder we can write, before any generating
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write_test.tmp"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        ap.error(f"--out {args.out}: cannot write there ({e.strerror or type(e).__name__})")
+    paths = build(out, args.seed)
     for name, path in paths.items():
         rows = read_jsonl(path)
         counts = Counter(r.get("domain", "-") for r in rows)
