@@ -108,7 +108,7 @@ class Config:
     warmup_steps: int = field(10, "linear warmup steps", min=0)
     weight_decay: float = field(0.0, "AdamW weight decay on matrices", min=0)
     grad_clip: float = field(1.0, "clip the global gradient norm to this (0: off)", min=0)
-    eval_every: int = field(50, "steps between held-out preference-accuracy evaluations", min=1)
+    eval_every: int = field(50, "steps between held-out preference-accuracy evaluations (0: only at the end)", min=0)
     eval_pairs: int = field(256, "held-out pairs per evaluation (0: none)", min=0)
     log_every: int = field(5, "steps between metrics.jsonl rows", min=1)
     save_every: int = field(50, "steps between OUT/state.pt saves (for --resume)", min=1)
@@ -125,6 +125,8 @@ class Config:
 
     def __post_init__(self):
         check_config(self)
+        if self.micro_batch_size > self.batch_size:
+            raise InputError(f"--micro-batch-size {self.micro_batch_size}: more than --batch-size {self.batch_size}")
         if self.label_smoothing and self.loss_type != "robust":
             raise InputError(f"--label-smoothing {self.label_smoothing}: only used by --loss-type robust, "
                              f"not {self.loss_type!r}")
@@ -269,7 +271,8 @@ def train(cfg: Config) -> dict:
         optimizer.zero_grad(set_to_none=True)
 
         steps_done = step + 1
-        if eval_ref is not None and (steps_done % cfg.eval_every == 0 or steps_done == cfg.max_steps):
+        due = (cfg.eval_every and steps_done % cfg.eval_every == 0) or steps_done == cfg.max_steps
+        if eval_ref is not None and due:
             eval_chosen, eval_rejected = pair_logps(model, eval_pairs, pad_id, impl=cfg.logprobs_impl)  # (M,) each
             check_finite(torch.cat([eval_chosen, eval_rejected]), "held-out log-probs", steps_done, out)
             eval_acc = preference_accuracy(eval_chosen, eval_rejected, *eval_ref)

@@ -72,7 +72,7 @@ from minipost.evals import log_heldout, per_domain, write_samples
 from minipost.logprobs import masked_mean
 from minipost.model import load_model, model_checkpoint
 from minipost.optim import adamw, linear_decay_lr, set_lr
-from minipost.rewards import parse_reward, score_rollout
+from minipost.rewards import parse_reward, score_rollout, zero_spread
 from minipost.rollout import (completion_logprobs, concat_rollouts, load_rl_prompts, micro_batches, next_prompts,
                               rollout)
 from minipost.tokenizer import special_id
@@ -282,7 +282,7 @@ def sample_informative_groups(policy, ref, enc, records, perm, pos, reward_fn, c
         prompts, perm, pos = next_prompts(records, perm, pos, cfg.prompts_per_step, order_gen)
         batch_rollout, ref_logps, rewards, stats = sample_and_score(policy, ref, enc, prompts, reward_fn, cfg, gen)
         first_stats = first_stats or stats
-        spread = rewards.view(-1, cfg.group_size).std(dim=1) > 0  # (prompts,) groups with a learning signal
+        spread = ~zero_spread(rewards, cfg.group_size)  # (prompts,) groups with a learning signal
         dropped += int((~spread).sum())
         rows = torch.arange(len(batch_rollout), device=rewards.device).view(-1, cfg.group_size)[spread].view(-1)
         if len(rows):
@@ -377,7 +377,7 @@ def train(cfg: Config, reward_fn=None) -> dict:
             batch_rollout, ref_logps, rewards, stats = sample_and_score(policy, ref, enc, prompts, reward_fn, cfg,
                                                                         gen)
         advantages = group_advantages(rewards, cfg.group_size, scale=cfg.scale_rewards)  # (B,)
-        zero_std = (rewards.view(-1, cfg.group_size).std(dim=1) == 0).float().mean().item()
+        zero_std = zero_spread(rewards, cfg.group_size).float().mean().item()
         info = update(policy, optimizer, batch_rollout, ref_logps, advantages, cfg, step, out)
 
         steps_done = step + 1

@@ -63,7 +63,7 @@ from minipost.evals import log_heldout, per_domain, write_samples
 from minipost.logprobs import masked_mean, whiten
 from minipost.model import load_model, model_checkpoint
 from minipost.optim import adamw, linear_decay_lr, set_lr
-from minipost.rewards import parse_reward, score_rollout, token_rewards
+from minipost.rewards import parse_reward, score_rollout, token_rewards, zero_spread
 from minipost.rollout import completion_logprobs, load_rl_prompts, micro_batches, next_prompts, rollout
 from minipost.world import build as build_world
 
@@ -344,7 +344,7 @@ def train(cfg: Config, reward_fn=None) -> dict:
         prompts, perm, pos = next_prompts(records, perm, pos, cfg.prompts_per_step, order_gen)
         batch_rollout, ref_logps, scores, stats = sample_and_score(policy, ref, enc, prompts, reward_fn, cfg, gen)
         advantages, returns, old_values = ppo_advantages(critic, batch_rollout, scores, ref_logps, cfg)  # (B, T) x3
-        zero_std = (scores.view(-1, cfg.group_size).std(dim=1) == 0).float().mean().item()
+        zero_std = zero_spread(scores, cfg.group_size).float().mean().item()
         explained_var = explained_variance(old_values, returns, batch_rollout.completion_mask)
         info = update(policy, critic, optimizer, critic_optimizer, batch_rollout, ref_logps, advantages, returns,
                       old_values, cfg, order_gen, step, out)

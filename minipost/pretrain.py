@@ -60,7 +60,7 @@ class Config:
     warmup_steps: int = field(50, "linear warmup steps", min=0)
     weight_decay: float = field(0.1, "AdamW weight decay on matrices (not biases, LayerNorms)", min=0)
     grad_clip: float = field(1.0, "clip the global gradient norm to this (0: off)", min=0)
-    eval_every: int = field(400, "steps between held-out loss evaluations", min=1)
+    eval_every: int = field(400, "steps between held-out loss evaluations (0: only at the end)", min=0)
     eval_windows: int = field(64, "held-out windows of block_size tokens per evaluation (64: the report card's)",
                               min=1)
     log_every: int = field(10, "steps between metrics.jsonl rows", min=1)
@@ -167,7 +167,7 @@ def train(cfg: Config) -> dict:
         tokens_seen += cfg.batch_size * cfg.block_size
 
         steps_done = step + 1
-        if steps_done % cfg.eval_every == 0 or steps_done == cfg.max_steps:
+        if (cfg.eval_every and steps_done % cfg.eval_every == 0) or steps_done == cfg.max_steps:
             val_loss = heldout_loss(model, val_stream, windows=cfg.eval_windows, block_size=cfg.block_size,
                                     impl=cfg.logprobs_impl)
             check_finite(val_loss, "val_loss", steps_done, out)

@@ -68,7 +68,7 @@ from minipost.evals import log_heldout, per_domain, write_samples
 from minipost.logprobs import masked_mean, whiten
 from minipost.model import load_model, model_checkpoint
 from minipost.optim import adamw, linear_decay_lr, set_lr
-from minipost.rewards import parse_reward, score_rollout, token_rewards
+from minipost.rewards import parse_reward, score_rollout, token_rewards, zero_spread
 from minipost.rollout import completion_logprobs, load_rl_prompts, micro_batches, next_prompts, rollout
 from minipost.world import build as build_world
 
@@ -315,7 +315,7 @@ def train(cfg: Config, reward_fn=None) -> dict:
                 rewards = rewards - cfg.beta * ((batch_rollout.logprobs - ref_logps) * batch_rollout.completion_mask
                                                 ).sum(dim=1)  # (B,)
             advantages, running_mean = baseline_advantages(rewards, cfg, running_mean)  # (B,)
-        zero_std = (rewards.view(-1, cfg.group_size).std(dim=1) == 0).float().mean().item()
+        zero_std = zero_spread(rewards, cfg.group_size).float().mean().item()
         info = update(policy, optimizer, batch_rollout, ref_logps, advantages, cfg, step, out)
 
         steps_done = step + 1

@@ -153,6 +153,13 @@ def token_rewards(scores, logps, ref_logps, mask, beta: float) -> torch.Tensor:
     return rewards.scatter_add(1, last[:, None], score)
 
 
+def zero_spread(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+    """Which groups have rewards that are all equal (their group-relative advantages are all 0: no learning
+    signal). rewards (B,) laid out group after group -> (B / group_size,) bool; a group of 1 has no spread."""
+    r = rewards.view(-1, group_size)
+    return r.amax(dim=1) == r.amin(dim=1)
+
+
 def overlong_penalty(lengths: torch.Tensor, max_tokens: int, buffer: int) -> torch.Tensor:
     """DAPO's soft overlong punishment (Yu et al. 2025, arXiv:2503.14476, eq. 13): 0 up to max_tokens - buffer
     tokens, then falling linearly to -1 at max_tokens (and -1 beyond). lengths (N,) -> (N,) float, <= 0."""

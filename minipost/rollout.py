@@ -217,6 +217,8 @@ def load_prompts(path, domains: str = "", oversample: str = "", enc=None,
                 raise InputError(f"{path}:{lineno}: field 'prompt' is {n} tokens in the chat template; at most "
                                  f"{max_prompt_tokens} leave room for the answer (block_size - max_new_tokens)")
     wanted = {d.strip() for d in domains.split(",") if d.strip()}
+    if domains.strip() and not wanted:
+        raise InputError(f"--domains {domains!r}: no domain named (leave it empty for every domain)")
     kept = [r for r in records if not wanted or r["domain"] in wanted]
     if not kept:
         raise InputError(f"{path}: no records of domain(s) {sorted(wanted)}; "

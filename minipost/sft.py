@@ -78,7 +78,7 @@ class Config:
     warmup_steps: int = field(20, "linear warmup steps", min=0)
     weight_decay: float = field(0.0, "AdamW weight decay on matrices", min=0)
     grad_clip: float = field(1.0, "clip the global gradient norm to this (0: off)", min=0)
-    eval_every: int = field(100, "steps between held-out pretraining-loss evaluations", min=1)
+    eval_every: int = field(100, "steps between held-out pretraining-loss evaluations (0: only at the end)", min=0)
     eval_windows: int = field(64, "held-out windows of 256 tokens per evaluation (64: the report card's val_loss)",
                               min=1)
     log_every: int = field(10, "steps between metrics.jsonl rows", min=1)
@@ -250,7 +250,7 @@ def train(cfg: Config) -> dict:
         tokens_seen += n_tok
 
         steps_done = step + 1
-        if steps_done % cfg.eval_every == 0 or steps_done == cfg.max_steps:
+        if (cfg.eval_every and steps_done % cfg.eval_every == 0) or steps_done == cfg.max_steps:
             val_loss = heldout_loss(model, val_stream, windows=cfg.eval_windows, impl=cfg.logprobs_impl)
             check_finite(val_loss, "val_loss", steps_done, out)
         if steps_done % cfg.log_every == 0 or steps_done == cfg.max_steps:

@@ -234,3 +234,11 @@ def test_reinforce_loss_kl_terms(kind):
     loss, _ = reinforce_loss(logps, torch.zeros(6), mask, ref, beta=0.1, kl_loss=kind)
     expected = 0.1 * (kl_loss_term(logps, ref, kind, logps.detach()) * mask).sum() / 6
     assert loss.item() == pytest.approx(expected.item(), abs=1e-7)
+
+
+def test_zero_spread_marks_groups_with_equal_rewards_and_groups_of_one():
+    from minipost.rewards import zero_spread
+
+    r = torch.tensor([1.0, 1.0, 0.0, 1.0, 0.5, 0.5])
+    assert zero_spread(r, 2).tolist() == [True, False, True]
+    assert zero_spread(r, 1).all()  # one sample: nothing to compare with, no NaN std warning either
