@@ -162,6 +162,26 @@ def check_config(cfg) -> None:
             raise InputError(f"{flag} {v}: must be > {meta['gt']}")
         if "check" in meta:  # a field's own check, e.g. threads.parse_threads; raises InputError
             meta["check"](v)
+    if getattr(cfg, "out", ""):
+        check_out_dir(cfg)
+
+
+def check_out_dir(cfg) -> None:
+    """--out must be a folder we could create or write (checked without creating it), and must not be where
+    the run's own starting checkpoints (--init, --ref) live: a new run there would move them aside."""
+    out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {cfg.out}: exists and is not a folder")
+    parent = out
+    while not parent.exists():  # the first folder that exists on the way up: can we create ours in it?
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"--out {cfg.out}: cannot write in {parent}")
+    for name in ("init", "ref"):
+        start = getattr(cfg, name, "")
+        if start and Path(start).resolve() in {(out / n).resolve() for n in ("model.pt", "state.pt")}:
+            raise InputError(f"--out {cfg.out} holds --{name} {start}: a run there would move its own starting "
+                             "checkpoint aside; pick another --out")
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -254,11 +274,14 @@ def config_with_preset(cls, presets: dict[str, dict], **overrides):
 # files: JSONL, checkpoints, metrics
 
 def read_jsonl(path: str | os.PathLike, required: typing.Sequence[str] | dict = (),
-               allow_empty: bool = False) -> list[dict]:
+               allow_empty: bool = False, lines: list[int] | None = None) -> list[dict]:
     """Read a JSONL file (blank lines skipped). Anything wrong raises InputError naming the file, the line and
     the problem: no such file, bytes that are not UTF-8, a line that is not a JSON object, a missing field, or
     (when `required` maps field -> type, e.g. {"text": str}) a field of the wrong type; and a file without a
-    single record unless `allow_empty`."""
+    single record unless `allow_empty`. With `lines` (a list), each record's line number is appended to it, so
+    a caller's later checks can name the right line even after blank lines."""
+    if os.path.isdir(path):
+        raise InputError(f"{path}: a folder, not a JSONL file")
     if not os.path.isfile(path):
         raise InputError(f"{path}: no such file")
     types = required if isinstance(required, dict) else {}
@@ -286,6 +309,8 @@ def read_jsonl(path: str | os.PathLike, required: typing.Sequence[str] | dict = 
                     want = typ.__name__ if isinstance(typ, type) else " or ".join(t.__name__ for t in typ)
                     raise InputError(f"{path}:{lineno}: field {k!r} must be {want}, got {type(row[k]).__name__}")
             rows.append(row)
+            if lines is not None:
+                lines.append(lineno)
     if not rows and not allow_empty:
         raise InputError(f"{path}: no records (the file is empty or blank)")
     return rows
@@ -348,13 +373,15 @@ def non_finite(obj, name: str = ""):
 def load_checkpoint(path: str | os.PathLike, map_location="cpu", required: typing.Sequence[str] = ()) -> dict:
     """Load with weights_only=True: tensors, numbers, strings, lists and dicts only, never arbitrary code.
     A missing, unreadable or foreign file, or one without the `required` keys, raises InputError."""
+    if os.path.isdir(path):
+        raise InputError(f"{path}: a folder, not a checkpoint file (did you mean {Path(path) / 'model.pt'}?)")
     if not os.path.isfile(path):
         raise InputError(f"{path}: no such checkpoint")
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # truncated file, not a torch file, pickled code that weights_only refuses
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        if "weights_only" in first.lower():  # torch's message is about its own default, not about this file
+        if "weights_only" in first.lower() or len(first) < 8:  # torch's advice, or a bare pickle opcode ('101')
             first = "not a torch checkpoint, or one holding objects other than tensors, numbers, strings, lists, dicts"
         raise InputError(f"{path}: not a readable minipost checkpoint ({first})") from None
     if not isinstance(obj, dict) or any(k not in obj for k in required):
@@ -423,7 +450,7 @@ def check_finite(value, what: str, step: int, out_dir) -> None:
 # a run folder: config.json, and state.pt for --resume
 
 RUN_FILES = ("config.json", "metrics.jsonl", "state.pt", "model.pt", "samples.txt", "summary.json")  # a run's own
-RESUME_IGNORES = ("resume", "allow_config_change", "progress", "device", "stop_after", "save_every", "threads",
+RESUME_IGNORES = ("out", "resume", "allow_config_change", "progress", "device", "stop_after", "save_every", "threads",
                   "max_seconds")  # fields that may change between a run and its resumption
 
 
@@ -435,7 +462,10 @@ def start_run(out_dir, cfg) -> dict | None:
     wrong folder loses nothing), writes config.json and returns None. Nothing in out_dir changes before this
     point."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # /proc/x, a read-only disk: check_out_dir cannot foresee every case (root passes access())
+        raise InputError(f"--out {out_dir}: cannot create it ({e.strerror or type(e).__name__})") from None
     for tmp in out.glob("*.tmp"):
         tmp.unlink()
     if not cfg.resume:

@@ -72,20 +72,26 @@ def to_messages(row: dict, where: str = "") -> list[dict]:
 
 def load_chats(path) -> list[list[dict]]:
     """SFT conversations from JSONL in either TRL format (see the module docstring)."""
-    rows = read_jsonl(path)
-    return [to_messages(r, f"{path}:{i + 1}") for i, r in enumerate(rows)]
+    lines = []
+    rows = read_jsonl(path, lines=lines)
+    return [to_messages(r, f"{path}:{n}") for n, r in zip(lines, rows)]
 
 
-def load_prefs(path) -> list[dict]:
+def load_prefs(path, lines: list[int] | None = None) -> list[dict]:
     """Preference pairs {"prompt", "chosen", "rejected"}: each a string or, in TRL's conversational form, a
-    list of messages (checked like SFT messages)."""
-    rows = read_jsonl(path, required={"prompt": (str, list), "chosen": (str, list), "rejected": (str, list)})
-    for i, row in enumerate(rows):
+    list of messages (checked like SFT messages; an answer needs an assistant turn with text). With `lines`
+    (a list), each pair's line number in the file is appended to it."""
+    lines = [] if lines is None else lines
+    rows = read_jsonl(path, required={"prompt": (str, list), "chosen": (str, list), "rejected": (str, list)},
+                      lines=lines)
+    for n, row in zip(lines, rows):
         for key in ("prompt", "chosen", "rejected"):
             if isinstance(row[key], list):
-                to_messages({"messages": row[key] + [{"role": "assistant", "content": ""}]}, f"{path}:{i + 1}")
+                to_messages({"messages": row[key] + [{"role": "assistant", "content": ""}]}, f"{path}:{n}")
+                if key != "prompt" and not any(m["role"] == "assistant" and m["content"].strip() for m in row[key]):
+                    raise InputError(f"{path}:{n}: field {key!r} has no assistant message with text to score")
             elif not row[key].strip():
-                raise InputError(f"{path}:{i + 1}: field {key!r} is empty")
+                raise InputError(f"{path}:{n}: field {key!r} is empty")
     return rows
 
 
@@ -159,10 +165,12 @@ class EpochBatches:
         self.order = state["order"].tolist()
 
 
-def tokenize_pairs(enc, rows: list[dict], block_size: int, where: str = "") -> list[tuple]:
+def tokenize_pairs(enc, rows: list[dict], block_size: int, where: str = "", lines: list[int] | None = None
+                   ) -> list[tuple]:
     """Each {"prompt", "chosen", "rejected"} row -> (chosen (ids, mask), rejected (ids, mask)), rendered with
     the chat template. prompt/chosen/rejected may be strings (a user turn, an assistant answer) or, as in TRL's
-    conversational format, lists of messages. A pair longer than block_size + 1 tokens is an InputError."""
+    conversational format, lists of messages. A pair longer than block_size + 1 tokens is an InputError naming
+    `where` and the row's line (`lines[i]`, from load_prefs; else its 1-based position)."""
     def as_messages(value, role):
         return [{"role": role, "content": value}] if isinstance(value, str) else value
 
@@ -173,7 +181,8 @@ def tokenize_pairs(enc, rows: list[dict], block_size: int, where: str = "") -> l
         for key in ("chosen", "rejected"):
             ids, mask = render_chat(enc, prompt + as_messages(row[key], "assistant"))
             if len(ids) > block_size + 1:
-                raise InputError(f"{where}:{i + 1}: prompt + {key} is {len(ids)} tokens, more than "
+                line = lines[i] if lines else i + 1
+                raise InputError(f"{where}:{line}: prompt + {key} is {len(ids)} tokens, more than "
                                  f"block_size + 1 = {block_size + 1}")
             pair.append((ids, mask))
         pairs.append(tuple(pair))

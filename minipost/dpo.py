@@ -193,11 +193,12 @@ def train(cfg: Config) -> dict:
     if not cfg.data and not (DATA_DIR / "prefs.jsonl").exists():
         build_world(DATA_DIR)
     data_path = cfg.data or DATA_DIR / "prefs.jsonl"
-    rows = load_prefs(data_path)[:cfg.max_pairs or None]
-    pairs = tokenize_pairs(enc, rows, block_size, str(data_path))
+    lines, eval_lines = [], []  # each pair's line in its file, for error messages
+    rows = load_prefs(data_path, lines)[:cfg.max_pairs or None]
+    pairs = tokenize_pairs(enc, rows, block_size, str(data_path), lines)
     eval_path = cfg.eval_data or ("" if cfg.data else DATA_DIR / "eval_prefs.jsonl")
-    eval_pairs = tokenize_pairs(enc, load_prefs(eval_path), block_size, str(eval_path))[:cfg.eval_pairs] if (
-        eval_path and cfg.eval_pairs) else []
+    eval_pairs = tokenize_pairs(enc, load_prefs(eval_path, eval_lines), block_size, str(eval_path),
+                                eval_lines)[:cfg.eval_pairs] if (eval_path and cfg.eval_pairs) else []
     sample_path = DATA_DIR / "eval.jsonl"  # samples.txt: greedy answers to a few held-out prompts per domain
     sample_records = per_domain(read_jsonl(sample_path, required={"prompt": str, "domain": str}), 2) if (
         sample_path.exists()) else []

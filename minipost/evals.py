@@ -289,6 +289,8 @@ def _main(argv=None):
         return saved["rows"]
     if not args.ckpt:
         ap.error("give --ckpt (one or more) or --from-json")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        ap.error(f"--out {args.out}: exists and is not a folder")
     device = pick_device(args.device)
     names = args.name or [Path(c).parent.name for c in args.ckpt]
     if args.vs and args.vs not in names:

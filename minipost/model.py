@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from minipost.common import InputError, load_checkpoint
+from minipost.common import InputError, load_checkpoint, non_finite
 from minipost import tokenizer
 
 
@@ -75,7 +75,8 @@ class KVCache:
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
-        assert cfg.n_embd % cfg.n_head == 0
+        if cfg.n_embd % cfg.n_head:
+            raise ValueError(f"n_embd {cfg.n_embd} is not divisible by n_head {cfg.n_head}")
         self.n_head = cfg.n_head
         self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd)
         self.proj = nn.Linear(cfg.n_embd, cfg.n_embd)
@@ -321,16 +322,29 @@ def load_model(path, device="cpu", value_head: bool | None = None):
     ckpt = load_checkpoint(path, map_location="cpu", required=("model", "model_config", "tokenizer"))
     try:
         cfg = GPTConfig(**ckpt["model_config"])
-    except TypeError as e:
-        raise InputError(f"{path}: model_config does not describe a minipost GPT ({e})") from None
-    if value_head is not None:
-        cfg.value_head = value_head
-    model = GPT(cfg)
-    missing, unexpected = model.load_state_dict(ckpt["model"], strict=False)
+        if value_head is not None:
+            cfg.value_head = value_head
+        model = GPT(cfg)
+    except (TypeError, ValueError, AssertionError, RuntimeError) as e:  # unknown keys, n_embd % n_head != 0, ...
+        raise InputError(f"{path}: model_config {ckpt['model_config']!r} does not describe a minipost GPT "
+                         f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+    if not isinstance(ckpt["model"], dict):
+        raise InputError(f"{path}: 'model' holds a {type(ckpt['model']).__name__}, not the weights' state_dict")
+    bad = next(non_finite(ckpt["model"]), None)
+    if bad is not None:
+        raise InputError(f"{path}: weight {bad} is not finite (NaN or inf): not a usable starting point")
+    try:
+        missing, unexpected = model.load_state_dict(ckpt["model"], strict=False)
+    except RuntimeError as e:  # shapes that do not fit model_config
+        detail = next((line.strip() for line in str(e).splitlines() if "size mismatch" in line), str(e)[:200])
+        raise InputError(f"{path}: its weights do not fit its model_config ({detail})") from None
     allowed = {"value_head.weight", "value_head.bias"}
     if set(missing) - allowed or set(unexpected) - allowed:
         raise InputError(f"{path}: checkpoint does not match the model: missing {missing}, unexpected {unexpected}")
-    enc = tokenizer.get_tokenizer(ckpt["tokenizer"])
+    try:
+        enc = tokenizer.get_tokenizer(ckpt["tokenizer"])
+    except (InputError, ValueError, KeyError) as e:
+        raise InputError(f"{path}: its tokenizer {ckpt['tokenizer']!r} is not one minipost knows ({e})") from None
     if enc.n_vocab != cfg.vocab_size:
         raise InputError(f"{path}: the model has {cfg.vocab_size} token embeddings but its tokenizer "
                          f"{ckpt['tokenizer']!r} has {enc.n_vocab} tokens")

@@ -106,7 +106,10 @@ def run(cfg: Config) -> dict:
     out = Path(cfg.out)
     for name in cfg.stage_list():  # every stage's config is checked before the first one starts
         stage_config(name, cfg, out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"--out {cfg.out}: cannot create it ({e.strerror or type(e).__name__})") from None
     save_json(out / "config.json", asdict(cfg))
     if not (DATA_DIR / "pretrain.jsonl").exists():
         build_world(DATA_DIR)

@@ -160,6 +160,17 @@ def zero_spread(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
     return r.amax(dim=1) == r.amin(dim=1)
 
 
+def check_reward_domains(reward_fn, records: list[dict], spec: str) -> None:
+    """Try the reward on one record of each domain being trained on (an empty answer), so a term that scores
+    one domain only (sql, tool, answer, restate) is refused now, with the flag named, not hours into the run."""
+    for rec in {r["domain"]: r for r in records}.values():
+        try:
+            reward_fn(rec["prompt"], "", rec)
+        except ValueError as e:
+            raise InputError(f"--reward {spec!r}: {e}; the prompts include domain {rec['domain']!r} "
+                             "(narrow them with --domains)") from None
+
+
 def overlong_penalty(lengths: torch.Tensor, max_tokens: int, buffer: int) -> torch.Tensor:
     """DAPO's soft overlong punishment (Yu et al. 2025, arXiv:2503.14476, eq. 13): 0 up to max_tokens - buffer
     tokens, then falling linearly to -1 at max_tokens (and -1 beyond). lengths (N,) -> (N,) float, <= 0."""

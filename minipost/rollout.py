@@ -206,8 +206,9 @@ def load_prompts(path, domains: str = "", oversample: str = "", enc=None,
     gold SQL query that runs), and with `enc` and `max_prompt_tokens` its chat-templated prompt length: a bad
     record stops the run now with file:line, not when it is first sampled hours later.
     """
-    records = read_jsonl(path, required=("prompt", "domain"))
-    for lineno, r in enumerate(records, start=1):
+    lines = []
+    records = read_jsonl(path, required=("prompt", "domain"), lines=lines)
+    for lineno, r in zip(lines, records):
         problem = validate_record(r)
         if problem:
             raise InputError(f"{path}:{lineno}: {problem}")

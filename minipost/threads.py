@@ -121,5 +121,10 @@ def configure(spec="auto") -> str:
 
 
 if __name__ == "__main__":  # python -m minipost.threads [auto|N]: show what a run would use
-    print(configure(sys.argv[1] if len(sys.argv) > 1 else "auto"))
+    from minipost.common import exit_on_input_error
+
+    if any(a in ("-h", "--help") for a in sys.argv[1:]):
+        print("python -m minipost.threads [auto|N]: the thread setting a run would use, and torch's parallel info")
+        raise SystemExit(0)
+    print(exit_on_input_error(lambda: configure(sys.argv[1] if len(sys.argv) > 1 else "auto")))
     print(torch.__config__.parallel_info())
