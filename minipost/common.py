@@ -462,6 +462,8 @@ def start_run(out_dir, cfg) -> dict | None:
     wrong folder loses nothing), writes config.json and returns None. Nothing in out_dir changes before this
     point."""
     out = Path(out_dir)
+    if cfg.resume and not (out / "state.pt").exists():
+        raise InputError(f"--resume: no {out / 'state.pt'} to resume from (a run saves it every --save-every steps)")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:  # /proc/x, a read-only disk: check_out_dir cannot foresee every case (root passes access())

@@ -78,7 +78,8 @@ def validate_record(record: dict) -> str | None:
         return f"field 'domain': unknown domain {record['domain']!r:.40}; expected one of {DOMAINS}"
     for name, t in d.check_fields.items():
         if name not in record:
-            return f"field {name!r}: missing (a {d.name} record needs {list(d.check_fields)})"
+            article = "an" if d.name[0] in "aeiou" else "a"
+            return f"field {name!r}: missing ({article} {d.name} record needs {list(d.check_fields)})"
         if not _has_type(record[name], t):
             return f"field {name!r}: expected {_type_name(t)}, got {type(record[name]).__name__}"
     return d.validate(record) if d.validate is not None else None
