@@ -15,7 +15,6 @@ the batch (generate's `compact`, the default) and without, and checks both sampl
 """
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 

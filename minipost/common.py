@@ -482,10 +482,7 @@ def start_run(out_dir, cfg) -> dict | None:
                   "(use --resume true to continue a run instead)")
         save_json(out / "config.json", dataclasses.asdict(cfg))
         return None
-    state = load_checkpoint(out / "state.pt", required=("step", "config", "rng")) if (
-        out / "state.pt").exists() else None
-    if state is None:
-        raise InputError(f"--resume: no {out / 'state.pt'} to resume from (a run saves it every --save-every steps)")
+    state = load_checkpoint(out / "state.pt", required=("step", "config", "rng"))  # exists: checked above
     now = dataclasses.asdict(cfg)
     changed = sorted(k for k in set(now) | set(state["config"]) if k not in RESUME_IGNORES
                      and now.get(k) != state["config"].get(k))

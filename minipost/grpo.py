@@ -72,7 +72,7 @@ from minipost.evals import log_heldout, per_domain, write_samples
 from minipost.logprobs import masked_mean
 from minipost.model import load_model, model_checkpoint
 from minipost.optim import adamw, linear_decay_lr, set_lr
-from minipost.rewards import check_reward_domains, parse_reward, score_rollout, zero_spread
+from minipost.rewards import parse_reward, score_rollout, zero_spread
 from minipost.rollout import (completion_logprobs, concat_rollouts, load_rl_prompts, micro_batches, next_prompts,
                               rollout)
 from minipost.tokenizer import special_id
@@ -338,9 +338,8 @@ def train(cfg: Config, reward_fn=None) -> dict:
     records, eval_records = load_rl_prompts(
         cfg.data or DATA_DIR / "rl.jsonl", cfg.eval_data or DATA_DIR / "eval.jsonl", domains=cfg.domains,
         oversample=cfg.oversample, prompts_per_step=cfg.prompts_per_step, enc=enc, block_size=policy.cfg.block_size,
-        max_new_tokens=cfg.max_new_tokens, model_path=cfg.init)
+        max_new_tokens=cfg.max_new_tokens, model_path=cfg.init, reward_fn=reward_fn, reward_spec=cfg.reward)
     eval_records = per_domain(eval_records, cfg.eval_limit)
-    check_reward_domains(reward_fn, records + eval_records, cfg.reward)
     ref, _, _ = load_model(cfg.init, device)  # a frozen copy of the start, the reference
     ref.requires_grad_(False)
     print(f"{len(records)} RL prompts, {len(eval_records)} held-out prompts, domains: {cfg.domains or 'all'}")

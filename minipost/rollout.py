@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from minipost.common import InputError, read_jsonl
 from minipost.logprobs import token_logprobs
 from minipost.model import left_pad
+from minipost.rewards import check_reward_domains
 from minipost.tokenizer import render_prompt, special_id
 from minipost.world import validate_record
 
@@ -237,12 +238,14 @@ def load_prompts(path, domains: str = "", oversample: str = "", enc=None,
 
 
 def load_rl_prompts(data, eval_data, *, domains: str, oversample: str, prompts_per_step: int, enc,
-                    block_size: int, max_new_tokens: int, model_path) -> tuple[list[dict], list[dict]]:
+                    block_size: int, max_new_tokens: int, model_path, reward_fn=None,
+                    reward_spec: str = "") -> tuple[list[dict], list[dict]]:
     """The training and held-out prompts of an RL run, every record checked now -> (records, eval_records).
 
     A prompt may take at most block_size - max_new_tokens tokens (room for a whole answer); the training file
-    must hold at least one batch of prompts. The held-out records keep every domain's items (cut them with
-    evals.per_domain)."""
+    must hold at least one batch of prompts; with reward_fn, the reward must score every domain the prompts
+    hold (rewards.check_reward_domains; reward_spec names the flag). The held-out records keep every domain's
+    items (cut them with evals.per_domain)."""
     room = block_size - max_new_tokens  # longest prompt that leaves room for a whole answer
     if room < 1:
         raise InputError(f"--max-new-tokens {max_new_tokens}: {model_path} has block_size {block_size}, which "
@@ -251,6 +254,8 @@ def load_rl_prompts(data, eval_data, *, domains: str, oversample: str, prompts_p
     eval_records = load_prompts(eval_data, domains, "", enc, room)
     if len(records) < prompts_per_step:
         raise InputError(f"--prompts-per-step {prompts_per_step}: only {len(records)} prompts to train on")
+    if reward_fn is not None:  # a term that scores one domain only, with prompts of others: refused now
+        check_reward_domains(reward_fn, records + eval_records, reward_spec)
     return records, eval_records
 
 def next_prompts(records: list[dict], perm: torch.Tensor, pos: int, n: int, order_gen: torch.Generator):
