@@ -14,13 +14,21 @@ the world's registry (minipost/world/registry.py) decides which domains are colu
   r(x, y) = log pi(y|x) - log pi_ref(y|x) against a reference checkpoint (`--ref`, the SFT model in the
   pipeline): the share of pairs with r(chosen) > r(rejected), strictly.
 
+A score on 100 items is one draw: the card shows every cell with its 95% interval (binomial_ci, Wilson; a
+bootstrap for val_loss) and marks a change against the row's parent only when a paired test on the same
+items finds it (mcnemar_p for 0/1 scores, paired_difference otherwise; p < 0.05). Rows can hold several
+seeds (`python -m minipost.pipeline --seeds 1337,2,3`): their cells are the mean ± sd over seeds.
+
     python -m minipost.evals --ckpt runs/pipeline/base/model.pt --ckpt runs/pipeline/sft/model.pt --out report
 """
 from __future__ import annotations
 
 import json
+import math
+import statistics
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from minipost.common import (DATA_DIR, DEVICE_HELP, ArgumentParser, InputError, autocast, exit_on_input_error,
@@ -37,38 +45,50 @@ COLUMN_ORDER = ([f"probe_{d}" for d in PROBE_DOMAINS] + ["val_loss", "format"] +
                 + ["refuse", "over_refusal", "pref_acc"])  # the world's registry decides the domain columns
 
 
+def means(items: dict[str, list]) -> dict[str, float]:
+    """Per-item scores {column: [score of each item]} -> the card's numbers {column: mean}."""
+    return {c: sum(v) / len(v) for c, v in items.items() if len(v)}
+
+
 @torch.no_grad()
-def probe_scores(model, enc, records: list[dict]) -> dict:
-    """Base-model probes: plain-text completion, no chat template."""
+def probe_items(model, enc, records: list[dict]) -> dict[str, list[float]]:
+    """Base-model probes: plain-text completion, no chat template -> {probe_<domain>: [0/1 per item]}."""
     texts, _ = complete(model, enc, [encode_text(enc, r["prompt"]) for r in records], max_new_tokens=8,
                         stop_token=None)
     out = {}
     for domain in PROBE_DOMAINS:
-        scores = [check_probe(r, t) for r, t in zip(records, texts) if r["domain"] == domain]
+        scores = [float(check_probe(r, t)) for r, t in zip(records, texts) if r["domain"] == domain]
         if scores:
-            out[f"probe_{domain}"] = sum(scores) / len(scores)
+            out[f"probe_{domain}"] = scores
     return out
 
 
+def probe_scores(model, enc, records: list[dict]) -> dict[str, float]:
+    """probe_items as means per column: {probe_<domain>: share right}."""
+    return means(probe_items(model, enc, records))
+
+
 @torch.no_grad()
-def chat_scores(model, enc, records: list[dict], max_new_tokens: int = 64) -> tuple[dict, list[dict]]:
-    """Greedy chat answers to the eval prompts, scored per domain -> (scores, per-example rows)."""
+def chat_items(model, enc, records: list[dict], max_new_tokens: int = 64) -> tuple[dict, list[dict]]:
+    """Greedy chat answers to the eval prompts, scored -> ({column: [0/1 per item]}, per-example rows)."""
     texts, stopped = complete(model, enc, [render_prompt(enc, r["prompt"]) for r in records], max_new_tokens,
                               stop_token=special_id(enc, "<|end|>"))
     rows = [{"domain": r["domain"], "prompt": r["prompt"], "completion": t, "stopped": s,
              "score": check(r, t)} for r, t, s in zip(records, texts, stopped)]
-    out = {"format": sum(r["stopped"] for r in rows) / len(rows)}
+    out = {"format": [float(r["stopped"]) for r in rows]}
     for domain in SCORED_DOMAINS:
-        d = [r["score"] for r in rows if r["domain"] == domain]
+        d = [float(r["score"]) for r in rows if r["domain"] == domain]
         if d:
-            out[domain] = sum(d) / len(d)
-    forbidden = [is_refusal(t) for r, t in zip(records, texts) if r.get("should_refuse")]
-    benign = [is_refusal(t) for r, t in zip(records, texts) if not r.get("should_refuse")]
-    if forbidden:
-        out["refuse"] = sum(forbidden) / len(forbidden)
-    if benign:
-        out["over_refusal"] = sum(benign) / len(benign)
-    return out, rows
+            out[domain] = d
+    out["refuse"] = [float(is_refusal(t)) for r, t in zip(records, texts) if r.get("should_refuse")]
+    out["over_refusal"] = [float(is_refusal(t)) for r, t in zip(records, texts) if not r.get("should_refuse")]
+    return {c: v for c, v in out.items() if v}, rows
+
+
+def chat_scores(model, enc, records: list[dict], max_new_tokens: int = 64) -> tuple[dict, list[dict]]:
+    """chat_items as means per column -> (scores, per-example rows)."""
+    items, rows = chat_items(model, enc, records, max_new_tokens)
+    return means(items), rows
 
 
 @torch.no_grad()
@@ -102,10 +122,10 @@ def write_samples(model, enc, path, records: list[dict], chat: bool = True, max_
 
 
 @torch.no_grad()
-def heldout_loss(model, stream: torch.Tensor, *, windows: int = 64, block_size: int = 256, batch_size: int = 16,
-                 impl: str = "auto") -> float:
-    """Mean next-token loss (nats/token) over the first `windows` consecutive windows of a held-out token
-    stream: what a stage forgot about the pretraining corpus. Deterministic; every file reports this one."""
+def heldout_losses(model, stream: torch.Tensor, *, windows: int = 64, block_size: int = 256, batch_size: int = 16,
+                   impl: str = "auto") -> torch.Tensor:
+    """Next-token loss (nats/token) of each of the first `windows` consecutive windows of a held-out token
+    stream -> (windows,) float64. Their mean is heldout_loss; the card bootstraps its interval over them."""
     block_size = min(block_size, model.cfg.block_size)
     stream = stream[:windows * block_size + 1]
     if len(stream) < block_size + 1:
@@ -113,21 +133,33 @@ def heldout_loss(model, stream: torch.Tensor, *, windows: int = 64, block_size: 
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    total, count = 0.0, 0
+    losses = []
     for x, y in packed_eval_batches(stream, batch_size, block_size):
         x, y = x.to(device), y.to(device)  # (B, T) each
         with autocast(device):
             logits = model(x)  # (B, T, V)
-        total -= token_logprobs(logits, y, impl=impl).sum().item()
-        count += y.numel()
+        losses.append(-token_logprobs(logits, y, impl=impl).double().mean(dim=1).cpu())  # (B,)
     model.train(was_training)
-    return total / count
+    return torch.cat(losses)
+
+
+def heldout_loss(model, stream: torch.Tensor, *, windows: int = 64, block_size: int = 256, batch_size: int = 16,
+                 impl: str = "auto") -> float:
+    """Mean next-token loss (nats/token) over the first `windows` consecutive windows of a held-out token
+    stream: what a stage forgot about the pretraining corpus. Deterministic; every file reports this one."""
+    return heldout_losses(model, stream, windows=windows, block_size=block_size, batch_size=batch_size,
+                          impl=impl).mean().item()
+
+
+def val_losses(model, enc, windows: int = 64, block_size: int = 256) -> torch.Tensor:
+    """The card's val_loss, per window: heldout_losses on the world's pretrain_val.jsonl."""
+    return heldout_losses(model, pack(enc, load_texts(DATA_DIR / "pretrain_val.jsonl")), windows=windows,
+                          block_size=block_size)
 
 
 def val_loss(model, enc, windows: int = 64, block_size: int = 256) -> float:
     """The card's val_loss: heldout_loss on the world's pretrain_val.jsonl."""
-    return heldout_loss(model, pack(enc, load_texts(DATA_DIR / "pretrain_val.jsonl")), windows=windows,
-                        block_size=block_size)
+    return val_losses(model, enc, windows, block_size).mean().item()
 
 
 @torch.no_grad()
@@ -146,10 +178,15 @@ def pair_logps(model, pairs: list[tuple], pad_id: int, *, batch_size: int = 64, 
     return torch.cat(chosen), torch.cat(rejected)
 
 
-def preference_accuracy(chosen, rejected, ref_chosen, ref_rejected) -> float:
-    """Share of pairs whose implicit DPO reward log pi/pi_ref is strictly higher for the chosen answer.
+def preference_wins(chosen, rejected, ref_chosen, ref_rejected) -> torch.Tensor:
+    """Per pair: is the implicit DPO reward log pi/pi_ref strictly higher for the chosen answer? -> (N,) bool.
     Every argument is (N,) summed log-probs (pair_logps of the policy and of the reference)."""
-    return ((chosen - ref_chosen) > (rejected - ref_rejected)).float().mean().item()
+    return (chosen - ref_chosen) > (rejected - ref_rejected)
+
+
+def preference_accuracy(chosen, rejected, ref_chosen, ref_rejected) -> float:
+    """Share of pairs whose implicit DPO reward is strictly higher for the chosen answer (preference_wins)."""
+    return preference_wins(chosen, rejected, ref_chosen, ref_rejected).float().mean().item()
 
 
 def per_domain(records: list[dict], limit: int | None) -> list[dict]:
@@ -162,15 +199,17 @@ def per_domain(records: list[dict], limit: int | None) -> list[dict]:
     return out
 
 
-def evaluate_checkpoint(path, device="cpu", ref_path=None, chat: bool = True, limit: int | None = None,
-                        out_dir=None) -> dict:
-    """Every column of the report card for one checkpoint."""
+def evaluate_items(path, device="cpu", ref_path=None, chat: bool = True, limit: int | None = None,
+                   out_dir=None) -> dict[str, list[float]]:
+    """Every column of the report card for one checkpoint, per item: {column: [score of each held-out item]}
+    (0/1 for every share; nats per window for val_loss), in the same item order for every checkpoint, so two
+    checkpoints can be compared item by item (paired_difference)."""
     model, enc, _ = load_model(path, device)
-    scores = probe_scores(model, enc, per_domain(read_jsonl(DATA_DIR / "probes.jsonl"), limit))
-    scores["val_loss"] = val_loss(model, enc)
+    items = probe_items(model, enc, per_domain(read_jsonl(DATA_DIR / "probes.jsonl"), limit))
+    items["val_loss"] = val_losses(model, enc).tolist()
     if chat:
-        chat, rows = chat_scores(model, enc, per_domain(read_jsonl(DATA_DIR / "eval.jsonl"), limit))
-        scores.update(chat)
+        chat, rows = chat_items(model, enc, per_domain(read_jsonl(DATA_DIR / "eval.jsonl"), limit))
+        items.update(chat)
         if out_dir is not None:
             Path(out_dir).mkdir(parents=True, exist_ok=True)
             (Path(out_dir) / f"answers_{Path(path).parent.name}.jsonl").write_text(
@@ -181,37 +220,155 @@ def evaluate_checkpoint(path, device="cpu", ref_path=None, chat: bool = True, li
         records = per_domain(read_jsonl(DATA_DIR / "eval_prefs.jsonl"), limit)
         pairs = tokenize_pairs(enc, records, model.cfg.block_size, str(DATA_DIR / "eval_prefs.jsonl"))
         pad = special_id(enc, "<|pad|>")
-        scores["pref_acc"] = preference_accuracy(*pair_logps(model, pairs, pad), *pair_logps(ref, pairs, pad))
-    return scores
+        wins = preference_wins(*pair_logps(model, pairs, pad), *pair_logps(ref, pairs, pad))  # (N,) bool
+        items["pref_acc"] = wins.double().tolist()
+    return items
+
+
+def evaluate_checkpoint(path, device="cpu", ref_path=None, chat: bool = True, limit: int | None = None,
+                        out_dir=None) -> dict[str, float]:
+    """Every column of the report card for one checkpoint: {column: score} (the means of evaluate_items)."""
+    return means(evaluate_items(path, device, ref_path, chat, limit, out_dir))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# uncertainty: a score on n items is one draw of n; how far could it move, and is a change real?
+
+ALPHA = 0.05  # the card marks a change only when its paired test gives p < ALPHA
+
+
+def binomial_ci(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval (Wilson 1927) for a share of k successes out of n: the values of p that a z-test
+    at k/n would not reject. Unlike k/n ± z sqrt(p (1-p) / n), it stays inside [0, 1] and is not a single
+    point at k = 0 or k = n (0 of 10 right still allows a true rate up to 28%)."""
+    if n < 1 or not 0 <= k <= n:
+        raise ValueError(f"binomial_ci needs n >= 1 and 0 <= k <= n, got k={k}, n={n}")
+    p, z2 = k / n, z * z
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def _bootstrap_means(x: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
+    """Means of n_boot resamples of x (n items drawn with replacement) -> (n_boot,)."""
+    idx = np.random.default_rng(seed).integers(0, len(x), size=(n_boot, len(x)))
+    return x[idx].mean(axis=1)
+
+
+def bootstrap_ci(values, n_boot: int = 4000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of `values` (Efron & Tibshirani 1993, ch. 13)."""
+    x = np.asarray(values, dtype=np.float64)
+    if len(x) < 1:
+        raise ValueError("bootstrap_ci needs at least one value")
+    lo, hi = np.quantile(_bootstrap_means(x, n_boot, seed), [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
+
+
+def score_interval(values) -> tuple[float, float]:
+    """The card's 95% interval of a column's mean: Wilson when every item scores 0 or 1, else the bootstrap."""
+    x = np.asarray(values, dtype=np.float64)
+    if len(x) and np.isin(x, (0.0, 1.0)).all():
+        return binomial_ci(int(x.sum()), len(x))
+    return bootstrap_ci(x)
+
+
+def paired_difference(a, b, n_boot: int = 4000, seed: int = 0) -> dict:
+    """Is mean(a) - mean(b) real? a[i] and b[i] score the same item i (two checkpoints on one eval split), so
+    resample items, not scores: the bootstrap of the per-item differences d = a - b.
+    -> dict(diff=mean(d), lo, hi (its 95% percentile interval), p (two-sided)). p comes from the bootstrap
+    shifted to the null of no difference (Efron & Tibshirani 1993, sec. 16.4): the share of resampled means
+    at least as far from mean(d) as mean(d) is from 0, counting the observed one (so p >= 1/(n_boot+1)).
+    Items both get right, or both get wrong, add nothing: only the items that changed carry evidence."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 1 or len(a) < 1:
+        raise ValueError(f"paired_difference needs two score lists of one equal length, got {a.shape} and {b.shape}")
+    d = a - b
+    diff = float(d.mean())
+    boot = _bootstrap_means(d, n_boot, seed)
+    lo, hi = np.quantile(boot, [0.025, 0.975])
+    p = 1.0 if diff == 0 else float((1 + np.sum(np.abs(boot - diff) >= abs(diff))) / (n_boot + 1))
+    return {"diff": diff, "lo": float(lo), "hi": float(hi), "p": p}
+
+
+def mcnemar_p(a, b) -> float:
+    """Exact McNemar test (McNemar 1947) for two 0/1 score lists on the same items: of the items whose score
+    changed, u went up and v went down; under no difference each change is a fair coin, so
+    p = P(a Binomial(u + v, 1/2) is as lopsided as min(u, v)), two-sided. 1.0 when nothing changed."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 1 or not (np.isin(a, (0.0, 1.0)).all() and np.isin(b, (0.0, 1.0)).all()):
+        raise ValueError("mcnemar_p needs two 0/1 score lists of one equal length")
+    up, down = int(np.sum(a > b)), int(np.sum(a < b))
+    n = up + down
+    tail = sum(math.comb(n, i) for i in range(min(up, down) + 1))  # an exact integer; 2**n is too
+    return min(1.0, 2 * tail / 2**n)
+
+
+def paired_test(a, b) -> dict:
+    """The card's test of a change on the same items -> dict(diff, lo, hi, p): paired_difference, with p from
+    the exact McNemar test when every score is 0 or 1 (the bootstrap's p is too small when few items changed)."""
+    test = paired_difference(a, b)
+    if np.isin(a, (0.0, 1.0)).all() and np.isin(b, (0.0, 1.0)).all():
+        test["p"] = mcnemar_p(a, b)
+    return test
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # the report card
 
-def report_table(rows: dict[str, dict], markdown: bool = False, parents: dict[str, str] | None = None) -> str:
-    """rows: name -> scores. Each cell shows the value and an arrow when it moved by at least 2 points
-    (0.01 nats for val_loss) against the row's parent: `parents[name]` if given (the stage it started from),
-    else the row above. ▲ is better and ▼ worse, whatever the column's direction."""
-    cols = [c for c in COLUMN_ORDER if any(c in r for r in rows.values())]
+def card(items: dict[str, dict | list[dict]], parents: dict[str, str] | None = None) -> dict[str, dict]:
+    """The report card from per-item scores (evaluate_items): name -> {column: [score per item]} for one run,
+    or a list of such dicts, one per seed. Rows are compared with their parent: `parents[name]` if given (the
+    stage the row started from), else the row above.
+    -> {name: {column: cell}}, each cell a dict: value (the mean), lo and hi (its 95% interval,
+    score_interval), n (items); over seeds also seeds, sd and per_seed (each seed's mean; value is their
+    mean and the interval is over items of the seed-averaged scores); against a parent with the same items
+    also vs, diff, p (paired_test) and mark: ▲ better / ▼ worse when p < ALPHA, else ""."""
+    runs = {name: r if isinstance(r, list) else [r] for name, r in items.items()}
+    cols = [c for c in COLUMN_ORDER if any(c in r for rs in runs.values() for r in rs)]
+    pooled = {name: {c: np.mean([r[c] for r in rs], axis=0) for c in cols
+                     if all(c in r for r in rs) and len({len(r[c]) for r in rs}) == 1}
+              for name, rs in runs.items()}
+    out, above = {}, None
+    for name, rs in runs.items():
+        parent = (parents or {}).get(name, above)
+        out[name] = {}
+        for c, x in pooled[name].items():
+            lo, hi = score_interval(x)
+            cell = {"value": float(x.mean()), "lo": lo, "hi": hi, "n": len(x)}
+            if len(rs) > 1:
+                per_seed = [float(np.mean(r[c])) for r in rs]
+                cell.update(seeds=len(rs), sd=statistics.stdev(per_seed), per_seed=per_seed)
+            other = pooled.get(parent, {}).get(c)
+            if other is not None and len(other) == len(x):
+                test = paired_test(x, other)
+                better = test["diff"] > 0 if HIGHER_IS_BETTER.get(c, True) else test["diff"] < 0
+                mark = ("▲" if better else "▼") if test["p"] < ALPHA else ""
+                cell.update(vs=parent, diff=test["diff"], p=test["p"], mark=mark)
+            out[name][c] = cell
+        above = name
+    return out
+
+
+def cell_text(column: str, cell: dict) -> str:
+    """'45.0 ±9.7 ▲': the value in % (nats for val_loss), ± half its interval (the sd over seeds on rows over
+    seeds), and the significance mark."""
+    scale, digits = (1, 3) if column == "val_loss" else (100, 1)
+    half = cell["sd"] if "sd" in cell else (cell["hi"] - cell["lo"]) / 2
+    text = f"{scale * cell['value']:.{digits}f} ±{scale * half:.{digits}f}"
+    return text + (f" {cell['mark']}" if cell.get("mark") else "")
+
+
+def row_label(name: str, cells: dict) -> str:
+    seeds = max((c.get("seeds", 1) for c in cells.values()), default=1)
+    return f"{name} ({seeds} seeds)" if seeds > 1 else name
+
+
+def report_table(report: dict[str, dict], markdown: bool = False) -> str:
+    """The card (card()) as a text table, or a markdown one."""
+    cols = [c for c in COLUMN_ORDER if any(c in r for r in report.values())]
     header = ["stage"] + cols
-    lines, above = [], None
-    for name, r in rows.items():
-        prev = rows.get((parents or {}).get(name), above)
-        cells = [name]
-        for c in cols:
-            if c not in r:
-                cells.append("-")
-                continue
-            v = r[c]
-            cell = f"{v:.3f}" if c == "val_loss" else f"{100 * v:.1f}"
-            if prev is not None and c in prev:
-                delta = v - prev[c]
-                better = delta > 0 if HIGHER_IS_BETTER.get(c, True) else delta < 0
-                if abs(delta) >= (0.02 if c != "val_loss" else 0.01):
-                    cell += " ▲" if better else " ▼"
-            cells.append(cell)
-        lines.append(cells)
-        above = r
+    lines = [[row_label(name, r)] + [cell_text(c, r[c]) if c in r else "-" for c in cols]
+             for name, r in report.items()]
     if markdown:
         out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         out += ["| " + " | ".join(c) + " |" for c in lines]
@@ -221,41 +378,72 @@ def report_table(rows: dict[str, dict], markdown: bool = False, parents: dict[st
     return "\n".join([fmt(header), fmt(["-" * w for w in widths])] + [fmt(c) for c in lines])
 
 
-LEGEND = ("scores in % (val_loss in nats/token); ▲ better / ▼ worse by >= 2 points (0.01 nats) than the stage "
-          "the row started from (the row above, when not given); over_refusal: lower is better.")
+LEGEND = ("scores in % (val_loss in nats/token), each ± half its 95% interval (Wilson; for val_loss a bootstrap "
+          "over 64 windows; on rows over seeds, ± is the sd over seeds). ▲ better / ▼ worse than the stage the "
+          f"row started from (the row above, when not given), p < {ALPHA} on the same items: exact McNemar test "
+          "(a paired bootstrap for val_loss and rows over seeds); no mark: the change is within the noise of "
+          "these items. over_refusal: lower is better. With this many cells, about 1 in 20 cells that did not "
+          "really change gets a mark by chance.")
 
 
-def write_report(rows: dict[str, dict], out_dir, parents: dict[str, str] | None = None) -> str:
-    """Print the report card and write report.md, report.json (rows and parents) and report.png into out_dir."""
+def write_report(items: dict[str, dict | list[dict]], out_dir, parents: dict[str, str] | None = None) -> dict:
+    """Print the card (card(items, parents)) and write into out_dir: report.md, report.png and report.json
+    (rows: the means; card: every cell; items: the per-item scores, so --from-json can redraw it) -> the card."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    text = report_table(rows, parents=parents)
-    print(text + "\n" + LEGEND)
-    (out_dir / "report.md").write_text(report_table(rows, markdown=True, parents=parents) + "\n\n" + LEGEND + "\n",
-                                       encoding="utf-8")
-    save_json(out_dir / "report.json", {"rows": rows, "parents": parents or {}})
-    plot_report(rows, out_dir / "report.png")
-    return text
+    report = card(items, parents)
+    print(report_table(report) + "\n" + LEGEND)
+    markdown = report_table(report, markdown=True) + "\n\n" + LEGEND + "\n"
+    (out_dir / "report.md").write_text(markdown, encoding="utf-8")
+    rows = {name: {c: cell["value"] for c, cell in r.items()} for name, r in report.items()}
+    save_json(out_dir / "report.json", {"rows": rows, "card": report, "parents": parents or {}, "items": items})
+    plot_report(report, out_dir / "report.png")
+    return report
 
 
-def plot_report(rows: dict[str, dict], path) -> None:
+def plot_report(report: dict[str, dict], path) -> None:
+    """The card as a heatmap, stages x columns: each cell shows its score and its change against the stage it
+    started from; the colour is that change (blue better, red worse), strong when significant, pale when not."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.colors import to_rgb
 
-    cols = [c for c in COLUMN_ORDER if c != "val_loss" and any(c in r for r in rows.values())]
-    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(cols) * max(1, len(rows)) / 2), 4))
-    width = 0.8 / max(1, len(rows))
-    for i, (name, r) in enumerate(rows.items()):
-        xs = [j + i * width for j in range(len(cols))]
-        ax.bar(xs, [100 * r.get(c, 0) for c in cols], width, label=name)
-    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(cols))], cols, rotation=30, ha="right")
-    ax.set_ylabel("% (held-out)")
-    ax.set_ylim(0, 100)
-    ax.set_title("minipost report card")
-    ax.legend(fontsize=8, ncols=min(len(rows), 6))
+    cols = [c for c in COLUMN_ORDER if any(c in r for r in report.values())]
+    names = list(report)
+    fig, ax = plt.subplots(figsize=(1.0 * len(cols) + 1.4, 0.62 * len(names) + 1.5))
+    cmap = plt.get_cmap("RdBu")
+    for i, name in enumerate(names):
+        for j, c in enumerate(cols):
+            cell = report[name].get(c)
+            colour, text, weight = (0.93, 0.93, 0.93), "-", "normal"
+            if cell is not None:
+                scale, digits = (1, 3) if c == "val_loss" else (100, 1)
+                text = f"{scale * cell['value']:.{digits}f}"
+                if "diff" in cell:
+                    sign = 1 if HIGHER_IS_BETTER.get(c, True) else -1
+                    strength = max(-1.0, min(1.0, sign * cell["diff"] / (0.05 if c == "val_loss" else 0.3)))
+                    colour = to_rgb(cmap(0.5 + 0.45 * strength))
+                    if not cell["mark"]:  # within the noise: blend towards white
+                        colour = tuple(0.75 + 0.25 * v for v in colour)
+                    text += f"\n{scale * cell['diff']:+.{digits}f}{' ' + cell['mark'] if cell['mark'] else ''}"
+                    weight = "bold" if cell["mark"] else "normal"
+                else:
+                    colour = (1.0, 1.0, 1.0)
+            ax.add_patch(plt.Rectangle((j, i), 1, 1, facecolor=colour, edgecolor="white", lw=2))
+            ax.text(j + 0.5, i + 0.5, text, ha="center", va="center", fontsize=8.5, fontweight=weight)
+    ax.set_xlim(0, len(cols))
+    ax.set_ylim(len(names), 0)
+    ax.set_xticks([j + 0.5 for j in range(len(cols))], cols, rotation=30, ha="right", fontsize=9)
+    ax.set_yticks([i + 0.5 for i in range(len(names))], [row_label(n, report[n]) for n in names], fontsize=9)
+    ax.tick_params(length=0)
+    for side in ax.spines.values():
+        side.set_visible(False)
+    ax.set_title("report card: score (%; val_loss in nats) and change against the stage it started from\n"
+                 f"blue better, red worse; bold and strong: significant (paired test, p < {ALPHA}), "
+                 "pale: within the noise", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
@@ -280,13 +468,8 @@ def _main(argv=None):
     if args.name and len(args.name) != len(args.ckpt or []):
         ap.error(f"--name given {len(args.name)} times for {len(args.ckpt or [])} --ckpt")
     if args.from_json:
-        try:
-            saved = json.loads(Path(args.from_json).read_text(encoding="utf-8"))
-            saved["rows"]
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
-            raise InputError(f"{args.from_json}: not a report.json written by minipost.evals ({e})") from None
-        write_report(saved["rows"], args.out, saved.get("parents"))
-        return saved["rows"]
+        saved = read_report(args.from_json)
+        return write_report(saved["items"], args.out, saved.get("parents"))
     if not args.ckpt:
         ap.error("give --ckpt (one or more) or --from-json")
     if Path(args.out).exists() and not Path(args.out).is_dir():
@@ -299,10 +482,26 @@ def _main(argv=None):
         ap.error(f"row names {names} repeat; name the rows with --name")
     for c in args.ckpt + ([args.ref] if args.ref else []):  # every file checked before the first evaluation
         load_model(c)
-    rows = {n: evaluate_checkpoint(c, device, args.ref, chat=not args.no_chat, limit=args.limit, out_dir=args.out)
-            for n, c in zip(names, args.ckpt)}
-    write_report(rows, args.out, {n: args.vs for n in rows if n != args.vs} if args.vs else None)
-    return rows
+    items = {n: evaluate_items(c, device, args.ref, chat=not args.no_chat, limit=args.limit, out_dir=args.out)
+             for n, c in zip(names, args.ckpt)}
+    return write_report(items, args.out, {n: args.vs for n in items if n != args.vs} if args.vs else None)
+
+
+def read_report(path) -> dict:
+    """A report.json that write_report wrote, checked: its per-item scores are what the card is drawn from."""
+    try:
+        saved = json.loads(Path(path).read_text(encoding="utf-8"))
+        items = saved["items"]
+        for runs in items.values():
+            for run in runs if isinstance(runs, list) else [runs]:
+                for scores in run.values():
+                    if not scores or not all(isinstance(v, (int, float)) for v in scores):
+                        raise TypeError("a column without numeric per-item scores")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
+        reason = f"{type(e).__name__}: {e}" if not isinstance(e, OSError) else (e.strerror or type(e).__name__)
+        raise InputError(f"{path}: not a report.json with per-item scores, as minipost.evals writes it "
+                         f"({reason})") from None
+    return saved
 
 
 if __name__ == "__main__":

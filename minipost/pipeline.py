@@ -13,6 +13,7 @@ model.pt holds the stage's last step) is reused, an unfinished one resumes from 
 (`--resume true`), exactly as if it had not been interrupted. `--fresh true` reruns every stage from scratch.
 
     python -m minipost.pipeline                  # nano preset, a 2-core CPU
+    python -m minipost.pipeline --seeds 1337,2,3 # the RL stages once per seed: card rows show mean ± sd
     python -m minipost.pipeline --preset small   # one GPU
 """
 from __future__ import annotations
@@ -26,9 +27,24 @@ from pathlib import Path
 from minipost import threads
 from minipost.common import (DATA_DIR, DEVICE_HELP, InputError, check_config, check_device, config_with_preset, field,
                              load_checkpoint, main, pick_device, save_json)
-from minipost.evals import evaluate_checkpoint, write_report
+from minipost.evals import evaluate_items, write_report
 from minipost.tokenizer import get_tokenizer
 from minipost.world import build as build_world
+
+
+def parse_seeds(text: str) -> list[int]:
+    """'1337,2,3' -> [1337, 2, 3]; '' -> []. Each seed an integer in 0 .. 2**32 - 1, none twice."""
+    seeds = []
+    for part in text.split(",") if text.strip() else []:
+        try:
+            seed = int(part)
+        except ValueError:
+            raise InputError(f"--seeds {text!r}: {part.strip()!r} is not an integer") from None
+        if seed in seeds or not 0 <= seed < 2**32:
+            why = "given twice" if seed in seeds else "out of 0 .. 2**32 - 1"
+            raise InputError(f"--seeds {text!r}: {seed} is {why}")
+        seeds.append(seed)
+    return seeds
 
 
 @dataclass
@@ -39,6 +55,9 @@ class Config:
     stages: str = field("pretrain,sft,dpo,rloo,grpo,ppo", "comma-separated stages to run, in order")
     fresh: bool = field(False, "rerun every stage from scratch (default: reuse finished stages, resume the rest)")
     seed: int = field(1337, "random seed for every stage", min=0, max=2**32 - 1)
+    seeds: str = field("", "comma-separated seeds for the RL stages (e.g. 1337,2,3): each RL stage runs once per "
+                       "seed, into OUT/<stage> for --seed and OUT/<stage>_s<seed> for the others, and its card row "
+                       "shows the mean ± sd over them (default: --seed alone)", check=parse_seeds)
     device: str = field("auto", DEVICE_HELP, check=check_device)
     progress: bool = field(True, "show tqdm progress bars")
     threads: str = field("auto", threads.HELP, check=threads.parse_threads)
@@ -55,6 +74,11 @@ class Config:
     def stage_list(self) -> list[str]:
         return [s.strip() for s in self.stages.split(",") if s.strip()]
 
+    def seeds_of(self, stage: str) -> list[int]:
+        return (parse_seeds(self.seeds) or [self.seed]) if stage in RL_STAGES else [self.seed]
+
+
+
 
 # stage -> (module, the stage its --init comes from, extra config overrides)
 STAGES = {
@@ -66,13 +90,17 @@ STAGES = {
     "ppo": ("minipost.ppo", "dpo", {}),
 }
 ROW_NAMES = {"pretrain": "base"}
+RL_STAGES = ("rloo", "grpo", "ppo")  # the stages --seeds repeats
 
 
-def stage_config(name: str, cfg: Config, out: Path):
-    """The config `python -m minipost.<module> --preset P --init PARENT/model.pt --out OUT/<name>` would run."""
+def stage_config(name: str, cfg: Config, out: Path, seed: int | None = None):
+    """The config `python -m minipost.<module> --preset P --init PARENT/model.pt --out OUT/<name>` would run
+    (with `seed` other than --seed: --seed SEED --out OUT/<name>_s<SEED>)."""
     module_name, parent, overrides = STAGES[name]
     module = importlib.import_module(module_name)
-    kw = dict(preset=cfg.preset, out=str(out / name), seed=cfg.seed, device=cfg.device, progress=cfg.progress,
+    seed = cfg.seed if seed is None else seed
+    folder = name if seed == cfg.seed else f"{name}_s{seed}"
+    kw = dict(preset=cfg.preset, out=str(out / folder), seed=seed, device=cfg.device, progress=cfg.progress,
               threads=cfg.threads)
     if parent is not None:
         kw["init"] = str(out / parent / "model.pt")
@@ -82,9 +110,9 @@ def stage_config(name: str, cfg: Config, out: Path):
     return module, config_with_preset(module.Config, module.PRESETS, **kw, **overrides)
 
 
-def run_stage(name: str, cfg: Config, out: Path) -> Path:
-    """Run one stage, reuse it if it finished, resume it if it was interrupted."""
-    module, stage_cfg = stage_config(name, cfg, out)
+def run_stage(name: str, cfg: Config, out: Path, seed: int | None = None) -> Path:
+    """Run one stage (with one seed), reuse it if it finished, resume it if it was interrupted."""
+    module, stage_cfg = stage_config(name, cfg, out, seed)
     stage_out = Path(stage_cfg.out)
     if not cfg.fresh and (stage_out / "model.pt").exists():
         if load_checkpoint(stage_out / "model.pt", required=("step",))["step"] >= stage_cfg.max_steps:
@@ -105,7 +133,8 @@ def run(cfg: Config) -> dict:
     t0 = time.time()
     out = Path(cfg.out)
     for name in cfg.stage_list():  # every stage's config is checked before the first one starts
-        stage_config(name, cfg, out)
+        for seed in cfg.seeds_of(name):
+            stage_config(name, cfg, out, seed)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -117,25 +146,26 @@ def run(cfg: Config) -> dict:
     timings, ckpts = {}, {}
     for s in cfg.stage_list():
         t = time.time()
-        ckpts[s] = run_stage(s, cfg, out)
+        ckpts[s] = [run_stage(s, cfg, out, seed) for seed in cfg.seeds_of(s)]
         timings[s] = time.time() - t
 
     t = time.time()
     device = pick_device(cfg.device)
-    ref = ckpts.get("sft")
-    rows = {}
-    for s, path in ckpts.items():
-        print(f"== eval {s}")
-        rows[ROW_NAMES.get(s, s)] = evaluate_checkpoint(path, device, ref_path=ref, out_dir=out / "report",
-                                                        limit=cfg.eval_limit or None)
+    ref = ckpts["sft"][0] if "sft" in ckpts else None
+    items = {}
+    for s, paths in ckpts.items():
+        print(f"== eval {s}" + (f" ({len(paths)} seeds)" if len(paths) > 1 else ""))
+        runs = [evaluate_items(p, device, ref_path=ref, out_dir=out / "report", limit=cfg.eval_limit or None)
+                for p in paths]
+        items[ROW_NAMES.get(s, s)] = runs if len(runs) > 1 else runs[0]
     timings["evals"] = time.time() - t
     timings["total"] = time.time() - t0
     print()
     parents = {ROW_NAMES.get(s, s): ROW_NAMES.get(STAGES[s][1], STAGES[s][1]) for s in ckpts if STAGES[s][1] in ckpts}
-    write_report(rows, out / "report", parents)
+    report = write_report(items, out / "report", parents)
     save_json(out / "timings.json", timings)
     print("\nseconds per stage: " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
-    return rows
+    return report
 
 
 if __name__ == "__main__":

@@ -1,8 +1,13 @@
-"""The report card: scores in range, invariants of preference accuracy, arrows that point the right way."""
+"""The report card: scores in range, invariants of preference accuracy, intervals and paired tests checked by
+hand, marks that point the right way."""
+import json
+import math
+
 import pytest
 import torch
 
-from minipost.evals import COLUMN_ORDER, evaluate_checkpoint, report_table, write_report
+from minipost.evals import (COLUMN_ORDER, binomial_ci, card, evaluate_checkpoint, evaluate_items, mcnemar_p,
+                            paired_difference, report_table, write_report)
 from minipost.model import GPT, GPTConfig, model_checkpoint
 from minipost.common import save_checkpoint
 from minipost.tokenizer import get_tokenizer
@@ -27,40 +32,100 @@ def test_every_column_in_range_and_identical_models_have_zero_preference_accurac
     # a random model knows nothing
     assert scores["knowledge"] == 0.0 and scores["val_loss"] > 5.0
     assert len((tmp_path / f"answers_{tmp_path.name}.jsonl").read_text().splitlines()) == 6 * 3
+    # the card's per-item scores: one 0/1 per item (nats per window for val_loss), and their means are the scores
+    items = evaluate_items(tmp_path / "a.pt", ref_path=tmp_path / "b.pt", limit=3)
+    assert {c: sum(v) / len(v) for c, v in items.items()} == pytest.approx(scores)
+    assert len(items["knowledge"]) == 3 and len(items["format"]) == 6 * 3 and len(items["val_loss"]) == 64
+    assert all(v in (0.0, 1.0) for c, vs in items.items() if c != "val_loss" for v in vs)
 
 
-def test_report_arrows_respect_each_columns_direction(tmp_path):
-    rows = {"base": {"knowledge": 0.10, "val_loss": 1.00, "over_refusal": 0.30},
-            "sft": {"knowledge": 0.50, "val_loss": 1.20, "over_refusal": 0.10},
-            "dpo": {"knowledge": 0.505, "val_loss": 1.20, "over_refusal": 0.40}}
-    lines = report_table(rows).splitlines()
-    sft, dpo = lines[3], lines[4]
-    assert "50.0 ▲" in sft  # knowledge up: better
-    assert "1.200 ▼" in sft  # loss up: worse
-    assert "10.0 ▲" in sft  # over-refusal down: better
-    assert "50.5 " in dpo and "50.5 ▲" not in dpo  # +0.5 points: below the 2-point threshold, no arrow
-    assert "40.0 ▼" in dpo
-    # against a named parent instead of the row above: dpo vs base, knowledge +40.5 points
-    assert "50.5 ▲" in report_table(rows, parents={"dpo": "base"}).splitlines()[4]
-    write_report(rows, tmp_path)
+def shares(k: int, n: int, first: int = 0) -> list[float]:
+    """n 0/1 item scores, items first .. first+k-1 right (so two lists can share or not share their items)."""
+    return [1.0 if first <= i < first + k else 0.0 for i in range(n)]
+
+
+def test_report_marks_only_significant_changes_and_respects_each_columns_direction(tmp_path):
+    items = {"base": {"knowledge": shares(10, 100), "val_loss": [1.0 + 0.01 * i for i in range(8)],
+                      "over_refusal": shares(30, 100)},
+             "sft": {"knowledge": shares(50, 100), "val_loss": [1.2 + 0.01 * i for i in range(8)],
+                     "over_refusal": shares(10, 100)},
+             "dpo": {"knowledge": shares(51, 100), "val_loss": [1.2 + 0.01 * i for i in range(8)],
+                     "over_refusal": shares(40, 100)}}
+    report = card(items)
+    assert report["sft"]["knowledge"]["mark"] == "▲"  # 40 items up, none down: better
+    assert report["sft"]["val_loss"]["mark"] == "▼"  # loss up on every window: worse
+    assert report["sft"]["over_refusal"]["mark"] == "▲"  # over-refusal down: better
+    assert report["dpo"]["knowledge"]["mark"] == ""  # one item of 100 changed: noise, no mark
+    assert report["dpo"]["over_refusal"]["mark"] == "▼"
+    assert report["dpo"]["val_loss"] == {**report["dpo"]["val_loss"], "diff": 0.0, "p": 1.0, "mark": ""}
+    assert "base" not in [c.get("vs") for c in report["base"].values()]  # the first row has no parent
+    lo, hi = binomial_ci(50, 100)
+    assert report["sft"]["knowledge"] == {**report["sft"]["knowledge"], "value": 0.5, "lo": lo, "hi": hi, "n": 100}
+    lines = report_table(report).splitlines()
+    assert "50.0 ±9.6 ▲" in lines[3] and "1.235 ±" in lines[3] and "51.0 ±9.6 " in lines[4]
+    # against a named parent instead of the row above: dpo vs base, knowledge +41 points
+    assert card(items, parents={"dpo": "base"})["dpo"]["knowledge"]["vs"] == "base"
+    write_report(items, tmp_path)
     assert (tmp_path / "report.md").read_text().startswith("| stage |")
     assert (tmp_path / "report.png").stat().st_size > 1000
-
-
-def test_cli_vs_compares_every_row_with_one_row(tmp_path, monkeypatch):
-    import json
-
-    import minipost.evals as evals
-    scores = {"a": {"knowledge": 0.10}, "b": {"knowledge": 0.50}, "c": {"knowledge": 0.49}}
-    monkeypatch.setattr(evals, "evaluate_checkpoint", lambda path, *a, **k: scores[path.split("/")[0]])
-    monkeypatch.setattr(evals, "load_model", lambda path, *a, **k: None)  # the up-front check of every file
-    evals.main(["--ckpt", "a/model.pt", "--ckpt", "b/model.pt", "--ckpt", "c/model.pt", "--vs", "a",
-                "--out", str(tmp_path)])
     saved = json.loads((tmp_path / "report.json").read_text())
-    assert saved["parents"] == {"b": "a", "c": "a"}
-    assert "49.0 ▲" in (tmp_path / "report.md").read_text().splitlines()[4]  # c vs a (+39), not vs b (-1)
-    with pytest.raises(SystemExit):  # a mistyped --vs fails before any checkpoint is evaluated
-        evals.main(["--ckpt", "a/model.pt", "--vs", "dpo", "--out", str(tmp_path)])
+    assert saved["items"] == items and saved["rows"]["sft"]["knowledge"] == 0.5
+    assert saved["card"]["sft"]["knowledge"]["mark"] == "▲"
+
+
+def test_rows_over_seeds_show_the_mean_and_sd_of_the_seeds():
+    seeds = [{"arithmetic": shares(k, 100)} for k in (40, 50, 60)]
+    report = card({"dpo": {"arithmetic": shares(30, 100)}, "grpo": seeds})
+    cell = report["grpo"]["arithmetic"]
+    assert cell["value"] == pytest.approx(0.5) and cell["per_seed"] == [0.4, 0.5, 0.6]
+    assert cell["seeds"] == 3 and cell["sd"] == pytest.approx(0.1)
+    assert cell["mark"] == "▲" and cell["diff"] == pytest.approx(0.2)  # seed-averaged items vs the parent's
+    assert "grpo (3 seeds)" in report_table(report) and "50.0 ±10.0 ▲" in report_table(report)
+
+
+def test_wilson_interval_matches_hand_computed_values():
+    assert binomial_ci(0, 10) == pytest.approx((0.0, 0.2775), abs=1e-4)  # 0 of 10 still allows 28%
+    assert binomial_ci(10, 10) == pytest.approx((0.7225, 1.0), abs=1e-4)
+    # 50 of 100: centre 0.5, half-width 1.96 sqrt(0.25/100 + 1.96^2/40000) / (1 + 1.96^2/100)
+    half = 1.96 * math.sqrt(0.0025 + 1.96 ** 2 / 40000) / (1 + 1.96 ** 2 / 100)
+    assert binomial_ci(50, 100) == pytest.approx((0.5 - half, 0.5 + half))
+    lo, hi = binomial_ci(3, 40)
+    assert lo < 3 / 40 < hi and binomial_ci(3, 40, z=2.576)[0] < lo  # a wider z, a wider interval
+    for bad in [(1, 0), (-1, 5), (6, 5)]:
+        with pytest.raises(ValueError):
+            binomial_ci(*bad)
+
+
+def test_paired_difference_resamples_items_and_tests_against_no_change():
+    same = shares(40, 100)
+    assert paired_difference(same, same) == {"diff": 0.0, "lo": 0.0, "hi": 0.0, "p": 1.0}
+    # every item flips 0 -> 1: every resample has the same difference, p is as small as the bootstrap can say
+    t = paired_difference([1.0] * 20, [0.0] * 20, n_boot=999)
+    assert t == {"diff": 1.0, "lo": 1.0, "hi": 1.0, "p": 1 / 1000}
+    # 20 items up and 5 down out of 100 (exact McNemar p = 0.004) vs 8 up and 4 down (p = 0.39)
+    up20 = paired_difference(shares(20, 100), shares(5, 100, first=20))
+    assert up20["diff"] == pytest.approx(0.15) and up20["lo"] > 0 and up20["p"] < 0.05
+    up8 = paired_difference(shares(8, 100), shares(4, 100, first=8))
+    assert up8["lo"] < 0 < up8["hi"] and up8["p"] > 0.2
+    # the result depends on the seed only through the resampling, and is reproducible with one
+    assert paired_difference(shares(25, 100), same, seed=3) == paired_difference(shares(25, 100), same, seed=3)
+    with pytest.raises(ValueError):
+        paired_difference([1.0, 0.0], [1.0])
+
+
+def test_mcnemar_counts_only_the_items_that_changed():
+    # 6 up, 0 down: p = 2 * 0.5^6; adding items both models get right (or wrong) changes nothing
+    assert mcnemar_p(shares(6, 100), [0.0] * 100) == pytest.approx(2 / 64)
+    assert mcnemar_p(shares(6, 10) + [1.0] * 90, [0.0] * 10 + [1.0] * 90) == pytest.approx(2 / 64)
+    # 20 up, 5 down: 2 * P(Binomial(25, 1/2) <= 5)
+    expected = 2 * sum(math.comb(25, i) for i in range(6)) / 2 ** 25
+    assert mcnemar_p(shares(20, 100), shares(5, 100, first=20)) == pytest.approx(expected)
+    assert mcnemar_p(shares(5, 100), shares(5, 100)) == 1.0  # nothing changed
+    assert mcnemar_p(shares(3, 10), shares(3, 10, first=3)) == 1.0  # 3 up, 3 down: capped at 1
+    # few changes: the bootstrap's p is too small, which is why the card uses McNemar for 0/1 scores
+    assert mcnemar_p(shares(5, 600), [0.0] * 600) > 0.05 > paired_difference(shares(5, 600), [0.0] * 600)["p"]
+    with pytest.raises(ValueError):
+        mcnemar_p([0.5], [1.0])
 
 
 def test_preference_accuracy_counts_strict_wins_of_the_implicit_reward():
@@ -102,9 +167,13 @@ def test_pair_logps_sums_each_answer_alone_whatever_the_batching():
 
 def test_cli_errors_are_one_line_and_exit_2(tmp_path, capsys):
     import minipost.evals as evals
+    (tmp_path / "old.json").write_text(json.dumps({"rows": {"sft": {"knowledge": 0.5}}}))  # no per-item scores
+    (tmp_path / "bad.json").write_text(json.dumps({"items": {"sft": {"knowledge": ["x"]}}}))
     for argv, msg in [(["--ckpt", str(tmp_path / "nope.pt")], "nope.pt: no such checkpoint"),
                       (["--ckpt", "a.pt", "--limit", "0"], "--limit 0: must be >= 1"),
-                      (["--from-json", str(tmp_path / "r.json")], "r.json: not a report.json")]:
+                      (["--from-json", str(tmp_path / "r.json")], "r.json: not a report.json"),
+                      (["--from-json", str(tmp_path / "old.json")], "old.json: not a report.json with per-item"),
+                      (["--from-json", str(tmp_path / "bad.json")], "bad.json: not a report.json with per-item")]:
         with pytest.raises(SystemExit) as e:
             evals.main(argv + ["--out", str(tmp_path / "out")])
         err = capsys.readouterr().err

@@ -9,14 +9,15 @@ from minipost.pipeline import Config, run, stage_config
 
 
 def test_pipeline_smoke_runs_every_stage_and_writes_the_report(tmp_path, capsys):
-    rows = run(Config(out=str(tmp_path), max_steps=2, eval_limit=2, progress=False))
-    assert list(rows) == ["base", "sft", "dpo", "rloo", "grpo", "ppo"]
+    report = run(Config(out=str(tmp_path), max_steps=2, eval_limit=2, progress=False))
+    assert list(report) == ["base", "sft", "dpo", "rloo", "grpo", "ppo"]
     for stage in ("pretrain", "sft", "dpo", "rloo", "grpo", "ppo"):
         assert (tmp_path / stage / "model.pt").exists(), stage
-    assert "pref_acc" in rows["dpo"] and "pref_acc" not in rows["sft"]  # sft is the reference
-    report = json.loads((tmp_path / "report" / "report.json").read_text())
-    assert report["rows"] == json.loads(json.dumps(rows))
-    assert report["parents"] == {"sft": "base", "dpo": "sft", "rloo": "dpo", "grpo": "dpo", "ppo": "dpo"}
+    assert "pref_acc" in report["dpo"] and "pref_acc" not in report["sft"]  # sft is the reference
+    saved = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert saved["card"] == json.loads(json.dumps(report))
+    assert saved["parents"] == {"sft": "base", "dpo": "sft", "rloo": "dpo", "grpo": "dpo", "ppo": "dpo"}
+    assert report["ppo"]["knowledge"]["vs"] == "dpo" and len(saved["items"]["ppo"]["knowledge"]) == 2
     assert "stage" in capsys.readouterr().out
 
 
@@ -41,3 +42,19 @@ def test_bad_stage_names_and_flags_fail_before_anything_runs(tmp_path):
     with pytest.raises(InputError, match="--max-steps -1"):
         Config(out=str(tmp_path), max_steps=-1)
     assert not (tmp_path / "config.json").exists()
+    for seeds, msg in [("1337,x", "'x' is not an integer"), ("2,2", "2 is given twice"),
+                       ("-1", "-1 is out of 0"), (",", "'' is not an integer")]:
+        with pytest.raises(InputError, match=f"--seeds '{seeds}': {msg}"):
+            Config(out=str(tmp_path), seeds=seeds)
+
+
+def test_seeds_repeat_the_rl_stages_and_the_card_shows_their_spread(tmp_path):
+    report = run(Config(out=str(tmp_path), stages="pretrain,sft,dpo,grpo", seeds="1337,2", max_steps=2,
+                        eval_limit=2, progress=False))
+    assert (tmp_path / "grpo" / "model.pt").exists() and (tmp_path / "grpo_s2" / "model.pt").exists()
+    assert not (tmp_path / "sft_s2").exists()  # only the RL stages repeat
+    assert json.loads((tmp_path / "grpo_s2" / "config.json").read_text())["seed"] == 2
+    cell = report["grpo"]["knowledge"]
+    assert cell["seeds"] == 2 and len(cell["per_seed"]) == 2 and cell["vs"] == "dpo"
+    assert "seeds" not in report["dpo"]["knowledge"]
+    assert "grpo (2 seeds)" in (tmp_path / "report" / "report.md").read_text()

@@ -22,7 +22,7 @@ import torch
 
 from minipost.common import DATA_DIR, config_with_preset, read_jsonl
 from minipost import grpo, ppo, reinforce
-from minipost.evals import evaluate_checkpoint, report_table
+from minipost.evals import evaluate_items, write_report
 
 from _setup import SMOKE, ensure_world, out_dir, start_checkpoint  # noqa: E402  (tutorials/_setup.py)
 
@@ -76,21 +76,20 @@ except ImportError:
 
 # %% [markdown]
 # ## The report card, side by side
-# Every column is held-out. The start row is the checkpoint all three began from; arrows compare each row
-# with the row above, so read each RL row against `start` by eye (or in report.json). A good RL run moves the
-# arithmetic column and leaves the others (and the held-out pretraining loss) where they were.
+# Every column is held-out, and every row is compared with `start`, the checkpoint all three began from:
+# each cell carries its 95% interval, and ▲/▼ marks a change that a paired test on the same items finds
+# significant (evals.card). A good RL run moves the arithmetic column and leaves the others (and the held-out
+# pretraining loss) where they were.
 
 # %%
 limit = 4 if SMOKE else None
-card = {"start": evaluate_checkpoint(INIT, limit=limit)}
+items = {"start": evaluate_items(INIT, limit=limit)}
 for name in METHODS:
-    card[name] = evaluate_checkpoint(OUT / name / "model.pt", limit=limit)
-print(report_table(card))
-(OUT / "report.md").write_text(report_table(card, markdown=True) + "\n")
+    items[name] = evaluate_items(OUT / name / "model.pt", limit=limit)
+report = write_report(items, OUT / "card", parents={name: "start" for name in METHODS})
 for name in METHODS:
-    moved = {k: round(100 * (card[name][k] - card["start"][k]), 1) for k in card[name]
-             if k != "val_loss" and abs(card[name][k] - card["start"][k]) >= 0.02}
-    print(f"{name:5s} moved (points): {moved}")
+    moved = {c: round(100 * cell["diff"], 1) for c, cell in report[name].items() if cell.get("mark")}
+    print(f"{name:5s} significant changes against start (points): {moved}")
 
 # %% [markdown]
 # ## What to take away

@@ -31,7 +31,7 @@ import statistics
 
 from minipost import grpo, ppo, reinforce
 from minipost.common import config_with_preset, read_jsonl
-from minipost.evals import evaluate_checkpoint
+from minipost.evals import evaluate_items, write_report
 
 from _setup import SMOKE, ensure_world, out_dir, start_checkpoint  # noqa: E402  (tutorials/_setup.py)
 
@@ -75,31 +75,20 @@ summaries = {name: {seed: run(name, module, extra, seed, OUT / f"{name}_s{seed}"
 
 # %% [markdown]
 # ## The report card, mean ± sd over seeds
-# One report-card evaluation per final checkpoint (every held-out column), then the mean and spread over the
-# seeds. `start` is the DPO model all of them began from. Read a difference between two methods as real only
-# when it is larger than both spreads: with 100 items per domain and three seeds, a few points is noise.
+# One report-card evaluation per final checkpoint (every held-out column, evals.evaluate_items), then the
+# card over seeds (evals.card): each cell is the mean ± sd of the three seeds, and its mark compares the
+# seed-averaged items with `start`, the DPO model all of them began from, by a paired bootstrap on the same
+# items. Read a difference between two methods as real only when it is larger than both spreads: with 100
+# items per domain and three seeds, a few points is noise.
 
 # %%
-start = evaluate_checkpoint(INIT, limit=LIMIT)
-cards = {name: [evaluate_checkpoint(OUT / f"{name}_s{seed}" / "model.pt", limit=LIMIT) for seed in SEEDS]
-         for name in METHODS}
-COLUMNS = [c for c in start if c not in ("val_loss", "pref_acc")]
-
-
-def mean_sd(values):
-    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
-header = f"{'method':12s} {'seconds':>8s} " + " ".join(f"{c[:11]:>12s}" for c in COLUMNS)
-print(header)
-print(f"{'start':12s} {'':>8s} " + " ".join(f"{100 * start[c]:12.1f}" for c in COLUMNS))
-table = {}
+items = {"start": evaluate_items(INIT, limit=LIMIT)}
 for name in METHODS:
-    seconds = statistics.mean(s["seconds"] for s in summaries[name].values())
-    cells = {c: mean_sd([100 * card[c] for card in cards[name]]) for c in COLUMNS}
-    table[name] = {"seconds": seconds, **{c: {"mean": m, "sd": sd} for c, (m, sd) in cells.items()}}
-    print(f"{name:12s} {seconds:8.0f} " + " ".join(f"{m:7.1f} ±{sd:4.1f}" for m, sd in cells.values()))
-(OUT / "variants.json").write_text(json.dumps({"start": start, "methods": table, "seeds": SEEDS}, indent=1))
+    items[name] = [evaluate_items(OUT / f"{name}_s{seed}" / "model.pt", limit=LIMIT) for seed in SEEDS]
+report = write_report(items, OUT / "card", parents={name: "start" for name in METHODS})
+seconds = {name: statistics.mean(s["seconds"] for s in summaries[name].values()) for name in METHODS}
+print("\nseconds per run (mean over seeds): " + ", ".join(f"{n} {t:.0f}" for n, t in seconds.items()))
+(OUT / "variants.json").write_text(json.dumps({"card": report, "seconds": seconds, "seeds": SEEDS}, indent=1))
 
 # %% [markdown]
 # ## "Why is my GRPO loss 0 at the start?"
