@@ -1,0 +1,332 @@
+"""A reward model: learn a scalar score r(prompt, answer) from preference pairs, for RL to maximise later.
+
+Bradley-Terry (1952): the probability that answer y_w is preferred to y_l is sigmoid(r(x, y_w) - r(x, y_l)).
+Fitting r by maximum likelihood on human (here: the world's) preference pairs is the reward model of
+Christiano et al. 2017 ("Deep reinforcement learning from human preferences") and of InstructGPT
+(Ouyang et al. 2022, eq. 1):
+
+    loss(theta) = - E_(x, y_w, y_l) [ log sigmoid( r(x, y_w) - r(x, y_l) - m ) ]  +  c * (r(x, y_w) + r(x, y_l))^2
+
+- r_theta(x, y) is a linear head (GPT.value_head, a fresh one) on the final hidden state of the last token of
+  the rendered conversation, the <|end|> that closes the answer: by then the model has read the prompt and the
+  whole answer. The network under it starts as the SFT model, as in InstructGPT, so it starts out knowing the
+  chat format.
+- m is an optional per-pair margin (a "margin" number in the data, as in Llama 2 (Touvron et al. 2023, eq. 2):
+  a larger margin for pairs rated further apart); 0 when the data has none.
+- c (`center_coef`) pulls the two rewards' sum towards 0 so that r stays centred; the loss only sees their
+  difference and is otherwise blind to a shift. TRL's RewardTrainer calls it center_rewards_coefficient and
+  recommends 0.01 (after Eisenstein et al. 2023, arXiv:2312.09244); InstructGPT instead subtracts a constant
+  after training. RL cares only about differences between rewards, but GRPO/RLOO baselines and PPO's critic are
+  easier when the scale is fixed.
+
+Reading the metrics: `accuracy` (the share of pairs with r(chosen) > r(rejected)) starts near 0.5 and `loss`
+near ln 2 = 0.693 (the fresh head gives nearly equal rewards); `margin` is mean r(chosen) - r(rejected);
+`eval_accuracy` is the same accuracy on the held-out eval_prefs.jsonl, the number to watch for overfitting.
+samples.txt lists the held-out pairs the model gets most wrong.
+
+Measured (nano preset from the pipeline's SFT model, 2-core AMD EPYC CPU, 55 s): held-out accuracy 83.7% on
+the 300 pairs of eval_prefs.jsonl, short of the 90% asked for. Every refusal and over-refusal pair is right;
+what it misses are correctness pairs, which need a fact or a copy checked: knowledge 55%, tools 52%,
+arithmetic 70%, sql 71%, instructions 90%. DPO's implicit reward, which reads the same knowledge from token
+log-probs, gets 92.7% on the same pairs (the report card's pref_acc). Other settings did no better: lr 3e-4
+for 300 steps 84.3%, lr 1e-4 for 400 steps 83.3%, lr 3e-5 82.7%, started from the DPO model 84.3%. Training
+accuracy reaches 94%: the head learns the training facts, not the skill of checking a fact it has not seen.
+
+Deviations and choices:
+- Every pair is scored in one batch of 2B rows (chosen rows first), right-padded; causal attention means the
+  padding after a row's last token never reaches it, so no attention mask is needed.
+- The loss is a mean over the batch's pairs; micro-batches weigh b / B (exact accumulation, up to rounding).
+- A pair must fit block_size tokens (prompt + answer + the chat template); a longer one is refused by file and
+  line before anything is written.
+- The checkpoint is a GPT with its value head and kind "reward_model"; `RewardModel(path)` loads it to score
+  answers (the RL files' `--reward rm:PATH` and the card's judge).
+
+Run:  python -m minipost.reward_model --init runs/pipeline/sft/model.pt --out runs/reward_model    (~1 min CPU)
+      python -m minipost.reward_model --init SFT.pt --data my_prefs.jsonl --out runs/my_rm
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from minipost import threads
+from minipost.common import (DATA_DIR, DEVICE_HELP, InputError, MetricsLogger, autocast, check_config, check_device,
+                             check_finite, field, load_checkpoint, main, pick_device, save_checkpoint, save_state,
+                             seed_everything, start_run)
+from minipost.data import EpochBatches, load_prefs, tokenize_pairs
+from minipost.model import load_model, model_checkpoint
+from minipost.optim import adamw, cosine_lr, set_lr
+from minipost.tokenizer import render_chat, special_id
+from minipost.world import build as build_world
+
+KIND = "reward_model"  # the checkpoint's "kind": what RewardModel checks before scoring with it
+
+
+@dataclass
+class Config:
+    """A Bradley-Terry reward model on (prompt, chosen, rejected) pairs, from the SFT model.
+    The defaults are the nano preset (a laptop CPU, ~1 min); `--preset small` changes only what PRESETS lists."""
+    preset: str = field("nano", "model size and schedule: nano (laptop CPU) or small (one GPU)",
+                        choices=["nano", "small"])
+    out: str = field("runs/reward_model", "output folder: config.json, metrics.jsonl, state.pt, model.pt, samples.txt")
+    init: str = field("runs/sft/model.pt", "the model to start from (usually the SFT model); a fresh head is added")
+    data: str = field("", "preference pairs: JSONL of {'prompt', 'chosen', 'rejected'[, 'margin']} "
+                      "(default: the world's)")
+    eval_data: str = field("", "held-out pairs for eval_accuracy (default: the world's eval_prefs.jsonl)")
+    max_pairs: int = field(0, "train on the first N pairs only (0: all); for quick experiments", min=0)
+    center_coef: float = field(0.01, "weight of (r_chosen + r_rejected)^2, which keeps rewards centred (0: off)",
+                               min=0)
+    max_steps: int = field(150, "optimizer steps", min=1)
+    batch_size: int = field(32, "pairs per optimizer step", min=1)
+    micro_batch_size: int = field(0, "pairs per forward/backward (0: the whole batch); exact gradient accumulation",
+                                  min=0)
+    block_size: int = field(256, "longest prompt + answer in tokens (at most the model's block_size)", min=2)
+    lr: float = field(1e-4, "peak learning rate", gt=0)
+    min_lr_ratio: float = field(0.1, "final learning rate as a fraction of the peak", min=0, max=1)
+    warmup_steps: int = field(10, "linear warmup steps", min=0)
+    weight_decay: float = field(0.0, "AdamW weight decay on matrices", min=0)
+    grad_clip: float = field(1.0, "clip the global gradient norm to this (0: off)", min=0)
+    eval_every: int = field(50, "steps between held-out accuracy evaluations (0: only at the end)", min=0)
+    log_every: int = field(5, "steps between metrics.jsonl rows", min=1)
+    save_every: int = field(50, "steps between OUT/state.pt saves (for --resume)", min=1)
+    stop_after: int = field(0, "save state and stop after this many steps, to --resume later (0: run to the end)",
+                            min=0)
+    resume: bool = field(False, "continue from OUT/state.pt: weights, optimizer, schedule, RNG, data position and step")
+    allow_config_change: bool = field(False, "with --resume, accept a config that differs from the saved run's")
+    seed: int = field(1337, "random seed (data order)", min=0, max=2**32 - 1)
+    device: str = field("auto", DEVICE_HELP, check=check_device)
+    progress: bool = field(True, "show a tqdm progress bar")
+    threads: str = field("auto", threads.HELP, check=threads.parse_threads)
+
+    def __post_init__(self):
+        check_config(self)
+        if self.micro_batch_size > self.batch_size:
+            raise InputError(f"--micro-batch-size {self.micro_batch_size}: more than --batch-size {self.batch_size}")
+
+
+PRESETS = {
+    "nano": {},
+    "small": dict(preset="small", max_steps=300, batch_size=64, block_size=512, lr=5e-5),
+}
+
+
+def reward_loss(r_chosen, r_rejected, margin=None, center_coef: float = 0.0):
+    """Per-pair Bradley-Terry loss -> (B,): -log sigmoid(r_chosen - r_rejected - margin)
+    + center_coef * (r_chosen + r_rejected)^2. r_chosen, r_rejected (B,) rewards; margin None, a float or (B,).
+    At r_chosen = r_rejected (and no margin, no centring) every loss is ln 2; its gradient raises r_chosen and
+    lowers r_rejected by the same amount, sigmoid(-(r_c - r_r - m)), the probability the model still gets wrong."""
+    diff = r_chosen - r_rejected - (0.0 if margin is None else margin)  # (B,)
+    return -F.logsigmoid(diff) + center_coef * (r_chosen + r_rejected) ** 2
+
+
+def sequence_batch(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token sequences -> ids (N, T) right-padded with pad_id, and last (N,): each row's last real position."""
+    T = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, :len(s)] = torch.tensor(s, dtype=torch.long)
+    return ids, torch.tensor([len(s) - 1 for s in seqs], dtype=torch.long)
+
+
+def rewards(model, ids: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+    """r(x, y) for each row: the value head on the final hidden state at the row's last real token.
+    ids (N, T) right-padded, last (N,) -> (N,) float32. The output layer is skipped (logits_to_keep=0)."""
+    device = next(model.parameters()).device
+    with autocast(device):
+        _, h = model(ids.to(device), return_hidden=True, logits_to_keep=0)  # (N, T, C)
+    last = last.to(device)
+    return model.values(h[torch.arange(len(last), device=device), last][:, None])[:, 0]  # (N,)
+
+
+@torch.no_grad()
+def pair_rewards(model, pairs: list[tuple], pad_id: int, batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rewards of tokenized pairs (data.tokenize_pairs) -> (chosen (N,), rejected (N,)), float32 on the CPU."""
+    was_training = model.training
+    model.eval()
+    chosen, rejected = [], []
+    for s in range(0, len(pairs), batch_size):
+        chunk = pairs[s:s + batch_size]
+        r = rewards(model, *sequence_batch([c[0] for c, _ in chunk] + [r[0] for _, r in chunk], pad_id)).cpu()
+        chosen.append(r[:len(chunk)])
+        rejected.append(r[len(chunk):])
+    model.train(was_training)
+    return torch.cat(chosen), torch.cat(rejected)
+
+
+class RewardModel:
+    """A trained reward model, to score answers: RewardModel(path)(prompts, completions) -> (N,) rewards.
+    A prompt is a user message (a string) or a list of messages; a completion is the assistant's answer text."""
+
+    def __init__(self, path, device="cpu", batch_size: int = 64):
+        if not Path(path).is_file():
+            raise InputError(f"{path}: no such reward model; train one with python -m minipost.reward_model")
+        kind = load_checkpoint(path, required=("model",)).get("kind")
+        if kind != KIND:
+            raise InputError(f"{path}: not a reward model (its kind is {kind!r}, not {KIND!r}); train one with "
+                             "python -m minipost.reward_model")
+        self.model, self.enc, _ = load_model(path, device)
+        self.model.requires_grad_(False)
+        self.pad_id, self.batch_size, self.path = special_id(self.enc, "<|pad|>"), batch_size, str(path)
+
+    @torch.no_grad()
+    def __call__(self, prompts: list, completions: list[str]) -> torch.Tensor:
+        block = self.model.cfg.block_size
+        seqs = []
+        for p, c in zip(prompts, completions):
+            msgs = [{"role": "user", "content": p}] if isinstance(p, str) else list(p)
+            seqs.append(render_chat(self.enc, msgs + [{"role": "assistant", "content": c}])[0][-block:])
+        out = [rewards(self.model, *sequence_batch(seqs[s:s + self.batch_size], self.pad_id)).float().cpu()
+               for s in range(0, len(seqs), self.batch_size)]
+        return torch.cat(out) if out else torch.zeros(0)
+
+
+def load_margins(rows: list[dict], lines: list[int], path) -> torch.Tensor | None:
+    """The pairs' "margin" numbers (N,), or None when no pair has one; every pair needs one if any does."""
+    if not any("margin" in r for r in rows):
+        return None
+    for n, r in zip(lines, rows):
+        m = r.get("margin")
+        if isinstance(m, bool) or not isinstance(m, (int, float)) or not math.isfinite(m):
+            raise InputError(f"{path}:{n}: field 'margin' must be a finite number when any pair has one, "
+                             f"got {m!r}")
+    return torch.tensor([float(r["margin"]) for r in rows])
+
+
+def write_samples(path, records: list[dict], chosen: torch.Tensor, rejected: torch.Tensor, n: int = 12) -> None:
+    """The held-out pairs the reward model gets most wrong (lowest r(chosen) - r(rejected)), then a few right."""
+    order = torch.argsort(chosen - rejected).tolist()
+    picks = order[:n] + order[-3:]
+    text = "".join(
+        f"### [{records[i].get('domain', '-')}] r(chosen) {chosen[i]:+.2f}  r(rejected) {rejected[i]:+.2f}  "
+        f"{'right' if chosen[i] > rejected[i] else 'WRONG'}\n{records[i]['prompt']}\n"
+        f"chosen  : {records[i]['chosen']}\nrejected: {records[i]['rejected']}\n\n" for i in picks)
+    Path(path).write_text(text, encoding="utf-8")
+
+
+def train(cfg: Config) -> dict:
+    device = pick_device(cfg.device)
+    out = Path(cfg.out)
+    print(threads.configure(cfg.threads))
+    seed_everything(cfg.seed)
+
+    # ---- the model: the init checkpoint plus a fresh scalar head
+    if not Path(cfg.init).is_file():
+        raise InputError(f"--init {cfg.init}: no such checkpoint; run SFT first "
+                         "(python -m minipost.sft --init runs/pretrain/model.pt --out runs/sft)")
+    model, enc, ckpt = load_model(cfg.init, device, value_head=True)
+    block_size = min(cfg.block_size, model.cfg.block_size)
+    print(f"reward model: {model.num_params() / 1e6:.2f}M parameters from {cfg.init} on {device}")
+
+    # ---- data: each pair rendered twice with the chat template (prompt + chosen, prompt + rejected)
+    if not cfg.data and not (DATA_DIR / "prefs.jsonl").exists():
+        build_world(DATA_DIR)
+    data_path = cfg.data or DATA_DIR / "prefs.jsonl"
+    lines, eval_lines = [], []  # each pair's line in its file, for error messages
+    rows = load_prefs(data_path, lines)[:cfg.max_pairs or None]
+    margins = load_margins(rows, lines, data_path)
+    pairs = tokenize_pairs(enc, rows, block_size - 1, str(data_path), lines)  # <= block_size tokens each
+    eval_path = cfg.eval_data or ("" if cfg.data else DATA_DIR / "eval_prefs.jsonl")
+    eval_rows = load_prefs(eval_path, eval_lines) if eval_path else []
+    eval_pairs = tokenize_pairs(enc, eval_rows, block_size - 1, str(eval_path), eval_lines)
+    pad_id = special_id(enc, "<|pad|>")
+
+    # ---- optimizer and data order
+    optimizer = adamw(model, lr=cfg.lr, weight_decay=cfg.weight_decay, device=device)
+    batches = EpochBatches(len(pairs), cfg.batch_size, seed=cfg.seed + 1)  # B pair indices per step
+
+    # ---- the run folder: nothing in OUT has changed before this line
+    state = start_run(out, cfg)
+    if state:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        batches.load_state_dict(state["data"])
+    steps_done = state["step"] if state else 0
+    eval_acc = state["eval_accuracy"] if state else float("nan")  # the last held-out accuracy, logged every row
+    stats = state["stats"] if state else {}
+    elapsed_before = state["elapsed_s"] if state else 0.0
+    print(f"{len(pairs)} training pairs{' with margins' if margins is not None else ''}, {len(eval_pairs)} held-out")
+
+    # ---- the loop
+    logger = MetricsLogger(out, resume_step=steps_done if state else None)
+    micro = cfg.micro_batch_size or cfg.batch_size  # pairs per forward/backward
+    model.train()
+    t0 = time.time()
+    bar = tqdm(range(steps_done, cfg.max_steps), initial=steps_done, total=cfg.max_steps,
+               disable=not cfg.progress, desc="reward_model")
+    for step in bar:
+        lr = cosine_lr(step, lr=cfg.lr, warmup_steps=cfg.warmup_steps, max_steps=cfg.max_steps,
+                       min_lr_ratio=cfg.min_lr_ratio)
+        set_lr(optimizer, lr)
+        idx = next(batches)  # B pair indices
+        B = len(idx)
+        stats = {k: 0.0 for k in ("loss", "accuracy", "margin", "rewards/chosen", "rewards/rejected")}
+        for s in range(0, B, micro):
+            mb = idx[s:s + micro]
+            b = len(mb)
+            ids, last = sequence_batch([pairs[i][0][0] for i in mb] + [pairs[i][1][0] for i in mb], pad_id)
+            r = rewards(model, ids, last)  # (2b,), chosen rows first
+            m = margins[mb].to(device) if margins is not None else None
+            losses = reward_loss(r[:b], r[b:], m, cfg.center_coef)  # (b,)
+            loss = losses.mean() * b / B  # the loss is a mean over the batch's pairs: this micro-batch's share
+            check_finite(loss, "loss", step + 1, out)
+            loss.backward()
+            rc, rr = r[:b].detach(), r[b:].detach()
+            for k, v in (("loss", losses.mean()), ("accuracy", (rc > rr).float().mean()),
+                         ("margin", (rc - rr).mean()), ("rewards/chosen", rc.mean()), ("rewards/rejected", rr.mean())):
+                stats[k] += v.item() * b / B
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+        steps_done = step + 1
+        due = (cfg.eval_every and steps_done % cfg.eval_every == 0) or steps_done == cfg.max_steps
+        if eval_pairs and due:
+            eval_chosen, eval_rejected = pair_rewards(model, eval_pairs, pad_id)  # (M,) each
+            check_finite(torch.cat([eval_chosen, eval_rejected]), "held-out rewards", steps_done, out)
+            eval_acc = (eval_chosen > eval_rejected).float().mean().item()
+        elapsed = elapsed_before + time.time() - t0
+        if steps_done % cfg.log_every == 0 or steps_done == 1 or steps_done == cfg.max_steps:
+            logger.log(steps_done, **stats, eval_accuracy=eval_acc, lr=lr, grad_norm=grad_norm,
+                       steps_per_s=steps_done / elapsed, elapsed_s=elapsed)
+            bar.set_postfix(loss=f"{stats['loss']:.3f}", acc=f"{stats['accuracy']:.2f}", eval=f"{eval_acc:.2f}")
+        if steps_done % cfg.save_every == 0 or steps_done == cfg.stop_after:
+            save_state(out, steps_done, cfg, model=model.state_dict(), optimizer=optimizer.state_dict(),
+                       data=batches.state_dict(), eval_accuracy=eval_acc, stats=stats, elapsed_s=elapsed)
+        if steps_done == cfg.stop_after:
+            break
+    bar.close()
+    logger.close()
+    elapsed = time.time() - t0
+    summary = {**stats, "eval_accuracy": eval_acc, "steps": steps_done, "seconds": elapsed, "device": str(device)}
+    if steps_done < cfg.max_steps:
+        print(f"reward_model stopped after step {steps_done} (--stop-after): state in {out / 'state.pt'}; "
+              "continue with --resume true")
+        return summary
+    save_checkpoint(out / "model.pt", model_checkpoint(model, ckpt["tokenizer"], cfg.max_steps, kind=KIND))
+    print(f"reward_model done: loss {stats['loss']:.3f}, accuracy {stats['accuracy']:.3f}, held-out accuracy "
+          f"{eval_acc:.3f}, {elapsed:.0f} s on {device}")
+    if eval_pairs:
+        chosen, rejected = pair_rewards(model, eval_pairs, pad_id)
+        write_samples(out / "samples.txt", eval_rows, chosen, rejected)
+        summary["eval_accuracy_by_kind"] = accuracy_by_kind(eval_rows, chosen > rejected)
+        print("held-out accuracy by kind: " + ", ".join(f"{k} {v:.2f}" for k, v in
+                                                        summary["eval_accuracy_by_kind"].items()))
+    return summary
+
+
+def accuracy_by_kind(rows: list[dict], right: torch.Tensor) -> dict[str, float]:
+    """Held-out accuracy per "domain/pair_type" (the world's fields; "-" where a pair has none)."""
+    groups: dict[str, list[float]] = {}
+    for r, ok in zip(rows, right.tolist()):
+        groups.setdefault(f"{r.get('domain', '-')}/{r.get('pair_type', '-')}", []).append(float(ok))
+    return {k: sum(v) / len(v) for k, v in sorted(groups.items())}
+
+
+if __name__ == "__main__":
+    main(train, Config, PRESETS)
