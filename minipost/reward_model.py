@@ -159,17 +159,22 @@ def pair_rewards(model, pairs: list[tuple], pad_id: int, batch_size: int = 64) -
     return torch.cat(chosen), torch.cat(rejected)
 
 
+def check_reward_model(path) -> None:
+    """Refuse anything that is not a checkpoint written by this file, with the path named (an InputError)."""
+    if not Path(path).is_file():
+        raise InputError(f"{path}: no such reward model; train one with python -m minipost.reward_model")
+    kind = load_checkpoint(path, required=("model",)).get("kind")
+    if kind != KIND:
+        raise InputError(f"{path}: not a reward model (its kind is {kind!r}, not {KIND!r}); train one with "
+                         "python -m minipost.reward_model")
+
+
 class RewardModel:
     """A trained reward model, to score answers: RewardModel(path)(prompts, completions) -> (N,) rewards.
     A prompt is a user message (a string) or a list of messages; a completion is the assistant's answer text."""
 
     def __init__(self, path, device="cpu", batch_size: int = 64):
-        if not Path(path).is_file():
-            raise InputError(f"{path}: no such reward model; train one with python -m minipost.reward_model")
-        kind = load_checkpoint(path, required=("model",)).get("kind")
-        if kind != KIND:
-            raise InputError(f"{path}: not a reward model (its kind is {kind!r}, not {KIND!r}); train one with "
-                             "python -m minipost.reward_model")
+        check_reward_model(path)
         self.model, self.enc, _ = load_model(path, device)
         self.model.requires_grad_(False)
         self.pad_id, self.batch_size, self.path = special_id(self.enc, "<|pad|>"), batch_size, str(path)

@@ -1,4 +1,4 @@
-"""Rewards for online RL, built from the synthetic world's checkers (verifiable rewards, no reward model).
+"""Rewards for online RL: the synthetic world's checkers (verifiable rewards), and a learned reward model.
 
 A reward function here is any callable
 
@@ -21,6 +21,9 @@ Built-in rewards (all 0 or 1):
     format    the answer has the domain's shape, right or wrong: arithmetic ends "= <integer>.", tools is a
               JSON object with "name" and "arguments", sql is a query that runs, otherwise non-empty text
 
+A learned reward, `rm:PATH` (or `rm:PATH:W` with a weight): the score of a reward model trained by
+`python -m minipost.reward_model` (RLHF as in InstructGPT), composable with the terms above.
+
 Sequence-level penalties, applied by `score_rollout` after the weighted sum:
     missing_stop_penalty  subtracted when a completion hit max_new_tokens without <|end|> (a truncated
                           answer should never look as good as a finished one; PPO in InstructGPT-style
@@ -38,6 +41,7 @@ from typing import Callable
 import torch
 
 from minipost.common import InputError
+from minipost.reward_model import RewardModel, check_reward_model
 from minipost.world import check, check_arithmetic, check_sql, check_tools, run_sql
 
 RewardFn = Callable[[str, str, dict], float]
@@ -107,8 +111,28 @@ REWARDS: dict[str, RewardFn] = {"correct": correctness, "answer": exact_answer, 
                                 "format": format_reward}
 
 
+class ModelReward:
+    """A learned reward: a reward model's score r(prompt, completion) (reward_model.RewardModel), named on the
+    command line as `rm:PATH` (weight 1) or `rm:PATH:W`. Unlike the checkers it can be fooled: RL maximises
+    what the model scores, not what is right (tutorial 10). Loaded on first use; `batch` scores a rollout at
+    once on the policy's device."""
+
+    def __init__(self, path: str):
+        check_reward_model(path)  # refused now, with the path named, not when the first batch is scored
+        self.path, self.model = path, None
+
+    def batch(self, prompts: list, completions: list[str], records: list[dict], device="cpu") -> list[float]:
+        if self.model is None:
+            self.model = RewardModel(self.path, device)
+        return self.model(prompts, completions).tolist()
+
+    def __call__(self, prompt: str, completion: str, record: dict) -> float:
+        return self.batch([prompt], [completion], [record])[0]
+
+
 class WeightedReward:
-    """sum_i w_i * reward_i(prompt, completion, record); `parts()` returns each unweighted term for logging."""
+    """sum_i w_i * reward_i(prompt, completion, record); `parts()` returns each unweighted term for logging,
+    `batch_parts()` the same for many answers at once (a ModelReward scores them in one batch)."""
 
     def __init__(self, terms: dict[str, tuple[RewardFn, float]]):
         if not terms:
@@ -117,6 +141,12 @@ class WeightedReward:
 
     def parts(self, prompt: str, completion: str, record: dict) -> dict[str, float]:
         return {name: float(fn(prompt, completion, record)) for name, (fn, _) in self.terms.items()}
+
+    def batch_parts(self, prompts: list, completions: list[str], records: list[dict], device="cpu") -> list[dict]:
+        columns = {name: (fn.batch(prompts, completions, records, device) if isinstance(fn, ModelReward) else
+                          [float(fn(p, c, r)) for p, c, r in zip(prompts, completions, records)])
+                   for name, (fn, _) in self.terms.items()}
+        return [{name: float(v[i]) for name, v in columns.items()} for i in range(len(completions))]
 
     def __call__(self, prompt: str, completion: str, record: dict) -> float:
         parts = self.parts(prompt, completion, record)
@@ -129,6 +159,16 @@ def parse_reward(spec: str) -> WeightedReward:
     terms = {}
     for item in spec.split(","):
         name, _, w = item.strip().partition(":")
+        if name == "rm":  # rm:PATH or rm:PATH:W
+            path, _, last = w.rpartition(":")
+            path, w = (path, last) if path and _is_number(last) else (w, "")
+            if not path:
+                raise InputError(f"--reward {spec!r}: 'rm' needs a path, as in rm:runs/reward_model/model.pt")
+            try:
+                terms[name] = (ModelReward(path), float(w) if w else 1.0)
+            except InputError as e:
+                raise InputError(f"--reward {spec!r}: {e}") from None
+            continue
         if name not in REWARDS:
             raise InputError(f"--reward {spec!r}: unknown reward {name!r}; built-in rewards are {sorted(REWARDS)}")
         try:
@@ -139,6 +179,13 @@ def parse_reward(spec: str) -> WeightedReward:
             raise InputError(f"--reward {spec!r}: weight {w!r} of {name!r} must be a finite number")
         terms[name] = (REWARDS[name], weight)
     return WeightedReward(terms)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        return math.isfinite(float(text))
+    except ValueError:
+        return False
 
 
 def token_rewards(scores, logps, ref_logps, mask, beta: float) -> torch.Tensor:
@@ -194,13 +241,12 @@ def score_rollout(ro, reward_fn: RewardFn, max_new_tokens: int, missing_stop_pen
     if not ro.records or len(ro.records) != len(ro):
         raise ValueError("score_rollout needs a Rollout made by rollout() (with texts and records)")
     rewards, parts = [], []
-    for text, rec in zip(ro.texts, ro.records):
-        if isinstance(reward_fn, WeightedReward):
-            p = reward_fn.parts(rec["prompt"], text, rec)
-            parts.append(p)
-            rewards.append(sum(w * p[n] for n, (_, w) in reward_fn.terms.items()))
-        else:
-            rewards.append(float(reward_fn(rec["prompt"], text, rec)))
+    if isinstance(reward_fn, WeightedReward):
+        parts = reward_fn.batch_parts([rec["prompt"] for rec in ro.records], ro.texts, ro.records,
+                                      ro.completion_ids.device)
+        rewards = [sum(w * p[n] for n, (_, w) in reward_fn.terms.items()) for p in parts]
+    else:
+        rewards = [float(reward_fn(rec["prompt"], text, rec)) for text, rec in zip(ro.texts, ro.records)]
     r = torch.tensor(rewards, dtype=torch.float32)  # (N,)
     lengths = ro.lengths.float().cpu()  # (N,)
     stopped = ro.stopped.cpu()

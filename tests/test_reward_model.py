@@ -154,3 +154,27 @@ def test_defaults_and_bad_flags():
                 dict(lr=0.0)]:
         with pytest.raises(InputError):
             rm.Config(**bad)
+
+
+def test_reward_spec_rm_path_weight_and_its_errors(tmp_path, monkeypatch):
+    """--reward rm:PATH[:W] composes with the checkers; a missing path, a missing file or a checkpoint that is
+    not a reward model is refused with the flag named; batch scoring equals one answer at a time."""
+    from minipost.rewards import ModelReward, WeightedReward, parse_reward
+    monkeypatch.setattr(tokenizer, "get_tokenizer", lambda name, *a, **k: ENC)
+    save_checkpoint(tmp_path / "rm.pt", model_checkpoint(tiny_gpt(value_head=True), "bytes", 0, kind=rm.KIND))
+    save_checkpoint(tmp_path / "sft.pt", model_checkpoint(tiny_gpt(), "bytes", 0))
+    reward = parse_reward(f"correct:1,rm:{tmp_path / 'rm.pt'}:0.5")
+    assert isinstance(reward, WeightedReward) and isinstance(reward.terms["rm"][0], ModelReward)
+    assert reward.terms["rm"][1] == 0.5 and parse_reward(f"rm:{tmp_path / 'rm.pt'}").terms["rm"][1] == 1.0
+    records = [{"prompt": f"What is {i} + 1?", "domain": "arithmetic", "answer": i + 1} for i in range(3)]
+    answers = ["1 + 1 = 2.", "no idea", "2 + 1 = 3."]
+    parts = reward.batch_parts([r["prompt"] for r in records], answers, records)
+    judge = rm.RewardModel(tmp_path / "rm.pt")
+    for p, rec, a in zip(parts, records, answers):
+        assert p["rm"] == pytest.approx(judge([rec["prompt"]], [a]).item(), abs=1e-6)
+        assert p == pytest.approx(reward.parts(rec["prompt"], a, rec), abs=1e-6)
+    assert [p["correct"] for p in parts] == [0.0, 0.0, 1.0]
+    for spec, msg in [("rm:", "'rm' needs a path"), (f"rm:{tmp_path / 'nope.pt'}", "no such reward model"),
+                      (f"rm:{tmp_path / 'sft.pt'}:2", "not a reward model")]:
+        with pytest.raises(InputError, match=f"--reward '{spec}': .*{msg}" if spec != "rm:" else msg):
+            parse_reward(spec)
