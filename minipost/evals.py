@@ -13,6 +13,10 @@ the world's registry (minipost/world/registry.py) decides which domains are colu
 - **pref_acc**: held-out preference accuracy of the implicit DPO reward
   r(x, y) = log pi(y|x) - log pi_ref(y|x) against a reference checkpoint (`--ref`, the SFT model in the
   pipeline): the share of pairs with r(chosen) > r(rejected), strictly.
+- **win_rate**: the judge's column, the share of chat eval prompts on which a reward model (`--judge`, the
+  pipeline's reward_model stage) scores this checkpoint's answer above a baseline checkpoint's answer (the SFT
+  model's in the pipeline; a tie, the same answer, counts one half). The exact checkers say what is right; the
+  judge says what a learned preference likes, which is what LLM judges and arenas measure (tutorial 10).
 
 A score on 100 items is one draw: the card shows every cell with its 95% interval (binomial_ci, Wilson; a
 bootstrap for val_loss) and marks a change against the row's parent only when a paired test on the same
@@ -20,6 +24,8 @@ items finds it (mcnemar_p for 0/1 scores, paired_difference otherwise; p < 0.05)
 seeds (`python -m minipost.pipeline --seeds 1337,2,3`): their cells are the mean ± sd over seeds.
 
     python -m minipost.evals --ckpt runs/pipeline/base/model.pt --ckpt runs/pipeline/sft/model.pt --out report
+    python -m minipost.evals --ckpt runs/pipeline/dpo/model.pt --ref runs/pipeline/sft/model.pt \
+        --judge runs/pipeline/reward_model/model.pt --baseline runs/pipeline/sft/model.pt   # + win_rate
 """
 from __future__ import annotations
 
@@ -36,13 +42,14 @@ from minipost.common import (DATA_DIR, DEVICE_HELP, ArgumentParser, InputError, 
 from minipost.data import load_texts, pack, packed_eval_batches, pair_batch, tokenize_pairs
 from minipost.logprobs import sequence_logprobs, token_logprobs
 from minipost.model import check_same_tokenizer, load_model
+from minipost.reward_model import RewardModel
 from minipost.rollout import complete
 from minipost.tokenizer import encode_text, render_prompt, special_id
 from minipost.world import PROBE_DOMAINS, SCORED_DOMAINS, check, check_probe, is_refusal
 
 HIGHER_IS_BETTER = {"val_loss": False, "over_refusal": False}
 COLUMN_ORDER = ([f"probe_{d}" for d in PROBE_DOMAINS] + ["val_loss", "format"] + list(SCORED_DOMAINS)
-                + ["refuse", "over_refusal", "pref_acc"])  # the world's registry decides the domain columns
+                + ["refuse", "over_refusal", "pref_acc", "win_rate"])  # the world's registry decides the domains
 
 
 def means(items: dict[str, list]) -> dict[str, float]:
@@ -199,17 +206,40 @@ def per_domain(records: list[dict], limit: int | None) -> list[dict]:
     return out
 
 
+def eval_answers(path, device="cpu", limit: int | None = None) -> list[str]:
+    """A checkpoint's greedy answers to the chat eval prompts (the judge's baseline), in eval.jsonl order."""
+    model, enc, _ = load_model(path, device)
+    _, rows = chat_items(model, enc, per_domain(read_jsonl(DATA_DIR / "eval.jsonl"), limit))
+    return [r["completion"] for r in rows]
+
+
+def win_items(judge, prompts: list, answers: list[str], baseline: list[str]) -> list[float]:
+    """The judge's verdict per prompt: 1.0 when it scores the answer above the baseline's answer, 0.0 below,
+    0.5 for a tie (the same text). judge(prompts, answers) -> (N,) scores: a reward_model.RewardModel here,
+    the stand-in for an LLM judge or a human arena (their pairwise win rate against a fixed baseline)."""
+    if len(answers) != len(baseline):
+        raise ValueError(f"{len(answers)} answers but {len(baseline)} baseline answers: not the same prompts")
+    mine, theirs = judge(prompts, answers).tolist(), judge(prompts, baseline).tolist()
+    return [0.5 if a == b else 1.0 if x > y else 0.0 if x < y else 0.5
+            for a, b, x, y in zip(answers, baseline, mine, theirs)]
+
+
 def evaluate_items(path, device="cpu", ref_path=None, chat: bool = True, limit: int | None = None,
-                   out_dir=None) -> dict[str, list[float]]:
+                   out_dir=None, judge=None, baseline: list[str] | None = None) -> dict[str, list[float]]:
     """Every column of the report card for one checkpoint, per item: {column: [score of each held-out item]}
     (0/1 for every share; nats per window for val_loss), in the same item order for every checkpoint, so two
-    checkpoints can be compared item by item (paired_difference)."""
+    checkpoints can be compared item by item (paired_difference). With a judge and a baseline checkpoint's
+    answers (eval_answers), also win_rate: win_items against them on every chat eval prompt."""
     model, enc, _ = load_model(path, device)
     items = probe_items(model, enc, per_domain(read_jsonl(DATA_DIR / "probes.jsonl"), limit))
     items["val_loss"] = val_losses(model, enc).tolist()
     if chat:
-        chat, rows = chat_items(model, enc, per_domain(read_jsonl(DATA_DIR / "eval.jsonl"), limit))
+        records = per_domain(read_jsonl(DATA_DIR / "eval.jsonl"), limit)
+        chat, rows = chat_items(model, enc, records)
         items.update(chat)
+        if judge is not None and baseline is not None:
+            items["win_rate"] = win_items(judge, [r["prompt"] for r in records], [r["completion"] for r in rows],
+                                          baseline)
         if out_dir is not None:
             Path(out_dir).mkdir(parents=True, exist_ok=True)
             (Path(out_dir) / f"answers_{Path(path).parent.name}.jsonl").write_text(
@@ -226,9 +256,9 @@ def evaluate_items(path, device="cpu", ref_path=None, chat: bool = True, limit: 
 
 
 def evaluate_checkpoint(path, device="cpu", ref_path=None, chat: bool = True, limit: int | None = None,
-                        out_dir=None) -> dict[str, float]:
+                        out_dir=None, judge=None, baseline: list[str] | None = None) -> dict[str, float]:
     """Every column of the report card for one checkpoint: {column: score} (the means of evaluate_items)."""
-    return means(evaluate_items(path, device, ref_path, chat, limit, out_dir))
+    return means(evaluate_items(path, device, ref_path, chat, limit, out_dir, judge, baseline))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -461,8 +491,13 @@ def _main(argv=None):
     ap.add_argument("--vs", default=None, help="row every other row's arrows compare with (default: the row above)")
     ap.add_argument("--no-chat", action="store_true", help="probes and held-out loss only (base models)")
     ap.add_argument("--limit", type=int, default=None, help="evaluate at most this many items per domain")
+    ap.add_argument("--judge", default=None, help="a reward model (minipost.reward_model) for the win_rate column")
+    ap.add_argument("--baseline", default=None,
+                    help="the checkpoint whose answers win_rate compares with (goes with --judge)")
     ap.add_argument("--device", default="auto", help=DEVICE_HELP)
     args = ap.parse_args(argv)
+    if bool(args.judge) != bool(args.baseline):
+        ap.error("--judge and --baseline go together: the judge compares each row's answers with the baseline's")
     if args.limit is not None and args.limit < 1:
         ap.error(f"--limit {args.limit}: must be >= 1")
     if args.name and len(args.name) != len(args.ckpt or []):
@@ -480,10 +515,12 @@ def _main(argv=None):
         ap.error(f"--vs {args.vs!r} is not a row name; the rows are {names}")
     if len(set(names)) < len(names):
         ap.error(f"row names {names} repeat; name the rows with --name")
-    for c in args.ckpt + ([args.ref] if args.ref else []):  # every file checked before the first evaluation
+    for c in args.ckpt + [p for p in (args.ref, args.baseline) if p]:  # every file checked before the first evaluation
         load_model(c)
-    items = {n: evaluate_items(c, device, args.ref, chat=not args.no_chat, limit=args.limit, out_dir=args.out)
-             for n, c in zip(names, args.ckpt)}
+    judge = RewardModel(args.judge, device) if args.judge else None
+    baseline = eval_answers(args.baseline, device, args.limit) if judge else None
+    items = {n: evaluate_items(c, device, args.ref, chat=not args.no_chat, limit=args.limit, out_dir=args.out,
+                               judge=judge, baseline=baseline) for n, c in zip(names, args.ckpt)}
     return write_report(items, args.out, {n: args.vs for n in items if n != args.vs} if args.vs else None)
 
 

@@ -3,6 +3,7 @@
     world + tokenizer (built once into data/ if missing)
       -> pretrain                      base model: next-token prediction on the world's corpus
       -> sft      (from base)          imitation of curated chat answers
+      -> reward_model (from sft)       a Bradley-Terry reward model: the judge of the card's win_rate column
       -> dpo      (from sft)           preferences against a frozen copy of the SFT model
       -> rloo, grpo, ppo (each from the same dpo checkpoint)   online RL on verifiable rewards
       -> report card: one row per stage, what each gained and what it cost elsewhere
@@ -27,7 +28,8 @@ from pathlib import Path
 from minipost import threads
 from minipost.common import (DATA_DIR, DEVICE_HELP, InputError, check_config, check_device, config_with_preset, field,
                              load_checkpoint, main, pick_device, save_json)
-from minipost.evals import evaluate_items, write_report
+from minipost.evals import eval_answers, evaluate_items, write_report
+from minipost.reward_model import RewardModel
 from minipost.tokenizer import get_tokenizer
 from minipost.world import build as build_world
 
@@ -52,7 +54,7 @@ class Config:
     """Run the whole pipeline and print the report card."""
     out: str = field("runs/pipeline", "output folder; each stage writes OUT/<stage>/")
     preset: str = field("nano", "nano (laptop CPU) or small (one GPU)", choices=["nano", "small"])
-    stages: str = field("pretrain,sft,dpo,rloo,grpo,ppo", "comma-separated stages to run, in order")
+    stages: str = field("pretrain,sft,reward_model,dpo,rloo,grpo,ppo", "comma-separated stages to run, in order")
     fresh: bool = field(False, "rerun every stage from scratch (default: reuse finished stages, resume the rest)")
     seed: int = field(1337, "random seed for every stage", min=0, max=2**32 - 1)
     seeds: str = field("", "comma-separated seeds for the RL stages (e.g. 1337,2,3): each RL stage runs once per "
@@ -84,6 +86,7 @@ class Config:
 STAGES = {
     "pretrain": ("minipost.pretrain", None, {}),
     "sft": ("minipost.sft", "pretrain", {}),
+    "reward_model": ("minipost.reward_model", "sft", {}),
     "dpo": ("minipost.dpo", "sft", {}),
     "rloo": ("minipost.reinforce", "dpo", {"baseline": "rloo"}),
     "grpo": ("minipost.grpo", "dpo", {}),
@@ -91,6 +94,7 @@ STAGES = {
 }
 ROW_NAMES = {"pretrain": "base"}
 RL_STAGES = ("rloo", "grpo", "ppo")  # the stages --seeds repeats
+JUDGE = "reward_model"  # not a row of the card: the judge of its win_rate column (against the SFT model's answers)
 
 
 def stage_config(name: str, cfg: Config, out: Path, seed: int | None = None):
@@ -152,16 +156,22 @@ def run(cfg: Config) -> dict:
     t = time.time()
     device = pick_device(cfg.device)
     ref = ckpts["sft"][0] if "sft" in ckpts else None
+    limit = cfg.eval_limit or None
+    judge = RewardModel(ckpts[JUDGE][0], device) if JUDGE in ckpts else None
+    baseline = eval_answers(ref, device, limit) if judge and ref else None  # what win_rate compares against
     items = {}
     for s, paths in ckpts.items():
+        if s == JUDGE:
+            continue
         print(f"== eval {s}" + (f" ({len(paths)} seeds)" if len(paths) > 1 else ""))
-        runs = [evaluate_items(p, device, ref_path=ref, out_dir=out / "report", limit=cfg.eval_limit or None)
-                for p in paths]
+        runs = [evaluate_items(p, device, ref_path=ref, out_dir=out / "report", limit=limit, judge=judge,
+                               baseline=baseline if s != "sft" else None) for p in paths]
         items[ROW_NAMES.get(s, s)] = runs if len(runs) > 1 else runs[0]
     timings["evals"] = time.time() - t
     timings["total"] = time.time() - t0
     print()
-    parents = {ROW_NAMES.get(s, s): ROW_NAMES.get(STAGES[s][1], STAGES[s][1]) for s in ckpts if STAGES[s][1] in ckpts}
+    parents = {ROW_NAMES.get(s, s): ROW_NAMES.get(STAGES[s][1], STAGES[s][1]) for s in ckpts
+               if STAGES[s][1] in ckpts and s != JUDGE}
     report = write_report(items, out / "report", parents)
     save_json(out / "timings.json", timings)
     print("\nseconds per stage: " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))

@@ -13,18 +13,25 @@ from minipost.common import save_checkpoint
 from minipost.tokenizer import get_tokenizer
 
 
-def tiny_checkpoint(path, seed=0):
+def tiny_checkpoint(path, seed=0, **extra):
     torch.manual_seed(seed)
     enc = get_tokenizer("nano")
-    model = GPT(GPTConfig(vocab_size=enc.n_vocab, block_size=256, n_layer=1, n_head=2, n_embd=16))
-    save_checkpoint(path, model_checkpoint(model, "nano", step=0))
+    model = GPT(GPTConfig(vocab_size=enc.n_vocab, block_size=256, n_layer=1, n_head=2, n_embd=16,
+                          value_head="kind" in extra))
+    save_checkpoint(path, model_checkpoint(model, "nano", step=0, **extra))
 
 
 def test_every_column_in_range_and_identical_models_have_zero_preference_accuracy(tmp_path):
+    from minipost.evals import eval_answers
+    from minipost.reward_model import KIND, RewardModel
     tiny_checkpoint(tmp_path / "a.pt")
     tiny_checkpoint(tmp_path / "b.pt")  # same weights, another file: the "reference"
-    scores = evaluate_checkpoint(tmp_path / "a.pt", ref_path=tmp_path / "b.pt", limit=3, out_dir=tmp_path)
+    tiny_checkpoint(tmp_path / "judge.pt", kind=KIND)
+    judge, baseline = RewardModel(tmp_path / "judge.pt"), eval_answers(tmp_path / "b.pt", limit=3)
+    scores = evaluate_checkpoint(tmp_path / "a.pt", ref_path=tmp_path / "b.pt", limit=3, out_dir=tmp_path,
+                                 judge=judge, baseline=baseline)
     assert set(scores) == set(COLUMN_ORDER)
+    assert scores["win_rate"] == 0.5  # the same weights give the same answers: every prompt a tie
     for k, v in scores.items():
         assert (v > 0) if k == "val_loss" else (0.0 <= v <= 1.0), (k, v)
     # policy == reference: every implicit reward is exactly 0, and accuracy counts strict wins only
@@ -33,10 +40,19 @@ def test_every_column_in_range_and_identical_models_have_zero_preference_accurac
     assert scores["knowledge"] == 0.0 and scores["val_loss"] > 5.0
     assert len((tmp_path / f"answers_{tmp_path.name}.jsonl").read_text().splitlines()) == 6 * 3
     # the card's per-item scores: one 0/1 per item (nats per window for val_loss), and their means are the scores
-    items = evaluate_items(tmp_path / "a.pt", ref_path=tmp_path / "b.pt", limit=3)
+    items = evaluate_items(tmp_path / "a.pt", ref_path=tmp_path / "b.pt", limit=3, judge=judge, baseline=baseline)
     assert {c: sum(v) / len(v) for c, v in items.items()} == pytest.approx(scores)
     assert len(items["knowledge"]) == 3 and len(items["format"]) == 6 * 3 and len(items["val_loss"]) == 64
-    assert all(v in (0.0, 1.0) for c, vs in items.items() if c != "val_loss" for v in vs)
+    assert all(v in (0.0, 1.0) for c, vs in items.items() if c not in ("val_loss", "win_rate") for v in vs)
+
+
+def test_win_items_count_wins_ties_and_losses():
+    from minipost.evals import win_items
+    judge = lambda prompts, answers: torch.tensor([float(len(a)) for a in answers])  # noqa: E731  (likes length)
+    assert win_items(judge, ["p"] * 4, ["long answer", "x", "same", "abc"], ["short", "longer", "same", "xyz"]) == [
+        1.0, 0.0, 0.5, 0.5]  # longer wins, shorter loses, the same text ties, an equal score ties
+    with pytest.raises(ValueError, match="not the same prompts"):
+        win_items(judge, ["p"], ["a"], ["a", "b"])
 
 
 def shares(k: int, n: int, first: int = 0) -> list[float]:

@@ -11,9 +11,10 @@ from minipost.pipeline import Config, run, stage_config
 def test_pipeline_smoke_runs_every_stage_and_writes_the_report(tmp_path, capsys):
     report = run(Config(out=str(tmp_path), max_steps=2, eval_limit=2, progress=False))
     assert list(report) == ["base", "sft", "dpo", "rloo", "grpo", "ppo"]
-    for stage in ("pretrain", "sft", "dpo", "rloo", "grpo", "ppo"):
+    for stage in ("pretrain", "sft", "reward_model", "dpo", "rloo", "grpo", "ppo"):
         assert (tmp_path / stage / "model.pt").exists(), stage
     assert "pref_acc" in report["dpo"] and "pref_acc" not in report["sft"]  # sft is the reference
+    assert "win_rate" in report["dpo"] and "win_rate" not in report["sft"]  # ... and the judge's baseline
     saved = json.loads((tmp_path / "report" / "report.json").read_text())
     assert saved["card"] == json.loads(json.dumps(report))
     assert saved["parents"] == {"sft": "base", "dpo": "sft", "rloo": "dpo", "grpo": "dpo", "ppo": "dpo"}
