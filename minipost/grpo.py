@@ -176,7 +176,11 @@ def group_advantages(rewards: torch.Tensor, group_size: int, scale: bool = True,
     centred = r - r.mean(dim=1, keepdim=True)  # (B/G, G)
     if scale:
         centred = centred / (r.std(dim=1, keepdim=True) + eps)  # unbiased: divides by G - 1
-    return centred.view(-1)  # (B,)
+    # A group of equal rewards is exactly 0: its float mean can miss the common value by one rounding step
+    # (eight rewards of 1.3 average to 1.3000001), and dividing that 1e-7 by std + eps = 1e-4 would give
+    # every answer of the group the same advantage of about -0.001, a push with no signal in it.
+    same = r.amax(dim=1, keepdim=True) == r.amin(dim=1, keepdim=True)  # (B/G, 1)
+    return centred.masked_fill(same, 0.0).view(-1)  # (B,)
 
 
 def grpo_loss(logps, old_logps, ref_logps, advantages, mask, clip_eps: float = 0.2, beta: float = 0.0,
