@@ -17,6 +17,9 @@ the world's registry (minipost/world/registry.py) decides which domains are colu
   pipeline's reward_model stage) scores this checkpoint's answer above a baseline checkpoint's answer (the SFT
   model's in the pipeline; a tie, the same answer, counts one half). The exact checkers say what is right; the
   judge says what a learned preference likes, which is what LLM judges and arenas measure (tutorial 10).
+- **judge_agree**: where the checkers pass one of the two answers (this checkpoint's, the baseline's) and
+  fail the other, the share of those prompts on which the judge prefers the one that passes; its `n` in
+  report.json is how many such prompts there were. No mark: each row holds different prompts.
 
 A score on 100 items is one draw: the card shows every cell with its 95% interval (binomial_ci, Wilson; a
 bootstrap for val_loss) and marks a change against the row's parent only when a paired test on the same
@@ -49,7 +52,8 @@ from minipost.world import PROBE_DOMAINS, SCORED_DOMAINS, check, check_probe, is
 
 HIGHER_IS_BETTER = {"val_loss": False, "over_refusal": False}
 COLUMN_ORDER = ([f"probe_{d}" for d in PROBE_DOMAINS] + ["val_loss", "format"] + list(SCORED_DOMAINS)
-                + ["refuse", "over_refusal", "pref_acc", "win_rate"])  # the world's registry decides the domains
+                + ["refuse", "over_refusal", "pref_acc", "win_rate", "judge_agree"])  # the registry decides domains
+UNPAIRED = {"judge_agree"}  # columns whose items differ between rows: an interval, never a paired test
 
 
 def means(items: dict[str, list]) -> dict[str, float]:
@@ -224,6 +228,18 @@ def win_items(judge, prompts: list, answers: list[str], baseline: list[str]) -> 
             for a, b, x, y in zip(answers, baseline, mine, theirs)]
 
 
+def judge_agreement(records: list[dict], answers: list[str], baseline: list[str], wins: list[float]) -> list[float]:
+    """Does the judge side with the exact checkers? On each prompt where the checker passes one answer and
+    fails the other: 1.0 if the judge's verdict (win_items) picks the one that passes, else 0.0 (a tie counts
+    as 0). Prompts the checker cannot separate are left out, so rows differ in which prompts they hold."""
+    out = []
+    for r, a, b, w in zip(records, answers, baseline, wins):
+        mine, theirs = check(r, a), check(r, b)
+        if mine != theirs:
+            out.append(float((w == 1.0) if mine > theirs else (w == 0.0)))
+    return out
+
+
 def evaluate_items(path, device="cpu", ref_path=None, chat: bool = True, limit: int | None = None,
                    out_dir=None, judge=None, baseline: list[str] | None = None) -> dict[str, list[float]]:
     """Every column of the report card for one checkpoint, per item: {column: [score of each held-out item]}
@@ -238,8 +254,11 @@ def evaluate_items(path, device="cpu", ref_path=None, chat: bool = True, limit: 
         chat, rows = chat_items(model, enc, records)
         items.update(chat)
         if judge is not None and baseline is not None:
-            items["win_rate"] = win_items(judge, [r["prompt"] for r in records], [r["completion"] for r in rows],
-                                          baseline)
+            answers = [r["completion"] for r in rows]
+            items["win_rate"] = win_items(judge, [r["prompt"] for r in records], answers, baseline)
+            agree = judge_agreement(records, answers, baseline, items["win_rate"])
+            if agree:  # none when the checkers pass or fail both answers on every prompt
+                items["judge_agree"] = agree
         if out_dir is not None:
             Path(out_dir).mkdir(parents=True, exist_ok=True)
             (Path(out_dir) / f"answers_{Path(path).parent.name}.jsonl").write_text(
@@ -355,9 +374,9 @@ def card(items: dict[str, dict | list[dict]], parents: dict[str, str] | None = N
     also vs, diff, p (paired_test) and mark: ▲ better / ▼ worse when p < ALPHA, else ""."""
     runs = {name: r if isinstance(r, list) else [r] for name, r in items.items()}
     cols = [c for c in COLUMN_ORDER if any(c in r for rs in runs.values() for r in rs)]
-    pooled = {name: {c: np.mean([r[c] for r in rs], axis=0) for c in cols
-                     if all(c in r for r in rs) and len({len(r[c]) for r in rs}) == 1}
-              for name, rs in runs.items()}
+    pooled = {name: {c: np.concatenate([r[c] for r in rs]) if c in UNPAIRED else np.mean([r[c] for r in rs], axis=0)
+                     for c in cols if all(c in r for r in rs) and (c in UNPAIRED or len({len(r[c]) for r in rs}) == 1)}
+              for name, rs in runs.items()}  # the seed-averaged items (the seeds' items one after another if UNPAIRED)
     out, above = {}, None
     for name, rs in runs.items():
         parent = (parents or {}).get(name, above)
@@ -367,9 +386,10 @@ def card(items: dict[str, dict | list[dict]], parents: dict[str, str] | None = N
             cell = {"value": float(x.mean()), "lo": lo, "hi": hi, "n": len(x)}
             if len(rs) > 1:
                 per_seed = [float(np.mean(r[c])) for r in rs]
-                cell.update(seeds=len(rs), sd=statistics.stdev(per_seed), per_seed=per_seed)
+                cell.update(value=statistics.mean(per_seed), seeds=len(rs), sd=statistics.stdev(per_seed),
+                            per_seed=per_seed)
             other = pooled.get(parent, {}).get(c)
-            if other is not None and len(other) == len(x):
+            if other is not None and len(other) == len(x) and c not in UNPAIRED:
                 test = paired_test(x, other)
                 better = test["diff"] > 0 if HIGHER_IS_BETTER.get(c, True) else test["diff"] < 0
                 mark = ("▲" if better else "▼") if test["p"] < ALPHA else ""

@@ -30,7 +30,7 @@ def test_every_column_in_range_and_identical_models_have_zero_preference_accurac
     judge, baseline = RewardModel(tmp_path / "judge.pt"), eval_answers(tmp_path / "b.pt", limit=3)
     scores = evaluate_checkpoint(tmp_path / "a.pt", ref_path=tmp_path / "b.pt", limit=3, out_dir=tmp_path,
                                  judge=judge, baseline=baseline)
-    assert set(scores) == set(COLUMN_ORDER)
+    assert set(scores) == set(COLUMN_ORDER) - {"judge_agree"}  # no prompt where only one answer passes
     assert scores["win_rate"] == 0.5  # the same weights give the same answers: every prompt a tie
     for k, v in scores.items():
         assert (v > 0) if k == "val_loss" else (0.0 <= v <= 1.0), (k, v)
@@ -53,6 +53,21 @@ def test_win_items_count_wins_ties_and_losses():
         1.0, 0.0, 0.5, 0.5]  # longer wins, shorter loses, the same text ties, an equal score ties
     with pytest.raises(ValueError, match="not the same prompts"):
         win_items(judge, ["p"], ["a"], ["a", "b"])
+
+
+def test_judge_agreement_counts_only_prompts_the_checkers_separate():
+    from minipost.evals import judge_agreement
+    recs = [{"domain": "arithmetic", "answer": a} for a in (2, 3, 4, 5)]
+    answers = ["1 + 1 = 2.", "1 + 1 = 9.", "2 + 2 = 4.", "2 + 3 = 5."]
+    baseline = ["1 + 1 = 7.", "1 + 2 = 3.", "2 + 2 = 4.", "2 + 3 = 6."]
+    # prompt 0: mine right, theirs wrong, judge prefers mine -> agrees; prompt 1: mine wrong, judge prefers
+    # mine -> disagrees; prompt 2: both right -> left out; prompt 3: mine right, a tie -> disagrees
+    assert judge_agreement(recs, answers, baseline, [1.0, 1.0, 0.0, 0.5]) == [1.0, 0.0, 0.0]
+    # rows hold different prompts: an interval, never a mark, and seeds with different counts still pool
+    report = card({"sft": {"judge_agree": [1.0, 0.0]},
+                   "dpo": [{"judge_agree": [1.0] * 9 + [0.0]}, {"judge_agree": [1.0, 1.0, 0.0, 0.0]}]})
+    cell = report["dpo"]["judge_agree"]
+    assert "mark" not in cell and cell["n"] == 14 and cell["value"] == pytest.approx((0.9 + 0.5) / 2)
 
 
 def shares(k: int, n: int, first: int = 0) -> list[float]:
