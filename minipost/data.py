@@ -165,12 +165,13 @@ class EpochBatches:
         self.order = state["order"].tolist()
 
 
-def tokenize_pairs(enc, rows: list[dict], block_size: int, where: str = "", lines: list[int] | None = None
-                   ) -> list[tuple]:
+def tokenize_pairs(enc, rows: list[dict], block_size: int, where: str = "", lines: list[int] | None = None,
+                   targets: bool = True) -> list[tuple]:
     """Each {"prompt", "chosen", "rejected"} row -> (chosen (ids, mask), rejected (ids, mask)), rendered with
     the chat template. prompt/chosen/rejected may be strings (a user turn, an assistant answer) or, as in TRL's
-    conversational format, lists of messages. A pair longer than block_size + 1 tokens is an InputError naming
-    `where` and the row's line (`lines[i]`, from load_prefs; else its 1-based position)."""
+    conversational format, lists of messages. A pair longer than fits is an InputError naming `where` and the
+    row's line (`lines[i]`, from load_prefs; else its 1-based position): block_size + 1 tokens for
+    next-token log-probs (targets=True; the last token is only a target), block_size for a reward model."""
     def as_messages(value, role):
         return [{"role": role, "content": value}] if isinstance(value, str) else value
 
@@ -180,10 +181,10 @@ def tokenize_pairs(enc, rows: list[dict], block_size: int, where: str = "", line
         pair = []
         for key in ("chosen", "rejected"):
             ids, mask = render_chat(enc, prompt + as_messages(row[key], "assistant"))
-            if len(ids) > block_size + 1:
+            if len(ids) > block_size + targets:
                 line = lines[i] if lines else i + 1
-                raise InputError(f"{where}:{line}: prompt + {key} is {len(ids)} tokens, more than "
-                                 f"block_size + 1 = {block_size + 1}")
+                fits = f"block_size + 1 = {block_size + 1}" if targets else f"block_size {block_size}"
+                raise InputError(f"{where}:{line}: prompt + {key} is {len(ids)} tokens, more than {fits}")
             pair.append((ids, mask))
         pairs.append(tuple(pair))
     return pairs

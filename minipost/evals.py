@@ -522,13 +522,15 @@ def _main(argv=None):
         ap.error(f"--limit {args.limit}: must be >= 1")
     if args.name and len(args.name) != len(args.ckpt or []):
         ap.error(f"--name given {len(args.name)} times for {len(args.ckpt or [])} --ckpt")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        ap.error(f"--out {args.out}: exists and is not a folder")
+    if args.judge and args.no_chat:
+        ap.error("--judge needs the chat answers that --no-chat skips")
     if args.from_json:
         saved = read_report(args.from_json)
         return write_report(saved["items"], args.out, saved.get("parents"))
     if not args.ckpt:
         ap.error("give --ckpt (one or more) or --from-json")
-    if Path(args.out).exists() and not Path(args.out).is_dir():
-        ap.error(f"--out {args.out}: exists and is not a folder")
     device = pick_device(args.device)
     names = args.name or [Path(c).parent.name for c in args.ckpt]
     if args.vs and args.vs not in names:
@@ -546,14 +548,27 @@ def _main(argv=None):
 
 def read_report(path) -> dict:
     """A report.json that write_report wrote, checked: its per-item scores are what the card is drawn from."""
+    def check(ok: bool, why: str) -> None:
+        if not ok:
+            raise TypeError(why)
+
     try:
         saved = json.loads(Path(path).read_text(encoding="utf-8"))
-        items = saved["items"]
-        for runs in items.values():
-            for run in runs if isinstance(runs, list) else [runs]:
-                for scores in run.values():
-                    if not scores or not all(isinstance(v, (int, float)) for v in scores):
-                        raise TypeError("a column without numeric per-item scores")
+        items, parents = saved["items"], saved.get("parents") or {}
+        check(isinstance(items, dict) and bool(items), "'items' holds no rows")
+        check(isinstance(parents, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in
+                                                parents.items()), "'parents' is not a {row: parent row} object")
+        for name, runs in items.items():
+            runs = runs if isinstance(runs, list) else [runs]
+            check(bool(runs) and all(isinstance(r, dict) and r for r in runs), f"row {name!r} holds no columns")
+            for column, scores in runs[0].items():
+                check(all(isinstance(r.get(column), list) and r[column] for r in runs),
+                      f"row {name!r}, column {column!r}: not a list of scores in every seed")
+                check(all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                          for r in runs for v in r[column]), f"row {name!r}, column {column!r}: a score that is "
+                      "not a finite number")
+                check(column in UNPAIRED or len({len(r[column]) for r in runs}) == 1,
+                      f"row {name!r}, column {column!r}: seeds with different numbers of items")
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
         reason = f"{type(e).__name__}: {e}" if not isinstance(e, OSError) else (e.strerror or type(e).__name__)
         raise InputError(f"{path}: not a report.json with per-item scores, as minipost.evals writes it "

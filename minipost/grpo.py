@@ -97,7 +97,7 @@ class Config:
     max_seconds: float = field(0.0, "stop after this many seconds (0: no limit); a cap makes the step count "
                                      "machine-dependent", min=0)
     prompts_per_step: int = field(16, "prompts per rollout batch", min=1)
-    group_size: int = field(8, "samples per prompt (G); >= 2 unless --scale-rewards false", min=1)
+    group_size: int = field(8, "samples per prompt (G); a group of one has no baseline to compare with", min=2)
     max_new_tokens: int = field(48, "longest completion", min=1)
     temperature: float = field(1.0, "sampling temperature (the log-probs use the same one)", gt=0)
     top_k: int = field(0, "sample from the k most likely tokens only (0: off)", min=0)
@@ -108,7 +108,8 @@ class Config:
     grad_clip: float = field(1.0, "clip the global gradient norm to this (0: off)", min=0)
     micro_batch_size: int = field(64, "rows per forward/backward (0: all rows); exact gradient accumulation, does "
                                       "not change the result beyond float rounding", min=0)
-    num_iterations: int = field(1, "optimizer steps per rollout batch (mu); > 1 makes the clip matter", min=1)
+    num_iterations: int = field(1, "optimizer steps per rollout batch (mu); > 1 makes the clip matter", min=1,
+                                max=100)
     clip_eps: float = field(0.2, "PPO-style clip range for the ratio", gt=0)
     beta: float = field(0.04, "weight of the k3 KL to the reference in the loss (0: no KL term)", min=0)
     loss_type: str = field("grpo", "token averaging: grpo, dapo, bnpo or dr_grpo (see the docstring's table)",
@@ -149,9 +150,9 @@ class Config:
         if self.overlong_buffer > self.max_new_tokens:
             raise InputError(f"--overlong-buffer {self.overlong_buffer}: more than --max-new-tokens "
                              f"{self.max_new_tokens}")
-        if self.scale_rewards and self.group_size < 2:
-            raise InputError(f"--group-size {self.group_size}: scaling by the group std needs >= 2 samples per "
-                             "prompt (or pass --scale-rewards false)")
+        if self.clip_eps_high and self.clip_eps_high < self.clip_eps:
+            raise InputError(f"--clip-eps-high {self.clip_eps_high}: below --clip-eps {self.clip_eps}; clip-higher "
+                             "widens the upper range (0 keeps it equal to --clip-eps)")
 
 
 PRESETS = {

@@ -136,9 +136,14 @@ def run_stage(name: str, cfg: Config, out: Path, seed: int | None = None) -> Pat
 def run(cfg: Config) -> dict:
     t0 = time.time()
     out = Path(cfg.out)
-    for name in cfg.stage_list():  # every stage's config is checked before the first one starts
+    planned = cfg.stage_list()
+    for i, name in enumerate(planned):  # every stage's config and start is checked before the first one runs
         for seed in cfg.seeds_of(name):
             stage_config(name, cfg, out, seed)
+        parent = STAGES[name][1]
+        if parent and parent not in planned[:i] and not (out / parent / "model.pt").is_file():
+            raise InputError(f"--stages {cfg.stages!r}: {name} starts from {out / parent / 'model.pt'}, which does "
+                             f"not exist; run {parent} first (add it to --stages)")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:

@@ -98,7 +98,7 @@ class Config:
     grad_clip: float = field(1.0, "clip the global gradient norm to this (0: off)", min=0)
     micro_batch_size: int = field(64, "rows per forward/backward within a minibatch (0: all its rows); exact "
                                       "gradient accumulation, does not change the result beyond float rounding", min=0)
-    ppo_epochs: int = field(1, "passes over each rollout batch", min=1)
+    ppo_epochs: int = field(1, "passes over each rollout batch", min=1, max=100)
     num_minibatches: int = field(2, "optimizer steps per pass (the batch split into this many minibatches); unlike "
                                     "micro_batch_size this changes the result: more, smaller, staler steps", min=1)
     clip_eps: float = field(0.2, "clip range for the policy ratio", gt=0)

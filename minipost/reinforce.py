@@ -112,7 +112,7 @@ class Config:
     kl_loss: str = field("k3", "per-token KL term in the loss: k1, k2, k3 or k3_corrected (common.kl_loss_term)",
                          choices=list(KL_LOSSES))
     num_iterations: int = field(1, "optimizer steps per rollout batch; > 1 uses the clipped ratio pi / pi_old",
-                                min=1)
+                                min=1, max=100)
     clip_eps: float = field(0.2, "clip range of the ratio when num_iterations > 1", gt=0)
     eval_every: int = field(50, "steps between held-out evaluations (0: only at start and end)", min=0)
     eval_limit: int = field(100, "held-out prompts per domain for those evaluations (0: all)", min=0)

@@ -57,8 +57,8 @@ from tqdm import tqdm
 
 from minipost import threads
 from minipost.common import (DATA_DIR, DEVICE_HELP, InputError, MetricsLogger, autocast, check_config, check_device,
-                             check_finite, field, load_checkpoint, main, pick_device, save_checkpoint, save_state,
-                             seed_everything, start_run)
+                             check_finite, field, load_checkpoint, main, pick_device, save_checkpoint, save_json,
+                             save_state, seed_everything, start_run)
 from minipost.data import EpochBatches, load_prefs, tokenize_pairs
 from minipost.model import load_model, model_checkpoint
 from minipost.optim import adamw, cosine_lr, set_lr
@@ -197,9 +197,9 @@ def load_margins(rows: list[dict], lines: list[int], path) -> torch.Tensor | Non
         return None
     for n, r in zip(lines, rows):
         m = r.get("margin")
-        if isinstance(m, bool) or not isinstance(m, (int, float)) or not math.isfinite(m):
-            raise InputError(f"{path}:{n}: field 'margin' must be a finite number when any pair has one, "
-                             f"got {m!r}")
+        if isinstance(m, bool) or not isinstance(m, (int, float)) or not (math.isfinite(m) and abs(m) <= 1e6):
+            raise InputError(f"{path}:{n}: field 'margin' must be a finite number of size at most 1e6 when any "
+                             f"pair has one, got {m!r}")
     return torch.tensor([float(r["margin"]) for r in rows])
 
 
@@ -235,10 +235,10 @@ def train(cfg: Config) -> dict:
     lines, eval_lines = [], []  # each pair's line in its file, for error messages
     rows = load_prefs(data_path, lines)[:cfg.max_pairs or None]
     margins = load_margins(rows, lines, data_path)
-    pairs = tokenize_pairs(enc, rows, block_size - 1, str(data_path), lines)  # <= block_size tokens each
+    pairs = tokenize_pairs(enc, rows, block_size, str(data_path), lines, targets=False)  # <= block_size tokens
     eval_path = cfg.eval_data or ("" if cfg.data else DATA_DIR / "eval_prefs.jsonl")
     eval_rows = load_prefs(eval_path, eval_lines) if eval_path else []
-    eval_pairs = tokenize_pairs(enc, eval_rows, block_size - 1, str(eval_path), eval_lines)
+    eval_pairs = tokenize_pairs(enc, eval_rows, block_size, str(eval_path), eval_lines, targets=False)
     pad_id = special_id(enc, "<|pad|>")
 
     # ---- optimizer and data order
@@ -322,6 +322,7 @@ def train(cfg: Config) -> dict:
         summary["eval_accuracy_by_kind"] = accuracy_by_kind(eval_rows, chosen > rejected)
         print("held-out accuracy by kind: " + ", ".join(f"{k} {v:.2f}" for k, v in
                                                         summary["eval_accuracy_by_kind"].items()))
+    save_json(out / "summary.json", summary)
     return summary
 
 

@@ -153,37 +153,50 @@ class WeightedReward:
         return sum(w * parts[name] for name, (_, w) in self.terms.items())
 
 
+MAX_WEIGHT = 1e6  # any reward scale fits; a sum of terms stays far from float32's overflow (3.4e38)
+
+
+def parse_weight(spec: str, name: str, w: str) -> float:
+    try:
+        weight = float(w) if w else 1.0
+    except ValueError:
+        raise InputError(f"--reward {spec!r}: weight {w!r} of {name!r} is not a number") from None
+    if not (math.isfinite(weight) and abs(weight) <= MAX_WEIGHT):
+        raise InputError(f"--reward {spec!r}: weight {w!r} of {name!r} must be a finite number of size at most "
+                         f"{MAX_WEIGHT:g}")
+    return weight
+
+
 def parse_reward(spec: str) -> WeightedReward:
     """"correct:1,format:0.1" -> WeightedReward. A name without a weight gets weight 1. A bad spec is an
     InputError naming the flag (the RL configs check it before anything loads)."""
     terms = {}
     for item in spec.split(","):
         name, _, w = item.strip().partition(":")
+        if name in terms:
+            raise InputError(f"--reward {spec!r}: {name!r} is given twice; give each term once, with its weight")
         if name == "rm":  # rm:PATH or rm:PATH:W
             path, _, last = w.rpartition(":")
             path, w = (path, last) if path and _is_number(last) else (w, "")
             if not path:
                 raise InputError(f"--reward {spec!r}: 'rm' needs a path, as in rm:runs/reward_model/model.pt")
+            weight = parse_weight(spec, name, w)
             try:
-                terms[name] = (ModelReward(path), float(w) if w else 1.0)
+                terms[name] = (ModelReward(path), weight)
             except InputError as e:
                 raise InputError(f"--reward {spec!r}: {e}") from None
             continue
         if name not in REWARDS:
             raise InputError(f"--reward {spec!r}: unknown reward {name!r}; built-in rewards are {sorted(REWARDS)}")
-        try:
-            weight = float(w) if w else 1.0
-        except ValueError:
-            raise InputError(f"--reward {spec!r}: weight {w!r} of {name!r} is not a number") from None
-        if not math.isfinite(weight):
-            raise InputError(f"--reward {spec!r}: weight {w!r} of {name!r} must be a finite number")
-        terms[name] = (REWARDS[name], weight)
+        terms[name] = (REWARDS[name], parse_weight(spec, name, w))
     return WeightedReward(terms)
 
 
 def _is_number(text: str) -> bool:
+    """Does `text` read as a float (nan and inf too, so that rm:PATH:nan is refused as a weight)?"""
     try:
-        return math.isfinite(float(text))
+        float(text)
+        return True
     except ValueError:
         return False
 

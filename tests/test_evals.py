@@ -200,12 +200,24 @@ def test_cli_errors_are_one_line_and_exit_2(tmp_path, capsys):
     import minipost.evals as evals
     (tmp_path / "old.json").write_text(json.dumps({"rows": {"sft": {"knowledge": 0.5}}}))  # no per-item scores
     (tmp_path / "bad.json").write_text(json.dumps({"items": {"sft": {"knowledge": ["x"]}}}))
+    for name, saved in {"parents.json": {"items": {"a": {"knowledge": [1.0]}}, "parents": "x"},
+                        "empty.json": {"items": {}}, "nan.json": {"items": {"a": {"knowledge": [float("nan")]}}},
+                        "seeds.json": {"items": {"a": [{"knowledge": [1.0]}, {"knowledge": [1.0, 0.0]}]}}}.items():
+        (tmp_path / name).write_text(json.dumps(saved))
+    (tmp_path / "afile").write_text("")
     for argv, msg in [(["--ckpt", str(tmp_path / "nope.pt")], "nope.pt: no such checkpoint"),
                       (["--ckpt", "a.pt", "--limit", "0"], "--limit 0: must be >= 1"),
                       (["--from-json", str(tmp_path / "r.json")], "r.json: not a report.json"),
                       (["--from-json", str(tmp_path / "old.json")], "old.json: not a report.json with per-item"),
-                      (["--from-json", str(tmp_path / "bad.json")], "bad.json: not a report.json with per-item")]:
+                      (["--from-json", str(tmp_path / "bad.json")], "bad.json: not a report.json with per-item"),
+                      (["--from-json", str(tmp_path / "parents.json")], "'parents' is not a {row: parent row}"),
+                      (["--from-json", str(tmp_path / "empty.json")], "'items' holds no rows"),
+                      (["--from-json", str(tmp_path / "nan.json")], "not a finite number"),
+                      (["--from-json", str(tmp_path / "seeds.json")], "seeds with different numbers of items"),
+                      (["--from-json", str(tmp_path / "old.json"), "--out", str(tmp_path / "afile")],
+                       "afile: exists and is not a folder"),
+                      (["--ckpt", "a.pt", "--judge", "j.pt", "--baseline", "b.pt", "--no-chat"], "--judge needs")]:
         with pytest.raises(SystemExit) as e:
-            evals.main(argv + ["--out", str(tmp_path / "out")])
+            evals.main(["--out", str(tmp_path / "out")] + argv)
         err = capsys.readouterr().err
         assert e.value.code == 2 and msg in err and len(err.strip().splitlines()) == 1, err

@@ -59,3 +59,10 @@ def test_seeds_repeat_the_rl_stages_and_the_card_shows_their_spread(tmp_path):
     assert cell["seeds"] == 2 and len(cell["per_seed"]) == 2 and cell["vs"] == "dpo"
     assert "seeds" not in report["dpo"]["knowledge"]
     assert "grpo (2 seeds)" in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_a_stage_whose_start_is_missing_is_refused_before_anything_is_written(tmp_path):
+    (tmp_path / "config.json").write_text("earlier run")
+    with pytest.raises(InputError, match="grpo starts from .*dpo/model.pt, which does not exist"):
+        run(Config(out=str(tmp_path), stages="grpo", max_steps=1, progress=False))
+    assert (tmp_path / "config.json").read_text() == "earlier run"

@@ -178,3 +178,23 @@ def test_reward_spec_rm_path_weight_and_its_errors(tmp_path, monkeypatch):
                       (f"rm:{tmp_path / 'sft.pt'}:2", "not a reward model")]:
         with pytest.raises(InputError, match=f"--reward '{spec}': .*{msg}" if spec != "rm:" else msg):
             parse_reward(spec)
+
+
+def test_reward_specs_that_would_overflow_or_repeat_are_refused(tmp_path):
+    from minipost.rewards import parse_reward
+    save_checkpoint(tmp_path / "rm.pt", model_checkpoint(tiny_gpt(value_head=True), "bytes", 0, kind=rm.KIND))
+    for spec, msg in [("correct:1e39", "at most 1e\\+06"), ("correct:3e38,format:3e38", "at most"),
+                      (f"rm:{tmp_path / 'rm.pt'}:nan", "must be a finite number"),
+                      ("correct:1,correct:5", "'correct' is given twice"),
+                      (f"rm:{tmp_path / 'rm.pt'},rm:{tmp_path / 'rm.pt'}", "'rm' is given twice")]:
+        with pytest.raises(InputError, match=msg):
+            parse_reward(spec)
+
+
+def test_a_huge_margin_is_refused_and_a_too_long_pair_names_the_reward_models_limit(tmp_path, monkeypatch):
+    rows = [{"prompt": f"name {w}", "chosen": w, "rejected": REFUSAL, "margin": 1e39} for w in WORDS]
+    with pytest.raises(InputError, match="prefs.jsonl:1: field 'margin' must be a finite number of size"):
+        rm.train(tiny_run(tmp_path, monkeypatch, rows=rows, max_steps=2))
+    rows = [{"prompt": "x" * 60, "chosen": "y", "rejected": "z"}] * 8  # 60 bytes + the template > 64
+    with pytest.raises(InputError, match="prefs.jsonl:1: prompt \\+ chosen is .* tokens, more than block_size 64"):
+        rm.train(tiny_run(tmp_path, monkeypatch, rows=rows, max_steps=2))

@@ -348,6 +348,9 @@ def test_rl_bad_flags_and_bad_files_fail_before_anything_is_written(objective, t
            dict(eval_every=-1), dict(lr=float("inf")), dict(lr=0.0), dict(temperature=0.0)]
     bad += [dict(num_iterations=0)] if objective == "grpo" else []
     bad += [dict(ppo_epochs=0), dict(num_minibatches=0)] if objective == "ppo" else [dict(group_size=1)]
+    bad += [dict(ppo_epochs=101)] if objective == "ppo" else [dict(num_iterations=101)]
+    if objective == "grpo":  # a group of one never learns; clip-higher below the clip range makes no sense
+        bad += [dict(group_size=1, scale_rewards=False), dict(clip_eps=0.2, clip_eps_high=0.1)]
     for kw in bad:
         with pytest.raises(InputError):
             mod.Config(**kw)
