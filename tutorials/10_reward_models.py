@@ -20,7 +20,6 @@ import statistics
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from minipost import grpo, reward_model
 from minipost.common import DATA_DIR, config_with_preset, read_jsonl
