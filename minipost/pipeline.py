@@ -72,6 +72,9 @@ class Config:
         unknown = [s for s in self.stage_list() if s not in STAGES]
         if unknown or not self.stage_list():
             raise InputError(f"--stages {self.stages!r}: choose among {list(STAGES)}")
+        if parse_seeds(self.seeds) and not set(self.stage_list()) & set(RL_STAGES):
+            raise InputError(f"--seeds {self.seeds!r}: repeats the RL stages {list(RL_STAGES)}, and --stages "
+                             f"{self.stages!r} has none")
 
     def stage_list(self) -> list[str]:
         return [s.strip() for s in self.stages.split(",") if s.strip()]

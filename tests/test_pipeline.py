@@ -47,6 +47,8 @@ def test_bad_stage_names_and_flags_fail_before_anything_runs(tmp_path):
                        ("-1", "-1 is out of 0"), (",", "'' is not an integer")]:
         with pytest.raises(InputError, match=f"--seeds '{seeds}': {msg}"):
             Config(out=str(tmp_path), seeds=seeds)
+    with pytest.raises(InputError, match="--seeds '1,2': repeats the RL stages"):
+        Config(out=str(tmp_path), stages="pretrain,sft", seeds="1,2")
 
 
 def test_seeds_repeat_the_rl_stages_and_the_card_shows_their_spread(tmp_path):
