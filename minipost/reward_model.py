@@ -159,11 +159,12 @@ def pair_rewards(model, pairs: list[tuple], pad_id: int, batch_size: int = 64) -
     return torch.cat(chosen), torch.cat(rejected)
 
 
-def check_reward_model(path) -> None:
-    """Refuse anything that is not a checkpoint written by this file, with the path named (an InputError)."""
-    if not Path(path).is_file():
+def check_reward_model(path, ckpt: dict | None = None) -> None:
+    """Refuse anything that is not a checkpoint written by this file, with the path named (an InputError).
+    `ckpt`: the checkpoint already loaded from `path` (else it is read here)."""
+    if ckpt is None and not Path(path).is_file():
         raise InputError(f"{path}: no such reward model; train one with python -m minipost.reward_model")
-    kind = load_checkpoint(path, required=("model",)).get("kind")
+    kind = (ckpt if ckpt is not None else load_checkpoint(path, required=("model",))).get("kind")
     if kind != KIND:
         raise InputError(f"{path}: not a reward model (its kind is {kind!r}, not {KIND!r}); train one with "
                          "python -m minipost.reward_model")
@@ -174,8 +175,10 @@ class RewardModel:
     A prompt is a user message (a string) or a list of messages; a completion is the assistant's answer text."""
 
     def __init__(self, path, device="cpu", batch_size: int = 64):
-        check_reward_model(path)
-        self.model, self.enc, _ = load_model(path, device)
+        if not Path(path).is_file():
+            check_reward_model(path)  # the "no such reward model" message
+        self.model, self.enc, ckpt = load_model(path, device)
+        check_reward_model(path, ckpt)
         self.model.requires_grad_(False)
         self.pad_id, self.batch_size, self.path = special_id(self.enc, "<|pad|>"), batch_size, str(path)
 
@@ -255,6 +258,7 @@ def train(cfg: Config) -> dict:
     eval_acc = state["eval_accuracy"] if state else float("nan")  # the last held-out accuracy, logged every row
     stats = state["stats"] if state else {}
     elapsed_before = state["elapsed_s"] if state else 0.0
+    final_eval = None  # the held-out rewards after the last step, for samples.txt and the accuracy by kind
     print(f"{len(pairs)} training pairs{' with margins' if margins is not None else ''}, {len(eval_pairs)} held-out")
 
     # ---- the loop
@@ -292,7 +296,7 @@ def train(cfg: Config) -> dict:
         steps_done = step + 1
         due = (cfg.eval_every and steps_done % cfg.eval_every == 0) or steps_done == cfg.max_steps
         if eval_pairs and due:
-            eval_chosen, eval_rejected = pair_rewards(model, eval_pairs, pad_id)  # (M,) each
+            eval_chosen, eval_rejected = final_eval = pair_rewards(model, eval_pairs, pad_id)  # (M,) each
             check_finite(torch.cat([eval_chosen, eval_rejected]), "held-out rewards", steps_done, out)
             eval_acc = (eval_chosen > eval_rejected).float().mean().item()
         elapsed = elapsed_before + time.time() - t0
@@ -317,7 +321,7 @@ def train(cfg: Config) -> dict:
     print(f"reward_model done: loss {stats['loss']:.3f}, accuracy {stats['accuracy']:.3f}, held-out accuracy "
           f"{eval_acc:.3f}, {elapsed:.0f} s on {device}")
     if eval_pairs:
-        chosen, rejected = pair_rewards(model, eval_pairs, pad_id)
+        chosen, rejected = final_eval if final_eval is not None else pair_rewards(model, eval_pairs, pad_id)
         write_samples(out / "samples.txt", eval_rows, chosen, rejected)
         summary["eval_accuracy_by_kind"] = accuracy_by_kind(eval_rows, chosen > rejected)
         print("held-out accuracy by kind: " + ", ".join(f"{k} {v:.2f}" for k, v in
