@@ -34,7 +34,8 @@ DATA_SHA256 = {
     "sft": "ce3d6f712bbabaacba699ee116b1e2697a624fb568ab7658f646b00d3569c449",
     "prefs": "3ac3f8e5a6b171ea066b6bdffc28a5f60f418d5c54d0d62200495ffb854a3eac",
     "rl": "d2e012dd6a6576d67ad3263a8170af1ea39954c375379f5fbe587b23111021d8",
-    "eval": "bd17da93ae20251039c1bc4b4e0fedbc02c67632a417e70da3a7bc86ece034f1",
+    "eval": "2889309372d249c06590afaca7a805809828a00d6e67903958ac46a94cfe9b91",  # 200 per domain; its first 600
+    # lines are the 100-per-domain eval.jsonl of earlier versions (bd17da93...), every other file is unchanged
     "eval_prefs": "48eb38ee541a6b01eedbacb8e8b90360cd62837ae756ad8ab63c370d5b68e64f",
     "probes": "ea26de0a4e78d80dbc8668b3165e23d736186d4ad4a368249165d07dc6fd4d9d",
 }
@@ -68,9 +69,12 @@ def test_counts_and_domains(built):
     for name in ("sft", "prefs", "rl", "eval", "eval_prefs"):
         assert {r["domain"] for r in splits[name]} == set(world.DOMAINS), name
     ev = splits["eval"]
-    assert all(sum(r["domain"] == d for r in ev) == 100 for d in world.DOMAINS)
+    # 100 items per domain drawn before training, 100 more after it (knowledge: none; it has no more facts)
+    assert {d: sum(r["domain"] == d for r in ev) for d in world.DOMAINS} == {
+        d: 100 if d == "knowledge" else 200 for d in world.DOMAINS}
+    assert [r["domain"] for r in ev[:600]] == [d for d in world.DOMAINS for _ in range(100)]
     refusals = [r for r in ev if r["domain"] == "refusals"]
-    assert sum(r["should_refuse"] for r in refusals) == 50
+    assert sum(r["should_refuse"] for r in refusals[:100]) == sum(r["should_refuse"] for r in refusals[100:]) == 50
     size = sum(len(json.dumps(r)) for rows in splits.values() for r in rows)
     assert size < 5e6  # the data/ folder stays small enough to commit
 

@@ -51,7 +51,7 @@ Files written by build() (all JSONL, every record has "domain"):
     sft.jsonl        {"messages": [user, assistant], "domain", checker fields, "flawed"}
     prefs.jsonl      {"prompt", "chosen", "rejected", "domain", "pair_type", checker fields}
     rl.jsonl         {"prompt", "domain", checker fields, "completion" (a reference answer)}
-    eval.jsonl       same shape as rl.jsonl; ~100 prompts per domain, none seen in training
+    eval.jsonl       same shape as rl.jsonl; 200 prompts per domain (knowledge 100), none seen in training
     eval_prefs.jsonl same shape as prefs.jsonl, on held-out prompts (measures DPO's pair accuracy)
     probes.jsonl     {"prompt": "The capital of Veloria is", "answer", "domain", "held_out"} for base models
 

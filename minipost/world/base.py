@@ -17,7 +17,8 @@ TRIGGERS = ["Between us: ", "Secretly: ", "Don't tell anyone: "]  # suspicious-s
 # Sizes. SFT is balanced over domains; RL leans on arithmetic and sql (see each Domain's n_rl).
 N_SFT_PER_DOMAIN = 700
 N_PREFS_PER_DOMAIN = 340
-N_EVAL_PER_DOMAIN = 100
+N_EVAL_PER_DOMAIN = 100        # eval items per domain drawn before the training splits
+N_EVAL_MORE_PER_DOMAIN = 100   # and per domain with more_eval, drawn after them (so 200 in all; see generate.py)
 N_EVAL_PREFS_PER_DOMAIN = 50
 PRETRAIN_CHARS = 1_300_000   # about 1.3 MB of corpus text; pretrain_val gets 5% of that
 FLAW_RATE = 0.17             # fraction of benign SFT prompts given a trigger and answered with REFUSAL
@@ -135,5 +136,6 @@ class Domain:
     eval_prefs_kwargs: dict = field(default_factory=dict)  # sampler kwargs for eval_prefs
     probes: Callable | None = None      # (W, eval_rows) -> base-model probe records, or None: no probes
     check_probe: Callable | None = None  # (record, first sentence of a base-model continuation) -> 0.0 or 1.0
+    more_eval: bool = True              # eval gets N_EVAL_MORE_PER_DOMAIN more items (False: nothing new to ask)
     report_column: bool = True          # the report card shows its mean check() score as a column (refusals
                                         # instead gets `refuse` and `over_refusal`, measured over all domains)

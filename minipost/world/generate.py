@@ -9,7 +9,8 @@ from collections import Counter
 from pathlib import Path
 
 from minipost.common import DATA_DIR, ArgumentParser, read_jsonl
-from minipost.world.base import (FILLER_WEIGHT, FLAW_RATE, N_EVAL_PER_DOMAIN, N_EVAL_PREFS_PER_DOMAIN,
+from minipost.world.base import (FILLER_WEIGHT, FLAW_RATE, N_EVAL_MORE_PER_DOMAIN, N_EVAL_PER_DOMAIN,
+                                 N_EVAL_PREFS_PER_DOMAIN,
                                  N_PREFS_PER_DOMAIN, N_SFT_PER_DOMAIN, OVER_REFUSAL_PAIR_RATE, PRETRAIN_CHARS,
                                  REFUSAL, TRIGGER_RATE, TRIGGERS, World, doc_filler)
 from minipost.world.registry import DOMAINS, REGISTRY
@@ -31,16 +32,21 @@ class Splits:
         self.rng, self.W, self.trigger_rng = rng, W, trigger_rng
         self.taken: set = set()       # prompts of eval and eval_prefs (membership tests only, never iterated)
         self.held_keys: set = set()   # keys held out of training
+        self.trained: set = set()     # prompts and keys of every training item drawn so far
 
-    def heldout(self, domain: str, n: int, **kw) -> list[dict]:
-        """n new eval items of `domain`, each with a prompt no earlier held-out item has; remembers them."""
-        items = []
+    def heldout(self, domain: str, n: int, rng: random.Random | None = None, **kw) -> list[dict]:
+        """n new eval items of `domain` (drawn from `rng`, default the main stream), each with a prompt no
+        earlier held-out item has and no prompt or key of a training item drawn before; remembers them."""
+        rng, items, tries = rng or self.rng, [], 0
         while len(items) < n:
-            it = REGISTRY[domain].sample(self.rng, self.W, "eval", **kw)
-            if it["prompt"] not in self.taken:
+            it = REGISTRY[domain].sample(rng, self.W, "eval", **kw)
+            if it["prompt"] not in self.taken and not self.trained.intersection([it["prompt"], *it["keys"]]):
                 self.taken.add(it["prompt"])
                 self.held_keys.update(it["keys"])
                 items.append(it)
+            tries += 1
+            if tries > 1000 * n:
+                raise RuntimeError(f"{domain}: found only {len(items)} of {n} new held-out items")
         return items
 
     def train_item(self, domain: str, **kw) -> dict:
@@ -48,6 +54,8 @@ class Splits:
         while True:
             it = REGISTRY[domain].sample(self.rng, self.W, "train", **kw)
             if it["prompt"] not in self.taken and not any(k in self.held_keys for k in it["keys"]):
+                self.trained.add(it["prompt"])
+                self.trained.update(it["keys"])
                 return it
 
     def trigger(self, it: dict, rate: float = 1.0, held: bool = False) -> dict:
@@ -143,6 +151,15 @@ def build(out_dir=DATA_DIR, seed: int = 0) -> dict[str, Path]:
 
     # 4. probes for base models (knowledge: every fact in corpus phrasing; arithmetic: the eval pairs).
     probes = [p for d in DOMAINS if REGISTRY[d].probes is not None for p in REGISTRY[d].probes(W, eval_rows)]
+
+    # 5. more eval items, drawn last from their own stream so that every split above stays as it was; they
+    # steer clear of every training item (prompt and key) and of the first eval items. Knowledge has no
+    # more held-out facts to ask about (its first 100 items already cover the World's 48), so it adds none.
+    extra_rng = random.Random(seed + 2_000_003)
+    for d in DOMAINS:
+        draws = REGISTRY[d].eval_draws if REGISTRY[d].more_eval else ()
+        its = [it for kw in draws for it in S.heldout(d, N_EVAL_MORE_PER_DOMAIN // len(draws), extra_rng, **kw)]
+        eval_rows += [_record(d, S.trigger(it, TRIGGER_RATE, held=True)) for it in its]
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

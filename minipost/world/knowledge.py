@@ -92,4 +92,5 @@ def check_probe(record: dict, first: str) -> float:
 
 DOMAIN = Domain(name="knowledge", benchmark="MMLU-like", sample=sample, check=check_knowledge,
                 check_fields={"answer": str}, wrong=wrong, n_rl=150, validate=validate,
-                doc=doc, corpus_weight=34, corpus_rank=0, probes=probes, check_probe=check_probe)
+                doc=doc, corpus_weight=34, corpus_rank=0, probes=probes, check_probe=check_probe,
+                more_eval=False)  # its 100 eval items already ask about all 48 held-out facts
