@@ -212,7 +212,7 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def generate(self, idx, attention_mask=None, max_new_tokens=32, temperature=1.0, top_k=None, top_p=None,
-                 stop_token=None, pad_id=0, generator=None, compact=True):
+                 stop_token=None, pad_id=0, generator=None, compact=True, on_token=None):
         """Sample continuations for a left-padded batch of prompts, with the KV cache.
 
         idx (B, P) prompt ids (left-padded), attention_mask (B, P). temperature 0 means greedy.
@@ -227,6 +227,8 @@ class GPT(nn.Module):
         rows stop long before that one (nano: mean 13 of 48 tokens), so once at most half of the rows in the
         batch are still going, the others' cache rows are dropped and every later step costs only the live
         rows. Off, the finished rows ride along as padding to the end (the same tokens, more compute).
+        on_token(rows, tokens), if given, is called after every step with the batch rows that got a token and
+        those tokens, each (b,): a chat streams its answer from it (minipost/chat.py).
         """
         B, P = idx.shape
         if attention_mask is None:
@@ -261,6 +263,8 @@ class GPT(nn.Module):
             tokens[write, t] = nxt[live]
             mask[write, t] = 1
             logps[write, t] = logp.gather(1, nxt[:, None]).squeeze(1)[live]
+            if on_token is not None:
+                on_token(write, nxt[live])
             n = t + 1
             finished = budget[rows] <= t + 1  # (b,) this row's context is full
             if stop_token is not None:
