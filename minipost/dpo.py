@@ -73,6 +73,7 @@ from minipost.common import (DATA_DIR, DEVICE_HELP, InputError, MetricsLogger, a
 from minipost.data import IGNORE, EpochBatches, load_prefs, pair_batch, tokenize_pairs
 from minipost.evals import pair_logps, per_domain, preference_accuracy, write_samples
 from minipost.logprobs import sequence_logprobs
+from minipost.lora import add_lora_from_flags, merge_lora, parse_targets, trainable, training_bytes
 from minipost.model import check_same_tokenizer, load_model, model_checkpoint
 from minipost.optim import adamw, cosine_lr, set_lr
 from minipost.tokenizer import special_id
@@ -118,6 +119,11 @@ class Config:
     allow_config_change: bool = field(False, "with --resume, accept a config that differs from the saved run's")
     logprobs_impl: str = field("auto", "token_logprobs implementation",
                                choices=["auto", "reference", "chunked", "triton"])
+    lora_rank: int = field(0, "LoRA: adapters of this rank on --lora-targets and every other weight frozen; model.pt "
+                           "has them merged (0: full fine-tuning; minipost/lora.py)", min=0)
+    lora_alpha: float = field(16.0, "LoRA scale: the update is (alpha / rank) B A", gt=0)
+    lora_targets: str = field("attn,mlp", "linear layers that get LoRA adapters: attn, mlp, qkv, proj, fc",
+                              check=parse_targets)
     seed: int = field(1337, "random seed (data order)", min=0, max=2**32 - 1)
     device: str = field("auto", DEVICE_HELP, check=check_device)
     progress: bool = field(True, "show a tqdm progress bar")
@@ -178,7 +184,7 @@ def train(cfg: Config) -> dict:
 
     # ---- models: the policy starts as the init checkpoint; the reference is a frozen copy of it (or --ref)
     for flag, path in (("--init", cfg.init), ("--ref", cfg.ref)):
-        if path and not Path(path).is_file():
+        if path and not Path(path).exists():  # (a folder: load_model says which file it means)
             raise InputError(f"{flag} {path}: no such checkpoint; run SFT first "
                              "(python -m minipost.sft --init runs/pretrain/model.pt --out runs/sft)")
     model, enc, ckpt = load_model(cfg.init, device)
@@ -188,6 +194,8 @@ def train(cfg: Config) -> dict:
     block_size = min(cfg.block_size, model.cfg.block_size, ref_model.cfg.block_size)
     print(f"model: {model.num_params() / 1e6:.2f}M parameters from {cfg.init} on {device}; "
           f"reference {cfg.ref or cfg.init}")
+    print(add_lora_from_flags(model, cfg))  # --lora-rank > 0: adapters, every other weight frozen
+    trainable_params = trainable(model)
 
     # ---- data: each pair rendered twice with the chat template (prompt + chosen, prompt + rejected)
     if not cfg.data and not (DATA_DIR / "prefs.jsonl").exists():
@@ -279,8 +287,9 @@ def train(cfg: Config) -> dict:
             eval_acc = preference_accuracy(eval_chosen, eval_rejected, *eval_ref)
         elapsed = elapsed_before + time.time() - t0
         if steps_done % cfg.log_every == 0 or steps_done == 1 or steps_done == cfg.max_steps:
-            logger.log(steps_done, **stats, eval_pref_acc=eval_acc, lr=lr, grad_norm=grad_norm,
-                       steps_per_s=steps_done / elapsed, elapsed_s=elapsed)
+            held = {"eval_pref_acc": eval_acc} if eval_pairs else {}  # no held-out pairs: nothing to log
+            logger.log(steps_done, **stats, **held, lr=lr, grad_norm=grad_norm, steps_per_s=steps_done / elapsed,
+                       elapsed_s=elapsed)
             bar.set_postfix(loss=f"{stats['loss']:.3f}", margin=f"{stats['rewards/margins']:.2f}",
                             acc=f"{stats['rewards/accuracies']:.2f}")
         if steps_done % cfg.save_every == 0 or steps_done == cfg.stop_after:
@@ -291,18 +300,21 @@ def train(cfg: Config) -> dict:
     bar.close()
     logger.close()
     elapsed = time.time() - t0
-    summary = {**stats, "eval_pref_acc": eval_acc, "steps": steps_done, "seconds": elapsed,
+    summary = {**stats, "eval_pref_acc": eval_acc if eval_pairs else None, "steps": steps_done, "seconds": elapsed,
                "steps_per_s": (steps_done - (state["step"] if state else 0)) / max(elapsed, 1e-9),
-               "device": str(device)}
+               "device": str(device), "trainable_params": trainable_params,
+               "training_bytes": training_bytes(model, optimizer)}
     if steps_done < cfg.max_steps:
         print(f"dpo stopped after step {steps_done} (--stop-after): state in {out / 'state.pt'}; "
               "continue with --resume true")
         return summary
+    merge_lora(model)  # (no adapters: nothing to do) model.pt holds plain weights that every command loads
     save_checkpoint(out / "model.pt", model_checkpoint(model, ckpt["tokenizer"], cfg.max_steps))
     if sample_records:
         write_samples(model, enc, out / "samples.txt", sample_records)
-    print(f"dpo done: loss {stats['loss']:.3f}, margin {stats['rewards/margins']:.2f}, held-out preference "
-          f"accuracy {eval_acc:.3f}, {summary['steps_per_s']:.2f} steps/s, {elapsed:.0f} s on {device}")
+    held = f"held-out preference accuracy {eval_acc:.3f}" if eval_pairs else "no held-out pairs"
+    print(f"dpo done: loss {stats['loss']:.3f}, margin {stats['rewards/margins']:.2f}, {held}, "
+          f"{summary['steps_per_s']:.2f} steps/s, {elapsed:.0f} s on {device}")
     return summary
 
 

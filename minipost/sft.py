@@ -49,6 +49,7 @@ from minipost.common import (DATA_DIR, DEVICE_HELP, InputError, MetricsLogger, a
 from minipost.data import IGNORE, EpochBatches, collate, load_chats, load_texts, pack, packed_batch, tokenize_chats
 from minipost.evals import heldout_loss, per_domain, write_samples
 from minipost.logprobs import token_logprobs
+from minipost.lora import add_lora_from_flags, merge_lora, parse_targets, trainable, training_bytes
 from minipost.model import load_model, model_checkpoint
 from minipost.optim import adamw, cosine_lr, set_lr
 from minipost.tokenizer import special_id
@@ -89,6 +90,11 @@ class Config:
                             min=0)
     logprobs_impl: str = field("auto", "token_logprobs implementation",
                                choices=["auto", "reference", "chunked", "triton"])
+    lora_rank: int = field(0, "LoRA: adapters of this rank on --lora-targets and every other weight frozen; model.pt "
+                           "has them merged (0: full fine-tuning; minipost/lora.py)", min=0)
+    lora_alpha: float = field(16.0, "LoRA scale: the update is (alpha / rank) B A", gt=0)
+    lora_targets: str = field("attn,mlp", "linear layers that get LoRA adapters: attn, mlp, qkv, proj, fc",
+                              check=parse_targets)
     seed: int = field(1337, "random seed (data order)", min=0, max=2**32 - 1)
     device: str = field("auto", DEVICE_HELP, check=check_device)
     progress: bool = field(True, "show a tqdm progress bar")
@@ -160,6 +166,8 @@ def train(cfg: Config) -> dict:
     if block_size < cfg.block_size:
         print(f"--block-size {cfg.block_size}: the model sees at most {block_size} tokens; using {block_size}")
     print(f"model: {model.num_params() / 1e6:.2f}M parameters from {cfg.init} on {device}")
+    print(add_lora_from_flags(model, cfg))  # --lora-rank > 0: adapters, every other weight frozen
+    trainable_params = trainable(model)
 
     # ---- data: rendered with the chat template -> (ids, loss_mask); optionally packed into rows. The world's
     # held-out text (val_loss), corpus (the pretraining mix) and eval prompts (samples.txt) are read too.
@@ -270,12 +278,14 @@ def train(cfg: Config) -> dict:
     elapsed = time.time() - t0
     summary = {"loss": loss_sum, "token_acc": correct / max(n_tok, 1), "tokens_seen": tokens_seen,
                "val_loss": val_loss, "seconds": elapsed, "steps_per_s": steps_done / max(elapsed, 1e-9),
-               "device": str(device), "steps": steps_done}
+               "device": str(device), "steps": steps_done, "trainable_params": trainable_params,
+               "training_bytes": training_bytes(model, optimizer)}
     if steps_done < cfg.max_steps:
         print(f"stopped after step {steps_done} (state in {out / 'state.pt'}); continue with --resume true")
         return summary
 
     # ---- the outputs later stages read
+    merge_lora(model)  # (no adapters: nothing to do) model.pt holds plain weights that every command loads
     save_checkpoint(out / "model.pt", model_checkpoint(model, ckpt["tokenizer"], steps_done))
     write_samples(model, enc, out / "samples.txt", sample_records)
     print(f"sft done: loss {loss_sum:.3f}, token accuracy {summary['token_acc']:.2f}, held-out pretraining loss "

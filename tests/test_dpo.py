@@ -180,6 +180,14 @@ def test_train_end_to_end_learns_the_preference(tmp_path, monkeypatch):
         "eval_pref_acc"]
 
 
+def test_without_held_out_pairs_nothing_is_logged_as_nan(tmp_path, monkeypatch):
+    summary = dpo.train(tiny_run(tmp_path, monkeypatch, eval_data="", max_steps=5))
+    assert summary["eval_pref_acc"] is None
+    assert all("eval_pref_acc" not in row for row in metrics_rows(tmp_path / "run"))
+    with pytest.raises(InputError, match=r"a folder, not a checkpoint file"):
+        dpo.train(tiny_run(tmp_path, monkeypatch, init=str(tmp_path)))
+
+
 def test_samples_come_from_the_worlds_held_out_prompts(tmp_path, monkeypatch):
     cfg = tiny_run(tmp_path, monkeypatch, max_steps=2)
     world = tmp_path / "no_world"
@@ -227,6 +235,19 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, monkeypatch):
     a, b = load_model(tmp_path / "once" / "model.pt")[0], load_model(twice / "model.pt")[0]
     assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
     assert metrics_rows(tmp_path / "once") == metrics_rows(twice)
+
+
+def test_lora_starts_at_ln2_resumes_bit_identically_and_saves_plain_weights(tmp_path, monkeypatch):
+    common = dict(max_steps=7, eval_every=3, log_every=1, save_every=5, lora_rank=4, lora_alpha=8)
+    summary = dpo.train(tiny_run(tmp_path, monkeypatch, out=str(tmp_path / "once"), **common))
+    dpo.train(tiny_run(tmp_path, monkeypatch, out=str(tmp_path / "twice"), stop_after=4, **common))
+    dpo.train(tiny_run(tmp_path, monkeypatch, out=str(tmp_path / "twice"), resume=True, **common))
+    rows = metrics_rows(tmp_path / "once")
+    assert rows[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)  # B = 0: the policy is the reference
+    assert rows == metrics_rows(tmp_path / "twice")
+    a, b = load_model(tmp_path / "once" / "model.pt")[0], load_model(tmp_path / "twice" / "model.pt")[0]
+    assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
+    assert summary["trainable_params"] < tiny_gpt().num_params() / 3
 
 
 def test_resume_refuses_a_changed_config_and_removes_leftover_tmp_files(tmp_path, monkeypatch):

@@ -213,6 +213,26 @@ def test_resume_gives_the_same_result_as_an_uninterrupted_run(world):
     assert not list((world.parent / "resumed").glob("*.tmp"))
 
 
+def test_lora_trains_only_the_adapters_saves_plain_weights_and_resumes(world):
+    """--lora-rank 4: the frozen weights (embeddings, LayerNorms) end as they began, model.pt has the base
+    model's keys (adapters merged), fewer parameters train, and stop + resume gives the same weights."""
+    sft.train(small_cfg(world, "lora", lora_rank=4, lora_alpha=8))
+    summary = sft.train(small_cfg(world, "lora_resumed", lora_rank=4, lora_alpha=8, stop_after=3))
+    summary = sft.train(small_cfg(world, "lora_resumed", lora_rank=4, lora_alpha=8, resume=True))
+    full = sft.train(small_cfg(world, "full"))
+    base = load_checkpoint(world / "base.pt")["model"]
+    a = load_checkpoint(world.parent / "lora" / "model.pt")["model"]
+    b = load_checkpoint(world.parent / "lora_resumed" / "model.pt")["model"]
+    assert set(a) == set(base) and all(torch.equal(a[k], b[k]) for k in a)
+    frozen = [k for k in base if "qkv" not in k and "proj" not in k and ".fc." not in k]
+    assert frozen and all(torch.equal(a[k], base[k]) for k in frozen)
+    assert not torch.equal(a["blocks.0.attn.qkv.weight"], base["blocks.0.attn.qkv.weight"])  # the merged update
+    assert summary["trainable_params"] < full["trainable_params"] / 3
+    assert summary["training_bytes"] < full["training_bytes"] / 3
+    with pytest.raises(InputError, match="--lora-targets"):
+        small_cfg(world, "bad", lora_rank=4, lora_targets="wte")
+
+
 def test_resume_refuses_a_changed_config_unless_allowed(world):
     sft.train(small_cfg(world, "run", stop_after=3))
     with pytest.raises(InputError, match="batch_size: 4 -> 2"):
