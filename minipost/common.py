@@ -203,7 +203,8 @@ def positive_int(text: str) -> int:
     return n
 
 
-def _str2bool(s: str) -> bool:
+def str2bool(s: str) -> bool:
+    """argparse type for true/false flags: true, yes, 1, on or false, no, 0, off."""
     if s.lower() in ("1", "true", "yes", "y", "on"):
         return True
     if s.lower() in ("0", "false", "no", "n", "off"):
@@ -230,7 +231,7 @@ def parse_config(cls, argv: list[str] | None = None, presets: dict[str, dict] | 
                 default += f"; {name}: {values[f.name]}"
         kwargs: dict = {"help": f.metadata.get("help", "") + f" ({default})", "default": None}
         if typ is bool:
-            kwargs["type"] = _str2bool
+            kwargs["type"] = str2bool
             kwargs["metavar"] = "BOOL"
         elif typing.get_origin(typ) in (list, tuple):
             kwargs["type"] = typing.get_args(typ)[0]
@@ -383,6 +384,8 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu", required: typin
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         if "weights_only" in first.lower() or len(first) < 8:  # torch's advice, or a bare pickle opcode ('101')
             first = "not a torch checkpoint, or one holding objects other than tensors, numbers, strings, lists, dicts"
+        elif isinstance(e, OSError) or "zip archive" in first:  # a cut file: torch says Errno 22 or miniz's words
+            first = "the file is truncated or is not a torch checkpoint"
         raise InputError(f"{path}: not a readable minipost checkpoint ({first})") from None
     if not isinstance(obj, dict) or any(k not in obj for k in required):
         has = sorted(obj)[:8] if isinstance(obj, dict) else type(obj).__name__
@@ -526,6 +529,13 @@ def kl_estimate(logps: torch.Tensor, ref_logps: torch.Tensor, kind: str = "k3") 
 
 
 KL_LOSSES = ("k1", "k2", "k3", "k3_corrected")
+
+
+def check_kl_flags(cfg) -> None:
+    """--kl-loss chooses the KL term of the loss; with --kl-in reward there is none, so a choice would be ignored."""
+    if cfg.kl_in == "reward" and cfg.kl_loss != "k3":
+        raise InputError(f"--kl-loss {cfg.kl_loss}: used only with --kl-in loss (with --kl-in reward the KL is "
+                         "the k1 estimate subtracted from the reward)")
 
 
 def kl_loss_term(logps: torch.Tensor, ref_logps: torch.Tensor, kind: str = "k3",

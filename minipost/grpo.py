@@ -66,8 +66,9 @@ from tqdm import tqdm
 
 from minipost import threads
 from minipost.common import (DATA_DIR, DEVICE_HELP, KL_LOSSES, InputError, MetricsLogger, add_info, check_config,
-                             check_device, check_finite, field, kl_estimate, kl_loss_term, largest_weight, main,
-                             pick_device, save_checkpoint, save_json, save_state, seed_everything, start_run)
+                             check_device, check_finite, check_kl_flags, field, kl_estimate, kl_loss_term,
+                             largest_weight, main, pick_device, save_checkpoint, save_json, save_state,
+                             seed_everything, start_run)
 from minipost.evals import log_heldout, per_domain, write_samples
 from minipost.logprobs import masked_mean
 from minipost.model import load_model, model_checkpoint
@@ -147,6 +148,7 @@ class Config:
 
     def __post_init__(self):
         check_config(self)
+        check_kl_flags(self)
         if self.overlong_buffer > self.max_new_tokens:
             raise InputError(f"--overlong-buffer {self.overlong_buffer}: more than --max-new-tokens "
                              f"{self.max_new_tokens}")

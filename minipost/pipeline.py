@@ -26,8 +26,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from minipost import threads
-from minipost.common import (DATA_DIR, DEVICE_HELP, InputError, check_config, check_device, config_with_preset, field,
-                             load_checkpoint, main, pick_device, save_json)
+from minipost.common import (DATA_DIR, DEVICE_HELP, RESUME_IGNORES, InputError, check_config, check_device,
+                             config_with_preset, field, load_checkpoint, main, pick_device, save_json)
 from minipost.evals import eval_answers, evaluate_items, write_report
 from minipost.reward_model import RewardModel
 from minipost.tokenizer import get_tokenizer
@@ -38,10 +38,9 @@ def parse_seeds(text: str) -> list[int]:
     """'1337,2,3' -> [1337, 2, 3]; '' -> []. Each seed an integer in 0 .. 2**32 - 1, none twice."""
     seeds = []
     for part in text.split(",") if text.strip() else []:
-        try:
-            seed = int(part)
-        except ValueError:
-            raise InputError(f"--seeds {text!r}: {part.strip()!r} is not an integer") from None
+        if not part.strip().isascii() or not part.strip().isdigit():  # int() would take "1_000", "+3", "٣"
+            raise InputError(f"--seeds {text!r}: {part.strip()!r} is not a whole number in digits")
+        seed = int(part)
         if seed in seeds or not 0 <= seed < 2**32:
             why = "given twice" if seed in seeds else "out of 0 .. 2**32 - 1"
             raise InputError(f"--seeds {text!r}: {seed} is {why}")
@@ -117,17 +116,38 @@ def stage_config(name: str, cfg: Config, out: Path, seed: int | None = None):
     return module, config_with_preset(module.Config, module.PRESETS, **kw, **overrides)
 
 
-def run_stage(name: str, cfg: Config, out: Path, seed: int | None = None) -> Path:
-    """Run one stage (with one seed), reuse it if it finished, resume it if it was interrupted."""
+def stage_plan(name: str, cfg: Config, out: Path, seed: int | None = None):
+    """-> (module, stage config, "reuse" | "resume" | "run"): reuse a finished stage (its model.pt holds the last
+    step), resume an interrupted one, else run it. Refuses (InputError) to resume a saved run whose config is
+    not this one (another --max-steps, say): that is a decision for the user, before any stage runs."""
     module, stage_cfg = stage_config(name, cfg, out, seed)
     stage_out = Path(stage_cfg.out)
-    if not cfg.fresh and (stage_out / "model.pt").exists():
+    if cfg.fresh:
+        return module, stage_cfg, "run"
+    if (stage_out / "model.pt").exists():
         if load_checkpoint(stage_out / "model.pt", required=("step",))["step"] >= stage_cfg.max_steps:
-            print(f"== {name}: reusing {stage_out / 'model.pt'} (finished)")
-            return stage_out / "model.pt"
-    resume = not cfg.fresh and (stage_out / "state.pt").exists()
-    if resume:
-        stage_cfg = dataclasses.replace(stage_cfg, resume=True)
+            return module, stage_cfg, "reuse"
+    if not (stage_out / "state.pt").exists():
+        return module, stage_cfg, "run"
+    stage_cfg = dataclasses.replace(stage_cfg, resume=True)
+    saved = load_checkpoint(stage_out / "state.pt", required=("config",))["config"]
+    now = asdict(stage_cfg)
+    changed = sorted(k for k in set(now) | set(saved) if k not in RESUME_IGNORES and now.get(k) != saved.get(k))
+    if changed:
+        diff = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in changed)
+        raise InputError(f"{stage_out} holds an unfinished {name} run of another config ({diff}); rerun with "
+                         f"--fresh true (its files move to {stage_out / 'previous'}/) or give another --out")
+    return module, stage_cfg, "resume"
+
+
+def run_stage(name: str, cfg: Config, out: Path, seed: int | None = None) -> Path:
+    """Run one stage (with one seed), reuse it if it finished, resume it if it was interrupted."""
+    module, stage_cfg, what = stage_plan(name, cfg, out, seed)
+    stage_out = Path(stage_cfg.out)
+    if what == "reuse":
+        print(f"== {name}: reusing {stage_out / 'model.pt'} (finished)")
+        return stage_out / "model.pt"
+    resume = what == "resume"
     print(f"== {name}: python -m {module.__name__} --init {getattr(stage_cfg, 'init', '') or '(random)'} "
           f"--out {stage_out}{' --resume true' if resume else ''}")
     t0 = time.time()
@@ -142,7 +162,7 @@ def run(cfg: Config) -> dict:
     planned = cfg.stage_list()
     for i, name in enumerate(planned):  # every stage's config and start is checked before the first one runs
         for seed in cfg.seeds_of(name):
-            stage_config(name, cfg, out, seed)
+            stage_plan(name, cfg, out, seed)
         parent = STAGES[name][1]
         if parent and parent not in planned[:i] and not (out / parent / "model.pt").is_file():
             raise InputError(f"--stages {cfg.stages!r}: {name} starts from {out / parent / 'model.pt'}, which does "

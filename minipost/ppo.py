@@ -57,8 +57,9 @@ from tqdm import tqdm
 
 from minipost import threads
 from minipost.common import (DATA_DIR, DEVICE_HELP, KL_LOSSES, InputError, MetricsLogger, add_info, check_config,
-                             check_device, check_finite, field, kl_estimate, kl_loss_term, largest_weight, main,
-                             pick_device, save_checkpoint, save_json, save_state, seed_everything, start_run)
+                             check_device, check_finite, check_kl_flags, field, kl_estimate, kl_loss_term,
+                             largest_weight, main, pick_device, save_checkpoint, save_json, save_state,
+                             seed_everything, start_run)
 from minipost.evals import log_heldout, per_domain, write_samples
 from minipost.logprobs import masked_mean, whiten
 from minipost.model import load_model, model_checkpoint
@@ -129,6 +130,7 @@ class Config:
 
     def __post_init__(self):
         check_config(self)
+        check_kl_flags(self)
         if self.num_minibatches > self.prompts_per_step * self.group_size:
             raise InputError(f"--num-minibatches {self.num_minibatches}: more than the "
                              f"{self.prompts_per_step * self.group_size} rows of a rollout batch")

@@ -62,8 +62,9 @@ from tqdm import tqdm
 
 from minipost import threads
 from minipost.common import (DATA_DIR, DEVICE_HELP, KL_LOSSES, InputError, MetricsLogger, add_info, check_config,
-                             check_device, check_finite, field, kl_estimate, kl_loss_term, largest_weight, main,
-                             pick_device, save_checkpoint, save_json, save_state, seed_everything, start_run)
+                             check_device, check_finite, check_kl_flags, field, kl_estimate, kl_loss_term,
+                             largest_weight, main, pick_device, save_checkpoint, save_json, save_state,
+                             seed_everything, start_run)
 from minipost.evals import log_heldout, per_domain, write_samples
 from minipost.logprobs import masked_mean, whiten
 from minipost.model import load_model, model_checkpoint
@@ -131,6 +132,7 @@ class Config:
 
     def __post_init__(self):
         check_config(self)
+        check_kl_flags(self)
         if self.baseline == "rloo" and self.group_size < 2:
             raise InputError(f"--group-size {self.group_size}: the leave-one-out baseline needs >= 2 samples per "
                              "prompt (or pass --baseline mean or none)")

@@ -224,7 +224,7 @@ def train(cfg: Config) -> dict:
     seed_everything(cfg.seed)
 
     # ---- the model: the init checkpoint plus a fresh scalar head
-    if not Path(cfg.init).is_file():
+    if not Path(cfg.init).exists():  # (a folder: load_model says which file it means)
         raise InputError(f"--init {cfg.init}: no such checkpoint; run SFT first "
                          "(python -m minipost.sft --init runs/pretrain/model.pt --out runs/sft)")
     model, enc, ckpt = load_model(cfg.init, device, value_head=True)
@@ -259,7 +259,8 @@ def train(cfg: Config) -> dict:
     stats = state["stats"] if state else {}
     elapsed_before = state["elapsed_s"] if state else 0.0
     final_eval = None  # the held-out rewards after the last step, for samples.txt and the accuracy by kind
-    print(f"{len(pairs)} training pairs{' with margins' if margins is not None else ''}, {len(eval_pairs)} held-out")
+    print(f"{len(pairs)} training pairs{' with margins' if margins is not None else ''}, {len(eval_pairs)} held-out"
+          + ("" if eval_pairs else " (no --eval-data: held-out accuracy is not measured)"))
 
     # ---- the loop
     logger = MetricsLogger(out, resume_step=steps_done if state else None)
@@ -301,9 +302,11 @@ def train(cfg: Config) -> dict:
             eval_acc = (eval_chosen > eval_rejected).float().mean().item()
         elapsed = elapsed_before + time.time() - t0
         if steps_done % cfg.log_every == 0 or steps_done == 1 or steps_done == cfg.max_steps:
-            logger.log(steps_done, **stats, eval_accuracy=eval_acc, lr=lr, grad_norm=grad_norm,
-                       steps_per_s=steps_done / elapsed, elapsed_s=elapsed)
-            bar.set_postfix(loss=f"{stats['loss']:.3f}", acc=f"{stats['accuracy']:.2f}", eval=f"{eval_acc:.2f}")
+            held = {"eval_accuracy": eval_acc} if eval_pairs else {}
+            logger.log(steps_done, **stats, **held, lr=lr, grad_norm=grad_norm, steps_per_s=steps_done / elapsed,
+                       elapsed_s=elapsed)
+            bar.set_postfix(loss=f"{stats['loss']:.3f}", acc=f"{stats['accuracy']:.2f}",
+                            **{"eval": f"{eval_acc:.2f}"} if eval_pairs else {})
         if steps_done % cfg.save_every == 0 or steps_done == cfg.stop_after:
             save_state(out, steps_done, cfg, model=model.state_dict(), optimizer=optimizer.state_dict(),
                        data=batches.state_dict(), eval_accuracy=eval_acc, stats=stats, elapsed_s=elapsed)
@@ -312,14 +315,16 @@ def train(cfg: Config) -> dict:
     bar.close()
     logger.close()
     elapsed = time.time() - t0
-    summary = {**stats, "eval_accuracy": eval_acc, "steps": steps_done, "seconds": elapsed, "device": str(device)}
+    summary = {**stats, "eval_accuracy": eval_acc if eval_pairs else None, "steps": steps_done, "seconds": elapsed,
+               "device": str(device)}
     if steps_done < cfg.max_steps:
         print(f"reward_model stopped after step {steps_done} (--stop-after): state in {out / 'state.pt'}; "
               "continue with --resume true")
         return summary
     save_checkpoint(out / "model.pt", model_checkpoint(model, ckpt["tokenizer"], cfg.max_steps, kind=KIND))
-    print(f"reward_model done: loss {stats['loss']:.3f}, accuracy {stats['accuracy']:.3f}, held-out accuracy "
-          f"{eval_acc:.3f}, {elapsed:.0f} s on {device}")
+    held = f"held-out accuracy {eval_acc:.3f}" if eval_pairs else "no held-out pairs"
+    print(f"reward_model done: loss {stats['loss']:.3f}, accuracy {stats['accuracy']:.3f}, {held}, {elapsed:.0f} s "
+          f"on {device}")
     if eval_pairs:
         chosen, rejected = final_eval if final_eval is not None else pair_rewards(model, eval_pairs, pad_id)
         write_samples(out / "samples.txt", eval_rows, chosen, rejected)

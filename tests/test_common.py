@@ -159,6 +159,13 @@ def test_load_checkpoint_says_what_it_expected(tmp_path):
     torch.save({"w": torch.ones(1)}, tmp_path / "bare.pt")
     with pytest.raises(InputError, match=r"bare.pt: expected a checkpoint dict with keys \['model'\]"):
         load_checkpoint(tmp_path / "bare.pt", required=("model",))
+    whole = (tmp_path / "bare.pt").read_bytes()
+    for cut in (10, len(whole) // 2, len(whole) - 10):  # a copy or a download that stopped early
+        (tmp_path / "cut.pt").write_bytes(whole[:cut])
+        with pytest.raises(InputError, match=r"cut.pt: not a readable minipost checkpoint \(the file is truncated"):
+            load_checkpoint(tmp_path / "cut.pt")
+    with pytest.raises(InputError, match=r"a folder, not a checkpoint file \(did you mean .*model.pt\?\)"):
+        load_checkpoint(tmp_path)
 
 
 @dataclasses.dataclass

@@ -28,6 +28,12 @@ def test_an_interrupted_stage_resumes_and_a_finished_one_is_reused(tmp_path, cap
     interrupted = Config(out=str(tmp_path / "b"), stages="pretrain", max_steps=4, eval_limit=1, progress=False)
     module, cfg = stage_config("pretrain", interrupted, tmp_path / "b")
     module.train(type(cfg)(**{**cfg.__dict__, "stop_after": 2}))  # as if killed after its step-2 save
+    other = Config(out=str(tmp_path / "b"), stages="pretrain", max_steps=6, eval_limit=1, progress=False)
+    with pytest.raises(InputError, match=r"holds an unfinished pretrain run of another config \(max_steps: 4 -> 6\); "
+                                         "rerun with --fresh true"):
+        run(other)  # refused before anything runs: the unfinished run is the user's to keep or drop
+    assert not (tmp_path / "b" / "config.json").exists()
+    assert json.loads((tmp_path / "b" / "pretrain" / "config.json").read_text())["max_steps"] == 4
     run(interrupted)
     assert "--resume true" in capsys.readouterr().out
     a = load_checkpoint(tmp_path / "a" / "pretrain" / "model.pt")
@@ -43,8 +49,9 @@ def test_bad_stage_names_and_flags_fail_before_anything_runs(tmp_path):
     with pytest.raises(InputError, match="--max-steps -1"):
         Config(out=str(tmp_path), max_steps=-1)
     assert not (tmp_path / "config.json").exists()
-    for seeds, msg in [("1337,x", "'x' is not an integer"), ("2,2", "2 is given twice"),
-                       ("-1", "-1 is out of 0"), (",", "'' is not an integer")]:
+    for seeds, msg in [("1337,x", "'x' is not a whole number"), ("2,2", "2 is given twice"),
+                       ("4294967296", "4294967296 is out of 0"), ("-1", "'-1' is not a whole number"),
+                       ("1_000", "'1_000' is not a whole number"), (",", "'' is not a whole number")]:
         with pytest.raises(InputError, match=f"--seeds '{seeds}': {msg}"):
             Config(out=str(tmp_path), seeds=seeds)
     with pytest.raises(InputError, match="--seeds '1,2': repeats the RL stages"):

@@ -115,6 +115,15 @@ def test_train_end_to_end_learns_the_preference_and_scores_new_answers(tmp_path,
         rm.RewardModel(tmp_path / "nope.pt")
 
 
+def test_without_held_out_pairs_nothing_is_logged_as_nan(tmp_path, monkeypatch):
+    summary = rm.train(tiny_run(tmp_path, monkeypatch, eval_data="", max_steps=5))
+    assert summary["eval_accuracy"] is None
+    assert all("eval_accuracy" not in row for row in metrics_rows(tmp_path / "run"))
+    assert "NaN" not in (tmp_path / "run" / "summary.json").read_text()
+    with pytest.raises(InputError, match=r"a folder, not a checkpoint file"):
+        rm.train(tiny_run(tmp_path, monkeypatch, init=str(tmp_path)))
+
+
 def test_margins_from_the_data_are_used_and_bad_ones_refused_by_line(tmp_path, monkeypatch):
     rows = [{"prompt": f"name {w}", "chosen": w, "rejected": REFUSAL, "margin": 1.0} for w in WORDS]
     rm.train(tiny_run(tmp_path, monkeypatch, rows=rows, max_steps=2))

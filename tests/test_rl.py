@@ -351,9 +351,12 @@ def test_rl_bad_flags_and_bad_files_fail_before_anything_is_written(objective, t
     bad += [dict(ppo_epochs=101)] if objective == "ppo" else [dict(num_iterations=101)]
     if objective == "grpo":  # a group of one never learns; clip-higher below the clip range makes no sense
         bad += [dict(group_size=1, scale_rewards=False), dict(clip_eps=0.2, clip_eps_high=0.1)]
+    bad += [dict(kl_in="reward", kl_loss="k2")]  # a KL term of the loss when the KL is in the reward: ignored
     for kw in bad:
         with pytest.raises(InputError):
             mod.Config(**kw)
+    with pytest.raises(InputError, match="--kl-loss k2: used only with --kl-in loss"):
+        mod.Config(kl_in="reward", kl_loss="k2")
     run = tmp_path / "run"
     mod.train(mod.Config(out=str(run), max_steps=1, **tiny_setup, **RL_FILES[objective]), reward_fn=ascii_share)
     before = {f: (run / f).read_bytes() for f in ("config.json", "metrics.jsonl")}

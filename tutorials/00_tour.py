@@ -9,6 +9,7 @@
 # %%
 import json
 
+import minipost  # noqa: F401  first: it makes torch's idle threads sleep (minipost/threads.py)
 import torch
 
 from minipost.common import DATA_DIR, read_jsonl

@@ -13,6 +13,7 @@
 import json
 from pathlib import Path
 
+import minipost  # noqa: F401  first: it makes torch's idle threads sleep (minipost/threads.py)
 import torch
 
 from minipost.common import DATA_DIR, config_with_preset, read_jsonl

@@ -6,6 +6,7 @@ Kept in one place so each lesson's own cells are about its method. Import it as 
 import os
 from pathlib import Path
 
+import minipost  # noqa: F401  first: it makes torch's idle threads sleep (minipost/threads.py)
 import torch
 
 from minipost.common import DATA_DIR
