@@ -64,7 +64,8 @@ class Config:
     threads: str = field("auto", threads.HELP, check=threads.parse_threads)
     max_steps: int = field(0, "if > 0, cap every stage at this many steps (a quick smoke run, not real results)",
                            min=0)
-    eval_limit: int = field(0, "if > 0, evaluate only this many items per domain (smoke runs)", min=0)
+    eval_limit: int = field(0, "if > 0, evaluate only this many items per domain, in the card and in the stages' "
+                            "own held-out evaluations (smoke runs)", min=0)
 
     def __post_init__(self):
         check_config(self)
@@ -113,6 +114,12 @@ def stage_config(name: str, cfg: Config, out: Path, seed: int | None = None):
     full = config_with_preset(module.Config, module.PRESETS, **kw, **overrides)
     if cfg.max_steps:
         kw["max_steps"] = min(cfg.max_steps, full.max_steps)
+    if cfg.eval_limit:  # smoke runs: the stages' own held-out evaluations shrink like the card's
+        names = {f.name for f in dataclasses.fields(full)}
+        if "eval_limit" in names:  # the RL files: prompts per domain
+            kw["eval_limit"] = min(cfg.eval_limit, full.eval_limit or cfg.eval_limit)
+        if "eval_pairs" in names:  # DPO: held-out pairs
+            kw["eval_pairs"] = min(6 * cfg.eval_limit, full.eval_pairs)
     return module, config_with_preset(module.Config, module.PRESETS, **kw, **overrides)
 
 

@@ -75,3 +75,21 @@ def test_a_stage_whose_start_is_missing_is_refused_before_anything_is_written(tm
     with pytest.raises(InputError, match="grpo starts from .*dpo/model.pt, which does not exist"):
         run(Config(out=str(tmp_path), stages="grpo", max_steps=1, progress=False))
     assert (tmp_path / "config.json").read_text() == "earlier run"
+
+
+def test_the_small_preset_runs_every_stage_on_the_cpu(tmp_path, monkeypatch):
+    """--preset small (the one-GPU preset: an 11M-parameter GPT, 512-token rows) one step per stage, so the
+    preset cannot rot: its values pass every Config check and its shapes run through every objective. Only the
+    sizes that make a CPU step slow shrink (reference log-probs of all 2040 DPO pairs, 32 RL prompts x 8)."""
+    from minipost import pipeline
+
+    lean = {"reward_model": {"max_pairs": 64}, "dpo": {"max_pairs": 64}, "rloo": {"prompts_per_step": 2},
+            "grpo": {"prompts_per_step": 2}, "ppo": {"prompts_per_step": 2}}
+    monkeypatch.setattr(pipeline, "STAGES", {name: (m, parent, {**over, **lean.get(name, {})})
+                                             for name, (m, parent, over) in pipeline.STAGES.items()})
+    report = run(Config(out=str(tmp_path), preset="small", max_steps=1, eval_limit=1, progress=False))
+    assert list(report) == ["base", "sft", "dpo", "rloo", "grpo", "ppo"]
+    for stage in pipeline.STAGES:
+        ckpt = load_checkpoint(tmp_path / stage / "model.pt")
+        assert ckpt["step"] == 1 and ckpt["model_config"]["n_layer"] == 6 and ckpt["tokenizer"] == "small", stage
+        assert json.loads((tmp_path / stage / "config.json").read_text())["preset"] == "small", stage
