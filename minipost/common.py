@@ -403,7 +403,10 @@ class MetricsLogger:
     A fresh run (resume_step None) starts the file anew. A resumed run keeps the rows up to resume_step and
     drops any logged after it (a run killed after logging step 57 but checkpointing at 50 redoes 51-57)."""
 
-    def __init__(self, out_dir: str | os.PathLike, resume_step: int | None = None):
+    def __init__(self, out_dir: str | os.PathLike, resume_step: int | None = None, enabled: bool = True):
+        self.enabled = enabled  # False: log() and close() do nothing (the other ranks of a torchrun job)
+        if not enabled:
+            return
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         self.path = Path(out_dir) / "metrics.jsonl"
         if resume_step is not None and self.path.exists():
@@ -414,12 +417,14 @@ class MetricsLogger:
 
     def log(self, step: int, **metrics) -> dict:
         row = {"step": step, **{k: _plain(v) for k, v in metrics.items()}}
-        self._f.write(json.dumps(row) + "\n")
-        self._f.flush()
+        if self.enabled:
+            self._f.write(json.dumps(row) + "\n")
+            self._f.flush()
         return row
 
     def close(self) -> None:
-        self._f.close()
+        if self.enabled:
+            self._f.close()
 
 
 def _row_step(line: str):
@@ -457,21 +462,24 @@ RESUME_IGNORES = ("out", "resume", "allow_config_change", "progress", "device", 
                   "max_seconds")  # fields that may change between a run and its resumption
 
 
-def start_run(out_dir, cfg) -> dict | None:
+def start_run(out_dir, cfg, write: bool = True) -> dict | None:
     """Call once every flag, file and model has been checked, and after the models are built (their random
     init draws from the global RNG that a resume restores here). Removes *.tmp files a killed run left behind;
     with cfg.resume, loads OUT/state.pt (refusing a changed config unless cfg.allow_config_change) and returns
     it; without, moves an earlier run's files to OUT/previous/ (one generation is kept, so a fresh start in the
     wrong folder loses nothing), writes config.json and returns None. Nothing in out_dir changes before this
-    point."""
+    point. `write` False (the ranks of a torchrun job other than 0): change nothing, only load the state."""
     out = Path(out_dir)
     if cfg.resume and not (out / "state.pt").exists():
         raise InputError(f"--resume: no {out / 'state.pt'} to resume from (a run saves it every --save-every steps)")
+    if not write and not cfg.resume:
+        return None
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        if write:
+            out.mkdir(parents=True, exist_ok=True)
     except OSError as e:  # /proc/x, a read-only disk: check_out_dir cannot foresee every case (root passes access())
         raise InputError(f"--out {out_dir}: cannot create it ({e.strerror or type(e).__name__})") from None
-    for tmp in out.glob("*.tmp"):
+    for tmp in out.glob("*.tmp") if write else ():
         tmp.unlink()
     if not cfg.resume:
         earlier = [out / n for n in RUN_FILES if (out / n).exists()]

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from minipost import threads
+from minipost import dist, threads
 from minipost.common import (DATA_DIR, DEVICE_HELP, InputError, MetricsLogger, autocast, check_config, check_device,
                              check_finite, field, main, pick_device, read_jsonl, save_checkpoint, save_state,
                              seed_everything, start_run)
@@ -95,10 +95,12 @@ def next_token_loss(logits, targets, impl="auto"):
 
 
 def train(cfg: Config) -> dict:
-    device = pick_device(cfg.device)
+    ranks = dist.setup(pick_device(cfg.device))  # torchrun: this process's rank and device (else one process)
+    device = ranks.device
     print(threads.configure(cfg.threads))
     seed_everything(cfg.seed)
     out = Path(cfg.out)
+    mine = dist.shard(cfg.batch_size, ranks)  # this rank's rows of every global batch (all of them alone)
 
     # ---- data: the world's corpus unless you pass your own; every file is checked before OUT is touched
     train_path = cfg.data or DATA_DIR / "pretrain.jsonl"
@@ -130,29 +132,30 @@ def train(cfg: Config) -> dict:
     print(f"model: {model.num_params() / 1e6:.2f}M parameters on {device}")
 
     # ---- the run folder: a fresh run, or everything an interrupted one saved
-    state = start_run(out, cfg)
+    state = start_run(out, cfg, write=ranks.main)
     steps_done, tokens_seen, val_loss, elapsed_s = 0, 0, float("nan"), 0.0
     if state:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         steps_done, tokens_seen, val_loss, elapsed_s = (state["step"], state["tokens_seen"], state["val_loss"],
                                                         state["elapsed_s"])
-    logger = MetricsLogger(out, resume_step=steps_done if state else None)
+    logger = MetricsLogger(out, resume_step=steps_done if state else None, enabled=ranks.main)
 
     # ---- the loop
     model.train()
-    micro = cfg.micro_batch_size or cfg.batch_size
+    micro = min(cfg.micro_batch_size or cfg.batch_size, mine.stop - mine.start)
     t0 = time.time() - elapsed_s
-    bar = tqdm(range(steps_done, cfg.max_steps), initial=steps_done, total=cfg.max_steps, disable=not cfg.progress,
-               desc="pretrain")
+    bar = tqdm(range(steps_done, cfg.max_steps), initial=steps_done, total=cfg.max_steps,
+               disable=not (cfg.progress and ranks.main), desc="pretrain")
     for step in bar:
         lr = cosine_lr(step, lr=cfg.lr, warmup_steps=cfg.warmup_steps, max_steps=cfg.max_steps,
                        min_lr_ratio=cfg.min_lr_ratio)
         set_lr(optimizer, lr)
         batch_gen = torch.Generator().manual_seed(cfg.seed * 100_003 + step)  # batches depend on (seed, step) only
         batch_x, batch_y = packed_batch(train_stream, cfg.batch_size, cfg.block_size, batch_gen)  # (B, T) each
+        batch_x, batch_y = batch_x[mine], batch_y[mine]  # this rank's B / N rows
         loss_sum = 0.0
-        for i in range(0, cfg.batch_size, micro):
+        for i in range(0, len(batch_x), micro):
             x, y = batch_x[i:i + micro].to(device), batch_y[i:i + micro].to(device)  # (b, T) each
             with autocast(device):
                 logits = fwd(x)  # (b, T, V)
@@ -161,6 +164,8 @@ def train(cfg: Config) -> dict:
             check_finite(loss, "loss", step + 1, out)
             loss.backward()
             loss_sum += loss.item()
+        dist.all_reduce_grads(model, ranks)  # the ranks' gradients sum to the whole batch's
+        loss_sum = dist.all_reduce_sum(loss_sum, ranks)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -176,7 +181,7 @@ def train(cfg: Config) -> dict:
             logger.log(steps_done, loss=loss_sum, val_loss=val_loss, lr=lr, grad_norm=grad_norm,
                        tokens_per_s=tokens_seen / elapsed, elapsed_s=elapsed)
             bar.set_postfix(loss=f"{loss_sum:.3f}", val=f"{val_loss:.3f}", tok_s=f"{tokens_seen / elapsed:,.0f}")
-        if steps_done % cfg.save_every == 0 or steps_done in (cfg.stop_after, cfg.max_steps):
+        if ranks.main and (steps_done % cfg.save_every == 0 or steps_done in (cfg.stop_after, cfg.max_steps)):
             save_state(out, steps_done, cfg, model=model.state_dict(), optimizer=optimizer.state_dict(),
                        tokens_seen=tokens_seen, val_loss=val_loss, elapsed_s=time.time() - t0)
         if steps_done == cfg.stop_after:
@@ -191,8 +196,10 @@ def train(cfg: Config) -> dict:
         return summary
 
     # ---- the outputs later stages read
-    save_checkpoint(out / "model.pt", model_checkpoint(model, cfg.tokenizer, steps_done))
-    write_samples(model, enc, out / "samples.txt", probes, chat=False)
+    if ranks.main:
+        save_checkpoint(out / "model.pt", model_checkpoint(model, cfg.tokenizer, steps_done))
+        write_samples(model, enc, out / "samples.txt", probes, chat=False)
+    dist.barrier(ranks)  # the next stage (the pipeline) reads model.pt on every rank
     print(f"pretrain done: held-out loss {val_loss:.3f}, {summary['tokens_per_s']:,.0f} tokens/s, "
           f"{elapsed:.0f} s on {device}")
     return summary

@@ -42,7 +42,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from minipost import threads
+from minipost import dist, threads
 from minipost.common import (DATA_DIR, DEVICE_HELP, InputError, MetricsLogger, autocast, check_config, check_device,
                              check_finite, field, main, pick_device, read_jsonl, save_checkpoint, save_state,
                              seed_everything, start_run)
@@ -152,9 +152,12 @@ def pack_examples(examples: list[tuple[list[int], list[int]]], block_size: int):
 
 
 def train(cfg: Config) -> dict:
-    device = pick_device(cfg.device)
+    ranks = dist.setup(pick_device(cfg.device))  # torchrun: this process's rank and device (else one process)
+    device = ranks.device
     print(threads.configure(cfg.threads))
     seed_everything(cfg.seed)
+    mine = dist.shard(cfg.batch_size, ranks)  # this rank's rows of every global batch (all of them alone)
+    mine_ptx = dist.shard(cfg.ptx_batch_size, ranks, "--ptx-batch-size") if cfg.ptx_coef else slice(None)
     out = Path(cfg.out)
 
     # ---- model: the base checkpoint; its tokenizer comes with it
@@ -205,7 +208,7 @@ def train(cfg: Config) -> dict:
     ptx_gen = torch.Generator().manual_seed(cfg.seed + 2)
 
     # ---- the run folder: a fresh run, or everything an interrupted one saved
-    state = start_run(out, cfg)
+    state = start_run(out, cfg, write=ranks.main)
     steps_done, tokens_seen, val_loss, elapsed_s = 0, 0, float("nan"), 0.0
     if state:
         model.load_state_dict(state["model"])
@@ -214,26 +217,28 @@ def train(cfg: Config) -> dict:
         ptx_gen.set_state(state["ptx_generator"])
         steps_done, tokens_seen, val_loss, elapsed_s = (state["step"], state["tokens_seen"], state["val_loss"],
                                                         state["elapsed_s"])
-    logger = MetricsLogger(out, resume_step=steps_done if state else None)
+    logger = MetricsLogger(out, resume_step=steps_done if state else None, enabled=ranks.main)
 
     # ---- the loop
     model.train()
     if not state:
         val_loss = heldout_loss(model, val_stream, windows=cfg.eval_windows, impl=cfg.logprobs_impl)
         logger.log(0, val_loss=val_loss)
-    micro = cfg.micro_batch_size or cfg.batch_size
+    micro = min(cfg.micro_batch_size or cfg.batch_size, mine.stop - mine.start)
     t0 = time.time() - elapsed_s
     loss_sum, correct, n_tok = float("nan"), 0, 0
-    bar = tqdm(range(steps_done, cfg.max_steps), initial=steps_done, total=cfg.max_steps, disable=not cfg.progress,
-               desc="sft")
+    bar = tqdm(range(steps_done, cfg.max_steps), initial=steps_done, total=cfg.max_steps,
+               disable=not (cfg.progress and ranks.main), desc="sft")
     for step in bar:
         lr = cosine_lr(step, lr=cfg.lr, warmup_steps=cfg.warmup_steps, max_steps=cfg.max_steps,
                        min_lr_ratio=cfg.min_lr_ratio)
         set_lr(optimizer, lr)
-        batch = next(batches)  # batch_size row indices
+        batch = next(batches)  # batch_size row indices, the same on every rank
+        n_tok = sum(int((y != IGNORE).sum()) for _, y in  # target tokens in the whole step (every rank's rows)
+                    (collate([rows[i] for i in batch[s:s + micro]], pad_id) for s in range(0, len(batch), micro)))
+        batch = batch[mine]  # this rank's rows
         micro_batches = [collate([rows[i] for i in batch[s:s + micro]], pad_id)
                          for s in range(0, len(batch), micro)]  # [(x (b, T), y (b, T))]
-        n_tok = sum(int((y != IGNORE).sum()) for _, y in micro_batches)  # target tokens in the whole step
         loss_sum, correct = 0.0, 0
         for x, y in micro_batches:
             x, y = x.to(device), y.to(device)  # (b, T) each
@@ -247,11 +252,15 @@ def train(cfg: Config) -> dict:
         ptx_loss = float("nan")
         if ptx_stream is not None:  # pretraining mix: a little next-token loss on the corpus (InstructGPT eq. 2)
             x, y = packed_batch(ptx_stream, cfg.ptx_batch_size, block_size, ptx_gen)  # (P, T) each
+            x, y = x[mine_ptx], y[mine_ptx]  # this rank's rows, its loss its share of the mean over all P
             with autocast(device):
                 loss = -token_logprobs(model(x.to(device)), y.to(device), impl=cfg.logprobs_impl).mean()
+                loss = loss * (len(x) / cfg.ptx_batch_size)
             check_finite(loss, "ptx_loss", step + 1, out)
             (cfg.ptx_coef * loss).backward()
-            ptx_loss = loss.item()
+            ptx_loss = dist.all_reduce_sum(loss.item(), ranks)
+        dist.all_reduce_grads(model, ranks)  # the ranks' gradients sum to the whole batch's
+        loss_sum, correct = dist.all_reduce_sum(loss_sum, ranks), int(dist.all_reduce_sum(correct, ranks))
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -267,7 +276,7 @@ def train(cfg: Config) -> dict:
                        ptx_loss=ptx_loss, val_loss=val_loss, lr=lr, grad_norm=grad_norm,
                        steps_per_s=steps_done / elapsed, elapsed_s=elapsed)
             bar.set_postfix(loss=f"{loss_sum:.3f}", acc=f"{correct / max(n_tok, 1):.2f}", val=f"{val_loss:.3f}")
-        if steps_done % cfg.save_every == 0 or steps_done in (cfg.stop_after, cfg.max_steps):
+        if ranks.main and (steps_done % cfg.save_every == 0 or steps_done in (cfg.stop_after, cfg.max_steps)):
             save_state(out, steps_done, cfg, model=model.state_dict(), optimizer=optimizer.state_dict(),
                        data=batches.state_dict(), ptx_generator=ptx_gen.get_state(), tokens_seen=tokens_seen,
                        val_loss=val_loss, elapsed_s=time.time() - t0)
@@ -286,8 +295,10 @@ def train(cfg: Config) -> dict:
 
     # ---- the outputs later stages read
     merge_lora(model)  # (no adapters: nothing to do) model.pt holds plain weights that every command loads
-    save_checkpoint(out / "model.pt", model_checkpoint(model, ckpt["tokenizer"], steps_done))
-    write_samples(model, enc, out / "samples.txt", sample_records)
+    if ranks.main:
+        save_checkpoint(out / "model.pt", model_checkpoint(model, ckpt["tokenizer"], steps_done))
+        write_samples(model, enc, out / "samples.txt", sample_records)
+    dist.barrier(ranks)  # the next stage (the pipeline) reads model.pt on every rank
     print(f"sft done: loss {loss_sum:.3f}, token accuracy {summary['token_acc']:.2f}, held-out pretraining loss "
           f"{val_loss:.3f}, {summary['steps_per_s']:.2f} steps/s, {elapsed:.0f} s on {device}")
     return summary
