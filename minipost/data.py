@@ -195,6 +195,11 @@ def pair_batch(pairs: list[tuple], pad_id: int):
     return collate([c for c, _ in pairs] + [r for _, r in pairs], pad_id)
 
 
+def num_targets(example: tuple[list[int], list[int]]) -> int:
+    """How many targets collate() makes of one (ids, mask) example: the tokens after the first with mask 1."""
+    return sum(example[1][1:])
+
+
 def collate(examples: list[tuple[list[int], list[int]]], pad_id: int):
     """Right-pad examples into inputs x (B, T) and targets y (B, T); y is IGNORE where the loss mask is 0.
 

@@ -66,11 +66,11 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from minipost import threads
+from minipost import dist, threads
 from minipost.common import (DATA_DIR, DEVICE_HELP, InputError, MetricsLogger, autocast, check_config, check_device,
                              check_finite, field, main, pick_device, read_jsonl, save_checkpoint, save_state,
                              seed_everything, start_run)
-from minipost.data import IGNORE, EpochBatches, load_prefs, pair_batch, tokenize_pairs
+from minipost.data import IGNORE, EpochBatches, load_prefs, num_targets, pair_batch, tokenize_pairs
 from minipost.evals import pair_logps, per_domain, preference_accuracy, write_samples
 from minipost.logprobs import sequence_logprobs
 from minipost.lora import add_lora_from_flags, merge_lora, parse_targets, trainable, training_bytes
@@ -177,10 +177,12 @@ def dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_r
 
 
 def train(cfg: Config) -> dict:
-    device = pick_device(cfg.device)
+    ranks = dist.setup(pick_device(cfg.device))  # torchrun: this process's rank and device (else one process)
+    device = ranks.device
     out = Path(cfg.out)
     print(threads.configure(cfg.threads))
     seed_everything(cfg.seed)
+    mine = dist.shard(cfg.batch_size, ranks)  # this rank's pairs of every global batch (all of them alone)
 
     # ---- models: the policy starts as the init checkpoint; the reference is a frozen copy of it (or --ref)
     for flag, path in (("--init", cfg.init), ("--ref", cfg.ref)):
@@ -217,7 +219,7 @@ def train(cfg: Config) -> dict:
     batches = EpochBatches(len(pairs), cfg.batch_size, seed=cfg.seed + 1)  # B pair indices per step
 
     # ---- the run folder: nothing in OUT has changed before this line
-    state = start_run(out, cfg)
+    state = start_run(out, cfg, write=ranks.main)
     if state:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -236,21 +238,22 @@ def train(cfg: Config) -> dict:
           f"{time.time() - t_ref:.1f} s")
 
     # ---- the loop
-    logger = MetricsLogger(out, resume_step=steps_done if state else None)
-    micro = cfg.micro_batch_size or cfg.batch_size  # pairs per forward/backward
+    logger = MetricsLogger(out, resume_step=steps_done if state else None, enabled=ranks.main)
+    micro = min(cfg.micro_batch_size or cfg.batch_size, mine.stop - mine.start)  # pairs per forward/backward
     model.eval()  # dropout off (see the docstring); gradients flow as usual
     t0 = time.time()
     bar = tqdm(range(steps_done, cfg.max_steps), initial=steps_done, total=cfg.max_steps,
-               disable=not cfg.progress, desc="dpo")
+               disable=not (cfg.progress and ranks.main), desc="dpo")
     for step in bar:
         lr = cosine_lr(step, lr=cfg.lr, warmup_steps=cfg.warmup_steps, max_steps=cfg.max_steps,
                        min_lr_ratio=cfg.min_lr_ratio)
         set_lr(optimizer, lr)
-        idx = next(batches)  # B pair indices
+        idx = next(batches)  # B pair indices, the same on every rank
         B = len(idx)
-        micro_idx = [idx[s:s + micro] for s in range(0, B, micro)]
+        chosen_tokens = sum(num_targets(pairs[i][0]) for i in idx)  # the whole batch's (every rank's pairs)
+        idx = idx[mine]  # this rank's pairs
+        micro_idx = [idx[s:s + micro] for s in range(0, len(idx), micro)]
         micro_xy = [pair_batch([pairs[i] for i in mb], pad_id) for mb in micro_idx]  # (2b, T) each, chosen first
-        chosen_tokens = sum((y[:len(mb)] != IGNORE).sum() for mb, (_, y) in zip(micro_idx, micro_xy))  # batch's
         stats = {k: 0.0 for k in ("loss", "nll_loss", "rewards/chosen", "rewards/rejected", "rewards/margins",
                                   "rewards/accuracies", "logps/chosen", "logps/rejected")}
         for mb, (x, y) in zip(micro_idx, micro_xy):
@@ -275,6 +278,8 @@ def train(cfg: Config) -> dict:
                          ("rewards/accuracies", (chosen_r > rejected_r).float().mean()),
                          ("logps/chosen", logps[:b].detach().mean()), ("logps/rejected", logps[b:].detach().mean())):
                 stats[k] += v.item() * weight
+        dist.all_reduce_grads(model, ranks)  # the ranks' gradients sum to the whole batch's
+        stats = {k: dist.all_reduce_sum(v, ranks) for k, v in stats.items()}
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -292,7 +297,7 @@ def train(cfg: Config) -> dict:
                        elapsed_s=elapsed)
             bar.set_postfix(loss=f"{stats['loss']:.3f}", margin=f"{stats['rewards/margins']:.2f}",
                             acc=f"{stats['rewards/accuracies']:.2f}")
-        if steps_done % cfg.save_every == 0 or steps_done == cfg.stop_after:
+        if ranks.main and (steps_done % cfg.save_every == 0 or steps_done == cfg.stop_after):
             save_state(out, steps_done, cfg, model=model.state_dict(), optimizer=optimizer.state_dict(),
                        data=batches.state_dict(), eval_pref_acc=eval_acc, stats=stats, elapsed_s=elapsed)
         if steps_done == cfg.stop_after:
@@ -309,9 +314,11 @@ def train(cfg: Config) -> dict:
               "continue with --resume true")
         return summary
     merge_lora(model)  # (no adapters: nothing to do) model.pt holds plain weights that every command loads
-    save_checkpoint(out / "model.pt", model_checkpoint(model, ckpt["tokenizer"], cfg.max_steps))
-    if sample_records:
-        write_samples(model, enc, out / "samples.txt", sample_records)
+    if ranks.main:
+        save_checkpoint(out / "model.pt", model_checkpoint(model, ckpt["tokenizer"], cfg.max_steps))
+        if sample_records:
+            write_samples(model, enc, out / "samples.txt", sample_records)
+    dist.barrier(ranks)  # the next stage (the pipeline) reads model.pt on every rank
     held = f"held-out preference accuracy {eval_acc:.3f}" if eval_pairs else "no held-out pairs"
     print(f"dpo done: loss {stats['loss']:.3f}, margin {stats['rewards/margins']:.2f}, {held}, "
           f"{summary['steps_per_s']:.2f} steps/s, {elapsed:.0f} s on {device}")

@@ -55,7 +55,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from minipost import threads
+from minipost import dist, threads
 from minipost.common import (DATA_DIR, DEVICE_HELP, KL_LOSSES, InputError, MetricsLogger, add_info, check_config,
                              check_device, check_finite, check_kl_flags, field, kl_estimate, kl_loss_term,
                              largest_weight, main, pick_device, save_checkpoint, save_json, save_state,
@@ -295,6 +295,7 @@ def update(policy, critic, optimizer, critic_optimizer, batch_rollout, ref_logps
 
 def train(cfg: Config, reward_fn=None) -> dict:
     """Run the objective; `reward_fn(prompt, completion, record) -> float` replaces cfg.reward if given."""
+    dist.single_process_only("minipost.ppo")
     device = pick_device(cfg.device)
     print(threads.configure(cfg.threads))
     seed_everything(cfg.seed)

@@ -55,7 +55,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from minipost import threads
+from minipost import dist, threads
 from minipost.common import (DATA_DIR, DEVICE_HELP, InputError, MetricsLogger, autocast, check_config, check_device,
                              check_finite, field, load_checkpoint, main, pick_device, save_checkpoint, save_json,
                              save_state, seed_everything, start_run)
@@ -218,10 +218,12 @@ def write_samples(path, records: list[dict], chosen: torch.Tensor, rejected: tor
 
 
 def train(cfg: Config) -> dict:
-    device = pick_device(cfg.device)
+    ranks = dist.setup(pick_device(cfg.device))  # torchrun: this process's rank and device (else one process)
+    device = ranks.device
     out = Path(cfg.out)
     print(threads.configure(cfg.threads))
     seed_everything(cfg.seed)
+    mine = dist.shard(cfg.batch_size, ranks)  # this rank's pairs of every global batch (all of them alone)
 
     # ---- the model: the init checkpoint plus a fresh scalar head
     if not Path(cfg.init).exists():  # (a folder: load_model says which file it means)
@@ -249,7 +251,7 @@ def train(cfg: Config) -> dict:
     batches = EpochBatches(len(pairs), cfg.batch_size, seed=cfg.seed + 1)  # B pair indices per step
 
     # ---- the run folder: nothing in OUT has changed before this line
-    state = start_run(out, cfg)
+    state = start_run(out, cfg, write=ranks.main)
     if state:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -263,20 +265,21 @@ def train(cfg: Config) -> dict:
           + ("" if eval_pairs else " (no --eval-data: held-out accuracy is not measured)"))
 
     # ---- the loop
-    logger = MetricsLogger(out, resume_step=steps_done if state else None)
-    micro = cfg.micro_batch_size or cfg.batch_size  # pairs per forward/backward
+    logger = MetricsLogger(out, resume_step=steps_done if state else None, enabled=ranks.main)
+    micro = min(cfg.micro_batch_size or cfg.batch_size, mine.stop - mine.start)  # pairs per forward/backward
     model.train()
     t0 = time.time()
     bar = tqdm(range(steps_done, cfg.max_steps), initial=steps_done, total=cfg.max_steps,
-               disable=not cfg.progress, desc="reward_model")
+               disable=not (cfg.progress and ranks.main), desc="reward_model")
     for step in bar:
         lr = cosine_lr(step, lr=cfg.lr, warmup_steps=cfg.warmup_steps, max_steps=cfg.max_steps,
                        min_lr_ratio=cfg.min_lr_ratio)
         set_lr(optimizer, lr)
-        idx = next(batches)  # B pair indices
+        idx = next(batches)  # B pair indices, the same on every rank
         B = len(idx)
+        idx = idx[mine]  # this rank's pairs
         stats = {k: 0.0 for k in ("loss", "accuracy", "margin", "rewards/chosen", "rewards/rejected")}
-        for s in range(0, B, micro):
+        for s in range(0, len(idx), micro):
             mb = idx[s:s + micro]
             b = len(mb)
             ids, last = sequence_batch([pairs[i][0][0] for i in mb] + [pairs[i][1][0] for i in mb], pad_id)
@@ -290,6 +293,8 @@ def train(cfg: Config) -> dict:
             for k, v in (("loss", losses.mean()), ("accuracy", (rc > rr).float().mean()),
                          ("margin", (rc - rr).mean()), ("rewards/chosen", rc.mean()), ("rewards/rejected", rr.mean())):
                 stats[k] += v.item() * b / B
+        dist.all_reduce_grads(model, ranks)  # the ranks' gradients sum to the whole batch's
+        stats = {k: dist.all_reduce_sum(v, ranks) for k, v in stats.items()}
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -307,7 +312,7 @@ def train(cfg: Config) -> dict:
                        elapsed_s=elapsed)
             bar.set_postfix(loss=f"{stats['loss']:.3f}", acc=f"{stats['accuracy']:.2f}",
                             **{"eval": f"{eval_acc:.2f}"} if eval_pairs else {})
-        if steps_done % cfg.save_every == 0 or steps_done == cfg.stop_after:
+        if ranks.main and (steps_done % cfg.save_every == 0 or steps_done == cfg.stop_after):
             save_state(out, steps_done, cfg, model=model.state_dict(), optimizer=optimizer.state_dict(),
                        data=batches.state_dict(), eval_accuracy=eval_acc, stats=stats, elapsed_s=elapsed)
         if steps_done == cfg.stop_after:
@@ -321,17 +326,21 @@ def train(cfg: Config) -> dict:
         print(f"reward_model stopped after step {steps_done} (--stop-after): state in {out / 'state.pt'}; "
               "continue with --resume true")
         return summary
-    save_checkpoint(out / "model.pt", model_checkpoint(model, ckpt["tokenizer"], cfg.max_steps, kind=KIND))
+    if ranks.main:
+        save_checkpoint(out / "model.pt", model_checkpoint(model, ckpt["tokenizer"], cfg.max_steps, kind=KIND))
     held = f"held-out accuracy {eval_acc:.3f}" if eval_pairs else "no held-out pairs"
     print(f"reward_model done: loss {stats['loss']:.3f}, accuracy {stats['accuracy']:.3f}, {held}, {elapsed:.0f} s "
           f"on {device}")
     if eval_pairs:
         chosen, rejected = final_eval if final_eval is not None else pair_rewards(model, eval_pairs, pad_id)
-        write_samples(out / "samples.txt", eval_rows, chosen, rejected)
+        if ranks.main:
+            write_samples(out / "samples.txt", eval_rows, chosen, rejected)
         summary["eval_accuracy_by_kind"] = accuracy_by_kind(eval_rows, chosen > rejected)
         print("held-out accuracy by kind: " + ", ".join(f"{k} {v:.2f}" for k, v in
                                                         summary["eval_accuracy_by_kind"].items()))
-    save_json(out / "summary.json", summary)
+    if ranks.main:
+        save_json(out / "summary.json", summary)
+    dist.barrier(ranks)  # the next stage (the pipeline) reads model.pt on every rank
     return summary
 
 

@@ -46,7 +46,8 @@ from minipost import dist, threads
 from minipost.common import (DATA_DIR, DEVICE_HELP, InputError, MetricsLogger, autocast, check_config, check_device,
                              check_finite, field, main, pick_device, read_jsonl, save_checkpoint, save_state,
                              seed_everything, start_run)
-from minipost.data import IGNORE, EpochBatches, collate, load_chats, load_texts, pack, packed_batch, tokenize_chats
+from minipost.data import (IGNORE, EpochBatches, collate, load_chats, load_texts, num_targets, pack, packed_batch,
+                           tokenize_chats)
 from minipost.evals import heldout_loss, per_domain, write_samples
 from minipost.logprobs import token_logprobs
 from minipost.lora import add_lora_from_flags, merge_lora, parse_targets, trainable, training_bytes
@@ -234,8 +235,7 @@ def train(cfg: Config) -> dict:
                        min_lr_ratio=cfg.min_lr_ratio)
         set_lr(optimizer, lr)
         batch = next(batches)  # batch_size row indices, the same on every rank
-        n_tok = sum(int((y != IGNORE).sum()) for _, y in  # target tokens in the whole step (every rank's rows)
-                    (collate([rows[i] for i in batch[s:s + micro]], pad_id) for s in range(0, len(batch), micro)))
+        n_tok = sum(num_targets(rows[i]) for i in batch)  # target tokens in the whole step (every rank's rows)
         batch = batch[mine]  # this rank's rows
         micro_batches = [collate([rows[i] for i in batch[s:s + micro]], pad_id)
                          for s in range(0, len(batch), micro)]  # [(x (b, T), y (b, T))]

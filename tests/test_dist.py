@@ -83,3 +83,43 @@ def test_sft_on_two_processes_is_the_one_process_run(base, tmp_path):
         for k in ("loss", "ptx_loss", "val_loss", "token_acc", "tokens_seen"):
             if k in ra:
                 assert ra[k] == pytest.approx(rb[k], rel=1e-5), k
+
+
+@pytest.fixture(scope="module")
+def sft_model(base, tmp_path_factory):
+    out = tmp_path_factory.mktemp("dist") / "sft"
+    launch(1, "sft", out, "--init", str(base / "model.pt"), "--max-steps", "2", "--batch-size", "4",
+           "--eval-windows", "2")
+    return out / "model.pt"
+
+
+def test_dpo_on_two_processes_is_the_one_process_run(sft_model, tmp_path):
+    flags = ["--init", str(sft_model), "--max-steps", "3", "--batch-size", "4", "--micro-batch-size", "1",
+             "--max-pairs", "32", "--eval-pairs", "8", "--log-every", "1", "--lr", "1e-3"]
+    launch(1, "dpo", tmp_path / "one", *flags)
+    launch(2, "dpo", tmp_path / "two", *flags)
+    same_weights(tmp_path / "one", tmp_path / "two")
+    a, b = rows(tmp_path / "one"), rows(tmp_path / "two")
+    assert len(a) == len(b) == 3 and a[0]["loss"] == pytest.approx(0.6931, abs=1e-3)  # ln 2 on the first step
+    for ra, rb in zip(a, b):
+        for k in ("loss", "nll_loss", "rewards/margins", "rewards/accuracies", "logps/chosen", "eval_pref_acc"):
+            assert ra[k] == pytest.approx(rb[k], rel=1e-4, abs=1e-6), k
+
+
+def test_reward_model_on_two_processes_is_the_one_process_run(sft_model, tmp_path):
+    flags = ["--init", str(sft_model), "--max-steps", "3", "--batch-size", "4", "--micro-batch-size", "1",
+             "--max-pairs", "32", "--log-every", "1", "--eval-every", "3"]
+    launch(1, "reward_model", tmp_path / "one", *flags)
+    launch(2, "reward_model", tmp_path / "two", *flags)
+    same_weights(tmp_path / "one", tmp_path / "two")
+    for ra, rb in zip(rows(tmp_path / "one"), rows(tmp_path / "two")):
+        for k in ("loss", "accuracy", "margin", "eval_accuracy"):
+            assert ra[k] == pytest.approx(rb[k], rel=1e-4, abs=1e-6), k
+
+
+def test_the_rl_files_refuse_torchrun_until_they_split_their_work(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+                           "minipost.grpo", "--out", str(tmp_path / "g"), "--max-steps", "1"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and "minipost.grpo does not run data-parallel yet" in proc.stderr
+    assert not (tmp_path / "g").exists()
