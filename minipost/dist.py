@@ -97,6 +97,33 @@ def all_reduce_sum(value: float, r: Ranks) -> float:
     return t.item()
 
 
+def all_gather_lists(items: list, r: Ranks) -> list:
+    """Every rank's list, concatenated in rank order (small Python lists: rewards, lengths, domains)."""
+    if r.world == 1:
+        return list(items)
+    parts = [None] * r.world
+    dist.all_gather_object(parts, list(items))
+    return [x for part in parts for x in part]
+
+
+def all_reduce_max(value: int, r: Ranks) -> int:
+    if r.world == 1:
+        return value
+    t = torch.tensor([int(value)], dtype=torch.long, device=r.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())
+
+
+def skip_draws(gen: torch.Generator, steps_done: int, rows: int, r: Ranks) -> None:
+    """Keep the sampling generators of the ranks where one process's would be. GPT.generate draws `rows`
+    uniforms per decoding step (rows_of: every row of the global batch, each rank using its own), and one
+    process runs as many steps as the longest answer of the whole batch; a rank whose answers were shorter
+    draws the steps it did not run, so every rank's generator (and the next rollout) matches one process."""
+    longest = all_reduce_max(steps_done, r)
+    for _ in range(longest - steps_done):
+        torch.rand(rows, 1, generator=gen, device=gen.device)
+
+
 def barrier(r: Ranks) -> None:
     """Wait for every rank (before rank 0 writes what the others will read, or they exit)."""
     if r.world > 1:

@@ -246,30 +246,41 @@ LOSS_TYPES = {
 }
 
 
-def micro_batch_weight(loss_type: str, mb_mask: torch.Tensor, full_mask: torch.Tensor) -> float:
+def micro_batch_weight(loss_type: str, mb_mask: torch.Tensor, full_mask: torch.Tensor,
+                       total: tuple[int, int] | None = None) -> float:
     """Scale of one micro-batch's loss so that the accumulated gradient is that of LOSS_TYPES' normaliser.
 
     grpo and dr_grpo average over rows (each micro-batch's loss is already per row): weight = rows / all rows.
     dapo is one token mean over the whole rollout batch: weight = tokens / all tokens. bnpo, a token mean per
     micro-batch, weighs micro-batches by their rows (equal weights when they are equal in size, as in TRL).
+    `total` (rows, tokens) of the whole rollout batch when full_mask is one rank's part of it (torchrun).
     """
+    rows, tokens = total or (full_mask.shape[0], full_mask.sum().item())
     if loss_type == "dapo":
-        return mb_mask.sum().item() / max(full_mask.sum().item(), 1)
-    return mb_mask.shape[0] / full_mask.shape[0]
+        return mb_mask.sum().item() / max(tokens, 1)
+    return mb_mask.shape[0] / rows
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # the loop, one phase per function: prompts -> sample and score -> advantages -> update
 
-def sample_and_score(policy, ref, enc, prompts: list[dict], reward_fn, cfg: Config, gen: torch.Generator):
+def sample_and_score(policy, ref, enc, prompts: list[dict], reward_fn, cfg: Config, gen: torch.Generator,
+                     ranks: dist.Ranks = dist.Ranks()):
     """G answers per prompt with the sampler's log-probs pi_old, the reference's log-probs of the same tokens,
-    and the rewards -> (rollout, ref_logps (B, T), rewards (B,), reward stats for the log)."""
-    batch_rollout = rollout(policy, enc, prompts, cfg.group_size, cfg.max_new_tokens, cfg.temperature,
-                            cfg.top_k or None, cfg.top_p, generator=gen)
+    and the rewards -> (rollout, ref_logps (B, T), rewards (B,), reward stats for the log). Under torchrun
+    each rank samples the groups of its share of the prompts (so advantages need no communication), with the
+    random draws one process would use for those rows; the stats are over every rank's rows."""
+    mine = dist.shard(len(prompts), ranks, "--prompts-per-step")
+    rows_of = (mine.start * cfg.group_size, len(prompts) * cfg.group_size) if ranks.world > 1 else None
+    batch_rollout = rollout(policy, enc, prompts[mine], cfg.group_size, cfg.max_new_tokens, cfg.temperature,
+                            cfg.top_k or None, cfg.top_p, generator=gen, rows_of=rows_of)
+    if rows_of and cfg.temperature:
+        dist.skip_draws(gen, batch_rollout.completion_ids.shape[1], rows_of[1], ranks)
     with torch.no_grad():
         ref_logps = completion_logprobs(ref, batch_rollout, cfg.temperature, cfg.logprobs_impl)  # (B, T)
     rewards, stats = score_rollout(batch_rollout, reward_fn, cfg.max_new_tokens, cfg.missing_stop_penalty,
-                                   cfg.length_penalty, cfg.overlong_buffer)  # (B,)
+                                   cfg.length_penalty, cfg.overlong_buffer,
+                                   gather=lambda x: dist.all_gather_lists(x, ranks))  # (B,)
     if cfg.kl_in == "reward" and cfg.beta:  # k1 summed over each completion, a constant to the gradient
         mask = batch_rollout.completion_mask
         rewards = rewards - cfg.beta * ((batch_rollout.logprobs - ref_logps) * mask).sum(dim=1)  # (B,)
@@ -304,10 +315,13 @@ def sample_informative_groups(policy, ref, enc, records, perm, pos, reward_fn, c
     return batch_rollout, ref_logps, rewards, stats, perm, pos
 
 
-def update(policy, optimizer, batch_rollout, ref_logps, advantages, cfg: Config, step: int, out: Path) -> dict:
+def update(policy, optimizer, batch_rollout, ref_logps, advantages, cfg: Config, step: int, out: Path,
+           ranks: dist.Ranks = dist.Ranks()) -> dict:
     """num_iterations optimizer steps on one rollout batch, each accumulated over micro-batches -> info, averaged
-    over the batch's tokens (token metrics) or its optimizer steps (loss, grad_norm)."""
+    over the batch's tokens (token metrics) or its optimizer steps (loss, grad_norm). Under torchrun the batch is
+    this rank's part: weights are shares of the whole batch, and gradients and info are summed over the ranks."""
     mask, old_logps = batch_rollout.completion_mask, batch_rollout.logprobs  # (B, T) each
+    total = (int(dist.all_reduce_sum(mask.shape[0], ranks)), int(dist.all_reduce_sum(mask.sum().item(), ranks)))
     totals = {}
     for _ in range(cfg.num_iterations):
         for idx in micro_batches(batch_rollout, cfg.micro_batch_size or len(batch_rollout)):
@@ -317,26 +331,29 @@ def update(policy, optimizer, batch_rollout, ref_logps, advantages, cfg: Config,
                                    cfg.beta if cfg.kl_in == "loss" else 0.0, cfg.loss_type,
                                    max_tokens=cfg.max_new_tokens, clip_eps_high=cfg.clip_eps_high or None,
                                    importance_sampling_level=cfg.importance_sampling_level, kl_loss=cfg.kl_loss)
-            weight = micro_batch_weight(cfg.loss_type, mask[idx], mask)
+            weight = micro_batch_weight(cfg.loss_type, mask[idx], mask, total)
             check_finite(loss, "loss", step + 1, out)
             (loss * weight).backward()
-            add_info(totals, info, weight / cfg.num_iterations,
-                     mask[idx].sum().item() / mask.sum().item() / cfg.num_iterations)
+            add_info(totals, info, weight / cfg.num_iterations, mask[idx].sum().item() / total[1] / cfg.num_iterations)
+        dist.all_reduce_grads(policy, ranks)  # the ranks' gradients sum to the whole batch's
         grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip or float("inf"))
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         totals["grad_norm"] = totals.get("grad_norm", 0.0) + grad_norm.item() / cfg.num_iterations
     check_finite(largest_weight(policy), "the policy's largest |weight|", step + 1, out)
-    return totals
+    return {k: v if k == "grad_norm" else dist.all_reduce_sum(v, ranks) for k, v in totals.items()}
 
 
 def train(cfg: Config, reward_fn=None) -> dict:
     """Run the objective; `reward_fn(prompt, completion, record) -> float` replaces cfg.reward if given."""
-    dist.single_process_only("minipost.grpo")
-    device = pick_device(cfg.device)
+    ranks = dist.setup(pick_device(cfg.device))  # torchrun: this process's rank and device (else one process)
+    device = ranks.device
     print(threads.configure(cfg.threads))
     seed_everything(cfg.seed)
     out = Path(cfg.out)
+    dist.shard(cfg.prompts_per_step, ranks, "--prompts-per-step")  # whole groups per rank: checked before anything
+    if cfg.dynamic_sampling and ranks.world > 1:
+        raise InputError("--dynamic-sampling true runs as one process only (its extra rounds are not split yet)")
 
     # ---- inputs, every one checked before anything is written: reward, the policy, prompts, the reference
     reward_fn = reward_fn or parse_reward(cfg.reward)
@@ -358,14 +375,14 @@ def train(cfg: Config, reward_fn=None) -> dict:
     gen = torch.Generator(device=device).manual_seed(cfg.seed)  # sampling
     order_gen = torch.Generator().manual_seed(cfg.seed)  # prompt order
     perm, pos = torch.randperm(len(records), generator=order_gen), 0
-    state = start_run(out, cfg)
+    state = start_run(out, cfg, write=ranks.main)
     if state:
         policy.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         gen.set_state(state["sample_generator"])
         order_gen.set_state(state["order_generator"])
         perm, pos = state["perm"], state["pos"]
-    logger = MetricsLogger(out, resume_step=state["step"] if state else None)
+    logger = MetricsLogger(out, resume_step=state["step"] if state else None, enabled=ranks.main)
     steps_done, elapsed_before = (state["step"], state["elapsed_s"]) if state else (0, 0.0)
     t0 = time.time()
     start_scores = state["start_scores"] if state else log_heldout(logger, 0, policy, enc, eval_records, 0.0)
@@ -373,8 +390,8 @@ def train(cfg: Config, reward_fn=None) -> dict:
     print("held-out at start: " + "  ".join(f"{k} {v:.3f}" for k, v in start_scores.items()))
 
     # ---- the loop: prompts, sample and score, advantages, update, log
-    bar = tqdm(range(steps_done, cfg.max_steps), initial=steps_done, total=cfg.max_steps, disable=not cfg.progress,
-               desc="grpo")
+    bar = tqdm(range(steps_done, cfg.max_steps), initial=steps_done, total=cfg.max_steps,
+               disable=not (cfg.progress and ranks.main), desc="grpo")
     for step in bar:
         set_lr(optimizer, linear_decay_lr(step, lr=cfg.lr, max_steps=cfg.max_steps) if cfg.lr_decay else cfg.lr)
         if cfg.dynamic_sampling:
@@ -383,10 +400,10 @@ def train(cfg: Config, reward_fn=None) -> dict:
         else:
             prompts, perm, pos = next_prompts(records, perm, pos, cfg.prompts_per_step, order_gen)
             batch_rollout, ref_logps, rewards, stats = sample_and_score(policy, ref, enc, prompts, reward_fn, cfg,
-                                                                        gen)
+                                                                        gen, ranks)
         advantages = group_advantages(rewards, cfg.group_size, scale=cfg.scale_rewards)  # (B,)
-        zero_std = zero_spread(rewards, cfg.group_size).float().mean().item()
-        info = update(policy, optimizer, batch_rollout, ref_logps, advantages, cfg, step, out)
+        zero_std = dist.all_reduce_sum(zero_spread(rewards, cfg.group_size).float().mean().item(), ranks) / ranks.world
+        info = update(policy, optimizer, batch_rollout, ref_logps, advantages, cfg, step, out, ranks)
 
         steps_done = step + 1
         elapsed = elapsed_before + time.time() - t0
@@ -394,11 +411,11 @@ def train(cfg: Config, reward_fn=None) -> dict:
             logger.log(steps_done, **stats, zero_std_frac=zero_std, **info, lr=optimizer.param_groups[0]["lr"],
                        steps_per_s=steps_done / elapsed, elapsed_s=elapsed)
         bar.set_postfix(reward=f"{stats['reward']:.3f}", kl=f"{info['kl_ref']:.4f}")
-        out_of_time = bool(cfg.max_seconds) and elapsed > cfg.max_seconds
+        out_of_time = bool(dist.all_reduce_max(bool(cfg.max_seconds) and elapsed > cfg.max_seconds, ranks))  # all agree
         if (cfg.eval_every and steps_done % cfg.eval_every == 0) or steps_done == cfg.max_steps or out_of_time:
             end_scores = log_heldout(logger, steps_done, policy, enc, eval_records, elapsed)
         stop = steps_done == cfg.stop_after or out_of_time
-        if steps_done % cfg.save_every == 0 or steps_done == cfg.max_steps or stop:
+        if ranks.main and (steps_done % cfg.save_every == 0 or steps_done == cfg.max_steps or stop):
             save_state(out, steps_done, cfg, model=policy.state_dict(), optimizer=optimizer.state_dict(),
                        sample_generator=gen.get_state(), order_generator=order_gen.get_state(), perm=perm, pos=pos,
                        start_scores=start_scores, end_scores=end_scores, elapsed_s=elapsed)
@@ -413,9 +430,11 @@ def train(cfg: Config, reward_fn=None) -> dict:
                "start": start_scores, "end": end_scores, "device": str(device)}
     if steps_done == cfg.stop_after and steps_done < cfg.max_steps:
         return summary  # the run is not over: state.pt holds it, model.pt is written at the end
-    save_checkpoint(out / "model.pt", model_checkpoint(policy, ckpt["tokenizer"], steps_done))
-    write_samples(policy, enc, out / "samples.txt", per_domain(eval_records, 4))
-    save_json(out / "summary.json", summary)
+    if ranks.main:
+        save_checkpoint(out / "model.pt", model_checkpoint(policy, ckpt["tokenizer"], steps_done))
+        write_samples(policy, enc, out / "samples.txt", per_domain(eval_records, 4))
+        save_json(out / "summary.json", summary)
+    dist.barrier(ranks)  # the next stage (the pipeline) reads model.pt on every rank
     print(f"grpo done: {steps_done} steps in {elapsed:.0f} s; held-out " +
           "  ".join(f"{k} {start_scores[k]:.3f} -> {end_scores[k]:.3f}" for k in end_scores if k in start_scores))
     return summary

@@ -212,7 +212,7 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def generate(self, idx, attention_mask=None, max_new_tokens=32, temperature=1.0, top_k=None, top_p=None,
-                 stop_token=None, pad_id=0, generator=None, compact=True, on_token=None):
+                 stop_token=None, pad_id=0, generator=None, compact=True, on_token=None, rows_of=None):
         """Sample continuations for a left-padded batch of prompts, with the KV cache.
 
         idx (B, P) prompt ids (left-padded), attention_mask (B, P). temperature 0 means greedy.
@@ -229,6 +229,9 @@ class GPT(nn.Module):
         rows. Off, the finished rows ride along as padding to the end (the same tokens, more compute).
         on_token(rows, tokens), if given, is called after every step with the batch rows that got a token and
         those tokens, each (b,): a chat streams its answer from it (minipost/chat.py).
+        rows_of (offset, total): these B rows are rows offset .. offset + B - 1 of a batch of `total` that other
+        processes sample (torchrun): each step draws `total` uniforms and uses its rows' ones, so each row's
+        tokens are those one process sampling the whole batch would draw (minipost/dist.py).
         """
         B, P = idx.shape
         if attention_mask is None:
@@ -257,8 +260,9 @@ class GPT(nn.Module):
             if temperature == 0:
                 nxt = logits.argmax(dim=-1)  # (b,)
             else:
-                u = torch.rand(B, 1, generator=generator, device=idx.device)[rows]  # (b, 1): B draws every step,
-                nxt = sample(filter_probs(logp.exp(), top_k, top_p), u)  # (b,)  so compact changes no token
+                offset, total = rows_of or (0, B)  # `total` draws every step (B alone), so compact changes no token
+                u = torch.rand(total, 1, generator=generator, device=idx.device)[offset + rows]  # (b, 1)
+                nxt = sample(filter_probs(logp.exp(), top_k, top_p), u)  # (b,)
             write = rows[live]  # batch rows that get a token in column t
             tokens[write, t] = nxt[live]
             mask[write, t] = 1

@@ -241,7 +241,7 @@ def overlong_penalty(lengths: torch.Tensor, max_tokens: int, buffer: int) -> tor
 
 
 def score_rollout(ro, reward_fn: RewardFn, max_new_tokens: int, missing_stop_penalty: float = 0.0,
-                  length_penalty: float = 0.0, overlong_buffer: int = 0) -> tuple[torch.Tensor, dict]:
+                  length_penalty: float = 0.0, overlong_buffer: int = 0, gather=list) -> tuple[torch.Tensor, dict]:
     """Score every row of a Rollout -> (rewards (N,) float32, stats for the log).
 
     Penalties subtracted from the reward: missing_stop_penalty if a row never emitted its stop token,
@@ -250,6 +250,7 @@ def score_rollout(ro, reward_fn: RewardFn, max_new_tokens: int, missing_stop_pen
     stats: reward mean/std, each named term's mean (for a WeightedReward), stop rate, mean completion length,
     and in a batch of several domains each domain's mean reward ("reward/sql", ...): the weighted total with
     penalties, like "reward", so shaping terms make domains' values not comparable with each other.
+    `gather(list) -> list` joins the lists of every process the stats are over (torchrun: dist.all_gather_lists).
     """
     if not ro.records or len(ro.records) != len(ro):
         raise ValueError("score_rollout needs a Rollout made by rollout() (with texts and records)")
@@ -266,12 +267,20 @@ def score_rollout(ro, reward_fn: RewardFn, max_new_tokens: int, missing_stop_pen
     r = r - missing_stop_penalty * (~stopped).float() - length_penalty * lengths / max_new_tokens
     if overlong_buffer:
         r = r + overlong_penalty(lengths, max_new_tokens, overlong_buffer)
+    stats = rollout_stats(torch.tensor(gather(r.tolist()), dtype=torch.float32), torch.tensor(gather(stopped.tolist())),
+                          torch.tensor(gather(lengths.tolist())), gather(parts),
+                          gather([rec.get("domain", "") for rec in ro.records]))
+    return r.to(ro.completion_ids.device), stats
+
+
+def rollout_stats(r: torch.Tensor, stopped: torch.Tensor, lengths: torch.Tensor, parts: list[dict],
+                  domains: list[str]) -> dict:
+    """score_rollout's stats from every row's reward, stop flag, length, reward terms and domain."""
     stats = {"reward": r.mean().item(), "reward_std": r.std().item() if len(r) > 1 else 0.0,
              "stop_rate": stopped.float().mean().item(), "length": lengths.mean().item()}
     for name in (parts[0] if parts else {}):
         stats[f"r_{name}"] = sum(p[name] for p in parts) / len(parts)
-    domains = [rec.get("domain", "") for rec in ro.records]
     if len(set(domains)) > 1:  # a mixed batch: each domain's mean reward too
         for d in sorted(set(domains)):
             stats[f"reward/{d}"] = r[torch.tensor([x == d for x in domains])].mean().item()
-    return r.to(ro.completion_ids.device), stats
+    return stats

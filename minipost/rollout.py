@@ -75,12 +75,12 @@ def sample_completions(model, prompts: list[list[int]], group_size: int = 1, max
                        temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
                        stop_token: int | None = None, pad_id: int = 0,
                        generator: torch.Generator | None = None, enc=None,
-                       records: list[dict] | None = None) -> Rollout:
+                       records: list[dict] | None = None, rows_of: tuple[int, int] | None = None) -> Rollout:
     """Sample `group_size` completions for each token prompt in one batched, KV-cached generate() call.
 
     temperature 0 is greedy (then `logprobs` are under the untempered softmax); RL sampling uses T > 0.
     With `enc`, the Rollout also holds the decoded texts (stop token removed); with `records`, the record
-    each row answers (one per prompt, repeated group_size times).
+    each row answers (one per prompt, repeated group_size times). rows_of: see GPT.generate (torchrun).
     """
     device = next(model.parameters()).device
     repeated = [p for p in prompts for _ in range(group_size)]  # group after group
@@ -89,7 +89,8 @@ def sample_completions(model, prompts: list[list[int]], group_size: int = 1, max
     model.eval()  # no dropout while sampling: the log-probs we keep must be reproducible
     tokens, mask, logps = model.generate(prompt_ids, prompt_mask, max_new_tokens=max_new_tokens,
                                          temperature=temperature, top_k=top_k, top_p=top_p,
-                                         stop_token=stop_token, pad_id=pad_id, generator=generator)  # (N, T) x3
+                                         stop_token=stop_token, pad_id=pad_id, generator=generator,
+                                         rows_of=rows_of)  # (N, T) x3
     model.train(was_training)
     if stop_token is None:
         stopped = torch.zeros(len(repeated), dtype=torch.bool, device=device)
@@ -104,7 +105,7 @@ def sample_completions(model, prompts: list[list[int]], group_size: int = 1, max
 
 def rollout(model, enc, records: list[dict], group_size: int, max_new_tokens: int = 64, temperature: float = 1.0,
             top_k: int | None = None, top_p: float | None = None,
-            generator: torch.Generator | None = None) -> Rollout:
+            generator: torch.Generator | None = None, rows_of: tuple[int, int] | None = None) -> Rollout:
     """Chat-template each record's "prompt", sample `group_size` answers per prompt, decode them.
 
     Stops at <|end|> (the chat template's end of turn); `texts` hold the answers without it.
@@ -114,7 +115,8 @@ def rollout(model, enc, records: list[dict], group_size: int, max_new_tokens: in
             raise ValueError(f"record {i} has no 'prompt' field (fields: {sorted(r)})")
     return sample_completions(model, [render_prompt(enc, r["prompt"]) for r in records], group_size,
                               max_new_tokens, temperature, top_k, top_p, stop_token=special_id(enc, "<|end|>"),
-                              pad_id=special_id(enc, "<|pad|>"), generator=generator, enc=enc, records=records)
+                              pad_id=special_id(enc, "<|pad|>"), generator=generator, enc=enc, records=records,
+                              rows_of=rows_of)
 
 
 @torch.no_grad()
