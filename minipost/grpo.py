@@ -75,7 +75,7 @@ from minipost.model import load_model, model_checkpoint
 from minipost.optim import adamw, linear_decay_lr, set_lr
 from minipost.rewards import parse_reward, score_rollout, zero_spread
 from minipost.rollout import (completion_logprobs, concat_rollouts, load_rl_prompts, micro_batches, next_prompts,
-                              rollout)
+                              rollout_share)
 from minipost.tokenizer import special_id
 from minipost.world import build as build_world
 
@@ -270,12 +270,8 @@ def sample_and_score(policy, ref, enc, prompts: list[dict], reward_fn, cfg: Conf
     and the rewards -> (rollout, ref_logps (B, T), rewards (B,), reward stats for the log). Under torchrun
     each rank samples the groups of its share of the prompts (so advantages need no communication), with the
     random draws one process would use for those rows; the stats are over every rank's rows."""
-    mine = dist.shard(len(prompts), ranks, "--prompts-per-step")
-    rows_of = (mine.start * cfg.group_size, len(prompts) * cfg.group_size) if ranks.world > 1 else None
-    batch_rollout = rollout(policy, enc, prompts[mine], cfg.group_size, cfg.max_new_tokens, cfg.temperature,
-                            cfg.top_k or None, cfg.top_p, generator=gen, rows_of=rows_of)
-    if rows_of and cfg.temperature:
-        dist.skip_draws(gen, batch_rollout.completion_ids.shape[1], rows_of[1], ranks)
+    batch_rollout = rollout_share(policy, enc, prompts, cfg.group_size, cfg.max_new_tokens, cfg.temperature,
+                                  cfg.top_k or None, cfg.top_p, gen, ranks)
     with torch.no_grad():
         ref_logps = completion_logprobs(ref, batch_rollout, cfg.temperature, cfg.logprobs_impl)  # (B, T)
     rewards, stats = score_rollout(batch_rollout, reward_fn, cfg.max_new_tokens, cfg.missing_stop_penalty,

@@ -70,7 +70,7 @@ from minipost.logprobs import masked_mean, whiten
 from minipost.model import load_model, model_checkpoint
 from minipost.optim import adamw, linear_decay_lr, set_lr
 from minipost.rewards import parse_reward, score_rollout, token_rewards, zero_spread
-from minipost.rollout import completion_logprobs, load_rl_prompts, micro_batches, next_prompts, rollout
+from minipost.rollout import completion_logprobs, load_rl_prompts, micro_batches, next_prompts, rollout_share
 from minipost.world import build as build_world
 
 
@@ -206,35 +206,44 @@ def reinforce_loss(logps, advantages, mask, ref_logps=None, beta: float = 0.0, *
 # ----------------------------------------------------------------------------------------------------------------
 # the loop, one phase per function: prompts -> sample and score -> advantages -> update
 
-def sample_and_score(policy, ref, enc, prompts: list[dict], reward_fn, cfg: Config, gen: torch.Generator):
+def sample_and_score(policy, ref, enc, prompts: list[dict], reward_fn, cfg: Config, gen: torch.Generator,
+                     ranks: dist.Ranks = dist.Ranks()):
     """G answers per prompt with the sampler's log-probs pi_old, the reference's log-probs of the same tokens,
-    and the rewards -> (rollout, ref_logps (B, T), rewards (B,), reward stats for the log)."""
-    batch_rollout = rollout(policy, enc, prompts, cfg.group_size, cfg.max_new_tokens, cfg.temperature,
-                            cfg.top_k or None, cfg.top_p, generator=gen)
+    and the rewards -> (rollout, ref_logps (B, T), rewards (B,), reward stats for the log). Under torchrun:
+    this rank's share of the groups (rollout_share), the stats over every rank's rows."""
+    batch_rollout = rollout_share(policy, enc, prompts, cfg.group_size, cfg.max_new_tokens, cfg.temperature,
+                                  cfg.top_k or None, cfg.top_p, gen, ranks)
     with torch.no_grad():
         ref_logps = completion_logprobs(ref, batch_rollout, cfg.temperature, cfg.logprobs_impl)  # (B, T)
     rewards, stats = score_rollout(batch_rollout, reward_fn, cfg.max_new_tokens, cfg.missing_stop_penalty,
-                                   cfg.length_penalty)  # (B,)
+                                   cfg.length_penalty, gather=lambda x: dist.all_gather_lists(x, ranks))  # (B,)
     return batch_rollout, ref_logps, rewards, stats
 
 
-def baseline_advantages(rewards: torch.Tensor, cfg: Config, running_mean: float) -> tuple[torch.Tensor, float]:
-    """A = r - b for the chosen baseline -> (advantages (B,), the running mean updated *after* this batch)."""
+def baseline_advantages(rewards: torch.Tensor, cfg: Config, running_mean: float,
+                        ranks: dist.Ranks = dist.Ranks()) -> tuple[torch.Tensor, float]:
+    """A = r - b for the chosen baseline -> (advantages (B,), the running mean updated *after* this batch, over
+    every rank's rewards)."""
     if cfg.baseline == "rloo":
         return rloo_advantages(rewards, cfg.group_size), running_mean
     if cfg.baseline == "reinforce++":
         raise ValueError("reinforce++ advantages are per token: use reinforce_pp_advantages")
     if cfg.baseline == "mean":
-        updated = cfg.mean_momentum * running_mean + (1 - cfg.mean_momentum) * rewards.mean().item()
+        batch_mean = rewards.mean().item() if ranks.world == 1 else (
+            dist.all_reduce_sum(rewards.sum().item(), ranks) / dist.all_reduce_sum(len(rewards), ranks))
+        updated = cfg.mean_momentum * running_mean + (1 - cfg.mean_momentum) * batch_mean
         return rewards - running_mean, updated
     return rewards, running_mean
 
 
-def update(policy, optimizer, batch_rollout, ref_logps, advantages, cfg: Config, step: int, out: Path) -> dict:
+def update(policy, optimizer, batch_rollout, ref_logps, advantages, cfg: Config, step: int, out: Path,
+           ranks: dist.Ranks = dist.Ranks()) -> dict:
     """num_iterations optimizer steps on one rollout batch (the first on-policy, the later ones with the clipped
     ratio), each accumulated over micro-batches -> info, averaged over the batch's tokens (token metrics) or its
-    optimizer steps (loss, grad_norm)."""
+    optimizer steps (loss, grad_norm). Under torchrun the batch is this rank's part: weights are shares of the
+    whole batch, and gradients and info are summed over the ranks."""
     mask = batch_rollout.completion_mask  # (B, T)
+    rows, tokens = int(dist.all_reduce_sum(mask.shape[0], ranks)), int(dist.all_reduce_sum(mask.sum().item(), ranks))
     kl_beta = cfg.beta if cfg.kl_in == "loss" else 0.0
     old_logps = batch_rollout.logprobs if cfg.num_iterations > 1 else None  # pi_old, for the ratio
     totals = {}
@@ -245,26 +254,30 @@ def update(policy, optimizer, batch_rollout, ref_logps, advantages, cfg: Config,
             loss, info = reinforce_loss(logps, advantages[idx], mask[idx], ref_logps[idx], kl_beta,
                                         old_logps=None if old_logps is None else old_logps[idx],
                                         clip_eps=cfg.clip_eps, kl_loss=cfg.kl_loss)
-            weight = len(idx) / len(batch_rollout)  # a mean over sequences: weight each micro-batch by its rows
+            weight = len(idx) / rows  # a mean over sequences: weight each micro-batch by its rows
             check_finite(loss, "loss", step + 1, out)
             (loss * weight).backward()
-            add_info(totals, info, weight / cfg.num_iterations,
-                     mask[idx].sum().item() / mask.sum().item() / cfg.num_iterations)
+            add_info(totals, info, weight / cfg.num_iterations, mask[idx].sum().item() / tokens / cfg.num_iterations)
+        dist.all_reduce_grads(policy, ranks)  # the ranks' gradients sum to the whole batch's
         grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip or float("inf"))
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         totals["grad_norm"] = totals.get("grad_norm", 0.0) + grad_norm.item() / cfg.num_iterations
     check_finite(largest_weight(policy), "the policy's largest |weight|", step + 1, out)
-    return totals
+    return {k: v if k == "grad_norm" else dist.all_reduce_sum(v, ranks) for k, v in totals.items()}
 
 
 def train(cfg: Config, reward_fn=None) -> dict:
     """Run the objective; `reward_fn(prompt, completion, record) -> float` replaces cfg.reward if given."""
-    dist.single_process_only("minipost.reinforce")
-    device = pick_device(cfg.device)
+    ranks = dist.setup(pick_device(cfg.device))  # torchrun: this process's rank and device (else one process)
+    device = ranks.device
     print(threads.configure(cfg.threads))
     seed_everything(cfg.seed)
     out = Path(cfg.out)
+    dist.shard(cfg.prompts_per_step, ranks, "--prompts-per-step")  # whole groups per rank: checked before anything
+    if cfg.baseline == "reinforce++" and ranks.world > 1:
+        raise InputError("--baseline reinforce++ runs as one process only (its whitening over the batch is not "
+                         "split yet)")
 
     # ---- inputs, every one checked before anything is written: reward, the policy, prompts, the reference
     reward_fn = reward_fn or parse_reward(cfg.reward)
@@ -287,7 +300,7 @@ def train(cfg: Config, reward_fn=None) -> dict:
     order_gen = torch.Generator().manual_seed(cfg.seed)  # prompt order
     perm, pos = torch.randperm(len(records), generator=order_gen), 0
     running_mean = 0.0  # the "mean" baseline b
-    state = start_run(out, cfg)
+    state = start_run(out, cfg, write=ranks.main)
     if state:
         policy.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -295,7 +308,7 @@ def train(cfg: Config, reward_fn=None) -> dict:
         order_gen.set_state(state["order_generator"])
         perm, pos = state["perm"], state["pos"]
         running_mean = state["running_mean"]
-    logger = MetricsLogger(out, resume_step=state["step"] if state else None)
+    logger = MetricsLogger(out, resume_step=state["step"] if state else None, enabled=ranks.main)
     steps_done, elapsed_before = (state["step"], state["elapsed_s"]) if state else (0, 0.0)
     t0 = time.time()
     start_scores = state["start_scores"] if state else log_heldout(logger, 0, policy, enc, eval_records, 0.0)
@@ -303,12 +316,13 @@ def train(cfg: Config, reward_fn=None) -> dict:
     print("held-out at start: " + "  ".join(f"{k} {v:.3f}" for k, v in start_scores.items()))
 
     # ---- the loop: prompts, sample and score, advantages, update, log
-    bar = tqdm(range(steps_done, cfg.max_steps), initial=steps_done, total=cfg.max_steps, disable=not cfg.progress,
-               desc=f"reinforce ({cfg.baseline})")
+    bar = tqdm(range(steps_done, cfg.max_steps), initial=steps_done, total=cfg.max_steps,
+               disable=not (cfg.progress and ranks.main), desc=f"reinforce ({cfg.baseline})")
     for step in bar:
         set_lr(optimizer, linear_decay_lr(step, lr=cfg.lr, max_steps=cfg.max_steps) if cfg.lr_decay else cfg.lr)
         prompts, perm, pos = next_prompts(records, perm, pos, cfg.prompts_per_step, order_gen)
-        batch_rollout, ref_logps, rewards, stats = sample_and_score(policy, ref, enc, prompts, reward_fn, cfg, gen)
+        batch_rollout, ref_logps, rewards, stats = sample_and_score(policy, ref, enc, prompts, reward_fn, cfg, gen,
+                                                                    ranks)
         if cfg.baseline == "reinforce++":  # per token: the KL penalty stays on its token, whitened over the batch
             advantages = reinforce_pp_advantages(rewards, batch_rollout.logprobs, ref_logps,
                                                  batch_rollout.completion_mask,
@@ -317,9 +331,9 @@ def train(cfg: Config, reward_fn=None) -> dict:
             if cfg.beta and cfg.kl_in == "reward":  # k1 per token, summed over the sequence
                 rewards = rewards - cfg.beta * ((batch_rollout.logprobs - ref_logps) * batch_rollout.completion_mask
                                                 ).sum(dim=1)  # (B,)
-            advantages, running_mean = baseline_advantages(rewards, cfg, running_mean)  # (B,)
-        zero_std = zero_spread(rewards, cfg.group_size).float().mean().item()
-        info = update(policy, optimizer, batch_rollout, ref_logps, advantages, cfg, step, out)
+            advantages, running_mean = baseline_advantages(rewards, cfg, running_mean, ranks)  # (B,)
+        zero_std = dist.all_reduce_sum(zero_spread(rewards, cfg.group_size).float().mean().item(), ranks) / ranks.world
+        info = update(policy, optimizer, batch_rollout, ref_logps, advantages, cfg, step, out, ranks)
 
         steps_done = step + 1
         elapsed = elapsed_before + time.time() - t0
@@ -327,11 +341,11 @@ def train(cfg: Config, reward_fn=None) -> dict:
             logger.log(steps_done, **stats, zero_std_frac=zero_std, baseline=running_mean, **info,
                        lr=optimizer.param_groups[0]["lr"], steps_per_s=steps_done / elapsed, elapsed_s=elapsed)
         bar.set_postfix(reward=f"{stats['reward']:.3f}", kl=f"{info['kl_ref']:.4f}")
-        out_of_time = bool(cfg.max_seconds) and elapsed > cfg.max_seconds
+        out_of_time = bool(dist.all_reduce_max(bool(cfg.max_seconds) and elapsed > cfg.max_seconds, ranks))  # all agree
         if (cfg.eval_every and steps_done % cfg.eval_every == 0) or steps_done == cfg.max_steps or out_of_time:
             end_scores = log_heldout(logger, steps_done, policy, enc, eval_records, elapsed)
         stop = steps_done == cfg.stop_after or out_of_time
-        if steps_done % cfg.save_every == 0 or steps_done == cfg.max_steps or stop:
+        if ranks.main and (steps_done % cfg.save_every == 0 or steps_done == cfg.max_steps or stop):
             save_state(out, steps_done, cfg, model=policy.state_dict(), optimizer=optimizer.state_dict(),
                        sample_generator=gen.get_state(), order_generator=order_gen.get_state(), perm=perm, pos=pos,
                        running_mean=running_mean, start_scores=start_scores, end_scores=end_scores,
@@ -347,9 +361,11 @@ def train(cfg: Config, reward_fn=None) -> dict:
                "start": start_scores, "end": end_scores, "device": str(device)}
     if steps_done == cfg.stop_after and steps_done < cfg.max_steps:
         return summary  # the run is not over: state.pt holds it, model.pt is written at the end
-    save_checkpoint(out / "model.pt", model_checkpoint(policy, ckpt["tokenizer"], steps_done))
-    write_samples(policy, enc, out / "samples.txt", per_domain(eval_records, 4))
-    save_json(out / "summary.json", summary)
+    if ranks.main:
+        save_checkpoint(out / "model.pt", model_checkpoint(policy, ckpt["tokenizer"], steps_done))
+        write_samples(policy, enc, out / "samples.txt", per_domain(eval_records, 4))
+        save_json(out / "summary.json", summary)
+    dist.barrier(ranks)  # the next stage (the pipeline) reads model.pt on every rank
     print(f"reinforce ({cfg.baseline}) done: {steps_done} steps in {elapsed:.0f} s; held-out " +
           "  ".join(f"{k} {start_scores[k]:.3f} -> {end_scores[k]:.3f}" for k in end_scores if k in start_scores))
     return summary

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field as dc_field
 import torch
 import torch.nn.functional as F
 
+from minipost import dist
 from minipost.common import InputError, read_jsonl
 from minipost.logprobs import token_logprobs
 from minipost.model import left_pad
@@ -117,6 +118,20 @@ def rollout(model, enc, records: list[dict], group_size: int, max_new_tokens: in
                               max_new_tokens, temperature, top_k, top_p, stop_token=special_id(enc, "<|end|>"),
                               pad_id=special_id(enc, "<|pad|>"), generator=generator, enc=enc, records=records,
                               rows_of=rows_of)
+
+
+def rollout_share(model, enc, prompts: list[dict], group_size: int, max_new_tokens: int, temperature: float,
+                  top_k: int | None, top_p: float | None, generator: torch.Generator, ranks: dist.Ranks) -> Rollout:
+    """rollout() of this rank's share of the prompts (all of them in one process), whole groups per rank so
+    that group advantages need no communication, sampled with the random draws one process would use for
+    these rows (GPT.generate rows_of, dist.skip_draws): 1 or N processes sample the same answers."""
+    mine = dist.shard(len(prompts), ranks, "--prompts-per-step")
+    rows_of = (mine.start * group_size, len(prompts) * group_size) if ranks.world > 1 else None
+    ro = rollout(model, enc, prompts[mine], group_size, max_new_tokens, temperature, top_k, top_p,
+                 generator=generator, rows_of=rows_of)
+    if rows_of and temperature:
+        dist.skip_draws(generator, ro.completion_ids.shape[1], rows_of[1], ranks)
+    return ro
 
 
 @torch.no_grad()

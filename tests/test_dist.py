@@ -119,7 +119,7 @@ def test_reward_model_on_two_processes_is_the_one_process_run(sft_model, tmp_pat
             assert ra[k] == pytest.approx(rb[k], rel=1e-4, abs=1e-6), k
 
 
-def test_rloo_and_ppo_refuse_torchrun_until_they_split_their_work(tmp_path):
+def test_ppo_refuses_torchrun_until_it_splits_its_work(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
                            "minipost.ppo", "--out", str(tmp_path / "g"), "--max-steps", "1"],
                           capture_output=True, text=True, timeout=300)
@@ -127,33 +127,35 @@ def test_rloo_and_ppo_refuse_torchrun_until_they_split_their_work(tmp_path):
     assert not (tmp_path / "g").exists()
 
 
-GRPO_SCRIPT = """
+RL_SCRIPT = """
+import importlib
 import sys
-from minipost import grpo
 from minipost.common import config_with_preset
 
 def vowels(prompt, completion, record):  # a reward that differs between answers, so groups carry a signal
     return sum(c in "aeiou" for c in completion) / max(len(completion), 1)
 
-cfg = config_with_preset(grpo.Config, grpo.PRESETS, init=sys.argv[1], out=sys.argv[2], progress=False, max_steps=3,
-                         prompts_per_step=4, group_size=4, micro_batch_size=3, max_new_tokens=12, eval_every=0,
-                         eval_limit=1, log_every=1, num_iterations=2, lr=1e-3, domains="arithmetic")
-grpo.train(cfg, reward_fn=vowels)
+module = importlib.import_module(sys.argv[3])
+cfg = config_with_preset(module.Config, module.PRESETS, init=sys.argv[1], out=sys.argv[2], progress=False,
+                         max_steps=3, prompts_per_step=4, group_size=4, micro_batch_size=3, max_new_tokens=12,
+                         eval_every=0, eval_limit=1, log_every=1, num_iterations=2, lr=1e-3, domains="arithmetic")
+module.train(cfg, reward_fn=vowels)
 """
 
 
-def test_grpo_on_two_processes_is_the_one_process_run(sft_model, tmp_path):
+@pytest.mark.parametrize("module", ["minipost.grpo", "minipost.reinforce"])
+def test_rl_on_two_processes_is_the_one_process_run(sft_model, tmp_path, module):
     """Each rank samples the groups of half the prompts with the random draws one process uses for those rows
     (GPT.generate rows_of, dist.skip_draws), so the answers, rewards and advantages are one process's, and the
     update is too, up to float rounding (the rows' log-probs come from batches of another size)."""
-    script = tmp_path / "grpo_run.py"
-    script.write_text(GRPO_SCRIPT)
+    script = tmp_path / "rl_run.py"
+    script.write_text(RL_SCRIPT)
     repo = str(Path(__file__).resolve().parent.parent)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([repo, os.environ.get("PYTHONPATH", "")])}
     for n, out in ((1, "one"), (2, "two")):
         head = [sys.executable] + (["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}"] if n > 1
                                    else [])
-        proc = subprocess.run(head + [str(script), str(sft_model), str(tmp_path / out)], capture_output=True,
+        proc = subprocess.run(head + [str(script), str(sft_model), str(tmp_path / out), module], capture_output=True,
                               text=True, timeout=600, env=env)
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     a = [r for r in rows(tmp_path / "one") if "reward" in r]
