@@ -61,14 +61,6 @@ def setup(device: torch.device) -> Ranks:
     return Ranks(rank, world, device)
 
 
-def single_process_only(module: str) -> None:
-    """Refuse a torchrun launch of an objective that does not split its work yet (the RL files): N copies
-    would each run the whole job and write the same files."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise InputError(f"{module} does not run data-parallel yet (pretrain, sft, reward_model and dpo do): "
-                         f"start it as one process, python -m {module}")
-
-
 def shard(batch_size: int, r: Ranks, flag: str = "--batch-size") -> slice:
     """This rank's rows of a global batch: a contiguous B / N of them."""
     if batch_size % r.world:

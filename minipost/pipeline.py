@@ -25,7 +25,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from minipost import threads
+from minipost import dist, threads
 from minipost.common import (DATA_DIR, DEVICE_HELP, RESUME_IGNORES, InputError, check_config, check_device,
                              config_with_preset, field, load_checkpoint, main, pick_device, save_json)
 from minipost.evals import eval_answers, evaluate_items, write_report
@@ -164,8 +164,11 @@ def run_stage(name: str, cfg: Config, out: Path, seed: int | None = None) -> Pat
 
 
 def run(cfg: Config) -> dict:
+    """Every stage, then the card. Under `torchrun --nproc_per_node N -m minipost.pipeline` every stage runs on
+    the N processes (minipost/dist.py) and rank 0 alone writes the pipeline's files and evaluates the card."""
     t0 = time.time()
     out = Path(cfg.out)
+    ranks = dist.setup(pick_device(cfg.device))
     planned = cfg.stage_list()
     for i, name in enumerate(planned):  # every stage's config and start is checked before the first one runs
         for seed in cfg.seeds_of(name):
@@ -178,18 +181,23 @@ def run(cfg: Config) -> dict:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise InputError(f"--out {cfg.out}: cannot create it ({e.strerror or type(e).__name__})") from None
-    save_json(out / "config.json", asdict(cfg))
-    if not (DATA_DIR / "pretrain.jsonl").exists():
-        build_world(DATA_DIR)
-    get_tokenizer(cfg.preset)  # trains and saves the tokenizer on first use
+    if ranks.main:
+        save_json(out / "config.json", asdict(cfg))
+        if not (DATA_DIR / "pretrain.jsonl").exists():
+            build_world(DATA_DIR)
+        get_tokenizer(cfg.preset)  # trains and saves the tokenizer on first use
+    dist.barrier(ranks)
     timings, ckpts = {}, {}
     for s in cfg.stage_list():
         t = time.time()
         ckpts[s] = [run_stage(s, cfg, out, seed) for seed in cfg.seeds_of(s)]
         timings[s] = time.time() - t
 
+    if not ranks.main:  # the card is rank 0's (evaluation is not split over the ranks)
+        dist.barrier(ranks)
+        return {}
     t = time.time()
-    device = pick_device(cfg.device)
+    device = ranks.device
     ref = ckpts["sft"][0] if "sft" in ckpts else None
     limit = cfg.eval_limit or None
     judge = RewardModel(ckpts[JUDGE][0], device) if JUDGE in ckpts else None
@@ -210,6 +218,7 @@ def run(cfg: Config) -> dict:
     report = write_report(items, out / "report", parents)
     save_json(out / "timings.json", timings)
     print("\nseconds per stage: " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
+    dist.barrier(ranks)
     return report
 
 

@@ -65,7 +65,7 @@ from minipost.logprobs import masked_mean, whiten
 from minipost.model import load_model, model_checkpoint
 from minipost.optim import adamw, linear_decay_lr, set_lr
 from minipost.rewards import parse_reward, score_rollout, token_rewards, zero_spread
-from minipost.rollout import completion_logprobs, load_rl_prompts, micro_batches, next_prompts, rollout
+from minipost.rollout import completion_logprobs, load_rl_prompts, micro_batches, next_prompts, rollout_share
 from minipost.world import build as build_world
 
 
@@ -201,11 +201,22 @@ def ppo_value_loss(values, old_values, returns, mask, clip_value: float = 0.2) -
     return loss, {"value_loss": loss.detach()}
 
 
-def explained_variance(values, returns, mask) -> float:
-    """1 - Var(R - V) / Var(R) over the masked tokens: 1 = perfect critic, 0 = no better than a constant."""
+def explained_variance(values, returns, mask, ranks: dist.Ranks = dist.Ranks()) -> float:
+    """1 - Var(R - V) / Var(R) over the masked tokens (of every rank's rows): 1 = perfect critic, 0 = no better
+    than a constant."""
     m = mask.bool()
     r, v = returns[m], values[m]
+    if ranks.world > 1:
+        r, v = (torch.tensor(dist.all_gather_lists(t.tolist(), ranks)) for t in (r, v))
     return (1 - (r - v).var() / r.var().clamp(min=1e-8)).item()
+
+
+def whiten_batch(x, mask, ranks: dist.Ranks = dist.Ranks()):
+    """logprobs.whiten over the masked tokens of every rank's rows (torchrun: their values gathered)."""
+    if ranks.world == 1:
+        return whiten(x, mask)
+    values = torch.tensor(dist.all_gather_lists(x[mask.bool()].tolist(), ranks), device=x.device)
+    return (x - values.mean()) * torch.rsqrt(values.var(unbiased=False) + 1e-8) * mask
 
 
 def completion_values(critic, batch_rollout) -> torch.Tensor:
@@ -227,45 +238,53 @@ def completion_values(critic, batch_rollout) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------------------------
 # the loop, one phase per function: prompts -> sample and score -> advantages -> update
 
-def sample_and_score(policy, ref, enc, prompts: list[dict], reward_fn, cfg: Config, gen: torch.Generator):
+def sample_and_score(policy, ref, enc, prompts: list[dict], reward_fn, cfg: Config, gen: torch.Generator,
+                     ranks: dist.Ranks = dist.Ranks()):
     """G answers per prompt with the sampler's log-probs pi_old, the reference's log-probs of the same tokens,
-    and the rewards -> (rollout, ref_logps (B, T), rewards (B,), reward stats for the log)."""
-    batch_rollout = rollout(policy, enc, prompts, cfg.group_size, cfg.max_new_tokens, cfg.temperature,
-                            cfg.top_k or None, cfg.top_p, generator=gen)
+    and the rewards -> (rollout, ref_logps (B, T), rewards (B,), reward stats for the log). Under torchrun:
+    this rank's share of the groups (rollout_share), the stats over every rank's rows."""
+    batch_rollout = rollout_share(policy, enc, prompts, cfg.group_size, cfg.max_new_tokens, cfg.temperature,
+                                  cfg.top_k or None, cfg.top_p, gen, ranks)
     with torch.no_grad():
         ref_logps = completion_logprobs(ref, batch_rollout, cfg.temperature, cfg.logprobs_impl)  # (B, T)
     rewards, stats = score_rollout(batch_rollout, reward_fn, cfg.max_new_tokens, cfg.missing_stop_penalty,
-                                   cfg.length_penalty)  # (B,)
+                                   cfg.length_penalty, gather=lambda x: dist.all_gather_lists(x, ranks))  # (B,)
     return batch_rollout, ref_logps, rewards, stats
 
 
-def ppo_advantages(critic, batch_rollout, scores, ref_logps, cfg: Config):
+def ppo_advantages(critic, batch_rollout, scores, ref_logps, cfg: Config, ranks: dist.Ranks = dist.Ranks()):
     """The critic's values of the sampled states, per-token rewards, GAE -> (whitened advantages, returns,
-    old values), each (B, T)."""
+    old values), each (B, T); whitened over every rank's tokens."""
     mask = batch_rollout.completion_mask  # (B, T)
     with torch.no_grad():
         old_values = completion_values(critic, batch_rollout)  # (B, T)
     rewards = token_rewards(scores, batch_rollout.logprobs, ref_logps, mask,
                             cfg.beta if cfg.kl_in == "reward" else 0.0)  # (B, T)
     advantages, returns = gae(rewards, old_values, mask, cfg.gamma, cfg.lam)  # (B, T) each
-    return whiten(advantages, mask), returns, old_values
+    return whiten_batch(advantages, mask, ranks), returns, old_values
 
 
 def update(policy, critic, optimizer, critic_optimizer, batch_rollout, ref_logps, advantages, returns, old_values,
-           cfg: Config, order_gen: torch.Generator, step: int, out: Path) -> dict:
+           cfg: Config, order_gen: torch.Generator, step: int, out: Path, ranks: dist.Ranks = dist.Ranks()) -> dict:
     """ppo_epochs passes over one rollout batch, each num_minibatches optimizer steps of policy and critic
     together, each accumulated over micro-batches -> info, averaged over the batch's tokens and passes (token
-    metrics) or its optimizer steps (losses, grad_norm)."""
+    metrics) or its optimizer steps (losses, grad_norm). Under torchrun the batch is this rank's part of the
+    whole one: every rank shuffles the whole batch into the same minibatches and works on its own rows of each;
+    weights are token shares of the whole minibatch, and gradients and info are summed over the ranks."""
     mask, old_logps = batch_rollout.completion_mask, batch_rollout.logprobs  # (B, T) each
-    mb_size = -(-len(batch_rollout) // cfg.num_minibatches)  # rows per minibatch (the last may have fewer)
-    n_steps = cfg.ppo_epochs * -(-len(batch_rollout) // mb_size)  # optimizer steps on this batch
+    tokens = torch.tensor(dist.all_gather_lists(mask.sum(dim=1).tolist(), ranks))  # (N,) every rank's rows
+    n, first = len(tokens), ranks.rank * len(batch_rollout)  # rows of the whole batch; this rank's first one
+    mb_size = -(-n // cfg.num_minibatches)  # rows per minibatch (the last may have fewer)
+    n_steps = cfg.ppo_epochs * -(-n // mb_size)  # optimizer steps on this batch
     totals = {}
     for _ in range(cfg.ppo_epochs):
-        shuffle = torch.randperm(len(batch_rollout), generator=order_gen).to(mask.device)
-        for s in range(0, len(batch_rollout), mb_size):
-            minibatch = shuffle[s:s + mb_size]
+        shuffle = torch.randperm(n, generator=order_gen)
+        for s in range(0, n, mb_size):
+            whole = shuffle[s:s + mb_size]  # a minibatch of the whole batch's rows
+            minibatch = (whole[(whole >= first) & (whole < first + len(batch_rollout))] - first).to(mask.device)
+            mb_tokens = max(int(tokens[whole].sum()), 1)
             mb_rollout = batch_rollout.select(minibatch)
-            for part in micro_batches(mb_rollout, cfg.micro_batch_size or len(minibatch)):
+            for part in (micro_batches(mb_rollout, cfg.micro_batch_size or len(minibatch)) if len(minibatch) else []):
                 idx = minibatch[part]  # rows of the rollout batch
                 sub = mb_rollout.select(part)
                 logps = completion_logprobs(policy, sub, cfg.temperature, cfg.logprobs_impl)  # (b, T)
@@ -277,10 +296,12 @@ def update(policy, critic, optimizer, critic_optimizer, batch_rollout, ref_logps
                                                         cfg.clip_value)
                 loss = policy_loss + cfg.vf_coef * value_loss  # two separate models: each gets its own term's gradient
                 info = {"loss": loss.detach(), **policy_info, **value_info}
-                weight = mask[idx].sum().item() / max(mask[minibatch].sum().item(), 1)  # token means: token share
+                weight = mask[idx].sum().item() / mb_tokens  # token means: token share
                 check_finite(loss, "loss", step + 1, out)
                 (loss * weight).backward()
-                add_info(totals, info, weight / n_steps, mask[idx].sum().item() / mask.sum().item() / cfg.ppo_epochs)
+                add_info(totals, info, weight / n_steps, mask[idx].sum().item() / int(tokens.sum()) / cfg.ppo_epochs)
+            dist.all_reduce_grads(policy, ranks)  # the ranks' gradients sum to the whole minibatch's
+            dist.all_reduce_grads(critic, ranks)
             grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip or float("inf"))
             torch.nn.utils.clip_grad_norm_(critic.parameters(), cfg.grad_clip or float("inf"))
             optimizer.step()
@@ -290,16 +311,17 @@ def update(policy, critic, optimizer, critic_optimizer, batch_rollout, ref_logps
             totals["grad_norm"] = totals.get("grad_norm", 0.0) + grad_norm.item() / n_steps
     check_finite(largest_weight(policy), "the policy's largest |weight|", step + 1, out)
     check_finite(largest_weight(critic), "the critic's largest |weight|", step + 1, out)
-    return totals
+    return {k: v if k == "grad_norm" else dist.all_reduce_sum(v, ranks) for k, v in totals.items()}
 
 
 def train(cfg: Config, reward_fn=None) -> dict:
     """Run the objective; `reward_fn(prompt, completion, record) -> float` replaces cfg.reward if given."""
-    dist.single_process_only("minipost.ppo")
-    device = pick_device(cfg.device)
+    ranks = dist.setup(pick_device(cfg.device))  # torchrun: this process's rank and device (else one process)
+    device = ranks.device
     print(threads.configure(cfg.threads))
     seed_everything(cfg.seed)
     out = Path(cfg.out)
+    dist.shard(cfg.prompts_per_step, ranks, "--prompts-per-step")  # whole groups per rank: checked before anything
 
     # ---- inputs, every one checked before anything is written: reward, the policy, prompts, the reference
     reward_fn = reward_fn or parse_reward(cfg.reward)
@@ -323,7 +345,7 @@ def train(cfg: Config, reward_fn=None) -> dict:
     gen = torch.Generator(device=device).manual_seed(cfg.seed)  # sampling
     order_gen = torch.Generator().manual_seed(cfg.seed)  # prompt order, then each batch's minibatch shuffles
     perm, pos = torch.randperm(len(records), generator=order_gen), 0
-    state = start_run(out, cfg)
+    state = start_run(out, cfg, write=ranks.main)
     if state:
         policy.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -332,7 +354,7 @@ def train(cfg: Config, reward_fn=None) -> dict:
         gen.set_state(state["sample_generator"])
         order_gen.set_state(state["order_generator"])
         perm, pos = state["perm"], state["pos"]
-    logger = MetricsLogger(out, resume_step=state["step"] if state else None)
+    logger = MetricsLogger(out, resume_step=state["step"] if state else None, enabled=ranks.main)
     steps_done, elapsed_before = (state["step"], state["elapsed_s"]) if state else (0, 0.0)
     t0 = time.time()
     start_scores = state["start_scores"] if state else log_heldout(logger, 0, policy, enc, eval_records, 0.0)
@@ -340,17 +362,19 @@ def train(cfg: Config, reward_fn=None) -> dict:
     print("held-out at start: " + "  ".join(f"{k} {v:.3f}" for k, v in start_scores.items()))
 
     # ---- the loop: prompts, sample and score, advantages, update, log
-    bar = tqdm(range(steps_done, cfg.max_steps), initial=steps_done, total=cfg.max_steps, disable=not cfg.progress,
-               desc="ppo")
+    bar = tqdm(range(steps_done, cfg.max_steps), initial=steps_done, total=cfg.max_steps,
+               disable=not (cfg.progress and ranks.main), desc="ppo")
     for step in bar:
         set_lr(optimizer, linear_decay_lr(step, lr=cfg.lr, max_steps=cfg.max_steps) if cfg.lr_decay else cfg.lr)
         prompts, perm, pos = next_prompts(records, perm, pos, cfg.prompts_per_step, order_gen)
-        batch_rollout, ref_logps, scores, stats = sample_and_score(policy, ref, enc, prompts, reward_fn, cfg, gen)
-        advantages, returns, old_values = ppo_advantages(critic, batch_rollout, scores, ref_logps, cfg)  # (B, T) x3
-        zero_std = zero_spread(scores, cfg.group_size).float().mean().item()
-        explained_var = explained_variance(old_values, returns, batch_rollout.completion_mask)
+        batch_rollout, ref_logps, scores, stats = sample_and_score(policy, ref, enc, prompts, reward_fn, cfg, gen,
+                                                                   ranks)
+        advantages, returns, old_values = ppo_advantages(critic, batch_rollout, scores, ref_logps, cfg,
+                                                         ranks)  # (B, T) x3
+        zero_std = dist.all_reduce_sum(zero_spread(scores, cfg.group_size).float().mean().item(), ranks) / ranks.world
+        explained_var = explained_variance(old_values, returns, batch_rollout.completion_mask, ranks)
         info = update(policy, critic, optimizer, critic_optimizer, batch_rollout, ref_logps, advantages, returns,
-                      old_values, cfg, order_gen, step, out)
+                      old_values, cfg, order_gen, step, out, ranks)
 
         steps_done = step + 1
         elapsed = elapsed_before + time.time() - t0
@@ -358,11 +382,11 @@ def train(cfg: Config, reward_fn=None) -> dict:
             logger.log(steps_done, **stats, zero_std_frac=zero_std, **info, explained_var=explained_var,
                        lr=optimizer.param_groups[0]["lr"], steps_per_s=steps_done / elapsed, elapsed_s=elapsed)
         bar.set_postfix(reward=f"{stats['reward']:.3f}", kl=f"{info['kl_ref']:.4f}")
-        out_of_time = bool(cfg.max_seconds) and elapsed > cfg.max_seconds
+        out_of_time = bool(dist.all_reduce_max(bool(cfg.max_seconds) and elapsed > cfg.max_seconds, ranks))  # all agree
         if (cfg.eval_every and steps_done % cfg.eval_every == 0) or steps_done == cfg.max_steps or out_of_time:
             end_scores = log_heldout(logger, steps_done, policy, enc, eval_records, elapsed)
         stop = steps_done == cfg.stop_after or out_of_time
-        if steps_done % cfg.save_every == 0 or steps_done == cfg.max_steps or stop:
+        if ranks.main and (steps_done % cfg.save_every == 0 or steps_done == cfg.max_steps or stop):
             save_state(out, steps_done, cfg, model=policy.state_dict(), optimizer=optimizer.state_dict(),
                        critic=critic.state_dict(), critic_optimizer=critic_optimizer.state_dict(),
                        sample_generator=gen.get_state(), order_generator=order_gen.get_state(), perm=perm, pos=pos,
@@ -378,9 +402,11 @@ def train(cfg: Config, reward_fn=None) -> dict:
                "start": start_scores, "end": end_scores, "device": str(device)}
     if steps_done == cfg.stop_after and steps_done < cfg.max_steps:
         return summary  # the run is not over: state.pt holds it, model.pt is written at the end
-    save_checkpoint(out / "model.pt", model_checkpoint(policy, ckpt["tokenizer"], steps_done))
-    write_samples(policy, enc, out / "samples.txt", per_domain(eval_records, 4))
-    save_json(out / "summary.json", summary)
+    if ranks.main:
+        save_checkpoint(out / "model.pt", model_checkpoint(policy, ckpt["tokenizer"], steps_done))
+        write_samples(policy, enc, out / "samples.txt", per_domain(eval_records, 4))
+        save_json(out / "summary.json", summary)
+    dist.barrier(ranks)  # the next stage (the pipeline) reads model.pt on every rank
     print(f"ppo done: {steps_done} steps in {elapsed:.0f} s; held-out " +
           "  ".join(f"{k} {start_scores[k]:.3f} -> {end_scores[k]:.3f}" for k in end_scores if k in start_scores))
     return summary
