@@ -1,0 +1,80 @@
+"""minipost.retrieval: BM25 order by hand, updates, an index on disk, queries that are not FTS5 syntax, recall."""
+import pytest
+
+from minipost.retrieval import Index, fts_query, knowledge_recall, recall_at_k
+
+DOCS = ["The capital of Brerkia is Gubus.",
+        "People in Zorvia speak Melic. The capital of Zorvia is Ostal.",
+        "The weather in Gubus is cold in winter.",
+        "Farmers grow wheat and apples."]
+
+
+def test_search_ranks_by_bm25():
+    index = Index(DOCS)
+    assert len(index) == 4
+    assert index.search("What is the capital of Brerkia?", k=1) == [0]
+    assert index.search("What language do people speak in Zorvia?", k=1) == [1]
+    # "capital" is in two documents, "Brerkia" in one: the rarer term weighs more
+    assert index.search("capital Brerkia", k=2) == [0, 1]
+    assert index.search("capital", k=3) == [0, 1]  # only the documents that hold a term are candidates
+    # the shorter of two documents with the same term count ranks first (BM25's length normalisation)
+    assert Index(["gubus is far away from here today", "gubus town"]).search("gubus") == [1, 0]
+    assert index.search("submarine") == [] and index.text(2) == DOCS[2]
+
+
+def test_add_is_an_update_and_positions_continue(tmp_path):
+    index = Index(DOCS[:2])
+    assert index.add(["Brerkia moved its capital to Ostal."]) == [2]
+    assert index.search("Where did Brerkia move its capital?", k=1) == [2]
+    path = tmp_path / "store.sqlite"
+    disk = Index(DOCS, path=path)
+    disk.close()
+    again = Index(path=path)  # reopened: the same texts, positions continue
+    assert len(again) == 4 and again.add(["Gubus hosts a fair."]) == [4] and again.search("fair") == [4]
+    with pytest.raises(ValueError, match="folder"):
+        Index(path=tmp_path)
+    with pytest.raises(TypeError):
+        index.add("one string")
+    with pytest.raises(TypeError, match="text 1"):
+        index.add(["fine", 3])
+    assert len(index) == 3  # a refused update adds nothing
+    with pytest.raises(IndexError):
+        index.text(99)
+
+
+@pytest.mark.parametrize("query", ['"', '""', "'", "NEAR(", "NEAR(capital Brerkia, 2)", "*", "capit*", "-", "-capital",
+                                   "AND", "capital AND", "OR NOT", "(", ")", "capital:", "text:Gubus", "^Gubus", "{",
+                                   "", "   ", "?!.", "Zürich", "東京の天気", "'; DROP TABLE docs; --", "a\x00b",
+                                   "capital " * 500])
+def test_any_query_is_safe(query):
+    index = Index(DOCS)
+    got = index.search(query, k=3)
+    assert isinstance(got, list) and all(0 <= i < 4 for i in got) and len(got) <= 3
+    assert len(index) == 4  # nothing was dropped
+    assert Index().search(query) == []  # an empty store returns nothing
+
+
+def test_query_words_stop_words_and_unicode():
+    assert fts_query("What is the capital of Brerkia?") == '"capital" OR "brerkia"'
+    assert fts_query("What is it?") == '"what" OR "is" OR "it"'  # only stop words: keep them all
+    assert fts_query('say "NEAR(" *') == '"say" OR "near"' and fts_query("?!") == ""
+    index = Index(["Zurich is a city.", "東京 is a city too."])
+    assert index.search("Zürich") == [0] and index.search("東京") == [1]
+    with pytest.raises(ValueError, match="k must be"):
+        index.search("city", k=0)
+
+
+def test_recall_at_k_by_hand():
+    index = Index(DOCS)
+    queries = ["capital of Brerkia", "Melic", "submarine"]
+    assert recall_at_k(index, queries, [{0}, {1}, {3}], k=1) == pytest.approx(2 / 3)
+    assert recall_at_k(index, queries, [{2}, {1}, {3}], k=1) == pytest.approx(1 / 3)
+    with pytest.raises(ValueError):
+        recall_at_k(index, queries, [{0}], k=1)
+
+
+def test_knowledge_questions_find_their_fact():
+    """The issue's target: recall@3 >= 95% on the held-out knowledge questions over the whole corpus."""
+    r = knowledge_recall(ks=(3,))
+    assert r["questions"] == 100 and r["documents"] > 5000
+    assert r["recall"][3] >= 0.95
