@@ -16,6 +16,7 @@ and what matters is a pattern (a whole row, or one column in every row).
     python -m minipost.bands runs/pipeline/report/report.json          # compare with data/bands_nano.json
     python -m minipost.bands --make runs/pipeline/report/report.json runs/pipeline_seed2/report/report.json \\
         runs/pipeline_seed3/report/report.json --out data/bands_nano.json   # how the bands were made
+    python -m minipost.bands --table                                    # the bands as a markdown table
 """
 from __future__ import annotations
 
@@ -82,6 +83,32 @@ def _pct(col: str, v: float) -> str:
     return f"{v:.3f}" if col == "val_loss" else f"{100 * v:.1f}"
 
 
+def table(bands: dict) -> str:
+    """The bands as a markdown table: per cell the runs' mean ± sd and their range (min-max)."""
+    rows = bands["rows"]
+    cols = [c for c in COLUMN_ORDER if any(c in cells for cells in rows.values())]
+    lines = ["| stage | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for row, cells in rows.items():
+        out = []
+        for c in cols:
+            b = cells.get(c)
+            out.append("-" if b is None else f"{_pct(c, b['mean'])} ±{_pct(c, b['sd'])} "
+                       f"({_pct(c, b['min'])}-{_pct(c, b['max'])})")
+        lines.append(f"| {row} | " + " | ".join(out) + " |")
+    return "\n".join(lines)
+
+
+def cpu_name() -> str:
+    """The CPU's model name (Linux: /proc/cpuinfo), else what platform knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return f"{platform.machine()} {platform.processor() or ''}".strip()
+
+
 def report(rows: list[dict]) -> str:
     """The comparison as text: the cells outside their bands, then a one-line summary."""
     outside = [r for r in rows if r["status"] in ("above", "below")]
@@ -139,11 +166,20 @@ def main(argv=None):
 def _main(argv=None):
     ap = ArgumentParser(prog="python -m minipost.bands", description="Is my card normal? Compare a report.json "
                         "with the published bands (or make the bands from >= 3 runs with --make).")
-    ap.add_argument("reports", nargs="+", help="report.json of a pipeline run (OUT/report/report.json)")
+    ap.add_argument("reports", nargs="*", help="report.json of a pipeline run (OUT/report/report.json)")
     ap.add_argument("--bands", default=str(DATA_DIR / "bands_nano.json"), help="the bands to compare with")
     ap.add_argument("--make", action="store_true", help="write bands from the given runs (>= 3) to --out")
     ap.add_argument("--out", default=None, help="with --make: where to write the bands")
+    ap.add_argument("--table", action="store_true", help="print the bands (--bands) as a markdown table")
     args = ap.parse_args(argv)
+    if args.table:
+        if args.reports or args.make:
+            ap.error("--table prints the bands file alone: give no report.json and no --make")
+        text = table(read_bands(args.bands))
+        print(text)
+        return text
+    if not args.reports:
+        ap.error("give a report.json to compare (or --make with >= 3 of them, or --table)")
     saved = [read_report(p) for p in args.reports]  # every file checked before anything is written
     cards = [card(s["items"], s.get("parents")) for s in saved]
     if args.make:
@@ -151,7 +187,7 @@ def _main(argv=None):
             ap.error("--make needs --out (where to write the bands)")
         presets = {_run_preset(Path(p)) for p in args.reports}
         bands = {"made_from": [str(p) for p in args.reports], "preset": presets.pop() if len(presets) == 1 else None,
-                 "machine": f"{platform.machine()} {platform.processor() or ''}".strip(), "eval_sha256": eval_digest(),
+                 "machine": cpu_name(), "eval_sha256": eval_digest(),
                  "rule": f"inside when |x - mean| <= {WIDTH} * sqrt(sd^2 + se^2)", "rows": make_bands(cards)}
         save_json(args.out, bands)
         print(f"wrote {args.out}: bands of {sum(len(c) for c in bands['rows'].values())} cells from {len(cards)} runs")

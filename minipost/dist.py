@@ -12,7 +12,10 @@ process group is made from them (`nccl` on CUDA, `gloo` on CPU). One optimizer s
     4. every rank makes the same optimizer step on the same summed gradient: the weights stay identical
 
 So `--batch-size` is the global batch whatever N is, and a run gives the same result on 1 or N processes,
-up to the order of float additions (a test checks it, tests/test_dist.py). This is what
+up to the order of float additions (a test checks it, tests/test_dist.py). The RL files split prompts, not
+rows: a rank samples the whole groups of its `--prompts-per-step / N` prompts (group advantages need no
+communication), drawing the random numbers one process would draw for those rows (GPT.generate's rows_of)
+and then the ones it did not use (skip_draws), so N processes sample the very tokens one process samples. This is what
 DistributedDataParallel does, written out: DDP also overlaps the all-reduce with backward, bucket by bucket,
 which matters on GPUs and not for reading. Only rank 0 prints, logs and writes files (config.json,
 metrics.jsonl, state.pt, model.pt, samples.txt); every rank reads state.pt to resume.

@@ -66,6 +66,9 @@ def test_cli_make_then_check(tmp_path, capsys):
     rows = bands.main([mine, "--bands", str(out)])
     assert {r["row"]: r["status"] for r in rows} == {"base": "above", "sft": "inside"}
     assert "1 of 2 cells outside" in capsys.readouterr().out
+    text = bands.main(["--table", "--bands", str(out)])
+    assert text.splitlines()[0] == "| stage | arithmetic |"
+    assert text.splitlines()[2] == "| base | 45.0 ±5.0 (40.0-50.0) |"  # mean ±sd (min-max) over the 3 runs
 
 
 @pytest.mark.parametrize("case", ["missing", "not_json", "no_rows", "nan"])
@@ -90,7 +93,7 @@ def test_cli_refuses_bad_reports_and_flags(tmp_path, capsys):
     runs = [_write(tmp_path / f"r{k}.json", _items(k, 60)) for k in (40, 45, 50)]
     (tmp_path / "broken.json").write_text('{"items": {}}')
     for argv in ([str(tmp_path / "broken.json")], runs[:2] + ["--make", "--out", str(tmp_path / "b.json")],
-                 runs + ["--make"], runs[:2]):
+                 runs + ["--make"], runs[:2], [], ["--table", runs[0]]):
         with pytest.raises(SystemExit) as e:
             bands.main(argv)
         assert e.value.code == 2, argv
