@@ -238,7 +238,7 @@ def test_device_names_are_checked_with_one_line_errors():
 
 def test_tool_clis_reject_bad_values_in_one_line(tmp_path, capsys):
     """The CLIs not built from a Config (world, the benchmarks) check their flags too: one line, exit 2."""
-    from minipost import bench_rollout, bench_threads
+    from minipost import bench_evals, bench_rollout, bench_threads
     from minipost.common import exit_on_input_error
     from minipost.world.generate import main as world_main
 
@@ -247,7 +247,11 @@ def test_tool_clis_reject_bad_values_in_one_line(tmp_path, capsys):
              (world_main, ["--seed", "abc"], "invalid int value"),
              (bench_rollout.main, ["--batch", "0"], "whole number >= 1"),
              (bench_rollout.main, ["--prompt-tokens", "250", "--new-tokens", "64"], "block_size 256"),
-             (bench_threads.main, ["--steps", "-1"], "whole number >= 1")]
+             (bench_threads.main, ["--steps", "-1"], "whole number >= 1"),
+             (bench_evals.main, ["--limits", "100,x"], "whole numbers >= 0"),
+             (bench_evals.main, ["--limits", "-1"], "whole numbers >= 0"),
+             (bench_evals.main, ["--out", str(tmp_path)], "not a finished pipeline run"),
+             (bench_evals.main, ["--repeats", "0"], "whole number >= 1")]
     for fn, argv, msg in cases:
         with pytest.raises(SystemExit) as e:
             exit_on_input_error(lambda: fn(argv))
