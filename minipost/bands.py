@@ -135,15 +135,20 @@ def eval_digest(data_dir=DATA_DIR) -> str:
     return h.hexdigest()
 
 
+BAND_KEYS = ("mean", "sd", "min", "max", "se", "n")
+
+
 def read_bands(path) -> dict:
+    """A bands file as --make writes it, every cell checked; else an InputError naming the file and the cell."""
     try:
         saved = json.loads(Path(path).read_text(encoding="utf-8"))
         rows = saved["rows"]
         for row, cols in rows.items():
             for col, b in cols.items():
-                if not all(isinstance(b.get(k), (int, float)) and math.isfinite(b[k])
-                           for k in ("mean", "sd", "se", "n")):
-                    raise TypeError(f"row {row!r}, column {col!r}: mean, sd, se and n must be finite numbers")
+                if not all(isinstance(b.get(k), (int, float)) and not isinstance(b[k], bool) and math.isfinite(b[k])
+                           for k in BAND_KEYS) or min(b["sd"], b["se"]) < 0 or b["n"] < 1 or b["min"] > b["max"]:
+                    raise TypeError(f"row {row!r}, column {col!r}: {', '.join(BAND_KEYS)} must be finite numbers "
+                                    "(sd, se >= 0, n >= 1, min <= max)")
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
         reason = f"{type(e).__name__}: {e}" if not isinstance(e, OSError) else (e.strerror or type(e).__name__)
         raise InputError(f"{path}: not a bands file as `python -m minipost.bands --make` writes it "
@@ -185,6 +190,21 @@ def _main(argv=None):
     if args.make:
         if not args.out:
             ap.error("--make needs --out (where to write the bands)")
+        for i in range(len(saved)):
+            for j in range(i):
+                if saved[i]["items"] == saved[j]["items"]:
+                    raise InputError(f"{args.reports[i]} and {args.reports[j]} hold the same scores item for item: "
+                                     "one run twice gives no spread (use runs that differ in --seed)")
+        out = Path(args.out)
+        if out.resolve() in {Path(p).resolve() for p in args.reports}:
+            raise InputError(f"--out {args.out} is one of the report.json files: it would be overwritten")
+        if out.is_dir():
+            raise InputError(f"--out {args.out} is a folder: give the bands file's path")
+        if out.exists():
+            try:
+                read_bands(out)
+            except InputError:
+                raise InputError(f"--out {args.out} exists and is not a bands file: not overwriting it") from None
         presets = {_run_preset(Path(p)) for p in args.reports}
         bands = {"made_from": [str(p) for p in args.reports], "preset": presets.pop() if len(presets) == 1 else None,
                  "machine": cpu_name(), "eval_sha256": eval_digest(),
@@ -205,7 +225,7 @@ def _main(argv=None):
     if not rows:
         raise InputError(f"{args.reports[0]}: no row and column in common with {args.bands} "
                          f"(rows there: {list(bands['rows'])})")
-    print(f"{args.reports[0]} against {args.bands} ({len(bands['made_from'])} runs, {bands.get('machine')}):")
+    print(f"{args.reports[0]} against {args.bands} ({len(bands.get('made_from', []))} runs, {bands.get('machine')}):")
     print(report(rows))
     return rows
 

@@ -71,7 +71,7 @@ def test_cli_make_then_check(tmp_path, capsys):
     assert text.splitlines()[2] == "| base | 45.0 ±5.0 (40.0-50.0) |"  # mean ±sd (min-max) over the 3 runs
 
 
-@pytest.mark.parametrize("case", ["missing", "not_json", "no_rows", "nan"])
+@pytest.mark.parametrize("case", ["missing", "not_json", "no_rows", "nan", "negative_sd", "no_min_max"])
 def test_cli_bad_files_exit_2(tmp_path, capsys, case):
     mine = _write(tmp_path / "mine.json", _items(50, 60))
     path = tmp_path / "bands.json"
@@ -82,6 +82,11 @@ def test_cli_bad_files_exit_2(tmp_path, capsys, case):
     elif case == "nan":
         nan = {"mean": float("nan"), "sd": 0, "se": 0, "n": 1}
         path.write_text(json.dumps({"rows": {"base": {"arithmetic": nan}}}))
+    elif case in ("negative_sd", "no_min_max"):
+        cell = {"mean": 0.5, "sd": -0.1, "min": 0.4, "max": 0.6, "se": 0.05, "n": 100}
+        if case == "no_min_max":
+            cell = {"mean": 0.5, "sd": 0.1, "se": 0.05, "n": 100}
+        path.write_text(json.dumps({"made_from": [], "rows": {"base": {"arithmetic": cell}}}))
     with pytest.raises(SystemExit) as e:
         bands.main([mine, "--bands", str(path)])
     assert e.value.code == 2
@@ -99,6 +104,27 @@ def test_cli_refuses_bad_reports_and_flags(tmp_path, capsys):
         assert e.value.code == 2, argv
         assert len(capsys.readouterr().err.strip().splitlines()) == 1
     assert not (tmp_path / "b.json").exists()  # nothing written when the input is refused
+
+
+def test_make_refuses_one_run_twice_and_an_out_it_would_destroy(tmp_path, capsys):
+    runs = [_write(tmp_path / f"r{k}.json", _items(k, 60)) for k in (40, 45, 50)]
+    copy = tmp_path / "copy.json"
+    copy.write_text(open(runs[0]).read())
+    (tmp_path / "notes.txt").write_text("my notes")
+    (tmp_path / "folder").mkdir()
+    cases = [(runs[:2] + [str(copy)], tmp_path / "b.json", "same scores item for item"),
+             (runs, tmp_path / "r40.json", "one of the report.json files"),
+             (runs, tmp_path / "notes.txt", "not a bands file: not overwriting"),
+             (runs, tmp_path / "folder", "is a folder")]
+    for reports, out, msg in cases:
+        with pytest.raises(SystemExit) as e:
+            bands.main(reports + ["--make", "--out", str(out)])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and msg in err and len(err.strip().splitlines()) == 1, (out, err)
+    assert not (tmp_path / "b.json").exists() and (tmp_path / "notes.txt").read_text() == "my notes"
+    assert json.loads(open(runs[0]).read())["items"] == _items(40, 60)
+    bands.main(runs + ["--make", "--out", str(tmp_path / "b.json")])
+    bands.main(runs + ["--make", "--out", str(tmp_path / "b.json")])  # a bands file may be remade in place
 
 
 def test_cli_refuses_another_preset(tmp_path):
