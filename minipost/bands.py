@@ -27,7 +27,7 @@ import platform
 import statistics
 from pathlib import Path
 
-from minipost.common import DATA_DIR, ArgumentParser, InputError, exit_on_input_error, save_json
+from minipost.common import DATA_DIR, ArgumentParser, InputError, check_can_create, exit_on_input_error, save_json
 from minipost.evals import COLUMN_ORDER, HIGHER_IS_BETTER, card, read_report
 
 Z = 1.96  # the cells' intervals are 95% ones
@@ -60,7 +60,7 @@ def make_bands(cards: list[dict]) -> dict:
 
 def band_limits(band: dict) -> tuple[float, float]:
     """The interval [lo, hi] a cell of a new run is expected in (WIDTH * sqrt(sd^2 + se^2) around the mean)."""
-    half = WIDTH * math.sqrt(band["sd"] ** 2 + band["se"] ** 2)
+    half = WIDTH * math.hypot(band["sd"], band["se"])  # sqrt(sd^2 + se^2) without overflow
     return band["mean"] - half, band["mean"] + half
 
 
@@ -143,6 +143,8 @@ def read_bands(path) -> dict:
     try:
         saved = json.loads(Path(path).read_text(encoding="utf-8"))
         rows = saved["rows"]
+        if not isinstance(saved.get("made_from", []), list):
+            raise TypeError("made_from must be the list of report.json files the bands came from")
         for row, cols in rows.items():
             for col, b in cols.items():
                 if not all(isinstance(b.get(k), (int, float)) and not isinstance(b[k], bool) and math.isfinite(b[k])
@@ -183,6 +185,8 @@ def _main(argv=None):
         text = table(read_bands(args.bands))
         print(text)
         return text
+    if args.out and not args.make:
+        ap.error("--out is where --make writes the bands: give --make too")
     if not args.reports:
         ap.error("give a report.json to compare (or --make with >= 3 of them, or --table)")
     saved = [read_report(p) for p in args.reports]  # every file checked before anything is written
@@ -200,6 +204,7 @@ def _main(argv=None):
             raise InputError(f"--out {args.out} is one of the report.json files: it would be overwritten")
         if out.is_dir():
             raise InputError(f"--out {args.out} is a folder: give the bands file's path")
+        check_can_create(out.parent, f"--out {args.out}")
         if out.exists():
             try:
                 read_bands(out)
@@ -209,7 +214,10 @@ def _main(argv=None):
         bands = {"made_from": [str(p) for p in args.reports], "preset": presets.pop() if len(presets) == 1 else None,
                  "machine": cpu_name(), "eval_sha256": eval_digest(),
                  "rule": f"inside when |x - mean| <= {WIDTH} * sqrt(sd^2 + se^2)", "rows": make_bands(cards)}
-        save_json(args.out, bands)
+        try:
+            save_json(args.out, bands)
+        except OSError as e:
+            raise InputError(f"--out {args.out}: cannot write there ({e.strerror or type(e).__name__})") from None
         print(f"wrote {args.out}: bands of {sum(len(c) for c in bands['rows'].values())} cells from {len(cards)} runs")
         return bands
     if len(args.reports) != 1:

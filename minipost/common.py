@@ -166,17 +166,23 @@ def check_config(cfg) -> None:
         check_out_dir(cfg)
 
 
+def check_can_create(path: str | os.PathLike, what: str) -> None:
+    """Before any work: `path` (a file or folder to write) could be created, without creating anything: the
+    first existing folder on its way up must be a folder we can write in; else an InputError naming `what`."""
+    parent = Path(path)
+    while not parent.exists():  # the first folder that exists on the way up: can we create ours in it?
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"{what}: cannot write in {parent}" + (" (a file, not a folder)" if parent.is_file() else ""))
+
+
 def check_out_dir(cfg) -> None:
     """--out must be a folder we could create or write (checked without creating it), and must not be where
     the run's own starting checkpoints (--init, --ref) live: a new run there would move them aside."""
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {cfg.out}: exists and is not a folder")
-    parent = out
-    while not parent.exists():  # the first folder that exists on the way up: can we create ours in it?
-        parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise InputError(f"--out {cfg.out}: cannot write in {parent}")
+    check_can_create(out, f"--out {cfg.out}")
     for name in ("init", "ref"):
         start = getattr(cfg, name, "")
         if start and Path(start).resolve() in {(out / n).resolve() for n in ("model.pt", "state.pt")}:

@@ -40,8 +40,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from minipost.common import (DATA_DIR, DEVICE_HELP, ArgumentParser, InputError, autocast, exit_on_input_error,
-                             pick_device, read_jsonl, save_json)
+from minipost.common import (DATA_DIR, DEVICE_HELP, ArgumentParser, InputError, autocast, check_can_create,
+                             exit_on_input_error, pick_device, read_jsonl, save_json)
 from minipost.data import load_texts, pack, packed_eval_batches, pair_batch, tokenize_pairs
 from minipost.logprobs import sequence_logprobs, token_logprobs
 from minipost.model import check_same_tokenizer, load_model
@@ -524,6 +524,7 @@ def _main(argv=None):
         ap.error(f"--name given {len(args.name)} times for {len(args.ckpt or [])} --ckpt")
     if Path(args.out).exists() and not Path(args.out).is_dir():
         ap.error(f"--out {args.out}: exists and is not a folder")
+    check_can_create(args.out, f"--out {args.out}")
     if args.judge and args.no_chat:
         ap.error("--judge needs the chat answers that --no-chat skips")
     if args.from_json:

@@ -45,6 +45,7 @@ def test_compare_inside_above_below_and_not_comparable():
     b = bands.make_bands([card(_items(k, k)) for k in (48, 50, 52)])
     lo, hi = bands.band_limits(b["base"]["arithmetic"])
     assert 0.3 < lo < 0.4 and 0.6 < hi < 0.7
+    assert bands.band_limits({"mean": 0.0, "sd": 1e308, "se": 1e308})[1] == math.inf  # no OverflowError
     status = {r["row"]: r["status"] for r in bands.compare(card(_items(50, 90)), b)}
     assert status == {"base": "inside", "sft": "above"}
     status = {r["row"]: r["status"] for r in bands.compare(card(_items(10, 50)), b)}
@@ -71,7 +72,7 @@ def test_cli_make_then_check(tmp_path, capsys):
     assert text.splitlines()[2] == "| base | 45.0 ±5.0 (40.0-50.0) |"  # mean ±sd (min-max) over the 3 runs
 
 
-@pytest.mark.parametrize("case", ["missing", "not_json", "no_rows", "nan", "negative_sd", "no_min_max"])
+@pytest.mark.parametrize("case", ["missing", "not_json", "no_rows", "nan", "negative_sd", "no_min_max", "made_from"])
 def test_cli_bad_files_exit_2(tmp_path, capsys, case):
     mine = _write(tmp_path / "mine.json", _items(50, 60))
     path = tmp_path / "bands.json"
@@ -82,6 +83,9 @@ def test_cli_bad_files_exit_2(tmp_path, capsys, case):
     elif case == "nan":
         nan = {"mean": float("nan"), "sd": 0, "se": 0, "n": 1}
         path.write_text(json.dumps({"rows": {"base": {"arithmetic": nan}}}))
+    elif case == "made_from":
+        cell = {"mean": 0.5, "sd": 0.1, "min": 0.4, "max": 0.6, "se": 0.05, "n": 100}
+        path.write_text(json.dumps({"made_from": 5, "rows": {"base": {"arithmetic": cell}}}))
     elif case in ("negative_sd", "no_min_max"):
         cell = {"mean": 0.5, "sd": -0.1, "min": 0.4, "max": 0.6, "se": 0.05, "n": 100}
         if case == "no_min_max":
@@ -115,10 +119,12 @@ def test_make_refuses_one_run_twice_and_an_out_it_would_destroy(tmp_path, capsys
     cases = [(runs[:2] + [str(copy)], tmp_path / "b.json", "same scores item for item"),
              (runs, tmp_path / "r40.json", "one of the report.json files"),
              (runs, tmp_path / "notes.txt", "not a bands file: not overwriting"),
-             (runs, tmp_path / "folder", "is a folder")]
+             (runs, tmp_path / "folder", "is a folder"),
+             (runs, tmp_path / "notes.txt" / "b.json", "cannot write in"),
+             (runs[:1], tmp_path / "b.json", "--out is where --make writes")]
     for reports, out, msg in cases:
         with pytest.raises(SystemExit) as e:
-            bands.main(reports + ["--make", "--out", str(out)])
+            bands.main(reports + (["--make"] if len(reports) > 1 else []) + ["--out", str(out)])
         err = capsys.readouterr().err
         assert e.value.code == 2 and msg in err and len(err.strip().splitlines()) == 1, (out, err)
     assert not (tmp_path / "b.json").exists() and (tmp_path / "notes.txt").read_text() == "my notes"
