@@ -559,6 +559,7 @@ def read_report(path) -> dict:
         check(isinstance(items, dict) and bool(items), "'items' holds no rows")
         check(isinstance(parents, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in
                                                 parents.items()), "'parents' is not a {row: parent row} object")
+        check(all(p in items for p in parents.values()), "'parents' names a row the report does not hold")
         for name, runs in items.items():
             runs = runs if isinstance(runs, list) else [runs]
             check(bool(runs) and all(isinstance(r, dict) and r for r in runs), f"row {name!r} holds no columns")
@@ -568,6 +569,9 @@ def read_report(path) -> dict:
                 check(all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
                           for r in runs for v in r[column]), f"row {name!r}, column {column!r}: a score that is "
                       "not a finite number")
+                low, high = (0.0, math.inf) if column == "val_loss" else (0.0, 1.0)  # nats; else shares
+                check(all(low <= v <= high for r in runs for v in r[column]),
+                      f"row {name!r}, column {column!r}: a score outside [{low}, {high}]")
                 check(column in UNPAIRED or len({len(r[column]) for r in runs}) == 1,
                       f"row {name!r}, column {column!r}: seeds with different numbers of items")
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:

@@ -202,7 +202,10 @@ def test_cli_errors_are_one_line_and_exit_2(tmp_path, capsys):
     (tmp_path / "bad.json").write_text(json.dumps({"items": {"sft": {"knowledge": ["x"]}}}))
     for name, saved in {"parents.json": {"items": {"a": {"knowledge": [1.0]}}, "parents": "x"},
                         "empty.json": {"items": {}}, "nan.json": {"items": {"a": {"knowledge": [float("nan")]}}},
-                        "seeds.json": {"items": {"a": [{"knowledge": [1.0]}, {"knowledge": [1.0, 0.0]}]}}}.items():
+                        "seeds.json": {"items": {"a": [{"knowledge": [1.0]}, {"knowledge": [1.0, 0.0]}]}},
+                        "range.json": {"items": {"a": {"knowledge": [-7.0]}}},
+                        "loss.json": {"items": {"a": {"val_loss": [-0.5]}}},
+                        "orphan.json": {"items": {"a": {"knowledge": [1.0]}}, "parents": {"a": "z"}}}.items():
         (tmp_path / name).write_text(json.dumps(saved))
     (tmp_path / "afile").write_text("")
     for argv, msg in [(["--ckpt", str(tmp_path / "nope.pt")], "nope.pt: no such checkpoint"),
@@ -214,6 +217,11 @@ def test_cli_errors_are_one_line_and_exit_2(tmp_path, capsys):
                       (["--from-json", str(tmp_path / "empty.json")], "'items' holds no rows"),
                       (["--from-json", str(tmp_path / "nan.json")], "not a finite number"),
                       (["--from-json", str(tmp_path / "seeds.json")], "seeds with different numbers of items"),
+                      (["--from-json", str(tmp_path / "range.json")], "'knowledge': a score outside [0.0, 1.0]"),
+                      (["--from-json", str(tmp_path / "loss.json")], "'val_loss': a score outside [0.0, inf]"),
+                      (["--from-json", str(tmp_path / "orphan.json")], "names a row the report does not hold"),
+                      (["--from-json", str(tmp_path / "old.json"), "--out", str(tmp_path / "afile" / "x")],
+                       "cannot write in"),
                       (["--from-json", str(tmp_path / "old.json"), "--out", str(tmp_path / "afile")],
                        "afile: exists and is not a folder"),
                       (["--ckpt", "a.pt", "--judge", "j.pt", "--baseline", "b.pt", "--no-chat"], "--judge needs")]:
