@@ -78,6 +78,10 @@ def add_lora(model: nn.Module, rank: int, alpha: float, targets=TARGETS) -> nn.M
     names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and _targeted(n, targets)]
     if not names:
         raise ValueError(f"no linear layer of the model matches the LoRA targets {targets}")
+    full = min(min(model.get_submodule(n).weight.shape) for n in names)  # beyond it B A is no longer low rank
+    if rank > full:
+        raise ValueError(f"LoRA rank {rank} is more than the smallest targeted layer's full rank {full}: "
+                         "the adapter would not be low-rank (and would outgrow the layer)")
     for name in names:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name)
@@ -114,7 +118,10 @@ def add_lora_from_flags(model: nn.Module, cfg) -> str:
     """add_lora as cfg.lora_rank, cfg.lora_alpha and cfg.lora_targets say (rank 0: nothing) -> a line to print."""
     if not cfg.lora_rank:
         return f"full fine-tuning: every one of the {trainable(model) / 1e6:.3f}M weights trains"
-    add_lora(model, cfg.lora_rank, cfg.lora_alpha, parse_targets(cfg.lora_targets))
+    try:
+        add_lora(model, cfg.lora_rank, cfg.lora_alpha, parse_targets(cfg.lora_targets))
+    except ValueError as e:  # a flag the model cannot take: one line, before any step
+        raise InputError(f"--lora-rank {cfg.lora_rank}: {e}") from None
     total = sum(p.numel() for p in model.parameters())  # (num_params leaves out the position embeddings)
     return (f"LoRA rank {cfg.lora_rank}, alpha {cfg.lora_alpha:g} on {cfg.lora_targets}: "
             f"{trainable(model) / 1e6:.3f}M trainable parameters of {total / 1e6:.3f}M")

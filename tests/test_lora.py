@@ -58,6 +58,9 @@ def test_targets_and_rank_are_checked():
             lora.parse_targets(bad)
     with pytest.raises(ValueError, match="rank must be >= 1"):
         lora.add_lora(tiny(), rank=0, alpha=1)
+    lora.add_lora(tiny(), rank=16, alpha=1)  # n_embd 16: full rank is the most an adapter may have
+    with pytest.raises(ValueError, match="more than the smallest targeted layer's full rank 16"):
+        lora.add_lora(tiny(), rank=17, alpha=1)
     only_fc = lora.add_lora(tiny(), rank=2, alpha=2, targets=("fc",))
     assert [n for n, m in only_fc.named_modules() if isinstance(m, lora.LoRALinear)] == [
         "blocks.0.mlp.fc", "blocks.1.mlp.fc"]
