@@ -13,7 +13,8 @@ is encoded as plain text: typing `<|end|>` gives the tokens of those characters,
 user cannot end a turn or speak as the assistant.
 
 Commands: /reset forgets the conversation (the system prompt stays), /quit (or end of input) leaves.
-From a pipe, every line is one user turn and only the answers are printed.
+From a pipe, every line is one user turn and only the answers are printed; a line too long for the context
+gets a one-line error instead of an answer, the next lines are still answered, and the exit status is 2.
 """
 from __future__ import annotations
 
@@ -84,12 +85,13 @@ def answer(model, enc, ids: list[int], args, generator, out=sys.stdout) -> str:
     return streamer.finish()
 
 
-def chat(model, enc, args, lines, interactive: bool, out=sys.stdout) -> int:
-    """The conversation loop over `lines` (the user's input, one turn per line) -> the number of answers."""
+def chat(model, enc, args, lines, interactive: bool, out=sys.stdout) -> tuple[int, int]:
+    """The conversation loop over `lines` (the user's input, one turn per line) -> (answers given, turns refused
+    because they do not fit the context)."""
     generator = torch.Generator(device=model.wte.weight.device).manual_seed(args.seed)
     budget = model.cfg.block_size - args.max_new_tokens
     turns: list[dict] = []
-    n = 0
+    n = refused = 0
     for line in lines:
         text = line.rstrip("\n")
         if text.strip() == "/quit":
@@ -107,6 +109,7 @@ def chat(model, enc, args, lines, interactive: bool, out=sys.stdout) -> int:
                 ids, turns = fit_history(enc, args.system, turns + [{"role": "user", "content": text}], budget)
             except InputError as e:
                 print(f"error: {e}", file=sys.stderr)
+                refused += 1
                 continue
         if interactive:
             out.write("model> ")
@@ -114,7 +117,7 @@ def chat(model, enc, args, lines, interactive: bool, out=sys.stdout) -> int:
         if not args.raw:
             turns.append({"role": "assistant", "content": reply})
         n += 1
-    return n
+    return n, refused
 
 
 def typed_lines():
@@ -160,12 +163,21 @@ def _main(argv=None):
     if not 1 <= args.max_new_tokens < model.cfg.block_size:
         raise InputError(f"--max-new-tokens {args.max_new_tokens}: must be in 1 .. {model.cfg.block_size - 1} "
                          f"(the model's context is {model.cfg.block_size} tokens)")
+    if not args.raw:  # the system prompt and the answer's room must leave room for a user message
+        try:
+            fit_history(enc, args.system, [{"role": "user", "content": "?"}], model.cfg.block_size - args.max_new_tokens)
+        except InputError:
+            raise InputError(f"--max-new-tokens {args.max_new_tokens}" + (" and --system" if args.system else "") +
+                             f" leave no room for a user message in the model's {model.cfg.block_size}-token "
+                             "context") from None
     threads.configure("auto")
     interactive = sys.stdin.isatty()
     if interactive:
         print(f"{args.ckpt}: {model.num_params() / 1e6:.2f}M parameters, context {model.cfg.block_size} tokens. "
               "/reset forgets the conversation, /quit leaves.")
-    chat(model, enc, args, typed_lines() if interactive else sys.stdin, interactive)
+    _, refused = chat(model, enc, args, typed_lines() if interactive else sys.stdin, interactive)
+    if refused and not interactive:  # a script must see that some of its lines got no answer
+        raise SystemExit(2)
     return 0
 
 

@@ -84,9 +84,10 @@ def test_chat_loop_keeps_history_and_reset_forgets_it(nano_ckpt, monkeypatch):
     seen = []
     real = chat.fit_history
     monkeypatch.setattr(chat, "fit_history", lambda *a: seen.append(len(a[2])) or real(*a))
-    n = chat.chat(model, enc, args(max_new_tokens=4), ["hello\n", "again\n", "/reset\n", "\n", "new\n", "/quit\n",
-                                                         "never\n"], interactive=False, out=io.StringIO())
-    assert n == 3 and seen == [1, 3, 1]  # the second turn carries the first exchange; /reset empties it
+    n, refused = chat.chat(model, enc, args(max_new_tokens=4), ["hello\n", "again\n", "/reset\n", "\n", "new\n",
+                                                                  "/quit\n", "never\n"], interactive=False,
+                           out=io.StringIO())
+    assert (n, refused) == (3, 0) and seen == [1, 3, 1]  # the second turn carries the first exchange; /reset empties it
 
 
 def run_cli(*argv, stdin=""):
@@ -109,6 +110,8 @@ def test_a_pipe_gets_one_answer_per_line_and_exits_0(nano_ckpt):
     (["--temperature", "-1"], "--temperature -1.0"),
     (["--top-k", "-2"], "--top-k -2"),
     (["--max-new-tokens", "64"], "--max-new-tokens 64: must be in 1 .. 63"),
+    (["--max-new-tokens", "63"], "--max-new-tokens 63 leave no room for a user message"),
+    (["--max-new-tokens", "6", "--system", "word " * 100], "and --system leave no room for a user message"),
     (["--raw", "true", "--system", "x"], "--system needs the chat template"),
     (["--raw", "maybe"], "expected a boolean"),
     (["--device", "tpu"], "tpu"),
@@ -118,6 +121,13 @@ def test_bad_flags_are_one_line_errors(nano_ckpt, flags, msg):
     r = run_cli("--ckpt", str(path), *flags, stdin="hi\n")
     assert r.returncode == 2 and msg in r.stderr and len(r.stderr.strip().splitlines()) <= 2, r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_a_piped_line_too_long_for_the_context_is_an_error_and_exit_2(nano_ckpt):
+    path, _, _ = nano_ckpt
+    r = run_cli("--ckpt", str(path), "--max-new-tokens", "6", stdin="hi\n" + "word " * 200 + "\nhi\n")
+    assert r.returncode == 2 and r.stdout.count("\n") == 2, (r.stdout, r.stderr)  # the other lines answered
+    assert r.stderr.count("error:") == 1 and "Traceback" not in r.stderr
 
 
 def test_a_missing_or_broken_checkpoint_is_one_line(tmp_path):
