@@ -19,6 +19,7 @@ from pathlib import Path
 
 from minipost.common import DEVICE_HELP, ArgumentParser, InputError, exit_on_input_error, pick_device, positive_int
 from minipost.evals import eval_answers, evaluate_items
+from minipost.model import load_model
 from minipost.reward_model import RewardModel
 
 ROWS = ("pretrain", "sft", "dpo", "rloo", "grpo", "ppo")  # the card's rows, as the pipeline evaluates them
@@ -59,6 +60,10 @@ def main(argv=None) -> dict:
     if missing:
         raise InputError(f"--out {args.out}: not a finished pipeline run (no {missing[0]})")
     device = pick_device(args.device)
+    for s in ROWS:  # every checkpoint read once before any timing: a bad one is found now, not minutes in
+        if load_model(out / s / "model.pt")[2].get("kind") == JUDGE:
+            raise InputError(f"{out / s / 'model.pt'}: a reward model, not the {s} stage's policy")
+    RewardModel(str(out / JUDGE / "model.pt"))
 
     times = {n: [] for n in limits}
     with tempfile.TemporaryDirectory() as tmp:  # the answers files land here, not in the run's report
