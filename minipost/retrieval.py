@@ -30,6 +30,8 @@ import re
 import sqlite3
 from pathlib import Path
 
+from minipost.common import ArgumentParser
+
 WORD = re.compile(r"\w+", re.UNICODE)  # FTS5's unicode61 tokenizer also splits on everything that is not \w
 # English function words, dropped from queries as IR systems commonly do (lists like NLTK's or SMART's).
 # Without them "Tell me the capital city of Brerkia." ranks three tool documents ("Tell me the weather for
@@ -51,19 +53,39 @@ def fts_query(text: str) -> str:
     return " OR ".join('"' + w.replace('"', '""') + '"' for w in words)
 
 
+INDEX_TABLES = {"docs", "docs_data", "docs_idx", "docs_content", "docs_docsize", "docs_config"}  # what fts5 makes
+
+
 class Index:
     """A BM25 full-text index of texts, in memory (path None) or in an SQLite file (kept between runs:
     Index(path=...) reopens it, and its positions continue). Positions are indices into the texts in the
     order they were added, starting at 0."""
 
     def __init__(self, texts: list[str] = (), path: str | Path | None = None):
-        if path is not None and Path(path).is_dir():
-            raise ValueError(f"{path}: is a folder, not an index file")
+        if path is not None:
+            if Path(path).is_dir():
+                raise ValueError(f"{path}: is a folder, not an index file")
+            if not Path(path).parent.is_dir():
+                raise ValueError(f"{path}: its folder {Path(path).parent} does not exist")
         self.db = sqlite3.connect(":memory:" if path is None else str(path))
+        try:  # an existing file must be an empty database or an index of ours: never write into another one
+            tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        except sqlite3.DatabaseError as e:
+            self.db.close()
+            raise ValueError(f"{path}: not an SQLite index file ({e})") from None
+        if tables and tables != INDEX_TABLES:
+            self.db.close()
+            raise ValueError(f"{path}: an SQLite database of something else (tables {sorted(tables)}): not "
+                             "writing an index into it")
         # porter: words match by their stem ("moved" = "move", "speaks" = "speak"); remove_diacritics 2:
         # "Zürich" = "Zurich". rowid = position + 1 (SQLite's rowids start at 1)
         self.db.execute("CREATE VIRTUAL TABLE IF NOT EXISTS docs USING fts5(text, "
                         "tokenize = 'porter unicode61 remove_diacritics 2')")
+        if texts and len(self):  # a rerun of the same script would store every text twice
+            n = len(self)
+            self.db.close()
+            raise ValueError(f"{path}: already holds an index of {n} texts; Index(path=...) reopens it and "
+                             ".add(texts) appends to it")
         self.add(texts)
 
     def __len__(self) -> int:
@@ -77,6 +99,10 @@ class Index:
         for i, t in enumerate(texts):
             if not isinstance(t, str):
                 raise TypeError(f"text {i}: expected str, got {type(t).__name__}")
+            try:
+                t.encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise ValueError(f"text {i}: not valid Unicode ({e.reason} at character {e.start})") from None
         start = len(self)
         with self.db:  # one transaction: all of them or none
             self.db.executemany("INSERT INTO docs(rowid, text) VALUES (?, ?)",
@@ -91,8 +117,9 @@ class Index:
 
     def search(self, query: str, k: int = 3) -> list[int]:
         """Positions of the (at most) k best texts for query, best first (BM25; ties: the earlier text)."""
-        if not isinstance(k, int) or k < 1:
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
             raise ValueError(f"k must be an int >= 1, got {k!r}")
+        k = min(k, 2**62)  # SQLite's LIMIT is a 64-bit integer
         q = fts_query(query)
         if not q:
             return []
@@ -132,6 +159,8 @@ def knowledge_recall(ks=(1, 3, 5), data_dir=None) -> dict:
 
 
 if __name__ == "__main__":
+    ArgumentParser(prog="python -m minipost.retrieval", description="Recall@k of the BM25 retriever on the "
+                   "held-out knowledge questions over the pretraining corpus (no flags).").parse_args()
     r = knowledge_recall()
     for k, v in r["recall"].items():
         print(f"recall@{k} on {r['questions']} held-out knowledge questions over {r['documents']} corpus "

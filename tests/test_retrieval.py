@@ -37,9 +37,43 @@ def test_add_is_an_update_and_positions_continue(tmp_path):
         index.add("one string")
     with pytest.raises(TypeError, match="text 1"):
         index.add(["fine", 3])
+    with pytest.raises(ValueError, match="text 0: not valid Unicode"):
+        index.add(["\ud800"])
     assert len(index) == 3  # a refused update adds nothing
     with pytest.raises(IndexError):
         index.text(99)
+    for k in (0, True, 1.0):
+        with pytest.raises(ValueError, match="k must be an int"):
+            index.search("capital", k=k)
+    assert index.search("Ostal", k=2**63) == index.search("Ostal", k=10) != []  # k beyond SQLite: every match
+
+
+def test_a_file_is_never_written_into_unless_it_is_an_index_of_ours(tmp_path):
+    """Another program's database, a non-database file and a rerun that would store every text twice are
+    refused and left as they were."""
+    import sqlite3
+
+    store = tmp_path / "store.sqlite"
+    Index(DOCS, path=store).close()
+    with pytest.raises(ValueError, match="already holds an index of 4 texts"):
+        Index(DOCS, path=store)  # the same script run again
+    assert len(Index(path=store)) == 4
+    app = tmp_path / "app.db"
+    with sqlite3.connect(app) as db:
+        db.execute("CREATE TABLE users(name)")
+    db.close()
+    with pytest.raises(ValueError, match=r"database of something else \(tables \['users'\]\)"):
+        Index(DOCS, path=app)
+    with sqlite3.connect(app) as db:
+        assert [r[0] for r in db.execute("SELECT name FROM sqlite_master")] == ["users"]
+    db.close()
+    junk = tmp_path / "notes.db"
+    junk.write_text("my notes " * 100)
+    with pytest.raises(ValueError, match="not an SQLite index file"):
+        Index(DOCS, path=junk)
+    assert junk.read_text() == "my notes " * 100
+    with pytest.raises(ValueError, match="does not exist"):
+        Index(DOCS, path=tmp_path / "no" / "x.db")
 
 
 @pytest.mark.parametrize("query", ['"', '""', "'", "NEAR(", "NEAR(capital Brerkia, 2)", "*", "capit*", "-", "-capital",
