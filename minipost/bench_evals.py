@@ -18,33 +18,19 @@ import time
 from pathlib import Path
 
 from minipost.common import DEVICE_HELP, ArgumentParser, InputError, exit_on_input_error, pick_device, positive_int
-from minipost.evals import eval_answers, evaluate_items
 from minipost.model import load_model
+from minipost.pipeline import JUDGE, STAGES, card_items
 from minipost.reward_model import RewardModel
 
-ROWS = ("pretrain", "sft", "dpo", "rloo", "grpo", "ppo")  # the card's rows, as the pipeline evaluates them
-JUDGE, REF = "reward_model", "sft"
+ROWS = tuple(s for s in STAGES if s != JUDGE)  # the card's rows, in the pipeline's order
 
 
 def limits_arg(text: str) -> list[int]:
     """--limits: comma-separated whole numbers >= 0 (0: every item)."""
-    try:
-        out = [int(x) for x in text.split(",")]
-    except ValueError:
-        raise InputError(f"--limits {text!r}: expected whole numbers >= 0 separated by commas, like 100,0") from None
-    if not out or min(out) < 0:
+    parts = text.split(",")
+    if not all(p.strip().isdigit() for p in parts):
         raise InputError(f"--limits {text!r}: expected whole numbers >= 0 separated by commas, like 100,0")
-    return out
-
-
-def evaluate_card(out: Path, device, limit: int | None, report_dir: Path) -> None:
-    """The pipeline's evaluation step on the checkpoints of `out`: the judge's baseline answers, then every row."""
-    ref = str(out / REF / "model.pt")
-    judge = RewardModel(str(out / JUDGE / "model.pt"), device)
-    baseline = eval_answers(ref, device, limit)
-    for s in ROWS:
-        evaluate_items(str(out / s / "model.pt"), device, ref_path=ref, out_dir=report_dir, limit=limit,
-                       judge=judge, baseline=baseline if s != REF else None)
+    return [int(p) for p in parts]
 
 
 def main(argv=None) -> dict:
@@ -55,22 +41,22 @@ def main(argv=None) -> dict:
     ap.add_argument("--device", default="auto", help=DEVICE_HELP)
     args = ap.parse_args(argv)
     limits = limits_arg(args.limits)
-    out = Path(args.out)
-    missing = [str(out / s / "model.pt") for s in (*ROWS, JUDGE) if not (out / s / "model.pt").is_file()]
+    ckpts = {s: [Path(args.out) / s / "model.pt"] for s in STAGES}  # what the pipeline's evaluation step gets
+    missing = [str(p) for (p,) in ckpts.values() if not p.is_file()]
     if missing:
         raise InputError(f"--out {args.out}: not a finished pipeline run (no {missing[0]})")
     device = pick_device(args.device)
     for s in ROWS:  # every checkpoint read once before any timing: a bad one is found now, not minutes in
-        if load_model(out / s / "model.pt")[2].get("kind") == JUDGE:
-            raise InputError(f"{out / s / 'model.pt'}: a reward model, not the {s} stage's policy")
-    RewardModel(str(out / JUDGE / "model.pt"))
+        if load_model(ckpts[s][0])[2].get("kind") == JUDGE:
+            raise InputError(f"{ckpts[s][0]}: a reward model, not the {s} stage's policy")
+    RewardModel(ckpts[JUDGE][0])
 
     times = {n: [] for n in limits}
     with tempfile.TemporaryDirectory() as tmp:  # the answers files land here, not in the run's report
         for _ in range(args.repeats):
             for n in limits:  # alternating, so a change in the machine's load hits every limit alike
                 t = time.perf_counter()
-                evaluate_card(out, device, n or None, Path(tmp) / str(n))
+                card_items(ckpts, device, n or None, Path(tmp) / str(n))
                 times[n].append(time.perf_counter() - t)
     med = {n: statistics.median(v) for n, v in times.items()}
     print(f"card evaluation of {args.out} ({len(ROWS)} checkpoints + judge) on {device}, median of {args.repeats}:")

@@ -163,6 +163,23 @@ def run_stage(name: str, cfg: Config, out: Path, seed: int | None = None) -> Pat
     return stage_out / "model.pt"
 
 
+def card_items(ckpts: dict[str, list], device, limit: int | None, report_dir) -> dict:
+    """The card's per-item scores of every stage's checkpoints ({stage: [path per seed]}), the judge's
+    win_rate against the SFT model's answers included -> {row: items (a list of them with several seeds)}."""
+    ref = ckpts["sft"][0] if "sft" in ckpts else None
+    judge = RewardModel(ckpts[JUDGE][0], device) if JUDGE in ckpts else None
+    baseline = eval_answers(ref, device, limit) if judge and ref else None  # what win_rate compares against
+    items = {}
+    for s, paths in ckpts.items():
+        if s == JUDGE:
+            continue
+        print(f"== eval {s}" + (f" ({len(paths)} seeds)" if len(paths) > 1 else ""))
+        runs = [evaluate_items(p, device, ref_path=ref, out_dir=report_dir, limit=limit, judge=judge,
+                               baseline=baseline if s != "sft" else None) for p in paths]
+        items[ROW_NAMES.get(s, s)] = runs if len(runs) > 1 else runs[0]
+    return items
+
+
 def run(cfg: Config) -> dict:
     """Every stage, then the card. Under `torchrun --nproc_per_node N -m minipost.pipeline` every stage runs on
     the N processes (minipost/dist.py) and rank 0 alone writes the pipeline's files and evaluates the card."""
@@ -197,19 +214,7 @@ def run(cfg: Config) -> dict:
         dist.barrier(ranks)
         return {}
     t = time.time()
-    device = ranks.device
-    ref = ckpts["sft"][0] if "sft" in ckpts else None
-    limit = cfg.eval_limit or None
-    judge = RewardModel(ckpts[JUDGE][0], device) if JUDGE in ckpts else None
-    baseline = eval_answers(ref, device, limit) if judge and ref else None  # what win_rate compares against
-    items = {}
-    for s, paths in ckpts.items():
-        if s == JUDGE:
-            continue
-        print(f"== eval {s}" + (f" ({len(paths)} seeds)" if len(paths) > 1 else ""))
-        runs = [evaluate_items(p, device, ref_path=ref, out_dir=out / "report", limit=limit, judge=judge,
-                               baseline=baseline if s != "sft" else None) for p in paths]
-        items[ROW_NAMES.get(s, s)] = runs if len(runs) > 1 else runs[0]
+    items = card_items(ckpts, ranks.device, cfg.eval_limit or None, out / "report")
     timings["evals"] = time.time() - t
     timings["total"] = time.time() - t0
     print()

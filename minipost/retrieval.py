@@ -68,13 +68,21 @@ class Index:
             if not Path(path).parent.is_dir():
                 raise ValueError(f"{path}: its folder {Path(path).parent} does not exist")
         self.db = sqlite3.connect(":memory:" if path is None else str(path))
-        try:  # an existing file must be an empty database or an index of ours: never write into another one
+        try:
+            self._open(texts, path)
+        except ValueError:
+            self.db.close()
+            raise
+        self.add(texts)
+
+    def _open(self, texts, path):
+        """Make the index table, in a new or empty database or in an index of ours with no texts to add; an
+        existing file of anything else is never written into (ValueError)."""
+        try:
             tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         except sqlite3.DatabaseError as e:
-            self.db.close()
             raise ValueError(f"{path}: not an SQLite index file ({e})") from None
         if tables and tables != INDEX_TABLES:
-            self.db.close()
             raise ValueError(f"{path}: an SQLite database of something else (tables {sorted(tables)}): not "
                              "writing an index into it")
         # porter: words match by their stem ("moved" = "move", "speaks" = "speak"); remove_diacritics 2:
@@ -82,11 +90,8 @@ class Index:
         self.db.execute("CREATE VIRTUAL TABLE IF NOT EXISTS docs USING fts5(text, "
                         "tokenize = 'porter unicode61 remove_diacritics 2')")
         if texts and len(self):  # a rerun of the same script would store every text twice
-            n = len(self)
-            self.db.close()
-            raise ValueError(f"{path}: already holds an index of {n} texts; Index(path=...) reopens it and "
-                             ".add(texts) appends to it")
-        self.add(texts)
+            raise ValueError(f"{path}: already holds an index of {len(self)} texts; Index(path=...) reopens it "
+                             "and .add(texts) appends to it")
 
     def __len__(self) -> int:
         return self.db.execute("SELECT count(*) FROM docs").fetchone()[0]
