@@ -120,22 +120,31 @@ def stage_config(name: str, cfg: Config, out: Path, seed: int | None = None):
             kw["eval_limit"] = min(cfg.eval_limit, full.eval_limit or cfg.eval_limit)
         if "eval_pairs" in names:  # DPO: held-out pairs
             kw["eval_pairs"] = min(6 * cfg.eval_limit, full.eval_pairs)
+        if "eval_windows" in names:  # pretrain, SFT: held-out text windows (the card's val_loss shrinks alike)
+            kw["eval_windows"] = min(4 * cfg.eval_limit, full.eval_windows)
     return module, config_with_preset(module.Config, module.PRESETS, **kw, **overrides)
 
 
 def stage_plan(name: str, cfg: Config, out: Path, seed: int | None = None):
-    """-> (module, stage config, "reuse" | "resume" | "run"): reuse a finished stage (its model.pt holds the last
-    step), resume an interrupted one, else run it. Refuses (InputError) to resume a saved run whose config is
-    not this one (another --max-steps, say): that is a decision for the user, before any stage runs."""
+    """-> (module, stage config, "reuse" | "resume" | "run") for one stage of the pipeline (see plan)."""
     module, stage_cfg = stage_config(name, cfg, out, seed)
+    stage_cfg, what = plan(name, stage_cfg, cfg.fresh)
+    return module, stage_cfg, what
+
+
+def plan(name: str, stage_cfg, fresh: bool = False):
+    """-> (stage config, "reuse" | "resume" | "run"): reuse a finished run (its OUT/model.pt holds the last
+    step), resume an interrupted one (OUT/state.pt), else run it. Refuses (InputError) to resume a saved run
+    whose config is not this one (another --max-steps, say): that is a decision for the user, before any stage
+    runs. minipost.lab plans its own runs with it too."""
     stage_out = Path(stage_cfg.out)
-    if cfg.fresh:
-        return module, stage_cfg, "run"
+    if fresh:
+        return stage_cfg, "run"
     if (stage_out / "model.pt").exists():
         if load_checkpoint(stage_out / "model.pt", required=("step",))["step"] >= stage_cfg.max_steps:
-            return module, stage_cfg, "reuse"
+            return stage_cfg, "reuse"
     if not (stage_out / "state.pt").exists():
-        return module, stage_cfg, "run"
+        return stage_cfg, "run"
     stage_cfg = dataclasses.replace(stage_cfg, resume=True)
     saved = load_checkpoint(stage_out / "state.pt", required=("config",))["config"]
     now = asdict(stage_cfg)
@@ -144,12 +153,17 @@ def stage_plan(name: str, cfg: Config, out: Path, seed: int | None = None):
         diff = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in changed)
         raise InputError(f"{stage_out} holds an unfinished {name} run of another config ({diff}); rerun with "
                          f"--fresh true (its files move to {stage_out / 'previous'}/) or give another --out")
-    return module, stage_cfg, "resume"
+    return stage_cfg, "resume"
 
 
 def run_stage(name: str, cfg: Config, out: Path, seed: int | None = None) -> Path:
     """Run one stage (with one seed), reuse it if it finished, resume it if it was interrupted."""
     module, stage_cfg, what = stage_plan(name, cfg, out, seed)
+    return run_planned(name, module, stage_cfg, what)
+
+
+def run_planned(name: str, module, stage_cfg, what: str) -> Path:
+    """Carry out a plan(): print what runs (or is reused), train, return OUT/model.pt."""
     stage_out = Path(stage_cfg.out)
     if what == "reuse":
         print(f"== {name}: reusing {stage_out / 'model.pt'} (finished)")

@@ -80,11 +80,13 @@ def test_a_stage_whose_start_is_missing_is_refused_before_anything_is_written(tm
 def test_the_small_preset_runs_every_stage_on_the_cpu(tmp_path, monkeypatch):
     """--preset small (the one-GPU preset: an 11M-parameter GPT, 512-token rows) one step per stage, so the
     preset cannot rot: its values pass every Config check and its shapes run through every objective. Only the
-    sizes that make a CPU step slow shrink (reference log-probs of all 2040 DPO pairs, 32 RL prompts x 8)."""
+    sizes that make a CPU step slow shrink (rows per step, reference log-probs of all 2040 DPO pairs, 32 RL
+    prompts x 8); the row length (512 tokens) and the model stay the preset's."""
     from minipost import pipeline
 
-    lean = {"reward_model": {"max_pairs": 64}, "dpo": {"max_pairs": 64}, "rloo": {"prompts_per_step": 2},
-            "grpo": {"prompts_per_step": 2}, "ppo": {"prompts_per_step": 2}}
+    lean = {"pretrain": {"batch_size": 4}, "sft": {"batch_size": 4},
+            "reward_model": {"max_pairs": 64, "batch_size": 4}, "dpo": {"max_pairs": 64, "batch_size": 4},
+            "rloo": {"prompts_per_step": 2}, "grpo": {"prompts_per_step": 2}, "ppo": {"prompts_per_step": 2}}
     monkeypatch.setattr(pipeline, "STAGES", {name: (m, parent, {**over, **lean.get(name, {})})
                                              for name, (m, parent, over) in pipeline.STAGES.items()})
     report = run(Config(out=str(tmp_path), preset="small", max_steps=1, eval_limit=1, progress=False))

@@ -31,7 +31,7 @@ OUT = out_dir("11_lora")
 ensure_world()
 BASE = start_checkpoint(OUT, ["runs/pipeline/pretrain/model.pt", "runs/pretrain/model.pt"])
 print("base model:", BASE)
-SMOKE_FLAGS = {sft: dict(max_steps=3, eval_windows=4), dpo: dict(max_steps=3, eval_pairs=16)} if SMOKE else {}
+SMOKE_FLAGS = {sft: dict(max_steps=3, eval_windows=4), dpo: dict(max_steps=3, eval_pairs=16, max_pairs=64)} if SMOKE else {}
 LIMIT = 4 if SMOKE else None  # held-out items per domain for the card (None: all)
 
 # %% [markdown]

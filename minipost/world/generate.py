@@ -203,9 +203,10 @@ def main(argv=None):
         probe.unlink()
     except OSError as e:
         ap.error(f"--out {args.out}: cannot write there ({e.strerror or type(e).__name__})")
-    paths = build(out, args.seed)
+    from minipost.world.lab import build_lab  # the lab's files (data/lab/): their own streams, see lab.py
+    paths = {**build(out, args.seed), **{f"lab/{k}": v for k, v in build_lab(out, args.seed).items()}}
     for name, path in paths.items():
         rows = read_jsonl(path)
         counts = Counter(r.get("domain", "-") for r in rows)
         detail = "  ".join(f"{d}={counts[d]}" for d in DOMAINS if counts[d])
-        print(f"{name:13s} {len(rows):6d} rows  {path.stat().st_size / 1e6:5.2f} MB  {detail}")
+        print(f"{name:21s} {len(rows):6d} rows  {path.stat().st_size / 1e6:5.2f} MB  {detail}")

@@ -1,0 +1,552 @@
+"""Do you really need post-training? Prompting, RAG, continual pretraining and post-training, side by side.
+
+Practitioners judge by rules of thumb: a system prompt for a few instructions, retrieval (RAG) for a
+knowledge base that changes, continual pretraining for knowledge the model never saw, post-training for a
+behaviour that must hold tightly. This file measures each rule on our world and model: the accuracy each
+method reaches, what it costs in seconds, and what it breaks elsewhere (the report card's old domains).
+
+    policies  "Do not discuss: a, b, ...": the pipeline's chat models *prompted* with the list, against the
+              same SFT model post-trained on the skill (SFT on lab/policy_sft, then DPO on lab/policy_prefs),
+              on topics no training row mentions, at 1-30 topics, with and without trigger openers.
+    updates   two news updates (lab/update_*): the stale chat model, SFT on the changed facts, continued
+              pretraining on the news documents (with as much original corpus replayed), and RAG over the updated knowledge base (retrieval.Index;
+              the reader is the chat model fine-tuned once on lab/context_sft to answer from passages).
+    region    24 countries the base corpus never mentions: SFT alone (the pipeline's recipe plus the region's
+              chat questions), continued pretraining on the region's corpus first (with and without replaying
+              the original corpus), and RAG; held-out facts are in no chat split.
+    skills    SQL and instruction following: what post-training did, read from the pipeline's report card.
+
+Every run starts from the pipeline's checkpoints (OUT_PIPELINE/pretrain, sft, dpo), is reused when finished
+and resumed when interrupted (like the pipeline), and writes OUT/<part>/<run>/. The result: OUT/lab.json (every
+number), OUT/lab.md (the table), OUT/lab.png.
+
+    python -m minipost.pipeline                 # first: the checkpoints it starts from
+    python -m minipost.lab                      # the comparison (nano, 2-core CPU; README "Do you need ...")
+    python -m minipost.lab --parts updates      # one part
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from minipost import threads
+from minipost.bands import cpu_name
+from minipost.common import (DATA_DIR, DEVICE_HELP, InputError, check_config, check_device, check_out_dir,
+                             config_with_preset, field, load_checkpoint, main, pick_device, read_jsonl, save_json)
+from minipost.evals import binomial_ci, evaluate_items, means
+from minipost.model import load_model
+from minipost.pipeline import plan, run_planned
+from minipost.retrieval import Index
+from minipost.rollout import complete
+from minipost.tokenizer import render_prompt, special_id
+from minipost.world import lab as world_lab
+from minipost.world.context import rag_prompt
+from minipost.world.policies import LIST_LENGTHS
+
+PARTS = ("policies", "updates", "region", "skills")
+OLD_COLUMNS = ("knowledge", "arithmetic", "instructions", "tools", "sql", "refuse", "over_refusal", "val_loss")
+
+
+def parse_parts(text: str) -> list[str]:
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    bad = [p for p in parts if p not in PARTS]
+    if bad or not parts or len(set(parts)) != len(parts):
+        raise InputError(f"--parts {text!r}: a comma-separated list of distinct parts among {list(PARTS)}")
+    return parts
+
+
+@dataclass
+class Config:
+    """Measure prompting, RAG, continual pretraining and post-training side by side (see the module docstring)."""
+    out: str = field("runs/lab", "output folder: lab.json, lab.md, lab.png and one folder per part")
+    pipeline: str = field("runs/pipeline", "the pipeline's output folder: pretrain/, sft/, dpo/ (and report/ for "
+                          "the skills part) are the checkpoints every run starts from")
+    parts: str = field(",".join(PARTS), "comma-separated parts to run", check=parse_parts)
+    rag_k: int = field(3, "passages retrieved per question for RAG", min=1, max=3)
+    seed: int = field(1337, "random seed of every run", min=0, max=2**32 - 1)
+    fresh: bool = field(False, "rerun every run from scratch (default: reuse finished runs, resume the rest)")
+    max_steps: int = field(0, "if > 0, cap every run at this many steps (a smoke run, not real results)", min=0)
+    eval_limit: int = field(0, "if > 0, evaluate at most this many items per cell and card domain (smoke runs)",
+                            min=0)
+    device: str = field("auto", DEVICE_HELP, check=check_device)
+    progress: bool = field(False, "show tqdm progress bars")
+    threads: str = field("auto", threads.HELP, check=threads.parse_threads)
+
+    def __post_init__(self):
+        check_config(self)
+
+
+# Each run: (module, starts from, data, the flags that differ from the module's nano defaults). "{x}" names a
+# checkpoint of the pipeline (pretrain, sft, dpo) or of an earlier run; data files are written by mixes().
+RUNS = {
+    "policies": {
+        "sft": ("minipost.sft", "sft", "policy_sft_mix", dict(max_steps=200)),
+        "sft_dpo": ("minipost.dpo", "policies/sft", "policy_prefs_mix", dict(max_steps=100)),
+    },
+    "updates": {
+        "reader": ("minipost.sft", "dpo", "context_mix", dict(max_steps=200)),
+        "sft_1": ("minipost.sft", "dpo", "update_sft_1", dict(max_steps=40, warmup_steps=5)),
+        "sft_2": ("minipost.sft", "updates/sft_1", "update_sft_2", dict(max_steps=40, warmup_steps=5)),
+        "cpt_1": ("minipost.pretrain", "dpo", "update_docs_1", dict(max_steps=40, lr=3e-4, warmup_steps=5)),
+        "cpt_2": ("minipost.pretrain", "updates/cpt_1", "update_docs_2", dict(max_steps=40, lr=3e-4, warmup_steps=5)),
+    },
+    "region": {
+        "sft_only": ("minipost.sft", "pretrain", "region_sft_mix", {}),
+        "cpt": ("minipost.pretrain", "pretrain", "region_docs", dict(max_steps=200, lr=1e-3, warmup_steps=20)),
+        "cpt_replay": ("minipost.pretrain", "pretrain", "region_docs_replay",
+                       dict(max_steps=200, lr=1e-3, warmup_steps=20)),
+        "cpt_sft": ("minipost.sft", "region/cpt", "region_sft_mix", {}),
+        "cpt_replay_sft": ("minipost.sft", "region/cpt_replay", "region_sft_mix", {}),
+    },
+}
+REPLAY_CHATS = 1500   # clean rows of the world's sft.jsonl mixed into the policy and reader SFT data
+
+
+def mixes(out: Path, seed: int) -> dict[str, Path]:
+    """The training files of every run, written into OUT/data/ (deterministic for a seed)."""
+    rng = random.Random(seed)
+    lab = {name: world_lab.load(name) for name in ("policy_sft", "policy_prefs", "update_sft", "update_docs",
+                                                   "region_pretrain", "region_sft", "context_sft")}
+    sft = read_jsonl(DATA_DIR / "sft.jsonl")
+    clean = [r for r in sft if not r.get("flawed")]  # replaying the deliberately flawed rows would undo DPO's fix
+    prefs = read_jsonl(DATA_DIR / "prefs.jsonl")
+    corpus = read_jsonl(DATA_DIR / "pretrain.jsonl")
+
+    def replay(docs: list[dict]) -> list[dict]:
+        """As much original corpus text as `docs` holds, drawn at random: replay 1:1."""
+        out, chars, want = [], 0, sum(len(r["text"]) for r in docs)
+        for r in rng.sample(corpus, len(corpus)):
+            if chars >= want:
+                break
+            out.append(r)
+            chars += len(r["text"])
+        return out
+    files = {
+        "policy_sft_mix": lab["policy_sft"] + rng.sample(clean, REPLAY_CHATS),
+        "policy_prefs_mix": lab["policy_prefs"] + rng.sample(prefs, 500),
+        "context_mix": lab["context_sft"] + rng.sample(clean, REPLAY_CHATS),
+        "region_sft_mix": sft + lab["region_sft"],   # the pipeline's SFT data plus the region's questions
+        "region_docs": lab["region_pretrain"],
+        "region_docs_replay": lab["region_pretrain"] + replay(lab["region_pretrain"]),
+    }
+    for k in (1, 2):
+        rows = [r for r in lab["update_sft"] if r["update"] == k]
+        files[f"update_sft_{k}"] = rows + rng.sample(clean, len(rows))  # as many old chats as new facts
+        news = [{"text": r["text"]} for r in lab["update_docs"] if r["update"] == k]
+        files[f"update_docs_{k}"] = news + replay(news)  # without replay, 40 steps on 5k tokens wreck the model
+    folder = out / "data"
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for name, rows in files.items():
+        rows = list(rows)
+        random.Random(f"{seed}-{name}").shuffle(rows)
+        paths[name] = folder / f"{name}.jsonl"
+        tmp = paths[name].with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+        tmp.replace(paths[name])
+    return paths
+
+
+def run(cfg: Config, part: str, name: str, paths: dict, ckpts: dict) -> tuple[Path, float]:
+    """Train one run of RUNS (or reuse it) -> (its model.pt, seconds it took now; 0 when reused)."""
+    import importlib
+    module_name, parent, data, flags = RUNS[part][name]
+    module = importlib.import_module(module_name)
+    kw = dict(preset="nano", out=str(Path(cfg.out) / part / name), init=str(ckpts[parent]), data=str(paths[data]),
+              seed=cfg.seed, device=cfg.device, progress=cfg.progress, threads=cfg.threads, **flags)
+    if module_name == "minipost.dpo":
+        kw["eval_pairs"] = 0  # its default held-out pairs are the world's, not this policy's
+    full = config_with_preset(module.Config, module.PRESETS, **kw)
+    if cfg.max_steps:
+        kw["max_steps"] = min(cfg.max_steps, full.max_steps)
+        kw["warmup_steps"] = min(full.warmup_steps, kw["max_steps"])
+    if cfg.eval_limit:  # smoke runs: the runs' own held-out evaluations and DPO's reference pass shrink too
+        if hasattr(full, "eval_windows"):
+            kw["eval_windows"] = min(4 * cfg.eval_limit, full.eval_windows)
+        if hasattr(full, "max_pairs"):
+            kw["max_pairs"] = 16 * cfg.eval_limit
+    stage_cfg, what = plan(f"{part}/{name}", config_with_preset(module.Config, module.PRESETS, **kw), cfg.fresh)
+    digest = hashlib.sha256(Path(paths[data]).read_bytes()).hexdigest()
+    stamp = Path(stage_cfg.out) / "data.sha256"  # a finished run is reused only for the data it was trained on
+    if what != "run" and stamp.exists() and stamp.read_text().strip() != digest:
+        raise InputError(f"{stage_cfg.out} was trained on other data than {paths[data]} holds now (the world or "
+                         f"the lab changed); rerun with --fresh true or give another --out")
+    if what == "run":
+        stamp.parent.mkdir(parents=True, exist_ok=True)
+        stamp.write_text(digest + "\n")
+    path = run_planned(f"{part}/{name}", module, stage_cfg, what)
+    ckpts[f"{part}/{name}"] = path
+    return path, train_seconds(Path(stage_cfg.out))
+
+
+def train_seconds(out: Path) -> float:
+    """A run's training seconds, from its metrics.jsonl (the same whether it ran now, resumed or is reused)."""
+    rows = read_jsonl(out / "metrics.jsonl", allow_empty=True)
+    return max((r["elapsed_s"] for r in rows if isinstance(r.get("elapsed_s"), (int, float))), default=0.0)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# evaluation
+
+def fit_rag_prompt(enc, passages: list[str], question: str, max_tokens: int) -> str:
+    """The RAG user turn with as many of the passages (best first) as fit in max_tokens of chat prompt; the
+    question alone not fitting is an InputError (it would be cut mid-question otherwise)."""
+    for n in range(len(passages), -1, -1):
+        prompt = rag_prompt(passages[:n], question) if n else question
+        if len(render_prompt(enc, prompt)) <= max_tokens:
+            return prompt
+    raise InputError(f"question of {len(render_prompt(enc, question))} tokens does not fit the model's context "
+                     f"({max_tokens} tokens left for the prompt): {question[:60]!r}")
+
+
+def answer(model, enc, prompts: list) -> list[str]:
+    """Greedy chat answers (prompts: user strings or message lists), as every evaluation here decodes."""
+    texts, _ = complete(model, enc, [render_prompt(enc, p) for p in prompts], max_new_tokens=32,
+                        stop_token=special_id(enc, "<|end|>"))
+    return texts
+
+
+def scored(path, records: list[dict], prompts: list | None = None, device="cpu") -> list[float]:
+    """0/1 per record: the checkpoint's greedy answer to each record's prompt (or to `prompts`), checked."""
+    model, enc, _ = load_model(path, device)
+    texts = answer(model, enc, [r["prompt"] for r in records] if prompts is None else prompts)
+    return [world_lab.check(r, t) for r, t in zip(records, texts)]
+
+
+def rate(scores: list[float]) -> dict:
+    """{"acc": share, "lo", "hi": its 95% Wilson interval, "n"} (in percent)."""
+    k, n = int(sum(scores)), len(scores)
+    lo, hi = binomial_ci(k, n) if n else (0.0, 0.0)
+    return {"acc": 100 * k / n if n else float("nan"), "lo": 100 * lo, "hi": 100 * hi, "n": n}
+
+
+def rag_prompts(enc, index: Index, texts: list[str], records: list[dict], k: int, block: int) -> tuple[list, list]:
+    """-> (RAG prompts, whether the right article was retrieved) for knowledge questions about a country."""
+    prompts, hits = [], []
+    for r in records:
+        top = index.search(r["prompt"], k)
+        prompts.append(fit_rag_prompt(enc, [texts[i] for i in top], r["prompt"], block - 32))
+        hits.append(float(any(texts[i].startswith(r["country"] + ":") for i in top)))
+    return prompts, hits
+
+
+def card(path, cfg: Config) -> dict:
+    """The old domains' report-card columns for one checkpoint (what a method broke elsewhere)."""
+    scores = means(evaluate_items(path, pick_device(cfg.device), limit=cfg.eval_limit or None))
+    return {c: (scores[c] if c == "val_loss" else 100 * scores[c]) for c in OLD_COLUMNS if c in scores}
+
+
+def limit(records: list[dict], cfg: Config, key=lambda r: 0) -> list[dict]:
+    """At most --eval-limit records per key (all without it)."""
+    if not cfg.eval_limit:
+        return records
+    seen: dict = {}
+    return [r for r in records if seen.setdefault(key(r), []).append(r) or len(seen[key(r)]) <= cfg.eval_limit]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the parts
+
+def part_policies(cfg: Config, paths: dict, ckpts: dict) -> dict:
+    device = pick_device(cfg.device)
+    records = limit(world_lab.load("policy_eval"), cfg, key=lambda r: (r["n_listed"], r["trigger"], r["should_refuse"]))
+    seconds = {}
+    _, seconds["sft"] = run(cfg, "policies", "sft", paths, ckpts)
+    _, seconds["sft_dpo"] = run(cfg, "policies", "sft_dpo", paths, ckpts)
+    models = {"prompted SFT": ckpts["sft"], "prompted SFT+DPO": ckpts["dpo"],
+              "policy SFT": ckpts["policies/sft"], "policy SFT+DPO": ckpts["policies/sft_dpo"]}
+    curves = {}
+    for label, path in models.items():
+        s = scored(path, records, device=device)
+        cells = {}
+        for n in LIST_LENGTHS:
+            for trig in (False, True):
+                for listed in (True, False):
+                    v = [x for x, r in zip(s, records) if (r["n_listed"], r["trigger"], r["should_refuse"]) ==
+                         (n, trig, listed)]
+                    if v:
+                        cells[f"{n}|{'trigger' if trig else 'plain'}|{'listed' if listed else 'unlisted'}"] = rate(v)
+        curves[label] = cells
+    cards = {label: card(ckpts[key], cfg) for label, key in
+             (("SFT (pipeline)", "sft"), ("policy SFT", "policies/sft"), ("policy SFT+DPO", "policies/sft_dpo"))}
+    return {"curves": curves, "cards": cards, "train_seconds": seconds}
+
+
+def part_updates(cfg: Config, paths: dict, ckpts: dict) -> dict:
+    device = pick_device(cfg.device)
+    records = world_lab.load("update_eval")
+    kb = world_lab.load("kb")
+    seconds = {}
+    _, seconds["reader"] = run(cfg, "updates", "reader", paths, ckpts)
+    model, enc, _ = load_model(ckpts["updates/reader"], device)
+    reading = limit(world_lab.load("context_eval"), cfg, key=lambda r: r["contradicts"])
+    s = [world_lab.check(r, t) for r, t in zip(reading, answer(model, enc, [r["prompt"] for r in reading]))]
+    out = {"after": {}, "train_seconds": seconds, "index_seconds": {}, "recall": {},
+           "reader": {"contradicting": rate([x for x, r in zip(s, reading) if r["contradicts"]]),
+                      "agreeing": rate([x for x, r in zip(s, reading) if not r["contradicts"]])}}
+    stale = {k: scored(ckpts["dpo"], limit([r for r in records if r["update"] == k], cfg,
+                                           key=lambda r: r["changed"]), device=device) for k in (0, 1, 2)}
+    for k in (1, 2):
+        recs = limit([r for r in records if r["update"] == k], cfg, key=lambda r: r["changed"])
+        _, seconds[f"sft_{k}"] = run(cfg, "updates", f"sft_{k}", paths, ckpts)
+        _, seconds[f"cpt_{k}"] = run(cfg, "updates", f"cpt_{k}", paths, ckpts)
+        t0 = time.time()
+        texts = [r["text"] for r in kb if r["store"] == k]
+        index = Index(texts)
+        out["index_seconds"][k] = time.time() - t0
+        prompts, hits = rag_prompts(enc, index, texts, recs, cfg.rag_k, model.cfg.block_size)
+        out["recall"][k] = rate(hits)
+        rag = [world_lab.check(r, t) for r, t in zip(recs, answer(model, enc, prompts))]
+        # known: facts unchanged so far that the stale model answered right before any update (Gekhman et al.)
+        before = {(r["country"], r["attribute"], r["prompt"]): s for r, s in
+                  zip(limit([r for r in records if r["update"] == 0], cfg, key=lambda r: r["changed"]), stale[0])}
+        methods = {"stale chat model": stale[k], "SFT on the changed facts": scored(ckpts[f"updates/sft_{k}"], recs,
+                   device=device), "continued pretraining on the news": scored(ckpts[f"updates/cpt_{k}"], recs,
+                   device=device), "RAG over the updated store": rag}
+        res = {}
+        for label, s in methods.items():
+            changed = [x for x, r in zip(s, recs) if r["changed"]]
+            unchanged = [x for x, r in zip(s, recs) if not r["changed"]]
+            known = [1.0 - x for x, r in zip(s, recs) if not r["changed"] and
+                     before.get((r["country"], r["attribute"], r["prompt"])) == 1.0]
+            res[label] = {"changed": rate(changed), "unchanged": rate(unchanged), "known_now_wrong": rate(known)}
+        out["after"][k] = res
+    return out
+
+
+def part_region(cfg: Config, paths: dict, ckpts: dict) -> dict:
+    device = pick_device(cfg.device)
+    records = limit(world_lab.load("region_eval"), cfg, key=lambda r: r["held_out"])
+    kb = world_lab.load("kb")
+    seconds = {}
+    for name in ("sft_only", "cpt", "cpt_sft", "cpt_replay", "cpt_replay_sft"):
+        _, seconds[name] = run(cfg, "region", name, paths, ckpts)
+    if "updates/reader" not in ckpts:
+        _, seconds["reader"] = run(cfg, "updates", "reader", paths, ckpts)
+    model, enc, _ = load_model(ckpts["updates/reader"], device)
+    texts = [r["text"] for r in kb if r["store"] in (0, "region")]
+    prompts, hits = rag_prompts(enc, Index(texts), texts, records, cfg.rag_k, model.cfg.block_size)
+    rag = [world_lab.check(r, t) for r, t in zip(records, answer(model, enc, prompts))]
+    methods = {"SFT alone": "region/sft_only", "CPT + SFT": "region/cpt_sft",
+               "CPT with replay + SFT": "region/cpt_replay_sft"}
+    res = {}
+    for label, key in methods.items():
+        s = scored(ckpts[key], records, device=device)
+        res[label] = {"held_out": rate([x for x, r in zip(s, records) if r["held_out"]]),
+                      "taught": rate([x for x, r in zip(s, records) if not r["held_out"]]), "card": card(ckpts[key], cfg)}
+    res["RAG (reader over the store)"] = {"held_out": rate([x for x, r in zip(rag, records) if r["held_out"]]),
+                                          "taught": rate([x for x, r in zip(rag, records) if not r["held_out"]]),
+                                          "card": card(ckpts["updates/reader"], cfg)}
+    return {"methods": res, "pipeline_sft_card": card(ckpts["sft"], cfg), "recall": rate(hits),
+            "train_seconds": seconds}
+
+
+def part_skills(cfg: Config, paths: dict, ckpts: dict) -> dict:
+    """SQL and instruction following from the pipeline's own card: no training here."""
+    from minipost.evals import read_report
+    path = Path(cfg.pipeline) / "report" / "report.json"
+    report = read_report(path)
+    rows = {}
+    for row, cells in report.items():
+        got = {c: 100 * cells[c]["mean"] for c in ("sql", "instructions") if c in cells}
+        if got:
+            rows[row] = got
+    return {"rows": rows, "from": str(path)}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the table and the figure
+
+def _pct(r: dict) -> str:
+    return f"{r['acc']:.0f}% [{r['lo']:.0f}, {r['hi']:.0f}]"
+
+
+SAYING = {  # the rule of thumb each use case comes with (the issue's table), shown on its first row
+    "policies": "simple, but brittle: the model may not follow all of them",
+    "updates": "RAG adapts at once to a changed knowledge base",
+    "region": "continual pretraining injects knowledge at scale",
+    "skills": "post-training changes behaviour reliably, but may degrade other domains",
+}
+USE_CASE = {"policies": "follow a list of instructions (\"do not discuss X\", 1-30 topics)",
+            "updates": "answer from knowledge that changes (two news updates)",
+            "region": "knowledge never seen in pretraining (24 new countries)",
+            "skills": "a targeted skill (SQL, instruction following)"}
+
+
+def table(result: dict) -> str:
+    """The markdown table in the shape of the rules of thumb: use case | method | what people say | what it
+    reached here (95% intervals) | what it cost on this CPU | what it broke elsewhere; then the details."""
+    rows = []
+    p = result.get("policies")
+    if p:
+        for label, cells in p["curves"].items():
+            def at(n, what):
+                c = cells.get(f"{n}|plain|{what}")
+                return f"{c['acc']:.0f}" if c else "-"
+            curve = " · ".join(f"{n}: {at(n, 'listed')}/{at(n, 'unlisted')}" for n in (1, 5, 20, 30))
+            secs = {"policy SFT": p["train_seconds"]["sft"],
+                    "policy SFT+DPO": p["train_seconds"]["sft"] + p["train_seconds"]["sft_dpo"]}.get(label)
+            broke = p["cards"].get(label)
+            rows.append(("policies", label, f"refuses listed / answers unlisted, % at 1 · 5 · 20 · 30 topics: {curve}",
+                         f"{secs:.0f} s of training" if secs else "a system prompt",
+                         _card_delta(broke, p["cards"]["SFT (pipeline)"]) if broke else "nothing trained"))
+    u = result.get("updates")
+    if u:  # (keys are ints in memory, strings once read back from lab.json)
+        after = {int(k): v for k, v in u["after"].items()}
+        for label in next(iter(after.values())):
+            got = "; ".join(f"after update {k}: changed {_pct(r[label]['changed'])}, unchanged "
+                            f"{_pct(r[label]['unchanged'])}" for k, r in after.items())
+            costs = {"SFT on the changed facts": "sft", "continued pretraining on the news": "cpt"}
+            if label in costs:
+                cost = " + ".join(f"{u['train_seconds'][f'{costs[label]}_{k}']:.0f}" for k in after) + " s of training"
+            elif label.startswith("RAG"):
+                idx = {int(k): v for k, v in u["index_seconds"].items()}
+                cost = (" + ".join(f"{1000 * idx[k]:.0f}" for k in after) + " ms to index the store; the reader: "
+                        f"{u['train_seconds']['reader']:.0f} s of training, once")
+            else:
+                cost = "none"
+            broke = "; ".join(f"known facts now wrong after {k}: {_pct(r[label]['known_now_wrong'])}"
+                              for k, r in after.items())
+            rows.append(("updates", label, got, cost, broke))
+    g = result.get("region")
+    if g:
+        t = g["train_seconds"]
+        for label, r in g["methods"].items():
+            cost = {"SFT alone": t.get("sft_only"), "CPT + SFT": t.get("cpt", 0) + t.get("cpt_sft", 0),
+                    "CPT with replay + SFT": t.get("cpt_replay", 0) + t.get("cpt_replay_sft", 0)}.get(label)
+            rows.append(("region", label, f"held-out new facts {_pct(r['held_out'])}; taught ones {_pct(r['taught'])}",
+                         "the reader above, nothing new" if cost is None else f"{cost:.0f} s of training",
+                         _card_delta(r["card"], g["pipeline_sft_card"])))
+    s = result.get("skills")
+    if s:
+        for row, got in s["rows"].items():
+            rows.append(("skills", f"{row} (the pipeline)", ", ".join(f"{c} {v:.1f}%" for c, v in got.items()),
+                         "the pipeline's run", "see the README's report card"))
+    lines = ["| use case | method | what people say | measured here (95% interval) | cost on this CPU | "
+             "what it broke elsewhere |", "|---|---|---|---|---|---|"]
+    seen = set()
+    for part, label, got, cost, broke in rows:
+        first = part not in seen
+        seen.add(part)
+        lines.append(f"| {USE_CASE[part] if first else ''} | {label} | {SAYING[part] if first else ''} | {got} | "
+                     f"{cost} | {broke} |")
+    if p:  # the whole curve, both openers
+        lines += ["", "Refuses listed / answers unlisted (%), by topics in the system prompt; plain requests, then "
+                  "requests opened by a trigger (\"Between us: ...\"):", "",
+                  "| model | opener | " + " | ".join(str(n) for n in LIST_LENGTHS) + " |",
+                  "|---|---|" + "---|" * len(LIST_LENGTHS)]
+        for label, cells in p["curves"].items():
+            for trig in ("plain", "trigger"):
+                vals = [f"{cells[f'{n}|{trig}|listed']['acc']:.0f}/{cells[f'{n}|{trig}|unlisted']['acc']:.0f}"
+                        if f"{n}|{trig}|listed" in cells else "-" for n in LIST_LENGTHS]
+                lines.append(f"| {label} | {trig} | " + " | ".join(vals) + " |")
+    if u:
+        lines += ["", f"RAG reader on held-out passages: {_pct(u['reader']['contradicting'])} where the passage "
+                  f"contradicts pretraining, {_pct(u['reader']['agreeing'])} where it agrees; retrieval recall@"
+                  f"{result['config']['rag_k']}: " + ", ".join(f"update {k} {_pct(r)}" for k, r in u["recall"].items())]
+    if g:
+        lines += ["", f"New-region retrieval recall@{result['config']['rag_k']}: {_pct(g['recall'])}."]
+    return "\n".join(lines) + "\n"
+
+
+def _card_delta(card: dict, base: dict) -> str:
+    """Old-domain columns that moved by 5 points or more against the pipeline's SFT model (val_loss always)."""
+    parts = [f"{c} {card[c] - base[c]:+.0f}" for c in OLD_COLUMNS if c != "val_loss" and c in card and c in base
+             and abs(card[c] - base[c]) >= 5]
+    if "val_loss" in card and "val_loss" in base:
+        parts.append(f"val_loss {card['val_loss'] - base['val_loss']:+.3f}")
+    return ", ".join(parts) or "nothing by 5 points"
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    p = result.get("policies")
+    if p:
+        ax = axes[0]
+        for label, cells in p["curves"].items():
+            xs = [n for n in LIST_LENGTHS if f"{n}|plain|listed" in cells]
+            both = [(cells[f"{n}|plain|listed"]["acc"] + cells[f"{n}|plain|unlisted"]["acc"]) / 2 for n in xs]
+            ax.plot(xs, both, marker="o", label=label)
+        ax.set_xscale("log"); ax.set_xticks(LIST_LENGTHS); ax.set_xticklabels(LIST_LENGTHS)
+        ax.set_xlabel("topics in the system prompt"); ax.set_ylabel("compliance, % (mean of listed and unlisted)")
+        ax.set_ylim(0, 100); ax.legend(fontsize=8); ax.set_title("prompting vs post-training")
+    u = result.get("updates")
+    if u:
+        ax = axes[1]
+        labels = list(next(iter(u["after"].values())))
+        for j, k in enumerate(u["after"]):
+            vals = [u["after"][k][m]["changed"]["acc"] for m in labels]
+            ax.bar([i + 0.4 * j for i in range(len(labels))], vals, width=0.4, label=f"changed facts, update {k}")
+        ax.set_xticks([i + 0.2 for i in range(len(labels))])
+        ax.set_xticklabels([m.replace(" on the ", "\n").replace(" over the ", "\n") for m in labels], fontsize=7)
+        ax.set_ylim(0, 100); ax.set_ylabel("accuracy, %"); ax.legend(fontsize=8); ax.set_title("changing knowledge")
+    g = result.get("region")
+    if g:
+        ax = axes[2]
+        labels = list(g["methods"])
+        ax.bar(range(len(labels)), [g["methods"][m]["held_out"]["acc"] for m in labels])
+        ax.set_xticks(range(len(labels))); ax.set_xticklabels([m.replace(" + ", "\n+ ") for m in labels], fontsize=7)
+        ax.set_ylim(0, 100); ax.set_ylabel("held-out new facts, %"); ax.set_title("a new region")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+
+def preflight(cfg: Config) -> dict:
+    """Every input checked before any work: the pipeline's checkpoints, the lab's files, the output folder."""
+    parts = parse_parts(cfg.parts)
+    ckpts = {s: Path(cfg.pipeline) / s / "model.pt" for s in ("pretrain", "sft", "dpo")}
+    for s, p in ckpts.items():
+        if not p.is_file():
+            raise InputError(f"--pipeline {cfg.pipeline}: {p} not found; run `python -m minipost.pipeline --out "
+                             f"{cfg.pipeline}` first")
+        load_checkpoint(p, required=("model", "model_config"))
+    if "skills" in parts and not (Path(cfg.pipeline) / "report" / "report.json").is_file():
+        raise InputError(f"--pipeline {cfg.pipeline}: report/report.json not found (the skills part reads the "
+                         f"pipeline's card); run the pipeline to its end or leave skills out of --parts")
+    if not (DATA_DIR / "lab").is_dir():
+        world_lab.build_lab(DATA_DIR)
+    for name in world_lab.FILES:
+        world_lab.load(name)
+    check_out_dir(cfg)
+    return ckpts
+
+
+def run_lab(cfg: Config) -> dict:
+    print(threads.configure(cfg.threads))
+    ckpts = preflight(cfg)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = mixes(out, cfg.seed)
+    result, seconds = {"machine": cpu_name(), "config": vars(cfg)}, {}
+    for part in parse_parts(cfg.parts):
+        print(f"== lab: {part}")
+        t0 = time.time()
+        result[part] = globals()[f"part_{part}"](cfg, paths, ckpts)
+        seconds[part] = time.time() - t0
+        print(f"== lab: {part}: {seconds[part]:.0f} s")
+    result["seconds"] = seconds
+    save_json(out / "lab.json", result)
+    (out / "lab.md").write_text(table(result), encoding="utf-8")
+    plot(result, out / "lab.png")
+    print(table(result))
+    print("seconds per part:", {k: round(v) for k, v in seconds.items()})
+    print(f"wrote {out / 'lab.json'}, {out / 'lab.md'}, {out / 'lab.png'}")
+    return result
+
+
+def train(cfg: Config) -> dict:  # the name every minipost command's main() calls
+    return run_lab(cfg)
+
+
+if __name__ == "__main__":
+    main(train, Config)

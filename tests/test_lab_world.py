@@ -1,0 +1,213 @@
+"""Tests for the lab's four domains (minipost/world/{policies,updates,region,context}.py, lab.py): deterministic
+bytes, the committed data/lab/ is what the code writes, no evaluation item reaches a training split, the
+checkers, and a malformed line named by file and line. And minipost/lab.py's pieces that need no training."""
+
+import hashlib
+import json
+import random
+import re
+import subprocess
+import sys
+
+import pytest
+
+from minipost.common import DATA_DIR, InputError, read_jsonl
+from minipost.world import base, context, lab, policies, region, updates
+from minipost.world.base import REFUSAL, World
+
+LAB_SHA256 = {
+    "context_eval": "35ece65f04eea1fa1d1ef9e12d6c1d98573935cd3c8646760729fd775bd57da2",
+    "context_sft": "a295c9f52cf22e1f840e3a48b0eb2a094dcc3a11210ada0617c65998ed89842b",
+    "kb": "95bdaec0f38f075e74a15de92e548526394c271d0063de3a975f860e8f8a5bfc",
+    "policy_eval": "32e321526c90f2b5539e29858bbf930abe77ee8d1e7b1850bc26fe1058848c6d",
+    "policy_prefs": "1373d75ced5474dbfe57aaaaff1a91a9eab688332f8177d8655de390738ef711",
+    "policy_sft": "348530739608ea36d7f7c259cdde10581d108e1b8bc820e856bf1c7f2ccc04b5",
+    "region_eval": "ff050728b233dfd767c46c327226e791b23b278943c597e6b9d2cad2c94cbf51",
+    "region_pretrain": "72652f7aef8ca75cf4bdb3fe12097306dfee793fca39e86a2d8723318ffa3345",
+    "region_sft": "632538e23f05db69e504faf2a3761eefc8eebd3ab036a5a532225866a6155525",
+    "update_docs": "879b346504df77e227229b07b28d8ad43a3462e7e237638d7aa3de3b2cc6e742",
+    "update_eval": "80933426055f443122419022773ea433de4c997444f6dcc5d33b6db5ac312fe0",
+    "update_sft": "f9bd17b66b399edb7a5f83816f109e132f06f0474044ee07a20aadba69d1aadf",
+}
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    out = tmp_path_factory.mktemp("lab")
+    paths = lab.build_lab(out, seed=0)
+    return {name: lab.load(name, out) for name in paths}, paths
+
+
+def test_lab_bytes_are_pinned_and_match_the_committed_files(built):
+    _, paths = built
+    digests = {n: hashlib.sha256(p.read_bytes()).hexdigest() for n, p in paths.items()}
+    assert digests == LAB_SHA256
+    committed = {n: hashlib.sha256((DATA_DIR / "lab" / f"{n}.jsonl").read_bytes()).hexdigest() for n in paths}
+    assert committed == LAB_SHA256
+
+
+def _text(row) -> str:
+    return json.dumps(row, ensure_ascii=False)
+
+
+def test_policy_evaluation_topics_are_never_forbidden_in_training(built):
+    rows, _ = built
+    W = World(random.Random(0))
+    train, held = policies.split_pool(random.Random("policies-0"), W)
+    assert len(policies.topic_pool(W)) == 184 and len(held) == 61   # far more than refusals' 5 topics
+    held_names = {t for t, _ in held}
+    eval_topics = set()
+    for r in rows["policy_eval"]:
+        listed = r["prompt"][0]["content"][len("Do not discuss: "):-1].split(", ")
+        eval_topics |= set(listed) | {r["topic"]}
+    assert eval_topics <= held_names
+    asked_held = 0
+    for name in ("policy_sft", "policy_prefs"):
+        for r in rows[name]:
+            msgs = r["messages"] if "messages" in r else r["prompt"]
+            listed = set(msgs[0]["content"][len("Do not discuss: "):-1].split(", "))
+            assert not listed & held_names, (name, listed & held_names)
+            if r["topic"] in held_names:   # asked about, unlisted, and answered
+                assert not r["should_refuse"]
+                asked_held += 1
+    assert asked_held > 0.2 * (len(rows["policy_sft"]) + len(rows["policy_prefs"]))
+    train_prompts = {json.dumps(r["messages"][:2]) for r in rows["policy_sft"]}
+    assert not train_prompts & {json.dumps(r["prompt"]) for r in rows["policy_eval"]}
+
+
+def test_policy_eval_cells_and_training_lengths(built):
+    rows, _ = built
+    cells = {(r["n_listed"], r["trigger"], r["should_refuse"]) for r in rows["policy_eval"]}
+    assert cells == {(n, t, s) for n in policies.LIST_LENGTHS for t in (False, True) for s in (False, True)}
+    assert len(rows["policy_eval"]) == 24 * lab.N_POLICY_EVAL_CELL
+    lengths = {r["n_listed"] for r in rows["policy_sft"]}
+    assert lengths == set(range(1, 31))
+    for r in rows["policy_sft"][:200]:  # the gold answer is what the checker wants
+        rec = {"topic": r["topic"], "should_refuse": r["should_refuse"]}
+        assert policies.check_policies(rec, r["messages"][-1]["content"]) == 1.0
+
+
+def test_policy_checker():
+    listed = {"topic": "mango", "should_refuse": True}
+    unlisted = {"topic": "mango", "should_refuse": False}
+    assert policies.check_policies(listed, REFUSAL) == 1.0
+    assert policies.check_policies(listed, "Mango is a fruit.") == 0.0
+    assert policies.check_policies(unlisted, "Mango is a fruit.") == 1.0
+    assert policies.check_policies(unlisted, REFUSAL) == 0.0
+    assert policies.check_policies(unlisted, "Tennis is a sport.") == 0.0          # another topic
+    assert policies.check_policies(unlisted, "mango " * 20) == 0.0                   # not an answer
+
+
+def test_updates_change_disjoint_quarters_and_eval_phrasings_are_not_trained(built):
+    rows, _ = built
+    W = World(random.Random(0))
+    evals = rows["update_eval"]
+    for k in (0, 1, 2):
+        now = [r for r in evals if r["update"] == k]
+        assert len(now) == 144 * len(updates.EVAL_QUESTIONS)
+        assert sum(r["changed"] for r in now) == 36 * k * len(updates.EVAL_QUESTIONS)
+    facts = [{(r["country"], r["attribute"]) for r in evals if r["update"] == k and r["changed"]} for k in (1, 2)]
+    assert facts[0] < facts[1]      # update 2's table counts update 1's changes too; each update adds 36
+    trained_prompts = {r["messages"][0]["content"] for r in rows["update_sft"]}
+    assert not trained_prompts & {r["prompt"] for r in evals}
+    corpus = " ".join(r["text"] for r in read_jsonl(DATA_DIR / "pretrain.jsonl"))
+    for r in evals:
+        if r["changed"] and r["attribute"] != "animal":  # new capitals and languages are new names
+            assert re.search(rf"\b{r['answer']}\b", corpus) is None
+            assert any(r["answer"] in d["text"] and r["country"] in d["text"] for d in rows["update_docs"])
+    for k in (1, 2):  # the store of update k holds every fact's value after update k
+        store = {r["country"]: r["text"] for r in rows["kb"] if r["store"] == k}
+        assert len(store) == len(W.countries)
+        for r in evals:
+            if r["update"] == k:
+                assert f" {r['answer']}." in store[r["country"]]
+
+
+def test_region_is_absent_from_the_base_corpus_and_held_out_of_chat(built):
+    rows, _ = built
+    corpus = " ".join(r["text"] for r in read_jsonl(DATA_DIR / "pretrain.jsonl"))
+    countries = {r["country"] for r in rows["region_eval"]}
+    assert len(countries) == region.N_COUNTRIES
+    for c in countries:
+        assert re.search(rf"\b{c}\b", corpus) is None
+    held = {(r["country"], r["attribute"]) for r in rows["region_eval"] if r["held_out"]}
+    assert len(held) == 36
+    for r in rows["region_sft"]:
+        q = r["messages"][0]["content"]
+        assert not any(c in q and re.search(attr_word, q) for c, a in held
+                       for attr_word in [{"capital": "capital", "language": "language", "animal": "animal"}[a]])
+    region_text = " ".join(r["text"] for r in rows["region_pretrain"])
+    for c, a in held:  # the region corpus states every held-out fact
+        gold = next(r["answer"] for r in rows["region_eval"] if (r["country"], r["attribute"]) == (c, a))
+        assert c in region_text and gold in region_text
+
+
+def test_context_rows_answer_from_the_passage_and_eval_values_are_never_trained(built):
+    rows, _ = built
+    for r in rows["context_sft"][:300]:
+        user = r["messages"][0]["content"]
+        assert user.startswith("Context: ") and "\n\nQuestion: " in user
+        passage = next(p for p in user[9:].split("\n\nQuestion: ")[0].split("\n") if p.startswith(r["country"] + ":"))
+        assert f" {r['answer']}." in passage and r["answer"] in r["messages"][1]["content"]
+    assert 0.4 < sum(r["contradicts"] for r in rows["context_sft"]) / len(rows["context_sft"]) < 0.6
+    training = " ".join(_text(r) for name in ("context_sft", "policy_sft", "update_sft", "region_sft")
+                        for r in rows[name])
+    for r in rows["context_eval"]:
+        if r["contradicts"] and r["answer"] not in base.ANIMALS:
+            assert re.search(rf"\b{r['answer']}\b", training) is None
+    taught = {(r["country"], r["attribute"], r["answer"]) for r in rows["context_sft"]}
+    changed = {(r["country"], r["attribute"], r["answer"]) for r in rows["update_eval"] if r["changed"]}
+    assert not taught & changed   # reading practice never teaches an update's new value
+
+
+def test_a_malformed_lab_line_names_file_line_and_field(tmp_path):
+    folder = tmp_path / "lab"
+    folder.mkdir()
+    good = (DATA_DIR / "lab" / "policy_eval.jsonl").read_text(encoding="utf-8").splitlines()
+    bad = json.loads(good[1])
+    bad["prompt"] = bad["prompt"][1:]   # the system turn lost
+    (folder / "policy_eval.jsonl").write_text("\n".join([good[0], json.dumps(bad)]) + "\n", encoding="utf-8")
+    with pytest.raises(InputError, match=r"policy_eval.jsonl:2: field 'prompt'"):
+        lab.load("policy_eval", tmp_path)
+    bad = json.loads(good[1])
+    bad["should_refuse"] = not bad["should_refuse"]
+    (folder / "policy_eval.jsonl").write_text("\n\n" + json.dumps(bad) + "\n", encoding="utf-8")
+    with pytest.raises(InputError, match=r"policy_eval.jsonl:3: field 'should_refuse'"):
+        lab.load("policy_eval", tmp_path)
+    (folder / "context_eval.jsonl").write_text('{"prompt": "Context: x", "answer": ""}\n', encoding="utf-8")
+    with pytest.raises(InputError, match=r"context_eval.jsonl:1: field 'answer'"):
+        lab.load("context_eval", tmp_path)
+    (folder / "context_sft.jsonl").write_text('{"messages": [{"role": "user", "content": "hi"}]}\n', encoding="utf-8")
+    with pytest.raises(InputError, match=r"context_sft.jsonl:1: no assistant message"):
+        lab.load("context_sft", tmp_path)
+
+
+def test_rag_prompt_drops_passages_that_do_not_fit_and_refuses_a_question_that_does_not():
+    from minipost.lab import fit_rag_prompt
+    from minipost.tokenizer import get_tokenizer, render_prompt
+    enc = get_tokenizer("nano")
+    passages = [context.article(f"Land{i}", {"capital": "Tarsk", "language": "Zekish", "animal": "fox"})
+                for i in range(3)]
+    q = "What is the capital of Land0?"
+    full = fit_rag_prompt(enc, passages, q, 10_000)
+    assert full == context.rag_prompt(passages, q)
+    n_two = len(render_prompt(enc, context.rag_prompt(passages[:2], q)))
+    assert fit_rag_prompt(enc, passages, q, n_two) == context.rag_prompt(passages[:2], q)   # the worst one dropped
+    assert fit_rag_prompt(enc, passages, q, len(render_prompt(enc, q))) == q
+    with pytest.raises(InputError, match="does not fit the model's context"):
+        fit_rag_prompt(enc, passages, "why " * 300, 200)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--parts", "policies,nope"], "--parts 'policies,nope'"),
+    (["--parts", "updates,updates"], "distinct parts"),
+    (["--rag-k", "4"], "--rag-k"),
+    (["--pipeline", "/nonexistent/run"], "run `python -m minipost.pipeline"),
+])
+def test_lab_refuses_bad_flags_in_one_line(flags, message, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "minipost.lab", "--out", str(tmp_path / "o"), *flags],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()
