@@ -27,7 +27,7 @@ number), OUT/lab.md (the table), OUT/lab.png.
 from __future__ import annotations
 
 import hashlib
-import json
+import importlib
 import random
 import time
 from dataclasses import dataclass
@@ -36,8 +36,9 @@ from pathlib import Path
 from minipost import threads
 from minipost.bands import cpu_name
 from minipost.common import (DATA_DIR, DEVICE_HELP, InputError, check_config, check_device, check_out_dir,
-                             config_with_preset, field, load_checkpoint, main, pick_device, read_jsonl, save_json)
-from minipost.evals import binomial_ci, evaluate_items, means
+                             config_with_preset, field, load_checkpoint, main, pick_device, read_jsonl, save_json,
+                             write_jsonl)
+from minipost.evals import binomial_ci, evaluate_checkpoint
 from minipost.model import load_model
 from minipost.pipeline import plan, run_planned
 from minipost.retrieval import Index
@@ -138,22 +139,17 @@ def mixes(out: Path, seed: int) -> dict[str, Path]:
         files[f"update_sft_{k}"] = rows + rng.sample(clean, len(rows))  # as many old chats as new facts
         news = [{"text": r["text"]} for r in lab["update_docs"] if r["update"] == k]
         files[f"update_docs_{k}"] = news + replay(news)  # without replay, 40 steps on 5k tokens wreck the model
-    folder = out / "data"
-    folder.mkdir(parents=True, exist_ok=True)
     paths = {}
     for name, rows in files.items():
         rows = list(rows)
         random.Random(f"{seed}-{name}").shuffle(rows)
-        paths[name] = folder / f"{name}.jsonl"
-        tmp = paths[name].with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-        tmp.replace(paths[name])
+        paths[name] = out / "data" / f"{name}.jsonl"
+        write_jsonl(paths[name], rows)
     return paths
 
 
 def run(cfg: Config, part: str, name: str, paths: dict, ckpts: dict) -> tuple[Path, float]:
-    """Train one run of RUNS (or reuse it) -> (its model.pt, seconds it took now; 0 when reused)."""
-    import importlib
+    """Train one run of RUNS (or reuse it) -> (its model.pt, its training seconds)."""
     module_name, parent, data, flags = RUNS[part][name]
     module = importlib.import_module(module_name)
     kw = dict(preset="nano", out=str(Path(cfg.out) / part / name), init=str(ckpts[parent]), data=str(paths[data]),
@@ -236,7 +232,7 @@ def rag_prompts(enc, index: Index, texts: list[str], records: list[dict], k: int
 
 def card(path, cfg: Config) -> dict:
     """The old domains' report-card columns for one checkpoint (what a method broke elsewhere)."""
-    scores = means(evaluate_items(path, pick_device(cfg.device), limit=cfg.eval_limit or None))
+    scores = evaluate_checkpoint(path, pick_device(cfg.device), limit=cfg.eval_limit or None)
     return {c: (scores[c] if c == "val_loss" else 100 * scores[c]) for c in OLD_COLUMNS if c in scores}
 
 
@@ -290,6 +286,9 @@ def part_updates(cfg: Config, paths: dict, ckpts: dict) -> dict:
                       "agreeing": rate([x for x, r in zip(s, reading) if not r["contradicts"]])}}
     stale = {k: scored(ckpts["dpo"], limit([r for r in records if r["update"] == k], cfg,
                                            key=lambda r: r["changed"]), device=device) for k in (0, 1, 2)}
+    # known: facts the stale model answered right before any update (Gekhman et al.: does an update break them?)
+    before = {(r["country"], r["attribute"], r["prompt"]): s for r, s in
+              zip(limit([r for r in records if r["update"] == 0], cfg, key=lambda r: r["changed"]), stale[0])}
     for k in (1, 2):
         recs = limit([r for r in records if r["update"] == k], cfg, key=lambda r: r["changed"])
         _, seconds[f"sft_{k}"] = run(cfg, "updates", f"sft_{k}", paths, ckpts)
@@ -301,9 +300,6 @@ def part_updates(cfg: Config, paths: dict, ckpts: dict) -> dict:
         prompts, hits = rag_prompts(enc, index, texts, recs, cfg.rag_k, model.cfg.block_size)
         out["recall"][k] = rate(hits)
         rag = [world_lab.check(r, t) for r, t in zip(recs, answer(model, enc, prompts))]
-        # known: facts unchanged so far that the stale model answered right before any update (Gekhman et al.)
-        before = {(r["country"], r["attribute"], r["prompt"]): s for r, s in
-                  zip(limit([r for r in records if r["update"] == 0], cfg, key=lambda r: r["changed"]), stale[0])}
         methods = {"stale chat model": stale[k], "SFT on the changed facts": scored(ckpts[f"updates/sft_{k}"], recs,
                    device=device), "continued pretraining on the news": scored(ckpts[f"updates/cpt_{k}"], recs,
                    device=device), "RAG over the updated store": rag}

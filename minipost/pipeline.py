@@ -120,7 +120,7 @@ def stage_config(name: str, cfg: Config, out: Path, seed: int | None = None):
             kw["eval_limit"] = min(cfg.eval_limit, full.eval_limit or cfg.eval_limit)
         if "eval_pairs" in names:  # DPO: held-out pairs
             kw["eval_pairs"] = min(6 * cfg.eval_limit, full.eval_pairs)
-        if "eval_windows" in names:  # pretrain, SFT: held-out text windows (the card's val_loss shrinks alike)
+        if "eval_windows" in names:  # pretrain, SFT: held-out text windows (the card's val_loss keeps its 64)
             kw["eval_windows"] = min(4 * cfg.eval_limit, full.eval_windows)
     return module, config_with_preset(module.Config, module.PRESETS, **kw, **overrides)
 

@@ -32,11 +32,11 @@ rows, context evaluation values in no training file.
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 
-from minipost.common import DATA_DIR, InputError, read_jsonl
+from minipost.common import DATA_DIR, InputError, read_jsonl, write_jsonl
+from minipost.data import to_messages
 from minipost.world import context, policies, region, updates
 from minipost.world.base import ANIMALS, ATTRIBUTES, TRIGGER_RATE, World
 from minipost.world.knowledge import check_knowledge
@@ -133,14 +133,9 @@ def build_lab(out_dir=DATA_DIR, seed: int = 0) -> dict[str, Path]:
                 update_docs=update_docs, update_sft=update_sft, update_eval=update_eval, kb=kb,
                 region_pretrain=region_pretrain, region_sft=region.sft_rows(R), region_eval=region.eval_rows(R),
                 context_sft=context_sft, context_eval=context_eval)
-    out = Path(out_dir) / "lab"
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {}
-    for name in FILES:
-        paths[name] = out / f"{name}.jsonl"
-        with open(paths[name], "w", encoding="utf-8", newline="\n") as f:
-            for row in rows[name]:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    paths = {name: Path(out_dir) / "lab" / f"{name}.jsonl" for name in FILES}
+    for name, path in paths.items():
+        write_jsonl(path, rows[name])
     return paths
 
 
@@ -177,7 +172,6 @@ def load(name: str, data_dir=DATA_DIR) -> list[dict]:
             if not isinstance(row.get("text"), str) or not row["text"].strip():
                 raise InputError(f"{where}: field 'text': expected a non-empty string, got {row.get('text')!r:.40}")
         elif name.endswith("_sft") or name.endswith("_prefs"):
-            from minipost.data import to_messages
             if name.endswith("_sft"):
                 to_messages(row, where)
             elif not all(k in row for k in ("prompt", "chosen", "rejected")):
