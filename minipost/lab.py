@@ -10,7 +10,9 @@ method reaches, what it costs in seconds, and what it breaks elsewhere (the repo
               on topics no training row mentions, at 1-30 topics, with and without trigger openers.
     updates   two news updates (lab/update_*): the stale chat model, SFT on the changed facts, continued
               pretraining on the news documents (with as much original corpus replayed), and RAG over the updated knowledge base (retrieval.Index;
-              the reader is the chat model fine-tuned once on lab/context_sft to answer from passages).
+              the reader is the chat model fine-tuned once, 1200 steps, on lab/context_sft and 34,000 more rows
+              like them, to answer from passages: on nano, copying a name from the context appears only
+              after some 500 steps on unique rows).
     region    24 countries the base corpus never mentions: SFT alone (the pipeline's recipe plus the region's
               chat questions), continued pretraining on the region's corpus first (with and without replaying
               the original corpus), and RAG; held-out facts are in no chat split.
@@ -29,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import random
+import textwrap
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,7 +70,8 @@ class Config:
     pipeline: str = field("runs/pipeline", "the pipeline's output folder: pretrain/, sft/, dpo/ (and report/ for "
                           "the skills part) are the checkpoints every run starts from")
     parts: str = field(",".join(PARTS), "comma-separated parts to run", check=parse_parts)
-    rag_k: int = field(3, "passages retrieved per question for RAG", min=1, max=3)
+    rag_k: int = field(3, "passages retrieved per question for RAG (also measured: the top passage alone)",
+                       min=1, max=3)
     seed: int = field(1337, "random seed of every run", min=0, max=2**32 - 1)
     fresh: bool = field(False, "rerun every run from scratch (default: reuse finished runs, resume the rest)")
     max_steps: int = field(0, "if > 0, cap every run at this many steps (a smoke run, not real results)", min=0)
@@ -89,7 +93,7 @@ RUNS = {
         "sft_dpo": ("minipost.dpo", "policies/sft", "policy_prefs_mix", dict(max_steps=100)),
     },
     "updates": {
-        "reader": ("minipost.sft", "dpo", "context_mix", dict(max_steps=200)),
+        "reader": ("minipost.sft", "dpo", "context_mix", dict(max_steps=1200, lr=1e-3)),  # copying needs ~500 steps
         "sft_1": ("minipost.sft", "dpo", "update_sft_1", dict(max_steps=40, warmup_steps=5)),
         "sft_2": ("minipost.sft", "updates/sft_1", "update_sft_2", dict(max_steps=40, warmup_steps=5)),
         "cpt_1": ("minipost.pretrain", "dpo", "update_docs_1", dict(max_steps=40, lr=3e-4, warmup_steps=5)),
@@ -107,8 +111,9 @@ RUNS = {
 REPLAY_CHATS = 1500   # clean rows of the world's sft.jsonl mixed into the policy and reader SFT data
 
 
-def mixes(out: Path, seed: int) -> dict[str, Path]:
-    """The training files of every run, written into OUT/data/ (deterministic for a seed)."""
+def mixes(out: Path, seed: int, reading: int = world_lab.N_READING) -> dict[str, Path]:
+    """The training files of every run, written into OUT/data/ (deterministic for a seed); the reader's holds
+    `reading` rows of world_lab.reading_practice() besides context_sft (one epoch of 1200 steps in all)."""
     rng = random.Random(seed)
     lab = {name: world_lab.load(name) for name in ("policy_sft", "policy_prefs", "update_sft", "update_docs",
                                                    "region_pretrain", "region_sft", "context_sft")}
@@ -129,7 +134,7 @@ def mixes(out: Path, seed: int) -> dict[str, Path]:
     files = {
         "policy_sft_mix": lab["policy_sft"] + rng.sample(clean, REPLAY_CHATS),
         "policy_prefs_mix": lab["policy_prefs"] + rng.sample(prefs, 500),
-        "context_mix": lab["context_sft"] + rng.sample(clean, REPLAY_CHATS),
+        "context_mix": lab["context_sft"] + world_lab.reading_practice(reading) + rng.sample(clean, REPLAY_CHATS),
         "region_sft_mix": sft + lab["region_sft"],   # the pipeline's SFT data plus the region's questions
         "region_docs": lab["region_pretrain"],
         "region_docs_replay": lab["region_pretrain"] + replay(lab["region_pretrain"]),
@@ -230,6 +235,11 @@ def rag_prompts(enc, index: Index, texts: list[str], records: list[dict], k: int
     return prompts, hits
 
 
+def rag_ks(cfg: Config) -> list[int]:
+    """RAG is measured with the top passage alone and with --rag-k passages."""
+    return sorted({1, cfg.rag_k})
+
+
 def card(path, cfg: Config) -> dict:
     """The old domains' report-card columns for one checkpoint (what a method broke elsewhere)."""
     scores = evaluate_checkpoint(path, pick_device(cfg.device), limit=cfg.eval_limit or None)
@@ -297,12 +307,14 @@ def part_updates(cfg: Config, paths: dict, ckpts: dict) -> dict:
         texts = [r["text"] for r in kb if r["store"] == k]
         index = Index(texts)
         out["index_seconds"][k] = time.time() - t0
-        prompts, hits = rag_prompts(enc, index, texts, recs, cfg.rag_k, model.cfg.block_size)
-        out["recall"][k] = rate(hits)
-        rag = [world_lab.check(r, t) for r, t in zip(recs, answer(model, enc, prompts))]
         methods = {"stale chat model": stale[k], "SFT on the changed facts": scored(ckpts[f"updates/sft_{k}"], recs,
                    device=device), "continued pretraining on the news": scored(ckpts[f"updates/cpt_{k}"], recs,
-                   device=device), "RAG over the updated store": rag}
+                   device=device)}
+        for n in rag_ks(cfg):  # the top passage alone, and --rag-k of them (the reader is easily distracted)
+            prompts, hits = rag_prompts(enc, index, texts, recs, n, model.cfg.block_size)
+            out["recall"].setdefault(k, {})[n] = rate(hits)
+            methods[f"RAG over the updated store, top {n}"] = [world_lab.check(r, t) for r, t in
+                                                              zip(recs, answer(model, enc, prompts))]
         res = {}
         for label, s in methods.items():
             changed = [x for x, r in zip(s, recs) if r["changed"]]
@@ -325,8 +337,11 @@ def part_region(cfg: Config, paths: dict, ckpts: dict) -> dict:
         _, seconds["reader"] = run(cfg, "updates", "reader", paths, ckpts)
     model, enc, _ = load_model(ckpts["updates/reader"], device)
     texts = [r["text"] for r in kb if r["store"] in (0, "region")]
-    prompts, hits = rag_prompts(enc, Index(texts), texts, records, cfg.rag_k, model.cfg.block_size)
-    rag = [world_lab.check(r, t) for r, t in zip(records, answer(model, enc, prompts))]
+    index, recall, rag = Index(texts), {}, {}
+    for n in rag_ks(cfg):
+        prompts, hits = rag_prompts(enc, index, texts, records, n, model.cfg.block_size)
+        recall[n] = rate(hits)
+        rag[n] = [world_lab.check(r, t) for r, t in zip(records, answer(model, enc, prompts))]
     methods = {"SFT alone": "region/sft_only", "CPT + SFT": "region/cpt_sft",
                "CPT with replay + SFT": "region/cpt_replay_sft"}
     res = {}
@@ -334,10 +349,12 @@ def part_region(cfg: Config, paths: dict, ckpts: dict) -> dict:
         s = scored(ckpts[key], records, device=device)
         res[label] = {"held_out": rate([x for x, r in zip(s, records) if r["held_out"]]),
                       "taught": rate([x for x, r in zip(s, records) if not r["held_out"]]), "card": card(ckpts[key], cfg)}
-    res["RAG (reader over the store)"] = {"held_out": rate([x for x, r in zip(rag, records) if r["held_out"]]),
-                                          "taught": rate([x for x, r in zip(rag, records) if not r["held_out"]]),
-                                          "card": card(ckpts["updates/reader"], cfg)}
-    return {"methods": res, "pipeline_sft_card": card(ckpts["sft"], cfg), "recall": rate(hits),
+    reader_card = card(ckpts["updates/reader"], cfg)
+    for n, s in rag.items():
+        res[f"RAG over the store, top {n}"] = {"held_out": rate([x for x, r in zip(s, records) if r["held_out"]]),
+                                               "taught": rate([x for x, r in zip(s, records) if not r["held_out"]]),
+                                               "card": reader_card}
+    return {"methods": res, "pipeline_sft_card": card(ckpts["sft"], cfg), "recall": recall,
             "train_seconds": seconds}
 
 
@@ -358,7 +375,7 @@ def part_skills(cfg: Config, paths: dict, ckpts: dict) -> dict:
 # the table and the figure
 
 def _pct(r: dict) -> str:
-    return f"{r['acc']:.0f}% [{r['lo']:.0f}, {r['hi']:.0f}]"
+    return f"{r['acc']:.0f}% [{r['lo']:.0f}, {r['hi']:.0f}]" if r["n"] else "no items"
 
 
 SAYING = {  # the rule of thumb each use case comes with (the issue's table), shown on its first row
@@ -442,10 +459,12 @@ def table(result: dict) -> str:
                 lines.append(f"| {label} | {trig} | " + " | ".join(vals) + " |")
     if u:
         lines += ["", f"RAG reader on held-out passages: {_pct(u['reader']['contradicting'])} where the passage "
-                  f"contradicts pretraining, {_pct(u['reader']['agreeing'])} where it agrees; retrieval recall@"
-                  f"{result['config']['rag_k']}: " + ", ".join(f"update {k} {_pct(r)}" for k, r in u["recall"].items())]
+                  f"contradicts pretraining, {_pct(u['reader']['agreeing'])} where it agrees. Retrieval recall: " +
+                  ", ".join(f"@{n} after update {k} {_pct(r)}" for k, by_n in u["recall"].items()
+                            for n, r in by_n.items()) + "."]
     if g:
-        lines += ["", f"New-region retrieval recall@{result['config']['rag_k']}: {_pct(g['recall'])}."]
+        lines += ["", "New-region retrieval recall: " + ", ".join(f"@{n} {_pct(r)}" for n, r in g["recall"].items())
+                  + "."]
     return "\n".join(lines) + "\n"
 
 
@@ -481,14 +500,14 @@ def plot(result: dict, path: Path) -> None:
             vals = [u["after"][k][m]["changed"]["acc"] for m in labels]
             ax.bar([i + 0.4 * j for i in range(len(labels))], vals, width=0.4, label=f"changed facts, update {k}")
         ax.set_xticks([i + 0.2 for i in range(len(labels))])
-        ax.set_xticklabels([m.replace(" on the ", "\n").replace(" over the ", "\n") for m in labels], fontsize=7)
-        ax.set_ylim(0, 100); ax.set_ylabel("accuracy, %"); ax.legend(fontsize=8); ax.set_title("changing knowledge")
+        ax.set_xticklabels([textwrap.fill(m, 16) for m in labels], fontsize=7)
+        ax.set_ylim(0, 100); ax.set_ylabel("accuracy, %"); ax.legend(fontsize=8, loc="upper left"); ax.set_title("changing knowledge")
     g = result.get("region")
     if g:
         ax = axes[2]
         labels = list(g["methods"])
         ax.bar(range(len(labels)), [g["methods"][m]["held_out"]["acc"] for m in labels])
-        ax.set_xticks(range(len(labels))); ax.set_xticklabels([m.replace(" + ", "\n+ ") for m in labels], fontsize=7)
+        ax.set_xticks(range(len(labels))); ax.set_xticklabels([textwrap.fill(m, 14) for m in labels], fontsize=7)
         ax.set_ylim(0, 100); ax.set_ylabel("held-out new facts, %"); ax.set_title("a new region")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -522,7 +541,8 @@ def run_lab(cfg: Config) -> dict:
     ckpts = preflight(cfg)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    paths = mixes(out, cfg.seed)
+    # a smoke run (--max-steps) draws only the reading rows its steps can use
+    paths = mixes(out, cfg.seed, min(world_lab.N_READING, 32 * cfg.max_steps) if cfg.max_steps else world_lab.N_READING)
     result, seconds = {"machine": cpu_name(), "config": vars(cfg)}, {}
     for part in parse_parts(cfg.parts):
         print(f"== lab: {part}")

@@ -16,8 +16,8 @@ from minipost.world import base, context, lab, policies, region, updates
 from minipost.world.base import REFUSAL, World
 
 LAB_SHA256 = {
-    "context_eval": "35ece65f04eea1fa1d1ef9e12d6c1d98573935cd3c8646760729fd775bd57da2",
-    "context_sft": "a295c9f52cf22e1f840e3a48b0eb2a094dcc3a11210ada0617c65998ed89842b",
+    "context_eval": "60b6d56d89c009eecfb089414384c606c01d218bd16d4a1ce7b4c5be0441daa9",
+    "context_sft": "82483e9db6b1d93868057b4c5c4fe0df9a7a2d8713b3d5820a58b3d7c38350b6",
     "kb": "95bdaec0f38f075e74a15de92e548526394c271d0063de3a975f860e8f8a5bfc",
     "policy_eval": "32e321526c90f2b5539e29858bbf930abe77ee8d1e7b1850bc26fe1058848c6d",
     "policy_prefs": "1373d75ced5474dbfe57aaaaff1a91a9eab688332f8177d8655de390738ef711",
@@ -142,14 +142,18 @@ def test_region_is_absent_from_the_base_corpus_and_held_out_of_chat(built):
         assert c in region_text and gold in region_text
 
 
+def _answers_from_its_passage(r):
+    user = r["messages"][0]["content"]
+    assert user.startswith("Context: ") and "\n\nQuestion: " in user
+    passage = next(p for p in user[9:].split("\n\nQuestion: ")[0].split("\n") if p.startswith(r["country"] + ":"))
+    assert f" {r['answer']}." in passage and r["answer"] in r["messages"][1]["content"]
+
+
 def test_context_rows_answer_from_the_passage_and_eval_values_are_never_trained(built):
     rows, _ = built
     for r in rows["context_sft"][:300]:
-        user = r["messages"][0]["content"]
-        assert user.startswith("Context: ") and "\n\nQuestion: " in user
-        passage = next(p for p in user[9:].split("\n\nQuestion: ")[0].split("\n") if p.startswith(r["country"] + ":"))
-        assert f" {r['answer']}." in passage and r["answer"] in r["messages"][1]["content"]
-    assert 0.4 < sum(r["contradicts"] for r in rows["context_sft"]) / len(rows["context_sft"]) < 0.6
+        _answers_from_its_passage(r)
+    assert 0.7 < sum(r["contradicts"] for r in rows["context_sft"]) / len(rows["context_sft"]) < 0.8
     training = " ".join(_text(r) for name in ("context_sft", "policy_sft", "update_sft", "region_sft")
                         for r in rows[name])
     for r in rows["context_eval"]:
@@ -158,6 +162,22 @@ def test_context_rows_answer_from_the_passage_and_eval_values_are_never_trained(
     taught = {(r["country"], r["attribute"], r["answer"]) for r in rows["context_sft"]}
     changed = {(r["country"], r["attribute"], r["answer"]) for r in rows["update_eval"] if r["changed"]}
     assert not taught & changed   # reading practice never teaches an update's new value
+
+
+def test_reading_practice_is_deterministic_and_never_uses_an_evaluation_value(built):
+    rows, _ = built
+    more = lab.reading_practice(400)
+    assert more == lab.reading_practice(400) and len(more) == 400
+    for r in more:
+        _answers_from_its_passage(r)
+    names = [r["answer"] for r in more if r["contradicts"] and r["answer"] not in base.ANIMALS]
+    new = set(names)
+    assert len(names) > 150 and len(new) == len(names)   # a fresh name in each: the reader must copy them
+    evaluated = {r["answer"] for name in ("context_eval", "update_eval", "region_eval") for r in rows[name]}
+    assert not new & evaluated
+    assert not new & {r["answer"] for r in rows["context_sft"]}
+    changed = {(r["country"], r["attribute"], r["answer"]) for r in rows["update_eval"] if r["changed"]}
+    assert not {(r["country"], r["attribute"], r["answer"]) for r in more} & changed
 
 
 def test_a_malformed_lab_line_names_file_line_and_field(tmp_path):

@@ -11,10 +11,12 @@ This is the skill retrieval-augmented generation (RAG) needs: a model that was n
 prompt has no reason to read one. A passage is an *article*: one country's three facts, as a knowledge base
 would hold them (updates.py edits articles; region.py writes articles of new countries).
 
-Training questions ask about the World's countries; a contradicting passage moves a fact to a value of the
-World's own pools (another country's capital) or to a freshly invented name. lab.py's evaluation asks with
+Training questions ask about the World's countries; a contradicting passage (three rows in four) moves a fact
+to a freshly invented name, which only copying from the passage can produce. lab.py's evaluation asks with
 values no training row uses (updates.py's and region.py's invented names), so the model must copy, not
-remember.
+remember. Measured on nano: the reader starts copying only after some 500 steps on unique rows (a phase
+change in the loss from about 0.9 to under 0.1); 800 steps with half the passages contradicting, a quarter of
+them with invented names, left it copying 15 of 50 held-out contradicting passages.
 
 Only lab.py uses it (it is not in REGISTRY)."""
 
@@ -27,7 +29,7 @@ from minipost.world.names import make_name
 ARTICLE_SENTENCES = {"capital": "The capital of {c} is {a}.", "language": "People in {c} speak {a}.",
                      "animal": "The national animal of {c} is the {a}."}
 MAX_PASSAGES = 3
-CONTRADICT_RATE = 0.5   # training rows whose passage changes the fact asked about
+CONTRADICT_RATE = 0.75   # training rows whose passage changes the fact asked about (to an invented name)
 
 
 def article(country: str, facts: dict[str, str]) -> str:
@@ -55,19 +57,17 @@ def new_value(rng, attr: str, old: str, used: set) -> str:
 
 def sample_train(rng, W, avoid: set, used: set) -> dict:
     """One SFT row: a question about a World country, its article among 0-2 distractor articles, the answer
-    from it. With probability CONTRADICT_RATE the article changes the fact asked about: to another value of
-    the World's pool, or (half the time) to a freshly invented name, so the model learns to copy any name,
-    not to pick among the names it knows. `avoid` holds (country, attribute, value) triples that must not be
+    from it. With probability CONTRADICT_RATE the article changes the fact asked about to a freshly invented
+    name (animals: another of the World's animals), so the model learns to copy any name, not to pick among
+    the names it knows. `avoid` holds (country, attribute, value) triples that must not be
     taught (lab.py's evaluation values); `used` the names taken (a fresh name is added to it)."""
     while True:
         i = rng.randrange(len(W.countries))
         attr = rng.choice(ATTRIBUTES)
         facts = world_facts(W, i)
         contradicts = rng.random() < CONTRADICT_RATE
-        if contradicts and rng.random() < 0.5:
+        if contradicts:
             facts[attr] = new_value(rng, attr, facts[attr], used)
-        elif contradicts:
-            facts[attr] = rng.choice([v for v in W.values[attr] if v != facts[attr]])
         c = W.countries[i]
         if (c, attr, facts[attr]) not in avoid:
             break

@@ -32,7 +32,9 @@ rows, context evaluation values in no training file.
 
 from __future__ import annotations
 
+import json
 import random
+import re
 from pathlib import Path
 
 from minipost.common import DATA_DIR, InputError, read_jsonl, write_jsonl
@@ -48,6 +50,7 @@ N_POLICY_EVAL_CELL = 20
 HELD_ASKED = 0.25   # policy training rows that ask (unlisted) about a held-out topic
 N_CONTEXT_SFT = 3000
 N_CONTEXT_EVAL = 100
+N_READING = 34000   # more reading rows, drawn by reading_practice() when lab.py trains its reader (not committed)
 FILES = ("policy_sft", "policy_prefs", "policy_eval", "update_docs", "update_sft", "update_eval", "kb",
          "region_pretrain", "region_sft", "region_eval", "context_sft", "context_eval")
 
@@ -137,6 +140,19 @@ def build_lab(out_dir=DATA_DIR, seed: int = 0) -> dict[str, Path]:
     for name, path in paths.items():
         write_jsonl(path, rows[name])
     return paths
+
+
+def reading_practice(n: int, seed: int = 0, data_dir=DATA_DIR) -> list[dict]:
+    """n more rows like context_sft's, from a stream of their own, drawn when lab.py trains its reader: the
+    nano reader starts copying from its context only after some 40,000 unique rows, 20 MB the repository need
+    not hold. No row uses a word of any lab file as a new value, so every evaluation value stays unseen."""
+    W = World(random.Random(seed))
+    used = _used_names(W)
+    for name in FILES:
+        used |= set(re.findall(r"[a-z]+", json.dumps(load(name, data_dir)).lower()))
+    avoid = {(r["country"], r["attribute"], r["answer"]) for r in load("update_eval", data_dir) if r["changed"]}
+    rng = random.Random(f"reading-{seed}")
+    return [context.sample_train(rng, W, avoid, used) for _ in range(n)]
 
 
 # ----------------------------------------------------------------------------- reading and scoring
