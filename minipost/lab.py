@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import json
 import random
 import textwrap
 import time
@@ -41,7 +42,7 @@ from minipost.bands import cpu_name
 from minipost.common import (DATA_DIR, DEVICE_HELP, InputError, check_config, check_device, check_out_dir,
                              config_with_preset, field, load_checkpoint, main, pick_device, read_jsonl, save_json,
                              write_jsonl)
-from minipost.evals import binomial_ci, evaluate_checkpoint
+from minipost.evals import binomial_ci, evaluate_checkpoint, read_report
 from minipost.model import load_model
 from minipost.pipeline import plan, run_planned
 from minipost.retrieval import Index
@@ -359,16 +360,33 @@ def part_region(cfg: Config, paths: dict, ckpts: dict) -> dict:
 
 
 def part_skills(cfg: Config, paths: dict, ckpts: dict) -> dict:
-    """SQL and instruction following from the pipeline's own card: no training here."""
-    from minipost.evals import read_report
+    """SQL and instruction following, stage by stage, from the pipeline's own card (no training here): what
+    each post-training stage reached on the targeted skills, and what it moved elsewhere against its parent."""
     path = Path(cfg.pipeline) / "report" / "report.json"
     report = read_report(path)
+
+    def percent(cells: dict) -> dict:
+        return {c: (v["value"] if c == "val_loss" else 100 * v["value"]) for c, v in cells.items() if c in OLD_COLUMNS}
     rows = {}
-    for row, cells in report.items():
-        got = {c: 100 * cells[c]["mean"] for c in ("sql", "instructions") if c in cells}
-        if got:
-            rows[row] = got
+    for row, parent in report["parents"].items():
+        cells = report["card"][row]
+        rows[row] = {"parent": parent, "card": percent(cells), "parent_card": percent(report["card"][parent]),
+                     **{c: rate_of(cells[c]) for c in ("sql", "instructions") if c in cells}}
+    timings = Path(cfg.pipeline) / "timings.json"   # the seconds of each stage, when the pipeline wrote them
+    try:  # optional: only the cost column reads it
+        seconds = json.loads(timings.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        seconds = {}
+    seconds = seconds if isinstance(seconds, dict) else {}
+    for row in rows:
+        if isinstance(seconds.get(row), (int, float)):
+            rows[row]["seconds"] = seconds[row]
     return {"rows": rows, "from": str(path)}
+
+
+def rate_of(cell: dict) -> dict:
+    """A report-card cell ({"value", "lo", "hi", "n"}, shares) as rate() writes it (percent)."""
+    return {"acc": 100 * cell["value"], "lo": 100 * cell["lo"], "hi": 100 * cell["hi"], "n": cell["n"]}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -437,8 +455,10 @@ def table(result: dict) -> str:
     s = result.get("skills")
     if s:
         for row, got in s["rows"].items():
-            rows.append(("skills", f"{row} (the pipeline)", ", ".join(f"{c} {v:.1f}%" for c, v in got.items()),
-                         "the pipeline's run", "see the README's report card"))
+            rows.append(("skills", f"{row} (the pipeline's stage, from {got['parent']})",
+                         ", ".join(f"{c} {_pct(got[c])}" for c in ("sql", "instructions") if c in got),
+                         f"{got['seconds']:.0f} s of training" if "seconds" in got else "the pipeline's run",
+                         _card_delta(got["card"], got["parent_card"], skip=("sql", "instructions")) + f" (vs {got['parent']})"))
     lines = ["| use case | method | what people say | measured here (95% interval) | cost on this CPU | "
              "what it broke elsewhere |", "|---|---|---|---|---|---|"]
     seen = set()
@@ -468,10 +488,10 @@ def table(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _card_delta(card: dict, base: dict) -> str:
-    """Old-domain columns that moved by 5 points or more against the pipeline's SFT model (val_loss always)."""
-    parts = [f"{c} {card[c] - base[c]:+.0f}" for c in OLD_COLUMNS if c != "val_loss" and c in card and c in base
-             and abs(card[c] - base[c]) >= 5]
+def _card_delta(card: dict, base: dict, skip=()) -> str:
+    """Old-domain columns that moved by 5 points or more against `base` (val_loss always)."""
+    parts = [f"{c} {card[c] - base[c]:+.0f}" for c in OLD_COLUMNS if c != "val_loss" and c not in skip and c in card
+             and c in base and abs(card[c] - base[c]) >= 5]
     if "val_loss" in card and "val_loss" in base:
         parts.append(f"val_loss {card['val_loss'] - base['val_loss']:+.3f}")
     return ", ".join(parts) or "nothing by 5 points"

@@ -231,3 +231,19 @@ def test_lab_refuses_bad_flags_in_one_line(flags, message, tmp_path):
     assert message in proc.stderr and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "o").exists()
+
+
+def test_the_skills_part_reads_the_pipelines_card_stage_by_stage(tmp_path):
+    from minipost.evals import write_report
+    from minipost.lab import Config, part_skills, table
+    items = {"base": {"sql": [0.0] * 10, "instructions": [0.0] * 10, "tools": [0.0] * 10},
+             "sft": {"sql": [1.0] * 6 + [0.0] * 4, "instructions": [1.0] * 5 + [0.0] * 5, "tools": [1.0] * 10}}
+    write_report(items, tmp_path / "report", parents={"sft": "base"})
+    (tmp_path / "timings.json").write_text('{"sft": 12.4}', encoding="utf-8")
+    got = part_skills(Config(pipeline=str(tmp_path), parts="skills"), {}, {})["rows"]["sft"]
+    assert got["sql"]["acc"] == 60 and got["instructions"]["acc"] == 50 and got["seconds"] == 12.4
+    assert got["sql"]["lo"] < 60 < got["sql"]["hi"] and got["parent"] == "base"
+    row = table({"skills": {"rows": {"sft": got}}, "config": {}}).splitlines()[2]
+    assert "sql 60% [" in row and "12 s of training" in row and "tools +100" in row and "sql +" not in row
+    (tmp_path / "timings.json").write_text("{not json", encoding="utf-8")   # optional: a bad one is only a cost left out
+    assert "seconds" not in part_skills(Config(pipeline=str(tmp_path), parts="skills"), {}, {})["rows"]["sft"]

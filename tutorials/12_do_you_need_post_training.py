@@ -65,8 +65,10 @@ for name in ("policy_eval", "update_docs", "region_pretrain", "context_sft"):
 # ## 2. Run the comparison
 # Each run starts from a pipeline checkpoint: policy SFT from the SFT model (then DPO on policy pairs);
 # the RAG reader, the update SFTs and continued pretraining from the DPO model; the region's runs from the
-# base model, each followed by the pipeline's own SFT recipe. The whole thing is about 20 minutes on a
-# 2-core CPU; rerunning reuses what finished.
+# base model, each followed by the pipeline's own SFT recipe. A fresh run took 25 minutes on the 2-core Xeon
+# (README); rerunning reuses what finished. The longest run is the reader (571 s): 1200 steps on 38,500 passages, as
+# the nano model learns to copy a name from its context only after some 500 steps (watch `loss` in
+# runs/lab/updates/reader/metrics.jsonl: flat near 0.7, then down to 0.1).
 
 # %%
 flags = dict(max_steps=1, eval_limit=1, parts="policies,updates,region") if SMOKE else {}
@@ -93,7 +95,8 @@ for label, cells in result["policies"]["curves"].items():
 # After each update: accuracy on the changed facts, on the unchanged ones, and "known facts now wrong":
 # of the facts the stale model answered right and no update touched, the share a method now gets wrong
 # (Gekhman et al.'s question). The update cost is the training seconds, or for RAG the seconds to index
-# the updated store.
+# the updated store. RAG is measured twice: with the top passage alone and with the top 3. Retrieval finds
+# the right article either way; compare what the small reader does with two extra, wrong articles.
 
 # %%
 for k, res in result["updates"]["after"].items():
