@@ -40,10 +40,11 @@ from pathlib import Path
 from minipost import threads
 from minipost.bands import cpu_name
 from minipost.common import (DATA_DIR, DEVICE_HELP, InputError, check_config, check_device, check_out_dir,
-                             config_with_preset, field, load_checkpoint, main, pick_device, read_jsonl, save_json,
+                             config_with_preset, field, main, pick_device, read_jsonl, save_json,
                              write_jsonl)
 from minipost.evals import binomial_ci, evaluate_checkpoint, read_report
 from minipost.model import load_model
+from minipost.reward_model import KIND as JUDGE
 from minipost.pipeline import plan, run_planned
 from minipost.retrieval import Index
 from minipost.rollout import complete
@@ -544,14 +545,25 @@ def preflight(cfg: Config) -> dict:
         if not p.is_file():
             raise InputError(f"--pipeline {cfg.pipeline}: {p} not found; run `python -m minipost.pipeline --out "
                              f"{cfg.pipeline}` first")
-        load_checkpoint(p, required=("model", "model_config"))
-    if "skills" in parts and not (Path(cfg.pipeline) / "report" / "report.json").is_file():
-        raise InputError(f"--pipeline {cfg.pipeline}: report/report.json not found (the skills part reads the "
-                         f"pipeline's card); run the pipeline to its end or leave skills out of --parts")
+        model, enc, ckpt = load_model(p)   # a GPT with finite weights
+        if ckpt.get("kind") == JUDGE:
+            raise InputError(f"--pipeline {cfg.pipeline}: {p} is a reward model, not the pipeline's {s} model")
+    report = Path(cfg.pipeline) / "report" / "report.json"
+    if "skills" in parts:
+        if not report.is_file():
+            raise InputError(f"--pipeline {cfg.pipeline}: report/report.json not found (the skills part reads the "
+                             f"pipeline's card); run the pipeline to its end or leave skills out of --parts")
+        read_report(report)
     if not (DATA_DIR / "lab").is_dir():
         world_lab.build_lab(DATA_DIR)
+    room = model.cfg.block_size - 32   # every evaluation prompt must leave room for a 32-token answer
     for name in world_lab.FILES:
-        world_lab.load(name)
+        rows = world_lab.load(name)
+        if name.endswith("_eval"):
+            for n, r in enumerate(rows, 1):
+                if len(render_prompt(enc, r["prompt"])) > room:
+                    raise InputError(f"{DATA_DIR / 'lab' / name}.jsonl:{n}: field 'prompt': longer than the "
+                                     f"{room} tokens the model's context leaves for a prompt")
     check_out_dir(cfg)
     return ckpts
 
@@ -571,6 +583,15 @@ def run_lab(cfg: Config) -> dict:
         seconds[part] = time.time() - t0
         print(f"== lab: {part}: {seconds[part]:.0f} s")
     result["seconds"] = seconds
+    try:  # the parts not run now keep their results of an earlier run into this --out
+        earlier = json.loads((out / "lab.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        earlier = {}
+    if isinstance(earlier, dict):
+        for part in PARTS:
+            if part not in result and isinstance(earlier.get(part), dict):
+                result[part] = earlier[part]
+                result["seconds"].setdefault(part, (earlier.get("seconds") or {}).get(part, 0.0))
     save_json(out / "lab.json", result)
     (out / "lab.md").write_text(table(result), encoding="utf-8")
     plot(result, out / "lab.png")

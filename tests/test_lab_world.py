@@ -247,3 +247,42 @@ def test_the_skills_part_reads_the_pipelines_card_stage_by_stage(tmp_path):
     assert "sql 60% [" in row and "12 s of training" in row and "tools +100" in row and "sql +" not in row
     (tmp_path / "timings.json").write_text("{not json", encoding="utf-8")   # optional: a bad one is only a cost left out
     assert "seconds" not in part_skills(Config(pipeline=str(tmp_path), parts="skills"), {}, {})["rows"]["sft"]
+
+
+@pytest.mark.parametrize("name, edit, message", [
+    ("kb", lambda r: r.pop("store"), "kb.jsonl:1: field 'store'"),
+    ("update_eval", lambda r: r.pop("changed"), "update_eval.jsonl:1: field 'changed'"),
+    ("policy_eval", lambda r: r.pop("trigger"), "policy_eval.jsonl:1: field 'trigger'"),
+    ("context_eval", lambda r: r.update(contradicts="yes"), "context_eval.jsonl:1: field 'contradicts'"),
+    ("policy_prefs", lambda r: r.update(chosen=5), "policy_prefs.jsonl:1: field 'chosen'"),
+])
+def test_a_lab_line_missing_a_field_the_lab_reads_is_refused(name, edit, message, tmp_path):
+    (tmp_path / "lab").mkdir()
+    rows = read_jsonl(DATA_DIR / "lab" / f"{name}.jsonl")[:3]
+    edit(rows[0])
+    (tmp_path / "lab" / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    with pytest.raises(InputError, match=re.escape(message)):
+        lab.load(name, tmp_path)
+
+
+def test_the_lab_refuses_a_reward_model_or_a_too_long_prompt_before_any_work(tmp_path, monkeypatch):
+    import torch
+    from minipost import lab as lab_cmd
+    from minipost.common import save_checkpoint
+    from minipost.model import GPT, GPTConfig, PRESETS, model_checkpoint
+    from minipost.tokenizer import get_tokenizer
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=get_tokenizer("nano").n_vocab, **PRESETS["nano"]))
+    for stage in ("pretrain", "sft", "dpo"):
+        save_checkpoint(tmp_path / "p" / stage / "model.pt", model_checkpoint(model, "nano", 0))
+    save_checkpoint(tmp_path / "p" / "sft" / "model.pt", model_checkpoint(model, "nano", 0, kind="reward_model"))
+    cfg = lab_cmd.Config(out=str(tmp_path / "o"), pipeline=str(tmp_path / "p"), parts="updates")
+    with pytest.raises(InputError, match="sft/model.pt is a reward model"):
+        lab_cmd.preflight(cfg)
+    save_checkpoint(tmp_path / "p" / "sft" / "model.pt", model_checkpoint(model, "nano", 0))
+    long = [{"prompt": "why " * 400, "answer": "x", "contradicts": True}]
+    real = lab_cmd.world_lab.load
+    monkeypatch.setattr(lab_cmd.world_lab, "load", lambda name: long if name == "context_eval" else real(name))
+    with pytest.raises(InputError, match=r"context_eval.jsonl:1: field 'prompt': longer than the 224 tokens"):
+        lab_cmd.preflight(cfg)
+    assert not (tmp_path / "o").exists()

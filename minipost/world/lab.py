@@ -190,6 +190,30 @@ def load(name: str, data_dir=DATA_DIR) -> list[dict]:
         elif name.endswith("_sft") or name.endswith("_prefs"):
             if name.endswith("_sft"):
                 to_messages(row, where)
-            elif not all(k in row for k in ("prompt", "chosen", "rejected")):
-                raise InputError(f"{where}: missing field(s) of 'prompt', 'chosen', 'rejected'")
+            else:
+                for key in ("chosen", "rejected"):
+                    if not isinstance(row.get(key), str) or not row[key].strip():
+                        raise InputError(f"{where}: field {key!r}: expected a non-empty string, got "
+                                         f"{row.get(key)!r:.40}")
+                if not isinstance(row.get("prompt"), list) or not row["prompt"]:
+                    raise InputError(f"{where}: field 'prompt': expected a list of messages")
+        for key, kinds in USED_FIELDS.get(name, {}).items():  # the fields lab.py reads besides the text
+            if key not in row or not isinstance(row[key], kinds) or (kinds is str and not row[key].strip()):
+                raise InputError(f"{where}: field {key!r}: expected {_kind_names(kinds)}, got {row.get(key)!r:.40}")
     return rows
+
+
+# every field of a lab file that lab.py reads, beyond the text checked above, with its types
+USED_FIELDS = {
+    "policy_eval": {"n_listed": int, "trigger": bool, "should_refuse": bool, "topic": str},
+    "update_docs": {"update": int},
+    "update_sft": {"update": int},
+    "update_eval": {"update": int, "changed": bool, "country": str, "attribute": str},
+    "kb": {"store": (int, str), "country": str},
+    "region_eval": {"held_out": bool, "country": str},
+    "context_eval": {"contradicts": bool},
+}
+
+
+def _kind_names(kinds) -> str:
+    return " or ".join(k.__name__ for k in (kinds if isinstance(kinds, tuple) else (kinds,)))
