@@ -9,10 +9,10 @@ method reaches, what it costs in seconds, and what it breaks elsewhere (the repo
               same SFT model post-trained on the skill (SFT on lab/policy_sft, then DPO on lab/policy_prefs),
               on topics no training row mentions, at 1-30 topics, with and without trigger openers.
     updates   two news updates (lab/update_*): the stale chat model, SFT on the changed facts, continued
-              pretraining on the news documents (with as much original corpus replayed), and RAG over the updated knowledge base (retrieval.Index;
-              the reader is the chat model fine-tuned once, 1200 steps, on lab/context_sft and 34,000 more rows
-              like them, to answer from passages: on nano, copying a name from the context appears only
-              after some 500 steps on unique rows).
+              pretraining on the news documents (with as much original corpus replayed), and RAG over the
+              updated knowledge base (retrieval.Index; the reader is the chat model fine-tuned once, 1200
+              steps, on lab/context_sft and 34,000 more rows like them, to answer from passages: on nano,
+              copying a name from the context appears only after some 500 steps on unique rows).
     region    24 countries the base corpus never mentions: SFT alone (the pipeline's recipe plus the region's
               chat questions), continued pretraining on the region's corpus first (with and without replaying
               the original corpus), and RAG; held-out facts are in no chat split.
@@ -110,6 +110,7 @@ RUNS = {
         "cpt_replay_sft": ("minipost.sft", "region/cpt_replay", "region_sft_mix", {}),
     },
 }
+ANSWER_TOKENS = 32    # greedy answers are cut here; a prompt must leave this much of the context free
 REPLAY_CHATS = 1500   # clean rows of the world's sft.jsonl mixed into the policy and reader SFT data
 
 
@@ -208,7 +209,7 @@ def fit_rag_prompt(enc, passages: list[str], question: str, max_tokens: int) -> 
 
 def answer(model, enc, prompts: list) -> list[str]:
     """Greedy chat answers (prompts: user strings or message lists), as every evaluation here decodes."""
-    texts, _ = complete(model, enc, [render_prompt(enc, p) for p in prompts], max_new_tokens=32,
+    texts, _ = complete(model, enc, [render_prompt(enc, p) for p in prompts], max_new_tokens=ANSWER_TOKENS,
                         stop_token=special_id(enc, "<|end|>"))
     return texts
 
@@ -232,7 +233,7 @@ def rag_prompts(enc, index: Index, texts: list[str], records: list[dict], k: int
     prompts, hits = [], []
     for r in records:
         top = index.search(r["prompt"], k)
-        prompts.append(fit_rag_prompt(enc, [texts[i] for i in top], r["prompt"], block - 32))
+        prompts.append(fit_rag_prompt(enc, [texts[i] for i in top], r["prompt"], block - ANSWER_TOKENS))
         hits.append(float(any(texts[i].startswith(r["country"] + ":") for i in top)))
     return prompts, hits
 
@@ -459,7 +460,8 @@ def table(result: dict) -> str:
             rows.append(("skills", f"{row} (the pipeline's stage, from {got['parent']})",
                          ", ".join(f"{c} {_pct(got[c])}" for c in ("sql", "instructions") if c in got),
                          f"{got['seconds']:.0f} s of training" if "seconds" in got else "the pipeline's run",
-                         _card_delta(got["card"], got["parent_card"], skip=("sql", "instructions")) + f" (vs {got['parent']})"))
+                         _card_delta(got["card"], got["parent_card"], skip=("sql", "instructions"))
+                         + f" (vs {got['parent']})"))
     lines = ["| use case | method | what people say | measured here (95% interval) | cost on this CPU | "
              "what it broke elsewhere |", "|---|---|---|---|---|---|"]
     seen = set()
@@ -522,7 +524,8 @@ def plot(result: dict, path: Path) -> None:
             ax.bar([i + 0.4 * j for i in range(len(labels))], vals, width=0.4, label=f"changed facts, update {k}")
         ax.set_xticks([i + 0.2 for i in range(len(labels))])
         ax.set_xticklabels([textwrap.fill(m, 16) for m in labels], fontsize=7)
-        ax.set_ylim(0, 100); ax.set_ylabel("accuracy, %"); ax.legend(fontsize=8, loc="upper left"); ax.set_title("changing knowledge")
+        ax.set_ylim(0, 100); ax.set_ylabel("accuracy, %"); ax.legend(fontsize=8, loc="upper left")
+        ax.set_title("changing knowledge")
     g = result.get("region")
     if g:
         ax = axes[2]
@@ -556,7 +559,7 @@ def preflight(cfg: Config) -> dict:
         read_report(report)
     if not (DATA_DIR / "lab").is_dir():
         world_lab.build_lab(DATA_DIR)
-    room = model.cfg.block_size - 32   # every evaluation prompt must leave room for a 32-token answer
+    room = model.cfg.block_size - ANSWER_TOKENS   # every evaluation prompt must leave room for its answer
     for name in world_lab.FILES:
         rows = world_lab.load(name)
         if name.endswith("_eval"):
@@ -573,8 +576,9 @@ def run_lab(cfg: Config) -> dict:
     ckpts = preflight(cfg)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    # a smoke run (--max-steps) draws only the reading rows its steps can use
-    paths = mixes(out, cfg.seed, min(world_lab.N_READING, 32 * cfg.max_steps) if cfg.max_steps else world_lab.N_READING)
+    # a smoke run (--max-steps) draws only the reading rows its steps can use (sft's 32 rows per step)
+    reading = min(world_lab.N_READING, 32 * cfg.max_steps) if cfg.max_steps else world_lab.N_READING
+    paths = mixes(out, cfg.seed, reading)
     result, seconds = {"machine": cpu_name(), "config": vars(cfg)}, {}
     for part in parse_parts(cfg.parts):
         print(f"== lab: {part}")

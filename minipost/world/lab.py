@@ -147,10 +147,9 @@ def reading_practice(n: int, seed: int = 0, data_dir=DATA_DIR) -> list[dict]:
     nano reader starts copying from its context only after some 40,000 unique rows, 20 MB the repository need
     not hold. No row uses a word of any lab file as a new value, so every evaluation value stays unseen."""
     W = World(random.Random(seed))
-    used = _used_names(W)
-    for name in FILES:
-        used |= set(re.findall(r"[a-z]+", json.dumps(load(name, data_dir)).lower()))
-    avoid = {(r["country"], r["attribute"], r["answer"]) for r in load("update_eval", data_dir) if r["changed"]}
+    files = {name: load(name, data_dir) for name in FILES}
+    used = _used_names(W) | set(re.findall(r"[a-z]+", json.dumps(files).lower()))
+    avoid = {(r["country"], r["attribute"], r["answer"]) for r in files["update_eval"] if r["changed"]}
     rng = random.Random(f"reading-{seed}")
     return [context.sample_train(rng, W, avoid, used) for _ in range(n)]
 
