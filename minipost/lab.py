@@ -19,7 +19,8 @@ method reaches, what it costs in seconds, and what it breaks elsewhere (the repo
     skills    SQL and instruction following: what post-training did, read from the pipeline's report card.
 
 Every run starts from the pipeline's checkpoints (OUT_PIPELINE/pretrain, sft, dpo), is reused when finished
-and resumed when interrupted (like the pipeline), and writes OUT/<part>/<run>/. The result: OUT/lab.json (every
+and resumed when interrupted, like the pipeline's stages: only for the data and checkpoint it started from,
+else it is refused before any run trains or any file is written. It writes OUT/<part>/<run>/. The result: OUT/lab.json (every
 number), OUT/lab.md (the table), OUT/lab.png.
 
     python -m minipost.pipeline                 # first: the checkpoints it starts from
@@ -39,9 +40,8 @@ from pathlib import Path
 
 from minipost import threads
 from minipost.bands import cpu_name
-from minipost.common import (DATA_DIR, DEVICE_HELP, InputError, check_config, check_device, check_out_dir,
-                             config_with_preset, field, main, pick_device, read_jsonl, save_json,
-                             write_jsonl)
+from minipost.common import (DATA_DIR, DEVICE_HELP, InputError, atomic_write_bytes, check_config, check_device,
+                             check_out_dir, config_with_preset, field, main, pick_device, read_jsonl, save_json)
 from minipost.evals import binomial_ci, evaluate_checkpoint, read_report
 from minipost.model import load_model
 from minipost.reward_model import KIND as JUDGE
@@ -88,7 +88,7 @@ class Config:
 
 
 # Each run: (module, starts from, data, the flags that differ from the module's nano defaults). "{x}" names a
-# checkpoint of the pipeline (pretrain, sft, dpo) or of an earlier run; data files are written by mixes().
+# checkpoint of the pipeline (pretrain, sft, dpo) or of an earlier run; the data files are made by mixes().
 RUNS = {
     "policies": {
         "sft": ("minipost.sft", "sft", "policy_sft_mix", dict(max_steps=200)),
@@ -114,8 +114,9 @@ ANSWER_TOKENS = 32    # greedy answers are cut here; a prompt must leave this mu
 REPLAY_CHATS = 1500   # clean rows of the world's sft.jsonl mixed into the policy and reader SFT data
 
 
-def mixes(out: Path, seed: int, reading: int = world_lab.N_READING) -> dict[str, Path]:
-    """The training files of every run, written into OUT/data/ (deterministic for a seed); the reader's holds
+def mixes(seed: int, reading: int = world_lab.N_READING) -> dict[str, tuple[bytes, str]]:
+    """The training file of every run -> {name: (its bytes, what it is made from)}; run_lab writes them into
+    OUT/data/<name>.jsonl once every run's plan is checked (deterministic for a seed). The reader's holds
     `reading` rows of world_lab.reading_practice() besides context_sft (one epoch of 1200 steps in all)."""
     rng = random.Random(seed)
     lab = {name: world_lab.load(name) for name in ("policy_sft", "policy_prefs", "update_sft", "update_docs",
@@ -134,34 +135,39 @@ def mixes(out: Path, seed: int, reading: int = world_lab.N_READING) -> dict[str,
             out.append(r)
             chars += len(r["text"])
         return out
-    files = {
-        "policy_sft_mix": lab["policy_sft"] + rng.sample(clean, REPLAY_CHATS),
-        "policy_prefs_mix": lab["policy_prefs"] + rng.sample(prefs, 500),
-        "context_mix": lab["context_sft"] + world_lab.reading_practice(reading) + rng.sample(clean, REPLAY_CHATS),
-        "region_sft_mix": sft + lab["region_sft"],   # the pipeline's SFT data plus the region's questions
-        "region_docs": lab["region_pretrain"],
-        "region_docs_replay": lab["region_pretrain"] + replay(lab["region_pretrain"]),
+    files = {  # name: (rows, the files of data/ they come from)
+        "policy_sft_mix": (lab["policy_sft"] + rng.sample(clean, REPLAY_CHATS), ("lab/policy_sft.jsonl", "sft.jsonl")),
+        "policy_prefs_mix": (lab["policy_prefs"] + rng.sample(prefs, 500), ("lab/policy_prefs.jsonl", "prefs.jsonl")),
+        "context_mix": (lab["context_sft"] + world_lab.reading_practice(reading) + rng.sample(clean, REPLAY_CHATS),
+                        ("lab/context_sft.jsonl", "lab/ (the reading practice avoids its names)", "sft.jsonl")),
+        "region_sft_mix": (sft + lab["region_sft"], ("sft.jsonl", "lab/region_sft.jsonl")),  # the pipeline's + region's
+        "region_docs": (lab["region_pretrain"], ("lab/region_pretrain.jsonl",)),
+        "region_docs_replay": (lab["region_pretrain"] + replay(lab["region_pretrain"]),
+                               ("lab/region_pretrain.jsonl", "pretrain.jsonl")),
     }
     for k in (1, 2):
-        rows = [r for r in lab["update_sft"] if r["update"] == k]
-        files[f"update_sft_{k}"] = rows + rng.sample(clean, len(rows))  # as many old chats as new facts
+        rows = [r for r in lab["update_sft"] if r["update"] == k]  # plus as many old chats as new facts
+        files[f"update_sft_{k}"] = (rows + rng.sample(clean, len(rows)), ("lab/update_sft.jsonl", "sft.jsonl"))
         news = [{"text": r["text"]} for r in lab["update_docs"] if r["update"] == k]
-        files[f"update_docs_{k}"] = news + replay(news)  # without replay, 40 steps on 5k tokens wreck the model
-    paths = {}
-    for name, rows in files.items():
+        # without replay, 40 steps on 5k tokens wreck the model
+        files[f"update_docs_{k}"] = (news + replay(news), ("lab/update_docs.jsonl", "pretrain.jsonl"))
+    data = {}
+    for name, (rows, sources) in files.items():
         rows = list(rows)
         random.Random(f"{seed}-{name}").shuffle(rows)
-        paths[name] = out / "data" / f"{name}.jsonl"
-        write_jsonl(paths[name], rows)
-    return paths
+        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)  # as write_jsonl writes it
+        data[name] = text.encode("utf-8"), ", ".join(str(DATA_DIR / f) for f in sources)
+    return data
 
 
-def run(cfg: Config, part: str, name: str, paths: dict, ckpts: dict) -> tuple[Path, float]:
-    """Train one run of RUNS (or reuse it) -> (its model.pt, its training seconds)."""
+def run_config(cfg: Config, part: str, name: str, ckpts: dict):
+    """-> (module, the config of one run of RUNS): `python -m <module> --init PARENT --data OUT/data/<data>.jsonl
+    --out OUT/<part>/<name>` with the run's flags (capped by --max-steps and --eval-limit)."""
     module_name, parent, data, flags = RUNS[part][name]
     module = importlib.import_module(module_name)
-    kw = dict(preset="nano", out=str(Path(cfg.out) / part / name), init=str(ckpts[parent]), data=str(paths[data]),
-              seed=cfg.seed, device=cfg.device, progress=cfg.progress, threads=cfg.threads, **flags)
+    kw = dict(preset="nano", out=str(Path(cfg.out) / part / name), init=str(ckpts[parent]),
+              data=str(Path(cfg.out) / "data" / f"{data}.jsonl"), seed=cfg.seed, device=cfg.device,
+              progress=cfg.progress, threads=cfg.threads, **flags)
     if module_name == "minipost.dpo":
         kw["eval_pairs"] = 0  # its default held-out pairs are the world's, not this policy's
     full = config_with_preset(module.Config, module.PRESETS, **kw)
@@ -173,15 +179,21 @@ def run(cfg: Config, part: str, name: str, paths: dict, ckpts: dict) -> tuple[Pa
             kw["eval_windows"] = min(4 * cfg.eval_limit, full.eval_windows)
         if hasattr(full, "max_pairs"):
             kw["max_pairs"] = 16 * cfg.eval_limit
-    stage_cfg, what = plan(f"{part}/{name}", config_with_preset(module.Config, module.PRESETS, **kw), cfg.fresh)
-    digest = hashlib.sha256(Path(paths[data]).read_bytes()).hexdigest()
-    stamp = Path(stage_cfg.out) / "data.sha256"  # a finished run is reused only for the data it was trained on
-    if what != "run" and stamp.exists() and stamp.read_text().strip() != digest:
-        raise InputError(f"{stage_cfg.out} was trained on other data than {paths[data]} holds now (the world or "
-                         f"the lab changed); rerun with --fresh true or give another --out")
-    if what == "run":
-        stamp.parent.mkdir(parents=True, exist_ok=True)
-        stamp.write_text(digest + "\n")
+    return module, config_with_preset(module.Config, module.PRESETS, **kw)
+
+
+def runs_of(parts: list[str]) -> list[tuple[str, str]]:
+    """(part, run) of every run the parts train, in order (a run's parent comes before it)."""
+    todo = [(part, name) for part in parts for name in RUNS.get(part, ())]
+    if "region" in parts and "updates" not in parts:
+        todo.insert(0, ("updates", "reader"))  # the region's RAG reads with the updates' reader
+    return todo
+
+
+def run(cfg: Config, part: str, name: str, ckpts: dict) -> tuple[Path, float]:
+    """Train one run of RUNS (or reuse or resume it: preflight checked that it may) -> (model.pt, training s)."""
+    module, stage_cfg = run_config(cfg, part, name, ckpts)
+    stage_cfg, what = plan(f"{part}/{name}", stage_cfg, cfg.fresh)
     path = run_planned(f"{part}/{name}", module, stage_cfg, what)
     ckpts[f"{part}/{name}"] = path
     return path, train_seconds(Path(stage_cfg.out))
@@ -260,12 +272,12 @@ def limit(records: list[dict], cfg: Config, key=lambda r: 0) -> list[dict]:
 # ----------------------------------------------------------------------------------------------------------------
 # the parts
 
-def part_policies(cfg: Config, paths: dict, ckpts: dict) -> dict:
+def part_policies(cfg: Config, ckpts: dict) -> dict:
     device = pick_device(cfg.device)
     records = limit(world_lab.load("policy_eval"), cfg, key=lambda r: (r["n_listed"], r["trigger"], r["should_refuse"]))
     seconds = {}
-    _, seconds["sft"] = run(cfg, "policies", "sft", paths, ckpts)
-    _, seconds["sft_dpo"] = run(cfg, "policies", "sft_dpo", paths, ckpts)
+    _, seconds["sft"] = run(cfg, "policies", "sft", ckpts)
+    _, seconds["sft_dpo"] = run(cfg, "policies", "sft_dpo", ckpts)
     models = {"prompted SFT": ckpts["sft"], "prompted SFT+DPO": ckpts["dpo"],
               "policy SFT": ckpts["policies/sft"], "policy SFT+DPO": ckpts["policies/sft_dpo"]}
     curves = {}
@@ -285,12 +297,12 @@ def part_policies(cfg: Config, paths: dict, ckpts: dict) -> dict:
     return {"curves": curves, "cards": cards, "train_seconds": seconds}
 
 
-def part_updates(cfg: Config, paths: dict, ckpts: dict) -> dict:
+def part_updates(cfg: Config, ckpts: dict) -> dict:
     device = pick_device(cfg.device)
     records = world_lab.load("update_eval")
     kb = world_lab.load("kb")
     seconds = {}
-    _, seconds["reader"] = run(cfg, "updates", "reader", paths, ckpts)
+    _, seconds["reader"] = run(cfg, "updates", "reader", ckpts)
     model, enc, _ = load_model(ckpts["updates/reader"], device)
     reading = limit(world_lab.load("context_eval"), cfg, key=lambda r: r["contradicts"])
     s = [world_lab.check(r, t) for r, t in zip(reading, answer(model, enc, [r["prompt"] for r in reading]))]
@@ -304,8 +316,8 @@ def part_updates(cfg: Config, paths: dict, ckpts: dict) -> dict:
               zip(limit([r for r in records if r["update"] == 0], cfg, key=lambda r: r["changed"]), stale[0])}
     for k in (1, 2):
         recs = limit([r for r in records if r["update"] == k], cfg, key=lambda r: r["changed"])
-        _, seconds[f"sft_{k}"] = run(cfg, "updates", f"sft_{k}", paths, ckpts)
-        _, seconds[f"cpt_{k}"] = run(cfg, "updates", f"cpt_{k}", paths, ckpts)
+        _, seconds[f"sft_{k}"] = run(cfg, "updates", f"sft_{k}", ckpts)
+        _, seconds[f"cpt_{k}"] = run(cfg, "updates", f"cpt_{k}", ckpts)
         t0 = time.time()
         texts = [r["text"] for r in kb if r["store"] == k]
         index = Index(texts)
@@ -329,15 +341,15 @@ def part_updates(cfg: Config, paths: dict, ckpts: dict) -> dict:
     return out
 
 
-def part_region(cfg: Config, paths: dict, ckpts: dict) -> dict:
+def part_region(cfg: Config, ckpts: dict) -> dict:
     device = pick_device(cfg.device)
     records = limit(world_lab.load("region_eval"), cfg, key=lambda r: r["held_out"])
     kb = world_lab.load("kb")
     seconds = {}
     for name in ("sft_only", "cpt", "cpt_sft", "cpt_replay", "cpt_replay_sft"):
-        _, seconds[name] = run(cfg, "region", name, paths, ckpts)
+        _, seconds[name] = run(cfg, "region", name, ckpts)
     if "updates/reader" not in ckpts:
-        _, seconds["reader"] = run(cfg, "updates", "reader", paths, ckpts)
+        _, seconds["reader"] = run(cfg, "updates", "reader", ckpts)
     model, enc, _ = load_model(ckpts["updates/reader"], device)
     texts = [r["text"] for r in kb if r["store"] in (0, "region")]
     index, recall, rag = Index(texts), {}, {}
@@ -361,7 +373,7 @@ def part_region(cfg: Config, paths: dict, ckpts: dict) -> dict:
             "train_seconds": seconds}
 
 
-def part_skills(cfg: Config, paths: dict, ckpts: dict) -> dict:
+def part_skills(cfg: Config, ckpts: dict) -> dict:
     """SQL and instruction following, stage by stage, from the pipeline's own card (no training here): what
     each post-training stage reached on the targeted skills, and what it moved elsewhere against its parent."""
     path = Path(cfg.pipeline) / "report" / "report.json"
@@ -568,22 +580,33 @@ def preflight(cfg: Config) -> dict:
                     raise InputError(f"{DATA_DIR / 'lab' / name}.jsonl:{n}: field 'prompt': longer than the "
                                      f"{room} tokens the model's context leaves for a prompt")
     check_out_dir(cfg)
-    return ckpts
+    # a smoke run (--max-steps) draws only the reading rows its steps can use (sft's 32 rows per step)
+    reading = min(world_lab.N_READING, 32 * cfg.max_steps) if cfg.max_steps else world_lab.N_READING
+    used = {RUNS[part][name][2] for part, name in runs_of(parts)}  # written: only the files of the runs planned
+    data = {k: v for k, v in mixes(cfg.seed, reading).items() if k in used} if used else {}
+    planned, whats = dict(ckpts), {}
+    for part, name in runs_of(parts):  # each run is reused or resumed only for the data and start it had
+        module, stage_cfg = run_config(cfg, part, name, planned)
+        parent, mix = RUNS[part][name][1], RUNS[part][name][2]
+        known = {"data": hashlib.sha256(data[mix][0]).hexdigest()}
+        if whats.get(parent, "reuse") != "reuse":
+            known["init"] = None  # its parent trains first: whatever this run holds was started from another
+        whats[f"{part}/{name}"] = plan(f"{part}/{name}", stage_cfg, cfg.fresh, known, {"data": data[mix][1]})[1]
+        planned[f"{part}/{name}"] = Path(stage_cfg.out) / "model.pt"
+    return ckpts, data
 
 
 def run_lab(cfg: Config) -> dict:
     print(threads.configure(cfg.threads))
-    ckpts = preflight(cfg)
+    ckpts, data = preflight(cfg)
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    # a smoke run (--max-steps) draws only the reading rows its steps can use (sft's 32 rows per step)
-    reading = min(world_lab.N_READING, 32 * cfg.max_steps) if cfg.max_steps else world_lab.N_READING
-    paths = mixes(out, cfg.seed, reading)
+    for name, (text, _) in data.items():  # the runs' training files, now that every plan is checked
+        atomic_write_bytes(out / "data" / f"{name}.jsonl", text)
     result, seconds = {"machine": cpu_name(), "config": vars(cfg)}, {}
     for part in parse_parts(cfg.parts):
         print(f"== lab: {part}")
         t0 = time.time()
-        result[part] = globals()[f"part_{part}"](cfg, paths, ckpts)
+        result[part] = globals()[f"part_{part}"](cfg, ckpts)
         seconds[part] = time.time() - t0
         print(f"== lab: {part}: {seconds[part]:.0f} s")
     result["seconds"] = seconds

@@ -11,7 +11,9 @@
 Each stage is just `python -m minipost.<stage> --init PREVIOUS/model.pt --out OUT/<stage>`; this file only
 chains them. Run it again after a crash or `kill -9` and it picks up where it stopped: a finished stage (its
 model.pt holds the stage's last step) is reused, an unfinished one resumes from its OUT/<stage>/state.pt
-(`--resume true`), exactly as if it had not been interrupted. `--fresh true` reruns every stage from scratch.
+(`--resume true`), exactly as if it had not been interrupted; either only for the stage's own config and the
+checkpoint it started from (OUT/<stage>/inputs.json), else it is refused before anything runs (see plan).
+`--fresh true` reruns every stage from scratch.
 
     python -m minipost.pipeline                  # nano preset, a 2-core CPU
     python -m minipost.pipeline --seeds 1337,2,3 # the RL stages once per seed: card rows show mean ± sd
@@ -20,7 +22,10 @@ model.pt holds the stage's last step) is reused, an unfinished one resumes from 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import importlib
+import json
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -125,35 +130,88 @@ def stage_config(name: str, cfg: Config, out: Path, seed: int | None = None):
     return module, config_with_preset(module.Config, module.PRESETS, **kw, **overrides)
 
 
-def stage_plan(name: str, cfg: Config, out: Path, seed: int | None = None):
+def stage_plan(name: str, cfg: Config, out: Path, seed: int | None = None, known: dict | None = None):
     """-> (module, stage config, "reuse" | "resume" | "run") for one stage of the pipeline (see plan)."""
     module, stage_cfg = stage_config(name, cfg, out, seed)
-    stage_cfg, what = plan(name, stage_cfg, cfg.fresh)
+    stage_cfg, what = plan(name, stage_cfg, cfg.fresh, known)
     return module, stage_cfg, what
 
 
-def plan(name: str, stage_cfg, fresh: bool = False):
+INPUTS = "inputs.json"  # in a run's folder: the sha256 of the checkpoint and the data file it was trained from
+INPUT_FIELDS = {"init": "the checkpoint", "data": "the data file"}
+
+
+def file_digest(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def input_digests(stage_cfg, known: dict | None = None) -> dict:
+    """{field: sha256} of the files the run's --init and --data name (those that are set); `known` overrides a
+    field's digest (None: the file will be rewritten, by an earlier run of this plan, before this run starts)."""
+    got = {}
+    for f in INPUT_FIELDS:
+        path = getattr(stage_cfg, f, "")
+        if known and f in known:
+            got[f] = known[f]
+        elif path and Path(path).is_file():  # a missing one is refused where it is read
+            got[f] = file_digest(path)
+    return got
+
+
+def plan(name: str, stage_cfg, fresh: bool = False, known: dict | None = None, sources: dict | None = None):
     """-> (stage config, "reuse" | "resume" | "run"): reuse a finished run (its OUT/model.pt holds the last
-    step), resume an interrupted one (OUT/state.pt), else run it. Refuses (InputError) to resume a saved run
-    whose config is not this one (another --max-steps, say): that is a decision for the user, before any stage
-    runs. minipost.lab plans its own runs with it too."""
+    step), resume an interrupted one (OUT/state.pt), else run it. Either is done only for the run's own config
+    and inputs: the config saved in OUT/config.json (or state.pt) and the sha256 of its --init checkpoint and
+    --data file saved in OUT/inputs.json when it started (`known` as in input_digests; `sources`: what a field's
+    file is made from, for the message). Anything else is refused (InputError) before any stage runs: a finished
+    or unfinished run is the user's to keep or drop. minipost.lab plans its own runs with it too."""
     stage_out = Path(stage_cfg.out)
     if fresh:
         return stage_cfg, "run"
-    if (stage_out / "model.pt").exists():
-        if load_checkpoint(stage_out / "model.pt", required=("step",))["step"] >= stage_cfg.max_steps:
-            return stage_cfg, "reuse"
-    if not (stage_out / "state.pt").exists():
+    finished = (stage_out / "model.pt").exists() and \
+        load_checkpoint(stage_out / "model.pt", required=("step",))["step"] >= stage_cfg.max_steps
+    if not finished and not (stage_out / "state.pt").exists():
         return stage_cfg, "run"
-    stage_cfg = dataclasses.replace(stage_cfg, resume=True)
-    saved = load_checkpoint(stage_out / "state.pt", required=("config",))["config"]
+    what = f"{stage_out} holds {'a finished' if finished else 'an unfinished'} {name} run"
+    redo = f"rerun with --fresh true (its files move to {stage_out / 'previous'}/) or give another --out"
+    if finished:  # a longer run than asked for is reused (the step rule above): max_steps may differ
+        saved = read_saved_json(stage_out / "config.json", what, redo)
+        ignored = RESUME_IGNORES + ("max_steps",)
+    else:
+        stage_cfg = dataclasses.replace(stage_cfg, resume=True)
+        saved = load_checkpoint(stage_out / "state.pt", required=("config",))["config"]
+        ignored = RESUME_IGNORES
     now = asdict(stage_cfg)
-    changed = sorted(k for k in set(now) | set(saved) if k not in RESUME_IGNORES and now.get(k) != saved.get(k))
+    changed = sorted(k for k in set(now) | set(saved) if k not in ignored and now.get(k) != saved.get(k))
     if changed:
         diff = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in changed)
-        raise InputError(f"{stage_out} holds an unfinished {name} run of another config ({diff}); rerun with "
-                         f"--fresh true (its files move to {stage_out / 'previous'}/) or give another --out")
-    return stage_cfg, "resume"
+        raise InputError(f"{what} of another config ({diff}); {redo}")
+    stamp = read_saved_json(stage_out / INPUTS, what, redo)
+    for f, digest in input_digests(stage_cfg, known).items():
+        path = getattr(stage_cfg, f)
+        if digest is None:
+            raise InputError(f"{what}, but {INPUT_FIELDS[f]} it starts from ({path}) is retrained first in this "
+                             f"plan; {redo}")
+        if stamp.get(f) != digest:
+            made = f", made from {sources[f]}" if sources and f in sources else ""
+            raise InputError(f"{what} trained from another {INPUT_FIELDS[f][4:]} than the one it is given now "
+                             f"({path}{made}); {redo}")
+    return stage_cfg, "resume" if not finished else "reuse"
+
+
+def read_saved_json(path: Path, what: str, redo: str) -> dict:
+    """A run's saved config.json or inputs.json; missing or unreadable: an InputError of `what` and `redo`."""
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        saved = None
+    if not isinstance(saved, dict):
+        raise InputError(f"{what}, but no readable {path} records what it was trained with; {redo}")
+    return saved
 
 
 def run_stage(name: str, cfg: Config, out: Path, seed: int | None = None) -> Path:
@@ -169,6 +227,8 @@ def run_planned(name: str, module, stage_cfg, what: str) -> Path:
         print(f"== {name}: reusing {stage_out / 'model.pt'} (finished)")
         return stage_out / "model.pt"
     resume = what == "resume"
+    if not resume and os.environ.get("RANK", "0") == "0":  # what it starts from: plan() checks it to reuse or resume
+        save_json(stage_out / INPUTS, input_digests(stage_cfg))
     print(f"== {name}: python -m {module.__name__} --init {getattr(stage_cfg, 'init', '') or '(random)'} "
           f"--out {stage_out}{' --resume true' if resume else ''}")
     t0 = time.time()
@@ -201,10 +261,13 @@ def run(cfg: Config) -> dict:
     out = Path(cfg.out)
     ranks = dist.setup(pick_device(cfg.device))
     planned = cfg.stage_list()
+    whats = {}
     for i, name in enumerate(planned):  # every stage's config and start is checked before the first one runs
-        for seed in cfg.seeds_of(name):
-            stage_plan(name, cfg, out, seed)
         parent = STAGES[name][1]
+        retrained = parent in whats and whats[parent] != "reuse"  # its start changes before it runs
+        for seed in cfg.seeds_of(name):
+            what = stage_plan(name, cfg, out, seed, known={"init": None} if retrained else None)[2]
+            whats.setdefault(name, what)  # the parent of the next stages: the run with --seed
         if parent and parent not in planned[:i] and not (out / parent / "model.pt").is_file():
             raise InputError(f"--stages {cfg.stages!r}: {name} starts from {out / parent / 'model.pt'}, which does "
                              f"not exist; run {parent} first (add it to --stages)")

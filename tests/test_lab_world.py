@@ -240,13 +240,13 @@ def test_the_skills_part_reads_the_pipelines_card_stage_by_stage(tmp_path):
              "sft": {"sql": [1.0] * 6 + [0.0] * 4, "instructions": [1.0] * 5 + [0.0] * 5, "tools": [1.0] * 10}}
     write_report(items, tmp_path / "report", parents={"sft": "base"})
     (tmp_path / "timings.json").write_text('{"sft": 12.4}', encoding="utf-8")
-    got = part_skills(Config(pipeline=str(tmp_path), parts="skills"), {}, {})["rows"]["sft"]
+    got = part_skills(Config(pipeline=str(tmp_path), parts="skills"), {})["rows"]["sft"]
     assert got["sql"]["acc"] == 60 and got["instructions"]["acc"] == 50 and got["seconds"] == 12.4
     assert got["sql"]["lo"] < 60 < got["sql"]["hi"] and got["parent"] == "base"
     row = table({"skills": {"rows": {"sft": got}}, "config": {}}).splitlines()[2]
     assert "sql 60% [" in row and "12 s of training" in row and "tools +100" in row and "sql +" not in row
     (tmp_path / "timings.json").write_text("{not json", encoding="utf-8")   # optional: a bad one is only a cost left out
-    assert "seconds" not in part_skills(Config(pipeline=str(tmp_path), parts="skills"), {}, {})["rows"]["sft"]
+    assert "seconds" not in part_skills(Config(pipeline=str(tmp_path), parts="skills"), {})["rows"]["sft"]
 
 
 @pytest.mark.parametrize("name, edit, message", [
@@ -286,3 +286,51 @@ def test_the_lab_refuses_a_reward_model_or_a_too_long_prompt_before_any_work(tmp
     with pytest.raises(InputError, match=r"context_eval.jsonl:1: field 'prompt': longer than the 224 tokens"):
         lab_cmd.preflight(cfg)
     assert not (tmp_path / "o").exists()
+
+
+def _fake_pipeline(folder, seed: int):
+    """Random weights standing in for the pipeline's pretrain, sft and dpo checkpoints, and a card for skills."""
+    import torch
+    from minipost.common import save_checkpoint
+    from minipost.evals import write_report
+    from minipost.model import GPT, GPTConfig, PRESETS, model_checkpoint
+    from minipost.tokenizer import get_tokenizer
+    torch.manual_seed(seed)
+    model = GPT(GPTConfig(vocab_size=get_tokenizer("nano").n_vocab, **PRESETS["nano"]))
+    for stage in ("pretrain", "sft", "dpo"):
+        save_checkpoint(folder / stage / "model.pt", model_checkpoint(model, "nano", 0))
+    write_report({"base": {"sql": [0.0] * 4}, "sft": {"sql": [1.0] * 4}}, folder / "report", parents={"sft": "base"})
+
+
+def test_a_finished_lab_run_is_reused_only_for_its_data_and_start_and_refusals_touch_nothing(tmp_path, monkeypatch):
+    from minipost import lab as lab_cmd
+    _fake_pipeline(tmp_path / "p", seed=0)
+    out = tmp_path / "o"
+    smoke = dict(out=str(out), pipeline=str(tmp_path / "p"), max_steps=1, eval_limit=1)
+    lab_cmd.run_lab(lab_cmd.Config(parts="policies", **smoke))
+    lab_cmd.run_lab(lab_cmd.Config(parts="skills", **smoke))   # one part now: the other keeps its results
+    saved = json.loads((out / "lab.json").read_text())
+    assert saved["skills"]["rows"]["sft"]["sql"]["acc"] == 100 and "policy SFT" in saved["policies"]["curves"]
+    files = {p: p.read_bytes() for p in [out / "lab.json", *out.glob("data/*"), *out.glob("policies/*/*")]}
+
+    def refused(message, **flags):
+        with pytest.raises(InputError, match=message):
+            lab_cmd.run_lab(lab_cmd.Config(**{**smoke, "parts": "policies", **flags}))
+        assert {p: p.read_bytes() for p in files} == files  # nothing rewritten: no data file, no run, no result
+    real = lab_cmd.world_lab.load
+    monkeypatch.setattr(lab_cmd.world_lab, "load", lambda name, *a: real(name, *a)[1:] if name == "policy_sft" else real(name, *a))
+    refused(r"policies/sft holds a finished policies/sft run trained from another data file than the one it is given "
+            r"now \(.*policy_sft_mix.jsonl, made from .*lab/policy_sft.jsonl, .*sft.jsonl\); rerun with --fresh true")
+    monkeypatch.setattr(lab_cmd.world_lab, "load", real)
+    _fake_pipeline(tmp_path / "p2", seed=1)
+    refused(r"policies/sft holds a finished policies/sft run of another config \(init: .*p/sft/model.pt' -> .*p2/sft",
+            pipeline=str(tmp_path / "p2"))
+    sft = (tmp_path / "p" / "sft" / "model.pt").read_bytes()
+    (tmp_path / "p" / "sft" / "model.pt").write_bytes((tmp_path / "p2" / "sft" / "model.pt").read_bytes())
+    refused(r"policies/sft holds a finished policies/sft run trained from another checkpoint")   # same path, new weights
+    (tmp_path / "p" / "sft" / "model.pt").write_bytes(sft)
+    (out / "policies" / "sft_dpo" / "inputs.json").unlink()
+    files.pop(out / "policies" / "sft_dpo" / "inputs.json")
+    refused(r"policies/sft_dpo holds a finished policies/sft_dpo run, but no readable .*inputs.json records")
+    lab_cmd.run_lab(lab_cmd.Config(parts="policies", fresh=True, **smoke))  # the way out the messages name
+    assert (out / "policies" / "sft_dpo" / "inputs.json").is_file()

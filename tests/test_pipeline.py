@@ -1,11 +1,12 @@
 """The main job chains every stage and prints the report card (a few steps each: plumbing, not results)."""
 import json
+import os
 
 import pytest
 import torch
 
 from minipost.common import InputError, load_checkpoint
-from minipost.pipeline import Config, run, stage_config
+from minipost.pipeline import Config, run, run_planned, stage_config
 
 
 def test_pipeline_smoke_runs_every_stage_and_writes_the_report(tmp_path, capsys):
@@ -27,7 +28,7 @@ def test_an_interrupted_stage_resumes_and_a_finished_one_is_reused(tmp_path, cap
     run(straight)
     interrupted = Config(out=str(tmp_path / "b"), stages="pretrain", max_steps=4, eval_limit=1, progress=False)
     module, cfg = stage_config("pretrain", interrupted, tmp_path / "b")
-    module.train(type(cfg)(**{**cfg.__dict__, "stop_after": 2}))  # as if killed after its step-2 save
+    run_planned("pretrain", module, type(cfg)(**{**cfg.__dict__, "stop_after": 2}), "run")  # killed after step 2
     other = Config(out=str(tmp_path / "b"), stages="pretrain", max_steps=6, eval_limit=1, progress=False)
     with pytest.raises(InputError, match=r"holds an unfinished pretrain run of another config \(max_steps: 4 -> 6\); "
                                          "rerun with --fresh true"):
@@ -41,6 +42,28 @@ def test_an_interrupted_stage_resumes_and_a_finished_one_is_reused(tmp_path, cap
     assert a["step"] == b["step"] == 4 and all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     run(interrupted)
     assert "reusing" in capsys.readouterr().out
+
+
+def test_a_finished_stage_is_reused_only_for_its_own_config_and_start(tmp_path):
+    cfg = Config(out=str(tmp_path / "a"), stages="pretrain,sft", max_steps=2, eval_limit=1, progress=False)
+    run(cfg)
+    sft = tmp_path / "a" / "sft"
+    before = (sft / "model.pt").read_bytes()
+    run(Config(out=str(tmp_path / "b"), stages="pretrain", max_steps=2, eval_limit=1, progress=False, seed=5))
+    os.replace(tmp_path / "b" / "pretrain" / "model.pt", tmp_path / "a" / "pretrain" / "model.pt")  # another base
+    with pytest.raises(InputError, match=r"sft holds a finished sft run trained from another checkpoint than "
+                                         r"the one it is given now \(.*pretrain/model.pt\); rerun with --fresh true"):
+        run(Config(out=str(tmp_path / "a"), stages="sft", max_steps=2, eval_limit=1, progress=False))
+    with pytest.raises(InputError, match=r"sft holds a finished sft run of another config \(seed: 1337 -> 5\)"):
+        run(Config(out=str(tmp_path / "a"), stages="sft", max_steps=2, eval_limit=1, progress=False, seed=5))
+    (tmp_path / "a" / "pretrain" / "model.pt").unlink()  # the base reruns: the sft run it started is stale
+    with pytest.raises(InputError, match=r"sft holds a finished sft run, but the checkpoint it starts from .* is "
+                                         r"retrained first in this plan"):
+        run(cfg)
+    (sft / "inputs.json").unlink()  # a run that cannot say what it was trained from is not reused either
+    with pytest.raises(InputError, match=r"sft holds a finished sft run, but no readable .*inputs.json records"):
+        run(Config(out=str(tmp_path / "a"), stages="sft", max_steps=2, eval_limit=1, progress=False))
+    assert (sft / "model.pt").read_bytes() == before  # refused: nothing was touched
 
 
 def test_bad_stage_names_and_flags_fail_before_anything_runs(tmp_path):
