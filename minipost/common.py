@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -463,7 +464,45 @@ def check_finite(value, what: str, step: int, out_dir) -> None:
 # ----------------------------------------------------------------------------------------------------------------
 # a run folder: config.json, and state.pt for --resume
 
-RUN_FILES = ("config.json", "metrics.jsonl", "state.pt", "model.pt", "samples.txt", "summary.json")  # a run's own
+RUN_FILES = ("config.json", "inputs.json", "metrics.jsonl", "state.pt", "model.pt", "samples.txt",
+             "summary.json")  # a run's own
+INPUT_FIELDS = {"init": "checkpoint", "data": "data file"}  # inputs.json: the sha256 of the files these name
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def world_digest(data_dir=None) -> str:
+    """sha256 of the world's files (DATA_DIR/*.jsonl and the tokenizers): what a run reads when --data is its
+    default. The lab's files (DATA_DIR/lab/) are not in it: they reach a run only as its --data."""
+    h = hashlib.sha256()
+    for path in sorted(Path(data_dir or DATA_DIR).glob("*")):
+        if path.is_file() and path.suffix in (".jsonl", ".tiktoken"):
+            h.update(path.name.encode() + b"\0" + file_digest(path).encode())
+    return h.hexdigest()
+
+
+def input_digests(cfg, known: dict | None = None) -> dict:
+    """What a run is trained from: {"init": sha256 of its --init checkpoint, "data": of its --data file, or
+    "world": of the world's files when --data is the default}. `known` overrides a field (None: the file
+    will be rewritten before the run starts). A missing file is left out: it is refused where it is read."""
+    got = {}
+    for f in INPUT_FIELDS:
+        path = getattr(cfg, f, None)
+        if known and f in known:
+            got[f] = known[f]
+        elif path and Path(path).is_file():
+            got[f] = file_digest(path)
+        elif f == "data" and path == "":
+            got["world"] = world_digest()
+    return got
+
+
 RESUME_IGNORES = ("out", "resume", "allow_config_change", "progress", "device", "stop_after", "save_every", "threads",
                   "max_seconds")  # fields that may change between a run and its resumption
 
@@ -473,8 +512,9 @@ def start_run(out_dir, cfg, write: bool = True) -> dict | None:
     init draws from the global RNG that a resume restores here). Removes *.tmp files a killed run left behind;
     with cfg.resume, loads OUT/state.pt (refusing a changed config unless cfg.allow_config_change) and returns
     it; without, moves an earlier run's files to OUT/previous/ (one generation is kept, so a fresh start in the
-    wrong folder loses nothing), writes config.json and returns None. Nothing in out_dir changes before this
-    point. `write` False (the ranks of a torchrun job other than 0): change nothing, only load the state."""
+    wrong folder loses nothing; an unfinished one goes to previous/unfinished/ when previous/ holds a finished
+    run), writes config.json and inputs.json (input_digests) and returns None. Nothing in out_dir changes
+    before this point. `write` False (the ranks of a torchrun job other than 0): change nothing, only load the state."""
     out = Path(out_dir)
     if cfg.resume and not (out / "state.pt").exists():
         raise InputError(f"--resume: no {out / 'state.pt'} to resume from (a run saves it every --save-every steps)")
@@ -491,12 +531,15 @@ def start_run(out_dir, cfg, write: bool = True) -> dict | None:
         earlier = [out / n for n in RUN_FILES if (out / n).exists()]
         if any(p.name in ("state.pt", "model.pt") for p in earlier):
             backup = out / "previous"
+            if (backup / "model.pt").is_file() and not (out / "model.pt").exists():
+                backup = backup / "unfinished"  # keep the finished run previous/ holds: it may be the only one
             shutil.rmtree(backup, ignore_errors=True)
             backup.mkdir()
             for p in earlier:
                 os.replace(p, backup / p.name)
             print(f"{out} held an earlier run: moved its {', '.join(p.name for p in earlier)} to {backup}/ "
                   "(use --resume true to continue a run instead)")
+        save_json(out / "inputs.json", input_digests(cfg))  # what plan() checks before it reuses or resumes
         save_json(out / "config.json", dataclasses.asdict(cfg))
         return None
     state = load_checkpoint(out / "state.pt", required=("step", "config", "rng"))  # exists: checked above

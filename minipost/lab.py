@@ -40,12 +40,13 @@ from pathlib import Path
 
 from minipost import threads
 from minipost.bands import cpu_name
-from minipost.common import (DATA_DIR, DEVICE_HELP, InputError, atomic_write_bytes, check_config, check_device,
-                             check_out_dir, config_with_preset, field, main, pick_device, read_jsonl, save_json)
+from minipost.common import (DATA_DIR, DEVICE_HELP, InputError, atomic_write_bytes, check_can_create, check_config,
+                             check_device, check_out_dir, config_with_preset, field, main, pick_device, read_jsonl,
+                             save_json)
 from minipost.evals import binomial_ci, evaluate_checkpoint, read_report
 from minipost.model import load_model
 from minipost.reward_model import KIND as JUDGE
-from minipost.pipeline import plan, run_planned
+from minipost.pipeline import plan, run_planned, train_seconds
 from minipost.retrieval import Index
 from minipost.rollout import complete
 from minipost.tokenizer import render_prompt, special_id
@@ -110,6 +111,7 @@ RUNS = {
         "cpt_replay_sft": ("minipost.sft", "region/cpt_replay", "region_sft_mix", {}),
     },
 }
+SAME_RESULTS = ("pipeline", "seed", "rag_k", "max_steps", "eval_limit")  # lab.json merges parts only of these
 ANSWER_TOKENS = 32    # greedy answers are cut here; a prompt must leave this much of the context free
 REPLAY_CHATS = 1500   # clean rows of the world's sft.jsonl mixed into the policy and reader SFT data
 
@@ -190,19 +192,12 @@ def runs_of(parts: list[str]) -> list[tuple[str, str]]:
     return todo
 
 
-def run(cfg: Config, part: str, name: str, ckpts: dict) -> tuple[Path, float]:
-    """Train one run of RUNS (or reuse or resume it: preflight checked that it may) -> (model.pt, training s)."""
-    module, stage_cfg = run_config(cfg, part, name, ckpts)
-    stage_cfg, what = plan(f"{part}/{name}", stage_cfg, cfg.fresh)
+def run(part: str, name: str, ckpts: dict, plans: dict) -> tuple[Path, float]:
+    """Train one run of RUNS as preflight planned it (run, resume or reuse) -> (its model.pt, training s)."""
+    module, stage_cfg, what = plans[f"{part}/{name}"]
     path = run_planned(f"{part}/{name}", module, stage_cfg, what)
     ckpts[f"{part}/{name}"] = path
     return path, train_seconds(Path(stage_cfg.out))
-
-
-def train_seconds(out: Path) -> float:
-    """A run's training seconds, from its metrics.jsonl (the same whether it ran now, resumed or is reused)."""
-    rows = read_jsonl(out / "metrics.jsonl", allow_empty=True)
-    return max((r["elapsed_s"] for r in rows if isinstance(r.get("elapsed_s"), (int, float))), default=0.0)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -272,12 +267,12 @@ def limit(records: list[dict], cfg: Config, key=lambda r: 0) -> list[dict]:
 # ----------------------------------------------------------------------------------------------------------------
 # the parts
 
-def part_policies(cfg: Config, ckpts: dict) -> dict:
+def part_policies(cfg: Config, ckpts: dict, plans: dict) -> dict:
     device = pick_device(cfg.device)
     records = limit(world_lab.load("policy_eval"), cfg, key=lambda r: (r["n_listed"], r["trigger"], r["should_refuse"]))
     seconds = {}
-    _, seconds["sft"] = run(cfg, "policies", "sft", ckpts)
-    _, seconds["sft_dpo"] = run(cfg, "policies", "sft_dpo", ckpts)
+    _, seconds["sft"] = run("policies", "sft", ckpts, plans)
+    _, seconds["sft_dpo"] = run("policies", "sft_dpo", ckpts, plans)
     models = {"prompted SFT": ckpts["sft"], "prompted SFT+DPO": ckpts["dpo"],
               "policy SFT": ckpts["policies/sft"], "policy SFT+DPO": ckpts["policies/sft_dpo"]}
     curves = {}
@@ -297,12 +292,12 @@ def part_policies(cfg: Config, ckpts: dict) -> dict:
     return {"curves": curves, "cards": cards, "train_seconds": seconds}
 
 
-def part_updates(cfg: Config, ckpts: dict) -> dict:
+def part_updates(cfg: Config, ckpts: dict, plans: dict) -> dict:
     device = pick_device(cfg.device)
     records = world_lab.load("update_eval")
     kb = world_lab.load("kb")
     seconds = {}
-    _, seconds["reader"] = run(cfg, "updates", "reader", ckpts)
+    _, seconds["reader"] = run("updates", "reader", ckpts, plans)
     model, enc, _ = load_model(ckpts["updates/reader"], device)
     reading = limit(world_lab.load("context_eval"), cfg, key=lambda r: r["contradicts"])
     s = [world_lab.check(r, t) for r, t in zip(reading, answer(model, enc, [r["prompt"] for r in reading]))]
@@ -316,8 +311,8 @@ def part_updates(cfg: Config, ckpts: dict) -> dict:
               zip(limit([r for r in records if r["update"] == 0], cfg, key=lambda r: r["changed"]), stale[0])}
     for k in (1, 2):
         recs = limit([r for r in records if r["update"] == k], cfg, key=lambda r: r["changed"])
-        _, seconds[f"sft_{k}"] = run(cfg, "updates", f"sft_{k}", ckpts)
-        _, seconds[f"cpt_{k}"] = run(cfg, "updates", f"cpt_{k}", ckpts)
+        _, seconds[f"sft_{k}"] = run("updates", f"sft_{k}", ckpts, plans)
+        _, seconds[f"cpt_{k}"] = run("updates", f"cpt_{k}", ckpts, plans)
         t0 = time.time()
         texts = [r["text"] for r in kb if r["store"] == k]
         index = Index(texts)
@@ -341,15 +336,15 @@ def part_updates(cfg: Config, ckpts: dict) -> dict:
     return out
 
 
-def part_region(cfg: Config, ckpts: dict) -> dict:
+def part_region(cfg: Config, ckpts: dict, plans: dict) -> dict:
     device = pick_device(cfg.device)
     records = limit(world_lab.load("region_eval"), cfg, key=lambda r: r["held_out"])
     kb = world_lab.load("kb")
     seconds = {}
     for name in ("sft_only", "cpt", "cpt_sft", "cpt_replay", "cpt_replay_sft"):
-        _, seconds[name] = run(cfg, "region", name, ckpts)
+        _, seconds[name] = run("region", name, ckpts, plans)
     if "updates/reader" not in ckpts:
-        _, seconds["reader"] = run(cfg, "updates", "reader", ckpts)
+        _, seconds["reader"] = run("updates", "reader", ckpts, plans)
     model, enc, _ = load_model(ckpts["updates/reader"], device)
     texts = [r["text"] for r in kb if r["store"] in (0, "region")]
     index, recall, rag = Index(texts), {}, {}
@@ -373,7 +368,7 @@ def part_region(cfg: Config, ckpts: dict) -> dict:
             "train_seconds": seconds}
 
 
-def part_skills(cfg: Config, ckpts: dict) -> dict:
+def part_skills(cfg: Config, ckpts: dict, plans: dict) -> dict:
     """SQL and instruction following, stage by stage, from the pipeline's own card (no training here): what
     each post-training stage reached on the targeted skills, and what it moved elsewhere against its parent."""
     path = Path(cfg.pipeline) / "report" / "report.json"
@@ -584,21 +579,26 @@ def preflight(cfg: Config) -> dict:
     reading = min(world_lab.N_READING, 32 * cfg.max_steps) if cfg.max_steps else world_lab.N_READING
     used = {RUNS[part][name][2] for part, name in runs_of(parts)}  # written: only the files of the runs planned
     data = {k: v for k, v in mixes(cfg.seed, reading).items() if k in used} if used else {}
-    planned, whats = dict(ckpts), {}
+    planned, plans = dict(ckpts), {}
     for part, name in runs_of(parts):  # each run is reused or resumed only for the data and start it had
         module, stage_cfg = run_config(cfg, part, name, planned)
-        parent, mix = RUNS[part][name][1], RUNS[part][name][2]
+        key, (parent, mix) = f"{part}/{name}", RUNS[part][name][1:3]
         known = {"data": hashlib.sha256(data[mix][0]).hexdigest()}
-        if whats.get(parent, "reuse") != "reuse":
+        if parent in plans and plans[parent][2] != "reuse":
             known["init"] = None  # its parent trains first: whatever this run holds was started from another
-        whats[f"{part}/{name}"] = plan(f"{part}/{name}", stage_cfg, cfg.fresh, known, {"data": data[mix][1]})[1]
-        planned[f"{part}/{name}"] = Path(stage_cfg.out) / "model.pt"
-    return ckpts, data
+        plans[key] = (module, *plan(key, stage_cfg, cfg.fresh, known, {"data": data[mix][1]}))
+        planned[key] = Path(stage_cfg.out) / "model.pt"
+    out = Path(cfg.out)
+    for path in [out / "data" / f"{n}.jsonl" for n in data] + [out / f"lab.{x}" for x in ("json", "md", "png")]:
+        if path.is_dir():
+            raise InputError(f"--out {cfg.out}: {path} is a folder; the lab writes a file there")
+        check_can_create(path.parent if path.is_file() else path, f"--out {cfg.out}")  # replaced by a rename
+    return ckpts, data, plans
 
 
 def run_lab(cfg: Config) -> dict:
     print(threads.configure(cfg.threads))
-    ckpts, data = preflight(cfg)
+    ckpts, data, plans = preflight(cfg)
     out = Path(cfg.out)
     for name, (text, _) in data.items():  # the runs' training files, now that every plan is checked
         atomic_write_bytes(out / "data" / f"{name}.jsonl", text)
@@ -606,22 +606,27 @@ def run_lab(cfg: Config) -> dict:
     for part in parse_parts(cfg.parts):
         print(f"== lab: {part}")
         t0 = time.time()
-        result[part] = globals()[f"part_{part}"](cfg, ckpts)
+        result[part] = globals()[f"part_{part}"](cfg, ckpts, plans)
         seconds[part] = time.time() - t0
         print(f"== lab: {part}: {seconds[part]:.0f} s")
     result["seconds"] = seconds
-    try:  # the parts not run now keep their results of an earlier run into this --out
+    try:  # the parts not run now keep their results of an earlier run into this --out, if of the same config
         earlier = json.loads((out / "lab.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         earlier = {}
-    if isinstance(earlier, dict):
-        for part in PARTS:
-            if part not in result and isinstance(earlier.get(part), dict):
-                result[part] = earlier[part]
-                result["seconds"].setdefault(part, (earlier.get("seconds") or {}).get(part, 0.0))
-    save_json(out / "lab.json", result)
-    (out / "lab.md").write_text(table(result), encoding="utf-8")
+    same = isinstance(earlier, dict) and isinstance(earlier.get("config"), dict) and \
+        all(earlier["config"].get(k) == result["config"][k] for k in SAME_RESULTS)
+    for part in PARTS:
+        if part not in result and isinstance(earlier, dict) and isinstance(earlier.get(part), dict):
+            if not same:
+                print(f"== lab: {out / 'lab.json'} held {part} results of another config ({', '.join(SAME_RESULTS)}):"
+                      f" not kept")
+                continue
+            result[part] = earlier[part]
+            result["seconds"].setdefault(part, (earlier.get("seconds") or {}).get(part, 0.0))
     plot(result, out / "lab.png")
+    atomic_write_bytes(out / "lab.md", table(result).encode("utf-8"))
+    save_json(out / "lab.json", result)
     print(table(result))
     print("seconds per part:", {k: round(v) for k, v in seconds.items()})
     print(f"wrote {out / 'lab.json'}, {out / 'lab.md'}, {out / 'lab.png'}")

@@ -11,9 +11,9 @@
 Each stage is just `python -m minipost.<stage> --init PREVIOUS/model.pt --out OUT/<stage>`; this file only
 chains them. Run it again after a crash or `kill -9` and it picks up where it stopped: a finished stage (its
 model.pt holds the stage's last step) is reused, an unfinished one resumes from its OUT/<stage>/state.pt
-(`--resume true`), exactly as if it had not been interrupted; either only for the stage's own config and the
-checkpoint it started from (OUT/<stage>/inputs.json), else it is refused before anything runs (see plan).
-`--fresh true` reruns every stage from scratch.
+(`--resume true`), exactly as if it had not been interrupted; either only for the stage's own config and what
+it started from (OUT/<stage>/inputs.json), else it is refused before anything runs, and a stage whose parent
+is retrained runs again (see plan). `--fresh true` reruns every stage from scratch.
 
     python -m minipost.pipeline                  # nano preset, a 2-core CPU
     python -m minipost.pipeline --seeds 1337,2,3 # the RL stages once per seed: card rows show mean ± sd
@@ -22,17 +22,16 @@ checkpoint it started from (OUT/<stage>/inputs.json), else it is refused before 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import importlib
 import json
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from minipost import dist, threads
-from minipost.common import (DATA_DIR, DEVICE_HELP, RESUME_IGNORES, InputError, check_config, check_device,
-                             config_with_preset, field, load_checkpoint, main, pick_device, save_json)
+from minipost.common import (DATA_DIR, DEVICE_HELP, INPUT_FIELDS, RESUME_IGNORES, InputError, check_config,
+                             check_device, config_with_preset, field, input_digests, load_checkpoint, main,
+                             pick_device, read_jsonl, save_json)
 from minipost.evals import eval_answers, evaluate_items, write_report
 from minipost.reward_model import RewardModel
 from minipost.tokenizer import get_tokenizer
@@ -137,87 +136,65 @@ def stage_plan(name: str, cfg: Config, out: Path, seed: int | None = None, known
     return module, stage_cfg, what
 
 
-INPUTS = "inputs.json"  # in a run's folder: the sha256 of the checkpoint and the data file it was trained from
-INPUT_FIELDS = {"init": "the checkpoint", "data": "the data file"}
-
-
-def file_digest(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def input_digests(stage_cfg, known: dict | None = None) -> dict:
-    """{field: sha256} of the files the run's --init and --data name (those that are set); `known` overrides a
-    field's digest (None: the file will be rewritten, by an earlier run of this plan, before this run starts)."""
-    got = {}
-    for f in INPUT_FIELDS:
-        path = getattr(stage_cfg, f, "")
-        if known and f in known:
-            got[f] = known[f]
-        elif path and Path(path).is_file():  # a missing one is refused where it is read
-            got[f] = file_digest(path)
-    return got
-
-
 def plan(name: str, stage_cfg, fresh: bool = False, known: dict | None = None, sources: dict | None = None):
     """-> (stage config, "reuse" | "resume" | "run"): reuse a finished run (its OUT/model.pt holds the last
     step), resume an interrupted one (OUT/state.pt), else run it. Either is done only for the run's own config
-    and inputs: the config saved in OUT/config.json (or state.pt) and the sha256 of its --init checkpoint and
-    --data file saved in OUT/inputs.json when it started (`known` as in input_digests; `sources`: what a field's
-    file is made from, for the message). Anything else is refused (InputError) before any stage runs: a finished
-    or unfinished run is the user's to keep or drop. minipost.lab plans its own runs with it too."""
-    stage_out = Path(stage_cfg.out)
-    if fresh:
+    and inputs: the config saved in OUT/config.json (or state.pt) and what OUT/inputs.json says it was trained
+    from (common.input_digests; `known` as there; `sources`: what a field's file is made from, for the
+    message). Anything else is refused (InputError) before any stage runs: a run is the user's to keep or drop.
+    A run whose start is retrained first (`known` None: an earlier run of the plan was interrupted or removed)
+    runs again: its files move to OUT/previous/ as it starts. minipost.lab plans its own runs with it too."""
+    out = Path(stage_cfg.out)
+    model, state = out / "model.pt", out / "state.pt"
+    if fresh or not (model.exists() or state.exists()):
         return stage_cfg, "run"
-    finished = (stage_out / "model.pt").exists() and \
-        load_checkpoint(stage_out / "model.pt", required=("step",))["step"] >= stage_cfg.max_steps
-    if not finished and not (stage_out / "state.pt").exists():
+    if known and any(known.get(f, "") is None for f in INPUT_FIELDS):
+        print(f"== {name}: the run in {out} started from a checkpoint that is retrained first: it runs again "
+              f"(its files move to {out / 'previous'}/)")
         return stage_cfg, "run"
-    what = f"{stage_out} holds {'a finished' if finished else 'an unfinished'} {name} run"
-    redo = f"rerun with --fresh true (its files move to {stage_out / 'previous'}/) or give another --out"
-    if finished:  # a longer run than asked for is reused (the step rule above): max_steps may differ
-        saved = read_saved_json(stage_out / "config.json", what, redo)
-        ignored = RESUME_IGNORES + ("max_steps",)
-    else:
-        stage_cfg = dataclasses.replace(stage_cfg, resume=True)
-        saved = load_checkpoint(stage_out / "state.pt", required=("config",))["config"]
-        ignored = RESUME_IGNORES
+    step = load_checkpoint(model, required=("step",))["step"] if model.exists() else None
+    redo = ("rerun with --fresh true (every run of this command starts again; each one's files move to its "
+            "previous/) or give another --out")
+    if step is not None and not isinstance(step, int):
+        raise InputError(f"{model}: field 'step' is {step!r}, not a whole number; {redo}")
+    if step is not None and step >= stage_cfg.max_steps:  # finished; a longer run than asked for is reused too
+        what = f"{out} holds a finished {name} run"
+        saved, ignored, how = read_saved_json(out / "config.json", what, redo), RESUME_IGNORES + ("max_steps",), "reuse"
+    elif state.exists():
+        what = f"{out} holds {'an unfinished' if step is None else f'a {step}-step'} {name} run"
+        stage_cfg, how = dataclasses.replace(stage_cfg, resume=True), "resume"
+        saved, ignored = load_checkpoint(state, required=("config",))["config"], RESUME_IGNORES
+    else:  # a finished run of fewer steps and nothing to resume it from
+        raise InputError(f"{out} holds a finished {name} run of {step} steps, not the {stage_cfg.max_steps} "
+                         f"planned, and no state.pt to continue it; {redo}")
+    if not isinstance(saved, dict):
+        raise InputError(f"{out / 'state.pt'}: field 'config' is not a dict; {redo}")
     now = asdict(stage_cfg)
     changed = sorted(k for k in set(now) | set(saved) if k not in ignored and now.get(k) != saved.get(k))
     if changed:
         diff = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in changed)
         raise InputError(f"{what} of another config ({diff}); {redo}")
-    stamp = read_saved_json(stage_out / INPUTS, what, redo)
+    stamp = read_saved_json(out / "inputs.json", what, redo)
     for f, digest in input_digests(stage_cfg, known).items():
-        path = getattr(stage_cfg, f)
-        if digest is None:
-            raise InputError(f"{what}, but {INPUT_FIELDS[f]} it starts from ({path}) is retrained first in this "
-                             f"plan; {redo}")
-        if stamp.get(f) != digest:
-            made = f", made from {sources[f]}" if sources and f in sources else ""
-            raise InputError(f"{what} trained from another {INPUT_FIELDS[f][4:]} than the one it is given now "
-                             f"({path}{made}); {redo}")
-    return stage_cfg, "resume" if not finished else "reuse"
+        kind, given = INPUT_FIELDS.get(f, "world (the files of data/)"), ""
+        if f in INPUT_FIELDS:  # the file it names, and what that is made from
+            given = f" ({getattr(stage_cfg, f)}" + (f", made from {sources[f]}" if sources and f in sources else "") + ")"
+        if f not in stamp:
+            raise InputError(f"{what}, but its inputs.json records no {kind}{given}; {redo}")
+        if stamp[f] != digest:
+            raise InputError(f"{what} trained from another {kind} than the one it is given now{given}; {redo}")
+    return stage_cfg, how
 
 
 def read_saved_json(path: Path, what: str, redo: str) -> dict:
     """A run's saved config.json or inputs.json; missing or unreadable: an InputError of `what` and `redo`."""
     try:
         saved = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         saved = None
     if not isinstance(saved, dict):
         raise InputError(f"{what}, but no readable {path} records what it was trained with; {redo}")
     return saved
-
-
-def run_stage(name: str, cfg: Config, out: Path, seed: int | None = None) -> Path:
-    """Run one stage (with one seed), reuse it if it finished, resume it if it was interrupted."""
-    module, stage_cfg, what = stage_plan(name, cfg, out, seed)
-    return run_planned(name, module, stage_cfg, what)
 
 
 def run_planned(name: str, module, stage_cfg, what: str) -> Path:
@@ -227,14 +204,18 @@ def run_planned(name: str, module, stage_cfg, what: str) -> Path:
         print(f"== {name}: reusing {stage_out / 'model.pt'} (finished)")
         return stage_out / "model.pt"
     resume = what == "resume"
-    if not resume and os.environ.get("RANK", "0") == "0":  # what it starts from: plan() checks it to reuse or resume
-        save_json(stage_out / INPUTS, input_digests(stage_cfg))
     print(f"== {name}: python -m {module.__name__} --init {getattr(stage_cfg, 'init', '') or '(random)'} "
           f"--out {stage_out}{' --resume true' if resume else ''}")
     t0 = time.time()
     module.train(stage_cfg)
     print(f"== {name}: {time.time() - t0:.0f} s")
     return stage_out / "model.pt"
+
+
+def train_seconds(out: Path) -> float:
+    """A run's training seconds, from its metrics.jsonl (the same whether it ran now, resumed or is reused)."""
+    rows = read_jsonl(out / "metrics.jsonl", allow_empty=True) if (out / "metrics.jsonl").is_file() else []
+    return max((r["elapsed_s"] for r in rows if isinstance(r.get("elapsed_s"), (int, float))), default=0.0)
 
 
 def card_items(ckpts: dict[str, list], device, limit: int | None, report_dir) -> dict:
@@ -261,13 +242,12 @@ def run(cfg: Config) -> dict:
     out = Path(cfg.out)
     ranks = dist.setup(pick_device(cfg.device))
     planned = cfg.stage_list()
-    whats = {}
+    plans = {}
     for i, name in enumerate(planned):  # every stage's config and start is checked before the first one runs
         parent = STAGES[name][1]
-        retrained = parent in whats and whats[parent] != "reuse"  # its start changes before it runs
+        retrained = (parent, cfg.seed) in plans and plans[parent, cfg.seed][2] != "reuse"  # its start changes
         for seed in cfg.seeds_of(name):
-            what = stage_plan(name, cfg, out, seed, known={"init": None} if retrained else None)[2]
-            whats.setdefault(name, what)  # the parent of the next stages: the run with --seed
+            plans[name, seed] = stage_plan(name, cfg, out, seed, known={"init": None} if retrained else None)
         if parent and parent not in planned[:i] and not (out / parent / "model.pt").is_file():
             raise InputError(f"--stages {cfg.stages!r}: {name} starts from {out / parent / 'model.pt'}, which does "
                              f"not exist; run {parent} first (add it to --stages)")
@@ -283,9 +263,12 @@ def run(cfg: Config) -> dict:
     dist.barrier(ranks)
     timings, ckpts = {}, {}
     for s in cfg.stage_list():
-        t = time.time()
-        ckpts[s] = [run_stage(s, cfg, out, seed) for seed in cfg.seeds_of(s)]
-        timings[s] = time.time() - t
+        ckpts[s], timings[s] = [], 0.0
+        for seed in cfg.seeds_of(s):
+            t = time.time()
+            ckpts[s].append(run_planned(s, *plans[s, seed]))
+            stage_out = Path(plans[s, seed][1].out)  # a reused stage: the seconds it trained for, not 0
+            timings[s] += train_seconds(stage_out) if plans[s, seed][2] == "reuse" else time.time() - t
 
     if not ranks.main:  # the card is rank 0's (evaluation is not split over the ranks)
         dist.barrier(ranks)

@@ -202,11 +202,22 @@ def test_a_fresh_start_over_an_earlier_run_keeps_that_run_in_previous(tmp_path):
     (tmp_path / "metrics.jsonl").write_text('{"step": 3}\n')
     start_run(tmp_path, RunCfg(out=str(tmp_path), lr=1e6))  # a new run, by mistake, into the same folder
     kept = tmp_path / "previous"
-    assert sorted(p.name for p in kept.iterdir()) == ["config.json", "metrics.jsonl", "state.pt"]
+    assert sorted(p.name for p in kept.iterdir()) == ["config.json", "inputs.json", "metrics.jsonl", "state.pt"]
     assert load_checkpoint(kept / "state.pt")["step"] == 3 and json.loads((kept / "config.json").read_text())["lr"] == 1
     assert json.loads((tmp_path / "config.json").read_text())["lr"] == 1e6 and not (tmp_path / "state.pt").exists()
     start_run(tmp_path, cfg)  # no state.pt or model.pt here now: nothing to keep, previous/ stays as it was
     assert load_checkpoint(kept / "state.pt")["step"] == 3
+
+
+def test_a_killed_fresh_start_does_not_push_the_finished_run_out_of_previous(tmp_path):
+    cfg = RunCfg(out=str(tmp_path))
+    start_run(tmp_path, cfg)
+    (tmp_path / "model.pt").write_bytes(b"finished weights")
+    start_run(tmp_path, cfg)  # --fresh true: the finished run moves to previous/
+    save_state(tmp_path, 2, cfg, model={"w": torch.ones(1)})  # ... and the new run is killed after step 2
+    start_run(tmp_path, cfg)  # --fresh true again: previous/ keeps the finished run, the unfinished one goes below
+    assert (tmp_path / "previous" / "model.pt").read_bytes() == b"finished weights"
+    assert load_checkpoint(tmp_path / "previous" / "unfinished" / "state.pt")["step"] == 2
 
 
 def test_metrics_logger_on_resume_drops_rows_after_the_checkpoint(tmp_path):

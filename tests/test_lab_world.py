@@ -240,13 +240,13 @@ def test_the_skills_part_reads_the_pipelines_card_stage_by_stage(tmp_path):
              "sft": {"sql": [1.0] * 6 + [0.0] * 4, "instructions": [1.0] * 5 + [0.0] * 5, "tools": [1.0] * 10}}
     write_report(items, tmp_path / "report", parents={"sft": "base"})
     (tmp_path / "timings.json").write_text('{"sft": 12.4}', encoding="utf-8")
-    got = part_skills(Config(pipeline=str(tmp_path), parts="skills"), {})["rows"]["sft"]
+    got = part_skills(Config(pipeline=str(tmp_path), parts="skills"), {}, {})["rows"]["sft"]
     assert got["sql"]["acc"] == 60 and got["instructions"]["acc"] == 50 and got["seconds"] == 12.4
     assert got["sql"]["lo"] < 60 < got["sql"]["hi"] and got["parent"] == "base"
     row = table({"skills": {"rows": {"sft": got}}, "config": {}}).splitlines()[2]
     assert "sql 60% [" in row and "12 s of training" in row and "tools +100" in row and "sql +" not in row
     (tmp_path / "timings.json").write_text("{not json", encoding="utf-8")   # optional: a bad one is only a cost left out
-    assert "seconds" not in part_skills(Config(pipeline=str(tmp_path), parts="skills"), {})["rows"]["sft"]
+    assert "seconds" not in part_skills(Config(pipeline=str(tmp_path), parts="skills"), {}, {})["rows"]["sft"]
 
 
 @pytest.mark.parametrize("name, edit, message", [
@@ -329,8 +329,14 @@ def test_a_finished_lab_run_is_reused_only_for_its_data_and_start_and_refusals_t
     (tmp_path / "p" / "sft" / "model.pt").write_bytes((tmp_path / "p2" / "sft" / "model.pt").read_bytes())
     refused(r"policies/sft holds a finished policies/sft run trained from another checkpoint")   # same path, new weights
     (tmp_path / "p" / "sft" / "model.pt").write_bytes(sft)
+    (out / "lab.png").unlink()
+    (out / "lab.png").mkdir()
+    refused(r"--out .*/o: .*/o/lab.png is a folder; the lab writes a file there")
+    (out / "lab.png").rmdir()
     (out / "policies" / "sft_dpo" / "inputs.json").unlink()
     files.pop(out / "policies" / "sft_dpo" / "inputs.json")
     refused(r"policies/sft_dpo holds a finished policies/sft_dpo run, but no readable .*inputs.json records")
     lab_cmd.run_lab(lab_cmd.Config(parts="policies", fresh=True, **smoke))  # the way out the messages name
     assert (out / "policies" / "sft_dpo" / "inputs.json").is_file()
+    lab_cmd.run_lab(lab_cmd.Config(parts="skills", **{**smoke, "seed": 7}))  # another seed: policies not kept
+    assert "policies" not in json.loads((out / "lab.json").read_text())

@@ -5,6 +5,7 @@ import os
 import pytest
 import torch
 
+from minipost import common
 from minipost.common import InputError, load_checkpoint
 from minipost.pipeline import Config, run, run_planned, stage_config
 
@@ -44,11 +45,12 @@ def test_an_interrupted_stage_resumes_and_a_finished_one_is_reused(tmp_path, cap
     assert "reusing" in capsys.readouterr().out
 
 
-def test_a_finished_stage_is_reused_only_for_its_own_config_and_start(tmp_path):
+def test_a_finished_stage_is_reused_only_for_its_own_config_and_start(tmp_path, monkeypatch):
     cfg = Config(out=str(tmp_path / "a"), stages="pretrain,sft", max_steps=2, eval_limit=1, progress=False)
     run(cfg)
     sft = tmp_path / "a" / "sft"
     before = (sft / "model.pt").read_bytes()
+    files = {p: p.read_bytes() for p in sft.iterdir()}
     run(Config(out=str(tmp_path / "b"), stages="pretrain", max_steps=2, eval_limit=1, progress=False, seed=5))
     os.replace(tmp_path / "b" / "pretrain" / "model.pt", tmp_path / "a" / "pretrain" / "model.pt")  # another base
     with pytest.raises(InputError, match=r"sft holds a finished sft run trained from another checkpoint than "
@@ -56,14 +58,30 @@ def test_a_finished_stage_is_reused_only_for_its_own_config_and_start(tmp_path):
         run(Config(out=str(tmp_path / "a"), stages="sft", max_steps=2, eval_limit=1, progress=False))
     with pytest.raises(InputError, match=r"sft holds a finished sft run of another config \(seed: 1337 -> 5\)"):
         run(Config(out=str(tmp_path / "a"), stages="sft", max_steps=2, eval_limit=1, progress=False, seed=5))
-    (tmp_path / "a" / "pretrain" / "model.pt").unlink()  # the base reruns: the sft run it started is stale
-    with pytest.raises(InputError, match=r"sft holds a finished sft run, but the checkpoint it starts from .* is "
-                                         r"retrained first in this plan"):
-        run(cfg)
+    with pytest.raises(InputError, match=r"sft holds a 2-step sft run of another config \(max_steps: 2 -> 3\)"):
+        run(Config(out=str(tmp_path / "a"), stages="sft", max_steps=3, eval_limit=1, progress=False))
+    state = (sft / "state.pt").read_bytes()
+    (sft / "state.pt").unlink()
+    with pytest.raises(InputError, match=r"sft holds a finished sft run of 2 steps, not the 3 planned"):
+        run(Config(out=str(tmp_path / "a"), stages="sft", max_steps=3, eval_limit=1, progress=False))
+    (sft / "state.pt").write_bytes(state)
+    inputs = (sft / "inputs.json").read_text()
+    (sft / "inputs.json").write_text("{}")
+    with pytest.raises(InputError, match=r"sft holds a finished sft run, but its inputs.json records no checkpoint"):
+        run(Config(out=str(tmp_path / "a"), stages="sft", max_steps=2, eval_limit=1, progress=False))
+    (sft / "inputs.json").write_text(inputs)
     (sft / "inputs.json").unlink()  # a run that cannot say what it was trained from is not reused either
+    files.pop(sft / "inputs.json")
     with pytest.raises(InputError, match=r"sft holds a finished sft run, but no readable .*inputs.json records"):
         run(Config(out=str(tmp_path / "a"), stages="sft", max_steps=2, eval_limit=1, progress=False))
-    assert (sft / "model.pt").read_bytes() == before  # refused: nothing was touched
+    assert {p: p.read_bytes() for p in files} == files  # refused: nothing was touched
+    monkeypatch.setattr(common, "world_digest", lambda data_dir=None: "another world")  # data/ regenerated
+    with pytest.raises(InputError, match=r"pretrain holds a finished pretrain run trained from another world"):
+        run(Config(out=str(tmp_path / "a"), stages="pretrain", max_steps=2, eval_limit=1, progress=False))
+    monkeypatch.undo()
+    (tmp_path / "a" / "pretrain" / "model.pt").unlink()  # the base reruns (resumes): the sft run it started is stale
+    run(cfg)  # ... so sft runs again, and its earlier run moves to previous/
+    assert (sft / "previous" / "model.pt").read_bytes() == before and (sft / "model.pt").exists()
 
 
 def test_bad_stage_names_and_flags_fail_before_anything_runs(tmp_path):
