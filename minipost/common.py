@@ -354,9 +354,9 @@ def save_checkpoint(path: str | os.PathLike, obj: dict) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    os.close(fd)
     try:
-        torch.save(obj, tmp)
+        with os.fdopen(fd, "wb") as f:  # a file object: the archive inside is not named after the temp file,
+            torch.save(obj, f)          # so the same weights give the same bytes (and sha256, see inputs.json)
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
@@ -518,6 +518,8 @@ def start_run(out_dir, cfg, write: bool = True) -> dict | None:
     out = Path(out_dir)
     if cfg.resume and not (out / "state.pt").exists():
         raise InputError(f"--resume: no {out / 'state.pt'} to resume from (a run saves it every --save-every steps)")
+    if (out / "previous").exists() and not (out / "previous").is_dir():
+        raise InputError(f"--out {out_dir}: {out / 'previous'} is not a folder (a run keeps an earlier one there)")
     if not write and not cfg.resume:
         return None
     try:
@@ -528,15 +530,21 @@ def start_run(out_dir, cfg, write: bool = True) -> dict | None:
     for tmp in out.glob("*.tmp") if write else ():
         tmp.unlink()
     if not cfg.resume:
-        earlier = [out / n for n in RUN_FILES if (out / n).exists()]
-        if any(p.name in ("state.pt", "model.pt") for p in earlier):
-            backup = out / "previous"
+        weights = [out / n for n in ("model.pt", "state.pt") if (out / n).exists()]
+        earlier = weights + [out / n for n in RUN_FILES if (out / n).exists() and out / n not in weights]
+        backup = out / "previous"
+        if weights:
             if (backup / "model.pt").is_file() and not (out / "model.pt").exists():
                 backup = backup / "unfinished"  # keep the finished run previous/ holds: it may be the only one
             shutil.rmtree(backup, ignore_errors=True)
             backup.mkdir()
-            for p in earlier:
-                os.replace(p, backup / p.name)
+        elif backup.is_dir():  # a move that a kill cut short (the weights go first): complete it, lose no file
+            earlier = [p for p in earlier if not (backup / p.name).exists()]
+        else:
+            earlier = []
+        for p in earlier:
+            os.replace(p, backup / p.name)
+        if earlier:
             print(f"{out} held an earlier run: moved its {', '.join(p.name for p in earlier)} to {backup}/ "
                   "(use --resume true to continue a run instead)")
         save_json(out / "inputs.json", input_digests(cfg))  # what plan() checks before it reuses or resumes
@@ -546,10 +554,21 @@ def start_run(out_dir, cfg, write: bool = True) -> dict | None:
     now = dataclasses.asdict(cfg)
     changed = sorted(k for k in set(now) | set(state["config"]) if k not in RESUME_IGNORES
                      and now.get(k) != state["config"].get(k))
+    try:  # and what it was started from (a run of an older minipost has no inputs.json: nothing to compare)
+        saved_inputs = json.loads((out / "inputs.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        saved_inputs = None
+    inputs = input_digests(cfg)
+    if isinstance(saved_inputs, dict):
+        changed += [f"the {INPUT_FIELDS.get(k, 'world (data/)')} it names (sha256 {saved_inputs.get(k, '-')!s:.8} "
+                    f"-> {v:.8})" for k, v in inputs.items() if saved_inputs.get(k) != v]
     if changed and not cfg.allow_config_change:
-        diff = ", ".join(f"{k}: {state['config'].get(k)!r} -> {now.get(k)!r}" for k in changed)
+        diff = ", ".join(f"{k}: {state['config'].get(k)!r} -> {now.get(k)!r}" if k in now else k for k in changed)
         raise InputError(f"--resume: the config differs from the saved run's ({diff}); "
                          "pass --allow-config-change true to resume anyway")
+    if changed and write:  # resumed anyway: from now on the run is recorded as what it continues with
+        save_json(out / "inputs.json", {**inputs, "changed_on_resume": True})
+        save_json(out / "config.json", now)
     set_rng_state(state["rng"])
     print(f"resumed from {out / 'state.pt'} at step {state['step']}")
     return state

@@ -41,8 +41,8 @@ from pathlib import Path
 from minipost import threads
 from minipost.bands import cpu_name
 from minipost.common import (DATA_DIR, DEVICE_HELP, InputError, atomic_write_bytes, check_can_create, check_config,
-                             check_device, check_out_dir, config_with_preset, field, main, pick_device, read_jsonl,
-                             save_json)
+                             check_device, check_out_dir, config_with_preset, field, file_digest, main, pick_device,
+                             read_jsonl, save_json)
 from minipost.evals import binomial_ci, evaluate_checkpoint, read_report
 from minipost.model import load_model
 from minipost.reward_model import KIND as JUDGE
@@ -586,7 +586,7 @@ def preflight(cfg: Config) -> dict:
         known = {"data": hashlib.sha256(data[mix][0]).hexdigest()}
         if parent in plans and plans[parent][2] != "reuse":
             known["init"] = None  # its parent trains first: whatever this run holds was started from another
-        plans[key] = (module, *plan(key, stage_cfg, cfg.fresh, known, {"data": data[mix][1]}))
+        plans[key] = (module, *plan(key, stage_cfg, cfg.fresh, known, {"data": data[mix][1]}, derived="/" in parent))
         planned[key] = Path(stage_cfg.out) / "model.pt"
     out = Path(cfg.out)
     for path in [out / "data" / f"{n}.jsonl" for n in data] + [out / f"lab.{x}" for x in ("json", "md", "png")]:
@@ -602,7 +602,8 @@ def run_lab(cfg: Config) -> dict:
     out = Path(cfg.out)
     for name, (text, _) in data.items():  # the runs' training files, now that every plan is checked
         atomic_write_bytes(out / "data" / f"{name}.jsonl", text)
-    result, seconds = {"machine": cpu_name(), "config": vars(cfg)}, {}
+    result, seconds = {"machine": cpu_name(), "config": vars(cfg),
+                       "pipeline_sha256": {s: file_digest(path) for s, path in ckpts.items()}}, {}
     for part in parse_parts(cfg.parts):
         print(f"== lab: {part}")
         t0 = time.time()
@@ -615,12 +616,13 @@ def run_lab(cfg: Config) -> dict:
     except (OSError, ValueError, RecursionError):
         earlier = {}
     same = isinstance(earlier, dict) and isinstance(earlier.get("config"), dict) and \
-        all(earlier["config"].get(k) == result["config"][k] for k in SAME_RESULTS)
+        all(earlier["config"].get(k) == result["config"][k] for k in SAME_RESULTS) and \
+        earlier.get("pipeline_sha256") == result["pipeline_sha256"]
     for part in PARTS:
         if part not in result and isinstance(earlier, dict) and isinstance(earlier.get(part), dict):
             if not same:
-                print(f"== lab: {out / 'lab.json'} held {part} results of another config ({', '.join(SAME_RESULTS)}):"
-                      f" not kept")
+                print(f"== lab: {out / 'lab.json'} held {part} results of another config ({', '.join(SAME_RESULTS)}"
+                      f" or the pipeline's weights): not kept")
                 continue
             result[part] = earlier[part]
             result["seconds"].setdefault(part, (earlier.get("seconds") or {}).get(part, 0.0))

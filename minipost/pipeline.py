@@ -129,28 +129,34 @@ def stage_config(name: str, cfg: Config, out: Path, seed: int | None = None):
     return module, config_with_preset(module.Config, module.PRESETS, **kw, **overrides)
 
 
-def stage_plan(name: str, cfg: Config, out: Path, seed: int | None = None, known: dict | None = None):
+def stage_plan(name: str, cfg: Config, out: Path, seed: int | None = None, known: dict | None = None,
+               derived: bool = False):
     """-> (module, stage config, "reuse" | "resume" | "run") for one stage of the pipeline (see plan)."""
     module, stage_cfg = stage_config(name, cfg, out, seed)
-    stage_cfg, what = plan(name, stage_cfg, cfg.fresh, known)
+    stage_cfg, what = plan(name, stage_cfg, cfg.fresh, known, derived=derived)
     return module, stage_cfg, what
 
 
-def plan(name: str, stage_cfg, fresh: bool = False, known: dict | None = None, sources: dict | None = None):
+def plan(name: str, stage_cfg, fresh: bool = False, known: dict | None = None, sources: dict | None = None,
+         derived: bool = False):
     """-> (stage config, "reuse" | "resume" | "run"): reuse a finished run (its OUT/model.pt holds the last
     step), resume an interrupted one (OUT/state.pt), else run it. Either is done only for the run's own config
     and inputs: the config saved in OUT/config.json (or state.pt) and what OUT/inputs.json says it was trained
     from (common.input_digests; `known` as there; `sources`: what a field's file is made from, for the
     message). Anything else is refused (InputError) before any stage runs: a run is the user's to keep or drop.
-    A run whose start is retrained first (`known` None: an earlier run of the plan was interrupted or removed)
-    runs again: its files move to OUT/previous/ as it starts. minipost.lab plans its own runs with it too."""
+    `derived`: --init is an earlier run of the same plan (the pipeline's stages, the lab's chains). When that
+    one is retrained first (`known` init None) or was retrained since, this run runs again: its files move to
+    OUT/previous/ as it starts. minipost.lab plans its own runs with it too."""
     out = Path(stage_cfg.out)
     model, state = out / "model.pt", out / "state.pt"
+    if (out / "previous").exists() and not (out / "previous").is_dir():
+        raise InputError(f"{out / 'previous'} is not a folder (a run keeps its earlier run there); move it away")
     if fresh or not (model.exists() or state.exists()):
         return stage_cfg, "run"
-    if known and any(known.get(f, "") is None for f in INPUT_FIELDS):
-        print(f"== {name}: the run in {out} started from a checkpoint that is retrained first: it runs again "
-              f"(its files move to {out / 'previous'}/)")
+    stale = f"== {name}: the run in {out} started from an earlier {getattr(stage_cfg, 'init', '')}, retrained " \
+            f"since or now: it runs again (its files move to {out / 'previous'}/)"
+    if derived and known and "init" in known and known["init"] is None:
+        print(stale)
         return stage_cfg, "run"
     step = load_checkpoint(model, required=("step",))["step"] if model.exists() else None
     redo = ("rerun with --fresh true (every run of this command starts again; each one's files move to its "
@@ -175,7 +181,11 @@ def plan(name: str, stage_cfg, fresh: bool = False, known: dict | None = None, s
         diff = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in changed)
         raise InputError(f"{what} of another config ({diff}); {redo}")
     stamp = read_saved_json(out / "inputs.json", what, redo)
-    for f, digest in input_digests(stage_cfg, known).items():
+    digests = input_digests(stage_cfg, known)
+    if derived and "init" in digests and "init" in stamp and stamp["init"] != digests["init"]:
+        print(stale)
+        return dataclasses.replace(stage_cfg, resume=False), "run"
+    for f, digest in digests.items():
         kind, given = INPUT_FIELDS.get(f, "world (the files of data/)"), ""
         if f in INPUT_FIELDS:  # the file it names, and what that is made from
             given = f" ({getattr(stage_cfg, f)}" + (f", made from {sources[f]}" if sources and f in sources else "") + ")"
@@ -247,7 +257,8 @@ def run(cfg: Config) -> dict:
         parent = STAGES[name][1]
         retrained = (parent, cfg.seed) in plans and plans[parent, cfg.seed][2] != "reuse"  # its start changes
         for seed in cfg.seeds_of(name):
-            plans[name, seed] = stage_plan(name, cfg, out, seed, known={"init": None} if retrained else None)
+            plans[name, seed] = stage_plan(name, cfg, out, seed, known={"init": None} if retrained else None,
+                                           derived=parent is not None)
         if parent and parent not in planned[:i] and not (out / parent / "model.pt").is_file():
             raise InputError(f"--stages {cfg.stages!r}: {name} starts from {out / parent / 'model.pt'}, which does "
                              f"not exist; run {parent} first (add it to --stages)")

@@ -1,6 +1,8 @@
 """Plumbing: KL estimators, config CLI, atomic checkpoints, JSONL errors, NaN stop."""
 import dataclasses
+import hashlib
 import json
+import os
 
 import pytest
 import torch
@@ -218,6 +220,43 @@ def test_a_killed_fresh_start_does_not_push_the_finished_run_out_of_previous(tmp
     start_run(tmp_path, cfg)  # --fresh true again: previous/ keeps the finished run, the unfinished one goes below
     assert (tmp_path / "previous" / "model.pt").read_bytes() == b"finished weights"
     assert load_checkpoint(tmp_path / "previous" / "unfinished" / "state.pt")["step"] == 2
+
+
+def test_a_move_to_previous_cut_short_by_a_kill_is_completed_and_loses_no_file(tmp_path):
+    cfg = RunCfg(out=str(tmp_path))
+    start_run(tmp_path, cfg)
+    (tmp_path / "model.pt").write_bytes(b"finished weights")
+    (tmp_path / "previous").mkdir()
+    os.replace(tmp_path / "model.pt", tmp_path / "previous" / "model.pt")  # the weights move first; killed here
+    start_run(tmp_path, RunCfg(out=str(tmp_path), lr=3.0))
+    assert sorted(p.name for p in (tmp_path / "previous").iterdir()) == ["config.json", "inputs.json", "model.pt"]
+    assert json.loads((tmp_path / "previous" / "config.json").read_text())["lr"] == 1.0
+
+
+@dataclasses.dataclass
+class DataCfg(RunCfg):
+    data: str = field("", "data")
+
+
+def test_a_resume_on_another_data_file_is_refused_unless_allowed_and_then_recorded(tmp_path):
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"text": "a"}\n')
+    cfg = DataCfg(out=str(tmp_path / "o"), data=str(data))
+    start_run(cfg.out, cfg)
+    save_state(cfg.out, 2, cfg, model={"w": torch.ones(1)})
+    data.write_text('{"text": "b"}\n')
+    with pytest.raises(InputError, match=r"config differs from the saved run's \(the data file it names \(sha256 "):
+        start_run(cfg.out, DataCfg(out=cfg.out, data=str(data), resume=True))
+    start_run(cfg.out, DataCfg(out=cfg.out, data=str(data), resume=True, allow_config_change=True))
+    saved = json.loads((tmp_path / "o" / "inputs.json").read_text())
+    assert saved["changed_on_resume"] and saved["data"] == hashlib.sha256(data.read_bytes()).hexdigest()
+
+
+def test_the_same_weights_give_the_same_checkpoint_bytes(tmp_path):
+    obj = {"model": {"w": torch.arange(4.0)}, "step": 3}
+    save_checkpoint(tmp_path / "a.pt", obj)
+    save_checkpoint(tmp_path / "b.pt", obj)  # inputs.json compares checkpoints by sha256
+    assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "b.pt").read_bytes()
 
 
 def test_metrics_logger_on_resume_drops_rows_after_the_checkpoint(tmp_path):

@@ -338,5 +338,14 @@ def test_a_finished_lab_run_is_reused_only_for_its_data_and_start_and_refusals_t
     refused(r"policies/sft_dpo holds a finished policies/sft_dpo run, but no readable .*inputs.json records")
     lab_cmd.run_lab(lab_cmd.Config(parts="policies", fresh=True, **smoke))  # the way out the messages name
     assert (out / "policies" / "sft_dpo" / "inputs.json").is_file()
+    dpo_before = (out / "policies" / "sft_dpo" / "model.pt").read_bytes()
+    for f in ("model.pt", "state.pt"):
+        (out / "policies" / "sft" / f).unlink(missing_ok=True)   # policies/sft trains again: sft_dpo follows
+    lab_cmd.run_lab(lab_cmd.Config(parts="policies", **smoke))
+    assert (out / "policies" / "sft_dpo" / "previous" / "model.pt").read_bytes() == dpo_before
     lab_cmd.run_lab(lab_cmd.Config(parts="skills", **{**smoke, "seed": 7}))  # another seed: policies not kept
+    assert "policies" not in json.loads((out / "lab.json").read_text())
+    lab_cmd.run_lab(lab_cmd.Config(parts="policies", **smoke))
+    (tmp_path / "p" / "dpo" / "model.pt").write_bytes((tmp_path / "p2" / "dpo" / "model.pt").read_bytes())
+    lab_cmd.run_lab(lab_cmd.Config(parts="skills", **smoke))  # the pipeline's weights changed: policies not kept
     assert "policies" not in json.loads((out / "lab.json").read_text())

@@ -51,37 +51,40 @@ def test_a_finished_stage_is_reused_only_for_its_own_config_and_start(tmp_path, 
     sft = tmp_path / "a" / "sft"
     before = (sft / "model.pt").read_bytes()
     files = {p: p.read_bytes() for p in sft.iterdir()}
+
+    def refused(message, **flags):
+        with pytest.raises(InputError, match=message):
+            run(Config(**{**cfg.__dict__, "stages": "sft", **flags}))
+        assert {p: p.read_bytes() for p in files} == files  # refused: nothing was touched
+    refused(r"sft holds a finished sft run of another config \(seed: 1337 -> 5\)", seed=5)
+    refused(r"sft holds a 2-step sft run of another config \(max_steps: 2 -> 3\)", max_steps=3)
+    state = files.pop(sft / "state.pt")
+    (sft / "state.pt").unlink()
+    refused(r"sft holds a finished sft run of 2 steps, not the 3 planned", max_steps=3)
+    (sft / "state.pt").write_bytes(state)
+    files[sft / "state.pt"] = state
+    inputs = files.pop(sft / "inputs.json")
+    (sft / "inputs.json").write_text("{}")
+    refused(r"sft holds a finished sft run, but its inputs.json records no checkpoint")
+    (sft / "inputs.json").unlink()  # a run that cannot say what it was trained from is not reused either
+    refused(r"sft holds a finished sft run, but no readable .*inputs.json records")
+    (sft / "inputs.json").write_bytes(inputs)
+    files[sft / "inputs.json"] = inputs
+    monkeypatch.setattr(common, "world_digest", lambda data_dir=None: "another world")  # data/ regenerated
+    refused(r"sft holds a finished sft run trained from another world")
+    monkeypatch.undo()
+    (sft / "previous").write_text("in the way")
+    refused(r"sft/previous is not a folder")
+    (sft / "previous").unlink()
     run(Config(out=str(tmp_path / "b"), stages="pretrain", max_steps=2, eval_limit=1, progress=False, seed=5))
     os.replace(tmp_path / "b" / "pretrain" / "model.pt", tmp_path / "a" / "pretrain" / "model.pt")  # another base
-    with pytest.raises(InputError, match=r"sft holds a finished sft run trained from another checkpoint than "
-                                         r"the one it is given now \(.*pretrain/model.pt\); rerun with --fresh true"):
-        run(Config(out=str(tmp_path / "a"), stages="sft", max_steps=2, eval_limit=1, progress=False))
-    with pytest.raises(InputError, match=r"sft holds a finished sft run of another config \(seed: 1337 -> 5\)"):
-        run(Config(out=str(tmp_path / "a"), stages="sft", max_steps=2, eval_limit=1, progress=False, seed=5))
-    with pytest.raises(InputError, match=r"sft holds a 2-step sft run of another config \(max_steps: 2 -> 3\)"):
-        run(Config(out=str(tmp_path / "a"), stages="sft", max_steps=3, eval_limit=1, progress=False))
-    state = (sft / "state.pt").read_bytes()
-    (sft / "state.pt").unlink()
-    with pytest.raises(InputError, match=r"sft holds a finished sft run of 2 steps, not the 3 planned"):
-        run(Config(out=str(tmp_path / "a"), stages="sft", max_steps=3, eval_limit=1, progress=False))
-    (sft / "state.pt").write_bytes(state)
-    inputs = (sft / "inputs.json").read_text()
-    (sft / "inputs.json").write_text("{}")
-    with pytest.raises(InputError, match=r"sft holds a finished sft run, but its inputs.json records no checkpoint"):
-        run(Config(out=str(tmp_path / "a"), stages="sft", max_steps=2, eval_limit=1, progress=False))
-    (sft / "inputs.json").write_text(inputs)
-    (sft / "inputs.json").unlink()  # a run that cannot say what it was trained from is not reused either
-    files.pop(sft / "inputs.json")
-    with pytest.raises(InputError, match=r"sft holds a finished sft run, but no readable .*inputs.json records"):
-        run(Config(out=str(tmp_path / "a"), stages="sft", max_steps=2, eval_limit=1, progress=False))
-    assert {p: p.read_bytes() for p in files} == files  # refused: nothing was touched
-    monkeypatch.setattr(common, "world_digest", lambda data_dir=None: "another world")  # data/ regenerated
-    with pytest.raises(InputError, match=r"pretrain holds a finished pretrain run trained from another world"):
-        run(Config(out=str(tmp_path / "a"), stages="pretrain", max_steps=2, eval_limit=1, progress=False))
-    monkeypatch.undo()
-    (tmp_path / "a" / "pretrain" / "model.pt").unlink()  # the base reruns (resumes): the sft run it started is stale
-    run(cfg)  # ... so sft runs again, and its earlier run moves to previous/
-    assert (sft / "previous" / "model.pt").read_bytes() == before and (sft / "model.pt").exists()
+    run(Config(**{**cfg.__dict__, "stages": "sft"}))  # ... so the sft stage from it runs again
+    assert (sft / "previous" / "model.pt").read_bytes() == before and (sft / "model.pt").read_bytes() != before
+    again = (sft / "model.pt").read_bytes()
+    (tmp_path / "a" / "pretrain" / "model.pt").unlink()  # the base resumes from its state.pt: sft is stale again
+    run(cfg)
+    assert (sft / "previous" / "model.pt").read_bytes() == again
+    assert (sft / "model.pt").read_bytes() == before  # the same base, the same weights, the same bytes
 
 
 def test_bad_stage_names_and_flags_fail_before_anything_runs(tmp_path):
