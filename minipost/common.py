@@ -464,9 +464,11 @@ def check_finite(value, what: str, step: int, out_dir) -> None:
 # ----------------------------------------------------------------------------------------------------------------
 # a run folder: config.json, and state.pt for --resume
 
-RUN_FILES = ("config.json", "inputs.json", "metrics.jsonl", "state.pt", "model.pt", "samples.txt",
-             "summary.json")  # a run's own
-INPUT_FIELDS = {"init": "checkpoint", "data": "data file"}  # inputs.json: the sha256 of the files these name
+RUN_FILES = ("model.pt", "state.pt", "inputs.json", "metrics.jsonl", "samples.txt", "summary.json",
+             "config.json")  # a run's own, in the order start_run moves them: config.json last
+INPUT_FIELDS = {"init": "checkpoint", "ref": "reference checkpoint", "data": "data file"}  # inputs.json: their sha256
+WORLD_FILES = ("pretrain.jsonl", "pretrain_val.jsonl", "sft.jsonl", "prefs.jsonl", "rl.jsonl", "eval.jsonl",
+               "eval_prefs.jsonl", "probes.jsonl")  # what minipost.world writes into DATA_DIR (its docstring)
 
 
 def file_digest(path: str | os.PathLike) -> str:
@@ -477,19 +479,19 @@ def file_digest(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def world_digest(data_dir=None) -> str:
-    """sha256 of the world's files (DATA_DIR/*.jsonl and the tokenizers): what a run reads when --data is its
-    default. The lab's files (DATA_DIR/lab/) are not in it: they reach a run only as its --data."""
+def world_digest(preset: str = "nano", data_dir=None) -> str:
+    """sha256 of the world's files and the preset's tokenizer: what a run reads when --data is its default.
+    Other files in DATA_DIR (the lab's, a user's own) reach a run only as its --data."""
     h = hashlib.sha256()
-    for path in sorted(Path(data_dir or DATA_DIR).glob("*")):
-        if path.is_file() and path.suffix in (".jsonl", ".tiktoken"):
-            h.update(path.name.encode() + b"\0" + file_digest(path).encode())
+    for name in WORLD_FILES + (f"tokenizer_{preset}.tiktoken",):
+        path = Path(data_dir or DATA_DIR) / name
+        h.update(name.encode() + b"\0" + (file_digest(path).encode() if path.is_file() else b"-"))
     return h.hexdigest()
 
 
 def input_digests(cfg, known: dict | None = None) -> dict:
-    """What a run is trained from: {"init": sha256 of its --init checkpoint, "data": of its --data file, or
-    "world": of the world's files when --data is the default}. `known` overrides a field (None: the file
+    """What a run is trained from: {"init": sha256 of its --init checkpoint, "ref": of DPO's --ref, "data": of
+    its --data file, or "world": of the world's files when --data is the default}. `known` overrides a field (None: the file
     will be rewritten before the run starts). A missing file is left out: it is refused where it is read."""
     got = {}
     for f in INPUT_FIELDS:
@@ -499,12 +501,22 @@ def input_digests(cfg, known: dict | None = None) -> dict:
         elif path and Path(path).is_file():
             got[f] = file_digest(path)
         elif f == "data" and path == "":
-            got["world"] = world_digest()
+            got["world"] = world_digest(getattr(cfg, "preset", "nano"))
     return got
 
 
 RESUME_IGNORES = ("out", "resume", "allow_config_change", "progress", "device", "stop_after", "save_every", "threads",
                   "max_seconds")  # fields that may change between a run and its resumption
+
+
+def cut_short_move(out: Path) -> Path | None:
+    """previous/unfinished/ or previous/ when it holds weights but no config.json: start_run moved a run's
+    files there (the weights first, config.json last) and was killed before it finished."""
+    for folder in (out / "previous" / "unfinished", out / "previous"):
+        if folder.is_dir() and not (folder / "config.json").exists() and \
+                any((folder / w).exists() for w in ("model.pt", "state.pt")):
+            return folder
+    return None
 
 
 def start_run(out_dir, cfg, write: bool = True) -> dict | None:
@@ -518,8 +530,9 @@ def start_run(out_dir, cfg, write: bool = True) -> dict | None:
     out = Path(out_dir)
     if cfg.resume and not (out / "state.pt").exists():
         raise InputError(f"--resume: no {out / 'state.pt'} to resume from (a run saves it every --save-every steps)")
-    if (out / "previous").exists() and not (out / "previous").is_dir():
-        raise InputError(f"--out {out_dir}: {out / 'previous'} is not a folder (a run keeps an earlier one there)")
+    for folder in (out / "previous", out / "previous" / "unfinished"):
+        if folder.exists() and not folder.is_dir() or folder.is_symlink():
+            raise InputError(f"--out {out_dir}: {folder} is not a folder (a run keeps an earlier one there)")
     if not write and not cfg.resume:
         return None
     try:
@@ -531,17 +544,17 @@ def start_run(out_dir, cfg, write: bool = True) -> dict | None:
         tmp.unlink()
     if not cfg.resume:
         weights = [out / n for n in ("model.pt", "state.pt") if (out / n).exists()]
-        earlier = weights + [out / n for n in RUN_FILES if (out / n).exists() and out / n not in weights]
-        backup = out / "previous"
-        if weights:
+        earlier = [out / n for n in RUN_FILES if (out / n).exists()]
+        backup, cut = out / "previous", cut_short_move(out)
+        if cut is not None:  # a move that a kill cut short (weights go first, config.json last): complete it
+            backup, earlier = cut, [p for p in earlier if not (cut / p.name).exists()]
+        elif weights:
             if (backup / "model.pt").is_file() and not (out / "model.pt").exists():
                 backup = backup / "unfinished"  # keep the finished run previous/ holds: it may be the only one
             shutil.rmtree(backup, ignore_errors=True)
             backup.mkdir()
-        elif backup.is_dir():  # a move that a kill cut short (the weights go first): complete it, lose no file
-            earlier = [p for p in earlier if not (backup / p.name).exists()]
         else:
-            earlier = []
+            earlier = []  # only the records of a run killed before its first save: nothing to keep
         for p in earlier:
             os.replace(p, backup / p.name)
         if earlier:

@@ -149,8 +149,9 @@ def plan(name: str, stage_cfg, fresh: bool = False, known: dict | None = None, s
     OUT/previous/ as it starts. minipost.lab plans its own runs with it too."""
     out = Path(stage_cfg.out)
     model, state = out / "model.pt", out / "state.pt"
-    if (out / "previous").exists() and not (out / "previous").is_dir():
-        raise InputError(f"{out / 'previous'} is not a folder (a run keeps its earlier run there); move it away")
+    for folder in (out / "previous", out / "previous" / "unfinished"):
+        if folder.exists() and not folder.is_dir() or folder.is_symlink():
+            raise InputError(f"{folder} is not a folder (a run keeps its earlier run there); move it away")
     if fresh or not (model.exists() or state.exists()):
         return stage_cfg, "run"
     stale = f"== {name}: the run in {out} started from an earlier {getattr(stage_cfg, 'init', '')}, retrained " \

@@ -3,6 +3,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import shutil
 
 import pytest
 import torch
@@ -233,6 +234,27 @@ def test_a_move_to_previous_cut_short_by_a_kill_is_completed_and_loses_no_file(t
     assert json.loads((tmp_path / "previous" / "config.json").read_text())["lr"] == 1.0
 
 
+def test_a_cut_short_move_into_previous_unfinished_is_completed_and_a_file_in_the_way_refused(tmp_path):
+    cfg = RunCfg(out=str(tmp_path))
+    start_run(tmp_path, cfg)
+    (tmp_path / "model.pt").write_bytes(b"finished weights")
+    start_run(tmp_path, cfg)  # the finished run is now in previous/
+    save_state(tmp_path, 2, cfg, model={"w": torch.ones(1)})
+    (tmp_path / "metrics.jsonl").write_text('{"step": 2}\n')
+    (tmp_path / "previous" / "unfinished").mkdir()
+    os.replace(tmp_path / "state.pt", tmp_path / "previous" / "unfinished" / "state.pt")  # killed after this move
+    start_run(tmp_path, cfg)
+    kept = tmp_path / "previous" / "unfinished"
+    assert sorted(p.name for p in kept.iterdir()) == ["config.json", "inputs.json", "metrics.jsonl", "state.pt"]
+    assert (tmp_path / "previous" / "model.pt").read_bytes() == b"finished weights"
+    shutil.rmtree(kept)
+    kept.write_text("in the way")
+    save_state(tmp_path, 2, cfg, model={"w": torch.ones(1)})
+    with pytest.raises(InputError, match=r"previous/unfinished is not a folder"):
+        start_run(tmp_path, cfg)
+    assert (tmp_path / "state.pt").exists()  # refused before anything moved
+
+
 @dataclasses.dataclass
 class DataCfg(RunCfg):
     data: str = field("", "data")
@@ -250,6 +272,27 @@ def test_a_resume_on_another_data_file_is_refused_unless_allowed_and_then_record
     start_run(cfg.out, DataCfg(out=cfg.out, data=str(data), resume=True, allow_config_change=True))
     saved = json.loads((tmp_path / "o" / "inputs.json").read_text())
     assert saved["changed_on_resume"] and saved["data"] == hashlib.sha256(data.read_bytes()).hexdigest()
+
+
+def test_inputs_record_init_ref_and_data_or_only_the_world_files_a_run_reads(tmp_path):
+    from minipost.common import DATA_DIR, WORLD_FILES, input_digests, world_digest
+    for name in WORLD_FILES + ("tokenizer_nano.tiktoken",):
+        shutil.copy(DATA_DIR / name, tmp_path / name)
+    world = world_digest("nano", tmp_path)
+    (tmp_path / "my_prefs.jsonl").write_text("{}\n")  # a user's own file, or the other preset's tokenizer
+    assert world_digest("nano", tmp_path) == world != world_digest("small", tmp_path)
+    (tmp_path / "sft.jsonl").write_text("{}\n")
+    assert world_digest("nano", tmp_path) != world
+
+    @dataclasses.dataclass
+    class DpoLike:
+        init: str
+        ref: str
+        data: str = ""
+    ckpt = tmp_path / "c.pt"
+    ckpt.write_bytes(b"weights")
+    got = input_digests(DpoLike(init=str(ckpt), ref=str(ckpt)))
+    assert got["init"] == got["ref"] == hashlib.sha256(b"weights").hexdigest() and "world" in got
 
 
 def test_the_same_weights_give_the_same_checkpoint_bytes(tmp_path):

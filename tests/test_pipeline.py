@@ -70,7 +70,7 @@ def test_a_finished_stage_is_reused_only_for_its_own_config_and_start(tmp_path, 
     refused(r"sft holds a finished sft run, but no readable .*inputs.json records")
     (sft / "inputs.json").write_bytes(inputs)
     files[sft / "inputs.json"] = inputs
-    monkeypatch.setattr(common, "world_digest", lambda data_dir=None: "another world")  # data/ regenerated
+    monkeypatch.setattr(common, "world_digest", lambda *a, **k: "another world")  # data/ regenerated
     refused(r"sft holds a finished sft run trained from another world")
     monkeypatch.undo()
     (sft / "previous").write_text("in the way")
