@@ -65,7 +65,7 @@ for name in ("policy_eval", "update_docs", "region_pretrain", "context_sft"):
 # ## 2. Run the comparison
 # Each run starts from a pipeline checkpoint: policy SFT from the SFT model (then DPO on policy pairs);
 # the RAG reader, the update SFTs and continued pretraining from the DPO model; the region's runs from the
-# base model, each followed by the pipeline's own SFT recipe. A fresh run took 25 minutes on the 2-core Xeon
+# base model, each followed by the pipeline's own SFT recipe. A fresh run took 11-25 minutes on the 2-core Xeon
 # (README); rerunning reuses what finished. The longest run is the reader (571 s): 1200 steps on 38,500 passages, as
 # the nano model learns to copy a name from its context only after some 500 steps (watch `loss` in
 # runs/lab/updates/reader/metrics.jsonl: flat near 0.7, then down to 0.1).
