@@ -324,9 +324,22 @@ def read_jsonl(path: str | os.PathLike, required: typing.Sequence[str] | dict = 
     return rows
 
 
+def jsonl_bytes(rows: typing.Iterable[dict]) -> bytes:
+    """The bytes write_jsonl writes: one JSON object per line, UTF-8."""
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode("utf-8")
+
+
 def write_jsonl(path: str | os.PathLike, rows: typing.Iterable[dict]) -> None:
-    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-    atomic_write_bytes(path, text.encode("utf-8"))
+    atomic_write_bytes(path, jsonl_bytes(rows))
+
+
+def read_json_dict(path: str | os.PathLike) -> dict | None:
+    """A JSON object saved by save_json; None when the file is missing, unreadable or not an object."""
+    try:
+        obj = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return None
+    return obj if isinstance(obj, dict) else None
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -509,6 +522,13 @@ RESUME_IGNORES = ("out", "resume", "allow_config_change", "progress", "device", 
                   "max_seconds")  # fields that may change between a run and its resumption
 
 
+def check_previous(out: Path, what: str) -> None:
+    """OUT/previous/ and previous/unfinished/, where a run keeps an earlier one, must be folders if they exist."""
+    for folder in (out / "previous", out / "previous" / "unfinished"):
+        if folder.exists() and not folder.is_dir() or folder.is_symlink():
+            raise InputError(f"{what}: {folder} is not a folder (a run keeps an earlier one there); move it away")
+
+
 def cut_short_move(out: Path) -> Path | None:
     """previous/unfinished/ or previous/ when it holds weights but no config.json: start_run moved a run's
     files there (the weights first, config.json last) and was killed before it finished."""
@@ -530,9 +550,7 @@ def start_run(out_dir, cfg, write: bool = True) -> dict | None:
     out = Path(out_dir)
     if cfg.resume and not (out / "state.pt").exists():
         raise InputError(f"--resume: no {out / 'state.pt'} to resume from (a run saves it every --save-every steps)")
-    for folder in (out / "previous", out / "previous" / "unfinished"):
-        if folder.exists() and not folder.is_dir() or folder.is_symlink():
-            raise InputError(f"--out {out_dir}: {folder} is not a folder (a run keeps an earlier one there)")
+    check_previous(out, f"--out {out_dir}")
     if not write and not cfg.resume:
         return None
     try:
@@ -567,12 +585,9 @@ def start_run(out_dir, cfg, write: bool = True) -> dict | None:
     now = dataclasses.asdict(cfg)
     changed = sorted(k for k in set(now) | set(state["config"]) if k not in RESUME_IGNORES
                      and now.get(k) != state["config"].get(k))
-    try:  # and what it was started from (a run of an older minipost has no inputs.json: nothing to compare)
-        saved_inputs = json.loads((out / "inputs.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):
-        saved_inputs = None
-    inputs = input_digests(cfg)
-    if isinstance(saved_inputs, dict):
+    # and what it was started from (a run of an older minipost has no inputs.json: nothing to compare)
+    saved_inputs, inputs = read_json_dict(out / "inputs.json"), input_digests(cfg)
+    if saved_inputs is not None:
         changed += [f"the {INPUT_FIELDS.get(k, 'world (data/)')} it names (sha256 {saved_inputs.get(k, '-')!s:.8} "
                     f"-> {v:.8})" for k, v in inputs.items() if saved_inputs.get(k) != v]
     if changed and not cfg.allow_config_change:

@@ -41,8 +41,8 @@ from pathlib import Path
 from minipost import threads
 from minipost.bands import cpu_name
 from minipost.common import (DATA_DIR, DEVICE_HELP, InputError, atomic_write_bytes, check_can_create, check_config,
-                             check_device, check_out_dir, config_with_preset, field, file_digest, main, pick_device,
-                             read_jsonl, save_json)
+                             check_device, check_out_dir, config_with_preset, field, file_digest, jsonl_bytes, main,
+                             pick_device, read_json_dict, read_jsonl, save_json)
 from minipost.evals import binomial_ci, evaluate_checkpoint, read_report
 from minipost.model import load_model
 from minipost.reward_model import KIND as JUDGE
@@ -157,8 +157,7 @@ def mixes(seed: int, reading: int = world_lab.N_READING) -> dict[str, tuple[byte
     for name, (rows, sources) in files.items():
         rows = list(rows)
         random.Random(f"{seed}-{name}").shuffle(rows)
-        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)  # as write_jsonl writes it
-        data[name] = text.encode("utf-8"), ", ".join(str(DATA_DIR / f) for f in sources)
+        data[name] = jsonl_bytes(rows), ", ".join(str(DATA_DIR / f) for f in sources)
     return data
 
 
@@ -611,15 +610,12 @@ def run_lab(cfg: Config) -> dict:
         seconds[part] = time.time() - t0
         print(f"== lab: {part}: {seconds[part]:.0f} s")
     result["seconds"] = seconds
-    try:  # the parts not run now keep their results of an earlier run into this --out, if of the same config
-        earlier = json.loads((out / "lab.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):
-        earlier = {}
-    same = isinstance(earlier, dict) and isinstance(earlier.get("config"), dict) and \
+    earlier = read_json_dict(out / "lab.json") or {}  # parts not run now keep their earlier results: same config
+    same = isinstance(earlier.get("config"), dict) and \
         all(earlier["config"].get(k) == result["config"][k] for k in SAME_RESULTS) and \
         earlier.get("pipeline_sha256") == result["pipeline_sha256"]
     for part in PARTS:
-        if part not in result and isinstance(earlier, dict) and isinstance(earlier.get(part), dict):
+        if part not in result and isinstance(earlier.get(part), dict):
             if not same:
                 print(f"== lab: {out / 'lab.json'} held {part} results of another config ({', '.join(SAME_RESULTS)}"
                       f" or the pipeline's weights): not kept")

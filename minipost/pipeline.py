@@ -23,15 +23,14 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from minipost import dist, threads
 from minipost.common import (DATA_DIR, DEVICE_HELP, INPUT_FIELDS, RESUME_IGNORES, InputError, check_config,
-                             check_device, config_with_preset, field, input_digests, load_checkpoint, main,
-                             pick_device, read_jsonl, save_json)
+                             check_device, check_previous, config_with_preset, field, input_digests,
+                             load_checkpoint, main, pick_device, read_json_dict, read_jsonl, save_json)
 from minipost.evals import eval_answers, evaluate_items, write_report
 from minipost.reward_model import RewardModel
 from minipost.tokenizer import get_tokenizer
@@ -149,14 +148,12 @@ def plan(name: str, stage_cfg, fresh: bool = False, known: dict | None = None, s
     OUT/previous/ as it starts. minipost.lab plans its own runs with it too."""
     out = Path(stage_cfg.out)
     model, state = out / "model.pt", out / "state.pt"
-    for folder in (out / "previous", out / "previous" / "unfinished"):
-        if folder.exists() and not folder.is_dir() or folder.is_symlink():
-            raise InputError(f"{folder} is not a folder (a run keeps its earlier run there); move it away")
+    check_previous(out, name)
     if fresh or not (model.exists() or state.exists()):
         return stage_cfg, "run"
     stale = f"== {name}: the run in {out} started from an earlier {getattr(stage_cfg, 'init', '')}, retrained " \
             f"since or now: it runs again (its files move to {out / 'previous'}/)"
-    if derived and known and "init" in known and known["init"] is None:
+    if known and "init" in known and known["init"] is None:  # rewritten before this run starts
         print(stale)
         return stage_cfg, "run"
     step = load_checkpoint(model, required=("step",))["step"] if model.exists() else None
@@ -199,11 +196,8 @@ def plan(name: str, stage_cfg, fresh: bool = False, known: dict | None = None, s
 
 def read_saved_json(path: Path, what: str, redo: str) -> dict:
     """A run's saved config.json or inputs.json; missing or unreadable: an InputError of `what` and `redo`."""
-    try:
-        saved = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):
-        saved = None
-    if not isinstance(saved, dict):
+    saved = read_json_dict(path)
+    if saved is None:
         raise InputError(f"{what}, but no readable {path} records what it was trained with; {redo}")
     return saved
 
