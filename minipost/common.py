@@ -420,8 +420,10 @@ def save_json(path: str | os.PathLike, obj) -> None:
 class MetricsLogger:
     """Appends one JSON object per call to OUT/metrics.jsonl (flushed at once, so a crash keeps what was logged).
 
+    A value not measured at that step (a held-out loss before the first evaluation) is written as JSON `null`.
     A fresh run (resume_step None) starts the file anew. A resumed run keeps the rows up to resume_step and
-    drops any logged after it (a run killed after logging step 57 but checkpointing at 50 redoes 51-57)."""
+    drops any logged after it (a run killed after logging step 57 but checkpointing at 50 redoes 51-57); rows
+    of an older file that wrote a missing value as the string "nan" are rewritten with `null`."""
 
     def __init__(self, out_dir: str | os.PathLike, resume_step: int | None = None, enabled: bool = True):
         self.enabled = enabled  # False: log() and close() do nothing (the other ranks of a torchrun job)
@@ -432,7 +434,8 @@ class MetricsLogger:
         if resume_step is not None and self.path.exists():
             rows = [r for r in self.path.read_text(encoding="utf-8").splitlines() if r.strip()]
             kept = [r for r in rows if _row_step(r) is not None and _row_step(r) <= resume_step]
-            atomic_write_bytes(self.path, "".join(r + "\n" for r in kept).encode("utf-8"))
+            atomic_write_bytes(self.path, "".join(json.dumps(_missing_as_null(json.loads(r))) + "\n"
+                                                  for r in kept).encode("utf-8"))
         self._f = open(self.path, "a" if resume_step is not None else "w", encoding="utf-8")
 
     def log(self, step: int, **metrics) -> dict:
@@ -447,6 +450,15 @@ class MetricsLogger:
             self._f.close()
 
 
+def read_metrics(path: str | os.PathLike) -> list[dict]:
+    """The rows of a metrics.jsonl, a missing value as None (also where an older file wrote the string "nan")."""
+    return [_missing_as_null(r) for r in read_jsonl(path, allow_empty=True)]
+
+
+def _missing_as_null(row: dict) -> dict:
+    return {k: None if v in ("nan", "inf", "-inf") else v for k, v in row.items()}
+
+
 def _row_step(line: str):
     try:
         return json.loads(line).get("step")
@@ -458,7 +470,7 @@ def _plain(v):
     if isinstance(v, torch.Tensor):
         v = v.item()
     if isinstance(v, float):
-        return round(v, 6) if math.isfinite(v) else str(v)
+        return round(v, 6) if math.isfinite(v) else None  # not measured at this step: JSON null
     return v
 
 

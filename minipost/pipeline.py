@@ -30,7 +30,7 @@ from pathlib import Path
 from minipost import dist, threads
 from minipost.common import (DATA_DIR, DEVICE_HELP, INPUT_FIELDS, RESUME_IGNORES, InputError, check_config,
                              check_device, check_previous, config_with_preset, field, input_digests,
-                             load_checkpoint, main, pick_device, read_json_dict, read_jsonl, save_json)
+                             load_checkpoint, main, pick_device, read_json_dict, read_jsonl, read_metrics, save_json)
 from minipost.evals import eval_answers, evaluate_items, write_report
 from minipost.reward_model import RewardModel
 from minipost.tokenizer import get_tokenizer
@@ -219,7 +219,7 @@ def run_planned(name: str, module, stage_cfg, what: str) -> Path:
 
 def train_seconds(out: Path) -> float:
     """A run's training seconds, from its metrics.jsonl (the same whether it ran now, resumed or is reused)."""
-    rows = read_jsonl(out / "metrics.jsonl", allow_empty=True) if (out / "metrics.jsonl").is_file() else []
+    rows = read_metrics(out / "metrics.jsonl") if (out / "metrics.jsonl").is_file() else []
     return max((r["elapsed_s"] for r in rows if isinstance(r.get("elapsed_s"), (int, float))), default=0.0)
 
 

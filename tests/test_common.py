@@ -315,6 +315,23 @@ def test_metrics_logger_on_resume_drops_rows_after_the_checkpoint(tmp_path):
     assert [json.loads(r)["step"] for r in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
 
 
+def test_a_value_not_measured_is_json_null_and_an_older_files_nan_strings_read_as_null(tmp_path):
+    from minipost.common import read_metrics
+    log = MetricsLogger(tmp_path)
+    row = log.log(1, loss=torch.tensor(0.25), val_loss=float("nan"), grad_norm=float("inf"))
+    log.close()
+    assert row == {"step": 1, "loss": 0.25, "val_loss": None, "grad_norm": None}
+    assert (tmp_path / "metrics.jsonl").read_text() == '{"step": 1, "loss": 0.25, "val_loss": null, "grad_norm": null}\n'
+    # a file written before missing values were null: readers see None, and a resume rewrites the kept rows
+    old = '{"step": 1, "loss": 0.5, "val_loss": "nan"}\n{"step": 2, "loss": 0.25, "val_loss": 1.5}\n'
+    (tmp_path / "metrics.jsonl").write_text(old)
+    assert read_metrics(tmp_path / "metrics.jsonl") == [{"step": 1, "loss": 0.5, "val_loss": None},
+                                                        {"step": 2, "loss": 0.25, "val_loss": 1.5}]
+    MetricsLogger(tmp_path, resume_step=2).close()
+    assert (tmp_path / "metrics.jsonl").read_text() == old.replace('"nan"', "null")
+    assert json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])["val_loss"] is None
+
+
 def test_device_names_are_checked_with_one_line_errors():
     from minipost.common import check_device, pick_device
 

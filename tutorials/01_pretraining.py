@@ -12,11 +12,10 @@
 # Set MINIPOST_SMOKE=1 for a 20-second version (the test suite runs it that way).
 
 # %%
-import json
 import os
 from pathlib import Path
 
-from minipost.common import DATA_DIR, config_with_preset, read_jsonl
+from minipost.common import DATA_DIR, config_with_preset, read_jsonl, read_metrics
 from minipost.evals import probe_scores
 from minipost.model import load_model
 from minipost.pretrain import PRESETS, Config, train
@@ -41,7 +40,7 @@ print(summary)
 # small and repetitive. README.md lists the numbers measured on a 2-core CPU.
 
 # %%
-rows = [json.loads(line) for line in (OUT / "metrics.jsonl").read_text().splitlines()]
+rows = read_metrics(OUT / "metrics.jsonl")  # one dict per logged step; None: not measured at that step
 print("step  loss   held-out")
 for r in rows[:: max(1, len(rows) // 10)] + rows[-1:]:
     print(f"{r['step']:4d}  {r['loss']:.3f}  {r['val_loss']}")

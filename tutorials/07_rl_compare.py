@@ -15,13 +15,12 @@
 # 3 x 4 minutes of training plus the evaluations on a 2-core CPU.
 
 # %%
-import json
 from pathlib import Path
 
 import minipost  # noqa: F401  first: it makes torch's idle threads sleep (minipost/threads.py)
 import torch
 
-from minipost.common import DATA_DIR, config_with_preset, read_jsonl
+from minipost.common import DATA_DIR, config_with_preset, read_jsonl, read_metrics
 from minipost import grpo, ppo, reinforce
 from minipost.evals import evaluate_items, write_report
 
@@ -57,7 +56,7 @@ for name, s in summaries.items():
 # %%
 curves = {}
 for name in METHODS:
-    rows = [json.loads(line) for line in (OUT / name / "metrics.jsonl").read_text().splitlines()]
+    rows = read_metrics(OUT / name / "metrics.jsonl")
     curves[name] = [(r["step"], r["elapsed_s"], r["eval_arithmetic"]) for r in rows if "eval_arithmetic" in r]
     print(name, [(s, round(a, 3)) for s, _, a in curves[name]])
 try:

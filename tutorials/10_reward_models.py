@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from minipost import grpo, reward_model
-from minipost.common import DATA_DIR, config_with_preset, read_jsonl
+from minipost.common import DATA_DIR, config_with_preset, read_jsonl, read_metrics
 from minipost.evals import eval_answers, per_domain, win_items
 from minipost.reward_model import RewardModel
 from minipost.world import check
@@ -143,7 +143,7 @@ for beta in (0.0, 0.1):
     if not (out / "summary.json").exists():
         cfg = config_with_preset(grpo.Config, grpo.PRESETS, preset="nano", out=str(out), beta=beta, **shared)
         grpo.train(cfg)
-    runs[beta] = [r for r in read_jsonl(out / "metrics.jsonl") if "reward" in r]
+    runs[beta] = [r for r in read_metrics(out / "metrics.jsonl") if "reward" in r]
     first, last = runs[beta][:10], runs[beta][-10:]
     print(f"beta {beta}: proxy r_rm {statistics.mean(r['r_rm'] for r in first):+.2f} -> "
           f"{statistics.mean(r['r_rm'] for r in last):+.2f}, gold r_correct "

@@ -48,8 +48,8 @@ def start_checkpoint(out: Path, candidates=RL_STARTS) -> str:
 
 def training_rows(out: Path) -> list[dict]:
     """The per-step training rows of OUT/metrics.jsonl (held-out evaluation rows have no `reward`)."""
-    from minipost.common import read_jsonl
-    return [r for r in read_jsonl(out / "metrics.jsonl") if "reward" in r]
+    from minipost.common import read_metrics
+    return [r for r in read_metrics(out / "metrics.jsonl") if "reward" in r]
 
 
 def every_tenth(rows: list[dict]) -> list[dict]:
