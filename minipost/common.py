@@ -420,10 +420,11 @@ def save_json(path: str | os.PathLike, obj) -> None:
 class MetricsLogger:
     """Appends one JSON object per call to OUT/metrics.jsonl (flushed at once, so a crash keeps what was logged).
 
-    A value not measured at that step (a held-out loss before the first evaluation) is written as JSON `null`.
-    A fresh run (resume_step None) starts the file anew. A resumed run keeps the rows up to resume_step and
-    drops any logged after it (a run killed after logging step 57 but checkpointing at 50 redoes 51-57); rows
-    of an older file that wrote a missing value as the string "nan" are rewritten with `null`."""
+    A value not measured at that step (None: a held-out loss before the first evaluation) is written as JSON
+    `null`; a measured value that is not finite (a gradient norm that overflowed, the row before a run stops) as
+    the string "nan", "inf" or "-inf", since JSON has no such numbers. A fresh run (resume_step None) starts the
+    file anew. A resumed run keeps the rows up to resume_step as they are and drops any logged after it (a run
+    killed after logging step 57 but checkpointing at 50 redoes 51-57)."""
 
     def __init__(self, out_dir: str | os.PathLike, resume_step: int | None = None, enabled: bool = True):
         self.enabled = enabled  # False: log() and close() do nothing (the other ranks of a torchrun job)
@@ -434,8 +435,7 @@ class MetricsLogger:
         if resume_step is not None and self.path.exists():
             rows = [r for r in self.path.read_text(encoding="utf-8").splitlines() if r.strip()]
             kept = [r for r in rows if _row_step(r) is not None and _row_step(r) <= resume_step]
-            atomic_write_bytes(self.path, "".join(json.dumps(_missing_as_null(json.loads(r))) + "\n"
-                                                  for r in kept).encode("utf-8"))
+            atomic_write_bytes(self.path, "".join(r + "\n" for r in kept).encode("utf-8"))
         self._f = open(self.path, "a" if resume_step is not None else "w", encoding="utf-8")
 
     def log(self, step: int, **metrics) -> dict:
@@ -450,27 +450,35 @@ class MetricsLogger:
             self._f.close()
 
 
+NON_FINITE = ("nan", "inf", "-inf")  # how metrics.jsonl writes a measured value that is not a finite number
+
+
 def read_metrics(path: str | os.PathLike) -> list[dict]:
-    """The rows of a metrics.jsonl, a missing value as None (also where an older file wrote the string "nan")."""
-    return [_missing_as_null(r) for r in read_jsonl(path, allow_empty=True)]
-
-
-def _missing_as_null(row: dict) -> dict:
-    return {k: None if v in ("nan", "inf", "-inf") else v for k, v in row.items()}
+    """The rows of a metrics.jsonl, one dict per logged step: None where a value was not measured (null), and a
+    float for the strings "nan", "inf" and "-inf" (a measured value that was not finite; files written before
+    missing values were null also used "nan" for a held-out value not yet measured)."""
+    return [{k: float(v) if v in NON_FINITE else v for k, v in row.items()}
+            for row in read_jsonl(path, allow_empty=True)]
 
 
 def _row_step(line: str):
     try:
-        return json.loads(line).get("step")
+        step = json.loads(line).get("step")
     except (json.JSONDecodeError, AttributeError):  # a half-written last line from a kill
         return None
+    return step if isinstance(step, int) else None
 
 
 def _plain(v):
+    """A logged value as JSON: a number rounded to 6 decimals, None as null, a non-finite float as a string."""
     if isinstance(v, torch.Tensor):
         v = v.item()
     if isinstance(v, float):
-        return round(v, 6) if math.isfinite(v) else None  # not measured at this step: JSON null
+        return round(v, 6) if math.isfinite(v) else str(v)
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
     return v
 
 

@@ -64,14 +64,13 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
-from minipost import dist, threads
-from minipost.common import (DATA_DIR, DEVICE_HELP, InputError, MetricsLogger, autocast, check_config, check_device,
-                             check_finite, field, main, pick_device, read_jsonl, save_checkpoint, save_state,
-                             seed_everything, start_run)
+from minipost import threads
+from minipost.common import (DATA_DIR, DEVICE_HELP, InputError, autocast, check_config, check_device, field, main,
+                             read_jsonl)
 from minipost.data import IGNORE, EpochBatches, load_prefs, num_targets, pair_batch, tokenize_pairs
 from minipost.evals import pair_logps, per_domain, preference_accuracy, write_samples
+from minipost.harness import Run
 from minipost.logprobs import sequence_logprobs
 from minipost.lora import add_lora_from_flags, merge_lora, parse_targets, trainable, training_bytes
 from minipost.model import check_same_tokenizer, load_model, model_checkpoint
@@ -177,12 +176,9 @@ def dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_r
 
 
 def train(cfg: Config) -> dict:
-    ranks = dist.setup(pick_device(cfg.device))  # torchrun: this process's rank and device (else one process)
-    device = ranks.device
-    out = Path(cfg.out)
-    print(threads.configure(cfg.threads))
-    seed_everything(cfg.seed)
-    mine = dist.shard(cfg.batch_size, ranks)  # this rank's pairs of every global batch (all of them alone)
+    run = Run(cfg, "dpo")  # torchrun ranks, CPU threads, seeds, the run folder: minipost/harness/run.py
+    mine = run.shard(cfg.batch_size)  # this process's pairs of every global batch (all of them alone)
+    device = run.device
 
     # ---- models: the policy starts as the init checkpoint; the reference is a frozen copy of it (or --ref)
     for flag, path in (("--init", cfg.init), ("--ref", cfg.ref)):
@@ -214,20 +210,12 @@ def train(cfg: Config) -> dict:
         sample_path.exists()) else []
     pad_id = special_id(enc, "<|pad|>")
 
-    # ---- optimizer and data order
+    # ---- optimizer and data order; then the run folder (a resume restores them here)
     optimizer = adamw(model, lr=cfg.lr, weight_decay=cfg.weight_decay, device=device)
     batches = EpochBatches(len(pairs), cfg.batch_size, seed=cfg.seed + 1)  # B pair indices per step
-
-    # ---- the run folder: nothing in OUT has changed before this line
-    state = start_run(out, cfg, write=ranks.main)
-    if state:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        batches.load_state_dict(state["data"])
-    steps_done = state["step"] if state else 0
-    eval_acc = state["eval_pref_acc"] if state else float("nan")  # the last held-out accuracy, logged every row
-    stats = state["stats"] if state else {}
-    elapsed_before = state["elapsed_s"] if state else 0.0
+    run.start(model=model, optimizer=optimizer, data=batches)
+    eval_acc = run.resumed_value("eval_pref_acc", None)  # the last held-out accuracy, logged every row
+    stats = run.resumed_value("stats", {})
 
     # ---- the reference's log-probs, once: it never changes (a resumed run recomputes the same numbers)
     t_ref = time.time()
@@ -238,20 +226,15 @@ def train(cfg: Config) -> dict:
           f"{time.time() - t_ref:.1f} s")
 
     # ---- the loop
-    logger = MetricsLogger(out, resume_step=steps_done if state else None, enabled=ranks.main)
     micro = min(cfg.micro_batch_size or cfg.batch_size, mine.stop - mine.start)  # pairs per forward/backward
     model.eval()  # dropout off (see the docstring); gradients flow as usual
-    t0 = time.time()
-    bar = tqdm(range(steps_done, cfg.max_steps), initial=steps_done, total=cfg.max_steps,
-               disable=not (cfg.progress and ranks.main), desc="dpo")
-    for step in bar:
-        lr = cosine_lr(step, lr=cfg.lr, warmup_steps=cfg.warmup_steps, max_steps=cfg.max_steps,
-                       min_lr_ratio=cfg.min_lr_ratio)
-        set_lr(optimizer, lr)
-        idx = next(batches)  # B pair indices, the same on every rank
+    for step in run.steps():
+        lr = set_lr(optimizer, cosine_lr(step, lr=cfg.lr, warmup_steps=cfg.warmup_steps, max_steps=cfg.max_steps,
+                                         min_lr_ratio=cfg.min_lr_ratio))
+        idx = next(batches)  # B pair indices, the same on every process
         B = len(idx)
         chosen_tokens = sum(num_targets(pairs[i][0]) for i in idx)  # the whole batch's (every rank's pairs)
-        idx = idx[mine]  # this rank's pairs
+        idx = idx[mine]  # this process's pairs
         micro_idx = [idx[s:s + micro] for s in range(0, len(idx), micro)]
         micro_xy = [pair_batch([pairs[i] for i in mb], pad_id) for mb in micro_idx]  # (2b, T) each, chosen first
         stats = {k: 0.0 for k in ("loss", "nll_loss", "rewards/chosen", "rewards/rejected", "rewards/margins",
@@ -270,7 +253,7 @@ def train(cfg: Config) -> dict:
             nll = -logps[:b].sum() / chosen_tokens  # its share of the per-token NLL of the batch's chosen answers
             if cfg.rpo_alpha:  # RPO: also imitate the chosen answers; logged as `nll_loss`
                 loss = loss + cfg.rpo_alpha * nll
-            check_finite(loss, "loss", step + 1, out)
+            run.check(loss, "loss")
             loss.backward()
             stats["nll_loss"] += nll.item()
             for k, v in (("loss", losses.mean()), ("rewards/chosen", chosen_r.mean()),
@@ -278,50 +261,28 @@ def train(cfg: Config) -> dict:
                          ("rewards/accuracies", (chosen_r > rejected_r).float().mean()),
                          ("logps/chosen", logps[:b].detach().mean()), ("logps/rejected", logps[b:].detach().mean())):
                 stats[k] += v.item() * weight
-        dist.all_reduce_grads(model, ranks)  # the ranks' gradients sum to the whole batch's
-        stats = {k: dist.all_reduce_sum(v, ranks) for k, v in stats.items()}
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        grad_norm = run.optimizer_step(model, optimizer, cfg.grad_clip)
+        stats = {k: run.sum(v) for k, v in stats.items()}
 
-        steps_done = step + 1
-        due = (cfg.eval_every and steps_done % cfg.eval_every == 0) or steps_done == cfg.max_steps
-        if eval_ref is not None and due:
+        if eval_ref is not None and run.eval_due(cfg.eval_every):
             eval_chosen, eval_rejected = pair_logps(model, eval_pairs, pad_id, impl=cfg.logprobs_impl)  # (M,) each
-            check_finite(torch.cat([eval_chosen, eval_rejected]), "held-out log-probs", steps_done, out)
+            run.check(torch.cat([eval_chosen, eval_rejected]), "held-out log-probs")
             eval_acc = preference_accuracy(eval_chosen, eval_rejected, *eval_ref)
-        elapsed = elapsed_before + time.time() - t0
-        if steps_done % cfg.log_every == 0 or steps_done == 1 or steps_done == cfg.max_steps:
-            held = {"eval_pref_acc": eval_acc} if eval_pairs else {}  # no held-out pairs: nothing to log
-            logger.log(steps_done, **stats, **held, lr=lr, grad_norm=grad_norm, steps_per_s=steps_done / elapsed,
-                       elapsed_s=elapsed)
-            bar.set_postfix(loss=f"{stats['loss']:.3f}", margin=f"{stats['rewards/margins']:.2f}",
-                            acc=f"{stats['rewards/accuracies']:.2f}")
-        if ranks.main and (steps_done % cfg.save_every == 0 or steps_done == cfg.stop_after):
-            save_state(out, steps_done, cfg, model=model.state_dict(), optimizer=optimizer.state_dict(),
-                       data=batches.state_dict(), eval_pref_acc=eval_acc, stats=stats, elapsed_s=elapsed)
-        if steps_done == cfg.stop_after:
-            break
-    bar.close()
-    logger.close()
-    elapsed = time.time() - t0
-    summary = {**stats, "eval_pref_acc": eval_acc if eval_pairs else None, "steps": steps_done, "seconds": elapsed,
-               "steps_per_s": (steps_done - (state["step"] if state else 0)) / max(elapsed, 1e-9),
-               "device": str(device), "trainable_params": trainable_params,
-               "training_bytes": training_bytes(model, optimizer)}
-    if steps_done < cfg.max_steps:
-        print(f"dpo stopped after step {steps_done} (--stop-after): state in {out / 'state.pt'}; "
-              "continue with --resume true")
-        return summary
-    merge_lora(model)  # (no adapters: nothing to do) model.pt holds plain weights that every command loads
-    if ranks.main:
-        save_checkpoint(out / "model.pt", model_checkpoint(model, ckpt["tokenizer"], cfg.max_steps))
-        if sample_records:
-            write_samples(model, enc, out / "samples.txt", sample_records)
-    dist.barrier(ranks)  # the next stage (the pipeline) reads model.pt on every rank
-    held = f"held-out preference accuracy {eval_acc:.3f}" if eval_pairs else "no held-out pairs"
-    print(f"dpo done: loss {stats['loss']:.3f}, margin {stats['rewards/margins']:.2f}, {held}, "
-          f"{summary['steps_per_s']:.2f} steps/s, {elapsed:.0f} s on {device}")
+        held = {"eval_pref_acc": eval_acc} if eval_pairs else {}  # no held-out pairs: nothing to log
+        run.log(**stats, **held, lr=lr, grad_norm=grad_norm, steps_per_s=run.step / run.elapsed)
+        run.end_step(eval_pref_acc=eval_acc, stats=stats)
+
+    # ---- the outputs later stages read: model.pt (plain weights: LoRA adapters merged), samples.txt
+    summary = {**stats, "eval_pref_acc": eval_acc if eval_pairs else None, "steps": run.step, "seconds": run.elapsed,
+               "steps_per_s": run.step / max(run.elapsed, 1e-9), "device": str(device),
+               "trainable_params": trainable_params, "training_bytes": training_bytes(model, optimizer)}
+    if run.done:
+        merge_lora(model)  # (no adapters: nothing to do) model.pt holds plain weights that every command loads
+    if run.finish(model_checkpoint(model, ckpt["tokenizer"], run.step),
+                  samples=(lambda path: write_samples(model, enc, path, sample_records)) if sample_records else None):
+        held = f"held-out preference accuracy {eval_acc:.3f}" if eval_pairs else "no held-out pairs"
+        print(f"dpo done: loss {stats['loss']:.3f}, margin {stats['rewards/margins']:.2f}, {held}, "
+              f"{summary['steps_per_s']:.2f} steps/s, {run.elapsed:.0f} s on {device}")
     return summary
 
 

@@ -583,10 +583,3 @@ def read_report(path) -> dict:
 
 if __name__ == "__main__":
     main()
-
-
-def log_heldout(logger, step: int, policy, enc, eval_records: list[dict], elapsed_s: float) -> dict:
-    """heldout_scores of the RL policy, logged as one metrics.jsonl row (common.MetricsLogger) -> the scores."""
-    scores = heldout_scores(policy, enc, eval_records)
-    logger.log(step, **scores, elapsed_s=elapsed_s)
-    return scores

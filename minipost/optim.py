@@ -36,6 +36,8 @@ def linear_decay_lr(step: int, *, lr: float, max_steps: int) -> float:
     return lr * (1 - step / max_steps)
 
 
-def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> float:
+    """Set every parameter group's learning rate to lr; returns lr (to log it)."""
     for group in optimizer.param_groups:
         group["lr"] = lr
+    return lr

@@ -30,7 +30,7 @@ from pathlib import Path
 from minipost import dist, threads
 from minipost.common import (DATA_DIR, DEVICE_HELP, INPUT_FIELDS, RESUME_IGNORES, InputError, check_config,
                              check_device, check_previous, config_with_preset, field, input_digests,
-                             load_checkpoint, main, pick_device, read_json_dict, read_jsonl, read_metrics, save_json)
+                             load_checkpoint, main, pick_device, read_json_dict, read_metrics, save_json)
 from minipost.evals import eval_answers, evaluate_items, write_report
 from minipost.reward_model import RewardModel
 from minipost.tokenizer import get_tokenizer

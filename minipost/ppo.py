@@ -47,20 +47,16 @@ Run:  python -m minipost.ppo --init runs/dpo/model.pt --out runs/ppo
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from minipost import dist, threads
-from minipost.common import (DATA_DIR, DEVICE_HELP, KL_LOSSES, InputError, MetricsLogger, add_info, check_config,
-                             check_device, check_finite, check_kl_flags, field, kl_estimate, kl_loss_term,
-                             largest_weight, main, pick_device, save_checkpoint, save_json, save_state,
-                             seed_everything, start_run)
-from minipost.evals import log_heldout, per_domain, write_samples
+from minipost.common import (DATA_DIR, DEVICE_HELP, KL_LOSSES, InputError, add_info, check_config, check_device,
+                             check_kl_flags, field, kl_estimate, kl_loss_term, largest_weight, main)
+from minipost.evals import heldout_scores, per_domain, write_samples
+from minipost.harness import Run
 from minipost.logprobs import masked_mean, whiten
 from minipost.model import load_model, model_checkpoint
 from minipost.optim import adamw, linear_decay_lr, set_lr
@@ -265,13 +261,14 @@ def ppo_advantages(critic, batch_rollout, scores, ref_logps, cfg: Config, ranks:
 
 
 def update(policy, critic, optimizer, critic_optimizer, batch_rollout, ref_logps, advantages, returns, old_values,
-           cfg: Config, order_gen: torch.Generator, step: int, out: Path, ranks: dist.Ranks = dist.Ranks()) -> dict:
+           cfg: Config, order_gen: torch.Generator, run: Run) -> dict:
     """ppo_epochs passes over one rollout batch, each num_minibatches optimizer steps of policy and critic
     together, each accumulated over micro-batches -> info, averaged over the batch's tokens and passes (token
     metrics) or its optimizer steps (losses, grad_norm). Under torchrun the batch is this rank's part of the
     whole one: every rank shuffles the whole batch into the same minibatches and works on its own rows of each;
     weights are token shares of the whole minibatch, and gradients and info are summed over the ranks."""
     mask, old_logps = batch_rollout.completion_mask, batch_rollout.logprobs  # (B, T) each
+    ranks = run.ranks
     tokens = torch.tensor(dist.all_gather_lists(mask.sum(dim=1).tolist(), ranks))  # (N,) every rank's rows
     n, first = len(tokens), ranks.rank * len(batch_rollout)  # rows of the whole batch; this rank's first one
     mb_size = -(-n // cfg.num_minibatches)  # rows per minibatch (the last may have fewer)
@@ -297,31 +294,22 @@ def update(policy, critic, optimizer, critic_optimizer, batch_rollout, ref_logps
                 loss = policy_loss + cfg.vf_coef * value_loss  # two separate models: each gets its own term's gradient
                 info = {"loss": loss.detach(), **policy_info, **value_info}
                 weight = mask[idx].sum().item() / mb_tokens  # token means: token share
-                check_finite(loss, "loss", step + 1, out)
+                run.check(loss, "loss")
                 (loss * weight).backward()
                 add_info(totals, info, weight / n_steps, mask[idx].sum().item() / int(tokens.sum()) / cfg.ppo_epochs)
-            dist.all_reduce_grads(policy, ranks)  # the ranks' gradients sum to the whole minibatch's
-            dist.all_reduce_grads(critic, ranks)
-            grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip or float("inf"))
-            torch.nn.utils.clip_grad_norm_(critic.parameters(), cfg.grad_clip or float("inf"))
-            optimizer.step()
-            critic_optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            critic_optimizer.zero_grad(set_to_none=True)
+            grad_norm = run.optimizer_step(policy, optimizer, cfg.grad_clip)  # (the policy's norm is the one logged)
+            run.optimizer_step(critic, critic_optimizer, cfg.grad_clip)
             totals["grad_norm"] = totals.get("grad_norm", 0.0) + grad_norm.item() / n_steps
-    check_finite(largest_weight(policy), "the policy's largest |weight|", step + 1, out)
-    check_finite(largest_weight(critic), "the critic's largest |weight|", step + 1, out)
-    return {k: v if k == "grad_norm" else dist.all_reduce_sum(v, ranks) for k, v in totals.items()}
+    run.check(largest_weight(policy), "the policy's largest |weight|")
+    run.check(largest_weight(critic), "the critic's largest |weight|")
+    return {k: v if k == "grad_norm" else run.sum(v) for k, v in totals.items()}
 
 
 def train(cfg: Config, reward_fn=None) -> dict:
     """Run the objective; `reward_fn(prompt, completion, record) -> float` replaces cfg.reward if given."""
-    ranks = dist.setup(pick_device(cfg.device))  # torchrun: this process's rank and device (else one process)
-    device = ranks.device
-    print(threads.configure(cfg.threads))
-    seed_everything(cfg.seed)
-    out = Path(cfg.out)
-    dist.shard(cfg.prompts_per_step, ranks, "--prompts-per-step")  # whole groups per rank: checked before anything
+    run = Run(cfg, "ppo")  # torchrun ranks, CPU threads, seeds, the run folder: minipost/harness/run.py
+    device, ranks = run.device, run.ranks
+    run.shard(cfg.prompts_per_step, "--prompts-per-step")  # whole groups per process: checked before anything
 
     # ---- inputs, every one checked before anything is written: reward, the policy, prompts, the reference
     reward_fn = reward_fn or parse_reward(cfg.reward)
@@ -345,70 +333,43 @@ def train(cfg: Config, reward_fn=None) -> dict:
     gen = torch.Generator(device=device).manual_seed(cfg.seed)  # sampling
     order_gen = torch.Generator().manual_seed(cfg.seed)  # prompt order, then each batch's minibatch shuffles
     perm, pos = torch.randperm(len(records), generator=order_gen), 0
-    state = start_run(out, cfg, write=ranks.main)
-    if state:
-        policy.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        critic.load_state_dict(state["critic"])
-        critic_optimizer.load_state_dict(state["critic_optimizer"])
-        gen.set_state(state["sample_generator"])
-        order_gen.set_state(state["order_generator"])
-        perm, pos = state["perm"], state["pos"]
-    logger = MetricsLogger(out, resume_step=state["step"] if state else None, enabled=ranks.main)
-    steps_done, elapsed_before = (state["step"], state["elapsed_s"]) if state else (0, 0.0)
-    t0 = time.time()
-    start_scores = state["start_scores"] if state else log_heldout(logger, 0, policy, enc, eval_records, 0.0)
-    end_scores = state["end_scores"] if state else start_scores
+    run.start(model=policy, optimizer=optimizer, critic=critic, critic_optimizer=critic_optimizer,
+              sample_generator=gen, order_generator=order_gen)
+    perm, pos = run.resumed_value("perm", perm), run.resumed_value("pos", pos)
+    start_scores = run.resumed_value("start_scores", None)
+    if start_scores is None:  # held-out scores before the first step
+        start_scores = heldout_scores(policy, enc, eval_records)
+        run.log(0, **start_scores)
+    end_scores = run.resumed_value("end_scores", start_scores)
     print("held-out at start: " + "  ".join(f"{k} {v:.3f}" for k, v in start_scores.items()))
 
     # ---- the loop: prompts, sample and score, advantages, update, log
-    bar = tqdm(range(steps_done, cfg.max_steps), initial=steps_done, total=cfg.max_steps,
-               disable=not (cfg.progress and ranks.main), desc="ppo")
-    for step in bar:
-        set_lr(optimizer, linear_decay_lr(step, lr=cfg.lr, max_steps=cfg.max_steps) if cfg.lr_decay else cfg.lr)
+    for step in run.steps():
+        lr = set_lr(optimizer, linear_decay_lr(step, lr=cfg.lr, max_steps=cfg.max_steps) if cfg.lr_decay else cfg.lr)
         prompts, perm, pos = next_prompts(records, perm, pos, cfg.prompts_per_step, order_gen)
         batch_rollout, ref_logps, scores, stats = sample_and_score(policy, ref, enc, prompts, reward_fn, cfg, gen,
                                                                    ranks)
         advantages, returns, old_values = ppo_advantages(critic, batch_rollout, scores, ref_logps, cfg,
                                                          ranks)  # (B, T) x3
-        zero_std = dist.all_reduce_sum(zero_spread(scores, cfg.group_size).float().mean().item(), ranks) / ranks.world
+        zero_std = run.sum(zero_spread(scores, cfg.group_size).float().mean().item()) / ranks.world
         explained_var = explained_variance(old_values, returns, batch_rollout.completion_mask, ranks)
         info = update(policy, critic, optimizer, critic_optimizer, batch_rollout, ref_logps, advantages, returns,
-                      old_values, cfg, order_gen, step, out, ranks)
+                      old_values, cfg, order_gen, run)
 
-        steps_done = step + 1
-        elapsed = elapsed_before + time.time() - t0
-        if steps_done % cfg.log_every == 0:
-            logger.log(steps_done, **stats, zero_std_frac=zero_std, **info, explained_var=explained_var,
-                       lr=optimizer.param_groups[0]["lr"], steps_per_s=steps_done / elapsed, elapsed_s=elapsed)
-        bar.set_postfix(reward=f"{stats['reward']:.3f}", kl=f"{info['kl_ref']:.4f}")
-        out_of_time = bool(dist.all_reduce_max(bool(cfg.max_seconds) and elapsed > cfg.max_seconds, ranks))  # all agree
-        if (cfg.eval_every and steps_done % cfg.eval_every == 0) or steps_done == cfg.max_steps or out_of_time:
-            end_scores = log_heldout(logger, steps_done, policy, enc, eval_records, elapsed)
-        stop = steps_done == cfg.stop_after or out_of_time
-        if ranks.main and (steps_done % cfg.save_every == 0 or steps_done == cfg.max_steps or stop):
-            save_state(out, steps_done, cfg, model=policy.state_dict(), optimizer=optimizer.state_dict(),
-                       critic=critic.state_dict(), critic_optimizer=critic_optimizer.state_dict(),
-                       sample_generator=gen.get_state(), order_generator=order_gen.get_state(), perm=perm, pos=pos,
-                       start_scores=start_scores, end_scores=end_scores, elapsed_s=elapsed)
-        if stop:
-            print(f"stopping after {steps_done} steps: " + (f"max_seconds={cfg.max_seconds} reached" if out_of_time
-                  else f"--stop-after {cfg.stop_after}; continue with --resume true"))
-            break
-    bar.close()
-    logger.close()
-    elapsed = elapsed_before + time.time() - t0
-    summary = {"steps": steps_done, "seconds": elapsed, "steps_per_s": steps_done / max(elapsed, 1e-9),
+        run.log(**stats, zero_std_frac=zero_std, **info, explained_var=explained_var, lr=lr,
+                steps_per_s=run.step / run.elapsed)
+        if run.eval_due(cfg.eval_every):
+            end_scores = heldout_scores(policy, enc, eval_records)
+            run.log(run.step, **end_scores)
+        run.end_step(perm=perm, pos=pos, start_scores=start_scores, end_scores=end_scores)
+
+    # ---- the outputs: model.pt, samples.txt, summary.json
+    summary = {"steps": run.step, "seconds": run.elapsed, "steps_per_s": run.step / max(run.elapsed, 1e-9),
                "start": start_scores, "end": end_scores, "device": str(device)}
-    if steps_done == cfg.stop_after and steps_done < cfg.max_steps:
-        return summary  # the run is not over: state.pt holds it, model.pt is written at the end
-    if ranks.main:
-        save_checkpoint(out / "model.pt", model_checkpoint(policy, ckpt["tokenizer"], steps_done))
-        write_samples(policy, enc, out / "samples.txt", per_domain(eval_records, 4))
-        save_json(out / "summary.json", summary)
-    dist.barrier(ranks)  # the next stage (the pipeline) reads model.pt on every rank
-    print(f"ppo done: {steps_done} steps in {elapsed:.0f} s; held-out " +
-          "  ".join(f"{k} {start_scores[k]:.3f} -> {end_scores[k]:.3f}" for k in end_scores if k in start_scores))
+    if run.finish(model_checkpoint(policy, ckpt["tokenizer"], run.step), summary=summary,
+                  samples=lambda path: write_samples(policy, enc, path, per_domain(eval_records, 4))):
+        print(f"ppo done: {run.step} steps in {run.elapsed:.0f} s; held-out " +
+              "  ".join(f"{k} {start_scores[k]:.3f} -> {end_scores[k]:.3f}" for k in end_scores if k in start_scores))
     return summary
 
 

@@ -20,19 +20,16 @@ Run:  python -m minipost.pretrain --out runs/pretrain            (the defaults: 
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
-from minipost import dist, threads
-from minipost.common import (DATA_DIR, DEVICE_HELP, InputError, MetricsLogger, autocast, check_config, check_device,
-                             check_finite, field, main, pick_device, read_jsonl, save_checkpoint, save_state,
-                             seed_everything, start_run)
+from minipost import threads
+from minipost.common import (DATA_DIR, DEVICE_HELP, InputError, autocast, check_config, check_device, field, main,
+                             read_jsonl)
 from minipost.data import load_texts, pack, packed_batch
 from minipost.evals import heldout_loss, per_domain, write_samples
+from minipost.harness import Run
 from minipost.logprobs import token_logprobs
 from minipost.model import GPT, PRESETS as MODEL_PRESETS, GPTConfig, check_same_tokenizer, load_model, model_checkpoint
 from minipost.optim import adamw, cosine_lr, set_lr
@@ -95,14 +92,71 @@ def next_token_loss(logits, targets, impl="auto"):
 
 
 def train(cfg: Config) -> dict:
-    ranks = dist.setup(pick_device(cfg.device))  # torchrun: this process's rank and device (else one process)
-    device = ranks.device
-    print(threads.configure(cfg.threads))
-    seed_everything(cfg.seed)
-    out = Path(cfg.out)
-    mine = dist.shard(cfg.batch_size, ranks)  # this rank's rows of every global batch (all of them alone)
+    run = Run(cfg, "pretrain")  # torchrun ranks, CPU threads, seeds, the run folder: minipost/harness/run.py
+    mine = run.shard(cfg.batch_size)  # this process's rows of every global batch (all of them alone)
 
     # ---- data: the world's corpus unless you pass your own; every file is checked before OUT is touched
+    enc, train_stream, val_stream, probes = load_corpus(cfg)
+
+    # ---- model and optimizer
+    if cfg.init:
+        model, init_enc, _ = load_model(cfg.init)
+        check_same_tokenizer(enc, init_enc, f"--tokenizer {cfg.tokenizer}", cfg.init)
+    else:
+        model = GPT(GPTConfig(vocab_size=enc.n_vocab, **MODEL_PRESETS[cfg.preset]))
+    if cfg.block_size > model.cfg.block_size:
+        raise InputError(f"--block-size {cfg.block_size}: the model ({cfg.init or cfg.preset + ' preset'}) sees at "
+                         f"most {model.cfg.block_size} tokens")
+    model.to(run.device)
+    optimizer = adamw(model, lr=cfg.lr, weight_decay=cfg.weight_decay, device=run.device)
+    fwd = torch.compile(model) if cfg.compile else model
+    print(f"model: {model.num_params() / 1e6:.2f}M parameters on {run.device}")
+    run.start(model=model, optimizer=optimizer)  # a resume restores these, the RNGs, the step and the clock
+    tokens_seen, val_loss = run.resumed_value("tokens_seen", 0), run.resumed_value("val_loss", None)
+
+    # ---- the loop
+    model.train()
+    micro = min(cfg.micro_batch_size or cfg.batch_size, mine.stop - mine.start)
+    for step in run.steps():
+        lr = set_lr(optimizer, cosine_lr(step, lr=cfg.lr, warmup_steps=cfg.warmup_steps, max_steps=cfg.max_steps,
+                                         min_lr_ratio=cfg.min_lr_ratio))
+        batch_gen = torch.Generator().manual_seed(cfg.seed * 100_003 + step)  # batches depend on (seed, step) only
+        batch_x, batch_y = packed_batch(train_stream, cfg.batch_size, cfg.block_size, batch_gen)  # (B, T) each
+        batch_x, batch_y = batch_x[mine], batch_y[mine]  # this process's B / N rows
+        loss_sum = 0.0
+        for i in range(0, len(batch_x), micro):
+            x, y = batch_x[i:i + micro].to(run.device), batch_y[i:i + micro].to(run.device)  # (b, T) each
+            with autocast(run.device):
+                logits = fwd(x)  # (b, T, V)
+            # every window has T targets, so the b/B share of the batch mean makes the sum the full-batch mean
+            loss = next_token_loss(logits, y, cfg.logprobs_impl) * (len(x) / cfg.batch_size)
+            run.check(loss, "loss")
+            loss.backward()
+            loss_sum += loss.item()
+        grad_norm = run.optimizer_step(model, optimizer, cfg.grad_clip)
+        tokens_seen += cfg.batch_size * cfg.block_size
+
+        if run.eval_due(cfg.eval_every):
+            val_loss = heldout_loss(model, val_stream, windows=cfg.eval_windows, block_size=cfg.block_size,
+                                    impl=cfg.logprobs_impl)
+            run.check(val_loss, "val_loss")
+        run.log(loss=run.sum(loss_sum), val_loss=val_loss, lr=lr, grad_norm=grad_norm,
+                tokens_per_s=tokens_seen / run.elapsed)
+        run.end_step(tokens_seen=tokens_seen, val_loss=val_loss)
+
+    # ---- the outputs later stages read: model.pt, samples.txt
+    summary = {"val_loss": val_loss, "tokens_per_s": tokens_seen / max(run.elapsed, 1e-9), "seconds": run.elapsed,
+               "params": model.num_params(), "device": str(run.device), "steps": run.step}
+    if run.finish(model_checkpoint(model, cfg.tokenizer, run.step),
+                  samples=lambda path: write_samples(model, enc, path, probes, chat=False)):
+        print(f"pretrain done: held-out loss {val_loss:.3f}, {summary['tokens_per_s']:,.0f} tokens/s, "
+              f"{run.elapsed:.0f} s on {run.device}")
+    return summary
+
+
+def load_corpus(cfg: Config):
+    """The tokenizer, the training and held-out token streams ((N,) and (M,)), and the probes samples.txt
+    answers; the world is built first if data/ lacks it. A file too short for one window is refused."""
     train_path = cfg.data or DATA_DIR / "pretrain.jsonl"
     val_path = cfg.val_data or DATA_DIR / "pretrain_val.jsonl"
     if not all((DATA_DIR / f).exists() for f in ("pretrain.jsonl", "pretrain_val.jsonl", "probes.jsonl")):
@@ -116,93 +170,7 @@ def train(cfg: Config) -> dict:
                              f"{cfg.block_size} (+1 target)")
     probes = per_domain(read_jsonl(DATA_DIR / "probes.jsonl", required={"prompt": str, "domain": str}), 4)
     print(f"train tokens {len(train_stream):,}  held-out tokens {len(val_stream):,}  vocab {enc.n_vocab}")
-
-    # ---- model and optimizer
-    if cfg.init:
-        model, init_enc, _ = load_model(cfg.init)
-        check_same_tokenizer(enc, init_enc, f"--tokenizer {cfg.tokenizer}", cfg.init)
-    else:
-        model = GPT(GPTConfig(vocab_size=enc.n_vocab, **MODEL_PRESETS[cfg.preset]))
-    if cfg.block_size > model.cfg.block_size:
-        raise InputError(f"--block-size {cfg.block_size}: the model ({cfg.init or cfg.preset + ' preset'}) sees at "
-                         f"most {model.cfg.block_size} tokens")
-    model.to(device)
-    optimizer = adamw(model, lr=cfg.lr, weight_decay=cfg.weight_decay, device=device)
-    fwd = torch.compile(model) if cfg.compile else model
-    print(f"model: {model.num_params() / 1e6:.2f}M parameters on {device}")
-
-    # ---- the run folder: a fresh run, or everything an interrupted one saved
-    state = start_run(out, cfg, write=ranks.main)
-    steps_done, tokens_seen, val_loss, elapsed_s = 0, 0, float("nan"), 0.0
-    if state:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        steps_done, tokens_seen, val_loss, elapsed_s = (state["step"], state["tokens_seen"], state["val_loss"],
-                                                        state["elapsed_s"])
-    logger = MetricsLogger(out, resume_step=steps_done if state else None, enabled=ranks.main)
-
-    # ---- the loop
-    model.train()
-    micro = min(cfg.micro_batch_size or cfg.batch_size, mine.stop - mine.start)
-    t0 = time.time() - elapsed_s
-    bar = tqdm(range(steps_done, cfg.max_steps), initial=steps_done, total=cfg.max_steps,
-               disable=not (cfg.progress and ranks.main), desc="pretrain")
-    for step in bar:
-        lr = cosine_lr(step, lr=cfg.lr, warmup_steps=cfg.warmup_steps, max_steps=cfg.max_steps,
-                       min_lr_ratio=cfg.min_lr_ratio)
-        set_lr(optimizer, lr)
-        batch_gen = torch.Generator().manual_seed(cfg.seed * 100_003 + step)  # batches depend on (seed, step) only
-        batch_x, batch_y = packed_batch(train_stream, cfg.batch_size, cfg.block_size, batch_gen)  # (B, T) each
-        batch_x, batch_y = batch_x[mine], batch_y[mine]  # this rank's B / N rows
-        loss_sum = 0.0
-        for i in range(0, len(batch_x), micro):
-            x, y = batch_x[i:i + micro].to(device), batch_y[i:i + micro].to(device)  # (b, T) each
-            with autocast(device):
-                logits = fwd(x)  # (b, T, V)
-            # every window has T targets, so the b/B share of the batch mean makes the sum the full-batch mean
-            loss = next_token_loss(logits, y, cfg.logprobs_impl) * (len(x) / cfg.batch_size)
-            check_finite(loss, "loss", step + 1, out)
-            loss.backward()
-            loss_sum += loss.item()
-        dist.all_reduce_grads(model, ranks)  # the ranks' gradients sum to the whole batch's
-        loss_sum = dist.all_reduce_sum(loss_sum, ranks)
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        tokens_seen += cfg.batch_size * cfg.block_size
-
-        steps_done = step + 1
-        if (cfg.eval_every and steps_done % cfg.eval_every == 0) or steps_done == cfg.max_steps:
-            val_loss = heldout_loss(model, val_stream, windows=cfg.eval_windows, block_size=cfg.block_size,
-                                    impl=cfg.logprobs_impl)
-            check_finite(val_loss, "val_loss", steps_done, out)
-        if steps_done % cfg.log_every == 0 or steps_done == cfg.max_steps:
-            elapsed = time.time() - t0
-            logger.log(steps_done, loss=loss_sum, val_loss=val_loss, lr=lr, grad_norm=grad_norm,
-                       tokens_per_s=tokens_seen / elapsed, elapsed_s=elapsed)
-            bar.set_postfix(loss=f"{loss_sum:.3f}", val=f"{val_loss:.3f}", tok_s=f"{tokens_seen / elapsed:,.0f}")
-        if ranks.main and (steps_done % cfg.save_every == 0 or steps_done in (cfg.stop_after, cfg.max_steps)):
-            save_state(out, steps_done, cfg, model=model.state_dict(), optimizer=optimizer.state_dict(),
-                       tokens_seen=tokens_seen, val_loss=val_loss, elapsed_s=time.time() - t0)
-        if steps_done == cfg.stop_after:
-            break
-    bar.close()
-    logger.close()
-    elapsed = time.time() - t0
-    summary = {"val_loss": val_loss, "tokens_per_s": tokens_seen / max(elapsed, 1e-9), "seconds": elapsed,
-               "params": model.num_params(), "device": str(device), "steps": steps_done}
-    if steps_done < cfg.max_steps:
-        print(f"stopped after step {steps_done} (state in {out / 'state.pt'}); continue with --resume true")
-        return summary
-
-    # ---- the outputs later stages read
-    if ranks.main:
-        save_checkpoint(out / "model.pt", model_checkpoint(model, cfg.tokenizer, steps_done))
-        write_samples(model, enc, out / "samples.txt", probes, chat=False)
-    dist.barrier(ranks)  # the next stage (the pipeline) reads model.pt on every rank
-    print(f"pretrain done: held-out loss {val_loss:.3f}, {summary['tokens_per_s']:,.0f} tokens/s, "
-          f"{elapsed:.0f} s on {device}")
-    return summary
+    return enc, train_stream, val_stream, probes
 
 
 if __name__ == "__main__":

@@ -47,19 +47,17 @@ Run:  python -m minipost.reward_model --init runs/pipeline/sft/model.pt --out ru
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
-from minipost import dist, threads
-from minipost.common import (DATA_DIR, DEVICE_HELP, InputError, MetricsLogger, autocast, check_config, check_device,
-                             check_finite, field, load_checkpoint, main, pick_device, save_checkpoint, save_json,
-                             save_state, seed_everything, start_run)
+from minipost import threads
+from minipost.common import (DATA_DIR, DEVICE_HELP, InputError, autocast, check_config, check_device, field,
+                             load_checkpoint, main)
 from minipost.data import EpochBatches, load_prefs, tokenize_pairs
+from minipost.harness import Run
 from minipost.model import load_model, model_checkpoint
 from minipost.optim import adamw, cosine_lr, set_lr
 from minipost.tokenizer import render_chat, special_id
@@ -218,12 +216,9 @@ def write_samples(path, records: list[dict], chosen: torch.Tensor, rejected: tor
 
 
 def train(cfg: Config) -> dict:
-    ranks = dist.setup(pick_device(cfg.device))  # torchrun: this process's rank and device (else one process)
-    device = ranks.device
-    out = Path(cfg.out)
-    print(threads.configure(cfg.threads))
-    seed_everything(cfg.seed)
-    mine = dist.shard(cfg.batch_size, ranks)  # this rank's pairs of every global batch (all of them alone)
+    run = Run(cfg, "reward_model")  # torchrun ranks, CPU threads, seeds, the run folder: minipost/harness/run.py
+    mine = run.shard(cfg.batch_size)  # this process's pairs of every global batch (all of them alone)
+    device = run.device
 
     # ---- the model: the init checkpoint plus a fresh scalar head
     if not Path(cfg.init).exists():  # (a folder: load_model says which file it means)
@@ -246,38 +241,25 @@ def train(cfg: Config) -> dict:
     eval_pairs = tokenize_pairs(enc, eval_rows, block_size, str(eval_path), eval_lines, targets=False)
     pad_id = special_id(enc, "<|pad|>")
 
-    # ---- optimizer and data order
+    # ---- optimizer and data order; then the run folder (a resume restores them here)
     optimizer = adamw(model, lr=cfg.lr, weight_decay=cfg.weight_decay, device=device)
     batches = EpochBatches(len(pairs), cfg.batch_size, seed=cfg.seed + 1)  # B pair indices per step
-
-    # ---- the run folder: nothing in OUT has changed before this line
-    state = start_run(out, cfg, write=ranks.main)
-    if state:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        batches.load_state_dict(state["data"])
-    steps_done = state["step"] if state else 0
-    eval_acc = state["eval_accuracy"] if state else float("nan")  # the last held-out accuracy, logged every row
-    stats = state["stats"] if state else {}
-    elapsed_before = state["elapsed_s"] if state else 0.0
+    run.start(model=model, optimizer=optimizer, data=batches)
+    eval_acc = run.resumed_value("eval_accuracy", None)  # the last held-out accuracy, logged every row
+    stats = run.resumed_value("stats", {})
     final_eval = None  # the held-out rewards after the last step, for samples.txt and the accuracy by kind
     print(f"{len(pairs)} training pairs{' with margins' if margins is not None else ''}, {len(eval_pairs)} held-out"
           + ("" if eval_pairs else " (no --eval-data: held-out accuracy is not measured)"))
 
     # ---- the loop
-    logger = MetricsLogger(out, resume_step=steps_done if state else None, enabled=ranks.main)
     micro = min(cfg.micro_batch_size or cfg.batch_size, mine.stop - mine.start)  # pairs per forward/backward
     model.train()
-    t0 = time.time()
-    bar = tqdm(range(steps_done, cfg.max_steps), initial=steps_done, total=cfg.max_steps,
-               disable=not (cfg.progress and ranks.main), desc="reward_model")
-    for step in bar:
-        lr = cosine_lr(step, lr=cfg.lr, warmup_steps=cfg.warmup_steps, max_steps=cfg.max_steps,
-                       min_lr_ratio=cfg.min_lr_ratio)
-        set_lr(optimizer, lr)
-        idx = next(batches)  # B pair indices, the same on every rank
+    for step in run.steps():
+        lr = set_lr(optimizer, cosine_lr(step, lr=cfg.lr, warmup_steps=cfg.warmup_steps, max_steps=cfg.max_steps,
+                                         min_lr_ratio=cfg.min_lr_ratio))
+        idx = next(batches)  # B pair indices, the same on every process
         B = len(idx)
-        idx = idx[mine]  # this rank's pairs
+        idx = idx[mine]  # this process's pairs
         stats = {k: 0.0 for k in ("loss", "accuracy", "margin", "rewards/chosen", "rewards/rejected")}
         for s in range(0, len(idx), micro):
             mb = idx[s:s + micro]
@@ -287,60 +269,37 @@ def train(cfg: Config) -> dict:
             m = margins[mb].to(device) if margins is not None else None
             losses = reward_loss(r[:b], r[b:], m, cfg.center_coef)  # (b,)
             loss = losses.mean() * b / B  # the loss is a mean over the batch's pairs: this micro-batch's share
-            check_finite(loss, "loss", step + 1, out)
+            run.check(loss, "loss")
             loss.backward()
             rc, rr = r[:b].detach(), r[b:].detach()
             for k, v in (("loss", losses.mean()), ("accuracy", (rc > rr).float().mean()),
                          ("margin", (rc - rr).mean()), ("rewards/chosen", rc.mean()), ("rewards/rejected", rr.mean())):
                 stats[k] += v.item() * b / B
-        dist.all_reduce_grads(model, ranks)  # the ranks' gradients sum to the whole batch's
-        stats = {k: dist.all_reduce_sum(v, ranks) for k, v in stats.items()}
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        grad_norm = run.optimizer_step(model, optimizer, cfg.grad_clip)
+        stats = {k: run.sum(v) for k, v in stats.items()}
 
-        steps_done = step + 1
-        due = (cfg.eval_every and steps_done % cfg.eval_every == 0) or steps_done == cfg.max_steps
-        if eval_pairs and due:
+        if eval_pairs and run.eval_due(cfg.eval_every):
             eval_chosen, eval_rejected = final_eval = pair_rewards(model, eval_pairs, pad_id)  # (M,) each
-            check_finite(torch.cat([eval_chosen, eval_rejected]), "held-out rewards", steps_done, out)
+            run.check(torch.cat([eval_chosen, eval_rejected]), "held-out rewards")
             eval_acc = (eval_chosen > eval_rejected).float().mean().item()
-        elapsed = elapsed_before + time.time() - t0
-        if steps_done % cfg.log_every == 0 or steps_done == 1 or steps_done == cfg.max_steps:
-            held = {"eval_accuracy": eval_acc} if eval_pairs else {}
-            logger.log(steps_done, **stats, **held, lr=lr, grad_norm=grad_norm, steps_per_s=steps_done / elapsed,
-                       elapsed_s=elapsed)
-            bar.set_postfix(loss=f"{stats['loss']:.3f}", acc=f"{stats['accuracy']:.2f}",
-                            **{"eval": f"{eval_acc:.2f}"} if eval_pairs else {})
-        if ranks.main and (steps_done % cfg.save_every == 0 or steps_done == cfg.stop_after):
-            save_state(out, steps_done, cfg, model=model.state_dict(), optimizer=optimizer.state_dict(),
-                       data=batches.state_dict(), eval_accuracy=eval_acc, stats=stats, elapsed_s=elapsed)
-        if steps_done == cfg.stop_after:
-            break
-    bar.close()
-    logger.close()
-    elapsed = time.time() - t0
-    summary = {**stats, "eval_accuracy": eval_acc if eval_pairs else None, "steps": steps_done, "seconds": elapsed,
+        held = {"eval_accuracy": eval_acc} if eval_pairs else {}
+        run.log(**stats, **held, lr=lr, grad_norm=grad_norm, steps_per_s=run.step / run.elapsed)
+        run.end_step(eval_accuracy=eval_acc, stats=stats)
+
+    # ---- the outputs: model.pt (kind "reward_model"), samples.txt (the held-out pairs' rewards), summary.json
+    summary = {**stats, "eval_accuracy": eval_acc if eval_pairs else None, "steps": run.step, "seconds": run.elapsed,
                "device": str(device)}
-    if steps_done < cfg.max_steps:
-        print(f"reward_model stopped after step {steps_done} (--stop-after): state in {out / 'state.pt'}; "
-              "continue with --resume true")
-        return summary
-    if ranks.main:
-        save_checkpoint(out / "model.pt", model_checkpoint(model, ckpt["tokenizer"], cfg.max_steps, kind=KIND))
-    held = f"held-out accuracy {eval_acc:.3f}" if eval_pairs else "no held-out pairs"
-    print(f"reward_model done: loss {stats['loss']:.3f}, accuracy {stats['accuracy']:.3f}, {held}, {elapsed:.0f} s "
-          f"on {device}")
-    if eval_pairs:
+    if eval_pairs and run.done:
         chosen, rejected = final_eval if final_eval is not None else pair_rewards(model, eval_pairs, pad_id)
-        if ranks.main:
-            write_samples(out / "samples.txt", eval_rows, chosen, rejected)
         summary["eval_accuracy_by_kind"] = accuracy_by_kind(eval_rows, chosen > rejected)
-        print("held-out accuracy by kind: " + ", ".join(f"{k} {v:.2f}" for k, v in
-                                                        summary["eval_accuracy_by_kind"].items()))
-    if ranks.main:
-        save_json(out / "summary.json", summary)
-    dist.barrier(ranks)  # the next stage (the pipeline) reads model.pt on every rank
+    if run.finish(model_checkpoint(model, ckpt["tokenizer"], run.step, kind=KIND), summary=summary,
+                  samples=(lambda path: write_samples(path, eval_rows, chosen, rejected)) if eval_pairs else None):
+        held = f"held-out accuracy {eval_acc:.3f}" if eval_pairs else "no held-out pairs"
+        print(f"reward_model done: loss {stats['loss']:.3f}, accuracy {stats['accuracy']:.3f}, {held}, "
+              f"{run.elapsed:.0f} s on {device}")
+        if eval_pairs:
+            print("held-out accuracy by kind: " + ", ".join(f"{k} {v:.2f}" for k, v in
+                                                            summary["eval_accuracy_by_kind"].items()))
     return summary
 
 

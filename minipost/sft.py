@@ -35,20 +35,18 @@ Run:  python -m minipost.sft --init runs/pretrain/model.pt --out runs/sft       
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
-from minipost import dist, threads
-from minipost.common import (DATA_DIR, DEVICE_HELP, InputError, MetricsLogger, autocast, check_config, check_device,
-                             check_finite, field, main, pick_device, read_jsonl, save_checkpoint, save_state,
-                             seed_everything, start_run)
+from minipost import threads
+from minipost.common import (DATA_DIR, DEVICE_HELP, InputError, autocast, check_config, check_device, field, main,
+                             read_jsonl)
 from minipost.data import (IGNORE, EpochBatches, collate, load_chats, load_texts, num_targets, pack, packed_batch,
                            tokenize_chats)
 from minipost.evals import heldout_loss, per_domain, write_samples
+from minipost.harness import Run
 from minipost.logprobs import token_logprobs
 from minipost.lora import add_lora_from_flags, merge_lora, parse_targets, trainable, training_bytes
 from minipost.model import load_model, model_checkpoint
@@ -153,28 +151,97 @@ def pack_examples(examples: list[tuple[list[int], list[int]]], block_size: int):
 
 
 def train(cfg: Config) -> dict:
-    ranks = dist.setup(pick_device(cfg.device))  # torchrun: this process's rank and device (else one process)
-    device = ranks.device
-    print(threads.configure(cfg.threads))
-    seed_everything(cfg.seed)
-    mine = dist.shard(cfg.batch_size, ranks)  # this rank's rows of every global batch (all of them alone)
-    mine_ptx = dist.shard(cfg.ptx_batch_size, ranks, "--ptx-batch-size") if cfg.ptx_coef else slice(None)
-    out = Path(cfg.out)
+    run = Run(cfg, "sft")  # torchrun ranks, CPU threads, seeds, the run folder: minipost/harness/run.py
+    mine = run.shard(cfg.batch_size)  # this process's rows of every global batch (all of them alone)
+    mine_ptx = run.shard(cfg.ptx_batch_size, "--ptx-batch-size") if cfg.ptx_coef else slice(None)
 
     # ---- model: the base checkpoint; its tokenizer comes with it
     if not Path(cfg.init).exists():
         raise InputError(f"--init {cfg.init}: no such checkpoint; pretrain first "
                          "(python -m minipost.pretrain --out runs/pretrain)")
-    model, enc, ckpt = load_model(cfg.init, device)
+    model, enc, ckpt = load_model(cfg.init, run.device)
     block_size = min(cfg.block_size, model.cfg.block_size)
     if block_size < cfg.block_size:
         print(f"--block-size {cfg.block_size}: the model sees at most {block_size} tokens; using {block_size}")
-    print(f"model: {model.num_params() / 1e6:.2f}M parameters from {cfg.init} on {device}")
+    print(f"model: {model.num_params() / 1e6:.2f}M parameters from {cfg.init} on {run.device}")
     print(add_lora_from_flags(model, cfg))  # --lora-rank > 0: adapters, every other weight frozen
     trainable_params = trainable(model)
 
-    # ---- data: rendered with the chat template -> (ids, loss_mask); optionally packed into rows. The world's
-    # held-out text (val_loss), corpus (the pretraining mix) and eval prompts (samples.txt) are read too.
+    # ---- data: conversations -> rows of (ids, loss_mask); the world's held-out text, corpus and eval prompts
+    rows, val_stream, ptx_stream, sample_records = load_sft_data(cfg, enc, block_size, model.cfg.block_size)
+    pad_id = special_id(enc, "<|pad|>")
+
+    # ---- optimizer and data order; then the run folder (a resume restores all of them here)
+    optimizer = adamw(model, lr=cfg.lr, weight_decay=cfg.weight_decay, device=run.device)
+    batches = EpochBatches(len(rows), cfg.batch_size, seed=cfg.seed + 1)
+    ptx_gen = torch.Generator().manual_seed(cfg.seed + 2)
+    run.start(model=model, optimizer=optimizer, data=batches, ptx_generator=ptx_gen)
+    tokens_seen, val_loss = run.resumed_value("tokens_seen", 0), run.resumed_value("val_loss", None)
+
+    # ---- the loop
+    model.train()
+    if not run.resumed:
+        val_loss = heldout_loss(model, val_stream, windows=cfg.eval_windows, impl=cfg.logprobs_impl)
+        run.log(0, val_loss=val_loss)  # before any step: what SFT starts from
+    micro = min(cfg.micro_batch_size or cfg.batch_size, mine.stop - mine.start)
+    loss_sum, correct, n_tok = None, 0, 0
+    for step in run.steps():
+        lr = set_lr(optimizer, cosine_lr(step, lr=cfg.lr, warmup_steps=cfg.warmup_steps, max_steps=cfg.max_steps,
+                                         min_lr_ratio=cfg.min_lr_ratio))
+        batch = next(batches)  # batch_size row indices, the same on every process
+        n_tok = sum(num_targets(rows[i]) for i in batch)  # target tokens in the whole step (every process's rows)
+        batch = batch[mine]  # this process's rows
+        micro_batches = [collate([rows[i] for i in batch[s:s + micro]], pad_id)
+                         for s in range(0, len(batch), micro)]  # [(x (b, T), y (b, T))]
+        loss_sum, correct = 0.0, 0
+        for x, y in micro_batches:
+            x, y = x.to(run.device), y.to(run.device)  # (b, T) each
+            with autocast(run.device):
+                logits = model(x)  # (b, T, V)
+            loss = sft_loss(logits, y, n_tok, cfg.logprobs_impl)  # this micro-batch's share of the step's mean
+            run.check(loss, "loss")
+            loss.backward()
+            loss_sum += loss.item()
+            correct += token_accuracy(logits, y)[0]
+        ptx_loss = None
+        if ptx_stream is not None:  # pretraining mix: a little next-token loss on the corpus (InstructGPT eq. 2)
+            x, y = packed_batch(ptx_stream, cfg.ptx_batch_size, block_size, ptx_gen)  # (P, T) each
+            x, y = x[mine_ptx], y[mine_ptx]  # this process's rows, its loss its share of the mean over all P
+            with autocast(run.device):
+                loss = -token_logprobs(model(x.to(run.device)), y.to(run.device), impl=cfg.logprobs_impl).mean()
+                loss = loss * (len(x) / cfg.ptx_batch_size)
+            run.check(loss, "ptx_loss")
+            (cfg.ptx_coef * loss).backward()
+            ptx_loss = run.sum(loss.item())
+        grad_norm = run.optimizer_step(model, optimizer, cfg.grad_clip)
+        loss_sum, correct = run.sum(loss_sum), int(run.sum(correct))
+        tokens_seen += n_tok
+
+        if run.eval_due(cfg.eval_every):
+            val_loss = heldout_loss(model, val_stream, windows=cfg.eval_windows, impl=cfg.logprobs_impl)
+            run.check(val_loss, "val_loss")
+        run.log(loss=loss_sum, token_acc=correct / max(n_tok, 1), tokens_seen=tokens_seen, ptx_loss=ptx_loss,
+                val_loss=val_loss, lr=lr, grad_norm=grad_norm, steps_per_s=run.step / run.elapsed)
+        run.end_step(tokens_seen=tokens_seen, val_loss=val_loss)
+
+    # ---- the outputs later stages read: model.pt (plain weights: LoRA adapters merged), samples.txt
+    summary = {"loss": loss_sum, "token_acc": correct / max(n_tok, 1), "tokens_seen": tokens_seen,
+               "val_loss": val_loss, "seconds": run.elapsed, "steps_per_s": run.step / max(run.elapsed, 1e-9),
+               "device": str(run.device), "steps": run.step, "trainable_params": trainable_params,
+               "training_bytes": training_bytes(model, optimizer)}
+    if run.done:
+        merge_lora(model)  # (no adapters: nothing to do) model.pt holds plain weights that every command loads
+    if run.finish(model_checkpoint(model, ckpt["tokenizer"], run.step),
+                  samples=lambda path: write_samples(model, enc, path, sample_records)):
+        print(f"sft done: loss {loss_sum:.3f}, token accuracy {summary['token_acc']:.2f}, held-out pretraining "
+              f"loss {val_loss:.3f}, {summary['steps_per_s']:.2f} steps/s, {run.elapsed:.0f} s on {run.device}")
+    return summary
+
+
+def load_sft_data(cfg: Config, enc, block_size: int, model_block_size: int):
+    """The training rows (ids, loss_mask), rendered with the chat template and optionally packed, in a seeded
+    order; the held-out pretraining stream (val_loss), the pretraining mix's stream (None without --ptx-coef) and
+    a few eval prompts per domain (samples.txt). Every file is checked here, before OUT is touched."""
     world_files = ["pretrain.jsonl", "pretrain_val.jsonl", "eval.jsonl"] + ([] if cfg.data else ["sft.jsonl"])
     if not all((DATA_DIR / f).exists() for f in world_files):
         build_world(DATA_DIR)
@@ -192,9 +259,8 @@ def train(cfg: Config) -> dict:
     n_targets = sum(sum(m[1:]) for _, m in kept)
     print(f"{len(kept)} chats, {n_targets:,} target tokens, {len(rows)} rows"
           f"{' (packed)' if cfg.pack else ''}; one epoch = {len(rows) / cfg.batch_size:.1f} steps")
-    pad_id = special_id(enc, "<|pad|>")
     val_stream = pack(enc, load_texts(DATA_DIR / "pretrain_val.jsonl"))  # (M,)
-    if len(val_stream) < min(256, model.cfg.block_size) + 1:
+    if len(val_stream) < min(256, model_block_size) + 1:
         raise InputError(f"{DATA_DIR / 'pretrain_val.jsonl'}: {len(val_stream)} tokens, too few for one "
                          "held-out window")
     ptx_stream = pack(enc, load_texts(DATA_DIR / "pretrain.jsonl")) if cfg.ptx_coef > 0 else None  # (N,)
@@ -202,106 +268,7 @@ def train(cfg: Config) -> dict:
         raise InputError(f"{DATA_DIR / 'pretrain.jsonl'}: {len(ptx_stream)} tokens, too few for one window of "
                          f"{block_size} for the pretraining mix (--ptx-coef 0 turns it off)")
     sample_records = per_domain(read_jsonl(DATA_DIR / "eval.jsonl", required={"prompt": str, "domain": str}), 2)
-
-    # ---- optimizer and data order
-    optimizer = adamw(model, lr=cfg.lr, weight_decay=cfg.weight_decay, device=device)
-    batches = EpochBatches(len(rows), cfg.batch_size, seed=cfg.seed + 1)
-    ptx_gen = torch.Generator().manual_seed(cfg.seed + 2)
-
-    # ---- the run folder: a fresh run, or everything an interrupted one saved
-    state = start_run(out, cfg, write=ranks.main)
-    steps_done, tokens_seen, val_loss, elapsed_s = 0, 0, float("nan"), 0.0
-    if state:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        batches.load_state_dict(state["data"])
-        ptx_gen.set_state(state["ptx_generator"])
-        steps_done, tokens_seen, val_loss, elapsed_s = (state["step"], state["tokens_seen"], state["val_loss"],
-                                                        state["elapsed_s"])
-    logger = MetricsLogger(out, resume_step=steps_done if state else None, enabled=ranks.main)
-
-    # ---- the loop
-    model.train()
-    if not state:
-        val_loss = heldout_loss(model, val_stream, windows=cfg.eval_windows, impl=cfg.logprobs_impl)
-        logger.log(0, val_loss=val_loss)
-    micro = min(cfg.micro_batch_size or cfg.batch_size, mine.stop - mine.start)
-    t0 = time.time() - elapsed_s
-    loss_sum, correct, n_tok = float("nan"), 0, 0
-    bar = tqdm(range(steps_done, cfg.max_steps), initial=steps_done, total=cfg.max_steps,
-               disable=not (cfg.progress and ranks.main), desc="sft")
-    for step in bar:
-        lr = cosine_lr(step, lr=cfg.lr, warmup_steps=cfg.warmup_steps, max_steps=cfg.max_steps,
-                       min_lr_ratio=cfg.min_lr_ratio)
-        set_lr(optimizer, lr)
-        batch = next(batches)  # batch_size row indices, the same on every rank
-        n_tok = sum(num_targets(rows[i]) for i in batch)  # target tokens in the whole step (every rank's rows)
-        batch = batch[mine]  # this rank's rows
-        micro_batches = [collate([rows[i] for i in batch[s:s + micro]], pad_id)
-                         for s in range(0, len(batch), micro)]  # [(x (b, T), y (b, T))]
-        loss_sum, correct = 0.0, 0
-        for x, y in micro_batches:
-            x, y = x.to(device), y.to(device)  # (b, T) each
-            with autocast(device):
-                logits = model(x)  # (b, T, V)
-            loss = sft_loss(logits, y, n_tok, cfg.logprobs_impl)  # this micro-batch's share of the step's mean
-            check_finite(loss, "loss", step + 1, out)
-            loss.backward()
-            loss_sum += loss.item()
-            correct += token_accuracy(logits, y)[0]
-        ptx_loss = float("nan")
-        if ptx_stream is not None:  # pretraining mix: a little next-token loss on the corpus (InstructGPT eq. 2)
-            x, y = packed_batch(ptx_stream, cfg.ptx_batch_size, block_size, ptx_gen)  # (P, T) each
-            x, y = x[mine_ptx], y[mine_ptx]  # this rank's rows, its loss its share of the mean over all P
-            with autocast(device):
-                loss = -token_logprobs(model(x.to(device)), y.to(device), impl=cfg.logprobs_impl).mean()
-                loss = loss * (len(x) / cfg.ptx_batch_size)
-            check_finite(loss, "ptx_loss", step + 1, out)
-            (cfg.ptx_coef * loss).backward()
-            ptx_loss = dist.all_reduce_sum(loss.item(), ranks)
-        dist.all_reduce_grads(model, ranks)  # the ranks' gradients sum to the whole batch's
-        loss_sum, correct = dist.all_reduce_sum(loss_sum, ranks), int(dist.all_reduce_sum(correct, ranks))
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        tokens_seen += n_tok
-
-        steps_done = step + 1
-        if (cfg.eval_every and steps_done % cfg.eval_every == 0) or steps_done == cfg.max_steps:
-            val_loss = heldout_loss(model, val_stream, windows=cfg.eval_windows, impl=cfg.logprobs_impl)
-            check_finite(val_loss, "val_loss", steps_done, out)
-        if steps_done % cfg.log_every == 0 or steps_done == cfg.max_steps:
-            elapsed = time.time() - t0
-            logger.log(steps_done, loss=loss_sum, token_acc=correct / max(n_tok, 1), tokens_seen=tokens_seen,
-                       ptx_loss=ptx_loss, val_loss=val_loss, lr=lr, grad_norm=grad_norm,
-                       steps_per_s=steps_done / elapsed, elapsed_s=elapsed)
-            bar.set_postfix(loss=f"{loss_sum:.3f}", acc=f"{correct / max(n_tok, 1):.2f}", val=f"{val_loss:.3f}")
-        if ranks.main and (steps_done % cfg.save_every == 0 or steps_done in (cfg.stop_after, cfg.max_steps)):
-            save_state(out, steps_done, cfg, model=model.state_dict(), optimizer=optimizer.state_dict(),
-                       data=batches.state_dict(), ptx_generator=ptx_gen.get_state(), tokens_seen=tokens_seen,
-                       val_loss=val_loss, elapsed_s=time.time() - t0)
-        if steps_done == cfg.stop_after:
-            break
-    bar.close()
-    logger.close()
-    elapsed = time.time() - t0
-    summary = {"loss": loss_sum, "token_acc": correct / max(n_tok, 1), "tokens_seen": tokens_seen,
-               "val_loss": val_loss, "seconds": elapsed, "steps_per_s": steps_done / max(elapsed, 1e-9),
-               "device": str(device), "steps": steps_done, "trainable_params": trainable_params,
-               "training_bytes": training_bytes(model, optimizer)}
-    if steps_done < cfg.max_steps:
-        print(f"stopped after step {steps_done} (state in {out / 'state.pt'}); continue with --resume true")
-        return summary
-
-    # ---- the outputs later stages read
-    merge_lora(model)  # (no adapters: nothing to do) model.pt holds plain weights that every command loads
-    if ranks.main:
-        save_checkpoint(out / "model.pt", model_checkpoint(model, ckpt["tokenizer"], steps_done))
-        write_samples(model, enc, out / "samples.txt", sample_records)
-    dist.barrier(ranks)  # the next stage (the pipeline) reads model.pt on every rank
-    print(f"sft done: loss {loss_sum:.3f}, token accuracy {summary['token_acc']:.2f}, held-out pretraining loss "
-          f"{val_loss:.3f}, {summary['steps_per_s']:.2f} steps/s, {elapsed:.0f} s on {device}")
-    return summary
+    return rows, val_stream, ptx_stream, sample_records
 
 
 if __name__ == "__main__":

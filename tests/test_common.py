@@ -315,21 +315,24 @@ def test_metrics_logger_on_resume_drops_rows_after_the_checkpoint(tmp_path):
     assert [json.loads(r)["step"] for r in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
 
 
-def test_a_value_not_measured_is_json_null_and_an_older_files_nan_strings_read_as_null(tmp_path):
+def test_a_value_not_measured_is_null_and_a_measured_overflow_stays_visible(tmp_path):
     from minipost.common import read_metrics
     log = MetricsLogger(tmp_path)
-    row = log.log(1, loss=torch.tensor(0.25), val_loss=float("nan"), grad_norm=float("inf"))
+    row = log.log(1, loss=torch.tensor(0.25), val_loss=None, grad_norm=float("inf"), per={"a": float("nan")})
     log.close()
-    assert row == {"step": 1, "loss": 0.25, "val_loss": None, "grad_norm": None}
-    assert (tmp_path / "metrics.jsonl").read_text() == '{"step": 1, "loss": 0.25, "val_loss": null, "grad_norm": null}\n'
-    # a file written before missing values were null: readers see None, and a resume rewrites the kept rows
+    assert row == {"step": 1, "loss": 0.25, "val_loss": None, "grad_norm": "inf", "per": {"a": "nan"}}
+    text = (tmp_path / "metrics.jsonl").read_text()
+    assert text == '{"step": 1, "loss": 0.25, "val_loss": null, "grad_norm": "inf", "per": {"a": "nan"}}\n'
+    assert json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} is not JSON"))["val_loss"] is None
+    read = read_metrics(tmp_path / "metrics.jsonl")[0]
+    assert read["val_loss"] is None and read["grad_norm"] == float("inf")  # a number again, for a plot
+    # a file written when a held-out value not yet measured was the string "nan": it reads, and a resume keeps it
     old = '{"step": 1, "loss": 0.5, "val_loss": "nan"}\n{"step": 2, "loss": 0.25, "val_loss": 1.5}\n'
-    (tmp_path / "metrics.jsonl").write_text(old)
-    assert read_metrics(tmp_path / "metrics.jsonl") == [{"step": 1, "loss": 0.5, "val_loss": None},
-                                                        {"step": 2, "loss": 0.25, "val_loss": 1.5}]
-    MetricsLogger(tmp_path, resume_step=2).close()
-    assert (tmp_path / "metrics.jsonl").read_text() == old.replace('"nan"', "null")
-    assert json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])["val_loss"] is None
+    (tmp_path / "metrics.jsonl").write_text(old + '{"step": "3"}\n')
+    rows = read_metrics(tmp_path / "metrics.jsonl")
+    assert rows[0]["val_loss"] != rows[0]["val_loss"] and rows[1]["val_loss"] == 1.5  # nan, then a number
+    MetricsLogger(tmp_path, resume_step=2).close()  # a step that is not a number is dropped, not a TypeError
+    assert (tmp_path / "metrics.jsonl").read_text() == old
 
 
 def test_device_names_are_checked_with_one_line_errors():

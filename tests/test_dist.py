@@ -29,8 +29,10 @@ def rows(out):
 
 
 def same_value(a, b, **tol) -> bool:
-    """Two logged values agree: both numbers within tol, or both None (not measured at that step)."""
-    return a is b is None or (a is not None and b is not None and a == pytest.approx(b, **tol))
+    """Two logged held-out values agree: both None (not measured yet at that step), or both numbers within tol."""
+    if a is None or b is None:
+        return a is None and b is None
+    return a == pytest.approx(b, **tol)
 
 
 def same_weights(a, b, tol=TOL):
@@ -58,7 +60,8 @@ def test_pretrain_on_two_processes_is_the_one_process_run(base, tmp_path):
     a, b = rows(base), rows(two)
     assert [r["step"] for r in a] == [r["step"] for r in b] == [1, 2, 3, 4]  # one writer: no doubled rows
     for ra, rb in zip(a, b):
-        assert ra["loss"] == pytest.approx(rb["loss"], rel=1e-5) and same_value(ra["val_loss"], rb["val_loss"], rel=1e-5)
+        assert ra["loss"] == pytest.approx(rb["loss"], rel=1e-5)
+        assert same_value(ra["val_loss"], rb["val_loss"], rel=1e-5)
     assert [r["val_loss"] is None for r in a] == [True, False, False, False]  # first measured at step 2
     assert proc.stdout.count("pretrain done") == 1  # only rank 0 prints
     assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in base.iterdir())
@@ -87,9 +90,10 @@ def test_sft_on_two_processes_is_the_one_process_run(base, tmp_path):
     same_weights(tmp_path / "one", tmp_path / "two")
     for ra, rb in zip(rows(tmp_path / "one"), rows(tmp_path / "two")):
         assert ra.keys() == rb.keys()
-        for k in ("loss", "ptx_loss", "val_loss", "token_acc", "tokens_seen"):
+        for k in ("loss", "ptx_loss", "token_acc", "tokens_seen"):
             if k in ra:
-                assert same_value(ra[k], rb[k], rel=1e-5), k
+                assert ra[k] == pytest.approx(rb[k], rel=1e-5), k
+        assert same_value(ra["val_loss"], rb["val_loss"], rel=1e-5)
 
 
 @pytest.fixture(scope="module")
@@ -109,8 +113,10 @@ def test_dpo_on_two_processes_is_the_one_process_run(sft_model, tmp_path):
     a, b = rows(tmp_path / "one"), rows(tmp_path / "two")
     assert len(a) == len(b) == 3 and a[0]["loss"] == pytest.approx(0.6931, abs=1e-3)  # ln 2 on the first step
     for ra, rb in zip(a, b):
-        for k in ("loss", "nll_loss", "rewards/margins", "rewards/accuracies", "logps/chosen", "eval_pref_acc"):
-            assert same_value(ra[k], rb[k], rel=1e-4, abs=1e-6), k
+        for k in ("loss", "nll_loss", "rewards/margins", "rewards/accuracies", "logps/chosen"):
+            assert ra[k] == pytest.approx(rb[k], rel=1e-4, abs=1e-6), k
+        assert same_value(ra["eval_pref_acc"], rb["eval_pref_acc"], rel=1e-4, abs=1e-6)
+    assert [r["eval_pref_acc"] is None for r in a] == [True, True, False]  # measured at the last step only
 
 
 def test_reward_model_on_two_processes_is_the_one_process_run(sft_model, tmp_path):
@@ -119,9 +125,12 @@ def test_reward_model_on_two_processes_is_the_one_process_run(sft_model, tmp_pat
     launch(1, "reward_model", tmp_path / "one", *flags)
     launch(2, "reward_model", tmp_path / "two", *flags)
     same_weights(tmp_path / "one", tmp_path / "two")
-    for ra, rb in zip(rows(tmp_path / "one"), rows(tmp_path / "two")):
-        for k in ("loss", "accuracy", "margin", "eval_accuracy"):
-            assert same_value(ra[k], rb[k], rel=1e-4, abs=1e-6), k
+    a, b = rows(tmp_path / "one"), rows(tmp_path / "two")
+    for ra, rb in zip(a, b):
+        for k in ("loss", "accuracy", "margin"):
+            assert ra[k] == pytest.approx(rb[k], rel=1e-4, abs=1e-6), k
+        assert same_value(ra["eval_accuracy"], rb["eval_accuracy"], rel=1e-4, abs=1e-6)
+    assert [r["eval_accuracy"] is None for r in a] == [True, True, False]  # --eval-every 3: at step 3
 
 
 RL_SCRIPT = """
@@ -183,7 +192,7 @@ def test_the_pipeline_runs_on_two_processes(tmp_path):
                           timeout=900)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     for stage in ("pretrain", "sft", "dpo", "grpo"):
-        logged = [json.loads(line) for line in (tmp_path / stage / "metrics.jsonl").read_text().splitlines()]
+        logged = read_metrics(tmp_path / stage / "metrics.jsonl")
         kinds = [(r["step"], tuple(sorted(r))) for r in logged]  # one writer: no row twice
         assert len(kinds) == len(set(kinds)), (stage, kinds)
         assert load_checkpoint(tmp_path / stage / "model.pt")["step"] == 2

@@ -13,7 +13,7 @@ import torch
 
 import minipost.dpo as dpo
 import minipost.tokenizer as tokenizer
-from minipost.common import InputError, config_with_preset, save_checkpoint
+from minipost.common import InputError, config_with_preset, read_metrics, save_checkpoint
 from minipost.data import pair_batch, tokenize_pairs
 from minipost.evals import pair_logps, preference_accuracy
 from minipost.logprobs import sequence_logprobs
@@ -158,8 +158,8 @@ def tiny_run(tmp_path, monkeypatch, **overrides) -> dpo.Config:
 
 def metrics_rows(out):
     """metrics.jsonl without the wall-clock columns."""
-    return [{k: v for k, v in json.loads(line).items() if k not in ("steps_per_s", "elapsed_s")}
-            for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k not in ("steps_per_s", "elapsed_s")}
+            for r in read_metrics(out / "metrics.jsonl")]
 
 
 def test_train_end_to_end_learns_the_preference(tmp_path, monkeypatch):

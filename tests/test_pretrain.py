@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from minipost.common import InputError, load_checkpoint
+from minipost.common import InputError, load_checkpoint, read_metrics
 from minipost.optim import cosine_lr
 from minipost.pretrain import PRESETS, Config, train
 
@@ -25,7 +25,7 @@ def small_cfg(tmp_path, name, **kw):
 
 
 def metrics(run, drop=TIME_COLUMNS):
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    rows = read_metrics(run / "metrics.jsonl")
     return [{k: v for k, v in r.items() if k not in drop} for r in rows]
 
 

@@ -10,7 +10,7 @@ import torch
 
 import minipost.reward_model as rm
 import minipost.tokenizer as tokenizer
-from minipost.common import InputError, config_with_preset, save_checkpoint
+from minipost.common import InputError, config_with_preset, read_metrics, save_checkpoint
 from minipost.model import GPT, GPTConfig, load_model, model_checkpoint
 
 ENC = tokenizer.build_encoding("bytes", {bytes([i]): i for i in range(256)})  # byte-level, no trained file
@@ -91,8 +91,8 @@ def tiny_run(tmp_path, monkeypatch, rows=None, **overrides) -> rm.Config:
 
 
 def metrics_rows(out):
-    return [{k: v for k, v in json.loads(line).items() if k not in ("steps_per_s", "elapsed_s")}
-            for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k not in ("steps_per_s", "elapsed_s")}
+            for r in read_metrics(out / "metrics.jsonl")]
 
 
 def test_train_end_to_end_learns_the_preference_and_scores_new_answers(tmp_path, monkeypatch):

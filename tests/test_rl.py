@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+from minipost.common import read_metrics
 from minipost.grpo import group_advantages, grpo_loss, micro_batch_weight
 from minipost.model import GPT, GPTConfig
 from minipost.ppo import gae, ppo_policy_loss, ppo_value_loss, token_rewards, whiten
@@ -252,7 +253,6 @@ def tiny_setup(tmp_path, monkeypatch):
                                              ("ppo", dict(lr=1e-2, critic_lr=1e-2, beta=0.01))])
 def test_train_end_to_end_raises_a_toy_reward(objective, extra, tiny_setup, tmp_path):
     import importlib
-    import json
 
     from minipost.common import config_with_preset
     from minipost.model import load_model
@@ -263,7 +263,7 @@ def test_train_end_to_end_raises_a_toy_reward(objective, extra, tiny_setup, tmp_
     summary = mod.train(cfg, reward_fn=ascii_share)
     run = tmp_path / objective
     assert {p.name for p in run.iterdir()} >= {"config.json", "metrics.jsonl", "model.pt", "samples.txt"}
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    rows = read_metrics(run / "metrics.jsonl")
     train_rows = [r for r in rows if "reward" in r]
     assert [r["step"] for r in train_rows] == list(range(1, 26)) and summary["steps"] == 25
     assert {"eval_arithmetic", "eval_format"} <= set(rows[0]) and rows[0]["step"] == 0
@@ -288,9 +288,7 @@ WALL_CLOCK = ("elapsed_s", "steps_per_s")
 
 
 def _rows(path):
-    import json
-    return [{k: v for k, v in json.loads(line).items() if k not in WALL_CLOCK}
-            for line in (path / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k not in WALL_CLOCK} for r in read_metrics(path / "metrics.jsonl")]
 
 
 @pytest.mark.parametrize("objective", list(RL_FILES))
@@ -427,8 +425,6 @@ def test_rl_variants_train_log_and_resume_bit_exact(variant, tiny_setup, tmp_pat
 def test_rl_trains_on_a_reward_model_named_on_the_command_line(objective, tiny_setup, tmp_path):
     """--reward rm:PATH:W (composable with the checkers): the reward model scores every answer, logged as r_rm."""
     import importlib
-    import json
-
     import math
 
     import minipost.tokenizer as tokenizer
@@ -444,7 +440,7 @@ def test_rl_trains_on_a_reward_model_named_on_the_command_line(objective, tiny_s
     cfg = mod.Config(out=str(tmp_path / "run"), max_steps=2, reward=f"correct:1,rm:{tmp_path / 'rm.pt'}:0.5",
                      **tiny_setup, **RL_FILES[objective])
     mod.train(cfg)
-    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    rows = read_metrics(tmp_path / "run" / "metrics.jsonl")
     train_rows = [r for r in rows if "reward" in r]
     assert len(train_rows) == 2 and all(math.isfinite(r["r_rm"]) and r["r_rm"] != 0 for r in train_rows)
     r = train_rows[0]  # the logged reward is the weighted sum of the logged terms, minus the missing-stop penalty

@@ -12,7 +12,7 @@ import torch
 import minipost.evals as evals
 import minipost.sft as sft
 import minipost.tokenizer as tokenizer
-from minipost.common import DATA_DIR, InputError, config_with_preset, load_checkpoint, save_checkpoint
+from minipost.common import DATA_DIR, InputError, config_with_preset, load_checkpoint, read_metrics, save_checkpoint
 from minipost.data import IGNORE, collate
 from minipost.evals import per_domain
 from minipost.model import GPT, GPTConfig, load_model, model_checkpoint
@@ -156,7 +156,7 @@ def small_cfg(world, name, **kw):
 
 
 def metrics(run, drop=TIME_COLUMNS):
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    rows = read_metrics(run / "metrics.jsonl")
     return [{k: v for k, v in r.items() if k not in drop} for r in rows]
 
 

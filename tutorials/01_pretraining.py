@@ -43,7 +43,8 @@ print(summary)
 rows = read_metrics(OUT / "metrics.jsonl")  # one dict per logged step; None: not measured at that step
 print("step  loss   held-out")
 for r in rows[:: max(1, len(rows) // 10)] + rows[-1:]:
-    print(f"{r['step']:4d}  {r['loss']:.3f}  {r['val_loss']}")
+    held_out = "-" if r["val_loss"] is None else f"{r['val_loss']:.3f}"  # "-": not measured yet
+    print(f"{r['step']:4d}  {r['loss']:.3f}  {held_out}")
 try:
     import matplotlib
     matplotlib.use("Agg")

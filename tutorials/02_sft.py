@@ -16,11 +16,10 @@
 # Set MINIPOST_SMOKE=1 for a fast version (the test suite runs it that way).
 
 # %%
-import json
 import os
 from pathlib import Path
 
-from minipost.common import DATA_DIR, config_with_preset, read_jsonl
+from minipost.common import DATA_DIR, config_with_preset, read_jsonl, read_metrics
 from minipost.data import collate, load_chats
 from minipost.evals import chat_scores, probe_scores
 from minipost.model import load_model
@@ -96,10 +95,11 @@ print(f"{len(ids)} tokens, {sum(mask)} targets; targets decode to {enc.decode(y[
 overrides = dict(max_steps=6, log_every=2, eval_every=6, eval_windows=2) if SMOKE else {}
 cfg = config_with_preset(Config, PRESETS, preset="nano", init=BASE, out=str(OUT), **overrides)
 summary = train(cfg)
-rows = [json.loads(line) for line in (OUT / "metrics.jsonl").read_text().splitlines()]
+rows = read_metrics(OUT / "metrics.jsonl")
 print("step  loss   token_acc  held-out pretraining loss")
 for r in [r for r in rows if "loss" in r][:: max(1, len(rows) // 8)] + rows[-1:]:
-    print(f"{r['step']:4d}  {r['loss']:.3f}  {r['token_acc']:.3f}      {r['val_loss']}")
+    held_out = "-" if r["val_loss"] is None else f"{r['val_loss']:.3f}"  # "-": not measured yet
+    print(f"{r['step']:4d}  {r['loss']:.3f}  {r['token_acc']:.3f}      {held_out}")
 
 # %% [markdown]
 # ## 4. What SFT changed

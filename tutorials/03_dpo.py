@@ -16,10 +16,9 @@
 # Set MINIPOST_SMOKE=1 for a fast version (the test suite runs it that way).
 
 # %%
-import json
 import math
 
-from minipost.common import DATA_DIR, read_jsonl
+from minipost.common import DATA_DIR, read_jsonl, read_metrics
 from minipost.data import pair_batch, tokenize_pairs
 from minipost.dpo import Config, dpo_loss, train
 from minipost.evals import chat_scores, pair_logps
@@ -80,11 +79,12 @@ print("step-0 margins:", (chosen_r - rejected_r).tolist())
 overrides = dict(max_steps=4, log_every=1, eval_every=4, eval_pairs=16, max_pairs=64) if SMOKE else {}
 cfg = Config(init=SFT, out=str(OUT), **overrides)  # the defaults are the nano preset
 summary = train(cfg)
-metrics = [json.loads(line) for line in (OUT / "metrics.jsonl").read_text().splitlines()]
+metrics = read_metrics(OUT / "metrics.jsonl")
 print("step   loss  r/chosen r/rejected margin  acc   held-out acc")
 for m in metrics[:: max(1, len(metrics) // 8)] + metrics[-1:]:
+    held_out = "-" if m["eval_pref_acc"] is None else f"{m['eval_pref_acc']:.2f}"  # "-": not measured yet
     print(f"{m['step']:4d}  {m['loss']:.3f}  {m['rewards/chosen']:7.3f}  {m['rewards/rejected']:7.3f}  "
-          f"{m['rewards/margins']:6.3f}  {m['rewards/accuracies']:.2f}  {m['eval_pref_acc']}")
+          f"{m['rewards/margins']:6.3f}  {m['rewards/accuracies']:.2f}  {held_out}")
 
 # %% [markdown]
 # ## 3. Did it fix the over-refusal, and what else moved?

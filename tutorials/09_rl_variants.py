@@ -30,7 +30,7 @@ import json
 import statistics
 
 from minipost import grpo, ppo, reinforce
-from minipost.common import config_with_preset, read_jsonl
+from minipost.common import config_with_preset, read_metrics
 from minipost.evals import evaluate_items, write_report
 
 from _setup import SMOKE, ensure_world, out_dir, start_checkpoint  # noqa: E402  (tutorials/_setup.py)
@@ -98,7 +98,7 @@ print("\nseconds per run (mean over seeds): " + ", ".join(f"{n} {t:.0f}" for n, 
 # `grad_norm` and `reward`, not `loss`, in the first steps.
 
 # %%
-first = read_jsonl(OUT / f"grpo_s{SEEDS[0]}" / "metrics.jsonl")
+first = read_metrics(OUT / f"grpo_s{SEEDS[0]}" / "metrics.jsonl")
 first = [r for r in first if "reward" in r][0]
 print(f"GRPO step 1: loss {first['loss']:.2e}, ratio {first['ratio']:.6f}, kl_ref {first['kl_ref']:.2e}, "
       f"grad_norm {first['grad_norm']:.3f}")
@@ -112,7 +112,7 @@ print(f"GRPO step 1: loss {first['loss']:.2e}, ratio {first['ratio']:.6f}, kl_re
 
 # %%
 for name in ("grpo", "dapo"):
-    rows = [r for r in read_jsonl(OUT / f"{name}_s{SEEDS[0]}" / "metrics.jsonl") if "reward" in r]
+    rows = [r for r in read_metrics(OUT / f"{name}_s{SEEDS[0]}" / "metrics.jsonl") if "reward" in r]
     zero = statistics.mean(r["zero_std_frac"] for r in rows)
     extra = ""
     if name == "dapo":
@@ -130,7 +130,7 @@ for name in ("grpo", "dapo"):
 # %%
 dpo_metrics = "runs/pipeline/dpo/metrics.jsonl"
 try:
-    rows = [r for r in read_jsonl(dpo_metrics) if "logps/chosen" in r]
+    rows = [r for r in read_metrics(dpo_metrics) if "logps/chosen" in r]
     print(f"logps/chosen {rows[0]['logps/chosen']:.2f} -> {rows[-1]['logps/chosen']:.2f}, logps/rejected "
           f"{rows[0]['logps/rejected']:.2f} -> {rows[-1]['logps/rejected']:.2f} over {rows[-1]['step']} steps")
 except Exception as e:  # no pipeline run yet
@@ -152,7 +152,7 @@ kl_table = {}
 for name, extra in KL_CHOICES.items():
     out = OUT / f"kl_{name}"
     summary = run(name, grpo, dict(beta=0.1, **extra), SEEDS[0], out)
-    rows = [r for r in read_jsonl(out / "metrics.jsonl") if "reward" in r]
+    rows = [r for r in read_metrics(out / "metrics.jsonl") if "reward" in r]
     kl_end = statistics.mean(r["kl_ref"] for r in rows[-10:])
     kl_table[name] = {"kl_ref": kl_end, "arithmetic": summary["end"]["eval_arithmetic"]}
     print(f"{name:14s} {kl_end:10.4f} {100 * summary['end']['eval_arithmetic']:10.1f}")

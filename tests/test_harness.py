@@ -1,0 +1,121 @@
+"""The run harness (minipost/harness/run.py) on a toy objective: its cadence (log, eval, save, --stop-after,
+--max-seconds), resume of every registered object and value with the clock carried on, and the end of a run;
+and the import rules that keep it below the objectives."""
+import ast
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+
+from minipost.common import field, load_checkpoint, read_metrics
+from minipost.harness import Run
+
+ROOT = Path(__file__).resolve().parent.parent
+OBJECTIVES = ("pretrain", "sft", "dpo", "reward_model", "reinforce", "grpo", "ppo")
+
+
+@dataclasses.dataclass
+class ToyConfig:
+    out: str = field("", "run folder")
+    max_steps: int = field(6, "steps")
+    log_every: int = field(2, "log cadence")
+    save_every: int = field(4, "state.pt cadence")
+    stop_after: int = field(0, "stop early")
+    max_seconds: float = field(0.0, "time limit")
+    resume: bool = field(False, "resume")
+    allow_config_change: bool = field(False, "resume a changed config")
+    seed: int = field(0, "seed")
+    device: str = field("cpu", "device")
+    threads: str = field("1", "threads")
+    progress: bool = field(False, "bar")
+
+
+def toy_train(cfg: ToyConfig, clock=None) -> tuple[Run, torch.nn.Linear, list[float]]:
+    """Least squares on a fixed batch with a data generator that a resume must restore."""
+    run = Run(cfg, "toy")
+    model = torch.nn.Linear(3, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    gen = torch.Generator().manual_seed(7)
+    run.start(model=model, optimizer=optimizer, data=gen)
+    seen = run.resumed_value("seen", 0)
+    evals = []
+    for _ in run.steps():
+        if clock is not None:
+            run.t0 -= clock  # pretend each step took `clock` seconds
+        x = torch.randn(4, 3, generator=gen)  # (B, 3): depends on the generator's state
+        loss = ((model(x) - x.sum(dim=1, keepdim=True)) ** 2).mean()
+        run.check(loss, "loss")
+        loss.backward()
+        grad_norm = run.optimizer_step(model, optimizer, grad_clip=1.0)
+        seen += len(x)
+        if run.eval_due(3):
+            evals.append(run.step)
+        run.log(loss=loss.item(), grad_norm=grad_norm, seen=seen)
+        run.end_step(seen=seen)
+    run.finish({"model": model.state_dict(), "step": run.step}, summary={"seen": seen})
+    return run, model, evals
+
+
+def test_cadence_logs_at_step_1_every_log_every_and_at_the_last(tmp_path):
+    run, _, evals = toy_train(ToyConfig(out=str(tmp_path)))
+    rows = read_metrics(tmp_path / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2, 4, 6]
+    assert all(r["elapsed_s"] >= 0 for r in rows) and [r["seen"] for r in rows] == [4, 8, 16, 24]
+    assert evals == [3, 6]  # every 3 steps, and the last
+    assert load_checkpoint(tmp_path / "state.pt")["step"] == 6 and load_checkpoint(tmp_path / "model.pt")["step"] == 6
+    assert (tmp_path / "summary.json").is_file() and run.done
+
+
+def test_stop_after_then_resume_is_bit_exact_and_carries_the_clock_and_values(tmp_path):
+    _, straight, _ = toy_train(ToyConfig(out=str(tmp_path / "a")))
+    run, _, _ = toy_train(ToyConfig(out=str(tmp_path / "b"), stop_after=3), clock=10.0)
+    assert run.stopped == "--stop-after" and not run.done and not (tmp_path / "b" / "model.pt").exists()
+    state = load_checkpoint(tmp_path / "b" / "state.pt")
+    assert state["step"] == 3 and state["seen"] == 12 and state["elapsed_s"] >= 30  # saved at --stop-after
+    run, resumed, _ = toy_train(ToyConfig(out=str(tmp_path / "b"), resume=True))
+    assert run.resumed and run.step == 6
+    for k, v in straight.state_dict().items():
+        assert torch.equal(v, resumed.state_dict()[k]), k
+    rows_a, rows_b = (read_metrics(tmp_path / d / "metrics.jsonl") for d in "ab")
+    assert [{k: v for k, v in r.items() if k != "elapsed_s"} for r in rows_a] == \
+           [{k: v for k, v in r.items() if k != "elapsed_s"} for r in rows_b]
+    assert rows_b[-1]["elapsed_s"] >= 30  # the seconds before the resume count
+
+
+def test_max_seconds_stops_the_run_and_keeps_the_model_it_trained(tmp_path):
+    run, _, evals = toy_train(ToyConfig(out=str(tmp_path), max_seconds=25.0), clock=10.0)
+    assert run.stopped == "--max-seconds 25.0" and run.step == 3 and run.done
+    assert evals == [3]  # the held-out evaluation runs at the step the time ran out
+    assert load_checkpoint(tmp_path / "model.pt")["step"] == 3
+
+
+def test_a_non_finite_loss_stops_with_the_step(tmp_path):
+    run = Run(ToyConfig(out=str(tmp_path)), "toy")
+    run.start(model=torch.nn.Linear(1, 1))
+    next(run.steps())
+    with pytest.raises(FloatingPointError, match="loss is nan at step 1"):
+        run.check(torch.tensor(float("nan")), "loss")
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every minipost module a file imports, at any depth of the file (function-level imports too)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("minipost"):
+            names.add(node.module)
+            names.update(f"{node.module}.{a.name}" for a in node.names)
+        elif isinstance(node, ast.Import):
+            names.update(a.name for a in node.names if a.name.startswith("minipost"))
+    return names
+
+
+def test_the_harness_imports_no_objective_and_no_objective_imports_another():
+    for path in (ROOT / "minipost" / "harness").glob("*.py"):
+        bad = {m for m in imported_modules(path) for o in OBJECTIVES if m == f"minipost.{o}"}
+        assert not bad, f"{path.name} imports {bad}"
+    for name in OBJECTIVES:
+        others = {f"minipost.{o}" for o in OBJECTIVES if o != name}
+        bad = imported_modules(ROOT / "minipost" / f"{name}.py") & (others | {"minipost.pipeline", "minipost.lab",
+                                                                             "minipost.chat"})
+        assert not bad, f"{name}.py imports {bad}"
