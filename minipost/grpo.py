@@ -22,6 +22,7 @@ rows of the rollout batch, L the generation budget (max_new_tokens):
     grpo      | |o_i| per row, then the mean over rows             | the GRPO paper; TRL `grpo`
     dapo      | all tokens of the rollout batch                    | DAPO (Yu et al. 2025); TRL `dapo` (its default)
     bnpo      | the tokens of each micro-batch (mean of those)     | TRL `bnpo`; changes with micro_batch_size
+                (micro-batches of rows in rollout order, as in TRL; the other types group rows by length)
     dr_grpo   | B x L, the same every step                         | Dr. GRPO; TRL `dr_grpo`
 
 grpo gives a short answer's tokens more weight each; dapo weighs every token alike; dr_grpo too, without the
@@ -196,7 +197,10 @@ def grpo_loss(logps, old_logps, ref_logps, advantages, mask, clip_eps: float = 0
                    completion, s_i = (pi / pi_old)(o_i)^(1/|o_i|) = exp(mean_t log rho_t), clipped per sequence
                    (GSPO), the same for each of its tokens
     kl_loss        the per-token KL term times beta: k1, k2, k3 or k3_corrected (common.kl_loss_term says which
-                   KL each one's gradient follows)
+                   KL each one's gradient follows). k3_corrected multiplies k3 by the *token* ratio pi / pi_old,
+                   also under GSPO; TRL multiplies it by the sequence ratio s_i there. Where both ratios are 1
+                   (one optimizer step per batch) the values agree and the gradients do not: the token ratio
+                   sends k3's share to its own token, s_i spreads it over the completion's tokens
     info (detached scalars; the token metrics are means over this batch's completion tokens): loss, clip_frac
     (ratio outside [1 - clip_eps, 1 + clip_eps_high]), ratio, approx_kl (k3 of pi_old vs pi_theta), kl_ref (k3 of
     pi_theta vs pi_ref, when ref_logps is given: the same *estimate* whatever kl_loss is).
@@ -235,8 +239,8 @@ def grpo_loss(logps, old_logps, ref_logps, advantages, mask, clip_eps: float = 0
 # micro-batches of b rows; |o_i| is row i's length, L the generation budget (max_new_tokens).
 LOSS_TYPES = {
     "grpo": ("per row |o_i|, then a mean over the B rows", "the GRPO paper (DeepSeekMath); TRL's `grpo`"),
-    "bnpo": ("the tokens of each micro-batch, micro-batches weighted by their rows: depends on micro_batch_size",
-             "TRL's `bnpo`"),
+    "bnpo": ("the tokens of each micro-batch (rows in rollout order), micro-batches weighted by their rows: "
+             "depends on micro_batch_size", "TRL's `bnpo`"),
     "dapo": ("all tokens of the rollout batch", "DAPO; TRL's default `dapo`"),
     "dr_grpo": ("B x L, a constant", "Dr. GRPO; TRL's `dr_grpo`"),
 }
@@ -315,7 +319,8 @@ def update(policy, optimizer, batch_rollout, ref_logps, advantages, cfg: Config,
     total = (int(run.sum(mask.shape[0])), int(run.sum(mask.sum().item())))
     totals = {}
     for _ in range(cfg.num_iterations):
-        for idx in micro_batches(batch_rollout, cfg.micro_batch_size or len(batch_rollout)):
+        for idx in micro_batches(batch_rollout, cfg.micro_batch_size or len(batch_rollout),
+                                 by_length=cfg.loss_type != "bnpo"):  # bnpo's mean depends on the grouping
             logps = completion_logprobs(policy, batch_rollout.select(idx), cfg.temperature,
                                         cfg.logprobs_impl)  # (b, T)
             loss, info = grpo_loss(logps, old_logps[idx], ref_logps[idx], advantages[idx], mask[idx], cfg.clip_eps,

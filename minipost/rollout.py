@@ -196,14 +196,18 @@ def concat_rollouts(parts: list[tuple[Rollout, torch.Tensor, torch.Tensor]], pad
     return ro, torch.cat([right(x, 0.0) for _, x, _ in parts]), torch.cat([y for _, _, y in parts])
 
 
-def micro_batches(ro: Rollout, size: int) -> list[torch.Tensor]:
-    """Row indices in chunks of `size`, rows of similar length together, for gradient accumulation.
+def micro_batches(ro: Rollout, size: int, by_length: bool = True) -> list[torch.Tensor]:
+    """Row indices in chunks of `size`, for gradient accumulation: rows of similar length together, or in
+    rollout order (by_length False).
 
-    Which rows share a micro-batch never changes the accumulated gradient (each micro-batch's loss is weighted
-    by its share of the batch), only the cost: short rows together let completion_logprobs cut more padding.
-    Rows are sorted by prompt + completion length, a proxy: the cost is the longest prompt plus the longest
-    completion of the micro-batch.
+    For a loss that is a mean over rows, or over the whole batch's tokens, which rows share a micro-batch never
+    changes the accumulated gradient (each micro-batch's loss is weighted by its share of the batch), only the
+    cost: short rows together let completion_logprobs cut more padding. Rows are sorted by prompt + completion
+    length, a proxy: the cost is the longest prompt plus the longest completion of the micro-batch. A token mean
+    *per micro-batch* (GRPO's bnpo) does depend on the grouping: it takes the rows in rollout order, as TRL does.
     """
+    if not by_length:
+        return [torch.arange(s, min(s + size, len(ro))) for s in range(0, len(ro), size)]
     order = (ro.prompt_mask.sum(dim=1) + ro.lengths).argsort(stable=True)  # (N,) shortest first
     return [order[s:s + size] for s in range(0, len(ro), size)]
 

@@ -16,9 +16,11 @@ then the micro-batch means (the common bug) over-weights the tokens of micro-bat
 
 Choices and deviations, all switchable in `Config`:
 - packing (`pack`, off by default): several conversations are concatenated into one row of up to block_size + 1
-  tokens, so fewer pad tokens are computed. As in most SFT code (TRL's default packing, nanochat), attention is
-  not reset at conversation boundaries: a conversation can attend to the one before it in the row. The loss
-  mask is unchanged, so only the context differs.
+  tokens, so fewer pad tokens are computed. Attention is not reset at conversation boundaries: a conversation can
+  attend to the one before it in the row (nanochat packs this way too). The loss mask is unchanged, so only the
+  context differs. TRL (1.16) differs: packing is off by default there too, and its default packing strategy
+  ("bfd") is padding-free with position ids restarting at each conversation, which keeps attention inside each
+  conversation on FlashAttention-style kernels.
 - pretraining mix (`ptx_coef`): optionally add ptx_coef * (next-token loss on a packed batch of pretraining
   text) to every step, the "pretraining mix" InstructGPT uses in PPO-ptx (their eq. 2) to limit forgetting.
   Logged as `ptx_loss`; `val_loss` (held-out pretraining text) shows what SFT costs the base model. The defaults

@@ -7,7 +7,7 @@ from minipost.common import KL_LOSSES, kl_estimate, kl_loss_term
 from minipost.grpo import grpo_loss, micro_batch_weight
 from minipost.model import GPT, GPTConfig
 from minipost.rewards import overlong_penalty
-from minipost.rollout import completion_logprobs, concat_rollouts, sample_completions
+from minipost.rollout import Rollout, completion_logprobs, concat_rollouts, micro_batches, sample_completions
 
 
 def random_batch(seed=0, B=6, T=5, spread=0.3):
@@ -55,6 +55,29 @@ def test_dapo_is_one_token_mean_over_the_rollout_batch_and_bnpo_one_per_micro_ba
         g_ref = torch.autograd.grad(expected, logps, retain_graph=True)[0]
         torch.testing.assert_close(g_acc, g_ref, atol=1e-7, rtol=1e-6)
     assert abs(by_hand["dapo"].item() - by_hand["bnpo"].item()) > 1e-3
+
+
+def test_bnpo_takes_micro_batches_in_rollout_order_as_trl_does():
+    """Rows of 1, 5, 1, 5 tokens, advantages +1, -1, +1, -1, micro-batches of 2, on-policy (ratio 1). In rollout
+    order (TRL) each micro-batch is rows (1 token, +1) and (5 tokens, -1): its token mean is (-1 + 5) / 6, so the
+    loss is 0.667 and each token's gradient -1/12 or +1/12 (times the micro-batch weight 1/2: -/+0.0833). Sorted
+    by length the micro-batches would be the two short rows and the two long ones: loss 0, gradients -0.25 and
+    +0.05, a different objective. grpo.update asks micro_batches for rollout order when the loss type is bnpo."""
+    lengths = torch.tensor([1, 5, 1, 5])
+    mask = (torch.arange(5)[None, :] < lengths[:, None]).float()  # (4, 5)
+    ro = Rollout(torch.ones(4, 2, dtype=torch.long), torch.ones(4, 2, dtype=torch.long), torch.zeros(4, 5,
+                 dtype=torch.long), mask.long(), torch.zeros(4, 5), torch.ones(4, dtype=torch.bool), group_size=2)
+    assert [i.tolist() for i in micro_batches(ro, 2, by_length=False)] == [[0, 1], [2, 3]]
+    assert [i.tolist() for i in micro_batches(ro, 2)] == [[0, 2], [1, 3]]  # by length: only for order-free losses
+    adv = torch.tensor([1.0, -1.0, 1.0, -1.0])
+    for by_length, loss_value, grads in ((False, 2 / 3, (-1 / 12, 1 / 12)), (True, 0.0, (-0.25, 0.05))):
+        logps = torch.zeros(4, 5, requires_grad=True)
+        total = sum(grpo_loss(logps[i], logps[i].detach(), None, adv[i], mask[i], loss_type="bnpo")[0]
+                    * micro_batch_weight("bnpo", mask[i], mask) for i in micro_batches(ro, 2, by_length))
+        total.backward()
+        assert total.item() == pytest.approx(loss_value, abs=1e-6)
+        assert logps.grad[0, 0].item() == pytest.approx(grads[0], abs=1e-6)  # a short row's token (A = +1)
+        assert logps.grad[1, 0].item() == pytest.approx(grads[1], abs=1e-6)  # a long row's token (A = -1)
 
 
 # ---------------------------------------------------------------------------------------------------------------
