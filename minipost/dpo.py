@@ -65,12 +65,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from minipost import threads
-from minipost.common import (DATA_DIR, DEVICE_HELP, InputError, autocast, check_config, check_device, field, main,
-                             read_jsonl)
+from minipost.common import DATA_DIR, InputError, autocast, check_config, field, main, read_jsonl
 from minipost.data import IGNORE, EpochBatches, load_prefs, num_targets, pair_batch, tokenize_pairs
 from minipost.evals import pair_logps, per_domain, preference_accuracy, write_samples
-from minipost.harness import Run
+from minipost.harness import Run, RunConfig
 from minipost.logprobs import sequence_logprobs
 from minipost.lora import add_lora_from_flags, merge_lora, parse_targets, trainable, training_bytes
 from minipost.model import check_same_tokenizer, load_model, model_checkpoint
@@ -82,7 +80,7 @@ LOSS_TYPES = ["sigmoid", "ipo", "hinge", "robust"]
 
 
 @dataclass
-class Config:
+class Config(RunConfig):
     """Direct Preference Optimization on (prompt, chosen, rejected) pairs against a frozen reference.
     The defaults are the nano preset (a laptop CPU, ~2 min); `--preset small` changes only what PRESETS lists."""
     preset: str = field("nano", "model size and schedule: nano (laptop CPU) or small (one GPU)",
@@ -112,10 +110,6 @@ class Config:
     eval_pairs: int = field(256, "held-out pairs per evaluation (0: none)", min=0)
     log_every: int = field(5, "steps between metrics.jsonl rows", min=1)
     save_every: int = field(50, "steps between OUT/state.pt saves (for --resume)", min=1)
-    stop_after: int = field(0, "save state and stop after this many steps, to --resume later (0: run to the end)",
-                            min=0)
-    resume: bool = field(False, "continue from OUT/state.pt: weights, optimizer, schedule, RNG, data position and step")
-    allow_config_change: bool = field(False, "with --resume, accept a config that differs from the saved run's")
     logprobs_impl: str = field("auto", "token_logprobs implementation",
                                choices=["auto", "reference", "chunked", "triton"])
     lora_rank: int = field(0, "LoRA: adapters of this rank on --lora-targets and every other weight frozen; model.pt "
@@ -123,10 +117,6 @@ class Config:
     lora_alpha: float = field(16.0, "LoRA scale: the update is (alpha / rank) B A", gt=0)
     lora_targets: str = field("attn,mlp", "linear layers that get LoRA adapters: attn, mlp, qkv, proj, fc",
                               check=parse_targets)
-    seed: int = field(1337, "random seed (data order)", min=0, max=2**32 - 1)
-    device: str = field("auto", DEVICE_HELP, check=check_device)
-    progress: bool = field(True, "show a tqdm progress bar")
-    threads: str = field("auto", threads.HELP, check=threads.parse_threads)
 
     def __post_init__(self):
         check_config(self)

@@ -24,12 +24,10 @@ from dataclasses import dataclass
 
 import torch
 
-from minipost import threads
-from minipost.common import (DATA_DIR, DEVICE_HELP, InputError, autocast, check_config, check_device, field, main,
-                             read_jsonl)
+from minipost.common import DATA_DIR, InputError, autocast, check_config, field, main, read_jsonl
 from minipost.data import load_texts, pack, packed_batch
 from minipost.evals import heldout_loss, per_domain, write_samples
-from minipost.harness import Run
+from minipost.harness import Run, RunConfig
 from minipost.logprobs import token_logprobs
 from minipost.model import GPT, PRESETS as MODEL_PRESETS, GPTConfig, check_same_tokenizer, load_model, model_checkpoint
 from minipost.optim import adamw, cosine_lr, set_lr
@@ -38,7 +36,7 @@ from minipost.world import build as build_world
 
 
 @dataclass
-class Config:
+class Config(RunConfig):
     """Pretrain a tiny GPT on the synthetic world's corpus (or your own text). The defaults are the nano preset."""
     preset: str = field("nano", "model size: nano (~1M parameters, laptop CPU) or small (~11M, one GPU)",
                         choices=["nano", "small"])
@@ -62,17 +60,9 @@ class Config:
                               min=1)
     log_every: int = field(10, "steps between metrics.jsonl rows", min=1)
     save_every: int = field(400, "steps between OUT/state.pt saves (what --resume continues from)", min=1)
-    resume: bool = field(False, "continue from OUT/state.pt: weights, optimizer, schedule, RNG, data position and step")
-    allow_config_change: bool = field(False, "with --resume, accept a config that differs from the saved run's")
-    stop_after: int = field(0, "save state and stop after this many steps, to --resume later (0: run to the end)",
-                            min=0)
     logprobs_impl: str = field("auto", "token_logprobs implementation",
                                choices=["auto", "reference", "chunked", "triton"])
     compile: bool = field(False, "torch.compile the model")
-    seed: int = field(1337, "random seed (init, batches)", min=0, max=2**32 - 1)
-    device: str = field("auto", DEVICE_HELP, check=check_device)
-    progress: bool = field(True, "show a tqdm progress bar")
-    threads: str = field("auto", threads.HELP, check=threads.parse_threads)
 
     def __post_init__(self):
         check_config(self)

@@ -57,42 +57,27 @@ from dataclasses import dataclass
 
 import torch
 
-from minipost import dist, threads
-from minipost.common import (DATA_DIR, DEVICE_HELP, KL_LOSSES, InputError, add_info, check_config, check_device,
-                             check_kl_flags, field, kl_estimate, kl_loss_term, largest_weight, main)
+from minipost import dist
+from minipost.common import (DATA_DIR, KL_LOSSES, InputError, add_info, check_config, check_kl_flags, field,
+                             kl_estimate, kl_loss_term, largest_weight, main)
 from minipost.evals import heldout_scores, per_domain, write_samples
 from minipost.harness import Run
 from minipost.logprobs import masked_mean, whiten
 from minipost.model import load_model, model_checkpoint
 from minipost.optim import adamw, linear_decay_lr, set_lr
 from minipost.rewards import parse_reward, score_rollout, token_rewards, zero_spread
-from minipost.rollout import completion_logprobs, load_rl_prompts, micro_batches, next_prompts, rollout_share
+from minipost.rollout import (RolloutConfig, completion_logprobs, load_rl_prompts, micro_batches, next_prompts,
+                              rollout_share)
 from minipost.world import build as build_world
 
 
 @dataclass
-class Config:
+class Config(RolloutConfig):
     """REINFORCE / RLOO: sequence-level policy gradient with a baseline, KL to the reference."""
-    preset: str = field("nano", "nano (laptop CPU; the defaults) or small (one GPU)", choices=["nano", "small"])
     out: str = field("runs/rloo", "output folder: config.json, metrics.jsonl, state.pt, model.pt, samples.txt")
     init: str = field("runs/dpo/model.pt", "checkpoint to start from (and the frozen reference)")
-    data: str = field("", "RL prompts, JSONL with prompt, domain and checker fields (default: the world's rl.jsonl)")
-    eval_data: str = field("", "held-out prompts in the same form (default: the world's eval.jsonl)")
-    domains: str = field("", "comma-separated domains to train on (empty: all)")
-    oversample: str = field("arithmetic:2", "domain:k,... repeats that domain's prompts k times (empty: none)")
-    reward: str = field("correct:1,restate:0.3", "reward terms name:weight, see rewards.py (correct, answer, sql, "
-                                                 "tool, restate, format)", check=parse_reward)
-    missing_stop_penalty: float = field(0.0, "subtracted from the reward of a completion without <|end|>", min=0)
-    length_penalty: float = field(0.0, "subtracted times completion length / max_new_tokens", min=0)
     max_steps: int = field(200, "rollout batches (each followed by one optimizer step)", min=1)
-    max_seconds: float = field(0.0, "stop after this many seconds (0: no limit); a cap makes the step count "
-                                     "machine-dependent", min=0)
-    prompts_per_step: int = field(16, "prompts per rollout batch", min=1)
     group_size: int = field(8, "samples per prompt (G); >= 2 for --baseline rloo", min=1)
-    max_new_tokens: int = field(48, "longest completion", min=1)
-    temperature: float = field(1.0, "sampling temperature (the log-probs use the same one)", gt=0)
-    top_k: int = field(0, "sample from the k most likely tokens only (0: off)", min=0)
-    top_p: float = field(1.0, "nucleus sampling mass (1: off)", gt=0, max=1)
     lr: float = field(1e-4, "Adam learning rate", gt=0)
     lr_decay: bool = field(True, "decay the learning rate linearly to 0 over max_steps, set once per rollout step; "
                                  "a run that max_seconds stops early ends above 0")
@@ -112,19 +97,6 @@ class Config:
                                 min=1, max=100)
     clip_eps: float = field(0.2, "clip range of the ratio when num_iterations > 1", gt=0)
     eval_every: int = field(50, "steps between held-out evaluations (0: only at start and end)", min=0)
-    eval_limit: int = field(100, "held-out prompts per domain for those evaluations (0: all)", min=0)
-    log_every: int = field(1, "steps between metrics.jsonl rows", min=1)
-    logprobs_impl: str = field("auto", "token_logprobs implementation",
-                               choices=["auto", "reference", "chunked", "triton"])
-    seed: int = field(1337, "random seed (prompt order, sampling)", min=0, max=2**32 - 1)
-    device: str = field("auto", DEVICE_HELP, check=check_device)
-    progress: bool = field(True, "show a tqdm progress bar")
-    threads: str = field("auto", threads.HELP, check=threads.parse_threads)
-    resume: bool = field(False, "continue from OUT/state.pt: weights, optimizer, schedule, RNG, data position and step")
-    allow_config_change: bool = field(False, "with --resume, accept a config that differs from the saved run's")
-    save_every: int = field(50, "steps between OUT/state.pt saves", min=1)
-    stop_after: int = field(0, "save state and stop after this many steps, to --resume later (0: run to the end)",
-                            min=0)
 
     def __post_init__(self):
         check_config(self)

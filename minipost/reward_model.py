@@ -53,11 +53,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from minipost import threads
-from minipost.common import (DATA_DIR, DEVICE_HELP, InputError, autocast, check_config, check_device, field,
-                             load_checkpoint, main)
+from minipost.common import DATA_DIR, InputError, autocast, check_config, field, load_checkpoint, main
 from minipost.data import EpochBatches, load_prefs, tokenize_pairs
-from minipost.harness import Run
+from minipost.harness import Run, RunConfig
 from minipost.model import load_model, model_checkpoint
 from minipost.optim import adamw, cosine_lr, set_lr
 from minipost.tokenizer import render_chat, special_id
@@ -67,7 +65,7 @@ KIND = "reward_model"  # the checkpoint's "kind": what RewardModel checks before
 
 
 @dataclass
-class Config:
+class Config(RunConfig):
     """A Bradley-Terry reward model on (prompt, chosen, rejected) pairs, from the SFT model.
     The defaults are the nano preset (a laptop CPU, ~1 min); `--preset small` changes only what PRESETS lists."""
     preset: str = field("nano", "model size and schedule: nano (laptop CPU) or small (one GPU)",
@@ -93,14 +91,6 @@ class Config:
     eval_every: int = field(50, "steps between held-out accuracy evaluations (0: only at the end)", min=0)
     log_every: int = field(5, "steps between metrics.jsonl rows", min=1)
     save_every: int = field(50, "steps between OUT/state.pt saves (for --resume)", min=1)
-    stop_after: int = field(0, "save state and stop after this many steps, to --resume later (0: run to the end)",
-                            min=0)
-    resume: bool = field(False, "continue from OUT/state.pt: weights, optimizer, schedule, RNG, data position and step")
-    allow_config_change: bool = field(False, "with --resume, accept a config that differs from the saved run's")
-    seed: int = field(1337, "random seed (data order)", min=0, max=2**32 - 1)
-    device: str = field("auto", DEVICE_HELP, check=check_device)
-    progress: bool = field(True, "show a tqdm progress bar")
-    threads: str = field("auto", threads.HELP, check=threads.parse_threads)
 
     def __post_init__(self):
         check_config(self)

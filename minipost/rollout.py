@@ -33,12 +33,35 @@ import torch
 import torch.nn.functional as F
 
 from minipost import dist
-from minipost.common import InputError, read_jsonl
+from minipost.common import InputError, field, read_jsonl
+from minipost.harness import RunConfig
 from minipost.logprobs import token_logprobs
 from minipost.model import left_pad
-from minipost.rewards import check_reward_domains
+from minipost.rewards import check_reward_domains, parse_reward
 from minipost.tokenizer import render_prompt, special_id
 from minipost.world import validate_record
+
+
+
+@dataclass
+class RolloutConfig(RunConfig):
+    """The fields the three RL objectives share: which prompts, which reward, how the answers are sampled."""
+    data: str = field("", "RL prompts, JSONL with prompt, domain and checker fields (default: the world's rl.jsonl)")
+    eval_data: str = field("", "held-out prompts in the same form (default: the world's eval.jsonl)")
+    domains: str = field("", "comma-separated domains to train on (empty: all)")
+    oversample: str = field("arithmetic:2", "domain:k,... repeats that domain's prompts k times (empty: none)")
+    reward: str = field("correct:1,restate:0.3", "reward terms name:weight, see rewards.py (correct, answer, sql, "
+                                                 "tool, restate, format)", check=parse_reward)
+    missing_stop_penalty: float = field(0.0, "subtracted from the reward of a completion without <|end|>", min=0)
+    length_penalty: float = field(0.0, "subtracted times completion length / max_new_tokens", min=0)
+    prompts_per_step: int = field(16, "prompts per rollout batch", min=1)
+    max_new_tokens: int = field(48, "longest completion", min=1)
+    temperature: float = field(1.0, "sampling temperature (the log-probs use the same one)", gt=0)
+    top_k: int = field(0, "sample from the k most likely tokens only (0: off)", min=0)
+    top_p: float = field(1.0, "nucleus sampling mass (1: off)", gt=0, max=1)
+    eval_limit: int = field(100, "held-out prompts per domain for the held-out evaluations (0: all)", min=0)
+    logprobs_impl: str = field("auto", "token_logprobs implementation",
+                               choices=["auto", "reference", "chunked", "triton"])
 
 
 @dataclass

@@ -42,13 +42,11 @@ from pathlib import Path
 
 import torch
 
-from minipost import threads
-from minipost.common import (DATA_DIR, DEVICE_HELP, InputError, autocast, check_config, check_device, field, main,
-                             read_jsonl)
+from minipost.common import DATA_DIR, InputError, autocast, check_config, field, main, read_jsonl
 from minipost.data import (IGNORE, EpochBatches, collate, load_chats, load_texts, num_targets, pack, packed_batch,
                            tokenize_chats)
 from minipost.evals import heldout_loss, per_domain, write_samples
-from minipost.harness import Run
+from minipost.harness import Run, RunConfig
 from minipost.logprobs import token_logprobs
 from minipost.lora import add_lora_from_flags, merge_lora, parse_targets, trainable, training_bytes
 from minipost.model import load_model, model_checkpoint
@@ -58,7 +56,7 @@ from minipost.world import build as build_world
 
 
 @dataclass
-class Config:
+class Config(RunConfig):
     """Supervised fine-tuning on chat data: loss on the assistant's tokens only. The defaults are the nano preset."""
     preset: str = field("nano", "schedule: nano (laptop CPU) or small (one GPU); the model's size comes from --init",
                         choices=["nano", "small"])
@@ -85,10 +83,6 @@ class Config:
                               min=1)
     log_every: int = field(10, "steps between metrics.jsonl rows", min=1)
     save_every: int = field(100, "steps between OUT/state.pt saves (what --resume continues from)", min=1)
-    resume: bool = field(False, "continue from OUT/state.pt: weights, optimizer, schedule, RNG, data position and step")
-    allow_config_change: bool = field(False, "with --resume, accept a config that differs from the saved run's")
-    stop_after: int = field(0, "save state and stop after this many steps, to --resume later (0: run to the end)",
-                            min=0)
     logprobs_impl: str = field("auto", "token_logprobs implementation",
                                choices=["auto", "reference", "chunked", "triton"])
     lora_rank: int = field(0, "LoRA: adapters of this rank on --lora-targets and every other weight frozen; model.pt "
@@ -96,10 +90,6 @@ class Config:
     lora_alpha: float = field(16.0, "LoRA scale: the update is (alpha / rank) B A", gt=0)
     lora_targets: str = field("attn,mlp", "linear layers that get LoRA adapters: attn, mlp, qkv, proj, fc",
                               check=parse_targets)
-    seed: int = field(1337, "random seed (data order)", min=0, max=2**32 - 1)
-    device: str = field("auto", DEVICE_HELP, check=check_device)
-    progress: bool = field(True, "show a tqdm progress bar")
-    threads: str = field("auto", threads.HELP, check=threads.parse_threads)
 
     def __post_init__(self):
         check_config(self)

@@ -1,0 +1,37 @@
+"""`RunConfig`: the fields every objective's Config shares, so each objective's Config lists only its method's and
+its schedule's fields (and redeclares a shared one only to change its default or its help).
+
+Every field becomes a command-line flag (`common.parse_config`: `max_steps` -> `--max-steps`), and `check_config`
+checks the bounds given here before any data or model is loaded.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from minipost import threads
+from minipost.common import DEVICE_HELP, check_config, check_device, field
+
+
+@dataclass
+class RunConfig:
+    """Where a run writes, what it starts from, how long it runs and how often it logs, evaluates and saves."""
+    preset: str = field("nano", "nano (laptop CPU; the defaults) or small (one GPU)", choices=["nano", "small"])
+    out: str = field("runs/run", "output folder: config.json, metrics.jsonl, state.pt, model.pt, samples.txt")
+    init: str = field("", "checkpoint to start from")
+    max_steps: int = field(100, "optimizer steps", min=1)
+    max_seconds: float = field(0.0, "stop after this many seconds, keeping the model trained so far (0: no limit); "
+                                     "a cap makes the step count machine-dependent", min=0)
+    eval_every: int = field(50, "steps between held-out evaluations (0: only at the end)", min=0)
+    log_every: int = field(1, "steps between metrics.jsonl rows (step 1 and the last are always logged)", min=1)
+    save_every: int = field(50, "steps between OUT/state.pt saves (what --resume continues from)", min=1)
+    stop_after: int = field(0, "save state and stop after this many steps, to --resume later (0: run to the end)",
+                            min=0)
+    resume: bool = field(False, "continue from OUT/state.pt: weights, optimizer, schedule, RNG, data position and step")
+    allow_config_change: bool = field(False, "with --resume, accept a config that differs from the saved run's")
+    seed: int = field(1337, "random seed (initial weights, data order, sampling)", min=0, max=2**32 - 1)
+    device: str = field("auto", DEVICE_HELP, check=check_device)
+    progress: bool = field(True, "show a tqdm progress bar")
+    threads: str = field("auto", threads.HELP, check=threads.parse_threads)
+
+    def __post_init__(self):
+        check_config(self)
