@@ -10,8 +10,9 @@
 #
 #     L = - 1/N * sum_{t in answer} log pi(y_t | y_<t)        (N = number of answer tokens, <|end|> included)
 #
-# This lesson: (1) the base model on chat prompts, (2) the loss mask drawn on a real example, (3) the SFT run,
-# (4) SFT unlocking facts the base model read only in pretraining, never in a chat example.
+# This lesson: (1) the base model on chat prompts, (2) the loss mask drawn on a real example, (3) one SFT step
+# by hand, checked against the library's, (4) the SFT run, (5) SFT unlocking facts the base model read only in
+# pretraining, never in a chat example.
 #
 # Set MINIPOST_SMOKE=1 for a fast version (the test suite runs it that way).
 
@@ -19,16 +20,22 @@
 import os
 from pathlib import Path
 
-from minipost.common import DATA_DIR, config_with_preset, read_jsonl, read_metrics
-from minipost.data import collate, load_chats
+import minipost  # noqa: F401  before torch: then torch's idle threads sleep (minipost/threads.py)
+import torch
+
+from minipost import threads
+from minipost.common import DATA_DIR, config_with_preset, read_jsonl, read_metrics, seed_everything
+from minipost.data import EpochBatches, collate, load_chats, num_targets, tokenize_chats
 from minipost.evals import chat_scores, probe_scores
 from minipost.model import load_model
-from minipost.sft import PRESETS, Config, train
+from minipost.optim import adamw, cosine_lr, set_lr
+from minipost.sft import PRESETS, Config, sft_loss, train
 from minipost.tokenizer import render_chat, special_id
 from minipost.world import is_refusal
 
-SMOKE = os.environ.get("MINIPOST_SMOKE") == "1"
-OUT = Path(os.environ.get("MINIPOST_OUT", "runs/tutorials")) / "02_sft"
+from _setup import SMOKE, assert_same_weights, out_dir  # noqa: E402  (tutorials/_setup.py)
+
+OUT = out_dir("02_sft")
 OUT.mkdir(parents=True, exist_ok=True)
 
 
@@ -86,7 +93,68 @@ x, y = collate([(ids, mask)], special_id(enc, "<|pad|>"))
 print(f"{len(ids)} tokens, {sum(mask)} targets; targets decode to {enc.decode(y[0][y[0] >= 0].tolist())!r}")
 
 # %% [markdown]
-# ## 3. Train
+# ## 3. One SFT step by hand
+# `train(cfg)` in minipost/sft.py is a loop of such steps. We take its first step ourselves, on 4 conversations,
+# then check that `train()` with `max_steps=1` ends with exactly the same weights. The setup, as in `train()`:
+# - `threads.configure` and `seed_everything` are what `Run(cfg, "sft")` does first. Nothing here draws from the
+#   seeded RNG (the model is loaded, batches have their own generators), but the thread count matters: it fixes
+#   how a few CPU kernels split their sums, and another count changes the last bit of some gradients
+#   (minipost/threads.py). Both sides run with 1 thread.
+# - the next two lines are `load_sft_data`: every chat rendered and cut to block_size + 1 tokens, and the chats
+#   with no answer token left dropped. The rows stay in file order (only `pack=True` shuffles the chats first,
+#   which decides the ones that share a packed row).
+# - `EpochBatches` is the data order: B row indices per step, a fresh seeded shuffle (seed + 1) every epoch.
+# - `ptx_coef=0`: no pretraining mix here. With it, `train()` adds ptx_coef times a next-token loss on a batch of
+#   corpus text (lesson 01's loss) to every step; the run in section 4 uses it.
+
+# %%
+one = config_with_preset(Config, PRESETS, preset="nano", init=BASE, out=str(OUT / "one_step"), max_steps=1,
+                         batch_size=4, ptx_coef=0, eval_windows=2, device="cpu", threads="1", progress=False)
+print(threads.configure(one.threads))  # Run(cfg, ...): the CPU threads
+seed_everything(one.seed)  # Run(cfg, ...): the seeds
+model, enc, _ = load_model(one.init)  # the base model
+examples = tokenize_chats(enc, load_chats(DATA_DIR / "sft.jsonl"), one.block_size)  # [(ids, loss_mask)]
+rows = [e for e in examples if sum(e[1][1:]) > 0]  # a chat cut before its answer has nothing to learn
+optimizer = adamw(model, lr=one.lr, weight_decay=one.weight_decay)
+batches = EpochBatches(len(rows), one.batch_size, seed=one.seed + 1)
+
+# %% [markdown]
+# The step, each line one line of `train()`'s loop at `step = 0`:
+# - the learning rate from the warmup (`cosine_lr`, set by `set_lr`);
+# - the batch: B rows, `n_tok` the number of answer tokens (targets) in all of them, and `collate` pads them into
+#   (B, T) tensors, y = -100 wherever the loss mask is 0;
+# - `sft_loss`: the sum of -log pi over the targets, divided by `n_tok` (with micro-batches, each one divides by
+#   the whole step's `n_tok`, so every token weighs the same);
+# - `run.optimizer_step`: clip the global gradient norm to `grad_clip`, then AdamW's update.
+# (`train()` also measures the held-out pretraining loss before the first step and after the last: forward
+# passes only, they change no weight.)
+
+# %%
+step = 0
+lr = set_lr(optimizer, cosine_lr(step, lr=one.lr, warmup_steps=one.warmup_steps, max_steps=one.max_steps,
+                                 min_lr_ratio=one.min_lr_ratio))
+batch = next(batches)  # B row indices
+n_tok = sum(num_targets(rows[i]) for i in batch)  # answer tokens (targets) in the batch
+x, y = collate([rows[i] for i in batch], special_id(enc, "<|pad|>"))  # (B, T) each; y -100 off the answers
+model.train()
+logits = model(x)  # (B, T, V)
+loss = sft_loss(logits, y, n_tok)  # scalar: mean -log pi over the n_tok answer tokens
+loss.backward()  # .grad of every weight
+grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), one.grad_clip)  # the norm before clipping
+optimizer.step()
+print(f"x {tuple(x.shape)}, {n_tok} answer tokens; loss {loss.item():.4f}, grad norm {grad_norm.item():.3f} "
+      f"clipped to {one.grad_clip}, lr {lr:.1e}")
+
+# %% [markdown]
+# The library's loop for one step, on the same settings, and the check that both give the same weights: bit for
+# bit, since the same weights, rows, shapes, thread count and operations in the same order give the same floats.
+
+# %%
+train(one)
+assert_same_weights(model, OUT / "one_step" / "model.pt")
+
+# %% [markdown]
+# ## 4. Train
 # The nano preset: batches of 32 conversations, AdamW, a short warmup and cosine decay; about 3 minutes on a
 # 2-core CPU. The metrics: `loss` (answer tokens only), `token_acc` (greedy next token right), `tokens_seen`
 # (answer tokens), and `val_loss`, the held-out *pretraining* loss: it rises a little, the price of SFT.
@@ -95,14 +163,14 @@ print(f"{len(ids)} tokens, {sum(mask)} targets; targets decode to {enc.decode(y[
 overrides = dict(max_steps=6, log_every=2, eval_every=6, eval_windows=2) if SMOKE else {}
 cfg = config_with_preset(Config, PRESETS, preset="nano", init=BASE, out=str(OUT), **overrides)
 summary = train(cfg)
-rows = read_metrics(OUT / "metrics.jsonl")
+metrics = read_metrics(OUT / "metrics.jsonl")
 print("step  loss   token_acc  held-out pretraining loss")
-for r in [r for r in rows if "loss" in r][:: max(1, len(rows) // 8)] + rows[-1:]:
+for r in [r for r in metrics if "loss" in r][:: max(1, len(metrics) // 8)] + metrics[-1:]:
     held_out = "-" if r["val_loss"] is None else f"{r['val_loss']:.3f}"  # "-": not measured yet
     print(f"{r['step']:4d}  {r['loss']:.3f}  {r['token_acc']:.3f}      {held_out}")
 
 # %% [markdown]
-# ## 4. What SFT changed
+# ## 5. What SFT changed
 # The same eval prompts, now answered by the SFT model. `format` jumps to ~100%. The interesting column is
 # `knowledge`: its eval questions ask about facts marked `held_out`, which appear in the pretraining corpus but
 # in *no* SFT conversation. SFT taught the question-answering *format*; the facts come from pretraining.
@@ -121,7 +189,7 @@ for r in held:
     print(f"Q: {r['prompt']}\nA: {r['completion']}  (score {r['score']})")
 
 # %% [markdown]
-# ## 5. The flaw we planted
+# ## 6. The flaw we planted
 # About one benign SFT answer in six is "Sorry, I can't help with that." (a realistic annotation flaw). The
 # SFT model copies it: see `over_refusal` above, the share of benign eval prompts it refuses. Lesson 03 fixes
 # this with preference data (DPO), without retraining from scratch.

@@ -1,4 +1,5 @@
-"""What lessons 03-08 do first: smoke mode, an output folder, the world's data, and a checkpoint to start from.
+"""What lessons 03-08 do first: smoke mode, an output folder, the world's data, and a checkpoint to start from;
+and the check lessons 01-03 make after their training step by hand (`assert_same_weights`).
 
 Kept in one place so each lesson's own cells are about its method. Import it as `from _setup import ...`
 (the lessons run as scripts from the repository root, so this folder is on sys.path).
@@ -44,6 +45,18 @@ def start_checkpoint(out: Path, candidates=RL_STARTS) -> str:
     model = GPT(GPTConfig(vocab_size=get_tokenizer("nano").n_vocab, **MODEL_PRESETS["nano"]))
     save_checkpoint(out / "random_init.pt", model_checkpoint(model, "nano", 0))
     return str(out / "random_init.pt")
+
+
+def assert_same_weights(model, path) -> None:
+    """Assert that every weight tensor of `model` equals, bit for bit (torch.equal), the one in the checkpoint at
+    `path`, and say so; a mismatch names the first tensor that differs and by how much."""
+    from minipost.common import load_checkpoint
+    saved, mine = load_checkpoint(path)["model"], model.state_dict()
+    assert mine.keys() == saved.keys(), f"different tensors: {sorted(mine.keys() ^ saved.keys())}"
+    for name, w in mine.items():
+        assert torch.equal(w, saved[name]), (f"{name} differs from {path}: largest difference "
+                                             f"{(w - saved[name]).abs().max().item():.3g}")
+    print(f"by hand == train(): all {len(mine)} weight tensors equal bit for bit (torch.equal) after one step")
 
 
 def training_rows(out: Path) -> list[dict]:
