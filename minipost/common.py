@@ -30,6 +30,11 @@ import tempfile
 import typing
 from pathlib import Path
 
+try:
+    import fcntl  # advisory locks on run folders (Linux, macOS)
+except ImportError:  # Windows
+    fcntl = None
+
 import numpy as np
 import torch
 
@@ -117,8 +122,30 @@ class InputError(ValueError):
 def main(train_fn, cls, presets: dict[str, dict] | None = None, argv: list[str] | None = None):
     """`python -m minipost.<objective>`: flags -> Config -> train(cfg). A wrong flag, file or record prints
     one line `error: ...` and exits 2; a run stopped by a non-finite value prints one line `stopped: ...` and
-    exits 1; anything else is a bug and keeps its traceback."""
-    return exit_on_input_error(lambda: train_fn(parse_config(cls, argv, presets)))
+    exits 1; Ctrl-C prints where the run's state is and how to continue, and exits 130; anything else is a bug
+    and keeps its traceback."""
+    cfg = parse_config(cls, argv, presets)
+    try:
+        return exit_on_input_error(lambda: train_fn(cfg))
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: {where_to_continue(Path(cfg.out))}", file=sys.stderr)
+        raise SystemExit(130) from None
+
+
+def where_to_continue(out: Path) -> str:
+    """After Ctrl-C: what OUT holds and the command that continues. A run folder keeps state.pt (step N); the
+    pipeline and the lab keep finished stages in OUT/<stage>/, which their next start reuses or resumes."""
+    if (out / "state.pt").is_file():
+        try:
+            step = torch.load(out / "state.pt", map_location="cpu", weights_only=True, mmap=True)["step"]
+        except Exception:  # noqa: BLE001  (a message about a message: never a second traceback)
+            step = "?"
+        return (f"{out / 'state.pt'} holds step {step}; the same command with --resume true continues from it "
+                "(steps after it are done again)")
+    if any(out.glob("*/state.pt")) or any(out.glob("*/*/state.pt")):  # the pipeline's stages, the lab's runs
+        return (f"{out} holds the runs finished so far; the same command again reuses them and resumes the "
+                "interrupted one from its last state.pt")
+    return f"nothing in {out} to resume yet (no state.pt was saved); the same command starts again"
 
 
 def exit_on_input_error(fn):
@@ -542,6 +569,49 @@ RESUME_IGNORES = ("out", "resume", "allow_config_change", "progress", "device", 
                   "max_seconds")  # fields that may change between a run and its resumption
 
 
+_HELD: dict[str, int] = {}  # folder -> the descriptor whose lock this process holds (see hold_folder)
+
+
+def hold_folder(folder: str | os.PathLike) -> None:
+    """Take an exclusive advisory lock on a run folder (flock on the folder's own descriptor: no file is written),
+    so a second process writing into it stops at once with one line naming the holder's pid. The OS drops the
+    lock when this process ends, however it ends (kill -9 included): it never goes stale. A process may take a
+    folder it already holds again (a notebook that trains twice in one folder); release_folder lets it go."""
+    key = os.path.realpath(folder)
+    if key in _HELD or fcntl is None:  # (no flock on Windows: no lock)
+        return
+    fd = os.open(key, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        holder = folder_lock_holder(key)
+        holder = f"pid {holder}" if holder else "another process"
+        raise InputError(f"--out {folder}: another run is writing into this folder ({holder}); wait for it to end or "
+                         "choose another --out") from None
+    _HELD[key] = fd
+
+
+def release_folder(folder: str | os.PathLike) -> None:
+    fd = _HELD.pop(os.path.realpath(folder), None)
+    if fd is not None:
+        os.close(fd)  # closing the descriptor drops its lock
+
+
+def folder_lock_holder(folder: str) -> int | None:
+    """The pid holding a flock on `folder`, from /proc/locks (Linux); None where that cannot be read."""
+    try:
+        st = os.stat(folder)
+        with open("/proc/locks", encoding="ascii") as f:
+            for line in f:  # "1: FLOCK  ADVISORY  WRITE 4242 08:01:1234 0 EOF": pid, then major:minor:inode
+                parts = line.split()
+                if len(parts) > 5 and parts[1] == "FLOCK" and parts[5].endswith(f":{st.st_ino}"):
+                    return int(parts[4])
+    except (OSError, ValueError):
+        pass
+    return None
+
+
 def check_previous(out: Path, what: str) -> None:
     """OUT/previous/ and previous/unfinished/, where a run keeps an earlier one, must be folders if they exist."""
     for folder in (out / "previous", out / "previous" / "unfinished"):
@@ -578,6 +648,8 @@ def start_run(out_dir, cfg, write: bool = True) -> dict | None:
             out.mkdir(parents=True, exist_ok=True)
     except OSError as e:  # /proc/x, a read-only disk: check_out_dir cannot foresee every case (root passes access())
         raise InputError(f"--out {out_dir}: cannot create it ({e.strerror or type(e).__name__})") from None
+    if write:
+        hold_folder(out)  # a second process into this folder stops here, before anything in it changes
     for tmp in out.glob("*.tmp") if write else ():
         tmp.unlink()
     if not cfg.resume:

@@ -41,8 +41,8 @@ from pathlib import Path
 from minipost import threads
 from minipost.bands import cpu_name
 from minipost.common import (DATA_DIR, DEVICE_HELP, InputError, atomic_write_bytes, check_can_create, check_config,
-                             check_device, check_out_dir, config_with_preset, field, file_digest, jsonl_bytes, main,
-                             pick_device, read_json_dict, read_jsonl, save_json)
+                             check_device, check_out_dir, config_with_preset, field, file_digest, hold_folder,
+                             jsonl_bytes, main, pick_device, read_json_dict, read_jsonl, release_folder, save_json)
 from minipost.evals import binomial_ci, evaluate_checkpoint, read_report
 from minipost.model import load_model
 from minipost.reward_model import KIND as JUDGE
@@ -597,8 +597,12 @@ def preflight(cfg: Config) -> dict:
 
 def run_lab(cfg: Config) -> dict:
     print(threads.configure(cfg.threads))
-    ckpts, data, plans = preflight(cfg)
     out = Path(cfg.out)
+    if out.is_dir():
+        hold_folder(out)  # a second lab into this folder stops here, before it reads a run half written
+    ckpts, data, plans = preflight(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    hold_folder(out)
     for name, (text, _) in data.items():  # the runs' training files, now that every plan is checked
         atomic_write_bytes(out / "data" / f"{name}.jsonl", text)
     result, seconds = {"machine": cpu_name(), "config": vars(cfg),
@@ -628,6 +632,7 @@ def run_lab(cfg: Config) -> dict:
     print(table(result))
     print("seconds per part:", {k: round(v) for k, v in seconds.items()})
     print(f"wrote {out / 'lab.json'}, {out / 'lab.md'}, {out / 'lab.png'}")
+    release_folder(out)
     return result
 
 

@@ -29,8 +29,9 @@ from pathlib import Path
 
 from minipost import dist, threads
 from minipost.common import (DATA_DIR, DEVICE_HELP, INPUT_FIELDS, RESUME_IGNORES, InputError, check_config,
-                             check_device, check_previous, config_with_preset, field, input_digests,
-                             load_checkpoint, main, pick_device, read_json_dict, read_metrics, save_json)
+                             check_device, check_previous, config_with_preset, field, hold_folder, input_digests,
+                             load_checkpoint, main, pick_device, read_json_dict, read_metrics, release_folder,
+                             save_json)
 from minipost.evals import eval_answers, evaluate_items, write_report
 from minipost.reward_model import RewardModel
 from minipost.tokenizer import get_tokenizer
@@ -246,6 +247,8 @@ def run(cfg: Config) -> dict:
     t0 = time.time()
     out = Path(cfg.out)
     ranks = dist.setup(pick_device(cfg.device))
+    if ranks.main and out.is_dir():
+        hold_folder(out)  # a second pipeline into this folder stops here, before it reads a stage half written
     planned = cfg.stage_list()
     plans = {}
     for i, name in enumerate(planned):  # every stage's config and start is checked before the first one runs
@@ -262,6 +265,7 @@ def run(cfg: Config) -> dict:
     except OSError as e:
         raise InputError(f"--out {cfg.out}: cannot create it ({e.strerror or type(e).__name__})") from None
     if ranks.main:
+        hold_folder(out)
         save_json(out / "config.json", asdict(cfg))
         if not (DATA_DIR / "pretrain.jsonl").exists():
             build_world(DATA_DIR)
@@ -288,6 +292,7 @@ def run(cfg: Config) -> dict:
                if STAGES[s][1] in ckpts and s != JUDGE}
     report = write_report(items, out / "report", parents)
     save_json(out / "timings.json", timings)
+    release_folder(out)
     print("\nseconds per stage: " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()))
     dist.barrier(ranks)
     return report

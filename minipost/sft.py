@@ -247,6 +247,8 @@ def load_sft_data(cfg: Config, enc, block_size: int, model_block_size: int):
     if len(kept) < len(examples):
         print(f"dropped {len(examples) - len(kept)} chats with no assistant token within {block_size} tokens")
     order = torch.randperm(len(kept), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
+    # packing concatenates the chats in this seeded order; unpacked, a row is one chat in file order (the batches
+    # are drawn from a shuffle of the rows every epoch either way: EpochBatches)
     rows = pack_examples([kept[i] for i in order], block_size) if cfg.pack else kept
     n_targets = sum(sum(m[1:]) for _, m in kept)
     print(f"{len(kept)} chats, {n_targets:,} target tokens, {len(rows)} rows"

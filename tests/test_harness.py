@@ -3,12 +3,17 @@
 and the import rules that keep it below the objectives."""
 import ast
 import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from minipost.common import field, load_checkpoint, read_metrics
+from minipost.common import field, hold_folder, load_checkpoint, read_metrics, release_folder
 from minipost.harness import Run
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -119,3 +124,36 @@ def test_the_harness_imports_no_objective_and_no_objective_imports_another():
         bad = imported_modules(ROOT / "minipost" / f"{name}.py") & (others | {"minipost.pipeline", "minipost.lab",
                                                                              "minipost.chat"})
         assert not bad, f"{name}.py imports {bad}"
+
+
+PRETRAIN_CLI = [sys.executable, "-m", "minipost.pretrain", "--batch-size", "2", "--block-size", "32", "--eval-every",
+                "0", "--eval-windows", "2", "--progress", "false", "--threads", "1"]
+
+
+def test_a_second_process_writing_into_a_held_folder_stops_at_once_naming_the_holder(tmp_path):
+    hold_folder(tmp_path)  # this process is "the first run"
+    try:
+        proc = subprocess.run(PRETRAIN_CLI + ["--out", str(tmp_path), "--max-steps", "2"], capture_output=True,
+                              text=True, timeout=300)
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+        assert f"--out {tmp_path}: another run is writing into this folder (pid {os.getpid()})" in proc.stderr
+        assert list(tmp_path.iterdir()) == []  # it wrote nothing
+    finally:
+        release_folder(tmp_path)
+    proc = subprocess.run(PRETRAIN_CLI + ["--out", str(tmp_path), "--max-steps", "2"], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]  # released: the folder is free again
+
+
+def test_ctrl_c_says_where_the_state_is_and_exits_130(tmp_path):
+    proc = subprocess.Popen(PRETRAIN_CLI + ["--out", str(tmp_path), "--max-steps", "100000", "--save-every", "5"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.time() + 240
+    while not (tmp_path / "state.pt").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err
+    assert f"interrupted: {tmp_path / 'state.pt'} holds step " in err and "--resume true continues" in err

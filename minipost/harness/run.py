@@ -37,8 +37,8 @@ import torch
 from tqdm import tqdm
 
 from minipost import dist, threads
-from minipost.common import (MetricsLogger, check_finite, pick_device, save_checkpoint, save_json, save_state,
-                             seed_everything, start_run)
+from minipost.common import (MetricsLogger, check_finite, pick_device, release_folder, save_checkpoint, save_json,
+                             save_state, seed_everything, start_run)
 
 
 class Run:
@@ -173,6 +173,7 @@ class Run:
         that time. A run --stop-after ended says how to continue and writes nothing. True: model.pt written."""
         if not self.done:
             print(f"stopped after step {self.step} (state in {self.out / 'state.pt'}); continue with --resume true")
+            release_folder(self.out)
             return False
         if self.stopped.startswith("--max-seconds"):
             print(f"stopped after step {self.step}: {self.stopped} reached")
@@ -182,5 +183,6 @@ class Run:
                 samples(self.out / "samples.txt")
             if summary is not None:
                 save_json(self.out / "summary.json", summary)
+            release_folder(self.out)  # (held since start(): no other process wrote into it meanwhile)
         dist.barrier(self.ranks)
         return True
