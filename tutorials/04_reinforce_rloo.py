@@ -26,10 +26,14 @@ import minipost  # noqa: F401  first: it makes torch's idle threads sleep (minip
 import torch
 
 from minipost.common import DATA_DIR, config_with_preset, read_jsonl
-from minipost.reinforce import PRESETS, Config, rloo_advantages, train
+from minipost.optim import adamw, linear_decay_lr
+from minipost.reinforce import PRESETS, Config, reinforce_loss, rloo_advantages, train
+from minipost.rewards import parse_reward, score_rollout
+from minipost.rollout import completion_logprobs, micro_batches, rollout
 
-from _setup import (SMOKE, ensure_world, every_tenth, out_dir, report_run,  # noqa: E402  (tutorials/_setup.py)
-                    start_checkpoint, training_rows)
+from _setup import (ONE_STEP, SMOKE, assert_same_weights, ensure_world,  # noqa: E402  (tutorials/_setup.py)
+                    every_tenth, out_dir, report_run, rl_start, smoke_reward, start_checkpoint, step_size,
+                    training_rows)
 
 OUT = out_dir("04_reinforce_rloo")
 ensure_world()
@@ -58,6 +62,82 @@ print("rewards   ", r.tolist())
 print("RLOO A    ", [round(a, 4) for a in rloo_advantages(r, 8).tolist()])
 print("no baseline: A = r, so every sampled answer is pushed up, the wrong ones too (only less often).")
 print("all equal ", rloo_advantages(torch.ones(8), 8).tolist())
+
+# %% [markdown]
+# ## One step by hand, checked against `train()`
+# Before handing the loop to `train()`, take one step of it in the open, with the pure functions reinforce.py
+# uses, on a tiny batch: 2 prompts x 4 answers of at most 12 tokens, on the CPU. Then `train()` takes one step
+# with the same seed and settings, and the two policies must be equal bit for bit: the lines below are what
+# the library runs.
+#
+# First what reinforce.py's `train()` builds before its loop (`_setup.rl_start`): `Run(cfg)` fixes the thread
+# count and the seeds, then come the policy, the prompts and the reference (a frozen copy of the start). Then,
+# as in `train()`: AdamW at the schedule's first learning rate, and two random streams made in this order, one
+# for sampling and one for the order of the prompts. (`train()` also scores the held-out prompts before step 1:
+# greedy answers draw no random numbers, so the step does not depend on it.)
+#
+# In smoke mode the start is usually a random model, which no checker ever scores above 0: every advantage
+# would be 0 and the step would move nothing. So smoke mode scores the share of letters in each answer
+# instead (`_setup.smoke_reward`).
+
+# %%
+cfg = config_with_preset(Config, PRESETS, preset="nano", out=str(OUT / "one_step"), init=INIT, baseline="rloo",
+                         **ONE_STEP)  # max_steps 1, 2 prompts x 4 answers, 12 tokens, one micro-batch, CPU
+reward_fn = smoke_reward if SMOKE else parse_reward(cfg.reward)  # correct + 0.3 restate
+policy, ref, _, enc, records = rl_start(cfg)
+optimizer = adamw(policy, lr=linear_decay_lr(0, lr=cfg.lr, max_steps=cfg.max_steps), weight_decay=0.0,
+                  betas=(0.9, 0.99))
+gen = torch.Generator().manual_seed(cfg.seed)  # sampling
+order_gen = torch.Generator().manual_seed(cfg.seed)  # prompt order
+perm = torch.randperm(len(records), generator=order_gen)  # a shuffled pass over the prompts
+prompts = [records[i] for i in perm[:cfg.prompts_per_step].tolist()]  # next_prompts(): the first 2
+
+# %% [markdown]
+# **Rollout and rewards** (`sample_and_score()`; in one process `rollout_share` is `rollout`). The answers,
+# each token's log-prob under the sampler, the reference's log-probs of the same tokens, one reward per answer.
+
+# %%
+batch = rollout(policy, enc, prompts, cfg.group_size, cfg.max_new_tokens, cfg.temperature, generator=gen)
+mask = batch.completion_mask  # (B, T): B = 2 prompts x 4 answers, group after group; T <= 12 tokens
+with torch.no_grad():
+    ref_logps = completion_logprobs(ref, batch, cfg.temperature)  # (B, T) log pi_ref of the sampled tokens
+rewards, _ = score_rollout(batch, reward_fn, cfg.max_new_tokens)  # (B,)
+for text, reward in zip(batch.texts, rewards.tolist()):
+    print(f"reward {reward:.3f}  {text[:70]!r}")
+
+# %% [markdown]
+# **Advantages** (`baseline_advantages()`, with `--baseline rloo`): each reward minus the mean of the other
+# answers to the same prompt.
+
+# %%
+advantages = rloo_advantages(rewards, cfg.group_size)  # (B,)
+print("rewards   ", [[round(x, 3) for x in row] for row in rewards.view(-1, cfg.group_size).tolist()])
+print("advantages", [[round(x, 3) for x in row] for row in advantages.view(-1, cfg.group_size).tolist()])
+
+# %% [markdown]
+# **Loss, backward, optimizer step** (`update()`). `micro_batches` hands the rows over shortest first (less
+# padding per forward pass), so we take them in that order too: the gradient is the same sum either way, but
+# floats added in another order round differently in the last bit. Then `completion_logprobs` with gradients,
+# `reinforce_loss` (- 1/B sum_i A_i sum_t log pi(y_it), plus beta times the k3 KL to the reference), and
+# `run.optimizer_step`: clip the gradient norm, step AdamW, zero the gradients.
+
+# %%
+rows = micro_batches(batch, len(batch))[0]  # (B,) every row, shortest first
+logps = completion_logprobs(policy, batch.select(rows), cfg.temperature)  # (B, T) log pi_theta, with gradients
+loss, info = reinforce_loss(logps, advantages[rows], mask[rows], ref_logps[rows], cfg.beta)  # scalar
+loss.backward()
+grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
+optimizer.step()
+optimizer.zero_grad(set_to_none=True)
+print(f"loss {loss.item():+.4f}  kl_ref {info['kl_ref'].item():.2e}  grad_norm {grad_norm.item():.4f}")
+
+# %% [markdown]
+# **The same step by `train()`**, into OUT/one_step, then the two policies compared tensor by tensor.
+
+# %%
+train(cfg, reward_fn=reward_fn)
+assert_same_weights(policy, OUT / "one_step" / "model.pt")
+step_size(policy, INIT)
 
 # %% [markdown]
 # ## Train

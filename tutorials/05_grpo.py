@@ -22,9 +22,13 @@ import torch
 
 from minipost.common import DATA_DIR, config_with_preset, read_jsonl
 from minipost.grpo import PRESETS, Config, group_advantages, grpo_loss, train
+from minipost.optim import adamw, linear_decay_lr
+from minipost.rewards import parse_reward, score_rollout
+from minipost.rollout import completion_logprobs, micro_batches, rollout
 
-from _setup import (SMOKE, ensure_world, every_tenth, out_dir, report_run,  # noqa: E402  (tutorials/_setup.py)
-                    start_checkpoint, training_rows)
+from _setup import (ONE_STEP, SMOKE, assert_same_weights, ensure_world,  # noqa: E402  (tutorials/_setup.py)
+                    every_tenth, out_dir, report_run, rl_start, smoke_reward, start_checkpoint, step_size,
+                    training_rows)
 
 OUT = out_dir("05_grpo")
 ensure_world()
@@ -78,6 +82,78 @@ for ratio in (1.0, 1.1, 1.3):
     new = (old + torch.log(torch.tensor([[ratio, 1.0]]))).requires_grad_()
     grpo_loss(new, old, None, torch.tensor([1.0]), torch.ones(1, 2))[0].backward()
     print(f"ratio {ratio}: gradient on that token {new.grad[0, 0].item():+.3f}")
+
+# %% [markdown]
+# ## One step by hand, checked against `train()`
+# The pieces above make one GRPO step. Take it in the open, with the pure functions grpo.py uses, on a tiny
+# batch (2 prompts x 4 answers of at most 12 tokens, on the CPU); then `train()` takes one step with the same
+# seed and settings, and the two policies must be equal bit for bit.
+#
+# Before its loop, grpo.py's `train()` builds what `_setup.rl_start` builds here, in the same order: `Run(cfg)`
+# fixes the thread count and the seeds, then the policy, the prompts and the reference (a frozen copy of the
+# start); then AdamW at the schedule's first learning rate and two random streams, sampling first, prompt order
+# second. (It also scores the held-out prompts before step 1: greedy answers draw no random numbers.)
+# In smoke mode the start is usually a random model, which no checker ever scores above 0: every advantage
+# would be 0 and the step would move nothing. So smoke mode scores the share of letters in each answer
+# instead (`_setup.smoke_reward`).
+
+# %%
+cfg = config_with_preset(Config, PRESETS, preset="nano", out=str(OUT / "one_step"), init=INIT,
+                         **ONE_STEP)  # max_steps 1, 2 prompts x 4 answers, 12 tokens, one micro-batch, CPU
+reward_fn = smoke_reward if SMOKE else parse_reward(cfg.reward)  # correct + 0.3 restate
+policy, ref, _, enc, records = rl_start(cfg)
+optimizer = adamw(policy, lr=linear_decay_lr(0, lr=cfg.lr, max_steps=cfg.max_steps), weight_decay=0.0,
+                  betas=(0.9, 0.99))
+gen = torch.Generator().manual_seed(cfg.seed)  # sampling
+order_gen = torch.Generator().manual_seed(cfg.seed)  # prompt order
+perm = torch.randperm(len(records), generator=order_gen)  # a shuffled pass over the prompts
+prompts = [records[i] for i in perm[:cfg.prompts_per_step].tolist()]  # next_prompts(): the first 2
+
+# %% [markdown]
+# **Rollout and rewards** (`sample_and_score()`; in one process `rollout_share` is `rollout`). `batch.logprobs`
+# are log pi_old, the sampler's log-probs: the denominator of the ratio.
+
+# %%
+batch = rollout(policy, enc, prompts, cfg.group_size, cfg.max_new_tokens, cfg.temperature, generator=gen)
+mask = batch.completion_mask  # (B, T): B = 2 prompts x 4 answers, group after group; T <= 12 tokens
+with torch.no_grad():
+    ref_logps = completion_logprobs(ref, batch, cfg.temperature)  # (B, T) log pi_ref of the sampled tokens
+rewards, _ = score_rollout(batch, reward_fn, cfg.max_new_tokens)  # (B,)
+
+# %% [markdown]
+# **Advantages** (`group_advantages` in `train()`'s loop): centred and scaled within each group.
+
+# %%
+advantages = group_advantages(rewards, cfg.group_size)  # (B,) (r - group mean) / (group std + eps)
+print("rewards   ", [[round(x, 3) for x in row] for row in rewards.view(-1, cfg.group_size).tolist()])
+print("advantages", [[round(x, 3) for x in row] for row in advantages.view(-1, cfg.group_size).tolist()])
+
+# %% [markdown]
+# **Loss, backward, optimizer step** (`update()`, one iteration). `micro_batches` hands the rows over shortest
+# first (less padding per forward pass), so we take them in that order too: floats added in another order
+# round differently in the last bit. Then `completion_logprobs` with gradients, `grpo_loss` (clipped ratio,
+# each answer's token mean, beta times k3), and `run.optimizer_step`: clip the gradient norm, step, zero.
+# On this first and only iteration the policy is pi_old, so the ratio is 1 up to float rounding.
+
+# %%
+rows = micro_batches(batch, len(batch))[0]  # (B,) every row, shortest first
+logps = completion_logprobs(policy, batch.select(rows), cfg.temperature)  # (B, T) log pi_theta, with gradients
+loss, info = grpo_loss(logps, batch.logprobs[rows], ref_logps[rows], advantages[rows], mask[rows], cfg.clip_eps,
+                       cfg.beta)  # scalar
+loss.backward()
+grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
+optimizer.step()
+optimizer.zero_grad(set_to_none=True)
+print(f"loss {loss.item():+.2e}  ratio {info['ratio'].item():.6f}  clip_frac {info['clip_frac'].item():.3f}  "
+      f"grad_norm {grad_norm.item():.4f}")
+
+# %% [markdown]
+# **The same step by `train()`**, into OUT/one_step, then the two policies compared tensor by tensor.
+
+# %%
+train(cfg, reward_fn=reward_fn)
+assert_same_weights(policy, OUT / "one_step" / "model.pt")
+step_size(policy, INIT)
 
 # %% [markdown]
 # ## Train

@@ -1,5 +1,6 @@
 """What lessons 03-08 do first: smoke mode, an output folder, the world's data, and a checkpoint to start from;
-and the check lessons 01-03 make after their training step by hand (`assert_same_weights`).
+and the check lessons 01-03 make after their training step by hand (`assert_same_weights`), which
+lessons 04-06 make after one RL step by hand (`ONE_STEP`, `rl_start`, `smoke_reward`, `step_size`).
 
 Kept in one place so each lesson's own cells are about its method. Import it as `from _setup import ...`
 (the lessons run as scripts from the repository root, so this folder is on sys.path).
@@ -47,17 +48,72 @@ def start_checkpoint(out: Path, candidates=RL_STARTS) -> str:
     return str(out / "random_init.pt")
 
 
-def assert_same_weights(model, path) -> None:
+def assert_same_weights(model, path, key: str = "model") -> None:
     """Assert that every weight tensor of `model` equals, bit for bit (torch.equal), the one in the checkpoint at
-    `path`, and say so; a mismatch names the first tensor that differs and by how much."""
+    `path` (its `key` entry: "model" in model.pt, "critic" in PPO's state.pt), and say so; a mismatch names the
+    first tensor that differs and by how much."""
     from minipost.common import load_checkpoint
-    saved, mine = load_checkpoint(path)["model"], model.state_dict()
+    saved, mine = load_checkpoint(path)[key], model.state_dict()
     assert mine.keys() == saved.keys(), f"different tensors: {sorted(mine.keys() ^ saved.keys())}"
     for name, w in mine.items():
         assert torch.equal(w, saved[name]), (f"{name} differs from {path}: largest difference "
                                              f"{(w - saved[name]).abs().max().item():.3g}")
-    print(f"by hand == train(): all {len(mine)} weight tensors equal bit for bit (torch.equal) after one step")
+    what = "weight" if key == "model" else key
+    print(f"by hand == train(): all {len(mine)} {what} tensors equal bit for bit (torch.equal) after one step")
 
+
+
+# ---- one RL step by hand (lessons 04-06), compared with train() after one step
+
+ONE_STEP = dict(max_steps=1, prompts_per_step=2, group_size=4, max_new_tokens=12, eval_limit=2, micro_batch_size=0,
+                device="cpu", progress=False)
+"""The one RL step lessons 04-06 take by hand and then with train(): 2 prompts x 4 answers of at most 12 tokens,
+one forward pass per update (micro_batch_size 0: every row at once), on the CPU, whose kernels give the same bits
+on every run for a fixed thread count (minipost/threads.py); a GPU's may add in another order from run to run."""
+
+
+def smoke_reward(prompt: str, completion: str, record: dict) -> float:
+    """The share of letters among the answer's characters. Smoke mode usually starts from a random model, which no
+    checker ever scores above 0: every advantage would be 0 and a step would move nothing. Random text earns some
+    of this."""
+    return sum(ch.isalpha() for ch in completion) / max(len(completion), 1)
+
+
+def rl_start(cfg, critic: bool = False):
+    """What an RL file's train() builds before its loop, in its order -> (policy, ref, critic or None, enc, records):
+    Run(cfg)'s thread count and seeds, the policy, the training prompts, the reference (a frozen copy of the start)
+    and for PPO the critic (a copy of the start with a fresh value head, whose random init draws from the seed)."""
+    from minipost import threads
+    from minipost.common import pick_device, seed_everything
+    from minipost.model import load_model
+    from minipost.rollout import load_rl_prompts
+
+    device = pick_device(cfg.device)
+    print(threads.configure(cfg.threads))  # the thread count decides how some float sums are split (threads.py)
+    seed_everything(cfg.seed)  # before any model is built
+    policy, enc, _ = load_model(cfg.init, device)
+    records, _ = load_rl_prompts(
+        cfg.data or DATA_DIR / "rl.jsonl", cfg.eval_data or DATA_DIR / "eval.jsonl", domains=cfg.domains,
+        oversample=cfg.oversample, prompts_per_step=cfg.prompts_per_step, enc=enc, block_size=policy.cfg.block_size,
+        max_new_tokens=cfg.max_new_tokens, model_path=cfg.init)
+    ref = load_model(cfg.init, device)[0].requires_grad_(False)
+    value_model = load_model(cfg.init, device, value_head=True)[0] if critic else None
+    return policy, ref, value_model, enc, records
+
+
+def step_size(model, start) -> float:
+    """Print and return the largest |change| of a weight of `model` since the checkpoint `start`. At 0 the two
+    models compared after one step would agree trivially (every group's answers scored alike: every advantage 0);
+    refused in smoke mode, whose reward (smoke_reward) always tells answers apart."""
+    from minipost.common import load_checkpoint
+    before = load_checkpoint(start)["model"]
+    moved = max((w.detach().cpu() - before[k]).abs().max().item() for k, w in model.state_dict().items() if k in before)
+    if moved:
+        print(f"the step moved the weights by up to {moved:.2e}: the agreement is about a step that did something")
+    else:
+        print("the step moved no weight: every group's answers scored alike, so the agreement above is trivial")
+    assert moved or not SMOKE, "one step with smoke_reward should move the weights"
+    return moved
 
 def training_rows(out: Path) -> list[dict]:
     """The per-step training rows of OUT/metrics.jsonl (held-out evaluation rows have no `reward`)."""
