@@ -47,8 +47,7 @@ def main(argv=None) -> dict:
         raise InputError(f"--out {args.out}: not a finished pipeline run (no {missing[0]})")
     device = pick_device(args.device)
     for s in ROWS:  # every checkpoint read once before any timing: a bad one is found now, not minutes in
-        if load_model(ckpts[s][0])[2].get("kind") == JUDGE:
-            raise InputError(f"{ckpts[s][0]}: a reward model, not the {s} stage's policy")
+        load_model(ckpts[s][0])  # a policy (a reward model in its place is refused)
     RewardModel(ckpts[JUDGE][0])
 
     times = {n: [] for n in limits}

@@ -565,6 +565,13 @@ def input_digests(cfg, known: dict | None = None) -> dict:
     return got
 
 
+def record_model(out: Path) -> None:
+    """A finished run adds the sha256 of the model.pt it wrote to OUT/inputs.json ("model"), so a model.pt that is
+    later replaced (another stage's copied over it) is not reused as this run's (pipeline.plan checks it)."""
+    stamp = read_json_dict(out / "inputs.json") or {}
+    save_json(out / "inputs.json", {**stamp, "model": file_digest(out / "model.pt")})
+
+
 RESUME_IGNORES = ("out", "resume", "allow_config_change", "progress", "device", "stop_after", "save_every", "threads",
                   "max_seconds")  # fields that may change between a run and its resumption
 

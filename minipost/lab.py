@@ -45,7 +45,6 @@ from minipost.common import (DATA_DIR, DEVICE_HELP, InputError, atomic_write_byt
                              jsonl_bytes, main, pick_device, read_json_dict, read_jsonl, release_folder, save_json)
 from minipost.evals import binomial_ci, evaluate_checkpoint, read_report
 from minipost.model import load_model
-from minipost.reward_model import KIND as JUDGE
 from minipost.pipeline import plan, run_planned, train_seconds
 from minipost.retrieval import Index
 from minipost.rollout import complete
@@ -554,9 +553,7 @@ def preflight(cfg: Config) -> dict:
         if not p.is_file():
             raise InputError(f"--pipeline {cfg.pipeline}: {p} not found; run `python -m minipost.pipeline --out "
                              f"{cfg.pipeline}` first")
-        model, enc, ckpt = load_model(p)   # a GPT with finite weights
-        if ckpt.get("kind") == JUDGE:
-            raise InputError(f"--pipeline {cfg.pipeline}: {p} is a reward model, not the pipeline's {s} model")
+        model, enc, _ = load_model(p)  # a policy GPT with finite weights (a reward model in its place is refused)
     report = Path(cfg.pipeline) / "report" / "report.json"
     if "skills" in parts:
         if not report.is_file():

@@ -325,9 +325,14 @@ def model_checkpoint(model: GPT, tokenizer_name: str, step: int, **extra) -> dic
     return {"model": state, "model_config": asdict(model.cfg), "tokenizer": tokenizer_name, "step": step, **extra}
 
 
-def load_model(path, device="cpu", value_head: bool | None = None):
-    """Load a checkpoint written by any minipost stage -> (model in eval mode, tokenizer, checkpoint dict)."""
+def load_model(path, device="cpu", value_head: bool | None = None, policy: bool = True):
+    """Load a checkpoint written by any minipost stage -> (model in eval mode, tokenizer, checkpoint dict).
+    A reward model (kind "reward_model") is refused unless policy=False: its scalar head scores answers, and its
+    language-model head was never trained to write them (RewardModel loads it with policy=False)."""
     ckpt = load_checkpoint(path, map_location="cpu", required=("model", "model_config", "tokenizer"))
+    if policy and ckpt.get("kind") == "reward_model":
+        raise InputError(f"{path} is a reward model (kind 'reward_model'), not a policy: it scores answers "
+                         "(--reward rm:PATH, the card's judge); give a policy's model.pt (pretrain, sft, dpo, RL)")
     try:
         cfg = GPTConfig(**ckpt["model_config"])
         if value_head is not None:

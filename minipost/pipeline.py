@@ -29,9 +29,9 @@ from pathlib import Path
 
 from minipost import dist, threads
 from minipost.common import (DATA_DIR, DEVICE_HELP, INPUT_FIELDS, RESUME_IGNORES, InputError, check_config,
-                             check_device, check_previous, config_with_preset, field, hold_folder, input_digests,
-                             load_checkpoint, main, pick_device, read_json_dict, read_metrics, release_folder,
-                             save_json)
+                             check_device, check_previous, config_with_preset, field, file_digest, hold_folder,
+                             input_digests, load_checkpoint, main, pick_device, read_json_dict, read_metrics,
+                             release_folder, save_json)
 from minipost.evals import eval_answers, evaluate_items, write_report
 from minipost.reward_model import RewardModel
 from minipost.tokenizer import get_tokenizer
@@ -180,6 +180,9 @@ def plan(name: str, stage_cfg, fresh: bool = False, known: dict | None = None, s
         diff = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in changed)
         raise InputError(f"{what} of another config ({diff}); {redo}")
     stamp = read_saved_json(out / "inputs.json", what, redo)
+    if how == "reuse" and "model" in stamp and file_digest(model) != stamp["model"]:  # (older runs record none)
+        raise InputError(f"{model} is not the model this {name} run wrote (its sha256 differs from the one its "
+                         f"inputs.json recorded: replaced or changed since); {redo}")
     digests = input_digests(stage_cfg, known)
     if derived and "init" in digests and "init" in stamp and stamp["init"] != digests["init"]:
         print(stale)

@@ -165,7 +165,7 @@ class RewardModel:
     def __init__(self, path, device="cpu", batch_size: int = 64):
         if not Path(path).is_file():
             check_reward_model(path)  # the "no such reward model" message
-        self.model, self.enc, ckpt = load_model(path, device)
+        self.model, self.enc, ckpt = load_model(path, device, policy=False)
         check_reward_model(path, ckpt)
         self.model.requires_grad_(False)
         self.pad_id, self.batch_size, self.path = special_id(self.enc, "<|pad|>"), batch_size, str(path)

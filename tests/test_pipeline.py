@@ -76,8 +76,14 @@ def test_a_finished_stage_is_reused_only_for_its_own_config_and_start(tmp_path, 
     (sft / "previous").write_text("in the way")
     refused(r"sft/previous is not a folder")
     (sft / "previous").unlink()
+    files[sft / "model.pt"] = (tmp_path / "a" / "pretrain" / "model.pt").read_bytes()  # the base copied over sft's
+    (sft / "model.pt").write_bytes(files[sft / "model.pt"])
+    refused(r"sft/model.pt is not the model this sft run wrote \(its sha256 differs")
+    (sft / "model.pt").write_bytes(before)
+    files[sft / "model.pt"] = before
     run(Config(out=str(tmp_path / "b"), stages="pretrain", max_steps=2, eval_limit=1, progress=False, seed=5))
-    os.replace(tmp_path / "b" / "pretrain" / "model.pt", tmp_path / "a" / "pretrain" / "model.pt")  # another base
+    for f in ("model.pt", "inputs.json"):  # another base run's weights, with the record of what it wrote
+        os.replace(tmp_path / "b" / "pretrain" / f, tmp_path / "a" / "pretrain" / f)
     run(Config(**{**cfg.__dict__, "stages": "sft"}))  # ... so the sft stage from it runs again
     assert (sft / "previous" / "model.pt").read_bytes() == before and (sft / "model.pt").read_bytes() != before
     again = (sft / "model.pt").read_bytes()

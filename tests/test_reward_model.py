@@ -4,6 +4,8 @@ end on a tiny model, RewardModel scoring, and the run contract (exact resume, ba
 before anything is written)."""
 import json
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -107,8 +109,14 @@ def test_train_end_to_end_learns_the_preference_and_scores_new_answers(tmp_path,
     r = judge(["name tiger", "name glass"], ["tiger", REFUSAL])  # (2,)
     assert r.shape == (2,) and r[0] > r[1]
     assert "r(chosen)" in (run / "samples.txt").read_text()
-    # the saved model is a GPT with its value head; RewardModel refuses a checkpoint that is not a reward model
-    assert load_model(run / "model.pt")[0].value_head is not None
+    # the saved model is a GPT with its value head; RewardModel refuses a checkpoint that is not a reward model,
+    # and everything that wants a policy (every objective's --init and --ref, chat, the card) refuses a reward model
+    assert load_model(run / "model.pt", policy=False)[0].value_head is not None
+    with pytest.raises(InputError, match=r"run/model.pt is a reward model \(kind 'reward_model'\), not a policy"):
+        load_model(run / "model.pt")
+    chat = subprocess.run([sys.executable, "-m", "minipost.chat", "--ckpt", str(run / "model.pt")], input="hi\n",
+                          capture_output=True, text=True, timeout=120)
+    assert chat.returncode == 2 and "is a reward model" in chat.stderr and "Traceback" not in chat.stderr
     with pytest.raises(InputError, match="not a reward model"):
         rm.RewardModel(tmp_path / "sft.pt")
     with pytest.raises(InputError, match="no such reward model"):

@@ -37,8 +37,8 @@ import torch
 from tqdm import tqdm
 
 from minipost import dist, threads
-from minipost.common import (MetricsLogger, check_finite, pick_device, release_folder, save_checkpoint, save_json,
-                             save_state, seed_everything, start_run)
+from minipost.common import (MetricsLogger, check_finite, pick_device, record_model, release_folder, save_checkpoint,
+                             save_json, save_state, seed_everything, start_run)
 
 
 class Run:
@@ -179,6 +179,7 @@ class Run:
             print(f"stopped after step {self.step}: {self.stopped} reached")
         if self.main:
             save_checkpoint(self.out / "model.pt", checkpoint)
+            record_model(self.out)  # its sha256 in inputs.json: a model.pt replaced later is not reused as this one
             if samples is not None:
                 samples(self.out / "samples.txt")
             if summary is not None:
