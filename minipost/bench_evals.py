@@ -20,7 +20,7 @@ from pathlib import Path
 from minipost.common import DEVICE_HELP, ArgumentParser, InputError, exit_on_input_error, pick_device, positive_int
 from minipost.model import load_model
 from minipost.pipeline import JUDGE, STAGES, card_items
-from minipost.reward_model import RewardModel
+from minipost.rewards import RewardModel
 
 ROWS = tuple(s for s in STAGES if s != JUDGE)  # the card's rows, in the pipeline's order
 

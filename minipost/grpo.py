@@ -37,7 +37,7 @@ Variants, each one option (the paper's settings are not the defaults):
   reward shaping `--overlong-buffer N` (a penalty rising from 0 to 1 over the last N tokens of the budget).
 - GSPO (Zheng et al. 2025, arXiv:2507.18071): `--importance-sampling-level sequence`, one ratio per completion
   s_i = (pi / pi_old)(o_i)^(1/|o_i|), clipped per sequence (the paper clips at 3e-4 / 4e-4 and uses beta 0).
-- the KL term `--kl-loss k1|k2|k3|k3_corrected` in the loss (common.kl_loss_term: k3, the default, has the
+- the KL term `--kl-loss k1|k2|k3|k3_corrected` in the loss (rl.kl_loss_term: k3, the default, has the
   gradient of KL(pi_ref || pi), k2 and k3_corrected that of KL(pi || pi_ref), k1 none), or `--kl-in reward`:
   r_i <- r_i - beta * sum_t (log pi_old - log pi_ref)(o_it) before the group advantages.
 
@@ -63,14 +63,14 @@ from dataclasses import dataclass
 import torch
 
 from minipost import dist
-from minipost.common import (DATA_DIR, KL_LOSSES, InputError, add_info, check_config, check_kl_flags, field,
-                             kl_estimate, kl_loss_term, largest_weight, main)
-from minipost.evals import heldout_scores, per_domain, write_samples
+from minipost.common import DATA_DIR, InputError, check_config, field, main
+from minipost.heldout import heldout_scores, per_domain, write_samples
 from minipost.harness import Run
 from minipost.logprobs import masked_mean
 from minipost.model import load_model, model_checkpoint
 from minipost.optim import adamw, linear_decay_lr, set_lr
 from minipost.rewards import parse_reward, score_rollout, zero_spread
+from minipost.rl import KL_LOSSES, add_info, check_kl_flags, kl_estimate, kl_loss_term, largest_weight
 from minipost.rollout import (RolloutConfig, completion_logprobs, concat_rollouts, load_rl_prompts, micro_batches,
                               next_prompts, rollout_share)
 from minipost.tokenizer import special_id
@@ -103,7 +103,7 @@ class Config(RolloutConfig):
     kl_in: str = field("loss", "where the KL to the reference goes: loss (kl_loss, differentiated) or reward "
                                "(k1 summed per completion, subtracted before the advantages)",
                        choices=["loss", "reward"])
-    kl_loss: str = field("k3", "per-token KL term in the loss: k1, k2, k3 or k3_corrected (common.kl_loss_term)",
+    kl_loss: str = field("k3", "per-token KL term in the loss: k1, k2, k3 or k3_corrected (rl.kl_loss_term)",
                          choices=list(KL_LOSSES))
     dynamic_sampling: bool = field(False, "DAPO: drop groups whose rewards are all equal and sample more prompts "
                                           "until prompts_per_step groups remain")
@@ -167,7 +167,7 @@ def grpo_loss(logps, old_logps, ref_logps, advantages, mask, clip_eps: float = 0
     importance_sampling_level  "token": rho_t = pi / pi_old per token (GRPO); "sequence": one ratio per
                    completion, s_i = (pi / pi_old)(o_i)^(1/|o_i|) = exp(mean_t log rho_t), clipped per sequence
                    (GSPO), the same for each of its tokens
-    kl_loss        the per-token KL term times beta: k1, k2, k3 or k3_corrected (common.kl_loss_term says which
+    kl_loss        the per-token KL term times beta: k1, k2, k3 or k3_corrected (rl.kl_loss_term says which
                    KL each one's gradient follows). k3_corrected multiplies k3 by the *token* ratio pi / pi_old,
                    also under GSPO; TRL multiplies it by the sequence ratio s_i there. Where both ratios are 1
                    (one optimizer step per batch) the values agree and the gradients do not: the token ratio

@@ -33,7 +33,7 @@ from minipost.common import (DATA_DIR, DEVICE_HELP, INPUT_FIELDS, RESUME_IGNORES
                              input_digests, load_checkpoint, main, pick_device, read_json_dict, read_metrics,
                              release_folder, save_json)
 from minipost.evals import eval_answers, evaluate_items, write_report
-from minipost.reward_model import RewardModel
+from minipost.rewards import RewardModel
 from minipost.tokenizer import get_tokenizer
 from minipost.world import build as build_world
 

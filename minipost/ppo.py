@@ -11,7 +11,7 @@ episode whose actions are its tokens; the state before token t is (x, y_<t).
     policy loss        mean_t max(-A_t rho_t, -A_t clip(rho_t, 1 - eps, 1 + eps)),  rho_t = pi / pi_old
     value loss         1/2 mean_t max((V_t - R_t)^2, (V_old,t + clip(V_t - V_old,t, -eps_v, eps_v) - R_t)^2)
 
-The KL can go in the loss instead (`--kl-in loss --kl-loss k1|k2|k3|k3_corrected`, common.kl_loss_term),
+The KL can go in the loss instead (`--kl-in loss --kl-loss k1|k2|k3|k3_corrected`, rl.kl_loss_term),
 which is what GRPO does; in the reward it is the sequence-level estimator of the reverse KL's gradient.
 
 Each rollout batch is reused for `ppo_epochs` passes of `num_minibatches` optimizer steps. A completion that
@@ -53,14 +53,14 @@ import torch
 import torch.nn.functional as F
 
 from minipost import dist
-from minipost.common import (DATA_DIR, KL_LOSSES, InputError, add_info, check_config, check_kl_flags, field,
-                             kl_estimate, kl_loss_term, largest_weight, main)
-from minipost.evals import heldout_scores, per_domain, write_samples
+from minipost.common import DATA_DIR, InputError, check_config, field, main
+from minipost.heldout import heldout_scores, per_domain, write_samples
 from minipost.harness import Run
 from minipost.logprobs import masked_mean, whiten
 from minipost.model import load_model, model_checkpoint
 from minipost.optim import adamw, linear_decay_lr, set_lr
 from minipost.rewards import parse_reward, score_rollout, token_rewards, zero_spread
+from minipost.rl import KL_LOSSES, add_info, check_kl_flags, kl_estimate, kl_loss_term, largest_weight
 from minipost.rollout import (RolloutConfig, completion_logprobs, load_rl_prompts, micro_batches, next_prompts,
                               rollout_share)
 from minipost.world import build as build_world
@@ -89,7 +89,7 @@ class Config(RolloutConfig):
     kl_in: str = field("reward", "where the KL goes: reward (k1 on every token, PPO's usual place) or loss "
                                  "(kl_loss, differentiated)", choices=["reward", "loss"])
     kl_loss: str = field("k3", "per-token KL term when kl_in is loss: k1, k2, k3 or k3_corrected "
-                               "(common.kl_loss_term)", choices=list(KL_LOSSES))
+                               "(rl.kl_loss_term)", choices=list(KL_LOSSES))
     gamma: float = field(1.0, "discount", min=0, max=1)
     lam: float = field(1.0, "GAE lambda (1: Monte Carlo advantages; < 1 trusts the critic more)", min=0, max=1)
     critic_lr: float = field(1e-4, "Adam learning rate of the critic", gt=0)
@@ -143,7 +143,7 @@ def ppo_policy_loss(logps, old_logps, advantages, mask, clip_eps: float = 0.2,
     """Clipped surrogate, token mean over the batch [+ beta * token mean of a KL term] -> (scalar loss, info).
 
     logps, old_logps, advantages, mask: (B, T); ref_logps (B, T) or None: the kl_ref metric, and with beta > 0
-    the KL term kl_loss (common.kl_loss_term) in the loss, for `--kl-in loss`; PPO's usual place for the KL is
+    the KL term kl_loss (rl.kl_loss_term) in the loss, for `--kl-in loss`; PPO's usual place for the KL is
     the reward (token_rewards), where beta here stays 0. info (detached scalars; the token metrics are means over
     this batch's completion tokens): policy_loss, clip_frac (ratio outside [1 - clip_eps, 1 + clip_eps]), ratio,
     approx_kl (k3 of pi_old vs pi_theta), kl_ref (k3 of pi_theta vs pi_ref, when ref_logps is given).

@@ -23,7 +23,7 @@ KL to the reference policy, weighted by beta, in one of two places (`--kl-in`):
             paper and InstructGPT; a constant to the gradient, so it shapes what counts as a good sample;
             with reinforce++ each token's share stays on its token, inside the return-to-go)
     loss    loss += beta * 1/B sum_i sum_t kl_it    (`--kl-loss`, k3 by default, differentiated as GRPO does;
-            common.kl_loss_term says which KL each estimator's gradient follows)
+            rl.kl_loss_term says which KL each estimator's gradient follows)
 
 Several optimizer steps per batch (`--num-iterations`, multi-update RLOO as in PPO): after the first step the
 samples are off-policy, so the term becomes PPO's clipped surrogate, summed over tokens like the rest:
@@ -58,14 +58,14 @@ from dataclasses import dataclass
 import torch
 
 from minipost import dist
-from minipost.common import (DATA_DIR, KL_LOSSES, InputError, add_info, check_config, check_kl_flags, field,
-                             kl_estimate, kl_loss_term, largest_weight, main)
-from minipost.evals import heldout_scores, per_domain, write_samples
+from minipost.common import DATA_DIR, InputError, check_config, field, main
+from minipost.heldout import heldout_scores, per_domain, write_samples
 from minipost.harness import Run
 from minipost.logprobs import masked_mean, whiten
 from minipost.model import load_model, model_checkpoint
 from minipost.optim import adamw, linear_decay_lr, set_lr
 from minipost.rewards import parse_reward, score_rollout, token_rewards, zero_spread
+from minipost.rl import KL_LOSSES, add_info, check_kl_flags, kl_estimate, kl_loss_term, largest_weight
 from minipost.rollout import (RolloutConfig, completion_logprobs, load_rl_prompts, micro_batches, next_prompts,
                               rollout_share)
 from minipost.world import build as build_world
@@ -91,7 +91,7 @@ class Config(RolloutConfig):
     beta: float = field(0.04, "weight of the KL to the reference (0: no KL)", min=0)
     kl_in: str = field("loss", "where the KL goes: reward (k1, subtracted from r) or loss (kl_loss, added to the "
                                "loss)", choices=["reward", "loss"])
-    kl_loss: str = field("k3", "per-token KL term in the loss: k1, k2, k3 or k3_corrected (common.kl_loss_term)",
+    kl_loss: str = field("k3", "per-token KL term in the loss: k1, k2, k3 or k3_corrected (rl.kl_loss_term)",
                          choices=list(KL_LOSSES))
     num_iterations: int = field(1, "optimizer steps per rollout batch; > 1 uses the clipped ratio pi / pi_old",
                                 min=1, max=100)
@@ -146,7 +146,7 @@ def reinforce_loss(logps, advantages, mask, ref_logps=None, beta: float = 0.0, *
     logps (B, T) per-token log-probs (differentiable); advantages (B,) for a sequence (the same on each of its
     tokens) or (B, T) per token (REINFORCE++); mask (B, T); ref_logps (B, T) or None. With old_logps (B, T),
     the policy term is the clipped surrogate -1/B sum_i sum_t min(rho A, clip(rho) A), rho = pi / pi_old, for
-    the later optimizer steps on one batch. kl_loss: common.kl_loss_term's k1, k2, k3 or k3_corrected.
+    the later optimizer steps on one batch. kl_loss: rl.kl_loss_term's k1, k2, k3 or k3_corrected.
     info (detached scalars): loss; with ref_logps kl_ref (k3 of pi_theta vs pi_ref, mean over completion
     tokens); with old_logps ratio and clip_frac (token means).
     """

@@ -38,7 +38,7 @@ Deviations and choices:
 - The loss is a mean over the batch's pairs; micro-batches weigh b / B (exact accumulation, up to rounding).
 - A pair must fit block_size tokens (prompt + answer + the chat template); a longer one is refused by file and
   line before anything is written.
-- The checkpoint is a GPT with its value head and kind "reward_model"; `RewardModel(path)` loads it to score
+- The checkpoint is a GPT with its value head and kind "reward_model"; `rewards.RewardModel(path)` loads it to score
   answers (the RL files' `--reward rm:PATH` and the card's judge).
 
 Run:  python -m minipost.reward_model --init runs/pipeline/sft/model.pt --out runs/reward_model    (~1 min CPU)
@@ -53,15 +53,15 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from minipost.common import DATA_DIR, InputError, autocast, check_config, field, load_checkpoint, main
+from minipost.common import DATA_DIR, InputError, check_config, field, main
 from minipost.data import EpochBatches, load_prefs, tokenize_pairs
 from minipost.harness import Run, RunConfig
 from minipost.model import load_model, model_checkpoint
 from minipost.optim import adamw, cosine_lr, set_lr
-from minipost.tokenizer import render_chat, special_id
+from minipost.rewards import KIND, pair_rewards, reward_scores, sequence_batch
+from minipost.tokenizer import special_id
 from minipost.world import build as build_world
 
-KIND = "reward_model"  # the checkpoint's "kind": what RewardModel checks before scoring with it
 
 
 @dataclass
@@ -111,75 +111,6 @@ def reward_loss(r_chosen, r_rejected, margin=None, center_coef: float = 0.0):
     lowers r_rejected by the same amount, sigmoid(-(r_c - r_r - m)), the probability the model still gets wrong."""
     diff = r_chosen - r_rejected - (0.0 if margin is None else margin)  # (B,)
     return -F.logsigmoid(diff) + center_coef * (r_chosen + r_rejected) ** 2
-
-
-def sequence_batch(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token sequences -> ids (N, T) right-padded with pad_id, and last (N,): each row's last real position."""
-    T = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, :len(s)] = torch.tensor(s, dtype=torch.long)
-    return ids, torch.tensor([len(s) - 1 for s in seqs], dtype=torch.long)
-
-
-def rewards(model, ids: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
-    """r(x, y) for each row: the value head on the final hidden state at the row's last real token.
-    ids (N, T) right-padded, last (N,) -> (N,) float32. The output layer is skipped (logits_to_keep=0)."""
-    device = next(model.parameters()).device
-    with autocast(device):
-        _, h = model(ids.to(device), return_hidden=True, logits_to_keep=0)  # (N, T, C)
-    last = last.to(device)
-    return model.values(h[torch.arange(len(last), device=device), last][:, None])[:, 0]  # (N,)
-
-
-@torch.no_grad()
-def pair_rewards(model, pairs: list[tuple], pad_id: int, batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rewards of tokenized pairs (data.tokenize_pairs) -> (chosen (N,), rejected (N,)), float32 on the CPU."""
-    was_training = model.training
-    model.eval()
-    chosen, rejected = [], []
-    for s in range(0, len(pairs), batch_size):
-        chunk = pairs[s:s + batch_size]
-        r = rewards(model, *sequence_batch([c[0] for c, _ in chunk] + [r[0] for _, r in chunk], pad_id)).cpu()
-        chosen.append(r[:len(chunk)])
-        rejected.append(r[len(chunk):])
-    model.train(was_training)
-    return torch.cat(chosen), torch.cat(rejected)
-
-
-def check_reward_model(path, ckpt: dict | None = None) -> None:
-    """Refuse anything that is not a checkpoint written by this file, with the path named (an InputError).
-    `ckpt`: the checkpoint already loaded from `path` (else it is read here)."""
-    if ckpt is None and not Path(path).is_file():
-        raise InputError(f"{path}: no such reward model; train one with python -m minipost.reward_model")
-    kind = (ckpt if ckpt is not None else load_checkpoint(path, required=("model",))).get("kind")
-    if kind != KIND:
-        raise InputError(f"{path}: not a reward model (its kind is {kind!r}, not {KIND!r}); train one with "
-                         "python -m minipost.reward_model")
-
-
-class RewardModel:
-    """A trained reward model, to score answers: RewardModel(path)(prompts, completions) -> (N,) rewards.
-    A prompt is a user message (a string) or a list of messages; a completion is the assistant's answer text."""
-
-    def __init__(self, path, device="cpu", batch_size: int = 64):
-        if not Path(path).is_file():
-            check_reward_model(path)  # the "no such reward model" message
-        self.model, self.enc, ckpt = load_model(path, device, policy=False)
-        check_reward_model(path, ckpt)
-        self.model.requires_grad_(False)
-        self.pad_id, self.batch_size, self.path = special_id(self.enc, "<|pad|>"), batch_size, str(path)
-
-    @torch.no_grad()
-    def __call__(self, prompts: list, completions: list[str]) -> torch.Tensor:
-        block = self.model.cfg.block_size
-        seqs = []
-        for p, c in zip(prompts, completions):
-            msgs = [{"role": "user", "content": p}] if isinstance(p, str) else list(p)
-            seqs.append(render_chat(self.enc, msgs + [{"role": "assistant", "content": c}])[0][-block:])
-        out = [rewards(self.model, *sequence_batch(seqs[s:s + self.batch_size], self.pad_id)).float().cpu()
-               for s in range(0, len(seqs), self.batch_size)]
-        return torch.cat(out) if out else torch.zeros(0)
 
 
 def load_margins(rows: list[dict], lines: list[int], path) -> torch.Tensor | None:
@@ -255,7 +186,7 @@ def train(cfg: Config) -> dict:
             mb = idx[s:s + micro]
             b = len(mb)
             ids, last = sequence_batch([pairs[i][0][0] for i in mb] + [pairs[i][1][0] for i in mb], pad_id)
-            r = rewards(model, ids, last)  # (2b,), chosen rows first
+            r = reward_scores(model, ids, last)  # (2b,), chosen rows first
             m = margins[mb].to(device) if margins is not None else None
             losses = reward_loss(r[:b], r[b:], m, cfg.center_coef)  # (b,)
             loss = losses.mean() * b / B  # the loss is a mean over the batch's pairs: this micro-batch's share

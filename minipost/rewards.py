@@ -36,12 +36,14 @@ from __future__ import annotations
 import json
 import math
 import re
+from pathlib import Path
 from typing import Callable
 
 import torch
 
-from minipost.common import InputError
-from minipost.reward_model import RewardModel, check_reward_model
+from minipost.common import InputError, autocast, load_checkpoint
+from minipost.model import load_model
+from minipost.tokenizer import render_chat, special_id
 from minipost.world import check, check_arithmetic, check_sql, check_tools, run_sql
 
 RewardFn = Callable[[str, str, dict], float]
@@ -112,7 +114,7 @@ REWARDS: dict[str, RewardFn] = {"correct": correctness, "answer": exact_answer, 
 
 
 class ModelReward:
-    """A learned reward: a reward model's score r(prompt, completion) (reward_model.RewardModel), named on the
+    """A learned reward: a reward model's score r(prompt, completion) (RewardModel, below), named on the
     command line as `rm:PATH` (weight 1) or `rm:PATH:W`. Unlike the checkers it can be fooled: RL maximises
     what the model scores, not what is right (tutorial 10). Loaded on first use; `batch` scores a rollout at
     once on the policy's device."""
@@ -284,3 +286,78 @@ def rollout_stats(r: torch.Tensor, stopped: torch.Tensor, lengths: torch.Tensor,
         for d in sorted(set(domains)):
             stats[f"reward/{d}"] = r[torch.tensor([x == d for x in domains])].mean().item()
     return stats
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# a learned reward: the checkpoint minipost.reward_model trains, scoring answers (rm:PATH, the card's judge)
+
+KIND = "reward_model"  # the checkpoint's "kind": what RewardModel checks before scoring with it
+
+
+def sequence_batch(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token sequences -> ids (N, T) right-padded with pad_id, and last (N,): each row's last real position."""
+    T = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, :len(s)] = torch.tensor(s, dtype=torch.long)
+    return ids, torch.tensor([len(s) - 1 for s in seqs], dtype=torch.long)
+
+
+def reward_scores(model, ids: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+    """r(x, y) for each row: the value head on the final hidden state at the row's last real token.
+    ids (N, T) right-padded, last (N,) -> (N,) float32. The output layer is skipped (logits_to_keep=0)."""
+    device = next(model.parameters()).device
+    with autocast(device):
+        _, h = model(ids.to(device), return_hidden=True, logits_to_keep=0)  # (N, T, C)
+    last = last.to(device)
+    return model.values(h[torch.arange(len(last), device=device), last][:, None])[:, 0]  # (N,)
+
+
+@torch.no_grad()
+def pair_rewards(model, pairs: list[tuple], pad_id: int, batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rewards of tokenized pairs (data.tokenize_pairs) -> (chosen (N,), rejected (N,)), float32 on the CPU."""
+    was_training = model.training
+    model.eval()
+    chosen, rejected = [], []
+    for s in range(0, len(pairs), batch_size):
+        chunk = pairs[s:s + batch_size]
+        r = reward_scores(model, *sequence_batch([c[0] for c, _ in chunk] + [r[0] for _, r in chunk], pad_id)).cpu()
+        chosen.append(r[:len(chunk)])
+        rejected.append(r[len(chunk):])
+    model.train(was_training)
+    return torch.cat(chosen), torch.cat(rejected)
+
+
+def check_reward_model(path, ckpt: dict | None = None) -> None:
+    """Refuse anything that is not a reward model's checkpoint (minipost.reward_model), with the path named.
+    `ckpt`: the checkpoint already loaded from `path` (else it is read here)."""
+    if ckpt is None and not Path(path).is_file():
+        raise InputError(f"{path}: no such reward model; train one with python -m minipost.reward_model")
+    kind = (ckpt if ckpt is not None else load_checkpoint(path, required=("model",))).get("kind")
+    if kind != KIND:
+        raise InputError(f"{path}: not a reward model (its kind is {kind!r}, not {KIND!r}); train one with "
+                         "python -m minipost.reward_model")
+
+
+class RewardModel:
+    """A trained reward model, to score answers: RewardModel(path)(prompts, completions) -> (N,) rewards.
+    A prompt is a user message (a string) or a list of messages; a completion is the assistant's answer text."""
+
+    def __init__(self, path, device="cpu", batch_size: int = 64):
+        if not Path(path).is_file():
+            check_reward_model(path)  # the "no such reward model" message
+        self.model, self.enc, ckpt = load_model(path, device, policy=False)
+        check_reward_model(path, ckpt)
+        self.model.requires_grad_(False)
+        self.pad_id, self.batch_size, self.path = special_id(self.enc, "<|pad|>"), batch_size, str(path)
+
+    @torch.no_grad()
+    def __call__(self, prompts: list, completions: list[str]) -> torch.Tensor:
+        block = self.model.cfg.block_size
+        seqs = []
+        for p, c in zip(prompts, completions):
+            msgs = [{"role": "user", "content": p}] if isinstance(p, str) else list(p)
+            seqs.append(render_chat(self.enc, msgs + [{"role": "assistant", "content": c}])[0][-block:])
+        out = [reward_scores(self.model, *sequence_batch(seqs[s:s + self.batch_size], self.pad_id)).float().cpu()
+               for s in range(0, len(seqs), self.batch_size)]
+        return torch.cat(out) if out else torch.zeros(0)

@@ -210,14 +210,13 @@ def build_encoding(name: str, ranks: dict[bytes, int]) -> tiktoken.Encoding:
 # the world corpus and get_tokenizer()
 
 def load_corpus(data_dir: str | Path = DATA_DIR) -> list[str]:
-    """Training texts: every pretraining document plus every chat message of the SFT set.
-
-    Builds the synthetic world first if `pretrain.jsonl` is missing (minipost.world is imported only then).
-    """
+    """Training texts: every pretraining document plus every chat message of the SFT set. The world writes
+    them (`python -m minipost.world`; the pipeline and pretraining do it first when data/ lacks them): the
+    tokenizer sits below the world, which tokenizes nothing."""
     data_dir = Path(data_dir)
     if not (data_dir / "pretrain.jsonl").exists():
-        import minipost.world  # lazy: only needed when the data has not been generated yet
-        minipost.world.build(data_dir)
+        raise InputError(f"{data_dir / 'pretrain.jsonl'}: no such file, nothing to train the tokenizer on; "
+                         "generate the world first (python -m minipost.world)")
     texts = [row["text"] for row in read_jsonl(data_dir / "pretrain.jsonl", required=("text",))]
     sft_path = data_dir / "sft.jsonl"
     if sft_path.exists():

@@ -8,8 +8,9 @@ import shutil
 import pytest
 import torch
 
-from minipost.common import (InputError, MetricsLogger, check_config, check_finite, field, kl_estimate,
-                             load_checkpoint, parse_config, read_jsonl, save_checkpoint, save_state, start_run)
+from minipost.common import (InputError, MetricsLogger, check_config, check_finite, field, load_checkpoint,
+                             parse_config, read_jsonl, save_checkpoint, save_state, start_run)
+from minipost.rl import kl_estimate
 
 
 def test_kl_estimators_match_exact_kl_of_small_categoricals():

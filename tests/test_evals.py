@@ -23,7 +23,7 @@ def tiny_checkpoint(path, seed=0, **extra):
 
 def test_every_column_in_range_and_identical_models_have_zero_preference_accuracy(tmp_path):
     from minipost.evals import eval_answers
-    from minipost.reward_model import KIND, RewardModel
+    from minipost.rewards import KIND, RewardModel
     tiny_checkpoint(tmp_path / "a.pt")
     tiny_checkpoint(tmp_path / "b.pt")  # same weights, another file: the "reference"
     tiny_checkpoint(tmp_path / "judge.pt", kind=KIND)
@@ -160,7 +160,7 @@ def test_mcnemar_counts_only_the_items_that_changed():
 
 
 def test_preference_accuracy_counts_strict_wins_of_the_implicit_reward():
-    from minipost.evals import preference_accuracy
+    from minipost.heldout import preference_accuracy
 
     t = torch.tensor
     ref_c, ref_r = t([-10.0, -10.0, -10.0, -10.0]), t([-12.0, -12.0, -12.0, -12.0])
@@ -174,7 +174,7 @@ def test_pair_logps_sums_each_answer_alone_whatever_the_batching():
     """pair_logps pads pairs of different lengths into batches; each number equals the answer's summed
     log-probs computed on its own row (chosen and rejected in the right order), for any batch_size."""
     from minipost.data import IGNORE, collate, tokenize_pairs
-    from minipost.evals import pair_logps
+    from minipost.heldout import pair_logps
     from minipost.logprobs import sequence_logprobs
     from minipost.tokenizer import build_encoding, special_id
 

@@ -131,9 +131,13 @@ def test_the_small_preset_runs_every_stage_on_the_cpu(tmp_path, monkeypatch):
     """--preset small (the one-GPU preset: an 11M-parameter GPT, 512-token rows) one step per stage, so the
     preset cannot rot: its values pass every Config check and its shapes run through every objective. Only the
     sizes that make a CPU step slow shrink (rows per step, reference log-probs of all 2040 DPO pairs, 32 RL
-    prompts x 8); the row length (512 tokens) and the model stay the preset's."""
-    from minipost import pipeline
+    prompts x 8; the card's held-out loss over 4 windows, not 64); the row length (512 tokens) and the model stay
+    the preset's."""
+    from minipost import evals, pipeline
 
+    val_losses = evals.val_losses
+    monkeypatch.setattr(evals, "val_losses", lambda model, enc, windows=64, block_size=256:
+                        val_losses(model, enc, 4, block_size))
     lean = {"pretrain": {"batch_size": 4}, "sft": {"batch_size": 4},
             "reward_model": {"max_pairs": 64, "batch_size": 4}, "dpo": {"max_pairs": 64, "batch_size": 4},
             "rloo": {"prompts_per_step": 2}, "grpo": {"prompts_per_step": 2}, "ppo": {"prompts_per_step": 2}}

@@ -14,6 +14,7 @@ import minipost.reward_model as rm
 import minipost.tokenizer as tokenizer
 from minipost.common import InputError, config_with_preset, read_metrics, save_checkpoint
 from minipost.model import GPT, GPTConfig, load_model, model_checkpoint
+from minipost.rewards import KIND, RewardModel
 
 ENC = tokenizer.build_encoding("bytes", {bytes([i]): i for i in range(256)})  # byte-level, no trained file
 PAD = tokenizer.special_id(ENC, "<|pad|>")
@@ -65,8 +66,8 @@ def test_a_rows_reward_is_read_at_its_last_token_whatever_the_padding():
     seqs = [[5, 6, 7], [8, 9, 10, 11, 12, 13], [14]]
     ids, last = rm.sequence_batch(seqs, PAD)
     assert ids.shape == (3, 6) and last.tolist() == [2, 5, 0] and ids[0, 3:].eq(PAD).all()
-    together = rm.rewards(model, ids, last)  # (3,)
-    alone = torch.cat([rm.rewards(model, *rm.sequence_batch([s], PAD)) for s in seqs])
+    together = rm.reward_scores(model, ids, last)  # (3,)
+    alone = torch.cat([rm.reward_scores(model, *rm.sequence_batch([s], PAD)) for s in seqs])
     torch.testing.assert_close(together, alone)
     # and it is the value head on that token's final hidden state
     _, h = model(torch.tensor([seqs[1]]), return_hidden=True)
@@ -105,7 +106,7 @@ def test_train_end_to_end_learns_the_preference_and_scores_new_answers(tmp_path,
     assert metrics[0]["step"] == 1 and metrics[0]["loss"] == pytest.approx(math.log(2), abs=0.05)  # a fresh head
     assert metrics[-1]["accuracy"] == 1.0 and metrics[-1]["margin"] > 1.0
     assert summary["eval_accuracy"] == 1.0  # the refusal is scored below a word on unseen prompts too
-    judge = rm.RewardModel(run / "model.pt")
+    judge = RewardModel(run / "model.pt")
     r = judge(["name tiger", "name glass"], ["tiger", REFUSAL])  # (2,)
     assert r.shape == (2,) and r[0] > r[1]
     assert "r(chosen)" in (run / "samples.txt").read_text()
@@ -118,9 +119,9 @@ def test_train_end_to_end_learns_the_preference_and_scores_new_answers(tmp_path,
                           capture_output=True, text=True, timeout=120)
     assert chat.returncode == 2 and "is a reward model" in chat.stderr and "Traceback" not in chat.stderr
     with pytest.raises(InputError, match="not a reward model"):
-        rm.RewardModel(tmp_path / "sft.pt")
+        RewardModel(tmp_path / "sft.pt")
     with pytest.raises(InputError, match="no such reward model"):
-        rm.RewardModel(tmp_path / "nope.pt")
+        RewardModel(tmp_path / "nope.pt")
 
 
 def test_without_held_out_pairs_nothing_is_logged_as_nan(tmp_path, monkeypatch):
@@ -152,7 +153,7 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, monkeypatch):
     twice = tmp_path / "twice"
     assert not (twice / "model.pt").exists()
     rm.train(tiny_run(tmp_path, monkeypatch, out=str(twice), resume=True, **common))
-    a, b = load_model(tmp_path / "once" / "model.pt")[0], load_model(twice / "model.pt")[0]
+    a, b = load_model(tmp_path / "once" / "model.pt", policy=False)[0], load_model(twice / "model.pt", policy=False)[0]
     assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
     assert metrics_rows(tmp_path / "once") == metrics_rows(twice)
 
@@ -161,7 +162,7 @@ def test_micro_batches_give_the_whole_batch_gradient(tmp_path, monkeypatch):
     whole = rm.train(tiny_run(tmp_path, monkeypatch, out=str(tmp_path / "a"), max_steps=3, micro_batch_size=0))
     split = rm.train(tiny_run(tmp_path, monkeypatch, out=str(tmp_path / "b"), max_steps=3, micro_batch_size=2))
     assert whole["loss"] == pytest.approx(split["loss"], abs=1e-5)
-    a, b = load_model(tmp_path / "a" / "model.pt")[0], load_model(tmp_path / "b" / "model.pt")[0]
+    a, b = (load_model(tmp_path / d / "model.pt", policy=False)[0] for d in "ab")
     assert all(torch.allclose(v, b.state_dict()[k], atol=1e-5) for k, v in a.state_dict().items())
 
 
@@ -178,7 +179,7 @@ def test_reward_spec_rm_path_weight_and_its_errors(tmp_path, monkeypatch):
     not a reward model is refused with the flag named; batch scoring equals one answer at a time."""
     from minipost.rewards import ModelReward, WeightedReward, parse_reward
     monkeypatch.setattr(tokenizer, "get_tokenizer", lambda name, *a, **k: ENC)
-    save_checkpoint(tmp_path / "rm.pt", model_checkpoint(tiny_gpt(value_head=True), "bytes", 0, kind=rm.KIND))
+    save_checkpoint(tmp_path / "rm.pt", model_checkpoint(tiny_gpt(value_head=True), "bytes", 0, kind=KIND))
     save_checkpoint(tmp_path / "sft.pt", model_checkpoint(tiny_gpt(), "bytes", 0))
     reward = parse_reward(f"correct:1,rm:{tmp_path / 'rm.pt'}:0.5")
     assert isinstance(reward, WeightedReward) and isinstance(reward.terms["rm"][0], ModelReward)
@@ -186,7 +187,7 @@ def test_reward_spec_rm_path_weight_and_its_errors(tmp_path, monkeypatch):
     records = [{"prompt": f"What is {i} + 1?", "domain": "arithmetic", "answer": i + 1} for i in range(3)]
     answers = ["1 + 1 = 2.", "no idea", "2 + 1 = 3."]
     parts = reward.batch_parts([r["prompt"] for r in records], answers, records)
-    judge = rm.RewardModel(tmp_path / "rm.pt")
+    judge = RewardModel(tmp_path / "rm.pt")
     for p, rec, a in zip(parts, records, answers):
         assert p["rm"] == pytest.approx(judge([rec["prompt"]], [a]).item(), abs=1e-6)
         assert p == pytest.approx(reward.parts(rec["prompt"], a, rec), abs=1e-6)
@@ -199,7 +200,7 @@ def test_reward_spec_rm_path_weight_and_its_errors(tmp_path, monkeypatch):
 
 def test_reward_specs_that_would_overflow_or_repeat_are_refused(tmp_path):
     from minipost.rewards import parse_reward
-    save_checkpoint(tmp_path / "rm.pt", model_checkpoint(tiny_gpt(value_head=True), "bytes", 0, kind=rm.KIND))
+    save_checkpoint(tmp_path / "rm.pt", model_checkpoint(tiny_gpt(value_head=True), "bytes", 0, kind=KIND))
     for spec, msg in [("correct:1e39", "at most 1e\\+06"), ("correct:3e38,format:3e38", "at most"),
                       (f"rm:{tmp_path / 'rm.pt'}:nan", "must be a finite number"),
                       ("correct:1,correct:5", "'correct' is given twice"),

@@ -430,7 +430,7 @@ def test_rl_trains_on_a_reward_model_named_on_the_command_line(objective, tiny_s
     import minipost.tokenizer as tokenizer
     from minipost.common import save_checkpoint
     from minipost.model import model_checkpoint
-    from minipost.reward_model import KIND
+    from minipost.rewards import KIND
 
     torch.manual_seed(1)
     vocab = tokenizer.get_tokenizer("bytes").n_vocab  # tiny_setup's byte-level tokenizer

@@ -3,10 +3,10 @@ sequence ratio, the KL terms' gradients by Monte Carlo, DAPO's overlong shaping 
 import pytest
 import torch
 
-from minipost.common import KL_LOSSES, kl_estimate, kl_loss_term
 from minipost.grpo import grpo_loss, micro_batch_weight
 from minipost.model import GPT, GPTConfig
 from minipost.rewards import overlong_penalty
+from minipost.rl import KL_LOSSES, kl_estimate, kl_loss_term
 from minipost.rollout import Rollout, completion_logprobs, concat_rollouts, micro_batches, sample_completions
 
 

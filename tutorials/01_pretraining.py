@@ -20,7 +20,7 @@ import torch
 from minipost import threads
 from minipost.common import DATA_DIR, config_with_preset, read_jsonl, read_metrics, seed_everything
 from minipost.data import load_texts, pack, packed_batch
-from minipost.evals import probe_scores
+from minipost.heldout import probe_scores
 from minipost.model import GPT, GPTConfig, PRESETS as MODEL_PRESETS, load_model
 from minipost.optim import adamw, cosine_lr, set_lr
 from minipost.pretrain import PRESETS, Config, next_token_loss, train

@@ -26,7 +26,7 @@ import torch
 from minipost import threads
 from minipost.common import DATA_DIR, config_with_preset, read_jsonl, read_metrics, seed_everything
 from minipost.data import EpochBatches, collate, load_chats, num_targets, tokenize_chats
-from minipost.evals import chat_scores, probe_scores
+from minipost.heldout import chat_scores, probe_scores
 from minipost.model import load_model
 from minipost.optim import adamw, cosine_lr, set_lr
 from minipost.sft import PRESETS, Config, sft_loss, train

@@ -26,7 +26,7 @@ from minipost import threads
 from minipost.common import DATA_DIR, read_jsonl, read_metrics, seed_everything
 from minipost.data import EpochBatches, num_targets, pair_batch, tokenize_pairs
 from minipost.dpo import Config, dpo_loss, train
-from minipost.evals import chat_scores, pair_logps
+from minipost.heldout import chat_scores, pair_logps
 from minipost.logprobs import sequence_logprobs
 from minipost.model import load_model
 from minipost.optim import adamw, cosine_lr, set_lr

@@ -35,7 +35,8 @@ import numpy as np
 
 from minipost import grpo, ppo, reinforce
 from minipost.common import DATA_DIR, config_with_preset, read_jsonl, read_metrics
-from minipost.evals import ALPHA, HIGHER_IS_BETTER, binomial_ci, evaluate_items, paired_test, per_domain, write_report
+from minipost.evals import ALPHA, HIGHER_IS_BETTER, binomial_ci, evaluate_items, paired_test, write_report
+from minipost.heldout import per_domain
 
 from _setup import SMOKE, ensure_world, out_dir, start_checkpoint  # noqa: E402  (tutorials/_setup.py)
 
@@ -205,7 +206,7 @@ except Exception as e:  # no pipeline run yet
 
 # %% [markdown]
 # ## "Which KL estimator?"
-# What matters in a loss is the gradient (common.kl_loss_term; Tang & Munos 2025, arXiv:2506.09477): k1 in
+# What matters in a loss is the gradient (rl.kl_loss_term; Tang & Munos 2025, arXiv:2506.09477): k1 in
 # the loss pulls toward the reference with zero force in expectation; k3 (GRPO's default) follows the
 # *forward* KL; k2 and the importance-corrected k3 follow the reverse KL that the objective names; k1 in
 # the reward does too, over whole sequences. Five GRPO runs (seed 1337, beta 0.1 so the KL term matters)

@@ -23,8 +23,9 @@ import numpy as np
 
 from minipost import grpo, reward_model
 from minipost.common import DATA_DIR, config_with_preset, read_jsonl, read_metrics
-from minipost.evals import eval_answers, per_domain, win_items
-from minipost.reward_model import RewardModel
+from minipost.evals import eval_answers, win_items
+from minipost.heldout import per_domain
+from minipost.rewards import RewardModel
 from minipost.world import check
 
 from _setup import SMOKE, ensure_world, out_dir, start_checkpoint  # noqa: E402  (tutorials/_setup.py)
