@@ -36,11 +36,11 @@ Deviations and choices:
 - `batch_size` pairs per optimizer step, in micro-batches of `micro_batch_size` pairs (0: all at once). The loss
   is a mean over pairs, so a micro-batch of b pairs weighs b / B, and the NLL term is normalised by the chosen
   tokens of the whole batch: accumulation is exact, up to float rounding.
-- `eval_pref_acc` is evals.preference_accuracy on evals.pair_logps, the code behind the report card's pref_acc,
+- `eval_pref_acc` is heldout.preference_accuracy on heldout.pair_logps, the code behind the report card's pref_acc,
   on the first `eval_pairs` (256) held-out pairs; the card scores all 300 of eval_prefs.jsonl, so the two can
   differ by a little.
 - samples.txt holds greedy answers to two held-out prompts per domain of the world's eval.jsonl, scored by
-  evals.write_samples; without the world's files (your own --data and no data/eval.jsonl) it is not written.
+  heldout.write_samples; without the world's files (your own --data and no data/eval.jsonl) it is not written.
 - The policy is trained with dropout off (the nano and small models have none): its log-probs are compared with
   the reference's, and noise in one side would show up as a fake reward.
 - The reference defaults to the init checkpoint; `--ref` can name another, which must share the policy's

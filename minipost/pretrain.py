@@ -9,7 +9,7 @@ probes the base model's knowledge before any chat data is seen.
 The loop is nanoGPT's: AdamW (decoupled weight decay, not on biases/LayerNorms), linear warmup then cosine
 decay, gradient clipping, exact gradient accumulation over micro-batches, bf16 autocast on CUDA, optional
 torch.compile. The log-probs go through `minipost.logprobs.token_logprobs`, the op every objective shares; the
-held-out loss is `evals.heldout_loss`, the report card's val_loss.
+held-out loss is `heldout.heldout_loss`, the report card's val_loss.
 
 Batches depend on (seed, step) only: step s draws batch_size random windows from a generator seeded with
 seed * 100003 + s. So a resumed run draws exactly the batches the uninterrupted one would have, and

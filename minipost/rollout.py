@@ -289,7 +289,7 @@ def load_rl_prompts(data, eval_data, *, domains: str, oversample: str, prompts_p
     A prompt may take at most block_size - max_new_tokens tokens (room for a whole answer); the training file
     must hold at least one batch of prompts; with reward_fn, the reward must score every domain the prompts
     hold (rewards.check_reward_domains; reward_spec names the flag). The held-out records keep every domain's
-    items (cut them with evals.per_domain)."""
+    items (cut them with heldout.per_domain)."""
     room = block_size - max_new_tokens  # longest prompt that leaves room for a whole answer
     if room < 1:
         raise InputError(f"--max-new-tokens {max_new_tokens}: {model_path} has block_size {block_size}, which "

@@ -28,7 +28,7 @@ Choices and deviations, all switchable in `Config`:
   measured on 32 windows) from 1.08 to 2.90; with it (lr 5e-4) the loss stayed at 0.88-1.00 and held-out
   knowledge QA reached 94%.
 - the learning-rate schedule and optimizer are the shared ones (`optim.cosine_lr`, `optim.adamw`); `val_loss` is
-  `evals.heldout_loss` with the report card's 64 windows of 256 tokens, so it equals the card's val_loss of the
+  `heldout.heldout_loss` with the report card's 64 windows of 256 tokens, so it equals the card's val_loss of the
   same checkpoint.
 
 Run:  python -m minipost.sft --init runs/pretrain/model.pt --out runs/sft          (the defaults: nano, ~3 min on CPU)

@@ -173,7 +173,7 @@ def test_train_end_to_end_learns_the_preference(tmp_path, monkeypatch):
     assert metrics[-1]["rewards/margins"] > 1.0 and metrics[-1]["rewards/accuracies"] == 1.0
     assert metrics[-1]["loss"] < 0.5 * math.log(2)
     assert summary["eval_pref_acc"] == 1.0  # the refusal is dispreferred on unseen prompts too
-    # the logged number is the report card's code (evals.pair_logps + preference_accuracy) on the same pairs
+    # the logged number is the report card's code (heldout.pair_logps + preference_accuracy) on the same pairs
     pairs = tokenize_pairs(ENC, [json.loads(line) for line in (tmp_path / "eval.jsonl").read_text().splitlines()], 64)
     policy, ref = load_model(run / "model.pt")[0], load_model(tmp_path / "sft.pt")[0]
     assert preference_accuracy(*pair_logps(policy, pairs, PAD), *pair_logps(ref, pairs, PAD)) == metrics[-1][

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import minipost.evals as evals
+import minipost.heldout as heldout
 import minipost.sft as sft
 import minipost.tokenizer as tokenizer
 from minipost.common import DATA_DIR, InputError, config_with_preset, load_checkpoint, read_metrics, save_checkpoint
@@ -142,7 +143,7 @@ def world(tmp_path, monkeypatch):
     (root / "chats.jsonl").write_text("".join(json.dumps({"prompt": f"say {w}", "completion": w}) + "\n"
                                               for w in ["yes", "no", "maybe", "ok"] * 4 + ["fine", "sure"]))
     save_checkpoint(root / "base.pt", model_checkpoint(tiny_gpt(), "bytes", 0))
-    for module in (sft, evals):
+    for module in (sft, evals, heldout):
         monkeypatch.setattr(module, "DATA_DIR", root)
     monkeypatch.setattr(tokenizer, "get_tokenizer", lambda name, *a, **k: ENC)
     return root
@@ -182,10 +183,10 @@ def test_train_end_to_end_writes_the_run_files(world):
 
 
 def test_logged_val_loss_is_the_report_cards(world):
-    """The final val_loss in metrics.jsonl is evals.val_loss (the card's column) of the saved model.pt."""
+    """The final val_loss in metrics.jsonl is heldout.val_loss (the card's column) of the saved model.pt."""
     sft.train(small_cfg(world, "run", max_steps=2, eval_windows=64))
     model, enc, _ = load_model(world.parent / "run" / "model.pt")
-    assert metrics(world.parent / "run")[-1]["val_loss"] == round(evals.val_loss(model, enc), 6)
+    assert metrics(world.parent / "run")[-1]["val_loss"] == round(heldout.val_loss(model, enc), 6)
 
 
 def test_a_block_size_beyond_the_model_is_clamped_everywhere(world):
