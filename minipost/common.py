@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import errno
 import hashlib
 import json
 import math
@@ -114,6 +115,10 @@ def set_rng_state(state: dict) -> None:
 # ----------------------------------------------------------------------------------------------------------------
 # errors a user can read
 
+class DiskFull(OSError):
+    """A checkpoint could not be written for lack of space (save_checkpoint); `main` prints it in one line."""
+
+
 class InputError(ValueError):
     """Something the user gave is wrong: a flag, a file, a record. The message is one line that names where
     (`--lr`, `data/sft.jsonl:12: field 'content'`) and what; `main` prints it and exits with code 2."""
@@ -135,6 +140,8 @@ def main(train_fn, cls, presets: dict[str, dict] | None = None, argv: list[str] 
 def where_to_continue(out: Path) -> str:
     """After Ctrl-C: what OUT holds and the command that continues. A run folder keeps state.pt (step N); the
     pipeline and the lab keep finished stages in OUT/<stage>/, which their next start reuses or resumes."""
+    if os.path.realpath(out) not in _HELD and not any(k.startswith(os.path.realpath(out) + os.sep) for k in _HELD):
+        return f"the run had not started: nothing in {out} changed; the same command starts it again"
     if (out / "state.pt").is_file():
         try:
             step = torch.load(out / "state.pt", map_location="cpu", weights_only=True, mmap=True)["step"]
@@ -156,7 +163,7 @@ def exit_on_input_error(fn):
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
-    except FloatingPointError as e:
+    except (FloatingPointError, DiskFull) as e:
         print(f"stopped: {e}", file=sys.stderr)
         raise SystemExit(1) from None
 
@@ -399,9 +406,16 @@ def save_checkpoint(path: str | os.PathLike, obj: dict) -> None:
             torch.save(obj, f)          # so the same weights give the same bytes (and sha256, see inputs.json)
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
+        full = isinstance(e, (OSError, RuntimeError)) and (getattr(e, "errno", None) == errno.ENOSPC or
+                                                           shutil.disk_usage(path.parent).free < 1 << 20)
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e.__context__, KeyboardInterrupt):  # Ctrl-C inside torch's zip writer, which then fails too
+            raise KeyboardInterrupt from None
+        if full:
+            last = f"the last good one is {path}" if path.exists() else "none was written before"
+            raise DiskFull(f"no space left on the device writing {path}; {last}") from None
         raise
 
 
@@ -579,24 +593,48 @@ RESUME_IGNORES = ("out", "resume", "allow_config_change", "progress", "device", 
 _HELD: dict[str, int] = {}  # folder -> the descriptor whose lock this process holds (see hold_folder)
 
 
-def hold_folder(folder: str | os.PathLike) -> None:
+def hold_folder(folder: str | os.PathLike, shared: bool = False, what: str = "--out") -> None:
     """Take an exclusive advisory lock on a run folder (flock on the folder's own descriptor: no file is written),
-    so a second process writing into it stops at once with one line naming the holder's pid. The OS drops the
-    lock when this process ends, however it ends (kill -9 included): it never goes stale. A process may take a
-    folder it already holds again (a notebook that trains twice in one folder); release_folder lets it go."""
+    so a second process writing into it, or into a folder inside it (a stage of a pipeline that is running),
+    stops at once with one line naming the holder's pid. `shared`: a folder this process only reads (the lab's
+    --pipeline): nobody may write into it meanwhile, others may read it too. The OS drops the lock when this
+    process ends, however it ends (kill -9 included): it never goes stale. A process may take a folder it
+    already holds again (a notebook that trains twice in one folder); release_folder lets it go."""
     key = os.path.realpath(folder)
     if key in _HELD or fcntl is None:  # (no flock on Windows: no lock)
         return
-    fd = os.open(key, os.O_RDONLY)
+    for above in Path(key).parents:  # a folder above, held by another process that writes into it (the pipeline)
+        if str(above) not in _HELD and above.is_dir() and not _try_flock(str(above), fcntl.LOCK_SH, keep=False):
+            _refuse(folder, str(above), what)
+    fd = _try_flock(key, fcntl.LOCK_SH if shared else fcntl.LOCK_EX, keep=True)
+    if fd is None:
+        _refuse(folder, key, what)
+    _HELD[key] = fd
+
+
+def _try_flock(path: str, how: int, keep: bool) -> int | None:
+    """flock(path, how) without waiting -> the descriptor holding it (keep), else released at once; None: held
+    by another process."""
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # a folder we may not open: nothing of ours can be in it
+        return -1
+    try:
+        fcntl.flock(fd, how | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
-        holder = folder_lock_holder(key)
-        holder = f"pid {holder}" if holder else "another process"
-        raise InputError(f"--out {folder}: another run is writing into this folder ({holder}); wait for it to end or "
-                         "choose another --out") from None
-    _HELD[key] = fd
+        return None
+    if not keep:
+        os.close(fd)
+    return fd
+
+
+def _refuse(folder, held: str, what: str) -> None:
+    pid, mode = folder_lock_holder(held)
+    doing = "reading" if mode == "READ" else "writing into"
+    where = "this folder" if os.path.realpath(folder) == held else f"{held}, the folder it is in"
+    raise InputError(f"{what} {folder}: another run is {doing} {where} ({f'pid {pid}' if pid else 'another process'}"
+                     "); wait for it to end or choose another folder")
 
 
 def release_folder(folder: str | os.PathLike) -> None:
@@ -605,18 +643,20 @@ def release_folder(folder: str | os.PathLike) -> None:
         os.close(fd)  # closing the descriptor drops its lock
 
 
-def folder_lock_holder(folder: str) -> int | None:
-    """The pid holding a flock on `folder`, from /proc/locks (Linux); None where that cannot be read."""
+def folder_lock_holder(folder: str) -> tuple[int | None, str]:
+    """(pid, "READ" or "WRITE") of a process holding a flock on `folder`, from /proc/locks (Linux); (None, "")
+    where that cannot be read."""
     try:
         st = os.stat(folder)
+        device_inode = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
         with open("/proc/locks", encoding="ascii") as f:
             for line in f:  # "1: FLOCK  ADVISORY  WRITE 4242 08:01:1234 0 EOF": pid, then major:minor:inode
                 parts = line.split()
-                if len(parts) > 5 and parts[1] == "FLOCK" and parts[5].endswith(f":{st.st_ino}"):
-                    return int(parts[4])
+                if len(parts) > 5 and parts[1] == "FLOCK" and parts[5] == device_inode:
+                    return int(parts[4]), parts[3]
     except (OSError, ValueError):
         pass
-    return None
+    return None, ""
 
 
 def check_previous(out: Path, what: str) -> None:
@@ -681,6 +721,9 @@ def start_run(out_dir, cfg, write: bool = True) -> dict | None:
         save_json(out / "config.json", dataclasses.asdict(cfg))
         return None
     state = load_checkpoint(out / "state.pt", required=("step", "config", "rng"))  # exists: checked above
+    if isinstance(state["step"], int) and state["step"] > getattr(cfg, "max_steps", state["step"]):
+        raise InputError(f"--max-steps {cfg.max_steps}: {out / 'state.pt'} is at step {state['step']} already; a "
+                         "resumed run only goes on from there (give --max-steps of at least that)")
     now = dataclasses.asdict(cfg)
     changed = sorted(k for k in set(now) | set(state["config"]) if k not in RESUME_IGNORES
                      and now.get(k) != state["config"].get(k))

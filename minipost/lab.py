@@ -597,6 +597,8 @@ def run_lab(cfg: Config) -> dict:
     out = Path(cfg.out)
     if out.is_dir():
         hold_folder(out)  # a second lab into this folder stops here, before it reads a run half written
+    if Path(cfg.pipeline).is_dir():  # read, not written: a pipeline retraining it meanwhile is refused (and v.v.)
+        hold_folder(cfg.pipeline, shared=True, what="--pipeline")
     ckpts, data, plans = preflight(cfg)
     out.mkdir(parents=True, exist_ok=True)
     hold_folder(out)
@@ -630,6 +632,7 @@ def run_lab(cfg: Config) -> dict:
     print("seconds per part:", {k: round(v) for k, v in seconds.items()})
     print(f"wrote {out / 'lab.json'}, {out / 'lab.md'}, {out / 'lab.png'}")
     release_folder(out)
+    release_folder(cfg.pipeline)
     return result
 
 

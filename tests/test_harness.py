@@ -4,6 +4,7 @@ and the import rules that keep it below the objectives."""
 import ast
 import dataclasses
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,7 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from minipost.common import field, hold_folder, load_checkpoint, read_metrics, release_folder
+from minipost.common import (DiskFull, InputError, field, hold_folder, load_checkpoint, read_metrics, release_folder,
+                             save_checkpoint)
 from minipost.harness import Run
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -92,7 +94,39 @@ def test_max_seconds_stops_the_run_and_keeps_the_model_it_trained(tmp_path):
     run, _, evals = toy_train(ToyConfig(out=str(tmp_path), max_seconds=25.0), clock=10.0)
     assert run.stopped == "--max-seconds 25.0" and run.step == 3 and run.done
     assert evals == [3]  # the held-out evaluation runs at the step the time ran out
+    assert [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [1, 2, 3]  # ... and it is logged
     assert load_checkpoint(tmp_path / "model.pt")["step"] == 3
+
+
+def test_a_resume_cannot_go_back_below_the_saved_step(tmp_path):
+    toy_train(ToyConfig(out=str(tmp_path), stop_after=5))
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    with pytest.raises(InputError, match="--max-steps 4: .*state.pt is at step 5 already"):
+        toy_train(ToyConfig(out=str(tmp_path), max_steps=4, resume=True, allow_config_change=True))
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # refused before anything changed
+
+
+def test_ctrl_c_or_a_full_disk_while_a_checkpoint_is_written_leave_the_old_file(tmp_path, monkeypatch):
+    save_checkpoint(tmp_path / "state.pt", {"step": 1})
+
+    def interrupted(obj, f):  # torch's zip writer fails while Ctrl-C unwinds it
+        try:
+            raise KeyboardInterrupt
+        finally:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 8339200 vs 8339092")
+    monkeypatch.setattr(torch, "save", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(tmp_path / "state.pt", {"step": 2})
+
+    def full(obj, f):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 8339200 vs 8339092")
+    monkeypatch.setattr(torch, "save", full)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(8 << 20, 8 << 20, 0))
+    with pytest.raises(DiskFull, match=f"no space left on the device writing {tmp_path / 'state.pt'}; the last good "
+                                       f"one is {tmp_path / 'state.pt'}"):
+        save_checkpoint(tmp_path / "state.pt", {"step": 2})
+    monkeypatch.undo()
+    assert load_checkpoint(tmp_path / "state.pt")["step"] == 1 and [p.name for p in tmp_path.iterdir()] == ["state.pt"]
 
 
 def test_a_non_finite_loss_stops_with_the_step(tmp_path):
@@ -173,6 +207,14 @@ def test_a_second_process_writing_into_a_held_folder_stops_at_once_naming_the_ho
     proc = subprocess.run(PRETRAIN_CLI + ["--out", str(tmp_path), "--max-steps", "2"], capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]  # released: the folder is free again
+    hold_folder(tmp_path)  # a pipeline's folder: a stage run into a folder inside it stops too
+    try:
+        proc = subprocess.run(PRETRAIN_CLI + ["--out", str(tmp_path / "pretrain"), "--max-steps", "2"],
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 2 and f"another run is writing into {tmp_path}, the folder it is in (pid " \
+            f"{os.getpid()})" in proc.stderr, proc.stderr
+    finally:
+        release_folder(tmp_path)
 
 
 def test_ctrl_c_says_where_the_state_is_and_exits_130(tmp_path):

@@ -121,8 +121,13 @@ class Run:
         return grad_norm
 
     def check(self, value, what: str) -> None:
-        """Stop the run (FloatingPointError, one line) when a loss or held-out value is NaN or inf."""
-        check_finite(value, what, self.step, self.out)
+        """Stop the run (FloatingPointError, one line) when a loss or held-out value is NaN or inf; the folder is
+        let go, so another process may start there (a notebook that keeps the error keeps nothing locked)."""
+        try:
+            check_finite(value, what, self.step, self.out)
+        except FloatingPointError:
+            release_folder(self.out)
+            raise
 
     def eval_due(self, every: int) -> bool:
         """Every `every` steps (0: never), at the last step, and at the step --max-seconds ends the run."""
@@ -138,10 +143,11 @@ class Run:
         return self._time_checked[1]
 
     def log(self, step: int | None = None, **metrics) -> None:
-        """A metrics.jsonl row for this step (at step 1, every --log-every steps and at the last), elapsed_s
-        added; with `step` given, a row for that step now (held-out scores, the ones before step 1, say)."""
+        """A metrics.jsonl row for this step (at step 1, every --log-every steps, at the last and at the one
+        --max-seconds ends), elapsed_s added; with `step` given, a row for that step now (held-out scores, the
+        ones before step 1, say)."""
         if step is None:
-            if self.step % self.cfg.log_every and self.step not in (1, self.cfg.max_steps):
+            if self.step % self.cfg.log_every and self.step not in (1, self.cfg.max_steps) and not self.out_of_time():
                 return
             step = self.step
         self.logger.log(step, **metrics, elapsed_s=self.elapsed)
