@@ -5,7 +5,7 @@ fresh subprocess, first alone, then two copies started together. Only the optimi
 worker imports torch, builds the model and takes two warm-up steps, then waits until all workers of the
 measurement are ready, so both copies of a pair run their timed steps at the same time.
 
-Targets (the issue): alone, at most 10% slower than plain torch (its default threads) on an idle machine;
+What it checks: alone, at most 10% slower than plain torch (its default threads) on an idle machine;
 side by side, each run within 1.5x of its own time alone.
 
 The table gives medians over --repeats measurements (settings interleaved, so a change in the machine's load

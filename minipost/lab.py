@@ -403,7 +403,7 @@ def _pct(r: dict) -> str:
     return f"{r['acc']:.0f}% [{r['lo']:.0f}, {r['hi']:.0f}]" if r["n"] else "no items"
 
 
-SAYING = {  # the rule of thumb each use case comes with (the table), shown on its first row
+SAYING = {  # the rule of thumb practitioners give for each use case, shown on its first row
     "policies": "simple, but brittle: the model may not follow all of them",
     "updates": "RAG adapts at once to a changed knowledge base",
     "region": "continual pretraining injects knowledge at scale",
