@@ -52,6 +52,9 @@ Deviations and choices:
   10%; with rpo_alpha 1, lr 1e-4, beta 0.5 logps/chosen rose from -7 to -3 and no domain score fell by
   more than 4 points.
 
+What the loop leaves out: torchrun, the run folder, resume, the log/eval/save cadence, the finite checks, the optimizer
+step (gradient all-reduce, clip, step) and the outputs go through `run` (minipost/harness/run.py).
+
 Run:  python -m minipost.dpo --init runs/sft/model.pt --out runs/dpo          (nano preset, ~2 min on CPU)
       python -m minipost.dpo --init SFT.pt --data my_prefs.jsonl --loss-type ipo --out runs/my_dpo
       python -m minipost.dpo --init runs/sft/model.pt --out runs/dpo --resume true  (continue from runs/dpo/state.pt)
@@ -186,18 +189,7 @@ def train(cfg: Config) -> dict:
     trainable_params = trainable(model)
 
     # ---- data: each pair rendered twice with the chat template (prompt + chosen, prompt + rejected)
-    if not cfg.data and not (DATA_DIR / "prefs.jsonl").exists():
-        build_world(DATA_DIR)
-    data_path = cfg.data or DATA_DIR / "prefs.jsonl"
-    lines, eval_lines = [], []  # each pair's line in its file, for error messages
-    rows = load_prefs(data_path, lines)[:cfg.max_pairs or None]
-    pairs = tokenize_pairs(enc, rows, block_size, str(data_path), lines)
-    eval_path = cfg.eval_data or ("" if cfg.data else DATA_DIR / "eval_prefs.jsonl")
-    eval_pairs = tokenize_pairs(enc, load_prefs(eval_path, eval_lines), block_size, str(eval_path),
-                                eval_lines)[:cfg.eval_pairs] if (eval_path and cfg.eval_pairs) else []
-    sample_path = DATA_DIR / "eval.jsonl"  # samples.txt: greedy answers to a few held-out prompts per domain
-    sample_records = per_domain(read_jsonl(sample_path, required={"prompt": str, "domain": str}), 2) if (
-        sample_path.exists()) else []
+    pairs, eval_pairs, sample_records = load_pair_data(cfg, enc, block_size)
     pad_id = special_id(enc, "<|pad|>")
 
     # ---- optimizer and data order; then the run folder (a resume restores them here)
@@ -274,6 +266,25 @@ def train(cfg: Config) -> dict:
         print(f"dpo done: loss {stats['loss']:.3f}, margin {stats['rewards/margins']:.2f}, {held}, "
               f"{summary['steps_per_s']:.2f} steps/s, {run.elapsed:.0f} s on {device}")
     return summary
+
+
+def load_pair_data(cfg: Config, enc, block_size: int):
+    """The training pairs and the first `eval_pairs` held-out ones, each tokenized twice with the chat template
+    (data.tokenize_pairs), and two held-out prompts per domain for samples.txt (none without the world's
+    eval.jsonl). Every file is checked here, its line named, before OUT is touched."""
+    if not cfg.data and not (DATA_DIR / "prefs.jsonl").exists():
+        build_world(DATA_DIR)
+    data_path = cfg.data or DATA_DIR / "prefs.jsonl"
+    lines, eval_lines = [], []  # each pair's line in its file, for error messages
+    rows = load_prefs(data_path, lines)[:cfg.max_pairs or None]
+    pairs = tokenize_pairs(enc, rows, block_size, str(data_path), lines)
+    eval_path = cfg.eval_data or ("" if cfg.data else DATA_DIR / "eval_prefs.jsonl")
+    eval_pairs = tokenize_pairs(enc, load_prefs(eval_path, eval_lines), block_size, str(eval_path),
+                                eval_lines)[:cfg.eval_pairs] if (eval_path and cfg.eval_pairs) else []
+    sample_path = DATA_DIR / "eval.jsonl"  # samples.txt: greedy answers to a few held-out prompts per domain
+    sample_records = per_domain(read_jsonl(sample_path, required={"prompt": str, "domain": str}), 2) if (
+        sample_path.exists()) else []
+    return pairs, eval_pairs, sample_records
 
 
 if __name__ == "__main__":

@@ -52,6 +52,9 @@ Deviations from the paper, all on purpose:
 - DAPO, Dr. GRPO and TRL's default drop the KL term (`--beta 0`); the default keeps the paper's 0.04, and
   the KL to the reference is logged either way (`kl_ref`).
 
+What the loop leaves out: torchrun, the run folder, resume, the log/eval/save cadence, the finite checks, the optimizer
+step (gradient all-reduce, clip, step) and the outputs go through `run` (minipost/harness/run.py).
+
 Run:  python -m minipost.grpo --init runs/dpo/model.pt --out runs/grpo          (every domain)
       python -m minipost.grpo --init runs/dpo/model.pt --domains sql --out runs/grpo_sql
       python -m minipost.grpo --out runs/grpo --resume true                      (continue from OUT/state.pt)

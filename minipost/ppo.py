@@ -42,6 +42,9 @@ Deviations, all on purpose:
 - `group_size` samples per prompt, as in the GRPO and RLOO files, so the three spend the same compute;
   PPO itself does not need groups (its baseline is the critic).
 
+What the loop leaves out: torchrun, the run folder, resume, the log/eval/save cadence, the finite checks, the optimizer
+step (gradient all-reduce, clip, step) and the outputs go through `run` (minipost/harness/run.py).
+
 Run:  python -m minipost.ppo --init runs/dpo/model.pt --out runs/ppo
       python -m minipost.ppo --out runs/ppo --resume true                        (continue from OUT/state.pt)
 """

@@ -15,6 +15,12 @@ Batches depend on (seed, step) only: step s draws batch_size random windows from
 seed * 100003 + s. So a resumed run draws exactly the batches the uninterrupted one would have, and
 micro_batch_size only changes how the same windows are split into forward passes.
 
+What the loop leaves out, here and in every objective file: torchrun (each process's share of a batch),
+the run folder (previous/, inputs.json, its lock), resume (weights, optimizer, every RNG, data position, step,
+clock), the log/eval/save cadence, the finite checks, the optimizer step (gradient all-reduce, clip, step,
+zero) and the outputs (model.pt, samples.txt). They go through `run`, the one object of minipost/harness/run.py,
+so that train() reads batch -> forward -> loss -> backward -> run.optimizer_step() -> run.log().
+
 Run:  python -m minipost.pretrain --out runs/pretrain            (the defaults: nano, a few minutes on a laptop CPU)
       python -m minipost.pretrain --out runs/pretrain --resume true   (continue an interrupted run exactly)
 """

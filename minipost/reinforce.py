@@ -45,6 +45,9 @@ Deviations, all on purpose:
 - reinforce++ keeps this file's loss (sum over each sequence's tokens, mean over sequences) where the paper
   trains with PPO's clipped token mean; its KL goes in the reward only with `--kl-in reward`.
 
+What the loop leaves out: torchrun, the run folder, resume, the log/eval/save cadence, the finite checks, the optimizer
+step (gradient all-reduce, clip, step) and the outputs go through `run` (minipost/harness/run.py).
+
 Run:  python -m minipost.reinforce --init runs/dpo/model.pt --out runs/rloo             (baseline rloo)
       python -m minipost.reinforce --init runs/dpo/model.pt --baseline mean --out runs/reinforce_mean
       python -m minipost.reinforce --init runs/dpo/model.pt --baseline reinforce++ --kl-in reward --out runs/rpp

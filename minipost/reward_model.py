@@ -41,6 +41,9 @@ Deviations and choices:
 - The checkpoint is a GPT with its value head and kind "reward_model"; `rewards.RewardModel(path)` loads it to score
   answers (the RL files' `--reward rm:PATH` and the card's judge).
 
+What the loop leaves out: torchrun, the run folder, resume, the log/eval/save cadence, the finite checks, the optimizer
+step (gradient all-reduce, clip, step) and the outputs go through `run` (minipost/harness/run.py).
+
 Run:  python -m minipost.reward_model --init runs/pipeline/sft/model.pt --out runs/reward_model    (~1 min CPU)
       python -m minipost.reward_model --init SFT.pt --data my_prefs.jsonl --out runs/my_rm
 """

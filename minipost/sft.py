@@ -31,6 +31,9 @@ Choices and deviations, all switchable in `Config`:
   `heldout.heldout_loss` with the report card's 64 windows of 256 tokens, so it equals the card's val_loss of the
   same checkpoint.
 
+What the loop leaves out: torchrun, the run folder, resume, the log/eval/save cadence, the finite checks, the optimizer
+step (gradient all-reduce, clip, step) and the outputs go through `run` (minipost/harness/run.py).
+
 Run:  python -m minipost.sft --init runs/pretrain/model.pt --out runs/sft          (the defaults: nano, ~3 min on CPU)
       python -m minipost.sft --init BASE.pt --data my_chats.jsonl --out runs/my_sft   (your own data, TRL format)
       python -m minipost.sft --init runs/pretrain/model.pt --out runs/sft --resume true  (continue exactly)
