@@ -727,9 +727,12 @@ def start_run(out_dir, cfg, write: bool = True) -> dict | None:
     now = dataclasses.asdict(cfg)
     changed = sorted(k for k in set(now) | set(state["config"]) if k not in RESUME_IGNORES
                      and now.get(k) != state["config"].get(k))
-    # and what it was started from (a run of an older minipost has no inputs.json: nothing to compare)
+    # and what it was started from: without inputs.json (deleted, or a run of an older minipost) that cannot be
+    # checked, so it takes the same flag as a change, and the inputs it goes on with are recorded
     saved_inputs, inputs = read_json_dict(out / "inputs.json"), input_digests(cfg)
-    if saved_inputs is not None:
+    if saved_inputs is None:
+        changed.append(f"{out / 'inputs.json'} is missing or unreadable: what the run started from cannot be checked")
+    else:
         changed += [f"the {INPUT_FIELDS.get(k, 'world (data/)')} it names (sha256 {saved_inputs.get(k, '-')!s:.8} "
                     f"-> {v:.8})" for k, v in inputs.items() if saved_inputs.get(k) != v]
     if changed and not cfg.allow_config_change:

@@ -183,6 +183,8 @@ def plan(name: str, stage_cfg, fresh: bool = False, known: dict | None = None, s
     if how == "reuse" and "model" in stamp and file_digest(model) != stamp["model"]:  # (older runs record none)
         raise InputError(f"{model} is not the model this {name} run wrote (its sha256 differs from the one its "
                          f"inputs.json recorded: replaced or changed since); {redo}")
+    if how == "reuse" and (out / "metrics.jsonl").is_file():  # read at the end (its seconds): checked now
+        read_metrics(out / "metrics.jsonl")
     digests = input_digests(stage_cfg, known)
     if derived and "init" in digests and "init" in stamp and stamp["init"] != digests["init"]:
         print(stale)

@@ -3,6 +3,7 @@
 and the import rules that keep it below the objectives."""
 import ast
 import dataclasses
+import json
 import os
 import shutil
 import signal
@@ -104,6 +105,16 @@ def test_a_resume_cannot_go_back_below_the_saved_step(tmp_path):
     with pytest.raises(InputError, match="--max-steps 4: .*state.pt is at step 5 already"):
         toy_train(ToyConfig(out=str(tmp_path), max_steps=4, resume=True, allow_config_change=True))
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # refused before anything changed
+
+
+def test_a_resume_whose_inputs_json_is_gone_needs_the_flag_and_records_what_it_goes_on_with(tmp_path):
+    toy_train(ToyConfig(out=str(tmp_path), stop_after=3))
+    (tmp_path / "inputs.json").unlink()
+    with pytest.raises(InputError, match="inputs.json is missing or unreadable: what the run started from cannot"):
+        toy_train(ToyConfig(out=str(tmp_path), resume=True))
+    assert not (tmp_path / "inputs.json").exists()
+    toy_train(ToyConfig(out=str(tmp_path), resume=True, allow_config_change=True))
+    assert json.loads((tmp_path / "inputs.json").read_text())["changed_on_resume"] is True
 
 
 def test_ctrl_c_or_a_full_disk_while_a_checkpoint_is_written_leave_the_old_file(tmp_path, monkeypatch):

@@ -51,6 +51,7 @@ def test_a_finished_stage_is_reused_only_for_its_own_config_and_start(tmp_path, 
     sft = tmp_path / "a" / "sft"
     before = (sft / "model.pt").read_bytes()
     files = {p: p.read_bytes() for p in sft.iterdir()}
+    metrics = files[sft / "metrics.jsonl"]
 
     def refused(message, **flags):
         with pytest.raises(InputError, match=message):
@@ -76,6 +77,11 @@ def test_a_finished_stage_is_reused_only_for_its_own_config_and_start(tmp_path, 
     (sft / "previous").write_text("in the way")
     refused(r"sft/previous is not a folder")
     (sft / "previous").unlink()
+    (sft / "metrics.jsonl").write_bytes(files[sft / "metrics.jsonl"][:-7])  # cut short: refused before any stage
+    files[sft / "metrics.jsonl"] = (sft / "metrics.jsonl").read_bytes()
+    refused(r"sft/metrics.jsonl:\d+: not valid JSON")
+    (sft / "metrics.jsonl").write_bytes(metrics)
+    files[sft / "metrics.jsonl"] = metrics
     files[sft / "model.pt"] = (tmp_path / "a" / "pretrain" / "model.pt").read_bytes()  # the base copied over sft's
     (sft / "model.pt").write_bytes(files[sft / "model.pt"])
     refused(r"sft/model.pt is not the model this sft run wrote \(its sha256 differs")
