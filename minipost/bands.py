@@ -58,10 +58,14 @@ def make_bands(cards: list[dict]) -> dict:
     return out
 
 
-def band_limits(band: dict) -> tuple[float, float]:
-    """The interval [lo, hi] a cell of a new run is expected in (WIDTH * sqrt(sd^2 + se^2) around the mean)."""
+def band_limits(band: dict, column: str | None = None) -> tuple[float, float]:
+    """The interval [lo, hi] a cell of a new run is expected in (WIDTH * sqrt(sd^2 + se^2) around the mean),
+    cut to what the column can hold when it is named: a share in [0, 1], val_loss (nats) at least 0."""
     half = WIDTH * math.hypot(band["sd"], band["se"])  # sqrt(sd^2 + se^2) without overflow
-    return band["mean"] - half, band["mean"] + half
+    lo, hi = band["mean"] - half, band["mean"] + half
+    if column is None:
+        return lo, hi
+    return max(lo, 0.0), (hi if column == "val_loss" else min(hi, 1.0))
 
 
 def compare(run_card: dict, bands: dict) -> list[dict]:
@@ -71,7 +75,7 @@ def compare(run_card: dict, bands: dict) -> list[dict]:
     for row, cells in run_card.items():
         for col in [c for c in COLUMN_ORDER if c in cells and c in bands.get(row, {})]:
             band, cell = bands[row][col], cells[col]
-            lo, hi = band_limits(band)
+            lo, hi = band_limits(band, col)
             x = cell["value"]
             status = ("not comparable" if cell["n"] != band["n"] else
                       "inside" if lo <= x <= hi else "above" if x > hi else "below")

@@ -19,6 +19,7 @@ gets a one-line error instead of an answer, the next lines are still answered, a
 from __future__ import annotations
 
 import codecs
+import os
 import sys
 
 import torch
@@ -93,6 +94,10 @@ def chat(model, enc, args, lines, interactive: bool, out=sys.stdout) -> tuple[in
     turns: list[dict] = []
     n = refused = 0
     for line in lines:
+        if isinstance(line, InputError):  # a piped line that is not text: said, and the others still answered
+            print(f"error: {line}", file=sys.stderr)
+            refused += 1
+            continue
         text = line.rstrip("\n")
         if text.strip() == "/quit":
             break
@@ -118,6 +123,16 @@ def chat(model, enc, args, lines, interactive: bool, out=sys.stdout) -> tuple[in
             turns.append({"role": "assistant", "content": reply})
         n += 1
     return n, refused
+
+
+def piped_lines(stream):
+    """The lines of a pipe or file, decoded here (not by the locale), so a line that is not UTF-8 is one error
+    naming it, not a traceback that drops the lines after it: -> str, or an InputError for that line."""
+    for n, raw in enumerate(stream, start=1):
+        try:
+            yield raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            yield InputError(f"stdin line {n}: not UTF-8 text (byte {raw[e.start]:#x} at column {e.start + 1})")
 
 
 def typed_lines():
@@ -175,7 +190,12 @@ def _main(argv=None):
     if interactive:
         print(f"{args.ckpt}: {model.num_params() / 1e6:.2f}M parameters, context {model.cfg.block_size} tokens. "
               "/reset forgets the conversation, /quit leaves.")
-    _, refused = chat(model, enc, args, typed_lines() if interactive else sys.stdin, interactive)
+    try:
+        _, refused = chat(model, enc, args, typed_lines() if interactive else piped_lines(sys.stdin.buffer),
+                          interactive)
+    except BrokenPipeError:  # the reader went away (`| head -1`): stop quietly, as command-line tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
+        raise SystemExit(1) from None
     if refused and not interactive:  # a script must see that some of its lines got no answer
         raise SystemExit(2)
     return 0

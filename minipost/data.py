@@ -37,7 +37,7 @@ def load_texts(path) -> list[str]:
         if not path.is_file():
             raise InputError(f"{path}: no such file")
         try:
-            docs = [d.strip() for d in path.read_text(encoding="utf-8").split("\n\n")]
+            docs = [d.strip() for d in path.read_text(encoding="utf-8-sig").split("\n\n")]  # -sig: a BOM is no text
         except UnicodeDecodeError as e:
             raise InputError(f"{path}: not UTF-8 text (byte offset {e.start})") from None
         if not any(docs):

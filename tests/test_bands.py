@@ -46,6 +46,11 @@ def test_compare_inside_above_below_and_not_comparable():
     lo, hi = bands.band_limits(b["base"]["arithmetic"])
     assert 0.3 < lo < 0.4 and 0.6 < hi < 0.7
     assert bands.band_limits({"mean": 0.0, "sd": 1e308, "se": 1e308})[1] == math.inf  # no OverflowError
+    wide = {"mean": 0.15, "sd": 0.2, "se": 0.05}  # mean - 2 sd is below 0: a rate's band stops at 0 (and at 1)
+    assert bands.band_limits(wide)[0] < 0 and bands.band_limits(wide, "arithmetic") == (0.0, pytest.approx(
+        0.15 + bands.WIDTH * math.hypot(0.2, 0.05)))
+    assert bands.band_limits({"mean": 0.9, "sd": 0.2, "se": 0.0}, "arithmetic")[1] == 1.0
+    assert bands.band_limits({"mean": 0.9, "sd": 0.2, "se": 0.0}, "val_loss")[1] > 1.0  # nats: no upper end
     status = {r["row"]: r["status"] for r in bands.compare(card(_items(50, 90)), b)}
     assert status == {"base": "inside", "sft": "above"}
     status = {r["row"]: r["status"] for r in bands.compare(card(_items(10, 50)), b)}

@@ -1,6 +1,7 @@
 """minipost.chat: the history fits the context, typed special-token text stays text, the stream is exactly
 what generate() samples, a pipe gets one answer per line, and bad flags or files are one-line errors."""
 import io
+import os
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -103,6 +104,33 @@ def test_a_pipe_gets_one_answer_per_line_and_exits_0(nano_ckpt):
     r = run_cli("--ckpt", str(path), "--max-new-tokens", "6", "--system", "Do not discuss: weather",
                 stdin="hi\n/reset\nWhat is 2 + 2?\n")
     assert r.returncode == 0 and r.stdout.count("\n") == 2, (r.stdout, r.stderr)
+
+
+def test_a_piped_line_that_is_not_utf8_is_one_error_and_the_other_lines_are_answered(nano_ckpt):
+    """Under a strict locale the bytes used to kill the session with a traceback and drop the lines after them."""
+    path, _, _ = nano_ckpt
+    r = subprocess.run([sys.executable, "-m", "minipost.chat", "--ckpt", str(path), "--max-new-tokens", "6",
+                        "--temperature", "0"], input=b"hi\n\xff\xfe oops\nWhat is 2 + 2?\n", capture_output=True,
+                       timeout=120, env={**os.environ, "PYTHONIOENCODING": "utf-8:strict"})
+    err = r.stderr.decode()
+    assert r.returncode == 2 and "Traceback" not in err, err
+    assert "error: stdin line 2: not UTF-8 text (byte 0xff at column 1)" in err
+    assert r.stdout.decode().count("\n") == 2  # lines 1 and 3 answered
+
+
+def test_a_reader_that_goes_away_ends_chat_quietly(nano_ckpt):
+    """`python -m minipost.chat ... | head -1`: no BrokenPipeError traceback when head stops reading."""
+    path, _, _ = nano_ckpt
+    proc = subprocess.Popen([sys.executable, "-m", "minipost.chat", "--ckpt", str(path), "--max-new-tokens", "6",
+                             "--temperature", "0"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdin.write(b"hi\n" * 2000)  # more answers than a pipe buffer holds
+    proc.stdin.close()
+    proc.stdout.readline()
+    proc.stdout.close()  # the reader goes away
+    err = proc.stderr.read().decode()
+    proc.wait(timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in err and "BrokenPipe" not in err, err
 
 
 @pytest.mark.parametrize("flags, msg", [

@@ -35,6 +35,8 @@ def test_plain_text_documents(tmp_path):
     p = tmp_path / "doc.txt"
     p.write_text("first doc\nline two\n\n\nsecond doc\n")
     assert load_texts(p) == ["first doc\nline two", "second doc"]
+    p.write_bytes(b"\xef\xbb\xbf" + p.read_bytes())  # a byte-order mark, as some editors save: not a character
+    assert load_texts(p) == ["first doc\nline two", "second doc"]
 
 
 def test_collate_shifts_targets_and_masks_prompt_and_padding():
