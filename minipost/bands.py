@@ -155,6 +155,8 @@ def read_bands(path) -> dict:
                            for k in BAND_KEYS) or min(b["sd"], b["se"]) < 0 or b["n"] < 1 or b["min"] > b["max"]:
                     raise TypeError(f"row {row!r}, column {col!r}: {', '.join(BAND_KEYS)} must be finite numbers "
                                     "(sd, se >= 0, n >= 1, min <= max)")
+    except RecursionError:
+        raise InputError(f"{path}: not a bands file (JSON nested deeper than any bands file)") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
         reason = f"{type(e).__name__}: {e}" if not isinstance(e, OSError) else (e.strerror or type(e).__name__)
         raise InputError(f"{path}: not a bands file as `python -m minipost.bands --make` writes it "

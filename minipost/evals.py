@@ -391,13 +391,20 @@ def _main(argv=None):
     return write_report(items, args.out, {n: args.vs for n in items if n != args.vs} if args.vs else None)
 
 
+MAX_REPORT_BYTES = 64 << 20  # a card's report.json is under 1 MB; a bigger file is not one (and is not read)
+MAX_ITEMS = 10_000  # per column: the world's largest eval split holds a few hundred items (bootstraps cost n)
+
+
 def read_report(path) -> dict:
-    """A report.json that write_report wrote, checked: its per-item scores are what the card is drawn from."""
+    """A report.json that write_report wrote, checked: its per-item scores are what the card is drawn from.
+    What it reads is bounded (MAX_REPORT_BYTES, MAX_ITEMS per column, JSON nested no deeper than Python allows)."""
     def check(ok: bool, why: str) -> None:
         if not ok:
             raise TypeError(why)
 
     try:
+        size = Path(path).stat().st_size
+        check(size <= MAX_REPORT_BYTES, f"{size:,} bytes, more than any card's ({MAX_REPORT_BYTES:,} at most)")
         saved = json.loads(Path(path).read_text(encoding="utf-8"))
         items, parents = saved["items"], saved.get("parents") or {}
         check(isinstance(items, dict) and bool(items), "'items' holds no rows")
@@ -418,6 +425,10 @@ def read_report(path) -> dict:
                       f"row {name!r}, column {column!r}: a score outside [{low}, {high}]")
                 check(column in UNPAIRED or len({len(r[column]) for r in runs}) == 1,
                       f"row {name!r}, column {column!r}: seeds with different numbers of items")
+                check(all(len(r[column]) <= MAX_ITEMS for r in runs),
+                      f"row {name!r}, column {column!r}: more than {MAX_ITEMS:,} items")
+    except RecursionError:
+        raise InputError(f"{path}: not a report.json (JSON nested deeper than any report)") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
         reason = f"{type(e).__name__}: {e}" if not isinstance(e, OSError) else (e.strerror or type(e).__name__)
         raise InputError(f"{path}: not a report.json with per-item scores, as minipost.evals writes it "

@@ -77,12 +77,15 @@ def test_cli_make_then_check(tmp_path, capsys):
     assert text.splitlines()[2] == "| base | 45.0 ±5.0 (40.0-50.0) |"  # mean ±sd (min-max) over the 3 runs
 
 
-@pytest.mark.parametrize("case", ["missing", "not_json", "no_rows", "nan", "negative_sd", "no_min_max", "made_from"])
+@pytest.mark.parametrize("case", ["missing", "not_json", "no_rows", "nan", "negative_sd", "no_min_max", "made_from",
+                                  "deep"])
 def test_cli_bad_files_exit_2(tmp_path, capsys, case):
     mine = _write(tmp_path / "mine.json", _items(50, 60))
     path = tmp_path / "bands.json"
     if case == "not_json":
         path.write_text("{not json")
+    elif case == "deep":  # nested deeper than json can read: a RecursionError, not a bands file
+        path.write_text("[" * 100_000 + "]" * 100_000)
     elif case == "no_rows":
         path.write_text(json.dumps({"made_from": []}))
     elif case == "nan":

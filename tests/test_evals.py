@@ -208,7 +208,11 @@ def test_cli_errors_are_one_line_and_exit_2(tmp_path, capsys):
                         "orphan.json": {"items": {"a": {"knowledge": [1.0]}}, "parents": {"a": "z"}}}.items():
         (tmp_path / name).write_text(json.dumps(saved))
     (tmp_path / "afile").write_text("")
-    for argv, msg in [(["--ckpt", str(tmp_path / "nope.pt")], "nope.pt: no such checkpoint"),
+    (tmp_path / "deep.json").write_text("[" * 100_000 + "]" * 100_000)  # a RecursionError in json, not a card
+    (tmp_path / "many.json").write_text(json.dumps({"items": {"a": {"knowledge": [1.0] * (evals.MAX_ITEMS + 1)}}}))
+    for argv, msg in [
+                      (["--from-json", str(tmp_path / "deep.json")], "deep.json: not a report.json (JSON nested"),
+                      (["--from-json", str(tmp_path / "many.json")], "'knowledge': more than 10,000 items"),(["--ckpt", str(tmp_path / "nope.pt")], "nope.pt: no such checkpoint"),
                       (["--ckpt", "a.pt", "--limit", "0"], "--limit 0: must be >= 1"),
                       (["--from-json", str(tmp_path / "r.json")], "r.json: not a report.json"),
                       (["--from-json", str(tmp_path / "old.json")], "old.json: not a report.json with per-item"),
