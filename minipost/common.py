@@ -609,7 +609,8 @@ def hold_folder(folder: str | os.PathLike, shared: bool = False, what: str = "--
     fd = _try_flock(key, fcntl.LOCK_SH if shared else fcntl.LOCK_EX, keep=True)
     if fd is None:
         _refuse(folder, key, what)
-    _HELD[key] = fd
+    if fd >= 0:  # (-1: a folder this process may not open, so nothing to hold; writing into it fails on its own)
+        _HELD[key] = fd
 
 
 def _try_flock(path: str, how: int, keep: bool) -> int | None:
