@@ -13,6 +13,7 @@ import pytest
 
 from minipost import world
 from minipost.world import REFUSAL, check, check_probe, check_sql, make_sql_db, run_sql, validate_record
+from minipost.world.sqldb import SQL_MAX_QUERY_CHARS
 
 
 @pytest.fixture(scope="module")
@@ -289,7 +290,21 @@ HOSTILE_SQL = [
     "WITH RECURSIVE c(x) AS (SELECT randomblob(9000) UNION ALL SELECT c.x FROM c, employees) SELECT count(*) FROM c",
     "WITH RECURSIVE c(x, b) AS (SELECT 1, randomblob(9000) UNION SELECT x+1, randomblob(9000) FROM c) SELECT count(*) FROM c",
     "SELECT " + "+".join(["1"] * 200_000),
+    "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c) SELECT hex(randomblob(450)) AS h FROM c ORDER BY h",
 ]
+
+
+def _many_matches(n: int, value_chars: int, pattern_chars: int, like: bool = False) -> str:
+    """n pattern matches in one expression, with no jump of SQLite's virtual machine between them (so no
+    progress handler and no interrupt can stop it): each scans the value once per pattern character."""
+    wild, match = ("'%'", "v LIKE p") if like else ("'*'", "glob(p, v)")
+    return (f"SELECT 1 IN ({', '.join([match] * n)}) FROM (SELECT replace(hex(zeroblob({value_chars // 2})), '0', 'a')"
+            f" AS v, {wild} || replace(hex(zeroblob({pattern_chars // 2})), '0', 'a') || 'b' AS p)")
+
+
+# 880 glob() calls on a 9.8 KB value ran 10-42 s; the longest such query the sandbox compiles (1,000
+# characters, patterns of 100 on values of 1,000) runs in milliseconds.
+HOSTILE_SQL += [_many_matches(880, 9800, 990), _many_matches(70, 998, 98), _many_matches(70, 998, 98, like=True)]
 _HOSTILE_CHILD = """
 import json, resource, sys, time
 from minipost.world import run_sql
@@ -300,23 +315,32 @@ except (OSError, ValueError):
     pass
 unit = 1 if sys.platform == "darwin" else 1024  # ru_maxrss is in bytes on macOS, KiB on Linux
 peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * unit
+def written():  # bytes this process has passed to write() so far (temporary files included); Linux only
+    try:
+        return int([l for l in open("/proc/self/io") if l.startswith("wchar")][0].split()[1])
+    except OSError:
+        return 0
 base, out = peak(), []
 for q in json.loads(sys.stdin.read()):
-    t = time.perf_counter()
+    t, w = time.perf_counter(), written()
     rows = run_sql(q)
-    out.append([q, time.perf_counter() - t, peak() - base, None if rows is None else len(repr(rows))])
+    out.append([q, time.perf_counter() - t, peak() - base, None if rows is None else len(repr(rows)), written() - w])
 print(json.dumps(out))
 """
 
 
 def test_sql_sandbox_bounds_time_and_memory_of_hostile_queries():
-    """Each hostile query returns (None, or a small result) within 1 s, and the peak memory of the process
-    grows by well under 100 MB over all of them (ru_maxrss is a peak, so it covers every query)."""
+    """Each hostile query returns (None, or a small result) within 1 s, writes no file, and the peak memory of
+    the process grows by well under 100 MB over all of them (ru_maxrss is a peak, so it covers every query)."""
     p = subprocess.run([sys.executable, "-c", _HOSTILE_CHILD], input=json.dumps(HOSTILE_SQL), capture_output=True,
                        text=True, timeout=120)
     assert p.returncode == 0, p.stderr[-2000:]
-    for q, seconds, grew, size in json.loads(p.stdout):
+    results = json.loads(p.stdout)
+    longest = [r for r in results if r[0] in (_many_matches(70, 998, 98), _many_matches(70, 998, 98, like=True))]
+    assert len(longest) == 2 and all(len(q) <= SQL_MAX_QUERY_CHARS and size for q, _, _, size, _ in longest)  # they ran
+    for q, seconds, grew, size, wrote in results:
         assert seconds < 1.0, (q[:80], seconds)
+        assert wrote < 10_000, (q[:80], wrote)
         assert grew < 100e6, (q[:80], grew / 1e6)
         assert size is None or size < 1000, q[:80]
 

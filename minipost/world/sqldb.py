@@ -8,16 +8,25 @@ The sandbox, layer by layer (each stops something the others would let through):
   (so `randomblob(1e9)`, `zeroblob`, `printf('%.*c', 1e9, 'x')` and string doubling fail at once with
   "string or blob too big"), expression depth and compound selects; the Python side caps the rows and bytes
   it fetches;
-- bounded time: a progress handler aborts the statement after SQL_TIME_LIMIT_S, checked every
-  SQL_PROGRESS_STEPS virtual-machine steps (with values capped, no single step can take long).
-Measured on a shared 2-core CPU, every hostile query in tests/test_world.py returns within 0.3 s and
-raises the peak memory of the process by about 2 MB (before these limits: up to 15 s and 4 GB per call).
+- bounded work: a progress handler aborts the statement after SQL_MAX_VM_STEPS virtual-machine steps or
+  SQL_TIME_LIMIT_S, checked every SQL_PROGRESS_STEPS steps. SQLite calls it only at the jumps of its
+  virtual machine, and so does `connection.interrupt()`: an expression of many calls with no jump between
+  them (`1 IN (glob(p, v), glob(p, v), ...)`) is never interrupted. What bounds it is the cost of each call:
+  a LIKE/GLOB pattern of at most 100 characters on a value of at most 1,000 bytes, and at most 1,000
+  characters of query, so at most ~100 such calls;
+- no files: temporary tables and sorts stay in memory (`temp_store = MEMORY`), and the step bound caps
+  what they can hold (a recursive query filling a sorter stops at ~13 MB).
+Measured on a shared 2-core CPU, every hostile query in tests/test_world.py returns within 0.3 s, raises
+the peak memory of the process by under 20 MB and writes no file. Before these limits: up to 15 s and 4 GB
+per call; 880 glob() calls on a 9.8 KB value took 10-42 s, and a recursive query wrote 260 MB of temporary
+files in its 0.2 s.
 SQLite's memory limit (`PRAGMA hard_heap_limit`) is not used: it is process-wide and would also cap every
 other SQLite connection (retrieval.py's index).
 """
 
 from __future__ import annotations
 
+import itertools
 import random
 import sqlite3
 import time
@@ -40,13 +49,15 @@ def _sql_rows():
 SQL_CITIES, EMPLOYEES = _sql_rows()
 SQL_SCHEMA = "CREATE TABLE employees (id INTEGER PRIMARY KEY, name TEXT, department TEXT, salary INTEGER, city TEXT)"
 
-# Sandbox limits. Every gold query is under 120 characters and returns at most 30 short rows.
+# Sandbox limits. Every gold query is under 120 characters, runs in at most 542 VM steps and returns at
+# most 30 short rows.
 SQL_TIME_LIMIT_S = 0.2            # wall time of one query, compile + run + fetch
-SQL_PROGRESS_STEPS = 100          # the time limit is checked every this many VM steps
+SQL_MAX_VM_STEPS = 100_000        # virtual-machine steps of one query (185x the longest gold query)
+SQL_PROGRESS_STEPS = 100          # both are checked every this many VM steps
 SQL_MAX_ROWS = 1000               # more rows than this: the query scores 0
 SQL_MAX_RESULT_BYTES = 1_000_000  # total size of the fetched values (numbers count 8 bytes)
-SQL_MAX_VALUE_BYTES = 10_000      # SQLITE_LIMIT_LENGTH: the longest string, blob or row SQLite may build
-SQL_MAX_QUERY_CHARS = 10_000      # SQLITE_LIMIT_SQL_LENGTH: the longest query text
+SQL_MAX_VALUE_BYTES = 1_000       # SQLITE_LIMIT_LENGTH: the longest string, blob or row SQLite may build
+SQL_MAX_QUERY_CHARS = 1_000       # SQLITE_LIMIT_SQL_LENGTH: the longest query text
 SQL_LIMITS = {  # passed to conn.setlimit(); SQLite's defaults are in brackets
     sqlite3.SQLITE_LIMIT_LENGTH: SQL_MAX_VALUE_BYTES,        # [1e9]
     sqlite3.SQLITE_LIMIT_SQL_LENGTH: SQL_MAX_QUERY_CHARS,    # [1e9]
@@ -54,7 +65,7 @@ SQL_LIMITS = {  # passed to conn.setlimit(); SQLite's defaults are in brackets
     sqlite3.SQLITE_LIMIT_COMPOUND_SELECT: 20,                # [500] terms of a UNION / EXCEPT chain
     sqlite3.SQLITE_LIMIT_COLUMN: 100,                        # [2000] columns of a result or index
     sqlite3.SQLITE_LIMIT_FUNCTION_ARG: 16,                   # [127] arguments of one function call
-    sqlite3.SQLITE_LIMIT_LIKE_PATTERN_LENGTH: 1000,          # [50000] length of a LIKE / GLOB pattern
+    sqlite3.SQLITE_LIMIT_LIKE_PATTERN_LENGTH: 100,           # [50000] length of a LIKE / GLOB pattern
     sqlite3.SQLITE_LIMIT_ATTACHED: 0,                        # [10] attached databases (ATTACH is denied anyway)
     sqlite3.SQLITE_LIMIT_WORKER_THREADS: 0,                  # [0] sorter helper threads
 }
@@ -96,10 +107,12 @@ def run_sql(query: str) -> list | None:
     try:
         for limit, value in SQL_LIMITS.items():
             conn.setlimit(limit, value)
+        conn.execute("PRAGMA temp_store = MEMORY")  # sorts and temporary tables write no file
         conn.execute("PRAGMA query_only = ON")  # belt: the engine itself refuses writes
         conn.set_authorizer(_authorizer)        # braces: the statement is vetted while it is compiled
-        deadline = time.perf_counter() + SQL_TIME_LIMIT_S
-        conn.set_progress_handler(lambda: int(time.perf_counter() > deadline), SQL_PROGRESS_STEPS)  # nonzero aborts
+        deadline, checks = time.perf_counter() + SQL_TIME_LIMIT_S, itertools.count(1)
+        too_much = lambda: int(next(checks) * SQL_PROGRESS_STEPS > SQL_MAX_VM_STEPS or time.perf_counter() > deadline)
+        conn.set_progress_handler(too_much, SQL_PROGRESS_STEPS)  # a nonzero return aborts the statement
         rows, size = [], 0
         for row in conn.execute(body):  # one row at a time, so a too-large result stops early
             size += sum(_value_bytes(v) for v in row)
