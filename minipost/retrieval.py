@@ -78,13 +78,13 @@ class Index:
     def _open(self, texts, path):
         """Make the index table, in a new or empty database or in an index of ours with no texts to add; an
         existing file of anything else is never written into (ValueError)."""
-        try:
-            tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        try:  # every schema object (tables, views, indexes, triggers), not only tables
+            objects = {(r[0], r[1]) for r in self.db.execute("SELECT type, name FROM sqlite_master")}
         except sqlite3.DatabaseError as e:
             raise ValueError(f"{path}: not an SQLite index file ({e})") from None
-        if tables and tables != INDEX_TABLES:
-            raise ValueError(f"{path}: an SQLite database of something else (tables {sorted(tables)}): not "
-                             "writing an index into it")
+        if objects and objects != {("table", name) for name in INDEX_TABLES}:
+            found = ", ".join(f"{kind} {name}" for kind, name in sorted(objects))
+            raise ValueError(f"{path}: an SQLite database of something else ({found}): not writing an index into it")
         # porter: words match by their stem ("moved" = "move", "speaks" = "speak"); remove_diacritics 2:
         # "Zürich" = "Zurich". rowid = position + 1 (SQLite's rowids start at 1)
         self.db.execute("CREATE VIRTUAL TABLE IF NOT EXISTS docs USING fts5(text, "

@@ -62,10 +62,19 @@ def test_a_file_is_never_written_into_unless_it_is_an_index_of_ours(tmp_path):
     with sqlite3.connect(app) as db:
         db.execute("CREATE TABLE users(name)")
     db.close()
-    with pytest.raises(ValueError, match=r"database of something else \(tables \['users'\]\)"):
+    with pytest.raises(ValueError, match=r"database of something else \(table users\)"):
         Index(DOCS, path=app)
     with sqlite3.connect(app) as db:
         assert [r[0] for r in db.execute("SELECT name FROM sqlite_master")] == ["users"]
+    db.close()
+    views = tmp_path / "views.db"  # a database holding only a view (or only an index or trigger) is not empty
+    with sqlite3.connect(views) as db:
+        db.execute("CREATE VIEW answer AS SELECT 42")
+    db.close()
+    with pytest.raises(ValueError, match=r"database of something else \(view answer\)"):
+        Index(DOCS, path=views)
+    with sqlite3.connect(views) as db:
+        assert [r[0] for r in db.execute("SELECT name FROM sqlite_master")] == ["answer"]
     db.close()
     junk = tmp_path / "notes.db"
     junk.write_text("my notes " * 100)
