@@ -106,6 +106,22 @@ def all_gather_lists(items: list, r: Ranks) -> list:
     return [x for part in parts for x in part]
 
 
+def main_first(fn, r: Ranks):
+    """fn() on rank 0 alone (taking a folder: its lock, its files); the other ranks wait for it and get None.
+    An InputError it raises is raised on every rank with the same message, so a refusal stops the whole job
+    with one line per rank instead of one rank's line and the others' tracebacks at their next all-reduce."""
+    result, refused = None, ""
+    if r.main:
+        try:
+            result = fn()
+        except InputError as e:
+            refused = str(e)
+    refused = all_gather_lists([refused], r)[0]
+    if refused:
+        raise InputError(refused)
+    return result
+
+
 def all_reduce_max(value: int, r: Ranks) -> int:
     if r.world == 1:
         return value

@@ -252,8 +252,8 @@ def run(cfg: Config) -> dict:
     t0 = time.time()
     out = Path(cfg.out)
     ranks = dist.setup(pick_device(cfg.device))
-    if ranks.main and out.is_dir():
-        hold_folder(out)  # a second pipeline into this folder stops here, before it reads a stage half written
+    if out.is_dir():  # a second pipeline into this folder stops here, before it reads a stage half written
+        dist.main_first(lambda: hold_folder(out), ranks)
     planned = cfg.stage_list()
     plans = {}
     for i, name in enumerate(planned):  # every stage's config and start is checked before the first one runs

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from minipost.common import load_checkpoint, read_metrics
+from minipost.common import hold_folder, load_checkpoint, read_metrics, release_folder
 
 TOL = dict(atol=2e-5, rtol=1e-4)  # float32 sums in another order (two half-batch gradients, then their sum)
 
@@ -78,6 +78,17 @@ def test_two_processes_resume_and_refuse_a_batch_they_cannot_split(base, tmp_pat
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode != 0 and "--batch-size 3: not divisible by the 2 processes" in bad.stderr
     assert not (tmp_path / "odd").exists()
+    hold_folder(two)  # another run holds the folder: every rank stops on rank 0's line, none trains into it
+    try:
+        held = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                               "-m", "minipost.pretrain", "--out", str(two), *PRETRAIN], capture_output=True, text=True,
+                              timeout=300)
+    finally:
+        release_folder(two)
+    line = f"error: --out {two}: another run is writing into this folder (pid {os.getpid()})"
+    assert held.returncode != 0 and held.stderr.count(line) == 2, held.stderr[-3000:]
+    assert "[rank" not in held.stderr  # no rank's traceback (torchrun's own report follows the two lines)
+    same_weights(base, two)  # untouched
 
 
 def test_sft_on_two_processes_is_the_one_process_run(base, tmp_path):
@@ -199,3 +210,10 @@ def test_the_pipeline_runs_on_two_processes(tmp_path):
     saved = json.loads((tmp_path / "report" / "report.json").read_text())
     assert list(saved["card"]) == ["base", "sft", "dpo", "grpo"]
     assert proc.stdout.count("seconds per stage") == 1
+    hold_folder(tmp_path)  # another pipeline holds the folder: every rank stops on rank 0's line
+    try:
+        held = subprocess.run(proc.args, capture_output=True, text=True, timeout=300)
+    finally:
+        release_folder(tmp_path)
+    line = f"error: --out {tmp_path}: another run is writing into this folder (pid {os.getpid()})"
+    assert held.returncode != 0 and held.stderr.count(line) == 2 and "[rank" not in held.stderr, held.stderr[-3000:]

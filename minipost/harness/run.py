@@ -37,8 +37,8 @@ import torch
 from tqdm import tqdm
 
 from minipost import dist, threads
-from minipost.common import (MetricsLogger, check_finite, pick_device, record_model, release_folder, save_checkpoint,
-                             save_json, save_state, seed_everything, start_run)
+from minipost.common import (MetricsLogger, check_finite, pick_device, record_model, release_folder,
+                             save_checkpoint, save_json, save_state, seed_everything, start_run)
 
 
 class Run:
@@ -76,7 +76,9 @@ class Run:
         order: anything with state_dict/load_state_dict, or a torch.Generator) are saved in state.pt and, with
         --resume true, restored from it, with every RNG, the step, the clock and the values of end_step()."""
         self.objects = objects
-        state = start_run(self.out, self.cfg, write=self.main)
+        state = dist.main_first(lambda: start_run(self.out, self.cfg), self.ranks)  # the folder: lock, previous/
+        if not self.main:
+            state = start_run(self.out, self.cfg, write=False)  # the other ranks only read the resume state
         elapsed = 0.0
         if state:
             for key, obj in objects.items():
