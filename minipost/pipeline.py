@@ -30,10 +30,12 @@ from pathlib import Path
 from minipost import dist, threads
 from minipost.common import (DATA_DIR, DEVICE_HELP, INPUT_FIELDS, RESUME_IGNORES, InputError, check_config,
                              check_device, check_previous, config_with_preset, field, file_digest, hold_folder,
-                             input_digests, load_checkpoint, main, pick_device, read_json_dict, read_metrics,
-                             release_folder, save_json)
+                             input_digests, load_checkpoint, main, pick_device, read_json_dict, read_jsonl,
+                             read_metrics, release_folder, save_json)
+from minipost.data import load_chats, load_prefs, load_texts
 from minipost.evals import eval_answers, evaluate_items, write_report
 from minipost.rewards import RewardModel
+from minipost.rollout import load_prompts
 from minipost.tokenizer import get_tokenizer
 from minipost.world import build as build_world
 
@@ -246,6 +248,19 @@ def card_items(ckpts: dict[str, list], device, limit: int | None, report_dir) ->
     return items
 
 
+# What the stages and the card read of the world's files in data/, each with the reader that reads it there
+WORLD_READERS = {"pretrain.jsonl": load_texts, "pretrain_val.jsonl": load_texts, "sft.jsonl": load_chats,
+                 "prefs.jsonl": load_prefs, "eval_prefs.jsonl": load_prefs, "rl.jsonl": load_prompts,
+                 "eval.jsonl": load_prompts, "probes.jsonl": lambda path: read_jsonl(path, required={"prompt": str,
+                                                                                                     "domain": str})}
+
+
+def read_world(data_dir: Path | None = None) -> None:
+    """Read every world file as its stage will (InputError: file, line, field), before the first stage runs."""
+    for name, read in WORLD_READERS.items():
+        read(Path(data_dir or DATA_DIR) / name)
+
+
 def run(cfg: Config) -> dict:
     """Every stage, then the card. Under `torchrun --nproc_per_node N -m minipost.pipeline` every stage runs on
     the N processes (minipost/dist.py) and rank 0 alone writes the pipeline's files and evaluates the card."""
@@ -269,13 +284,15 @@ def run(cfg: Config) -> dict:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise InputError(f"--out {cfg.out}: cannot create it ({e.strerror or type(e).__name__})") from None
-    if ranks.main:
+
+    def prepare():  # rank 0; a refusal here stops every rank with its line (dist.main_first)
         hold_folder(out)
-        save_json(out / "config.json", asdict(cfg))
         if not (DATA_DIR / "pretrain.jsonl").exists():
             build_world(DATA_DIR)
         get_tokenizer(cfg.preset)  # trains and saves the tokenizer on first use
-    dist.barrier(ranks)
+        read_world()  # a damaged data file stops the pipeline now, not after the stages before its reader
+        save_json(out / "config.json", asdict(cfg))
+    dist.main_first(prepare, ranks)
     timings, ckpts = {}, {}
     for s in cfg.stage_list():
         ckpts[s], timings[s] = [], 0.0

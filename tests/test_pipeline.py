@@ -5,7 +5,7 @@ import os
 import pytest
 import torch
 
-from minipost import common
+from minipost import common, pipeline
 from minipost.common import InputError, load_checkpoint
 from minipost.pipeline import Config, run, run_planned, stage_config
 
@@ -97,6 +97,21 @@ def test_a_finished_stage_is_reused_only_for_its_own_config_and_start(tmp_path, 
     run(cfg)
     assert (sft / "previous" / "model.pt").read_bytes() == again
     assert (sft / "model.pt").read_bytes() == before  # the same base, the same weights, the same bytes
+
+
+def test_a_damaged_world_file_stops_the_pipeline_before_any_stage_runs(tmp_path, monkeypatch):
+    """A data file that a later stage reads (DPO's prefs.jsonl) is read before the first stage trains."""
+    world = tmp_path / "data"
+    world.mkdir()
+    for name in pipeline.WORLD_READERS:
+        (world / name).write_bytes((common.DATA_DIR / name).read_bytes())
+    lines = (world / "prefs.jsonl").read_text().splitlines()
+    lines[4] = json.dumps({k: v for k, v in json.loads(lines[4]).items() if k != "chosen"})
+    (world / "prefs.jsonl").write_text("\n".join(lines) + "\n")
+    monkeypatch.setattr(pipeline, "DATA_DIR", world)
+    with pytest.raises(InputError, match=r"data/prefs.jsonl:5: missing field\(s\) \['chosen'\]"):
+        run(Config(out=str(tmp_path / "out"), max_steps=2, eval_limit=1, progress=False))
+    assert list((tmp_path / "out").iterdir()) == []  # no stage ran, no config.json was written
 
 
 def test_bad_stage_names_and_flags_fail_before_anything_runs(tmp_path):
