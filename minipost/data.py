@@ -77,6 +77,16 @@ def load_chats(path) -> list[list[dict]]:
     return [to_messages(r, f"{path}:{n}") for n, r in zip(lines, rows)]
 
 
+def per_domain(records: list[dict], limit: int | None) -> list[dict]:
+    """The first `limit` records of each domain (all of them when limit is None or 0), in file order."""
+    out, seen = [], {}
+    for r in records:
+        seen[r["domain"]] = seen.get(r["domain"], 0) + 1
+        if not limit or seen[r["domain"]] <= limit:
+            out.append(r)
+    return out
+
+
 def load_prefs(path, lines: list[int] | None = None) -> list[dict]:
     """Preference pairs {"prompt", "chosen", "rejected"}: each a string or, in TRL's conversational form, a
     list of messages (checked like SFT messages; an answer needs an assistant turn with text). With `lines`

@@ -69,8 +69,8 @@ import torch
 import torch.nn.functional as F
 
 from minipost.common import DATA_DIR, InputError, autocast, check_config, field, main, read_jsonl
-from minipost.data import IGNORE, EpochBatches, load_prefs, num_targets, pair_batch, tokenize_pairs
-from minipost.heldout import pair_logps, per_domain, preference_accuracy, write_samples
+from minipost.data import IGNORE, EpochBatches, load_prefs, num_targets, pair_batch, per_domain, tokenize_pairs
+from minipost.heldout import pair_logps, preference_accuracy, write_samples
 from minipost.harness import Run, RunConfig
 from minipost.logprobs import sequence_logprobs
 from minipost.lora import add_lora_from_flags, merge_lora, parse_targets, trainable, training_bytes

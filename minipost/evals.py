@@ -41,8 +41,8 @@ import numpy as np
 
 from minipost.common import (DATA_DIR, DEVICE_HELP, ArgumentParser, InputError, check_can_create,
                              exit_on_input_error, pick_device, read_jsonl, save_json)
-from minipost.data import tokenize_pairs
-from minipost.heldout import chat_items, means, pair_logps, per_domain, preference_wins, probe_items, val_losses
+from minipost.data import per_domain, tokenize_pairs
+from minipost.heldout import chat_items, means, pair_logps, preference_wins, probe_items, val_losses
 from minipost.model import check_same_tokenizer, load_model
 from minipost.rewards import RewardModel
 from minipost.tokenizer import special_id

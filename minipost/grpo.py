@@ -25,9 +25,7 @@ rows of the rollout batch, L the generation budget (max_new_tokens):
                 (micro-batches of rows in rollout order, as in TRL; the other types group rows by length)
     dr_grpo   | B x L, the same every step                         | Dr. GRPO; TRL `dr_grpo`
 
-grpo gives a short answer's tokens more weight each; dapo weighs every token alike; dr_grpo too, without the
-normaliser moving with the batch's lengths. Pair dr_grpo with `--scale-rewards false` (advantages only
-centred: dividing by the group std up-weights prompts that are nearly always right or wrong).
+grpo weighs a short answer's tokens more; dapo and dr_grpo weigh every token alike (docs/rl-variants.md).
 
 Variants, each one option (the paper's settings are not the defaults):
 - DAPO (Yu et al. 2025, arXiv:2503.14476): `--loss-type dapo`, clip-higher `--clip-eps-high 0.28` (the ratio
@@ -65,19 +63,22 @@ from dataclasses import dataclass
 
 import torch
 
-from minipost import dist
-from minipost.common import DATA_DIR, InputError, check_config, field, main
-from minipost.heldout import heldout_scores, per_domain, write_samples
+from minipost import dist, rollout
+from minipost.common import InputError, check_config, field, main
+from minipost.data import per_domain
 from minipost.harness import Run
+from minipost.heldout import heldout_scores, write_samples
 from minipost.logprobs import masked_mean
-from minipost.model import load_model, model_checkpoint
+from minipost.model import model_checkpoint
 from minipost.optim import adamw, linear_decay_lr, set_lr
-from minipost.rewards import parse_reward, score_rollout, zero_spread
+from minipost.rewards import parse_reward, zero_spread
 from minipost.rl import KL_LOSSES, add_info, check_kl_flags, kl_estimate, kl_loss_term, largest_weight
-from minipost.rollout import (RolloutConfig, completion_logprobs, concat_rollouts, load_rl_prompts, micro_batches,
-                              next_prompts, rollout_share)
+from minipost.rollout import (RolloutConfig, completion_logprobs, concat_rollouts, load_policy_and_prompts,
+                              micro_batches, next_prompts)
 from minipost.tokenizer import special_id
-from minipost.world import build as build_world
+
+
+LOSS_TYPES = ("grpo", "dapo", "bnpo", "dr_grpo")  # how token losses become one number: the docstring's table
 
 
 @dataclass
@@ -88,32 +89,22 @@ class Config(RolloutConfig):
     max_steps: int = field(200, "rollout batches (each followed by num_iterations optimizer steps)", min=1)
     group_size: int = field(8, "samples per prompt (G); a group of one has no baseline to compare with", min=2)
     lr: float = field(5e-5, "Adam learning rate", gt=0)
-    lr_decay: bool = field(True, "decay the learning rate linearly to 0 over max_steps, set once per rollout step; "
-                                 "a run that max_seconds stops early ends above 0")
+    lr_decay: bool = field(True, "decay the learning rate linearly to 0 over max_steps (once per rollout step)")
     grad_clip: float = field(1.0, "clip the global gradient norm to this (0: off)", min=0)
-    micro_batch_size: int = field(64, "rows per forward/backward (0: all rows); exact gradient accumulation, does "
-                                      "not change the result beyond float rounding", min=0)
-    num_iterations: int = field(1, "optimizer steps per rollout batch (mu); > 1 makes the clip matter", min=1,
-                                max=100)
+    micro_batch_size: int = field(64, "rows per forward/backward (0: all); exact gradient accumulation", min=0)
+    num_iterations: int = field(1, "optimizer steps per rollout batch (mu); > 1 makes the clip act", min=1, max=100)
     clip_eps: float = field(0.2, "PPO-style clip range for the ratio", gt=0)
-    beta: float = field(0.04, "weight of the k3 KL to the reference in the loss (0: no KL term)", min=0)
-    loss_type: str = field("grpo", "token averaging: grpo, dapo, bnpo or dr_grpo (see the docstring's table)",
-                           choices=["grpo", "dapo", "bnpo", "dr_grpo"])
-    clip_eps_high: float = field(0.0, "upper clip range, ratio <= 1 + this (DAPO's clip-higher, 0.28); 0: clip_eps",
-                                 min=0)
-    importance_sampling_level: str = field("token", "token (GRPO) or sequence (GSPO: one length-normalised ratio "
-                                                    "per completion)", choices=["token", "sequence"])
-    kl_in: str = field("loss", "where the KL to the reference goes: loss (kl_loss, differentiated) or reward "
-                               "(k1 summed per completion, subtracted before the advantages)",
+    beta: float = field(0.04, "weight of the KL to the reference (0: no KL term)", min=0)
+    loss_type: str = field("grpo", "how token losses average (the docstring's table)", choices=list(LOSS_TYPES))
+    clip_eps_high: float = field(0.0, "DAPO's clip-higher: ratio <= 1 + this (0.28); 0: clip_eps", min=0)
+    importance_sampling_level: str = field("token", "token (GRPO) or sequence (GSPO: one ratio per completion)",
+                                           choices=["token", "sequence"])
+    kl_in: str = field("loss", "the KL to the reference in the loss (kl_loss) or in the reward (k1 per completion)",
                        choices=["loss", "reward"])
-    kl_loss: str = field("k3", "per-token KL term in the loss: k1, k2, k3 or k3_corrected (rl.kl_loss_term)",
-                         choices=list(KL_LOSSES))
-    dynamic_sampling: bool = field(False, "DAPO: drop groups whose rewards are all equal and sample more prompts "
-                                          "until prompts_per_step groups remain")
-    max_sample_rounds: int = field(4, "with dynamic_sampling, rollout batches sampled per step at most (a step "
-                                      "that still has too few groups trains on those it has)", min=1)
-    overlong_buffer: int = field(0, "DAPO's overlong shaping: a penalty rising linearly to 1 over the last N "
-                                    "tokens of max_new_tokens (0: off)", min=0)
+    kl_loss: str = field("k3", "per-token KL term in the loss (rl.kl_loss_term)", choices=list(KL_LOSSES))
+    dynamic_sampling: bool = field(False, "DAPO: replace groups whose rewards are all equal with fresh prompts")
+    max_sample_rounds: int = field(4, "with dynamic_sampling, rollout batches per step at most", min=1)
+    overlong_buffer: int = field(0, "DAPO: a penalty rising to 1 over the last N tokens of max_new_tokens", min=0)
     scale_rewards: bool = field(True, "divide advantages by the group std (false: Dr. GRPO, only centre)")
     eval_every: int = field(50, "steps between held-out evaluations (0: only at start and end)", min=0)
 
@@ -171,10 +162,8 @@ def grpo_loss(logps, old_logps, ref_logps, advantages, mask, clip_eps: float = 0
                    completion, s_i = (pi / pi_old)(o_i)^(1/|o_i|) = exp(mean_t log rho_t), clipped per sequence
                    (GSPO), the same for each of its tokens
     kl_loss        the per-token KL term times beta: k1, k2, k3 or k3_corrected (rl.kl_loss_term says which
-                   KL each one's gradient follows). k3_corrected multiplies k3 by the *token* ratio pi / pi_old,
-                   also under GSPO; TRL multiplies it by the sequence ratio s_i there. Where both ratios are 1
-                   (one optimizer step per batch) the values agree and the gradients do not: the token ratio
-                   sends k3's share to its own token, s_i spreads it over the completion's tokens
+                   KL each one's gradient follows; k3_corrected uses the token ratio, also under GSPO, where TRL
+                   uses s_i: docs/rl-variants.md#which-kl-estimator)
     info (detached scalars; the token metrics are means over this batch's completion tokens): loss, clip_frac
     (ratio outside [1 - clip_eps, 1 + clip_eps_high]), ratio, approx_kl (k3 of pi_old vs pi_theta), kl_ref (k3 of
     pi_theta vs pi_ref, when ref_logps is given: the same *estimate* whatever kl_loss is).
@@ -209,20 +198,9 @@ def grpo_loss(logps, old_logps, ref_logps, advantages, mask, clip_eps: float = 0
     return loss, info
 
 
-# loss type -> (normaliser of the summed token losses, who uses it). One rollout batch of B rows is split into
-# micro-batches of b rows; |o_i| is row i's length, L the generation budget (max_new_tokens).
-LOSS_TYPES = {
-    "grpo": ("per row |o_i|, then a mean over the B rows", "the GRPO paper (DeepSeekMath); TRL's `grpo`"),
-    "bnpo": ("the tokens of each micro-batch (rows in rollout order), micro-batches weighted by their rows: "
-             "depends on micro_batch_size", "TRL's `bnpo`"),
-    "dapo": ("all tokens of the rollout batch", "DAPO; TRL's default `dapo`"),
-    "dr_grpo": ("B x L, a constant", "Dr. GRPO; TRL's `dr_grpo`"),
-}
-
-
 def micro_batch_weight(loss_type: str, mb_mask: torch.Tensor, full_mask: torch.Tensor,
                        total: tuple[int, int] | None = None) -> float:
-    """Scale of one micro-batch's loss so that the accumulated gradient is that of LOSS_TYPES' normaliser.
+    """Scale of one micro-batch's loss so that the accumulated gradient is that of the loss type's normaliser.
 
     grpo and dr_grpo average over rows (each micro-batch's loss is already per row): weight = rows / all rows.
     dapo is one token mean over the whole rollout batch: weight = tokens / all tokens. bnpo, a token mean per
@@ -240,17 +218,10 @@ def micro_batch_weight(loss_type: str, mb_mask: torch.Tensor, full_mask: torch.T
 
 def sample_and_score(policy, ref, enc, prompts: list[dict], reward_fn, cfg: Config, gen: torch.Generator,
                      ranks: dist.Ranks = dist.Ranks()):
-    """G answers per prompt with the sampler's log-probs pi_old, the reference's log-probs of the same tokens,
-    and the rewards -> (rollout, ref_logps (B, T), rewards (B,), reward stats for the log). Under torchrun
-    each rank samples the groups of its share of the prompts (so advantages need no communication), with the
-    random draws one process would use for those rows; the stats are over every rank's rows."""
-    batch_rollout = rollout_share(policy, enc, prompts, cfg.group_size, cfg.max_new_tokens, cfg.temperature,
-                                  cfg.top_k or None, cfg.top_p, gen, ranks)
-    with torch.no_grad():
-        ref_logps = completion_logprobs(ref, batch_rollout, cfg.temperature, cfg.logprobs_impl)  # (B, T)
-    rewards, stats = score_rollout(batch_rollout, reward_fn, cfg.max_new_tokens, cfg.missing_stop_penalty,
-                                   cfg.length_penalty, cfg.overlong_buffer,
-                                   gather=lambda x: dist.all_gather_lists(x, ranks))  # (B,)
+    """rollout.sample_and_score (G answers per prompt, pi_old and pi_ref log-probs, rewards) with DAPO's
+    overlong penalty, and with --kl-in reward the KL to the reference taken from each reward."""
+    batch_rollout, ref_logps, rewards, stats = rollout.sample_and_score(policy, ref, enc, prompts, reward_fn, cfg, gen,
+                                                                        ranks, cfg.overlong_buffer)
     if cfg.kl_in == "reward" and cfg.beta:  # k1 summed over each completion, a constant to the gradient
         mask = batch_rollout.completion_mask
         rewards = rewards - cfg.beta * ((batch_rollout.logprobs - ref_logps) * mask).sum(dim=1)  # (B,)
@@ -319,20 +290,10 @@ def train(cfg: Config, reward_fn=None) -> dict:
     if cfg.dynamic_sampling and ranks.world > 1:
         raise InputError("--dynamic-sampling true runs as one process only (its extra rounds are not split yet)")
 
-    # ---- inputs, every one checked before anything is written: reward, the policy, prompts, the reference
+    # ---- inputs, every one checked before anything is written: the reward, the policy and its frozen copy
+    # (the reference), the prompts
     reward_fn = reward_fn or parse_reward(cfg.reward)
-    if not (cfg.data and cfg.eval_data) and not (DATA_DIR / "rl.jsonl").exists():
-        build_world(DATA_DIR)
-    policy, enc, ckpt = load_model(cfg.init, device)  # the policy we train
-    records, eval_records = load_rl_prompts(
-        cfg.data or DATA_DIR / "rl.jsonl", cfg.eval_data or DATA_DIR / "eval.jsonl", domains=cfg.domains,
-        oversample=cfg.oversample, prompts_per_step=cfg.prompts_per_step, enc=enc, block_size=policy.cfg.block_size,
-        max_new_tokens=cfg.max_new_tokens, model_path=cfg.init, reward_fn=reward_fn, reward_spec=cfg.reward)
-    eval_records = per_domain(eval_records, cfg.eval_limit)
-    ref, _, _ = load_model(cfg.init, device)  # a frozen copy of the start, the reference
-    ref.requires_grad_(False)
-    print(f"{len(records)} RL prompts, {len(eval_records)} held-out prompts, domains: {cfg.domains or 'all'}")
-    print(f"policy: {policy.num_params() / 1e6:.2f}M parameters on {device}, from {cfg.init}")
+    policy, ref, enc, ckpt, records, eval_records = load_policy_and_prompts(cfg, device, reward_fn)
 
     # ---- optimizer, random streams, data order; then the run folder (a resume restores all of them here)
     optimizer = adamw(policy, lr=cfg.lr, weight_decay=0.0, betas=(0.9, 0.99), device=device)
@@ -341,12 +302,8 @@ def train(cfg: Config, reward_fn=None) -> dict:
     perm, pos = torch.randperm(len(records), generator=order_gen), 0
     run.start(model=policy, optimizer=optimizer, sample_generator=gen, order_generator=order_gen)
     perm, pos = run.resumed_value("perm", perm), run.resumed_value("pos", pos)
-    start_scores = run.resumed_value("start_scores", None)
-    if start_scores is None:  # held-out scores before the first step
-        start_scores = heldout_scores(policy, enc, eval_records)
-        run.log(0, **start_scores)
+    start_scores = run.scores_at_start(lambda: heldout_scores(policy, enc, eval_records))
     end_scores = run.resumed_value("end_scores", start_scores)
-    print("held-out at start: " + "  ".join(f"{k} {v:.3f}" for k, v in start_scores.items()))
 
     # ---- the loop: prompts, sample and score, advantages, update, log
     for step in run.steps():
@@ -369,8 +326,7 @@ def train(cfg: Config, reward_fn=None) -> dict:
         run.end_step(perm=perm, pos=pos, start_scores=start_scores, end_scores=end_scores)
 
     # ---- the outputs: model.pt, samples.txt, summary.json
-    summary = {"steps": run.step, "seconds": run.elapsed, "steps_per_s": run.step / max(run.elapsed, 1e-9),
-               "start": start_scores, "end": end_scores, "device": str(device)}
+    summary = run.summary(start=start_scores, end=end_scores)
     if run.finish(model_checkpoint(policy, ckpt["tokenizer"], run.step), summary=summary,
                   samples=lambda path: write_samples(policy, enc, path, per_domain(eval_records, 4))):
         print(f"grpo done: {run.step} steps in {run.elapsed:.0f} s; held-out " +

@@ -164,13 +164,3 @@ def preference_wins(chosen, rejected, ref_chosen, ref_rejected) -> torch.Tensor:
 def preference_accuracy(chosen, rejected, ref_chosen, ref_rejected) -> float:
     """Share of pairs whose implicit DPO reward is strictly higher for the chosen answer (preference_wins)."""
     return preference_wins(chosen, rejected, ref_chosen, ref_rejected).float().mean().item()
-
-
-def per_domain(records: list[dict], limit: int | None) -> list[dict]:
-    """The first `limit` records of each domain (all of them when limit is None or 0), in file order."""
-    out, seen = [], {}
-    for r in records:
-        seen[r["domain"]] = seen.get(r["domain"], 0) + 1
-        if not limit or seen[r["domain"]] <= limit:
-            out.append(r)
-    return out

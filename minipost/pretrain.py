@@ -31,8 +31,8 @@ from dataclasses import dataclass
 import torch
 
 from minipost.common import DATA_DIR, InputError, autocast, check_config, field, main, read_jsonl
-from minipost.data import load_texts, pack, packed_batch
-from minipost.heldout import heldout_loss, per_domain, write_samples
+from minipost.data import load_texts, pack, packed_batch, per_domain
+from minipost.heldout import heldout_loss, write_samples
 from minipost.harness import Run, RunConfig
 from minipost.logprobs import token_logprobs
 from minipost.model import GPT, PRESETS as MODEL_PRESETS, GPTConfig, check_same_tokenizer, load_model, model_checkpoint

@@ -61,17 +61,17 @@ from dataclasses import dataclass
 import torch
 
 from minipost import dist
-from minipost.common import DATA_DIR, InputError, check_config, field, main
-from minipost.heldout import heldout_scores, per_domain, write_samples
+from minipost.common import InputError, check_config, field, main
+from minipost.data import per_domain
 from minipost.harness import Run
+from minipost.heldout import heldout_scores, write_samples
 from minipost.logprobs import masked_mean, whiten
-from minipost.model import load_model, model_checkpoint
+from minipost.model import model_checkpoint
 from minipost.optim import adamw, linear_decay_lr, set_lr
-from minipost.rewards import parse_reward, score_rollout, token_rewards, zero_spread
+from minipost.rewards import parse_reward, token_rewards, zero_spread
 from minipost.rl import KL_LOSSES, add_info, check_kl_flags, kl_estimate, kl_loss_term, largest_weight
-from minipost.rollout import (RolloutConfig, completion_logprobs, load_rl_prompts, micro_batches, next_prompts,
-                              rollout_share)
-from minipost.world import build as build_world
+from minipost.rollout import (RolloutConfig, completion_logprobs, load_policy_and_prompts, micro_batches,
+                              next_prompts, sample_and_score)
 
 
 @dataclass
@@ -177,20 +177,6 @@ def reinforce_loss(logps, advantages, mask, ref_logps=None, beta: float = 0.0, *
 # ----------------------------------------------------------------------------------------------------------------
 # the loop, one phase per function: prompts -> sample and score -> advantages -> update
 
-def sample_and_score(policy, ref, enc, prompts: list[dict], reward_fn, cfg: Config, gen: torch.Generator,
-                     ranks: dist.Ranks = dist.Ranks()):
-    """G answers per prompt with the sampler's log-probs pi_old, the reference's log-probs of the same tokens,
-    and the rewards -> (rollout, ref_logps (B, T), rewards (B,), reward stats for the log). Under torchrun:
-    this rank's share of the groups (rollout_share), the stats over every rank's rows."""
-    batch_rollout = rollout_share(policy, enc, prompts, cfg.group_size, cfg.max_new_tokens, cfg.temperature,
-                                  cfg.top_k or None, cfg.top_p, gen, ranks)
-    with torch.no_grad():
-        ref_logps = completion_logprobs(ref, batch_rollout, cfg.temperature, cfg.logprobs_impl)  # (B, T)
-    rewards, stats = score_rollout(batch_rollout, reward_fn, cfg.max_new_tokens, cfg.missing_stop_penalty,
-                                   cfg.length_penalty, gather=lambda x: dist.all_gather_lists(x, ranks))  # (B,)
-    return batch_rollout, ref_logps, rewards, stats
-
-
 def baseline_advantages(rewards: torch.Tensor, cfg: Config, running_mean: float,
                         ranks: dist.Ranks = dist.Ranks()) -> tuple[torch.Tensor, float]:
     """A = r - b for the chosen baseline -> (advantages (B,), the running mean updated *after* this batch, over
@@ -243,20 +229,10 @@ def train(cfg: Config, reward_fn=None) -> dict:
         raise InputError("--baseline reinforce++ runs as one process only (its whitening over the batch is not "
                          "split yet)")
 
-    # ---- inputs, every one checked before anything is written: reward, the policy, prompts, the reference
+    # ---- inputs, every one checked before anything is written: the reward, the policy and its frozen copy
+    # (the reference), the prompts
     reward_fn = reward_fn or parse_reward(cfg.reward)
-    if not (cfg.data and cfg.eval_data) and not (DATA_DIR / "rl.jsonl").exists():
-        build_world(DATA_DIR)
-    policy, enc, ckpt = load_model(cfg.init, device)  # the policy we train
-    records, eval_records = load_rl_prompts(
-        cfg.data or DATA_DIR / "rl.jsonl", cfg.eval_data or DATA_DIR / "eval.jsonl", domains=cfg.domains,
-        oversample=cfg.oversample, prompts_per_step=cfg.prompts_per_step, enc=enc, block_size=policy.cfg.block_size,
-        max_new_tokens=cfg.max_new_tokens, model_path=cfg.init, reward_fn=reward_fn, reward_spec=cfg.reward)
-    eval_records = per_domain(eval_records, cfg.eval_limit)
-    ref, _, _ = load_model(cfg.init, device)  # a frozen copy of the start, the reference
-    ref.requires_grad_(False)
-    print(f"{len(records)} RL prompts, {len(eval_records)} held-out prompts, domains: {cfg.domains or 'all'}")
-    print(f"policy: {policy.num_params() / 1e6:.2f}M parameters on {device}, from {cfg.init}")
+    policy, ref, enc, ckpt, records, eval_records = load_policy_and_prompts(cfg, device, reward_fn)
 
     # ---- optimizer, random streams, data order; then the run folder (a resume restores all of them here)
     optimizer = adamw(policy, lr=cfg.lr, weight_decay=0.0, betas=(0.9, 0.99), device=device)
@@ -266,12 +242,8 @@ def train(cfg: Config, reward_fn=None) -> dict:
     run.start(model=policy, optimizer=optimizer, sample_generator=gen, order_generator=order_gen)
     perm, pos = run.resumed_value("perm", perm), run.resumed_value("pos", pos)
     running_mean = run.resumed_value("running_mean", 0.0)  # the "mean" baseline b
-    start_scores = run.resumed_value("start_scores", None)
-    if start_scores is None:  # held-out scores before the first step
-        start_scores = heldout_scores(policy, enc, eval_records)
-        run.log(0, **start_scores)
+    start_scores = run.scores_at_start(lambda: heldout_scores(policy, enc, eval_records))
     end_scores = run.resumed_value("end_scores", start_scores)
-    print("held-out at start: " + "  ".join(f"{k} {v:.3f}" for k, v in start_scores.items()))
 
     # ---- the loop: prompts, sample and score, advantages, update, log
     for step in run.steps():
@@ -299,8 +271,7 @@ def train(cfg: Config, reward_fn=None) -> dict:
         run.end_step(perm=perm, pos=pos, running_mean=running_mean, start_scores=start_scores, end_scores=end_scores)
 
     # ---- the outputs: model.pt, samples.txt, summary.json
-    summary = {"steps": run.step, "seconds": run.elapsed, "steps_per_s": run.step / max(run.elapsed, 1e-9),
-               "start": start_scores, "end": end_scores, "device": str(device)}
+    summary = run.summary(start=start_scores, end=end_scores)
     if run.finish(model_checkpoint(policy, ckpt["tokenizer"], run.step), summary=summary,
                   samples=lambda path: write_samples(policy, enc, path, per_domain(eval_records, 4))):
         print(f"reinforce ({cfg.baseline}) done: {run.step} steps in {run.elapsed:.0f} s; held-out " +

@@ -33,13 +33,14 @@ import torch
 import torch.nn.functional as F
 
 from minipost import dist
-from minipost.common import InputError, field, read_jsonl
+from minipost.common import DATA_DIR, InputError, field, read_jsonl
+from minipost.data import per_domain
 from minipost.harness import RunConfig
 from minipost.logprobs import token_logprobs
-from minipost.model import left_pad
-from minipost.rewards import check_reward_domains, parse_reward
+from minipost.model import left_pad, load_model
+from minipost.rewards import check_reward_domains, parse_reward, score_rollout
 from minipost.tokenizer import render_prompt, special_id
-from minipost.world import validate_record
+from minipost.world import build as build_world, validate_record
 
 
 
@@ -301,6 +302,60 @@ def load_rl_prompts(data, eval_data, *, domains: str, oversample: str, prompts_p
     if reward_fn is not None:  # a term that scores one domain only, with prompts of others: refused now
         check_reward_domains(reward_fn, records + eval_records, reward_spec)
     return records, eval_records
+
+def load_policy_and_prompts(cfg: RolloutConfig, device, reward_fn):
+    """What an RL run starts from, every input checked before anything is written -> (policy, ref, enc, ckpt,
+    records, eval_records): the policy to train (cfg.init), a frozen copy of it (the reference), its tokenizer
+    and checkpoint, the training prompts and the held-out ones (cfg.eval_limit per domain). The world's files
+    are built first when a default prompt file is missing."""
+    if not (cfg.data and cfg.eval_data) and not (DATA_DIR / "rl.jsonl").exists():
+        build_world(DATA_DIR)
+    policy, enc, ckpt = load_model(cfg.init, device)
+    records, eval_records = load_rl_prompts(
+        cfg.data or DATA_DIR / "rl.jsonl", cfg.eval_data or DATA_DIR / "eval.jsonl", domains=cfg.domains,
+        oversample=cfg.oversample, prompts_per_step=cfg.prompts_per_step, enc=enc, block_size=policy.cfg.block_size,
+        max_new_tokens=cfg.max_new_tokens, model_path=cfg.init, reward_fn=reward_fn, reward_spec=cfg.reward)
+    eval_records = per_domain(eval_records, cfg.eval_limit)
+    ref, _, _ = load_model(cfg.init, device)
+    ref.requires_grad_(False)
+    print(f"{len(records)} RL prompts, {len(eval_records)} held-out prompts, domains: {cfg.domains or 'all'}")
+    print(f"policy: {policy.num_params() / 1e6:.2f}M parameters on {device}, from {cfg.init}")
+    return policy, ref, enc, ckpt, records, eval_records
+
+
+def sample_and_score(policy, ref, enc, prompts: list[dict], reward_fn, cfg: RolloutConfig, gen: torch.Generator,
+                     ranks: dist.Ranks = dist.Ranks(), overlong_buffer: int = 0):
+    """G answers per prompt with the sampler's log-probs pi_old, the reference's log-probs of the same tokens,
+    and the rewards -> (rollout, ref_logps (B, T), rewards (B,), reward stats for the log). Under torchrun
+    each rank samples the groups of its share of the prompts (rollout_share: advantages need no
+    communication), and the stats are over every rank's rows."""
+    batch_rollout = rollout_share(policy, enc, prompts, cfg.group_size, cfg.max_new_tokens, cfg.temperature,
+                                  cfg.top_k or None, cfg.top_p, gen, ranks)
+    with torch.no_grad():
+        ref_logps = completion_logprobs(ref, batch_rollout, cfg.temperature, cfg.logprobs_impl)  # (B, T)
+    rewards, stats = score_rollout(batch_rollout, reward_fn, cfg.max_new_tokens, cfg.missing_stop_penalty,
+                                   cfg.length_penalty, overlong_buffer,
+                                   gather=lambda x: dist.all_gather_lists(x, ranks))  # (B,)
+    return batch_rollout, ref_logps, rewards, stats
+
+
+def minibatches(ro: Rollout, num_minibatches: int, gen: torch.Generator,
+                ranks: dist.Ranks = dist.Ranks()) -> list[tuple[torch.Tensor, int]]:
+    """One pass of PPO over a rollout batch: its rows shuffled (gen) and cut into num_minibatches minibatches
+    (the last may be smaller) -> [(rows of `ro` in the minibatch, completion tokens of the whole minibatch)].
+    Under torchrun `ro` is this rank's part of the batch: every rank shuffles the whole batch alike and gets
+    its own rows of each minibatch (maybe none) and the minibatch's token count over every rank."""
+    tokens = torch.tensor(dist.all_gather_lists(ro.completion_mask.sum(dim=1).tolist(), ranks))  # (N,) all rows
+    n, first = len(tokens), ranks.rank * len(ro)  # rows of the whole batch; this rank's first one
+    size = -(-n // num_minibatches)  # rows per minibatch
+    shuffle = torch.randperm(n, generator=gen)
+    parts = []
+    for s in range(0, n, size):
+        whole = shuffle[s:s + size]  # a minibatch of the whole batch's rows
+        mine = (whole[(whole >= first) & (whole < first + len(ro))] - first).to(ro.completion_mask.device)
+        parts.append((mine, max(int(tokens[whole].sum()), 1)))
+    return parts
+
 
 def next_prompts(records: list[dict], perm: torch.Tensor, pos: int, n: int, order_gen: torch.Generator):
     """The next n prompts of a shuffled pass over the records; a fresh shuffle when fewer than n are left.

@@ -47,8 +47,8 @@ import torch
 
 from minipost.common import DATA_DIR, InputError, autocast, check_config, field, main, read_jsonl
 from minipost.data import (IGNORE, EpochBatches, collate, load_chats, load_texts, num_targets, pack, packed_batch,
-                           tokenize_chats)
-from minipost.heldout import heldout_loss, per_domain, write_samples
+                           per_domain, tokenize_chats)
+from minipost.heldout import heldout_loss, write_samples
 from minipost.harness import Run, RunConfig
 from minipost.logprobs import token_logprobs
 from minipost.lora import add_lora_from_flags, merge_lora, parse_targets, trainable, training_bytes

@@ -14,8 +14,7 @@ import minipost.heldout as heldout
 import minipost.sft as sft
 import minipost.tokenizer as tokenizer
 from minipost.common import DATA_DIR, InputError, config_with_preset, load_checkpoint, read_metrics, save_checkpoint
-from minipost.data import IGNORE, collate
-from minipost.heldout import per_domain
+from minipost.data import IGNORE, collate, per_domain
 from minipost.model import GPT, GPTConfig, load_model, model_checkpoint
 
 # A byte-level tokenizer (no merges): 256 byte tokens + the specials. Needs no trained file.

@@ -42,7 +42,8 @@ for attempt in [rec["answer"], rec["answer"].replace("SELECT", "select").rstrip(
 
 # %%
 from minipost.model import load_model
-from minipost.heldout import heldout_scores, per_domain
+from minipost.data import per_domain
+from minipost.heldout import heldout_scores
 from minipost.rollout import load_prompts
 
 model, enc, _ = load_model(INIT)

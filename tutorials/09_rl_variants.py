@@ -36,7 +36,7 @@ import numpy as np
 from minipost import grpo, ppo, reinforce
 from minipost.common import DATA_DIR, config_with_preset, read_jsonl, read_metrics
 from minipost.evals import ALPHA, HIGHER_IS_BETTER, binomial_ci, evaluate_items, paired_test, write_report
-from minipost.heldout import per_domain
+from minipost.data import per_domain
 
 from _setup import SMOKE, ensure_world, out_dir, start_checkpoint  # noqa: E402  (tutorials/_setup.py)
 

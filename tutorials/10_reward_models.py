@@ -24,7 +24,7 @@ import numpy as np
 from minipost import grpo, reward_model
 from minipost.common import DATA_DIR, config_with_preset, read_jsonl, read_metrics
 from minipost.evals import eval_answers, win_items
-from minipost.heldout import per_domain
+from minipost.data import per_domain
 from minipost.rewards import RewardModel
 from minipost.world import check
 

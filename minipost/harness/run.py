@@ -98,6 +98,16 @@ class Run:
         """Seconds of training so far, the sessions before a resume included."""
         return time.time() - self.t0
 
+    def scores_at_start(self, evaluate) -> dict:
+        """Held-out scores before the first step: evaluate() once per run (a resume keeps the first session's),
+        logged at step 0 and printed."""
+        scores = self.resumed_value("start_scores", None)
+        if scores is None:
+            scores = evaluate()
+            self.log(0, **scores)
+        print("held-out at start: " + "  ".join(f"{k} {v:.3f}" for k, v in scores.items()))
+        return scores
+
     # ---- the step loop
     def steps(self):
         """The step indices 0 .. max_steps - 1 still to take, with a progress bar; stops after end_step() saw
@@ -173,6 +183,11 @@ class Run:
     def done(self) -> bool:
         """After the loop: the run writes its model (every step taken, or --max-seconds ended it)."""
         return self.step == self.cfg.max_steps or self.stopped.startswith("--max-seconds")
+
+    def summary(self, **values) -> dict:
+        """summary.json of a run: steps, seconds and steps_per_s (every session of it), `values`, the device."""
+        return {"steps": self.step, "seconds": self.elapsed, "steps_per_s": self.step / max(self.elapsed, 1e-9),
+                **values, "device": str(self.device)}
 
     def finish(self, checkpoint: dict, samples=None, summary: dict | None = None) -> bool:
         """After the loop. A complete run writes model.pt (checkpoint), samples.txt (samples(path), greedy
