@@ -111,8 +111,10 @@ def run_sql(query: str) -> list | None:
         conn.execute("PRAGMA query_only = ON")  # belt: the engine itself refuses writes
         conn.set_authorizer(_authorizer)        # braces: the statement is vetted while it is compiled
         deadline, checks = time.perf_counter() + SQL_TIME_LIMIT_S, itertools.count(1)
-        too_much = lambda: int(next(checks) * SQL_PROGRESS_STEPS > SQL_MAX_VM_STEPS or time.perf_counter() > deadline)
-        conn.set_progress_handler(too_much, SQL_PROGRESS_STEPS)  # a nonzero return aborts the statement
+
+        def too_much() -> int:  # SQLite calls it every SQL_PROGRESS_STEPS steps; nonzero aborts the statement
+            return int(next(checks) * SQL_PROGRESS_STEPS > SQL_MAX_VM_STEPS or time.perf_counter() > deadline)
+        conn.set_progress_handler(too_much, SQL_PROGRESS_STEPS)
         rows, size = [], 0
         for row in conn.execute(body):  # one row at a time, so a too-large result stops early
             size += sum(_value_bytes(v) for v in row)
