@@ -116,7 +116,7 @@ def set_rng_state(state: dict) -> None:
 # errors a user can read
 
 class DiskFull(OSError):
-    """A checkpoint could not be written for lack of space (save_checkpoint); `main` prints it in one line."""
+    """A run's file could not be written for lack of space (disk_full); `main` prints it in one line."""
 
 
 class InputError(ValueError):
@@ -133,7 +133,8 @@ def main(train_fn, cls, presets: dict[str, dict] | None = None, argv: list[str] 
     try:
         return exit_on_input_error(lambda: train_fn(cfg))
     except KeyboardInterrupt:
-        print(f"\ninterrupted: {where_to_continue(Path(cfg.out))}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun rank 0 holds the folder and speaks for every rank
+            print(f"\ninterrupted: {where_to_continue(Path(cfg.out))}", file=sys.stderr)
         raise SystemExit(130) from None
 
 
@@ -157,7 +158,7 @@ def where_to_continue(out: Path) -> str:
 
 def exit_on_input_error(fn):
     """Call fn(); an InputError becomes one line on stderr and exit code 2 (what every CLI here does), a
-    FloatingPointError (check_finite, generate: the run diverged) one line and exit code 1."""
+    FloatingPointError (check_finite, generate: the run diverged) or a DiskFull one line and exit code 1."""
     try:
         return fn()
     except InputError as e:
@@ -376,6 +377,23 @@ def read_json_dict(path: str | os.PathLike) -> dict | None:
     return obj if isinstance(obj, dict) else None
 
 
+def disk_full(e: BaseException, path: Path) -> DiskFull | None:
+    """The one-line DiskFull for an error writing `path` that a full device caused (ENOSPC, or less than 1 MB
+    free: torch's zip writer reports it as a RuntimeError), naming the last good checkpoint of its folder, the
+    file itself or the run's state.pt; None for any other error."""
+    if not isinstance(e, (OSError, RuntimeError)):
+        return None
+    try:
+        full = getattr(e, "errno", None) == errno.ENOSPC or shutil.disk_usage(path.parent).free < 1 << 20
+    except OSError:
+        full = False
+    if not full:
+        return None
+    good = [p for p in (path, path.parent / "state.pt") if p.suffix == ".pt" and p.is_file()]
+    last = f"the last good checkpoint is {good[0]}" if good else "no checkpoint was written before"
+    return DiskFull(f"no space left on the device writing {path}; {last}")
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -385,15 +403,19 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             f.write(data)
         os.chmod(tmp, 0o644)  # mkstemp makes files private (0600); these are ordinary outputs
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         os.unlink(tmp)
+        full = disk_full(e, path)
+        if full:
+            raise full from None
         raise
 
 
 def save_checkpoint(path: str | os.PathLike, obj: dict) -> None:
     """torch.save to a temp file in the same folder, then os.replace: the old file stays valid until the new
     one is complete. Refuses (FloatingPointError) to write a tensor holding NaN or inf, so a checkpoint on
-    disk only ever holds finite weights and optimizer state."""
+    disk only ever holds finite weights and optimizer state. A full disk raises DiskFull (one line naming the
+    last good checkpoint); Ctrl-C while torch writes raises KeyboardInterrupt, not the writer's error."""
     bad = next(non_finite(obj), None)
     if bad is not None:
         raise FloatingPointError(f"not writing {path}: {bad} is not finite (the file on disk, if any, is the "
@@ -407,15 +429,13 @@ def save_checkpoint(path: str | os.PathLike, obj: dict) -> None:
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException as e:
-        full = isinstance(e, (OSError, RuntimeError)) and (getattr(e, "errno", None) == errno.ENOSPC or
-                                                           shutil.disk_usage(path.parent).free < 1 << 20)
         if os.path.exists(tmp):
             os.unlink(tmp)
         if isinstance(e.__context__, KeyboardInterrupt):  # Ctrl-C inside torch's zip writer, which then fails too
             raise KeyboardInterrupt from None
+        full = disk_full(e, path)
         if full:
-            last = f"the last good one is {path}" if path.exists() else "none was written before"
-            raise DiskFull(f"no space left on the device writing {path}; {last}") from None
+            raise full from None
         raise
 
 
@@ -482,8 +502,14 @@ class MetricsLogger:
     def log(self, step: int, **metrics) -> dict:
         row = {"step": step, **{k: _plain(v) for k, v in metrics.items()}}
         if self.enabled:
-            self._f.write(json.dumps(row) + "\n")
-            self._f.flush()
+            try:
+                self._f.write(json.dumps(row) + "\n")
+                self._f.flush()
+            except OSError as e:
+                full = disk_full(e, self.path)
+                if full:
+                    raise full from None
+                raise
         return row
 
     def close(self) -> None:

@@ -41,7 +41,7 @@ import numpy as np
 
 from minipost.common import (DATA_DIR, DEVICE_HELP, ArgumentParser, InputError, check_can_create,
                              exit_on_input_error, pick_device, read_jsonl, save_json)
-from minipost.data import per_domain, tokenize_pairs
+from minipost.data import load_probes, per_domain, tokenize_pairs
 from minipost.heldout import chat_items, means, pair_logps, preference_wins, probe_items, val_losses
 from minipost.model import check_same_tokenizer, load_model
 from minipost.rewards import RewardModel
@@ -91,7 +91,7 @@ def evaluate_items(path, device="cpu", ref_path=None, chat: bool = True, limit: 
     checkpoints can be compared item by item (paired_difference). With a judge and a baseline checkpoint's
     answers (eval_answers), also win_rate: win_items against them on every chat eval prompt."""
     model, enc, _ = load_model(path, device)
-    items = probe_items(model, enc, per_domain(read_jsonl(DATA_DIR / "probes.jsonl"), limit))
+    items = probe_items(model, enc, per_domain(load_probes(DATA_DIR / "probes.jsonl"), limit))
     items["val_loss"] = val_losses(model, enc).tolist()
     if chat:
         records = per_domain(read_jsonl(DATA_DIR / "eval.jsonl"), limit)

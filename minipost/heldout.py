@@ -10,11 +10,10 @@ the same functions, so a number in metrics.jsonl and the card's cell for the sam
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 import torch
 
-from minipost.common import DATA_DIR, autocast
+from minipost.common import DATA_DIR, atomic_write_bytes, autocast
 from minipost.data import load_texts, pack, packed_eval_batches, pair_batch
 from minipost.logprobs import sequence_logprobs, token_logprobs
 from minipost.rollout import complete
@@ -94,7 +93,7 @@ def write_samples(model, enc, path, records: list[dict], chat: bool = True, max_
     model.train(was_training)
     text = "".join(f"### [{r['domain']}] score {r['score']:.0f}  stopped {r['stopped']}\n{r['prompt']}\n"
                    f"--> {r['completion']}\n\n" for r in rows)
-    Path(path).write_text(text, encoding="utf-8")
+    atomic_write_bytes(path, text.encode("utf-8"))
     return text
 
 

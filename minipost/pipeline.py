@@ -30,9 +30,9 @@ from pathlib import Path
 from minipost import dist, threads
 from minipost.common import (DATA_DIR, DEVICE_HELP, INPUT_FIELDS, RESUME_IGNORES, InputError, check_config,
                              check_device, check_previous, config_with_preset, field, file_digest, hold_folder,
-                             input_digests, load_checkpoint, main, pick_device, read_json_dict, read_jsonl,
-                             read_metrics, release_folder, save_json)
-from minipost.data import load_chats, load_prefs, load_texts
+                             input_digests, load_checkpoint, main, pick_device, read_json_dict, read_metrics,
+                             release_folder, save_json)
+from minipost.data import load_chats, load_prefs, load_probes, load_texts
 from minipost.evals import eval_answers, evaluate_items, write_report
 from minipost.rewards import RewardModel
 from minipost.rollout import load_prompts
@@ -251,8 +251,7 @@ def card_items(ckpts: dict[str, list], device, limit: int | None, report_dir) ->
 # What the stages and the card read of the world's files in data/, each with the reader that reads it there
 WORLD_READERS = {"pretrain.jsonl": load_texts, "pretrain_val.jsonl": load_texts, "sft.jsonl": load_chats,
                  "prefs.jsonl": load_prefs, "eval_prefs.jsonl": load_prefs, "rl.jsonl": load_prompts,
-                 "eval.jsonl": load_prompts, "probes.jsonl": lambda path: read_jsonl(path, required={"prompt": str,
-                                                                                                     "domain": str})}
+                 "eval.jsonl": load_prompts, "probes.jsonl": load_probes}
 
 
 def read_world(data_dir: Path | None = None) -> None:

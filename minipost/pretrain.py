@@ -30,8 +30,8 @@ from dataclasses import dataclass
 
 import torch
 
-from minipost.common import DATA_DIR, InputError, autocast, check_config, field, main, read_jsonl
-from minipost.data import load_texts, pack, packed_batch, per_domain
+from minipost.common import DATA_DIR, InputError, autocast, check_config, field, main
+from minipost.data import load_probes, load_texts, pack, packed_batch, per_domain
 from minipost.heldout import heldout_loss, write_samples
 from minipost.harness import Run, RunConfig
 from minipost.logprobs import token_logprobs
@@ -164,7 +164,7 @@ def load_corpus(cfg: Config):
         if len(stream) < cfg.block_size + 2:
             raise InputError(f"{path}: {len(stream)} tokens, too few for one window of --block-size "
                              f"{cfg.block_size} (+1 target)")
-    probes = per_domain(read_jsonl(DATA_DIR / "probes.jsonl", required={"prompt": str, "domain": str}), 4)
+    probes = per_domain(load_probes(DATA_DIR / "probes.jsonl"), 4)
     print(f"train tokens {len(train_stream):,}  held-out tokens {len(val_stream):,}  vocab {enc.n_vocab}")
     return enc, train_stream, val_stream, probes
 

@@ -9,12 +9,14 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
 import torch
 
+from minipost import common
 from minipost.common import (DiskFull, InputError, field, hold_folder, load_checkpoint, read_metrics, release_folder,
                              save_checkpoint)
 from minipost.harness import Run
@@ -134,10 +136,37 @@ def test_ctrl_c_or_a_full_disk_while_a_checkpoint_is_written_leave_the_old_file(
     monkeypatch.setattr(torch, "save", full)
     monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(8 << 20, 8 << 20, 0))
     with pytest.raises(DiskFull, match=f"no space left on the device writing {tmp_path / 'state.pt'}; the last good "
-                                       f"one is {tmp_path / 'state.pt'}"):
+                                       f"checkpoint is {tmp_path / 'state.pt'}"):
         save_checkpoint(tmp_path / "state.pt", {"step": 2})
     monkeypatch.undo()
     assert load_checkpoint(tmp_path / "state.pt")["step"] == 1 and [p.name for p in tmp_path.iterdir()] == ["state.pt"]
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="/dev/full (a device that is always full) is Linux's")
+@pytest.mark.parametrize("name", ["metrics.jsonl", "summary.json", "model.pt"])
+def test_a_full_disk_on_any_file_of_a_run_is_one_line_naming_the_last_good_checkpoint(tmp_path, monkeypatch, capsys,
+                                                                                     name):
+    """The device fills up while one of the run's files is written (/dev/full stands in for it): one line that
+    names the file and the checkpoint --resume true continues from, exit 1, no traceback."""
+    real_open, real_mkstemp = open, tempfile.mkstemp
+
+    def mkstemp(dir, prefix, suffix):  # the temp file of an atomic write of `name` is on the full device
+        fd, tmp = real_mkstemp(dir=dir, prefix=prefix, suffix=suffix)
+        if prefix == name + ".":
+            os.close(fd)
+            fd = os.open("/dev/full", os.O_WRONLY)
+        return fd, tmp
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+    monkeypatch.setattr(common, "open", lambda path, *a, **k: real_open("/dev/full" if Path(path).name == name
+                                                                        else path, *a, **k), raising=False)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(8 << 20, 8 << 20, 0))
+    with pytest.raises(SystemExit) as stop:
+        common.main(toy_train, ToyConfig, argv=["--out", str(tmp_path)])
+    monkeypatch.undo()
+    last = ("no checkpoint was written before" if name == "metrics.jsonl" else  # (its first row fails)
+            f"the last good checkpoint is {tmp_path / 'state.pt'}")
+    assert stop.value.code == 1
+    assert capsys.readouterr().err == f"stopped: no space left on the device writing {tmp_path / name}; {last}\n"
 
 
 def test_a_non_finite_loss_stops_with_the_step(tmp_path):

@@ -99,17 +99,19 @@ def test_a_finished_stage_is_reused_only_for_its_own_config_and_start(tmp_path, 
     assert (sft / "model.pt").read_bytes() == before  # the same base, the same weights, the same bytes
 
 
-def test_a_damaged_world_file_stops_the_pipeline_before_any_stage_runs(tmp_path, monkeypatch):
-    """A data file that a later stage reads (DPO's prefs.jsonl) is read before the first stage trains."""
+@pytest.mark.parametrize("name,dropped", [("prefs.jsonl", "chosen"), ("probes.jsonl", "answer")])
+def test_a_damaged_world_file_stops_the_pipeline_before_any_stage_runs(tmp_path, monkeypatch, name, dropped):
+    """A data file that a later stage or the card reads (DPO's pairs, the probes) is read before the first
+    stage trains, with the reader that reads it there."""
     world = tmp_path / "data"
     world.mkdir()
-    for name in pipeline.WORLD_READERS:
-        (world / name).write_bytes((common.DATA_DIR / name).read_bytes())
-    lines = (world / "prefs.jsonl").read_text().splitlines()
-    lines[4] = json.dumps({k: v for k, v in json.loads(lines[4]).items() if k != "chosen"})
-    (world / "prefs.jsonl").write_text("\n".join(lines) + "\n")
+    for f in pipeline.WORLD_READERS:
+        (world / f).write_bytes((common.DATA_DIR / f).read_bytes())
+    lines = (world / name).read_text().splitlines()
+    lines[4] = json.dumps({k: v for k, v in json.loads(lines[4]).items() if k != dropped})
+    (world / name).write_text("\n".join(lines) + "\n")
     monkeypatch.setattr(pipeline, "DATA_DIR", world)
-    with pytest.raises(InputError, match=r"data/prefs.jsonl:5: missing field\(s\) \['chosen'\]"):
+    with pytest.raises(InputError, match=rf"data/{name}:5: missing field\(s\) \['{dropped}'\]"):
         run(Config(out=str(tmp_path / "out"), max_steps=2, eval_limit=1, progress=False))
     assert list((tmp_path / "out").iterdir()) == []  # no stage ran, no config.json was written
 
