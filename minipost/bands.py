@@ -28,7 +28,7 @@ import statistics
 from pathlib import Path
 
 from minipost.common import DATA_DIR, ArgumentParser, InputError, check_can_create, exit_on_input_error, save_json
-from minipost.evals import COLUMN_ORDER, HIGHER_IS_BETTER, card, read_report
+from minipost.evals import COLUMN_ORDER, HIGHER_IS_BETTER, card, column_range, read_report
 
 Z = 1.96  # the cells' intervals are 95% ones
 WIDTH = 2.0  # a cell is inside when |x - mean| <= WIDTH * sqrt(sd^2 + se^2)
@@ -58,14 +58,12 @@ def make_bands(cards: list[dict]) -> dict:
     return out
 
 
-def band_limits(band: dict, column: str | None = None) -> tuple[float, float]:
+def band_limits(band: dict, column: str) -> tuple[float, float]:
     """The interval [lo, hi] a cell of a new run is expected in (WIDTH * sqrt(sd^2 + se^2) around the mean),
-    cut to what the column can hold when it is named: a share in [0, 1], val_loss (nats) at least 0."""
+    cut to what the column can hold (evals.column_range: a share in [0, 1], val_loss in nats at least 0)."""
     half = WIDTH * math.hypot(band["sd"], band["se"])  # sqrt(sd^2 + se^2) without overflow
-    lo, hi = band["mean"] - half, band["mean"] + half
-    if column is None:
-        return lo, hi
-    return max(lo, 0.0), (hi if column == "val_loss" else min(hi, 1.0))
+    low, high = column_range(column)
+    return max(band["mean"] - half, low), min(band["mean"] + half, high)
 
 
 def compare(run_card: dict, bands: dict) -> list[dict]:

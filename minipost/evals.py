@@ -393,11 +393,19 @@ def _main(argv=None):
 
 MAX_REPORT_BYTES = 64 << 20  # a card's report.json is under 1 MB; a bigger file is not one (and is not read)
 MAX_ITEMS = 10_000  # per column: the world's largest eval split holds a few hundred items (bootstraps cost n)
+# in all: a full card row holds ~3,000 items, so the pipeline's card with --seeds 1,2,3,4,5 about 54,000
+MAX_TOTAL_ITEMS = 200_000
+
+
+def column_range(column: str) -> tuple[float, float]:
+    """What a card column's scores can be: val_loss is in nats (at least 0), every other column a share."""
+    return (0.0, math.inf) if column == "val_loss" else (0.0, 1.0)
 
 
 def read_report(path) -> dict:
     """A report.json that write_report wrote, checked: its per-item scores are what the card is drawn from.
-    What it reads is bounded (MAX_REPORT_BYTES, MAX_ITEMS per column, JSON nested no deeper than Python allows)."""
+    What it reads is bounded (MAX_REPORT_BYTES, MAX_ITEMS per column and MAX_TOTAL_ITEMS in all, JSON nested no
+    deeper than Python allows), so drawing its card takes seconds at most."""
     def check(ok: bool, why: str) -> None:
         if not ok:
             raise TypeError(why)
@@ -411,6 +419,7 @@ def read_report(path) -> dict:
         check(isinstance(parents, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in
                                                 parents.items()), "'parents' is not a {row: parent row} object")
         check(all(p in items for p in parents.values()), "'parents' names a row the report does not hold")
+        total = 0
         for name, runs in items.items():
             runs = runs if isinstance(runs, list) else [runs]
             check(bool(runs) and all(isinstance(r, dict) and r for r in runs), f"row {name!r} holds no columns")
@@ -420,13 +429,16 @@ def read_report(path) -> dict:
                 check(all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
                           for r in runs for v in r[column]), f"row {name!r}, column {column!r}: a score that is "
                       "not a finite number")
-                low, high = (0.0, math.inf) if column == "val_loss" else (0.0, 1.0)  # nats; else shares
+                low, high = column_range(column)
                 check(all(low <= v <= high for r in runs for v in r[column]),
                       f"row {name!r}, column {column!r}: a score outside [{low}, {high}]")
                 check(column in UNPAIRED or len({len(r[column]) for r in runs}) == 1,
                       f"row {name!r}, column {column!r}: seeds with different numbers of items")
                 check(all(len(r[column]) <= MAX_ITEMS for r in runs),
                       f"row {name!r}, column {column!r}: more than {MAX_ITEMS:,} items")
+                total += sum(len(r[column]) for r in runs)
+                check(total <= MAX_TOTAL_ITEMS, f"more than {MAX_TOTAL_ITEMS:,} items in all (a card holds tens of "
+                      "thousands)")
     except RecursionError:
         raise InputError(f"{path}: not a report.json (JSON nested deeper than any report)") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:

@@ -27,11 +27,11 @@ def test_make_bands_by_hand():
     # se: each run's Wilson interval half-width / 1.96, averaged
     want = sum((c["base"]["arithmetic"]["hi"] - c["base"]["arithmetic"]["lo"]) / 3.92 for c in cards) / 3
     assert b["se"] == pytest.approx(want)
-    lo, hi = bands.band_limits(b)
+    lo, hi = bands.band_limits(b, "arithmetic")
     assert hi - 0.5 == pytest.approx(2 * math.sqrt(0.01 + want ** 2)) and 0.5 - lo == pytest.approx(hi - 0.5)
     # three runs that agree exactly still get the items' noise as their width
     flat = bands.make_bands([card(_items(50, 50)) for _ in range(3)])["sft"]["arithmetic"]
-    assert flat["sd"] == 0 and bands.band_limits(flat)[1] - 0.5 == pytest.approx(2 * flat["se"]) and flat["se"] > 0.04
+    assert flat["sd"] == 0 and bands.band_limits(flat, "arithmetic")[1] - 0.5 == pytest.approx(2 * flat["se"]) and flat["se"] > 0.04
 
 
 def test_make_bands_needs_three_runs_and_equal_items():
@@ -43,12 +43,11 @@ def test_make_bands_needs_three_runs_and_equal_items():
 
 def test_compare_inside_above_below_and_not_comparable():
     b = bands.make_bands([card(_items(k, k)) for k in (48, 50, 52)])
-    lo, hi = bands.band_limits(b["base"]["arithmetic"])
+    lo, hi = bands.band_limits(b["base"]["arithmetic"], "arithmetic")
     assert 0.3 < lo < 0.4 and 0.6 < hi < 0.7
-    assert bands.band_limits({"mean": 0.0, "sd": 1e308, "se": 1e308})[1] == math.inf  # no OverflowError
+    assert bands.band_limits({"mean": 0.0, "sd": 1e308, "se": 1e308}, "val_loss")[1] == math.inf  # no OverflowError
     wide = {"mean": 0.15, "sd": 0.2, "se": 0.05}  # mean - 2 sd is below 0: a rate's band stops at 0 (and at 1)
-    assert bands.band_limits(wide)[0] < 0 and bands.band_limits(wide, "arithmetic") == (0.0, pytest.approx(
-        0.15 + bands.WIDTH * math.hypot(0.2, 0.05)))
+    assert bands.band_limits(wide, "arithmetic") == (0.0, pytest.approx(0.15 + bands.WIDTH * math.hypot(0.2, 0.05)))
     assert bands.band_limits({"mean": 0.9, "sd": 0.2, "se": 0.0}, "arithmetic")[1] == 1.0
     assert bands.band_limits({"mean": 0.9, "sd": 0.2, "se": 0.0}, "val_loss")[1] > 1.0  # nats: no upper end
     status = {r["row"]: r["status"] for r in bands.compare(card(_items(50, 90)), b)}

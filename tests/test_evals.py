@@ -210,9 +210,12 @@ def test_cli_errors_are_one_line_and_exit_2(tmp_path, capsys):
     (tmp_path / "afile").write_text("")
     (tmp_path / "deep.json").write_text("[" * 100_000 + "]" * 100_000)  # a RecursionError in json, not a card
     (tmp_path / "many.json").write_text(json.dumps({"items": {"a": {"knowledge": [1.0] * (evals.MAX_ITEMS + 1)}}}))
-    for argv, msg in [
-                      (["--from-json", str(tmp_path / "deep.json")], "deep.json: not a report.json (JSON nested"),
-                      (["--from-json", str(tmp_path / "many.json")], "'knowledge': more than 10,000 items"),(["--ckpt", str(tmp_path / "nope.pt")], "nope.pt: no such checkpoint"),
+    wide = {f"row{i}": {f"col{j}": [1.0] * evals.MAX_ITEMS for j in range(7)} for i in range(3)}  # 210,000 items
+    (tmp_path / "wide.json").write_text(json.dumps({"items": wide}))
+    for argv, msg in [(["--from-json", str(tmp_path / "deep.json")], "deep.json: not a report.json (JSON nested"),
+                      (["--from-json", str(tmp_path / "many.json")], "'knowledge': more than 10,000 items"),
+                      (["--from-json", str(tmp_path / "wide.json")], "more than 200,000 items in all"),
+                      (["--ckpt", str(tmp_path / "nope.pt")], "nope.pt: no such checkpoint"),
                       (["--ckpt", "a.pt", "--limit", "0"], "--limit 0: must be >= 1"),
                       (["--from-json", str(tmp_path / "r.json")], "r.json: not a report.json"),
                       (["--from-json", str(tmp_path / "old.json")], "old.json: not a report.json with per-item"),
