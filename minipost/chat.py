@@ -14,7 +14,8 @@ user cannot end a turn or speak as the assistant.
 
 Commands: /reset forgets the conversation (the system prompt stays), /quit (or end of input) leaves.
 From a pipe, every line is one user turn and only the answers are printed; a line too long for the context
-gets a one-line error instead of an answer, the next lines are still answered, and the exit status is 2.
+or not UTF-8 gets a one-line error instead of an answer, the next lines are still answered, and the exit
+status is 2. A reader that goes away (`| head -1`) ends the chat quietly with exit status 1.
 """
 from __future__ import annotations
 

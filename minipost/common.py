@@ -630,7 +630,7 @@ def hold_folder(folder: str | os.PathLike, shared: bool = False, what: str = "--
     if key in _HELD or fcntl is None:  # (no flock on Windows: no lock)
         return
     for above in Path(key).parents:  # a folder above, held by another process that writes into it (the pipeline)
-        if str(above) not in _HELD and above.is_dir() and not _try_flock(str(above), fcntl.LOCK_SH, keep=False):
+        if str(above) not in _HELD and above.is_dir() and _try_flock(str(above), fcntl.LOCK_SH, keep=False) is None:
             _refuse(folder, str(above), what)
     fd = _try_flock(key, fcntl.LOCK_SH if shared else fcntl.LOCK_EX, keep=True)
     if fd is None:
