@@ -5,6 +5,7 @@ import ast
 import dataclasses
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -18,7 +19,7 @@ import torch
 
 from minipost import common
 from minipost.common import (DiskFull, InputError, field, hold_folder, load_checkpoint, read_metrics, release_folder,
-                             save_checkpoint)
+                             save_checkpoint, where_to_continue)
 from minipost.harness import Run
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -253,6 +254,42 @@ def test_a_second_process_writing_into_a_held_folder_stops_at_once_naming_the_ho
                               capture_output=True, text=True, timeout=300)
         assert proc.returncode == 2 and f"another run is writing into {tmp_path}, the folder it is in (pid " \
             f"{os.getpid()})" in proc.stderr, proc.stderr
+    finally:
+        release_folder(tmp_path)
+
+
+_HOLDER = "import sys, time\nfrom minipost.common import hold_folder\nhold_folder(sys.argv[1])\nprint('held', flush=True)\ntime.sleep(300)\n"
+
+
+def test_the_pipeline_and_the_lab_stop_at_once_in_a_folder_another_process_holds(tmp_path):
+    from minipost import lab, pipeline
+    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        busy = f"{tmp_path}: another run is writing into this folder (pid {holder.pid})"
+        with pytest.raises(InputError, match=re.escape(f"--out {busy}")):
+            pipeline.run(pipeline.Config(out=str(tmp_path), max_steps=1, progress=False))
+        with pytest.raises(InputError, match=re.escape(f"--out {busy}")):
+            lab.run_lab(lab.Config(out=str(tmp_path)))
+        with pytest.raises(InputError, match=re.escape(f"--pipeline {busy}")):  # a pipeline retraining what it reads
+            lab.run_lab(lab.Config(out=str(tmp_path.parent / f"{tmp_path.name}_lab"), pipeline=str(tmp_path)))
+        assert list(tmp_path.iterdir()) == [] and not (tmp_path.parent / f"{tmp_path.name}_lab").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_ctrl_c_names_what_a_run_pipeline_or_lab_folder_holds(tmp_path):
+    assert where_to_continue(tmp_path) == (f"the run had not started: nothing in {tmp_path} changed; the same "
+                                           "command starts it again")
+    hold_folder(tmp_path)
+    try:
+        save_checkpoint(tmp_path / "pretrain" / "state.pt", {"step": 3})  # a pipeline with one stage under way
+        assert where_to_continue(tmp_path) == (f"{tmp_path} holds the runs finished so far; the same command again "
+                                               "reuses them and resumes the interrupted one from its last state.pt")
+        save_checkpoint(tmp_path / "state.pt", {"step": 7})  # a run's own folder
+        assert where_to_continue(tmp_path).startswith(f"{tmp_path / 'state.pt'} holds step 7; the same command with "
+                                                      "--resume true continues from it")
     finally:
         release_folder(tmp_path)
 

@@ -2,6 +2,7 @@
 centring term, gradient signs), rewards read at each row's last token whatever the padding, train() end to
 end on a tiny model, RewardModel scoring, and the run contract (exact resume, bad margins and files refused
 before anything is written)."""
+import importlib
 import json
 import math
 import subprocess
@@ -115,6 +116,12 @@ def test_train_end_to_end_learns_the_preference_and_scores_new_answers(tmp_path,
     assert load_model(run / "model.pt", policy=False)[0].value_head is not None
     with pytest.raises(InputError, match=r"run/model.pt is a reward model \(kind 'reward_model'\), not a policy"):
         load_model(run / "model.pt")
+    for module, flags in [("sft", {"init": run / "model.pt"}), ("grpo", {"init": run / "model.pt"}),
+                          ("dpo", {"init": tmp_path / "sft.pt", "ref": run / "model.pt"})]:  # each objective's own flags
+        objective = importlib.import_module(f"minipost.{module}")
+        with pytest.raises(InputError, match=r"run/model.pt is a reward model"):
+            objective.train(objective.Config(out=str(tmp_path / module), **{k: str(v) for k, v in flags.items()}))
+        assert not (tmp_path / module).exists()
     chat = subprocess.run([sys.executable, "-m", "minipost.chat", "--ckpt", str(run / "model.pt")], input="hi\n",
                           capture_output=True, text=True, timeout=120)
     assert chat.returncode == 2 and "is a reward model" in chat.stderr and "Traceback" not in chat.stderr
