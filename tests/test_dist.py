@@ -91,22 +91,6 @@ def test_two_processes_resume_and_refuse_a_batch_they_cannot_split(base, tmp_pat
     same_weights(base, two)  # untouched
 
 
-def test_sft_on_two_processes_is_the_one_process_run(base, tmp_path):
-    """Token-weighted SFT loss: every rank divides by the whole step's target count, micro-batches inside a
-    rank's half included; the pretraining mix (ptx) is split the same way."""
-    flags = ["--init", str(base / "model.pt"), "--max-steps", "3", "--batch-size", "4", "--micro-batch-size", "1",
-             "--ptx-batch-size", "2", "--eval-every", "0", "--eval-windows", "2", "--log-every", "1"]
-    launch(1, "sft", tmp_path / "one", *flags)
-    launch(2, "sft", tmp_path / "two", *flags)
-    same_weights(tmp_path / "one", tmp_path / "two")
-    for ra, rb in zip(rows(tmp_path / "one"), rows(tmp_path / "two")):
-        assert ra.keys() == rb.keys()
-        for k in ("loss", "ptx_loss", "token_acc", "tokens_seen"):
-            if k in ra:
-                assert ra[k] == pytest.approx(rb[k], rel=1e-5), k
-        assert same_value(ra["val_loss"], rb["val_loss"], rel=1e-5)
-
-
 @pytest.fixture(scope="module")
 def sft_model(base, tmp_path_factory):
     out = tmp_path_factory.mktemp("dist") / "sft"
@@ -115,13 +99,69 @@ def sft_model(base, tmp_path_factory):
     return out / "model.pt"
 
 
-def test_dpo_on_two_processes_is_the_one_process_run(sft_model, tmp_path):
-    flags = ["--init", str(sft_model), "--max-steps", "3", "--batch-size", "4", "--micro-batch-size", "1",
-             "--max-pairs", "32", "--eval-pairs", "8", "--log-every", "1", "--lr", "1e-3"]
-    launch(1, "dpo", tmp_path / "one", *flags)
-    launch(2, "dpo", tmp_path / "two", *flags)
-    same_weights(tmp_path / "one", tmp_path / "two")
-    a, b = rows(tmp_path / "one"), rows(tmp_path / "two")
+RUNS = """
+import importlib
+import sys
+from minipost.common import config_with_preset
+
+def vowels(prompt, completion, record):  # a reward that differs between answers, so groups carry a signal
+    return sum(c in "aeiou" for c in completion) / max(len(completion), 1)
+
+base, sft, out = sys.argv[1:4]
+RL = dict(init=sft, max_steps=3, prompts_per_step=4, group_size=4, micro_batch_size=3, max_new_tokens=12,
+          eval_every=0, eval_limit=1, log_every=1, lr=1e-3, domains="arithmetic")
+RUNS = {  # micro-batches inside each rank's share of the rows, every objective's held-out evaluation
+    "sft": dict(init=base, max_steps=3, batch_size=4, micro_batch_size=1, ptx_batch_size=2, eval_every=0,
+                eval_windows=2, log_every=1),
+    "dpo": dict(init=sft, max_steps=3, batch_size=4, micro_batch_size=1, max_pairs=32, eval_pairs=8, log_every=1,
+                lr=1e-3),
+    "reward_model": dict(init=sft, max_steps=3, batch_size=4, micro_batch_size=1, max_pairs=32, log_every=1,
+                         eval_every=3),
+    "grpo": dict(**RL, num_iterations=2),
+    "reinforce": dict(**RL, num_iterations=2),
+    "ppo": dict(**RL, ppo_epochs=2, num_minibatches=3),
+}
+for name, flags in RUNS.items():
+    module = importlib.import_module(f"minipost.{name}")
+    cfg = config_with_preset(module.Config, module.PRESETS, out=f"{out}/{name}", progress=False, **flags)
+    module.train(cfg, reward_fn=vowels) if "prompts_per_step" in flags else module.train(cfg)
+"""
+
+
+@pytest.fixture(scope="module")
+def runs(base, sft_model, tmp_path_factory):
+    """SFT, DPO, the reward model, GRPO, RLOO and PPO, trained one after another by one process and by two
+    (one launch each: the tests below compare their folders one/<objective> and two/<objective>)."""
+    root = tmp_path_factory.mktemp("runs")
+    (root / "runs.py").write_text(RUNS)
+    repo = str(Path(__file__).resolve().parent.parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([repo, os.environ.get("PYTHONPATH", "")])}
+    for n, out in ((1, "one"), (2, "two")):
+        head = [sys.executable] + (["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}"] if n > 1
+                                   else [])
+        proc = subprocess.run(head + [str(root / "runs.py"), str(base / "model.pt"), str(sft_model), str(root / out)],
+                              capture_output=True, text=True, timeout=900, env=env)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return root / "one", root / "two"
+
+
+def test_sft_on_two_processes_is_the_one_process_run(runs):
+    """Token-weighted SFT loss: every rank divides by the whole step's target count, micro-batches inside a
+    rank's half included; the pretraining mix (ptx) is split the same way."""
+    one, two = (r / "sft" for r in runs)
+    same_weights(one, two)
+    for ra, rb in zip(rows(one), rows(two)):
+        assert ra.keys() == rb.keys()
+        for k in ("loss", "ptx_loss", "token_acc", "tokens_seen"):
+            if k in ra:
+                assert ra[k] == pytest.approx(rb[k], rel=1e-5), k
+        assert same_value(ra["val_loss"], rb["val_loss"], rel=1e-5)
+
+
+def test_dpo_on_two_processes_is_the_one_process_run(runs):
+    one, two = (r / "dpo" for r in runs)
+    same_weights(one, two)
+    a, b = rows(one), rows(two)
     assert len(a) == len(b) == 3 and a[0]["loss"] == pytest.approx(0.6931, abs=1e-3)  # ln 2 on the first step
     for ra, rb in zip(a, b):
         for k in ("loss", "nll_loss", "rewards/margins", "rewards/accuracies", "logps/chosen"):
@@ -130,13 +170,10 @@ def test_dpo_on_two_processes_is_the_one_process_run(sft_model, tmp_path):
     assert [r["eval_pref_acc"] is None for r in a] == [True, True, False]  # measured at the last step only
 
 
-def test_reward_model_on_two_processes_is_the_one_process_run(sft_model, tmp_path):
-    flags = ["--init", str(sft_model), "--max-steps", "3", "--batch-size", "4", "--micro-batch-size", "1",
-             "--max-pairs", "32", "--log-every", "1", "--eval-every", "3"]
-    launch(1, "reward_model", tmp_path / "one", *flags)
-    launch(2, "reward_model", tmp_path / "two", *flags)
-    same_weights(tmp_path / "one", tmp_path / "two")
-    a, b = rows(tmp_path / "one"), rows(tmp_path / "two")
+def test_reward_model_on_two_processes_is_the_one_process_run(runs):
+    one, two = (r / "reward_model" for r in runs)
+    same_weights(one, two)
+    a, b = rows(one), rows(two)
     for ra, rb in zip(a, b):
         for k in ("loss", "accuracy", "margin"):
             assert ra[k] == pytest.approx(rb[k], rel=1e-4, abs=1e-6), k
@@ -144,40 +181,14 @@ def test_reward_model_on_two_processes_is_the_one_process_run(sft_model, tmp_pat
     assert [r["eval_accuracy"] is None for r in a] == [True, True, False]  # --eval-every 3: at step 3
 
 
-RL_SCRIPT = """
-import importlib
-import sys
-from minipost.common import config_with_preset
-
-def vowels(prompt, completion, record):  # a reward that differs between answers, so groups carry a signal
-    return sum(c in "aeiou" for c in completion) / max(len(completion), 1)
-
-module = importlib.import_module(sys.argv[3])
-cfg = config_with_preset(module.Config, module.PRESETS, init=sys.argv[1], out=sys.argv[2], progress=False,
-                         max_steps=3, prompts_per_step=4, group_size=4, micro_batch_size=3, max_new_tokens=12,
-                         eval_every=0, eval_limit=1, log_every=1, lr=1e-3, domains="arithmetic",
-                         **({"ppo_epochs": 2, "num_minibatches": 3} if "ppo" in sys.argv[3] else {"num_iterations": 2}))
-module.train(cfg, reward_fn=vowels)
-"""
-
-
-@pytest.mark.parametrize("module", ["minipost.grpo", "minipost.reinforce", "minipost.ppo"])
-def test_rl_on_two_processes_is_the_one_process_run(sft_model, tmp_path, module):
+@pytest.mark.parametrize("module", ["grpo", "reinforce", "ppo"])
+def test_rl_on_two_processes_is_the_one_process_run(runs, module):
     """Each rank samples the groups of half the prompts with the random draws one process uses for those rows
     (GPT.generate rows_of, dist.skip_draws), so the answers, rewards and advantages are one process's, and the
     update is too, up to float rounding (the rows' log-probs come from batches of another size)."""
-    script = tmp_path / "rl_run.py"
-    script.write_text(RL_SCRIPT)
-    repo = str(Path(__file__).resolve().parent.parent)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([repo, os.environ.get("PYTHONPATH", "")])}
-    for n, out in ((1, "one"), (2, "two")):
-        head = [sys.executable] + (["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}"] if n > 1
-                                   else [])
-        proc = subprocess.run(head + [str(script), str(sft_model), str(tmp_path / out), module], capture_output=True,
-                              text=True, timeout=600, env=env)
-        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    a = [r for r in rows(tmp_path / "one") if "reward" in r]
-    b = [r for r in rows(tmp_path / "two") if "reward" in r]
+    one, two = (r / module for r in runs)
+    a = [r for r in rows(one) if "reward" in r]
+    b = [r for r in rows(two) if "reward" in r]
     assert len(a) == len(b) == 3 and a[0]["zero_std_frac"] < 1  # the groups had a signal
     for ra, rb in zip(a, b):
         assert ra.keys() == rb.keys()
@@ -190,7 +201,7 @@ def test_rl_on_two_processes_is_the_one_process_run(sft_model, tmp_path, module)
     # up to lr per step either way, in one run and not the other. Measured: GRPO and RLOO (6 steps) agree to
     # 2.1e-5 everywhere; PPO (18 steps) has 1 weight in 65536 at 3e-4, every other within 1e-4. So: at most one
     # weight in 10,000 beyond 1e-4, and none beyond the total step of 18 Adam steps at lr 1e-3
-    wa, wb = (load_checkpoint(tmp_path / d / "model.pt")["model"] for d in ("one", "two"))
+    wa, wb = (load_checkpoint(d / "model.pt")["model"] for d in (one, two))
     diff = torch.cat([(wa[k] - wb[k]).abs().flatten() for k in wa])
     assert (diff > 1e-4).float().mean() <= 1e-4 and diff.max() < 18 * 1e-3, (diff.max(), (diff > 1e-4).sum())
 

@@ -10,17 +10,33 @@ from minipost.common import InputError, load_checkpoint
 from minipost.pipeline import Config, run, run_planned, stage_config
 
 
-def test_pipeline_smoke_runs_every_stage_and_writes_the_report(tmp_path, capsys):
-    report = run(Config(out=str(tmp_path), max_steps=2, eval_limit=2, progress=False))
+@pytest.fixture
+def lean_pairs(monkeypatch):
+    """DPO and the reward model on 64 of the world's 2,040 pairs: at two steps a stage, the reference log-probs
+    of every pair were most of the pipeline's time (these tests check its plumbing, not its results)."""
+    lean = {"reward_model": {"max_pairs": 64}, "dpo": {"max_pairs": 64}}
+    monkeypatch.setattr(pipeline, "STAGES", {name: (m, parent, {**over, **lean.get(name, {})})
+                                             for name, (m, parent, over) in pipeline.STAGES.items()})
+
+
+def test_pipeline_smoke_runs_every_stage_and_writes_the_report(tmp_path, capsys, lean_pairs):
+    """Every stage, the RL ones once per seed, then the card (its rows with two seeds show their spread)."""
+    report = run(Config(out=str(tmp_path), max_steps=2, eval_limit=2, seeds="1337,2", progress=False))
     assert list(report) == ["base", "sft", "dpo", "rloo", "grpo", "ppo"]
-    for stage in ("pretrain", "sft", "reward_model", "dpo", "rloo", "grpo", "ppo"):
+    for stage in ("pretrain", "sft", "reward_model", "dpo", "rloo", "grpo", "ppo", "rloo_s2", "grpo_s2", "ppo_s2"):
         assert (tmp_path / stage / "model.pt").exists(), stage
+    assert not (tmp_path / "sft_s2").exists()  # only the RL stages repeat
+    assert json.loads((tmp_path / "grpo_s2" / "config.json").read_text())["seed"] == 2
     assert "pref_acc" in report["dpo"] and "pref_acc" not in report["sft"]  # sft is the reference
     assert "win_rate" in report["dpo"] and "win_rate" not in report["sft"]  # ... and the judge's baseline
     saved = json.loads((tmp_path / "report" / "report.json").read_text())
     assert saved["card"] == json.loads(json.dumps(report))
     assert saved["parents"] == {"sft": "base", "dpo": "sft", "rloo": "dpo", "grpo": "dpo", "ppo": "dpo"}
-    assert report["ppo"]["knowledge"]["vs"] == "dpo" and len(saved["items"]["ppo"]["knowledge"]) == 2
+    cell = report["ppo"]["knowledge"]
+    assert cell["vs"] == "dpo" and cell["seeds"] == 2 and len(cell["per_seed"]) == 2
+    assert len(saved["items"]["ppo"]) == 2 and len(saved["items"]["ppo"][0]["knowledge"]) == 2  # per seed, per item
+    assert "seeds" not in report["dpo"]["knowledge"]
+    assert "grpo (2 seeds)" in (tmp_path / "report" / "report.md").read_text()
     assert "stage" in capsys.readouterr().out
 
 
@@ -129,18 +145,6 @@ def test_bad_stage_names_and_flags_fail_before_anything_runs(tmp_path):
             Config(out=str(tmp_path), seeds=seeds)
     with pytest.raises(InputError, match="--seeds '1,2': repeats the RL stages"):
         Config(out=str(tmp_path), stages="pretrain,sft", seeds="1,2")
-
-
-def test_seeds_repeat_the_rl_stages_and_the_card_shows_their_spread(tmp_path):
-    report = run(Config(out=str(tmp_path), stages="pretrain,sft,dpo,grpo", seeds="1337,2", max_steps=2,
-                        eval_limit=2, progress=False))
-    assert (tmp_path / "grpo" / "model.pt").exists() and (tmp_path / "grpo_s2" / "model.pt").exists()
-    assert not (tmp_path / "sft_s2").exists()  # only the RL stages repeat
-    assert json.loads((tmp_path / "grpo_s2" / "config.json").read_text())["seed"] == 2
-    cell = report["grpo"]["knowledge"]
-    assert cell["seeds"] == 2 and len(cell["per_seed"]) == 2 and cell["vs"] == "dpo"
-    assert "seeds" not in report["dpo"]["knowledge"]
-    assert "grpo (2 seeds)" in (tmp_path / "report" / "report.md").read_text()
 
 
 def test_a_stage_whose_start_is_missing_is_refused_before_anything_is_written(tmp_path):
