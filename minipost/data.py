@@ -206,6 +206,24 @@ def tokenize_pairs(enc, rows: list[dict], block_size: int, where: str = "", line
     return pairs
 
 
+def pack_examples(examples: list[tuple[list[int], list[int]]], block_size: int):
+    """Greedily concatenate (ids, loss_mask) examples, in order, into rows of at most block_size + 1 tokens.
+
+    A row of block_size + 1 tokens gives block_size (input, target) pairs. Examples are never split; an
+    example longer than a row is already cut by `tokenize_chats`. SFT's --pack (sft.py says what
+    packing changes).
+    """
+    rows, ids, mask = [], [], []
+    for e_ids, e_mask in examples:
+        if ids and len(ids) + len(e_ids) > block_size + 1:
+            rows.append((ids, mask))
+            ids, mask = [], []
+        ids, mask = ids + e_ids, mask + e_mask
+    if ids:
+        rows.append((ids, mask))
+    return rows
+
+
 def pair_batch(pairs: list[tuple], pad_id: int):
     """B pairs -> one padded batch of 2B rows, chosen rows first: x (2B, T), y (2B, T)."""
     return collate([c for c, _ in pairs] + [r for _, r in pairs], pad_id)

@@ -14,11 +14,8 @@ r(x, y) = beta * log pi(y|x)/pi_ref(y|x) + const, so this log-ratio *is* an impl
 Bradley-Terry likelihood of the preferences under it. We log it as rewards/chosen and rewards/rejected.
 
 Reading the metrics: at step 0 the policy equals the reference, so every reward is 0 and the loss is
-ln 2 = 0.693. rewards/margins (chosen - rejected) should grow and rewards/accuracies (the share of pairs with
-chosen reward strictly above rejected) rise towards 1. (At step 1 it is not exactly 0: the reference's log-probs
-were computed in differently padded batches, and float rounding of ~1e-6 breaks some of the ties.)
-Both rewards often go *down* together (the policy
-lowers the probability of both answers, the rejected one faster); watch logps/chosen for that.
+ln 2 = 0.693; rewards/margins (chosen - rejected) should grow and rewards/accuracies (the share of pairs whose
+chosen reward is strictly above the rejected one) rise towards 1 (docs/metrics.md).
 
 Loss types (`dpo_loss(..., loss_type=)`), all functions of h:
     sigmoid  -log sigmoid(beta h)                                          DPO (Rafailov et al. 2023)
@@ -31,26 +28,18 @@ Loss types (`dpo_loss(..., loss_type=)`), all functions of h:
 Deviations and choices:
 - IPO's h uses summed log-probs, as in the paper's equation (TRL averages over tokens for IPO).
 - The reference's log-probs are computed once for every training and held-out pair before training starts
-  (the reference never changes), so each step runs only the policy. `--resume` recomputes them: the same model
-  on the same batches gives the same numbers (the resume test checks bit-identical weights).
-- `batch_size` pairs per optimizer step, in micro-batches of `micro_batch_size` pairs (0: all at once). The loss
-  is a mean over pairs, so a micro-batch of b pairs weighs b / B, and the NLL term is normalised by the chosen
-  tokens of the whole batch: accumulation is exact, up to float rounding.
-- `eval_pref_acc` is heldout.preference_accuracy on heldout.pair_logps, the code behind the report card's pref_acc,
-  on the first `eval_pairs` (256) held-out pairs; the card scores all 300 of eval_prefs.jsonl, so the two can
-  differ by a little.
-- samples.txt holds greedy answers to two held-out prompts per domain of the world's eval.jsonl, scored by
-  heldout.write_samples; without the world's files (your own --data and no data/eval.jsonl) it is not written.
-- The policy is trained with dropout off (the nano and small models have none): its log-probs are compared with
-  the reference's, and noise in one side would show up as a fake reward.
-- The reference defaults to the init checkpoint; `--ref` can name another, which must share the policy's
-  tokenizer (another one would score different token ids; it is refused before anything is written).
-- `rpo_alpha` (default 1.0) adds rpo_alpha * (mean per-token NLL of the chosen answers) to the loss,
-  as in RPO (Pang et al. 2024, "Iterative Reasoning Preference Optimization", eq. 1). Plain DPO only constrains the
-  *difference* of log-ratios, so both log-probs can fall together; the NLL term keeps the chosen ones up.
-  Measured on nano: plain DPO (beta 0.1, lr 3e-4) took logps/chosen from -7 to -35 and knowledge QA from 94% to
-  10%; with rpo_alpha 1, lr 1e-4, beta 0.5 logps/chosen rose from -7 to -3 and no domain score fell by
-  more than 4 points.
+  (the reference never changes), so each step runs only the policy; a resume recomputes the same numbers.
+- `batch_size` pairs per optimizer step, in micro-batches of `micro_batch_size` pairs: the loss is a mean over
+  pairs (a micro-batch of b pairs weighs b / B) and the NLL term is normalised by the chosen tokens of the
+  whole batch, so accumulation is exact, up to float rounding.
+- `rpo_alpha` (default 1.0) adds rpo_alpha * (mean per-token NLL of the chosen answers), as in RPO (Pang et al.
+  2024, "Iterative Reasoning Preference Optimization", eq. 1): plain DPO only constrains the *difference* of
+  log-ratios, so both log-probs can fall together; the NLL term keeps the chosen ones up (measured on nano:
+  docs/faq.md, "Why do DPO's chosen log-probs go down?").
+- Dropout stays off: the policy's log-probs are compared with the reference's, and noise in one side would
+  show up as a fake reward. `--ref` may name another reference with the policy's tokenizer.
+- `eval_pref_acc` is the report card's pref_acc (heldout.preference_accuracy) on the first `eval_pairs` held-out
+  pairs; samples.txt holds greedy answers to two held-out prompts per domain of the world's eval.jsonl.
 
 What the loop leaves out: torchrun, the run folder, resume, the log/eval/save cadence, the finite checks, the optimizer
 step (gradient all-reduce, clip, step) and the outputs go through `run` (minipost/harness/run.py).
@@ -63,7 +52,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -73,8 +61,8 @@ from minipost.data import IGNORE, EpochBatches, load_prefs, num_targets, pair_ba
 from minipost.heldout import pair_logps, preference_accuracy, write_samples
 from minipost.harness import Run, RunConfig
 from minipost.logprobs import sequence_logprobs
-from minipost.lora import add_lora_from_flags, merge_lora, parse_targets, trainable, training_bytes
-from minipost.model import check_same_tokenizer, load_model, model_checkpoint
+from minipost.lora import LoRAConfig, add_lora_from_flags, merge_lora, trainable, training_bytes
+from minipost.model import load_policy_and_reference, model_checkpoint
 from minipost.optim import adamw, cosine_lr, set_lr
 from minipost.tokenizer import special_id
 from minipost.world import build as build_world
@@ -83,7 +71,7 @@ LOSS_TYPES = ["sigmoid", "ipo", "hinge", "robust"]
 
 
 @dataclass
-class Config(RunConfig):
+class Config(LoRAConfig, RunConfig):
     """Direct Preference Optimization on (prompt, chosen, rejected) pairs against a frozen reference.
     The defaults are the nano preset (a laptop CPU, ~2 min); `--preset small` changes only what PRESETS lists."""
     preset: str = field("nano", "model size and schedule: nano (laptop CPU) or small (one GPU)",
@@ -115,11 +103,6 @@ class Config(RunConfig):
     save_every: int = field(50, "steps between OUT/state.pt saves (for --resume)", min=1)
     logprobs_impl: str = field("auto", "token_logprobs implementation",
                                choices=["auto", "reference", "chunked", "triton"])
-    lora_rank: int = field(0, "LoRA: adapters of this rank on --lora-targets and every other weight frozen; model.pt "
-                           "has them merged (0: full fine-tuning; minipost/lora.py)", min=0)
-    lora_alpha: float = field(16.0, "LoRA scale: the update is (alpha / rank) B A", gt=0)
-    lora_targets: str = field("attn,mlp", "linear layers that get LoRA adapters: attn, mlp, qkv, proj, fc",
-                              check=parse_targets)
 
     def __post_init__(self):
         check_config(self)
@@ -168,20 +151,23 @@ def dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_r
     return losses, chosen_rewards, rejected_rewards
 
 
+def pair_metrics(losses, chosen_rewards, rejected_rewards, chosen_logps, rejected_logps) -> dict[str, float]:
+    """What a batch of pairs logs (TRL's names), each a mean over its pairs: all inputs (b,)."""
+    return {"loss": losses.mean().item(), "rewards/chosen": chosen_rewards.mean().item(),
+            "rewards/rejected": rejected_rewards.mean().item(),
+            "rewards/margins": (chosen_rewards - rejected_rewards).mean().item(),
+            "rewards/accuracies": (chosen_rewards > rejected_rewards).float().mean().item(),
+            "logps/chosen": chosen_logps.detach().mean().item(), "logps/rejected": rejected_logps.detach().mean().item()}
+
+
 def train(cfg: Config) -> dict:
     run = Run(cfg, "dpo")  # torchrun ranks, CPU threads, seeds, the run folder: minipost/harness/run.py
     mine = run.shard(cfg.batch_size)  # this process's pairs of every global batch (all of them alone)
     device = run.device
 
     # ---- models: the policy starts as the init checkpoint; the reference is a frozen copy of it (or --ref)
-    for flag, path in (("--init", cfg.init), ("--ref", cfg.ref)):
-        if path and not Path(path).exists():  # (a folder: load_model says which file it means)
-            raise InputError(f"{flag} {path}: no such checkpoint; run SFT first "
-                             "(python -m minipost.sft --init runs/pretrain/model.pt --out runs/sft)")
-    model, enc, ckpt = load_model(cfg.init, device)
-    ref_model, ref_enc, _ = load_model(cfg.ref or cfg.init, device)  # load_model returns it in eval mode
-    check_same_tokenizer(enc, ref_enc, cfg.init, cfg.ref or cfg.init)
-    ref_model.requires_grad_(False)
+    model, ref_model, enc, ckpt = load_policy_and_reference(cfg.init, cfg.ref, device, hint="run SFT first "
+                                                            "(python -m minipost.sft --out runs/sft)")
     block_size = min(cfg.block_size, model.cfg.block_size, ref_model.cfg.block_size)
     print(f"model: {model.num_params() / 1e6:.2f}M parameters from {cfg.init} on {device}; "
           f"reference {cfg.ref or cfg.init}")
@@ -219,8 +205,7 @@ def train(cfg: Config) -> dict:
         idx = idx[mine]  # this process's pairs
         micro_idx = [idx[s:s + micro] for s in range(0, len(idx), micro)]
         micro_xy = [pair_batch([pairs[i] for i in mb], pad_id) for mb in micro_idx]  # (2b, T) each, chosen first
-        stats = {k: 0.0 for k in ("loss", "nll_loss", "rewards/chosen", "rewards/rejected", "rewards/margins",
-                                  "rewards/accuracies", "logps/chosen", "logps/rejected")}
+        stats = {"loss": 0.0, "nll_loss": 0.0}  # then pair_metrics' keys, each a mean over the batch's pairs
         for mb, (x, y) in zip(micro_idx, micro_xy):
             b = len(mb)
             weight = b / B  # the loss is a mean over the batch's pairs: this micro-batch's share
@@ -238,11 +223,8 @@ def train(cfg: Config) -> dict:
             run.check(loss, "loss")
             loss.backward()
             stats["nll_loss"] += nll.item()
-            for k, v in (("loss", losses.mean()), ("rewards/chosen", chosen_r.mean()),
-                         ("rewards/rejected", rejected_r.mean()), ("rewards/margins", (chosen_r - rejected_r).mean()),
-                         ("rewards/accuracies", (chosen_r > rejected_r).float().mean()),
-                         ("logps/chosen", logps[:b].detach().mean()), ("logps/rejected", logps[b:].detach().mean())):
-                stats[k] += v.item() * weight
+            for k, v in pair_metrics(losses, chosen_r, rejected_r, logps[:b], logps[b:]).items():
+                stats[k] = stats.get(k, 0.0) + v * weight  # this micro-batch's share of the batch mean
         grad_norm = run.optimizer_step(model, optimizer, cfg.grad_clip)
         stats = {k: run.sum(v) for k, v in stats.items()}
 
@@ -255,9 +237,8 @@ def train(cfg: Config) -> dict:
         run.end_step(eval_pref_acc=eval_acc, stats=stats)
 
     # ---- the outputs later stages read: model.pt (plain weights: LoRA adapters merged), samples.txt
-    summary = {**stats, "eval_pref_acc": eval_acc if eval_pairs else None, "steps": run.step, "seconds": run.elapsed,
-               "steps_per_s": run.step / max(run.elapsed, 1e-9), "device": str(device),
-               "trainable_params": trainable_params, "training_bytes": training_bytes(model, optimizer)}
+    summary = run.summary(**stats, eval_pref_acc=eval_acc if eval_pairs else None, trainable_params=trainable_params,
+                          training_bytes=training_bytes(model, optimizer))
     if run.done:
         merge_lora(model)  # (no adapters: nothing to do) model.pt holds plain weights that every command loads
     if run.finish(model_checkpoint(model, ckpt["tokenizer"], run.step),

@@ -26,7 +26,9 @@ import math
 import torch
 import torch.nn as nn
 
-from minipost.common import InputError
+from dataclasses import dataclass
+
+from minipost.common import InputError, field
 
 TARGETS = ("attn", "mlp")  # every linear layer of the attention (qkv, proj) and the MLP (fc, proj)
 
@@ -112,6 +114,17 @@ def training_bytes(model: nn.Module, optimizer: torch.optim.Optimizer) -> int:
     state = sum(t.numel() * t.element_size() for st in optimizer.state.values() for t in st.values()
                 if torch.is_tensor(t))
     return grads + state
+
+
+@dataclass
+class LoRAConfig:
+    """The LoRA flags of the objectives that fine-tune a whole model (SFT, DPO): a Config adds them by deriving
+    from this class too, and add_lora_from_flags reads them."""
+    lora_rank: int = field(0, "LoRA: adapters of this rank on --lora-targets and every other weight frozen; model.pt "
+                           "has them merged (0: full fine-tuning; minipost/lora.py)", min=0)
+    lora_alpha: float = field(16.0, "LoRA scale: the update is (alpha / rank) B A", gt=0)
+    lora_targets: str = field("attn,mlp", "linear layers that get LoRA adapters: attn, mlp, qkv, proj, fc",
+                              check=parse_targets)
 
 
 def add_lora_from_flags(model: nn.Module, cfg) -> str:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -371,3 +372,17 @@ def check_same_tokenizer(enc, other_enc, path, other_path) -> None:
     if enc.name != other_enc.name or enc.n_vocab != other_enc.n_vocab:
         raise InputError(f"{other_path}: tokenizer {other_enc.name!r} ({other_enc.n_vocab} tokens) differs from "
                          f"{path}'s {enc.name!r} ({enc.n_vocab} tokens); the reference must share the policy's")
+
+
+def load_policy_and_reference(init, ref, device="cpu", hint: str = ""):
+    """The policy to train (--init) and the frozen reference it is compared with (--ref, default a copy of
+    --init), sharing one tokenizer -> (policy, reference, tokenizer, the policy's checkpoint dict). A missing
+    file is one line naming its flag, and `hint` (what produces it)."""
+    for flag, path in (("--init", init), ("--ref", ref)):
+        if path and not Path(path).exists():  # (a folder: load_model says which file it means)
+            raise InputError(f"{flag} {path}: no such checkpoint{'; ' + hint if hint else ''}")
+    policy, enc, ckpt = load_model(init, device)
+    reference, ref_enc, _ = load_model(ref or init, device)  # in eval mode, as load_model returns every model
+    check_same_tokenizer(enc, ref_enc, init, ref or init)
+    reference.requires_grad_(False)
+    return policy, reference, enc, ckpt

@@ -16,17 +16,13 @@ then the micro-batch means (the common bug) over-weights the tokens of micro-bat
 
 Choices and deviations, all switchable in `Config`:
 - packing (`pack`, off by default): several conversations are concatenated into one row of up to block_size + 1
-  tokens, so fewer pad tokens are computed. Attention is not reset at conversation boundaries: a conversation can
-  attend to the one before it in the row (nanochat packs this way too). The loss mask is unchanged, so only the
-  context differs. TRL (1.16) differs: packing is off by default there too, and its default packing strategy
-  ("bfd") is padding-free with position ids restarting at each conversation, which keeps attention inside each
-  conversation on FlashAttention-style kernels.
+  tokens, so fewer pad tokens are computed. Attention is not reset at conversation boundaries (nanochat packs
+  this way too); the loss mask is unchanged. TRL 1.16's default packing ("bfd") restarts position ids at each
+  conversation, which keeps attention inside it on FlashAttention-style kernels.
 - pretraining mix (`ptx_coef`): optionally add ptx_coef * (next-token loss on a packed batch of pretraining
   text) to every step, the "pretraining mix" InstructGPT uses in PPO-ptx (their eq. 2) to limit forgetting.
   Logged as `ptx_loss`; `val_loss` (held-out pretraining text) shows what SFT costs the base model. The defaults
-  use it (ptx_coef 1): on nano, 100 SFT steps at lr 1e-3 *without* it raised the held-out pretraining loss (then
-  measured on 32 windows) from 1.08 to 2.90; with it (lr 5e-4) the loss stayed at 0.88-1.00 and held-out
-  knowledge QA reached 94%.
+  use it (ptx_coef 1; why, measured: docs/faq.md, "Why mix pretraining text into SFT?").
 - the learning-rate schedule and optimizer are the shared ones (`optim.cosine_lr`, `optim.adamw`); `val_loss` is
   `heldout.heldout_loss` with the report card's 64 windows of 256 tokens, so it equals the card's val_loss of the
   same checkpoint.
@@ -46,12 +42,12 @@ from pathlib import Path
 import torch
 
 from minipost.common import DATA_DIR, InputError, autocast, check_config, field, main, read_jsonl
-from minipost.data import (IGNORE, EpochBatches, collate, load_chats, load_texts, num_targets, pack, packed_batch,
-                           per_domain, tokenize_chats)
+from minipost.data import (IGNORE, EpochBatches, collate, load_chats, load_texts, num_targets, pack, pack_examples,
+                           packed_batch, per_domain, tokenize_chats)
 from minipost.heldout import heldout_loss, write_samples
 from minipost.harness import Run, RunConfig
 from minipost.logprobs import token_logprobs
-from minipost.lora import add_lora_from_flags, merge_lora, parse_targets, trainable, training_bytes
+from minipost.lora import LoRAConfig, add_lora_from_flags, merge_lora, trainable, training_bytes
 from minipost.model import load_model, model_checkpoint
 from minipost.optim import adamw, cosine_lr, set_lr
 from minipost.tokenizer import special_id
@@ -59,7 +55,7 @@ from minipost.world import build as build_world
 
 
 @dataclass
-class Config(RunConfig):
+class Config(LoRAConfig, RunConfig):
     """Supervised fine-tuning on chat data: loss on the assistant's tokens only. The defaults are the nano preset."""
     preset: str = field("nano", "schedule: nano (laptop CPU) or small (one GPU); the model's size comes from --init",
                         choices=["nano", "small"])
@@ -88,11 +84,6 @@ class Config(RunConfig):
     save_every: int = field(100, "steps between OUT/state.pt saves (what --resume continues from)", min=1)
     logprobs_impl: str = field("auto", "token_logprobs implementation",
                                choices=["auto", "reference", "chunked", "triton"])
-    lora_rank: int = field(0, "LoRA: adapters of this rank on --lora-targets and every other weight frozen; model.pt "
-                           "has them merged (0: full fine-tuning; minipost/lora.py)", min=0)
-    lora_alpha: float = field(16.0, "LoRA scale: the update is (alpha / rank) B A", gt=0)
-    lora_targets: str = field("attn,mlp", "linear layers that get LoRA adapters: attn, mlp, qkv, proj, fc",
-                              check=parse_targets)
 
     def __post_init__(self):
         check_config(self)
@@ -126,23 +117,6 @@ def token_accuracy(logits, targets) -> tuple[int, int]:
     mask = targets != IGNORE  # (B, T)
     correct = (logits.argmax(dim=-1) == targets) & mask
     return int(correct.sum()), int(mask.sum())
-
-
-def pack_examples(examples: list[tuple[list[int], list[int]]], block_size: int):
-    """Greedily concatenate (ids, loss_mask) examples, in order, into rows of at most block_size + 1 tokens.
-
-    A row of block_size + 1 tokens gives block_size (input, target) pairs. Examples are never split; an
-    example longer than a row is already cut by `tokenize_chats`.
-    """
-    rows, ids, mask = [], [], []
-    for e_ids, e_mask in examples:
-        if ids and len(ids) + len(e_ids) > block_size + 1:
-            rows.append((ids, mask))
-            ids, mask = [], []
-        ids, mask = ids + e_ids, mask + e_mask
-    if ids:
-        rows.append((ids, mask))
-    return rows
 
 
 def train(cfg: Config) -> dict:
@@ -220,10 +194,9 @@ def train(cfg: Config) -> dict:
         run.end_step(tokens_seen=tokens_seen, val_loss=val_loss)
 
     # ---- the outputs later stages read: model.pt (plain weights: LoRA adapters merged), samples.txt
-    summary = {"loss": loss_sum, "token_acc": correct / max(n_tok, 1), "tokens_seen": tokens_seen,
-               "val_loss": val_loss, "seconds": run.elapsed, "steps_per_s": run.step / max(run.elapsed, 1e-9),
-               "device": str(run.device), "steps": run.step, "trainable_params": trainable_params,
-               "training_bytes": training_bytes(model, optimizer)}
+    summary = run.summary(loss=loss_sum, token_acc=correct / max(n_tok, 1), tokens_seen=tokens_seen,
+                          val_loss=val_loss, trainable_params=trainable_params,
+                          training_bytes=training_bytes(model, optimizer))
     if run.done:
         merge_lora(model)  # (no adapters: nothing to do) model.pt holds plain weights that every command loads
     if run.finish(model_checkpoint(model, ckpt["tokenizer"], run.step),

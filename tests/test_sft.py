@@ -14,7 +14,7 @@ import minipost.heldout as heldout
 import minipost.sft as sft
 import minipost.tokenizer as tokenizer
 from minipost.common import DATA_DIR, InputError, config_with_preset, load_checkpoint, read_metrics, save_checkpoint
-from minipost.data import IGNORE, collate, per_domain
+from minipost.data import IGNORE, collate, pack_examples, per_domain
 from minipost.model import GPT, GPTConfig, load_model, model_checkpoint
 
 # A byte-level tokenizer (no merges): 256 byte tokens + the specials. Needs no trained file.
@@ -101,7 +101,7 @@ def test_grad_accumulation_equals_one_big_batch():
 
 def test_pack_examples_keeps_every_token_in_order_and_fits_rows():
     examples = [tokenizer.render_chat(ENC, chat(f"q{i}", "ans" * i)) for i in range(1, 8)]
-    rows = sft.pack_examples(examples, block_size=40)
+    rows = pack_examples(examples, block_size=40)
     assert all(len(ids) <= 41 and len(ids) == len(m) for ids, m in rows)
     assert [t for ids, _ in rows for t in ids] == [t for ids, _ in examples for t in ids]
     assert [t for _, m in rows for t in m] == [t for _, m in examples for t in m]
