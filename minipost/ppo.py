@@ -32,8 +32,7 @@ lr 5e-5 decayed linearly to 0 (critic 1e-4, constant), beta 0.02, one pass of 2 
 Deviations, all on purpose:
 - gamma = 1 (the only reward that matters is at the end) and lam = 1, where TRL uses 0.95: with one score at
   the end, lam = 1 makes A_t = (rewards still to come) - V(s_t), unbiased however wrong the critic is, and
-  the critic starts as an untrained head. Measured (nano, DPO start, arithmetic:2, 200 steps): arithmetic 34 -> 45
-  with lam 1, 34 -> 39 with lam 0.95. The critic's bootstrapping pays off on long episodes, not 15 tokens.
+  the critic starts as an untrained head (measured: docs/rl-variants.md, "PPO's lambda").
 - the reward is a verifiable checker (rewards.py), not a learned reward model.
 - the model stays in eval mode throughout (no dropout), like the other RL files.
 - where the score sits: on the last completion token (the <|end|> when the row stopped), and the value loss
@@ -53,20 +52,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from minipost import dist
 from minipost.common import InputError, check_config, field, main
 from minipost.data import per_domain
 from minipost.harness import Run
 from minipost.heldout import heldout_scores, write_samples
-from minipost.logprobs import masked_mean, whiten
+from minipost.logprobs import masked_mean
 from minipost.model import load_model, model_checkpoint
 from minipost.optim import adamw, linear_decay_lr, set_lr
 from minipost.rewards import parse_reward, token_rewards, zero_spread
-from minipost.rl import KL_LOSSES, add_info, check_kl_flags, kl_estimate, kl_loss_term, largest_weight
-from minipost.rollout import (RolloutConfig, completion_logprobs, load_policy_and_prompts, micro_batches,
-                              minibatches, next_prompts, sample_and_score)
+from minipost.rl import (KL_LOSSES, add_info, check_kl_flags, explained_variance, kl_estimate, kl_loss_term,
+                         largest_weight, whiten_tokens)
+from minipost.rollout import (RolloutConfig, completion_logprobs, completion_values, load_policy_and_prompts,
+                              micro_batches, minibatches, next_prompts, sample_and_score)
 
 
 @dataclass
@@ -75,24 +74,20 @@ class Config(RolloutConfig):
     out: str = field("runs/ppo", "output folder: config.json, metrics.jsonl, state.pt, model.pt, samples.txt")
     init: str = field("runs/dpo/model.pt", "checkpoint to start from (and the frozen reference)")
     missing_stop_penalty: float = field(1.0, "subtracted from the reward of a completion without <|end|>", min=0)
-    max_steps: int = field(200, "rollout batches (each followed by ppo_epochs * num_minibatches optimizer steps)",
-                           min=1)
+    max_steps: int = field(200, "rollout batches (each: ppo_epochs * num_minibatches optimizer steps)", min=1)
     group_size: int = field(8, "samples per prompt (G)", min=1)
     lr: float = field(5e-5, "Adam learning rate", gt=0)
-    lr_decay: bool = field(True, "decay the learning rate linearly to 0 over max_steps, set once per rollout step; "
-                                 "a run that max_seconds stops early ends above 0 (the critic's stays constant)")
+    lr_decay: bool = field(True, "decay the learning rate linearly to 0 over max_steps (the critic's stays constant)")
     grad_clip: float = field(1.0, "clip the global gradient norm to this (0: off)", min=0)
-    micro_batch_size: int = field(64, "rows per forward/backward within a minibatch (0: all its rows); exact "
-                                      "gradient accumulation, does not change the result beyond float rounding", min=0)
+    micro_batch_size: int = field(64, "rows per forward/backward in a minibatch (0: all); exact accumulation", min=0)
     ppo_epochs: int = field(1, "passes over each rollout batch", min=1, max=100)
-    num_minibatches: int = field(2, "optimizer steps per pass (the batch split into this many minibatches); unlike "
-                                    "micro_batch_size this changes the result: more, smaller, staler steps", min=1)
+    num_minibatches: int = field(2, "optimizer steps per pass (unlike micro_batch_size, this changes the result)",
+                                 min=1)
     clip_eps: float = field(0.2, "clip range for the policy ratio", gt=0)
     beta: float = field(0.02, "weight of the KL to the reference (per-token k1 in the reward by default)", min=0)
-    kl_in: str = field("reward", "where the KL goes: reward (k1 on every token, PPO's usual place) or loss "
-                                 "(kl_loss, differentiated)", choices=["reward", "loss"])
-    kl_loss: str = field("k3", "per-token KL term when kl_in is loss: k1, k2, k3 or k3_corrected "
-                               "(rl.kl_loss_term)", choices=list(KL_LOSSES))
+    kl_in: str = field("reward", "the KL in the reward (k1 on every token, PPO's usual place) or in the loss",
+                       choices=["reward", "loss"])
+    kl_loss: str = field("k3", "per-token KL term when kl_in is loss (rl.kl_loss_term)", choices=list(KL_LOSSES))
     gamma: float = field(1.0, "discount", min=0, max=1)
     lam: float = field(1.0, "GAE lambda (1: Monte Carlo advantages; < 1 trusts the critic more)", min=0, max=1)
     critic_lr: float = field(1e-4, "Adam learning rate of the critic", gt=0)
@@ -173,40 +168,6 @@ def ppo_value_loss(values, old_values, returns, mask, clip_value: float = 0.2) -
     return loss, {"value_loss": loss.detach()}
 
 
-def explained_variance(values, returns, mask, ranks: dist.Ranks = dist.Ranks()) -> float:
-    """1 - Var(R - V) / Var(R) over the masked tokens (of every rank's rows): 1 = perfect critic, 0 = no better
-    than a constant."""
-    m = mask.bool()
-    r, v = returns[m], values[m]
-    if ranks.world > 1:
-        r, v = (torch.tensor(dist.all_gather_lists(t.tolist(), ranks)) for t in (r, v))
-    return (1 - (r - v).var() / r.var().clamp(min=1e-8)).item()
-
-
-def whiten_batch(x, mask, ranks: dist.Ranks = dist.Ranks()):
-    """logprobs.whiten over the masked tokens of every rank's rows (torchrun: their values gathered)."""
-    if ranks.world == 1:
-        return whiten(x, mask)
-    values = torch.tensor(dist.all_gather_lists(x[mask.bool()].tolist(), ranks), device=x.device)
-    return (x - values.mean()) * torch.rsqrt(values.var(unbiased=False) + 1e-8) * mask
-
-
-def completion_values(critic, batch_rollout) -> torch.Tensor:
-    """The critic's V(s_t) for the state before each completion token -> (B, T), 0 where the mask is 0.
-
-    The same forward pass as completion_logprobs (prompt + completion minus its last token, columns that are
-    padding in every row cut), keeping only the final hidden states: no output layer, no log-softmax.
-    """
-    T = batch_rollout.completion_ids.shape[1]
-    p = max(int(batch_rollout.prompt_mask.sum(dim=1).max()), 1)  # prompt columns in use (left-padded)
-    t = max(int(batch_rollout.completion_mask.sum(dim=1).max()), 1)  # completion columns in use (right-padded)
-    ids = torch.cat([batch_rollout.prompt_ids[:, -p:], batch_rollout.completion_ids[:, :t]], dim=1)[:, :-1]
-    attn = torch.cat([batch_rollout.prompt_mask[:, -p:], batch_rollout.completion_mask[:, :t]], dim=1)[:, :-1]
-    _, hidden = critic(ids, attn, return_hidden=True, logits_to_keep=0)  # (B, p+t-1, C), no logits
-    values = critic.values(hidden[:, p - 1:])  # (B, t): the state before completion token 0, 1, ...
-    return F.pad(values, (0, T - t)) * batch_rollout.completion_mask  # (B, T)
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # the loop, one phase per function: prompts -> sample and score -> advantages -> update
 
@@ -219,7 +180,7 @@ def ppo_advantages(critic, batch_rollout, scores, ref_logps, cfg: Config, ranks:
     rewards = token_rewards(scores, batch_rollout.logprobs, ref_logps, mask,
                             cfg.beta if cfg.kl_in == "reward" else 0.0)  # (B, T)
     advantages, returns = gae(rewards, old_values, mask, cfg.gamma, cfg.lam)  # (B, T) each
-    return whiten_batch(advantages, mask, ranks), returns, old_values
+    return whiten_tokens(advantages, mask, ranks), returns, old_values
 
 
 def update(policy, critic, optimizer, critic_optimizer, batch_rollout, ref_logps, advantages, returns, old_values,

@@ -5,12 +5,17 @@ loss differentiates, and the bookkeeping of a rollout batch's metrics over micro
     kl_loss_term(logps, ref_logps, kind)    the per-token term a loss adds times beta, and which KL its gradient follows
     add_info(totals, info, ...)             a micro-batch's metrics into the rollout batch's means
     largest_weight(model)                   max |w|: inf or NaN as soon as one weight is, checked after each update
+    whiten_tokens(x, mask, ranks)           logprobs.whiten over the tokens of every torchrun rank's rows
+    explained_variance(values, returns, ...) how much of the returns' variance a critic explains
 """
 from __future__ import annotations
 
 import torch
 
+from minipost import dist
 from minipost.common import InputError
+from minipost.logprobs import whiten
+
 
 def kl_estimate(logps: torch.Tensor, ref_logps: torch.Tensor, kind: str = "k3") -> torch.Tensor:
     """Per-sample estimates of KL(pi || pi_ref) from log-probs of tokens *sampled from pi* (Schulman 2020,
@@ -84,3 +89,21 @@ def largest_weight(model) -> torch.Tensor:
     """max |w| over every parameter: inf or NaN as soon as one weight is (checked after each update, before the
     next rollout samples from broken weights)."""
     return torch.stack([p.detach().abs().max() for p in model.parameters()]).max()
+
+
+def explained_variance(values, returns, mask, ranks: dist.Ranks = dist.Ranks()) -> float:
+    """1 - Var(R - V) / Var(R) over the masked tokens (of every rank's rows): 1 = perfect critic, 0 = no better
+    than a constant."""
+    m = mask.bool()
+    r, v = returns[m], values[m]
+    if ranks.world > 1:
+        r, v = (torch.tensor(dist.all_gather_lists(t.tolist(), ranks)) for t in (r, v))
+    return (1 - (r - v).var() / r.var().clamp(min=1e-8)).item()
+
+
+def whiten_tokens(x, mask, ranks: dist.Ranks = dist.Ranks()):
+    """logprobs.whiten over the masked tokens of every rank's rows (torchrun: their values gathered)."""
+    if ranks.world == 1:
+        return whiten(x, mask)
+    values = torch.tensor(dist.all_gather_lists(x[mask.bool()].tolist(), ranks), device=x.device)
+    return (x - values.mean()) * torch.rsqrt(values.var(unbiased=False) + 1e-8) * mask

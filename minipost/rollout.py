@@ -199,6 +199,22 @@ def completion_logprobs(model, ro: Rollout, temperature: float = 1.0, impl: str 
     return (logps, F.pad(hidden, (0, 0, 0, T - t))) if return_hidden else logps
 
 
+def completion_values(critic, batch_rollout) -> torch.Tensor:
+    """The critic's V(s_t) for the state before each completion token -> (B, T), 0 where the mask is 0.
+
+    The same forward pass as completion_logprobs (prompt + completion minus its last token, columns that are
+    padding in every row cut), keeping only the final hidden states: no output layer, no log-softmax.
+    """
+    T = batch_rollout.completion_ids.shape[1]
+    p = max(int(batch_rollout.prompt_mask.sum(dim=1).max()), 1)  # prompt columns in use (left-padded)
+    t = max(int(batch_rollout.completion_mask.sum(dim=1).max()), 1)  # completion columns in use (right-padded)
+    ids = torch.cat([batch_rollout.prompt_ids[:, -p:], batch_rollout.completion_ids[:, :t]], dim=1)[:, :-1]
+    attn = torch.cat([batch_rollout.prompt_mask[:, -p:], batch_rollout.completion_mask[:, :t]], dim=1)[:, :-1]
+    _, hidden = critic(ids, attn, return_hidden=True, logits_to_keep=0)  # (B, p+t-1, C), no logits
+    values = critic.values(hidden[:, p - 1:])  # (B, t): the state before completion token 0, 1, ...
+    return F.pad(values, (0, T - t)) * batch_rollout.completion_mask  # (B, T)
+
+
 def concat_rollouts(parts: list[tuple[Rollout, torch.Tensor, torch.Tensor]], pad_id: int):
     """Stack (rollout, per-token tensor (n, T_k), per-row tensor (n,)) triples row-wise -> the same triple.
 

@@ -4,9 +4,11 @@ import torch
 
 from minipost.common import read_metrics
 from minipost.grpo import group_advantages, grpo_loss, micro_batch_weight
+from minipost.logprobs import whiten
 from minipost.model import GPT, GPTConfig
-from minipost.ppo import gae, ppo_policy_loss, ppo_value_loss, token_rewards, whiten
+from minipost.ppo import gae, ppo_policy_loss, ppo_value_loss
 from minipost.reinforce import reinforce_loss, rloo_advantages
+from minipost.rewards import token_rewards
 from minipost.rollout import completion_logprobs, micro_batches, sample_completions
 
 # 8 samples of one prompt, 3 correct (reward 1) and 5 wrong (reward 0)

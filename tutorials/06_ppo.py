@@ -24,10 +24,9 @@ import torch
 from minipost.common import DATA_DIR, config_with_preset, read_jsonl
 from minipost.logprobs import whiten
 from minipost.optim import adamw, linear_decay_lr
-from minipost.ppo import (PRESETS, Config, completion_values, gae, ppo_policy_loss, ppo_value_loss, token_rewards,
-                          train)
-from minipost.rewards import parse_reward, score_rollout
-from minipost.rollout import completion_logprobs, micro_batches, rollout
+from minipost.ppo import PRESETS, Config, gae, ppo_policy_loss, ppo_value_loss, train
+from minipost.rewards import parse_reward, score_rollout, token_rewards
+from minipost.rollout import completion_logprobs, completion_values, micro_batches, rollout
 
 from _setup import (ONE_STEP, SMOKE, assert_same_weights, ensure_world,  # noqa: E402  (tutorials/_setup.py)
                     every_tenth, out_dir, report_run, rl_start, smoke_reward, start_checkpoint, step_size,
