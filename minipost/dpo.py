@@ -56,10 +56,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from minipost.common import DATA_DIR, InputError, autocast, check_config, field, main, read_jsonl
+from minipost.common import DATA_DIR, InputError, autocast, check_config, field, read_jsonl
 from minipost.data import IGNORE, EpochBatches, load_prefs, num_targets, pair_batch, per_domain, tokenize_pairs
+from minipost.harness import Run, RunConfig, main
 from minipost.heldout import pair_logps, preference_accuracy, write_samples
-from minipost.harness import Run, RunConfig
 from minipost.logprobs import sequence_logprobs
 from minipost.lora import LoRAConfig, add_lora_from_flags, merge_lora, trainable, training_bytes
 from minipost.model import load_policy_and_reference, model_checkpoint

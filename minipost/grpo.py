@@ -27,16 +27,13 @@ rows of the rollout batch, L the generation budget (max_new_tokens):
 
 grpo weighs a short answer's tokens more; dapo and dr_grpo weigh every token alike (docs/rl-variants.md).
 
-Variants, each one option (the paper's settings are not the defaults):
-- DAPO (Yu et al. 2025, arXiv:2503.14476): `--loss-type dapo`, clip-higher `--clip-eps-high 0.28` (the ratio
-  may rise further than it may fall, so unlikely tokens can gain probability), dynamic sampling
-  `--dynamic-sampling true` (groups whose G rewards are all equal carry no signal: drop them and sample more
-  prompts until the batch is full, at most `--max-sample-rounds` rounds; logs dropped_groups), and overlong
-  reward shaping `--overlong-buffer N` (a penalty rising from 0 to 1 over the last N tokens of the budget).
+Variants, each one option (docs/rl-variants.md has the table and their measurements):
+- DAPO (Yu et al. 2025, arXiv:2503.14476): `--loss-type dapo`, clip-higher `--clip-eps-high 0.28`, dynamic
+  sampling `--dynamic-sampling true` (groups whose rewards are all equal carry no signal: replace them with
+  fresh prompts), overlong shaping `--overlong-buffer N` (a penalty over the last N tokens of the budget).
 - GSPO (Zheng et al. 2025, arXiv:2507.18071): `--importance-sampling-level sequence`, one ratio per completion
-  s_i = (pi / pi_old)(o_i)^(1/|o_i|), clipped per sequence (the paper clips at 3e-4 / 4e-4 and uses beta 0).
-- the KL term `--kl-loss k1|k2|k3|k3_corrected` in the loss (rl.kl_loss_term: k3, the default, has the
-  gradient of KL(pi_ref || pi), k2 and k3_corrected that of KL(pi || pi_ref), k1 none), or `--kl-in reward`:
+  s_i = (pi / pi_old)(o_i)^(1/|o_i|), clipped per sequence.
+- the KL term: `--kl-loss k1|k2|k3|k3_corrected` in the loss (rl.kl_loss_term), or `--kl-in reward`:
   r_i <- r_i - beta * sum_t (log pi_old - log pi_ref)(o_it) before the group advantages.
 
 What runs by default (the nano preset: `python -m minipost.grpo` and `train(Config())` are the same run):
@@ -64,9 +61,9 @@ from dataclasses import dataclass
 import torch
 
 from minipost import dist, rollout
-from minipost.common import InputError, check_config, field, main
+from minipost.common import InputError, check_config, field
 from minipost.data import per_domain
-from minipost.harness import Run
+from minipost.harness import Run, main
 from minipost.heldout import heldout_scores, write_samples
 from minipost.logprobs import masked_mean
 from minipost.model import model_checkpoint
@@ -155,18 +152,14 @@ def grpo_loss(logps, old_logps, ref_logps, advantages, mask, clip_eps: float = 0
 
     logps, old_logps, ref_logps: (B, T) per-token log-probs under pi_theta, pi_old and pi_ref (ref_logps may be
     None when beta = 0); advantages (B,); mask (B, T) 1 on completion tokens.
-    loss_type      how token losses become one number (LOSS_TYPES below; dr_grpo needs max_tokens, the
-                   generation budget, so its normaliser is the same every step)
+    loss_type      the module docstring's table (dr_grpo's normaliser needs max_tokens, the generation budget)
     clip_eps_high  upper clip 1 + clip_eps_high (DAPO's clip-higher); None: the symmetric clip_eps
-    importance_sampling_level  "token": rho_t = pi / pi_old per token (GRPO); "sequence": one ratio per
-                   completion, s_i = (pi / pi_old)(o_i)^(1/|o_i|) = exp(mean_t log rho_t), clipped per sequence
-                   (GSPO), the same for each of its tokens
-    kl_loss        the per-token KL term times beta: k1, k2, k3 or k3_corrected (rl.kl_loss_term says which
-                   KL each one's gradient follows; k3_corrected uses the token ratio, also under GSPO, where TRL
-                   uses s_i: docs/rl-variants.md#which-kl-estimator)
-    info (detached scalars; the token metrics are means over this batch's completion tokens): loss, clip_frac
-    (ratio outside [1 - clip_eps, 1 + clip_eps_high]), ratio, approx_kl (k3 of pi_old vs pi_theta), kl_ref (k3 of
-    pi_theta vs pi_ref, when ref_logps is given: the same *estimate* whatever kl_loss is).
+    importance_sampling_level  "token": rho_t = pi / pi_old (GRPO); "sequence": s_i = exp(mean_t log rho_t) on
+                   every token of completion i, clipped per sequence (GSPO)
+    kl_loss        the KL term times beta (rl.kl_loss_term; k3_corrected uses the token ratio, also under
+                   GSPO, where TRL uses s_i: docs/rl-variants.md#which-kl-estimator)
+    info (detached; token metrics are means over the completion tokens): loss, clip_frac (ratio outside the
+    clip range), ratio, approx_kl (k3 of pi_old vs pi_theta), kl_ref (k3 of pi_theta vs pi_ref, whatever kl_loss).
     """
     if loss_type not in LOSS_TYPES:
         raise ValueError(f"unknown loss_type {loss_type!r}; use one of {', '.join(LOSS_TYPES)}")

@@ -28,12 +28,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from minipost import dist, threads
-from minipost.common import (DATA_DIR, DEVICE_HELP, INPUT_FIELDS, RESUME_IGNORES, InputError, check_config,
-                             check_device, check_previous, config_with_preset, field, file_digest, hold_folder,
-                             input_digests, load_checkpoint, main, pick_device, read_json_dict, read_metrics,
-                             release_folder, save_json)
+from minipost.common import (DATA_DIR, DEVICE_HELP, InputError, check_config, check_device, config_with_preset, field,
+                             load_checkpoint, pick_device, read_json_dict, save_json)
 from minipost.data import load_chats, load_prefs, load_probes, load_texts
 from minipost.evals import eval_answers, evaluate_items, write_report
+from minipost.harness import (INPUT_FIELDS, RESUME_IGNORES, check_previous, file_digest, hold_folder, input_digests,
+                              main, read_metrics, release_folder)
 from minipost.rewards import RewardModel
 from minipost.rollout import load_prompts
 from minipost.tokenizer import get_tokenizer
@@ -144,7 +144,7 @@ def plan(name: str, stage_cfg, fresh: bool = False, known: dict | None = None, s
     """-> (stage config, "reuse" | "resume" | "run"): reuse a finished run (its OUT/model.pt holds the last
     step), resume an interrupted one (OUT/state.pt), else run it. Either is done only for the run's own config
     and inputs: the config saved in OUT/config.json (or state.pt) and what OUT/inputs.json says it was trained
-    from (common.input_digests; `known` as there; `sources`: what a field's file is made from, for the
+    from (harness.input_digests; `known` as there; `sources`: what a field's file is made from, for the
     message). Anything else is refused (InputError) before any stage runs: a run is the user's to keep or drop.
     `derived`: --init is an earlier run of the same plan (the pipeline's stages, the lab's chains). When that
     one is retrained first (`known` init None) or was retrained since, this run runs again: its files move to

@@ -61,9 +61,9 @@ from dataclasses import dataclass
 import torch
 
 from minipost import dist
-from minipost.common import InputError, check_config, field, main
+from minipost.common import InputError, check_config, field
 from minipost.data import per_domain
-from minipost.harness import Run
+from minipost.harness import Run, main
 from minipost.heldout import heldout_scores, write_samples
 from minipost.logprobs import masked_mean, whiten
 from minipost.model import model_checkpoint

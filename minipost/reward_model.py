@@ -56,9 +56,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from minipost.common import DATA_DIR, InputError, check_config, field, main
+from minipost.common import DATA_DIR, InputError, check_config, field
 from minipost.data import EpochBatches, load_prefs, tokenize_pairs
-from minipost.harness import Run, RunConfig
+from minipost.harness import Run, RunConfig, main
 from minipost.model import load_model, model_checkpoint
 from minipost.optim import adamw, cosine_lr, set_lr
 from minipost.rewards import KIND, pair_rewards, reward_scores, sequence_batch

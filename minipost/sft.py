@@ -41,11 +41,11 @@ from pathlib import Path
 
 import torch
 
-from minipost.common import DATA_DIR, InputError, autocast, check_config, field, main, read_jsonl
+from minipost.common import DATA_DIR, InputError, autocast, check_config, field, read_jsonl
 from minipost.data import (IGNORE, EpochBatches, collate, load_chats, load_texts, num_targets, pack, pack_examples,
                            packed_batch, per_domain, tokenize_chats)
+from minipost.harness import Run, RunConfig, main
 from minipost.heldout import heldout_loss, write_samples
-from minipost.harness import Run, RunConfig
 from minipost.logprobs import token_logprobs
 from minipost.lora import LoRAConfig, add_lora_from_flags, merge_lora, trainable, training_bytes
 from minipost.model import load_model, model_checkpoint

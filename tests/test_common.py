@@ -8,8 +8,8 @@ import shutil
 import pytest
 import torch
 
-from minipost.common import (InputError, MetricsLogger, check_config, check_finite, field, load_checkpoint,
-                             parse_config, read_jsonl, save_checkpoint, save_state, start_run)
+from minipost.common import InputError, check_config, field, load_checkpoint, parse_config, read_jsonl, save_checkpoint
+from minipost.harness import MetricsLogger, check_finite, save_state, start_run
 from minipost.rl import kl_estimate
 
 
@@ -276,7 +276,8 @@ def test_a_resume_on_another_data_file_is_refused_unless_allowed_and_then_record
 
 
 def test_inputs_record_init_ref_and_data_or_only_the_world_files_a_run_reads(tmp_path):
-    from minipost.common import DATA_DIR, WORLD_FILES, input_digests, world_digest
+    from minipost.common import DATA_DIR
+    from minipost.harness.folder import WORLD_FILES, input_digests, world_digest
     for name in WORLD_FILES + ("tokenizer_nano.tiktoken",):
         shutil.copy(DATA_DIR / name, tmp_path / name)
     world = world_digest("nano", tmp_path)
@@ -317,7 +318,7 @@ def test_metrics_logger_on_resume_drops_rows_after_the_checkpoint(tmp_path):
 
 
 def test_a_value_not_measured_is_null_and_a_measured_overflow_stays_visible(tmp_path):
-    from minipost.common import read_metrics
+    from minipost.harness import read_metrics
     log = MetricsLogger(tmp_path)
     row = log.log(1, loss=torch.tensor(0.25), val_loss=None, grad_norm=float("inf"), per={"a": float("nan")})
     log.close()

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from minipost.common import hold_folder, load_checkpoint, read_metrics, release_folder
+from minipost.common import load_checkpoint
+from minipost.harness import hold_folder, read_metrics, release_folder
 
 TOL = dict(atol=2e-5, rtol=1e-4)  # float32 sums in another order (two half-batch gradients, then their sum)
 
@@ -103,6 +104,7 @@ RUNS = """
 import importlib
 import sys
 from minipost.common import config_with_preset
+from minipost.harness import hold_folder, read_metrics, release_folder
 
 def vowels(prompt, completion, record):  # a reward that differs between answers, so groups carry a signal
     return sum(c in "aeiou" for c in completion) / max(len(completion), 1)

@@ -13,8 +13,9 @@ import torch
 
 import minipost.dpo as dpo
 import minipost.tokenizer as tokenizer
-from minipost.common import InputError, config_with_preset, read_metrics, save_checkpoint
+from minipost.common import InputError, config_with_preset, save_checkpoint
 from minipost.data import pair_batch, tokenize_pairs
+from minipost.harness import read_metrics
 from minipost.heldout import pair_logps, preference_accuracy
 from minipost.logprobs import sequence_logprobs
 from minipost.model import GPT, GPTConfig, load_model, model_checkpoint

@@ -17,10 +17,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from minipost import common
-from minipost.common import (DiskFull, InputError, field, hold_folder, load_checkpoint, read_metrics, release_folder,
-                             save_checkpoint, where_to_continue)
-from minipost.harness import Run
+from minipost.common import DiskFull, InputError, field, load_checkpoint, save_checkpoint
+from minipost.harness import Run, hold_folder, main, read_metrics, release_folder, where_to_continue
+from minipost.harness import metrics as harness_metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 OBJECTIVES = ("pretrain", "sft", "dpo", "reward_model", "reinforce", "grpo", "ppo")
@@ -158,11 +157,11 @@ def test_a_full_disk_on_any_file_of_a_run_is_one_line_naming_the_last_good_check
             fd = os.open("/dev/full", os.O_WRONLY)
         return fd, tmp
     monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
-    monkeypatch.setattr(common, "open", lambda path, *a, **k: real_open("/dev/full" if Path(path).name == name
+    monkeypatch.setattr(harness_metrics, "open", lambda path, *a, **k: real_open("/dev/full" if Path(path).name == name
                                                                         else path, *a, **k), raising=False)
     monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(8 << 20, 8 << 20, 0))
     with pytest.raises(SystemExit) as stop:
-        common.main(toy_train, ToyConfig, argv=["--out", str(tmp_path)])
+        main(toy_train, ToyConfig, argv=["--out", str(tmp_path)])
     monkeypatch.undo()
     last = ("no checkpoint was written before" if name == "metrics.jsonl" else  # (its first row fails)
             f"the last good checkpoint is {tmp_path / 'state.pt'}")
@@ -245,7 +244,7 @@ def test_a_second_process_writing_into_a_held_folder_stops_at_once_naming_the_ho
         assert list(tmp_path.iterdir()) == []  # it wrote nothing
     finally:
         release_folder(tmp_path)
-    proc = subprocess.run([sys.executable, "-c", "import sys\nfrom minipost.common import hold_folder\n"
+    proc = subprocess.run([sys.executable, "-c", "import sys\nfrom minipost.harness import hold_folder\n"
                            "hold_folder(sys.argv[1])", str(tmp_path)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]  # released: another process may take the folder now
     hold_folder(tmp_path)  # a pipeline's folder: a stage run into a folder inside it stops too
@@ -258,7 +257,7 @@ def test_a_second_process_writing_into_a_held_folder_stops_at_once_naming_the_ho
         release_folder(tmp_path)
 
 
-_HOLDER = "import sys, time\nfrom minipost.common import hold_folder\nhold_folder(sys.argv[1])\nprint('held', flush=True)\ntime.sleep(300)\n"
+_HOLDER = "import sys, time\nfrom minipost.harness import hold_folder\nhold_folder(sys.argv[1])\nprint('held', flush=True)\ntime.sleep(300)\n"
 
 
 def test_the_pipeline_and_the_lab_stop_at_once_in_a_folder_another_process_holds(tmp_path):

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from minipost import common, pipeline
+from minipost.harness import folder as harness_folder
 from minipost.common import InputError, load_checkpoint
 from minipost.pipeline import Config, run, run_planned, stage_config
 
@@ -87,7 +88,7 @@ def test_a_finished_stage_is_reused_only_for_its_own_config_and_start(tmp_path, 
     refused(r"sft holds a finished sft run, but no readable .*inputs.json records")
     (sft / "inputs.json").write_bytes(inputs)
     files[sft / "inputs.json"] = inputs
-    monkeypatch.setattr(common, "world_digest", lambda *a, **k: "another world")  # data/ regenerated
+    monkeypatch.setattr(harness_folder, "world_digest", lambda *a, **k: "another world")  # data/ regenerated
     refused(r"sft holds a finished sft run trained from another world")
     monkeypatch.undo()
     (sft / "previous").write_text("in the way")

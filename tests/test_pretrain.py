@@ -7,7 +7,8 @@ import sys
 import pytest
 import torch
 
-from minipost.common import InputError, load_checkpoint, read_metrics
+from minipost.common import InputError, load_checkpoint
+from minipost.harness import read_metrics
 from minipost.optim import cosine_lr
 from minipost.pretrain import PRESETS, Config, train
 

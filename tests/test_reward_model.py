@@ -13,7 +13,8 @@ import torch
 
 import minipost.reward_model as rm
 import minipost.tokenizer as tokenizer
-from minipost.common import InputError, config_with_preset, read_metrics, save_checkpoint
+from minipost.common import InputError, config_with_preset, save_checkpoint
+from minipost.harness import read_metrics
 from minipost.model import GPT, GPTConfig, load_model, model_checkpoint
 from minipost.rewards import KIND, RewardModel
 

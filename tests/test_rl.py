@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from minipost.common import read_metrics
 from minipost.grpo import group_advantages, grpo_loss, micro_batch_weight
+from minipost.harness import read_metrics
 from minipost.logprobs import whiten
 from minipost.model import GPT, GPTConfig
 from minipost.ppo import gae, ppo_policy_loss, ppo_value_loss

@@ -13,8 +13,9 @@ import minipost.evals as evals
 import minipost.heldout as heldout
 import minipost.sft as sft
 import minipost.tokenizer as tokenizer
-from minipost.common import DATA_DIR, InputError, config_with_preset, load_checkpoint, read_metrics, save_checkpoint
+from minipost.common import DATA_DIR, InputError, config_with_preset, load_checkpoint, save_checkpoint
 from minipost.data import IGNORE, collate, pack_examples, per_domain
+from minipost.harness import read_metrics
 from minipost.model import GPT, GPTConfig, load_model, model_checkpoint
 
 # A byte-level tokenizer (no merges): 256 byte tokens + the specials. Needs no trained file.

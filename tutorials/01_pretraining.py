@@ -18,8 +18,9 @@ import minipost  # noqa: F401  before torch: then torch's idle threads sleep (mi
 import torch
 
 from minipost import threads
-from minipost.common import DATA_DIR, config_with_preset, read_jsonl, read_metrics, seed_everything
+from minipost.common import DATA_DIR, config_with_preset, read_jsonl, seed_everything
 from minipost.data import load_texts, pack, packed_batch
+from minipost.harness import read_metrics
 from minipost.heldout import probe_scores
 from minipost.model import GPT, GPTConfig, PRESETS as MODEL_PRESETS, load_model
 from minipost.optim import adamw, cosine_lr, set_lr

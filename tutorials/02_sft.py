@@ -24,8 +24,9 @@ import minipost  # noqa: F401  before torch: then torch's idle threads sleep (mi
 import torch
 
 from minipost import threads
-from minipost.common import DATA_DIR, config_with_preset, read_jsonl, read_metrics, seed_everything
+from minipost.common import DATA_DIR, config_with_preset, read_jsonl, seed_everything
 from minipost.data import EpochBatches, collate, load_chats, num_targets, tokenize_chats
+from minipost.harness import read_metrics
 from minipost.heldout import chat_scores, probe_scores
 from minipost.model import load_model
 from minipost.optim import adamw, cosine_lr, set_lr

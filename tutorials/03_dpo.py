@@ -23,9 +23,10 @@ import minipost  # noqa: F401  before torch: then torch's idle threads sleep (mi
 import torch
 
 from minipost import threads
-from minipost.common import DATA_DIR, read_jsonl, read_metrics, seed_everything
+from minipost.common import DATA_DIR, read_jsonl, seed_everything
 from minipost.data import EpochBatches, num_targets, pair_batch, tokenize_pairs
 from minipost.dpo import Config, dpo_loss, train
+from minipost.harness import read_metrics
 from minipost.heldout import chat_scores, pair_logps
 from minipost.logprobs import sequence_logprobs
 from minipost.model import load_model

@@ -20,9 +20,10 @@ from pathlib import Path
 import minipost  # noqa: F401  first: it makes torch's idle threads sleep (minipost/threads.py)
 import torch
 
-from minipost.common import DATA_DIR, config_with_preset, read_jsonl, read_metrics
+from minipost.common import DATA_DIR, config_with_preset, read_jsonl
 from minipost import grpo, ppo, reinforce
 from minipost.evals import evaluate_items, write_report
+from minipost.harness import read_metrics
 
 from _setup import SMOKE, ensure_world, out_dir, start_checkpoint  # noqa: E402  (tutorials/_setup.py)
 

@@ -34,9 +34,10 @@ import statistics
 import numpy as np
 
 from minipost import grpo, ppo, reinforce
-from minipost.common import DATA_DIR, config_with_preset, read_jsonl, read_metrics
+from minipost.common import DATA_DIR, config_with_preset, read_jsonl
 from minipost.evals import ALPHA, HIGHER_IS_BETTER, binomial_ci, evaluate_items, paired_test, write_report
 from minipost.data import per_domain
+from minipost.harness import read_metrics
 
 from _setup import SMOKE, ensure_world, out_dir, start_checkpoint  # noqa: E402  (tutorials/_setup.py)
 

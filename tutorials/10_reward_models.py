@@ -22,9 +22,10 @@ from pathlib import Path
 import numpy as np
 
 from minipost import grpo, reward_model
-from minipost.common import DATA_DIR, config_with_preset, read_jsonl, read_metrics
+from minipost.common import DATA_DIR, config_with_preset, read_jsonl
 from minipost.evals import eval_answers, win_items
 from minipost.data import per_domain
+from minipost.harness import read_metrics
 from minipost.rewards import RewardModel
 from minipost.world import check
 

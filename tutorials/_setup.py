@@ -117,7 +117,7 @@ def step_size(model, start) -> float:
 
 def training_rows(out: Path) -> list[dict]:
     """The per-step training rows of OUT/metrics.jsonl (held-out evaluation rows have no `reward`)."""
-    from minipost.common import read_metrics
+    from minipost.harness import read_metrics
     return [r for r in read_metrics(out / "metrics.jsonl") if "reward" in r]
 
 

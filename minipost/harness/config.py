@@ -6,10 +6,14 @@ checks the bounds given here before any data or model is loaded.
 """
 from __future__ import annotations
 
+import os
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 from minipost import threads
-from minipost.common import DEVICE_HELP, check_config, check_device, field
+from minipost.common import DEVICE_HELP, check_config, check_device, exit_on_input_error, field, parse_config
+from minipost.harness.folder import where_to_continue
 
 
 @dataclass
@@ -35,3 +39,17 @@ class RunConfig:
 
     def __post_init__(self):
         check_config(self)
+
+
+def main(train_fn, cls, presets: dict[str, dict] | None = None, argv: list[str] | None = None):
+    """`python -m minipost.<objective>`: flags -> Config -> train(cfg). A wrong flag, file or record prints
+    one line `error: ...` and exits 2; a run stopped by a non-finite value prints one line `stopped: ...` and
+    exits 1; Ctrl-C prints where the run's state is and how to continue, and exits 130; anything else is a bug
+    and keeps its traceback."""
+    cfg = parse_config(cls, argv, presets)
+    try:
+        return exit_on_input_error(lambda: train_fn(cfg))
+    except KeyboardInterrupt:
+        if os.environ.get("RANK", "0") == "0":  # under torchrun rank 0 holds the folder and speaks for every rank
+            print(f"\ninterrupted: {where_to_continue(Path(cfg.out))}", file=sys.stderr)
+        raise SystemExit(130) from None

@@ -16,7 +16,7 @@ What lives here, so that it is written once and the objective files stay about t
 - **torchrun** (`minipost.dist`): `run.shard(batch_size)` is this process's rows of every global batch; the
   optimizer step sums the gradients of every rank before it clips; `run.sum(x)` adds up a logged number. Only
   rank 0 writes files, logs or prints.
-- **The run folder** (`common.start_run`): a new run moves an earlier one's files to `OUT/previous/`, writes
+- **The run folder** (`folder.start_run`): a new run moves an earlier one's files to `OUT/previous/`, writes
   config.json and inputs.json (the sha256 of what it trains from); `--resume true` reloads OUT/state.pt.
 - **Resume state**: the weights and optimizer and whatever else `start()` is given (data order, generators),
   every RNG, the step, the clock, and the values `end_step()` is given, so a resumed run is bit-identical to an
@@ -37,8 +37,9 @@ import torch
 from tqdm import tqdm
 
 from minipost import dist, threads
-from minipost.common import (MetricsLogger, check_finite, pick_device, record_model, release_folder,
-                             save_checkpoint, save_json, save_state, seed_everything, start_run)
+from minipost.common import pick_device, save_checkpoint, save_json, seed_everything
+from minipost.harness.folder import record_model, release_folder, save_state, start_run
+from minipost.harness.metrics import MetricsLogger, check_finite
 
 
 class Run:
