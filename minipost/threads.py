@@ -1,6 +1,6 @@
 """CPU threads: how many torch uses, and how its idle threads wait. Chosen once per run, printed, never changed.
 
-Two measured facts decide the rule (2-core machine, torch 2.13 CPU build; `python -m minipost.bench_threads`
+Two measured facts decide the rule (2-core machine, torch 2.13 CPU build; `python -m minipost.bench.threads`
 reruns the timing half):
 
 1. **The thread count changes the numbers, so it must not follow the load.** torch's CPU build runs its
@@ -25,7 +25,7 @@ reruns the timing half):
    alone. OMP_WAIT_POLICY=PASSIVE makes idle threads sleep at once: the same count and the same numbers,
    and two runs share the cores instead of fighting for them. libgomp reads the variable once, when torch
    is imported, so `minipost/__init__.py` sets it (unless you did) before any minipost module imports torch;
-   `import minipost` before `import torch` in your own scripts to get it. Measured (bench_threads.py, idle 2-core,
+   `import minipost` before `import torch` in your own scripts to get it. Measured (bench/threads.py, idle 2-core,
    15 steps): alone 3.42 s vs 3.28 s for torch's default; two side by side 6.09 s each instead of 11.05 s;
    next to one busy process (shared machine) 6.1 to 6.4 s instead of 24 to 45 s.
 
@@ -33,7 +33,7 @@ The rule, `configure("auto")`: threads = OMP_NUM_THREADS if you set it, else the
 on (what torch picks by default, so "auto" reproduces earlier default runs bitwise), with PASSIVE waiting.
 `configure("3")` fixes 3 threads: use it to reproduce a run made on a machine with another core count.
 
-Measured (`python -m minipost.bench_threads`, 15 nano training steps, median of 3, idle 2-core machine,
+Measured (`python -m minipost.bench.threads`, 15 nano training steps, median of 3, idle 2-core machine,
 2026-12-02): torch's default 3.28 s alone and 11.05 s per run with two side by side (3.37x); 1 thread 5.76 s
 alone (1.76x slower), 5.89 s side by side; auto (2 threads, PASSIVE) 3.42 s alone (1.04x) and 6.09 s side by
 side (1.78x its time alone); GOMP_SPINCOUNT=10000 instead of PASSIVE: 3.09 s alone, 9.15 s side by side.

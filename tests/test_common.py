@@ -353,7 +353,7 @@ def test_device_names_are_checked_with_one_line_errors():
 
 def test_tool_clis_reject_bad_values_in_one_line(tmp_path, capsys):
     """The CLIs not built from a Config (world, the benchmarks) check their flags too: one line, exit 2."""
-    from minipost import bench_evals, bench_rollout, bench_threads
+    from minipost.bench import evals as bench_evals, rollout as bench_rollout, threads as bench_threads
     from minipost.common import exit_on_input_error
     from minipost.world.generate import main as world_main
 

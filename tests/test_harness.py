@@ -179,7 +179,7 @@ def test_a_non_finite_loss_stops_with_the_step(tmp_path):
 
 LIBRARY = ("common", "dist", "threads", "optim", "model", "tokenizer", "data", "logprobs", "rollout", "rewards",
            "heldout", "rl", "lora", "retrieval", "harness", "kernels", "world")  # below the objectives
-APPLICATIONS = ("pipeline", "lab", "chat", "evals", "bands", "bench_evals", "bench_rollout", "bench_threads")
+APPLICATIONS = ("pipeline", "lab", "chat", "evals", "bands", "bench")
 
 
 def import_graph() -> dict[str, set[str]]:

@@ -1,4 +1,4 @@
-"""The thread rule: parsing, the chosen count, the start-up line. No timing here (see minipost/bench_threads.py)."""
+"""The thread rule: parsing, the chosen count, the start-up line. No timing here (see minipost/bench/threads.py)."""
 import pytest
 import torch
 

@@ -19,8 +19,8 @@ sharing 2 cores can each take no less than the 1-thread time (~1.7x a 2-thread r
 time is 3% above that bound; the spinning default's is ~1.9x above it. Reaching 1.5x would need each run to
 drop to 1 thread while the other runs, and the thread count changes the numbers (minipost/threads.py).
 
-Run:  python -m minipost.bench_threads                 (about 4 minutes on an idle 2-core machine)
-      python -m minipost.bench_threads --steps 8 --repeats 1   (a quick look)
+Run:  python -m minipost.bench.threads                 (about 4 minutes on an idle 2-core machine)
+      python -m minipost.bench.threads --steps 8 --repeats 1   (a quick look)
 """
 from __future__ import annotations
 
@@ -96,7 +96,7 @@ def measure(name: str, copies: int, steps: int) -> dict:
     unset = [k for k, v in extra.items() if v is None]  # removed after minipost's defaults, before torch loads
     first = "torch" if how == "torch-default" else "minipost"  # minipost first, as `python -m minipost.X` does
     code = (f"import {first}, os; [os.environ.pop(k, None) for k in {unset!r}]; "
-            f"from minipost.bench_threads import worker; worker({how!r}, {steps})")
+            f"from minipost.bench.threads import worker; worker({how!r}, {steps})")
     procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True) for _ in range(copies)]
     for p in procs:

@@ -10,8 +10,8 @@ With a trained checkpoint (`--ckpt`) it also times what RL really samples: the w
 template, stop at <|end|>, 16 prompts x 8 samples, 48 new tokens, temperature 1, with finished rows leaving
 the batch (generate's `compact`, the default) and without, and checks both sample the same tokens.
 
-    python -m minipost.bench_rollout                        # nano-sized random GPT, 64 new tokens
-    python -m minipost.bench_rollout --ckpt runs/sft/model.pt --batch 64 --device cuda
+    python -m minipost.bench.rollout                        # nano-sized random GPT, 64 new tokens
+    python -m minipost.bench.rollout --ckpt runs/sft/model.pt --batch 64 --device cuda
 """
 from __future__ import annotations
 

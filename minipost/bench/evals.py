@@ -7,8 +7,8 @@ evaluation step (the same calls, the same order) of a finished pipeline run at e
 (items per domain; 0: all), alternating the limits `--repeats` times in one process, and prints the median
 of each and its ratio to the first limit.
 
-    python -m minipost.bench_evals --out runs/pipeline                    # 100 items per domain against all
-    python -m minipost.bench_evals --out runs/pipeline --limits 50,100,0 --repeats 3
+    python -m minipost.bench.evals --out runs/pipeline                    # 100 items per domain against all
+    python -m minipost.bench.evals --out runs/pipeline --limits 50,100,0 --repeats 3
 """
 from __future__ import annotations
 

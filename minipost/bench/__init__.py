@@ -1,0 +1,9 @@
+"""Benchmarks, each a script that measures one thing and prints medians and ratios against a baseline run in the
+same process (timings on shared CPUs vary 2x from day to day; a ratio in one run does not):
+
+    python -m minipost.bench.threads    the CPU thread rule (minipost/threads.py)
+    python -m minipost.bench.rollout    one RL rollout batch: generation with the KV cache, log-probs
+    python -m minipost.bench.evals      the report card's evaluation at fewer and at all items
+
+The log-prob kernels' benchmark sits with them: python -m minipost.kernels.bench.
+"""
