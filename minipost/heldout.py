@@ -1,4 +1,4 @@
-"""The held-out measurements the objectives log while they train, and the report card builds on (minipost/evals.py):
+"""The held-out measurements the objectives log while they train, and the report card builds on (minipost/card/):
 the same functions, so a number in metrics.jsonl and the card's cell for the same checkpoint agree.
 
 - `heldout_loss(model, stream)`: next-token loss over the first windows of a held-out token stream (`val_loss`).

@@ -39,11 +39,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from minipost import threads
-from minipost.bands import cpu_name
+from minipost.card.bands import cpu_name
 from minipost.common import (DATA_DIR, DEVICE_HELP, InputError, atomic_write_bytes, check_can_create, check_config,
                              check_device, check_out_dir, config_with_preset, field, jsonl_bytes, pick_device,
                              read_json_dict, read_jsonl, save_json)
-from minipost.evals import binomial_ci, evaluate_checkpoint, read_report
+from minipost.card import binomial_ci, evaluate_checkpoint, read_report
 from minipost.harness import file_digest, hold_folder, main, release_folder
 from minipost.model import load_model
 from minipost.pipeline import plan, run_planned, train_seconds

@@ -31,7 +31,7 @@ from minipost import dist, threads
 from minipost.common import (DATA_DIR, DEVICE_HELP, InputError, check_config, check_device, config_with_preset, field,
                              load_checkpoint, pick_device, read_json_dict, save_json)
 from minipost.data import load_chats, load_prefs, load_probes, load_texts
-from minipost.evals import eval_answers, evaluate_items, write_report
+from minipost.card import eval_answers, evaluate_items, write_report
 from minipost.harness import (INPUT_FIELDS, RESUME_IGNORES, check_previous, file_digest, hold_folder, input_digests,
                               main, read_metrics, release_folder)
 from minipost.rewards import RewardModel

@@ -1,11 +1,11 @@
-"""minipost.bands: bands from >= 3 cards, the inside/outside rule by hand, and the command's failure paths."""
+"""minipost.card.bands: bands from >= 3 cards, the inside/outside rule by hand, and the command's failure paths."""
 import json
 import math
 
 import pytest
 
-from minipost import bands
-from minipost.evals import card
+from minipost.card import bands
+from minipost.card import card
 
 
 def _items(k_base: int, k_sft: int, n: int = 100) -> dict:

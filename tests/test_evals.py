@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from minipost.evals import (COLUMN_ORDER, binomial_ci, card, evaluate_checkpoint, evaluate_items, mcnemar_p,
+from minipost.card import (COLUMN_ORDER, binomial_ci, card, evaluate_checkpoint, evaluate_items, mcnemar_p,
                             paired_difference, report_table, write_report)
 from minipost.model import GPT, GPTConfig, model_checkpoint
 from minipost.common import save_checkpoint
@@ -22,7 +22,7 @@ def tiny_checkpoint(path, seed=0, **extra):
 
 
 def test_every_column_in_range_and_identical_models_have_zero_preference_accuracy(tmp_path):
-    from minipost.evals import eval_answers
+    from minipost.card import eval_answers
     from minipost.rewards import KIND, RewardModel
     tiny_checkpoint(tmp_path / "a.pt")
     tiny_checkpoint(tmp_path / "b.pt")  # same weights, another file: the "reference"
@@ -47,7 +47,7 @@ def test_every_column_in_range_and_identical_models_have_zero_preference_accurac
 
 
 def test_win_items_count_wins_ties_and_losses():
-    from minipost.evals import win_items
+    from minipost.card import win_items
     judge = lambda prompts, answers: torch.tensor([float(len(a)) for a in answers])  # noqa: E731  (likes length)
     assert win_items(judge, ["p"] * 4, ["long answer", "x", "same", "abc"], ["short", "longer", "same", "xyz"]) == [
         1.0, 0.0, 0.5, 0.5]  # longer wins, shorter loses, the same text ties, an equal score ties
@@ -56,7 +56,7 @@ def test_win_items_count_wins_ties_and_losses():
 
 
 def test_judge_agreement_counts_only_prompts_the_checkers_separate():
-    from minipost.evals import judge_agreement
+    from minipost.card import judge_agreement
     recs = [{"domain": "arithmetic", "answer": a} for a in (2, 3, 4, 5)]
     answers = ["1 + 1 = 2.", "1 + 1 = 9.", "2 + 2 = 4.", "2 + 3 = 5."]
     baseline = ["1 + 1 = 7.", "1 + 2 = 3.", "2 + 2 = 4.", "2 + 3 = 6."]
@@ -197,7 +197,8 @@ def test_pair_logps_sums_each_answer_alone_whatever_the_batching():
 
 
 def test_cli_errors_are_one_line_and_exit_2(tmp_path, capsys):
-    import minipost.evals as evals
+    from minipost.card import report
+    from minipost.card.__main__ import main
     (tmp_path / "old.json").write_text(json.dumps({"rows": {"sft": {"knowledge": 0.5}}}))  # no per-item scores
     (tmp_path / "bad.json").write_text(json.dumps({"items": {"sft": {"knowledge": ["x"]}}}))
     for name, saved in {"parents.json": {"items": {"a": {"knowledge": [1.0]}}, "parents": "x"},
@@ -209,8 +210,8 @@ def test_cli_errors_are_one_line_and_exit_2(tmp_path, capsys):
         (tmp_path / name).write_text(json.dumps(saved))
     (tmp_path / "afile").write_text("")
     (tmp_path / "deep.json").write_text("[" * 100_000 + "]" * 100_000)  # a RecursionError in json, not a card
-    (tmp_path / "many.json").write_text(json.dumps({"items": {"a": {"knowledge": [1.0] * (evals.MAX_ITEMS + 1)}}}))
-    wide = {f"row{i}": {f"col{j}": [1.0] * evals.MAX_ITEMS for j in range(7)} for i in range(3)}  # 210,000 items
+    (tmp_path / "many.json").write_text(json.dumps({"items": {"a": {"knowledge": [1.0] * (report.MAX_ITEMS + 1)}}}))
+    wide = {f"row{i}": {f"col{j}": [1.0] * report.MAX_ITEMS for j in range(7)} for i in range(3)}  # 210,000 items
     (tmp_path / "wide.json").write_text(json.dumps({"items": wide}))
     for argv, msg in [(["--from-json", str(tmp_path / "deep.json")], "deep.json: not a report.json (JSON nested"),
                       (["--from-json", str(tmp_path / "many.json")], "'knowledge': more than 10,000 items"),
@@ -233,6 +234,6 @@ def test_cli_errors_are_one_line_and_exit_2(tmp_path, capsys):
                        "afile: exists and is not a folder"),
                       (["--ckpt", "a.pt", "--judge", "j.pt", "--baseline", "b.pt", "--no-chat"], "--judge needs")]:
         with pytest.raises(SystemExit) as e:
-            evals.main(["--out", str(tmp_path / "out")] + argv)
+            main(["--out", str(tmp_path / "out")] + argv)
         err = capsys.readouterr().err
         assert e.value.code == 2 and msg in err and len(err.strip().splitlines()) == 1, err

@@ -234,7 +234,7 @@ def test_lab_refuses_bad_flags_in_one_line(flags, message, tmp_path):
 
 
 def test_the_skills_part_reads_the_pipelines_card_stage_by_stage(tmp_path):
-    from minipost.evals import write_report
+    from minipost.card import write_report
     from minipost.lab import Config, part_skills, table
     items = {"base": {"sql": [0.0] * 10, "instructions": [0.0] * 10, "tools": [0.0] * 10},
              "sft": {"sql": [1.0] * 6 + [0.0] * 4, "instructions": [1.0] * 5 + [0.0] * 5, "tools": [1.0] * 10}}
@@ -292,7 +292,7 @@ def _fake_pipeline(folder, seed: int):
     """Random weights standing in for the pipeline's pretrain, sft and dpo checkpoints, and a card for skills."""
     import torch
     from minipost.common import save_checkpoint
-    from minipost.evals import write_report
+    from minipost.card import write_report
     from minipost.model import GPT, GPTConfig, PRESETS, model_checkpoint
     from minipost.tokenizer import get_tokenizer
     torch.manual_seed(seed)

@@ -161,10 +161,10 @@ def test_the_small_preset_runs_every_stage_on_the_cpu(tmp_path, monkeypatch):
     sizes that make a CPU step slow shrink (rows per step, reference log-probs of all 2040 DPO pairs, 32 RL
     prompts x 8; the card's held-out loss over 4 windows, not 64); the row length (512 tokens) and the model stay
     the preset's."""
-    from minipost import evals, pipeline
+    from minipost.card import evaluate
 
-    val_losses = evals.val_losses
-    monkeypatch.setattr(evals, "val_losses", lambda model, enc, windows=64, block_size=256:
+    val_losses = evaluate.val_losses
+    monkeypatch.setattr(evaluate, "val_losses", lambda model, enc, windows=64, block_size=256:
                         val_losses(model, enc, 4, block_size))
     lean = {"pretrain": {"batch_size": 4}, "sft": {"batch_size": 4},
             "reward_model": {"max_pairs": 64, "batch_size": 4}, "dpo": {"max_pairs": 64, "batch_size": 4},

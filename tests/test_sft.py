@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-import minipost.evals as evals
+from minipost.card import evaluate as card_evaluate
 import minipost.heldout as heldout
 import minipost.sft as sft
 import minipost.tokenizer as tokenizer
@@ -143,7 +143,7 @@ def world(tmp_path, monkeypatch):
     (root / "chats.jsonl").write_text("".join(json.dumps({"prompt": f"say {w}", "completion": w}) + "\n"
                                               for w in ["yes", "no", "maybe", "ok"] * 4 + ["fine", "sure"]))
     save_checkpoint(root / "base.pt", model_checkpoint(tiny_gpt(), "bytes", 0))
-    for module in (sft, evals, heldout):
+    for module in (sft, card_evaluate, heldout):
         monkeypatch.setattr(module, "DATA_DIR", root)
     monkeypatch.setattr(tokenizer, "get_tokenizer", lambda name, *a, **k: ENC)
     return root

@@ -176,4 +176,4 @@ print((OUT / "samples.txt").read_text()[:1200])
 # ## Try next
 # - `--baseline none` and `--baseline mean` with the same seed: slower, noisier reward curves.
 # - `--beta 0.05 --kl-in reward` keeps the policy near the start model; compare `kl_ref` and the other domains.
-# - `python -m minipost.evals --ckpt INIT --ckpt OUT/model.pt` for the full report card: did anything else drop?
+# - `python -m minipost.card --ckpt INIT --ckpt OUT/model.pt` for the full report card: did anything else drop?

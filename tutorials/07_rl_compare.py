@@ -22,7 +22,7 @@ import torch
 
 from minipost.common import DATA_DIR, config_with_preset, read_jsonl
 from minipost import grpo, ppo, reinforce
-from minipost.evals import evaluate_items, write_report
+from minipost.card import evaluate_items, write_report
 from minipost.harness import read_metrics
 
 from _setup import SMOKE, ensure_world, out_dir, start_checkpoint  # noqa: E402  (tutorials/_setup.py)

@@ -35,7 +35,7 @@ import numpy as np
 
 from minipost import grpo, ppo, reinforce
 from minipost.common import DATA_DIR, config_with_preset, read_jsonl
-from minipost.evals import ALPHA, HIGHER_IS_BETTER, binomial_ci, evaluate_items, paired_test, write_report
+from minipost.card import ALPHA, HIGHER_IS_BETTER, binomial_ci, evaluate_items, paired_test, write_report
 from minipost.data import per_domain
 from minipost.harness import read_metrics
 

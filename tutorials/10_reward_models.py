@@ -23,7 +23,7 @@ import numpy as np
 
 from minipost import grpo, reward_model
 from minipost.common import DATA_DIR, config_with_preset, read_jsonl
-from minipost.evals import eval_answers, win_items
+from minipost.card import eval_answers, win_items
 from minipost.data import per_domain
 from minipost.harness import read_metrics
 from minipost.rewards import RewardModel

@@ -23,7 +23,7 @@ import time
 
 from minipost import dpo, sft
 from minipost.common import config_with_preset
-from minipost.evals import card, evaluate_items, report_table
+from minipost.card import card, evaluate_items, report_table
 
 from _setup import SMOKE, ensure_world, out_dir, start_checkpoint  # noqa: E402  (tutorials/_setup.py)
 

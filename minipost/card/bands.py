@@ -13,10 +13,10 @@ can by luck agree closely, so se is the floor). If the spread between runs were 
 a run of the same code would be inside; the card has about 60 cells, so 2 or 3 cells outside are expected,
 and what matters is a pattern (a whole row, or one column in every row).
 
-    python -m minipost.bands runs/pipeline/report/report.json          # compare with data/bands_nano.json
-    python -m minipost.bands --make runs/pipeline/report/report.json runs/pipeline_seed2/report/report.json \\
+    python -m minipost.card.bands runs/pipeline/report/report.json          # compare with data/bands_nano.json
+    python -m minipost.card.bands --make runs/pipeline/report/report.json runs/pipeline_seed2/report/report.json \\
         runs/pipeline_seed3/report/report.json --out data/bands_nano.json   # how the bands were made
-    python -m minipost.bands --table                                    # the bands as a markdown table
+    python -m minipost.card.bands --table                                    # the bands as a markdown table
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ import statistics
 from pathlib import Path
 
 from minipost.common import DATA_DIR, ArgumentParser, InputError, check_can_create, exit_on_input_error, save_json
-from minipost.evals import COLUMN_ORDER, HIGHER_IS_BETTER, card, column_range, read_report
+from minipost.card import COLUMN_ORDER, HIGHER_IS_BETTER, card, column_range, read_report
 
 Z = 1.96  # the cells' intervals are 95% ones
 WIDTH = 2.0  # a cell is inside when |x - mean| <= WIDTH * sqrt(sd^2 + se^2)
@@ -157,7 +157,7 @@ def read_bands(path) -> dict:
         raise InputError(f"{path}: not a bands file (JSON nested deeper than any bands file)") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
         reason = f"{type(e).__name__}: {e}" if not isinstance(e, OSError) else (e.strerror or type(e).__name__)
-        raise InputError(f"{path}: not a bands file as `python -m minipost.bands --make` writes it "
+        raise InputError(f"{path}: not a bands file as `python -m minipost.card.bands --make` writes it "
                          f"({reason})") from None
     return saved
 
@@ -175,7 +175,7 @@ def main(argv=None):
 
 
 def _main(argv=None):
-    ap = ArgumentParser(prog="python -m minipost.bands", description="Is my card normal? Compare a report.json "
+    ap = ArgumentParser(prog="python -m minipost.card.bands", description="Is my card normal? Compare a report.json "
                         "with the published bands (or make the bands from >= 3 runs with --make).")
     ap.add_argument("reports", nargs="*", help="report.json of a pipeline run (OUT/report/report.json)")
     ap.add_argument("--bands", default=str(DATA_DIR / "bands_nano.json"), help="the bands to compare with")
