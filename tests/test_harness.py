@@ -3,6 +3,7 @@
 and the import rules that keep it below the objectives."""
 import ast
 import dataclasses
+import importlib
 import json
 import os
 import re
@@ -167,6 +168,18 @@ def test_a_full_disk_on_any_file_of_a_run_is_one_line_naming_the_last_good_check
             f"the last good checkpoint is {tmp_path / 'state.pt'}")
     assert stop.value.code == 1
     assert capsys.readouterr().err == f"stopped: no space left on the device writing {tmp_path / name}; {last}\n"
+
+
+@pytest.mark.parametrize("objective", OBJECTIVES)
+def test_every_objective_refuses_a_bad_flag_in_one_line_with_exit_2(objective, tmp_path, capsys):
+    """`python -m minipost.<objective> --max-steps 0` (main is what that command runs; tests/test_pretrain.py runs
+    one as a real process): one line naming the flag, exit 2, and nothing written."""
+    module = importlib.import_module(f"minipost.{objective}")
+    with pytest.raises(SystemExit) as stop:
+        main(module.train, module.Config, module.PRESETS, argv=["--max-steps", "0", "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.count("\n") == 1 and "--max-steps 0: must be >= 1" in err, err
+    assert not (tmp_path / "run").exists()
 
 
 def test_a_non_finite_loss_stops_with_the_step(tmp_path):
