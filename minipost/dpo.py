@@ -162,12 +162,12 @@ def pair_metrics(losses, chosen_rewards, rejected_rewards, chosen_logps, rejecte
 
 def train(cfg: Config) -> dict:
     run = Run(cfg, "dpo")  # torchrun ranks, CPU threads, seeds, the run folder: minipost/harness/run.py
-    mine = run.shard(cfg.batch_size)  # this process's pairs of every global batch (all of them alone)
+    run.shard(cfg.batch_size)  # torchrun: a global batch must split evenly over the processes (checked now)
     device = run.device
 
     # ---- models: the policy starts as the init checkpoint; the reference is a frozen copy of it (or --ref)
-    model, ref_model, enc, ckpt = load_policy_and_reference(cfg.init, cfg.ref, device, hint="run SFT first "
-                                                            "(python -m minipost.sft --out runs/sft)")
+    model, ref_model, enc, ckpt = load_policy_and_reference(cfg.init, cfg.ref, device,
+                                                            hint="run SFT first (python -m minipost.sft)")
     block_size = min(cfg.block_size, model.cfg.block_size, ref_model.cfg.block_size)
     print(f"model: {model.num_params() / 1e6:.2f}M parameters from {cfg.init} on {device}; "
           f"reference {cfg.ref or cfg.init}")
@@ -194,7 +194,6 @@ def train(cfg: Config) -> dict:
           f"{time.time() - t_ref:.1f} s")
 
     # ---- the loop
-    micro = min(cfg.micro_batch_size or cfg.batch_size, mine.stop - mine.start)  # pairs per forward/backward
     model.eval()  # dropout off (see the docstring); gradients flow as usual
     for step in run.steps():
         lr = set_lr(optimizer, cosine_lr(step, lr=cfg.lr, warmup_steps=cfg.warmup_steps, max_steps=cfg.max_steps,
@@ -202,11 +201,9 @@ def train(cfg: Config) -> dict:
         idx = next(batches)  # B pair indices, the same on every process
         B = len(idx)
         chosen_tokens = sum(num_targets(pairs[i][0]) for i in idx)  # the whole batch's (every rank's pairs)
-        idx = idx[mine]  # this process's pairs
-        micro_idx = [idx[s:s + micro] for s in range(0, len(idx), micro)]
-        micro_xy = [pair_batch([pairs[i] for i in mb], pad_id) for mb in micro_idx]  # (2b, T) each, chosen first
         stats = {"loss": 0.0, "nll_loss": 0.0}  # then pair_metrics' keys, each a mean over the batch's pairs
-        for mb, (x, y) in zip(micro_idx, micro_xy):
+        for mb in run.micro_batches(idx, cfg.micro_batch_size):  # this process's pairs, a micro-batch at a time
+            x, y = pair_batch([pairs[i] for i in mb], pad_id)  # (2b, T) each, chosen rows first
             b = len(mb)
             weight = b / B  # the loss is a mean over the batch's pairs: this micro-batch's share
             x, y = x.to(device), y.to(device)  # (2b, T) each

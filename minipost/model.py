@@ -374,6 +374,14 @@ def check_same_tokenizer(enc, other_enc, path, other_path) -> None:
                          f"{path}'s {enc.name!r} ({enc.n_vocab} tokens); the reference must share the policy's")
 
 
+def load_init(path, device="cpu", hint: str = "", **kwargs):
+    """load_model(path, device, **kwargs) for an --init flag: a missing file is one line naming the flag and
+    `hint` (what produces that file)."""
+    if not Path(path).exists():  # (a folder: load_model says which file it means)
+        raise InputError(f"--init {path}: no such checkpoint{'; ' + hint if hint else ''}")
+    return load_model(path, device, **kwargs)
+
+
 def load_policy_and_reference(init, ref, device="cpu", hint: str = ""):
     """The policy to train (--init) and the frozen reference it is compared with (--ref, default a copy of
     --init), sharing one tokenizer -> (policy, reference, tokenizer, the policy's checkpoint dict). A missing

@@ -59,7 +59,7 @@ import torch.nn.functional as F
 from minipost.common import DATA_DIR, InputError, check_config, field
 from minipost.data import EpochBatches, load_prefs, tokenize_pairs
 from minipost.harness import Run, RunConfig, main
-from minipost.model import load_model, model_checkpoint
+from minipost.model import load_init, model_checkpoint
 from minipost.optim import adamw, cosine_lr, set_lr
 from minipost.rewards import KIND, pair_rewards, reward_scores, sequence_batch
 from minipost.tokenizer import special_id
@@ -141,28 +141,16 @@ def write_samples(path, records: list[dict], chosen: torch.Tensor, rejected: tor
 
 def train(cfg: Config) -> dict:
     run = Run(cfg, "reward_model")  # torchrun ranks, CPU threads, seeds, the run folder: minipost/harness/run.py
-    mine = run.shard(cfg.batch_size)  # this process's pairs of every global batch (all of them alone)
+    run.shard(cfg.batch_size)  # torchrun: a global batch must split evenly over the processes (checked now)
     device = run.device
 
     # ---- the model: the init checkpoint plus a fresh scalar head
-    if not Path(cfg.init).exists():  # (a folder: load_model says which file it means)
-        raise InputError(f"--init {cfg.init}: no such checkpoint; run SFT first "
-                         "(python -m minipost.sft --init runs/pretrain/model.pt --out runs/sft)")
-    model, enc, ckpt = load_model(cfg.init, device, value_head=True)
+    model, enc, ckpt = load_init(cfg.init, device, hint="run SFT first (python -m minipost.sft)", value_head=True)
     block_size = min(cfg.block_size, model.cfg.block_size)
     print(f"reward model: {model.num_params() / 1e6:.2f}M parameters from {cfg.init} on {device}")
 
     # ---- data: each pair rendered twice with the chat template (prompt + chosen, prompt + rejected)
-    if not cfg.data and not (DATA_DIR / "prefs.jsonl").exists():
-        build_world(DATA_DIR)
-    data_path = cfg.data or DATA_DIR / "prefs.jsonl"
-    lines, eval_lines = [], []  # each pair's line in its file, for error messages
-    rows = load_prefs(data_path, lines)[:cfg.max_pairs or None]
-    margins = load_margins(rows, lines, data_path)
-    pairs = tokenize_pairs(enc, rows, block_size, str(data_path), lines, targets=False)  # <= block_size tokens
-    eval_path = cfg.eval_data or ("" if cfg.data else DATA_DIR / "eval_prefs.jsonl")
-    eval_rows = load_prefs(eval_path, eval_lines) if eval_path else []
-    eval_pairs = tokenize_pairs(enc, eval_rows, block_size, str(eval_path), eval_lines, targets=False)
+    pairs, margins, eval_pairs, eval_rows = load_reward_data(cfg, enc, block_size)
     pad_id = special_id(enc, "<|pad|>")
 
     # ---- optimizer and data order; then the run folder (a resume restores them here)
@@ -176,17 +164,14 @@ def train(cfg: Config) -> dict:
           + ("" if eval_pairs else " (no --eval-data: held-out accuracy is not measured)"))
 
     # ---- the loop
-    micro = min(cfg.micro_batch_size or cfg.batch_size, mine.stop - mine.start)  # pairs per forward/backward
     model.train()
     for step in run.steps():
         lr = set_lr(optimizer, cosine_lr(step, lr=cfg.lr, warmup_steps=cfg.warmup_steps, max_steps=cfg.max_steps,
                                          min_lr_ratio=cfg.min_lr_ratio))
         idx = next(batches)  # B pair indices, the same on every process
         B = len(idx)
-        idx = idx[mine]  # this process's pairs
         stats = {k: 0.0 for k in ("loss", "accuracy", "margin", "rewards/chosen", "rewards/rejected")}
-        for s in range(0, len(idx), micro):
-            mb = idx[s:s + micro]
+        for mb in run.micro_batches(idx, cfg.micro_batch_size):  # this process's pairs, a micro-batch at a time
             b = len(mb)
             ids, last = sequence_batch([pairs[i][0][0] for i in mb] + [pairs[i][1][0] for i in mb], pad_id)
             r = reward_scores(model, ids, last)  # (2b,), chosen rows first
@@ -225,6 +210,23 @@ def train(cfg: Config) -> dict:
             print("held-out accuracy by kind: " + ", ".join(f"{k} {v:.2f}" for k, v in
                                                             summary["eval_accuracy_by_kind"].items()))
     return summary
+
+
+def load_reward_data(cfg: Config, enc, block_size: int):
+    """The training pairs (tokenized twice with the chat template, no targets: a reward model reads the last
+    token) with their margins (None without a "margin" field), and the held-out pairs with their rows (for the
+    accuracy by kind). Every file is checked here, its line named, before OUT is touched."""
+    if not cfg.data and not (DATA_DIR / "prefs.jsonl").exists():
+        build_world(DATA_DIR)
+    data_path = cfg.data or DATA_DIR / "prefs.jsonl"
+    lines, eval_lines = [], []  # each pair's line in its file, for error messages
+    rows = load_prefs(data_path, lines)[:cfg.max_pairs or None]
+    margins = load_margins(rows, lines, data_path)
+    pairs = tokenize_pairs(enc, rows, block_size, str(data_path), lines, targets=False)  # <= block_size tokens
+    eval_path = cfg.eval_data or ("" if cfg.data else DATA_DIR / "eval_prefs.jsonl")
+    eval_rows = load_prefs(eval_path, eval_lines) if eval_path else []
+    eval_pairs = tokenize_pairs(enc, eval_rows, block_size, str(eval_path), eval_lines, targets=False)
+    return pairs, margins, eval_pairs, eval_rows
 
 
 def accuracy_by_kind(rows: list[dict], right: torch.Tensor) -> dict[str, float]:

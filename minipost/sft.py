@@ -37,7 +37,6 @@ Run:  python -m minipost.sft --init runs/pretrain/model.pt --out runs/sft       
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
@@ -48,7 +47,7 @@ from minipost.harness import Run, RunConfig, main
 from minipost.heldout import heldout_loss, write_samples
 from minipost.logprobs import token_logprobs
 from minipost.lora import LoRAConfig, add_lora_from_flags, merge_lora, trainable, training_bytes
-from minipost.model import load_model, model_checkpoint
+from minipost.model import load_init, model_checkpoint
 from minipost.optim import adamw, cosine_lr, set_lr
 from minipost.tokenizer import special_id
 from minipost.world import build as build_world
@@ -121,14 +120,11 @@ def token_accuracy(logits, targets) -> tuple[int, int]:
 
 def train(cfg: Config) -> dict:
     run = Run(cfg, "sft")  # torchrun ranks, CPU threads, seeds, the run folder: minipost/harness/run.py
-    mine = run.shard(cfg.batch_size)  # this process's rows of every global batch (all of them alone)
+    run.shard(cfg.batch_size)  # torchrun: a global batch must split evenly over the processes (checked now)
     mine_ptx = run.shard(cfg.ptx_batch_size, "--ptx-batch-size") if cfg.ptx_coef else slice(None)
 
     # ---- model: the base checkpoint; its tokenizer comes with it
-    if not Path(cfg.init).exists():
-        raise InputError(f"--init {cfg.init}: no such checkpoint; pretrain first "
-                         "(python -m minipost.pretrain --out runs/pretrain)")
-    model, enc, ckpt = load_model(cfg.init, run.device)
+    model, enc, ckpt = load_init(cfg.init, run.device, hint="pretrain first (python -m minipost.pretrain)")
     block_size = min(cfg.block_size, model.cfg.block_size)
     if block_size < cfg.block_size:
         print(f"--block-size {cfg.block_size}: the model sees at most {block_size} tokens; using {block_size}")
@@ -152,18 +148,15 @@ def train(cfg: Config) -> dict:
     if not run.resumed:
         val_loss = heldout_loss(model, val_stream, windows=cfg.eval_windows, impl=cfg.logprobs_impl)
         run.log(0, val_loss=val_loss)  # before any step: what SFT starts from
-    micro = min(cfg.micro_batch_size or cfg.batch_size, mine.stop - mine.start)
     loss_sum, correct, n_tok = None, 0, 0
     for step in run.steps():
         lr = set_lr(optimizer, cosine_lr(step, lr=cfg.lr, warmup_steps=cfg.warmup_steps, max_steps=cfg.max_steps,
                                          min_lr_ratio=cfg.min_lr_ratio))
         batch = next(batches)  # batch_size row indices, the same on every process
         n_tok = sum(num_targets(rows[i]) for i in batch)  # target tokens in the whole step (every process's rows)
-        batch = batch[mine]  # this process's rows
-        micro_batches = [collate([rows[i] for i in batch[s:s + micro]], pad_id)
-                         for s in range(0, len(batch), micro)]  # [(x (b, T), y (b, T))]
         loss_sum, correct = 0.0, 0
-        for x, y in micro_batches:
+        for part in run.micro_batches(batch, cfg.micro_batch_size):  # this process's rows, a micro-batch at a time
+            x, y = collate([rows[i] for i in part], pad_id)
             x, y = x.to(run.device), y.to(run.device)  # (b, T) each
             with autocast(run.device):
                 logits = model(x)  # (b, T, V)

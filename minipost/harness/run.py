@@ -67,6 +67,13 @@ class Run:
         """This process's rows of a global batch of batch_size (all of them without torchrun)."""
         return dist.shard(batch_size, self.ranks, flag)
 
+    def micro_batches(self, batch, size: int) -> list:
+        """This process's rows of a global batch (all of them alone; its share under torchrun), in micro-batches of
+        `size` rows for forward/backward (0: one micro-batch) -> a list of row-index pieces."""
+        mine = batch[dist.shard(len(batch), self.ranks)]
+        size = min(size or len(mine), len(mine))
+        return [mine[s:s + size] for s in range(0, len(mine), size)]
+
     def sum(self, value: float) -> float:
         """A number summed over the processes (a loss share, a count); the number itself without torchrun."""
         return dist.all_reduce_sum(value, self.ranks)
