@@ -306,6 +306,23 @@ def _many_matches(n: int, value_chars: int, pattern_chars: int, like: bool = Fal
 # with no time check reached; the longest such query the sandbox compiles now (1,000 characters, patterns of
 # 100 on values of 1,000) runs in milliseconds.
 HOSTILE_SQL += [_many_matches(740, 9800, 990), _many_matches(70, 998, 98), _many_matches(70, 998, 98, like=True)]
+
+
+def _cte_chain(n: int, how: str = "") -> str:
+    """n CTEs, each reading the one before twice: SQLite copies each into both places while it compiles, so
+    the query grows 2^n before it runs (20 of them took 2.9 s and 914 MB to compile; 30 would need ~1 TB)."""
+    return ("WITH a0(x) AS (SELECT 1), " + ", ".join(f"a{i} AS {how}(SELECT 1 FROM a{i - 1}, a{i - 1} b)"
+                                                     for i in range(1, n)) + f" SELECT 1 FROM a{n - 1}")
+
+
+HOSTILE_SQL += [_cte_chain(20), _cte_chain(30), _cte_chain(14, "NOT MATERIALIZED ")]
+
+
+def test_one_common_table_expression_still_runs():
+    assert run_sql("WITH d AS (SELECT salary FROM employees WHERE department = 'sales') SELECT count(*) FROM d, d e"
+                   ) == [(36,)]
+    assert run_sql("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c LIMIT 5) SELECT sum(x) FROM c") == [(15,)]
+    assert run_sql(_cte_chain(2)) is None  # two are refused before SQLite compiles them
 _HOSTILE_CHILD = """
 import json, resource, sys, time
 from minipost.world import run_sql
