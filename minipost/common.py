@@ -302,6 +302,9 @@ def read_jsonl(path: str | os.PathLike, required: typing.Sequence[str] | dict = 
                 row = json.loads(line)
             except json.JSONDecodeError as e:
                 raise InputError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+            except RecursionError:
+                raise InputError(f"{path}:{lineno}: JSON nested deeper than Python reads; a record is one flat "
+                                 "object") from None
             if not isinstance(row, dict):
                 raise InputError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
             missing = [k for k in required if k not in row]

@@ -77,12 +77,6 @@ def load_chats(path) -> list[list[dict]]:
     return [to_messages(r, f"{path}:{n}") for n, r in zip(lines, rows)]
 
 
-def load_probes(path) -> list[dict]:
-    """Base-model probes {"prompt", "answer", "domain"}: a prompt to continue and the answer its first sentence
-    is checked against (world.check_probe)."""
-    return read_jsonl(path, required={"prompt": str, "answer": str, "domain": str})
-
-
 def per_domain(records: list[dict], limit: int | None) -> list[dict]:
     """The first `limit` records of each domain (all of them when limit is None or 0), in file order."""
     out, seen = [], {}

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import torch
 
-from minipost.common import DATA_DIR, atomic_write_bytes, autocast
-from minipost.data import load_texts, pack, packed_eval_batches, pair_batch
+from minipost.common import DATA_DIR, InputError, atomic_write_bytes, autocast, read_jsonl
+from minipost.data import load_prefs, load_texts, pack, packed_eval_batches, pair_batch
 from minipost.logprobs import sequence_logprobs, token_logprobs
 from minipost.rollout import complete
 from minipost.tokenizer import encode_text, render_prompt, special_id
@@ -163,3 +163,25 @@ def preference_wins(chosen, rejected, ref_chosen, ref_rejected) -> torch.Tensor:
 def preference_accuracy(chosen, rejected, ref_chosen, ref_rejected) -> float:
     """Share of pairs whose implicit DPO reward is strictly higher for the chosen answer (preference_wins)."""
     return preference_wins(chosen, rejected, ref_chosen, ref_rejected).float().mean().item()
+
+
+def load_probes(path) -> list[dict]:
+    """Base-model probes {"prompt", "answer", "domain"}, each of a domain with a probe checker (PROBE_DOMAINS): a
+    prompt to continue and the answer its first sentence is checked against (world.check_probe)."""
+    lines = []
+    rows = read_jsonl(path, required={"prompt": str, "answer": str, "domain": str}, lines=lines)
+    for n, r in zip(lines, rows):
+        if r["domain"] not in PROBE_DOMAINS:
+            raise InputError(f"{path}:{n}: field 'domain' is {r['domain']!r}; a probe's is one of {list(PROBE_DOMAINS)}")
+    return rows
+
+
+def load_eval_pairs(path) -> list[dict]:
+    """The held-out preference pairs the card scores (pref_acc): pairs as data.load_prefs reads them, each with
+    the "domain" its cells are counted in."""
+    lines = []
+    rows = load_prefs(path, lines)
+    for n, r in zip(lines, rows):
+        if not isinstance(r.get("domain"), str):
+            raise InputError(f"{path}:{n}: field 'domain': missing or not a string (the card counts pairs per domain)")
+    return rows

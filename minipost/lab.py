@@ -44,7 +44,7 @@ from minipost.common import (DATA_DIR, DEVICE_HELP, InputError, atomic_write_byt
                              check_device, check_out_dir, config_with_preset, field, jsonl_bytes, pick_device,
                              read_json_dict, read_jsonl, save_json)
 from minipost.card import binomial_ci, evaluate_checkpoint, read_report
-from minipost.harness import file_digest, hold_folder, main, release_folder
+from minipost.harness import check_not_a_run, file_digest, hold_folder, main, release_folder
 from minipost.model import load_model
 from minipost.pipeline import plan, run_planned, train_seconds
 from minipost.retrieval import Index
@@ -600,6 +600,7 @@ def run_lab(cfg: Config) -> dict:
         hold_folder(out)  # a second lab into this folder stops here, before it reads a run half written
     if Path(cfg.pipeline).is_dir():  # read, not written: a pipeline retraining it meanwhile is refused (and v.v.)
         hold_folder(cfg.pipeline, shared=True, what="--pipeline")
+    check_not_a_run(out, f"--out {cfg.out}")
     ckpts, data, plans = preflight(cfg)
     out.mkdir(parents=True, exist_ok=True)
     hold_folder(out)

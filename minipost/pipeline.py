@@ -30,10 +30,11 @@ from pathlib import Path
 from minipost import dist, threads
 from minipost.common import (DATA_DIR, DEVICE_HELP, InputError, check_config, check_device, config_with_preset, field,
                              load_checkpoint, pick_device, read_json_dict, save_json)
-from minipost.data import load_chats, load_prefs, load_probes, load_texts
 from minipost.card import eval_answers, evaluate_items, write_report
-from minipost.harness import (INPUT_FIELDS, RESUME_IGNORES, check_previous, file_digest, hold_folder, input_digests,
-                              main, read_metrics, release_folder)
+from minipost.data import load_chats, load_prefs, load_texts
+from minipost.harness import (INPUT_FIELDS, RESUME_IGNORES, check_not_a_run, check_not_held, check_previous,
+                              file_digest, hold_folder, input_digests, main, read_metrics, release_folder)
+from minipost.heldout import load_eval_pairs, load_probes
 from minipost.rewards import RewardModel
 from minipost.rollout import load_prompts
 from minipost.tokenizer import get_tokenizer
@@ -250,7 +251,7 @@ def card_items(ckpts: dict[str, list], device, limit: int | None, report_dir) ->
 
 # What the stages and the card read of the world's files in data/, each with the reader that reads it there
 WORLD_READERS = {"pretrain.jsonl": load_texts, "pretrain_val.jsonl": load_texts, "sft.jsonl": load_chats,
-                 "prefs.jsonl": load_prefs, "eval_prefs.jsonl": load_prefs, "rl.jsonl": load_prompts,
+                 "prefs.jsonl": load_prefs, "eval_prefs.jsonl": load_eval_pairs, "rl.jsonl": load_prompts,
                  "eval.jsonl": load_prompts, "probes.jsonl": load_probes}
 
 
@@ -279,19 +280,25 @@ def run(cfg: Config) -> dict:
         if parent and parent not in planned[:i] and not (out / parent / "model.pt").is_file():
             raise InputError(f"--stages {cfg.stages!r}: {name} starts from {out / parent / 'model.pt'}, which does "
                              f"not exist; run {parent} first (add it to --stages)")
+    check_not_a_run(out, f"--out {cfg.out}")
+    for _, stage_cfg, _ in plans.values():  # a stage's folder that another process writes into
+        check_not_held(stage_cfg.out)
+
+    def check_world():  # rank 0; a refusal here stops every rank with its line (dist.main_first)
+        if not (DATA_DIR / "pretrain.jsonl").exists():
+            build_world(DATA_DIR)
+        get_tokenizer(cfg.preset)  # trains and saves the tokenizer on first use
+        read_world()  # a damaged data file stops the pipeline now, not after the stages before its reader
+    dist.main_first(check_world, ranks)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise InputError(f"--out {cfg.out}: cannot create it ({e.strerror or type(e).__name__})") from None
 
-    def prepare():  # rank 0; a refusal here stops every rank with its line (dist.main_first)
+    def start():  # rank 0 takes the folder and writes the pipeline's config
         hold_folder(out)
-        if not (DATA_DIR / "pretrain.jsonl").exists():
-            build_world(DATA_DIR)
-        get_tokenizer(cfg.preset)  # trains and saves the tokenizer on first use
-        read_world()  # a damaged data file stops the pipeline now, not after the stages before its reader
         save_json(out / "config.json", asdict(cfg))
-    dist.main_first(prepare, ranks)
+    dist.main_first(start, ranks)
     timings, ckpts = {}, {}
     for s in cfg.stage_list():
         ckpts[s], timings[s] = [], 0.0

@@ -31,9 +31,9 @@ from dataclasses import dataclass
 import torch
 
 from minipost.common import DATA_DIR, InputError, autocast, check_config, field
-from minipost.data import load_probes, load_texts, pack, packed_batch, per_domain
+from minipost.data import load_texts, pack, packed_batch, per_domain
 from minipost.harness import Run, RunConfig, main
-from minipost.heldout import heldout_loss, write_samples
+from minipost.heldout import heldout_loss, load_probes, write_samples
 from minipost.logprobs import token_logprobs
 from minipost.model import GPT, PRESETS as MODEL_PRESETS, GPTConfig, check_same_tokenizer, load_model, model_checkpoint
 from minipost.optim import adamw, cosine_lr, set_lr

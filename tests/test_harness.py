@@ -291,6 +291,31 @@ def test_the_pipeline_and_the_lab_stop_at_once_in_a_folder_another_process_holds
         holder.wait()
 
 
+def test_a_pipeline_whose_stage_folder_another_process_holds_stops_before_the_first_stage(tmp_path):
+    from minipost import pipeline
+    (tmp_path / "sft").mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(tmp_path / "sft")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        busy = f"--out {tmp_path / 'sft'}: another run is writing into this folder (pid {holder.pid})"
+        with pytest.raises(InputError, match=re.escape(busy)):
+            pipeline.run(pipeline.Config(out=str(tmp_path), max_steps=1, progress=False))
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["sft"]  # pretraining did not run
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_pipeline_or_lab_into_a_single_runs_folder_is_refused(tmp_path):
+    from minipost import lab, pipeline
+    save_checkpoint(tmp_path / "model.pt", {"step": 1})  # what `python -m minipost.sft --out tmp_path` leaves
+    for command in (lambda: pipeline.run(pipeline.Config(out=str(tmp_path), max_steps=1, progress=False)),
+                    lambda: lab.run_lab(lab.Config(out=str(tmp_path)))):
+        with pytest.raises(InputError, match=re.escape(f"--out {tmp_path}: holds a single run (model.pt)")):
+            command()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]  # no config.json written over the run's
+
+
 def test_ctrl_c_names_what_a_run_pipeline_or_lab_folder_holds(tmp_path):
     assert where_to_continue(tmp_path) == (f"the run had not started: nothing in {tmp_path} changed; the same "
                                            "command starts it again")

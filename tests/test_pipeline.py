@@ -116,21 +116,28 @@ def test_a_finished_stage_is_reused_only_for_its_own_config_and_start(tmp_path, 
     assert (sft / "model.pt").read_bytes() == before  # the same base, the same weights, the same bytes
 
 
-@pytest.mark.parametrize("name,dropped", [("prefs.jsonl", "chosen"), ("probes.jsonl", "answer")])
-def test_a_damaged_world_file_stops_the_pipeline_before_any_stage_runs(tmp_path, monkeypatch, name, dropped):
-    """A data file that a later stage or the card reads (DPO's pairs, the probes) is read before the first
-    stage trains, with the reader that reads it there."""
+@pytest.mark.parametrize("name,change,message", [
+    ("prefs.jsonl", {"chosen": None}, r"missing field\(s\) \['chosen'\]"),       # DPO's and the reward model's
+    ("probes.jsonl", {"answer": None}, r"missing field\(s\) \['answer'\]"),     # pretraining's and the card's
+    ("probes.jsonl", {"domain": "sql"}, r"field 'domain' is 'sql'; a probe's is one of"),
+    ("eval_prefs.jsonl", {"domain": None}, r"field 'domain': missing"),            # the card's pref_acc per domain
+    ("pretrain_val.jsonl", {"text": [[[[1]]]]}, r"field 'text' must be str"),
+])
+def test_a_damaged_world_file_stops_the_pipeline_before_any_stage_runs(tmp_path, monkeypatch, name, change, message):
+    """A data file that a later stage or the card reads is read before the first stage trains, with the reader
+    that reads it there: one line naming file, line and field, and nothing written."""
     world = tmp_path / "data"
     world.mkdir()
     for f in pipeline.WORLD_READERS:
         (world / f).write_bytes((common.DATA_DIR / f).read_bytes())
     lines = (world / name).read_text().splitlines()
-    lines[4] = json.dumps({k: v for k, v in json.loads(lines[4]).items() if k != dropped})
+    record = {**json.loads(lines[4]), **change}
+    lines[4] = json.dumps({k: v for k, v in record.items() if v is not None})
     (world / name).write_text("\n".join(lines) + "\n")
     monkeypatch.setattr(pipeline, "DATA_DIR", world)
-    with pytest.raises(InputError, match=rf"data/{name}:5: missing field\(s\) \['{dropped}'\]"):
+    with pytest.raises(InputError, match=rf"data/{name}:5: {message}"):
         run(Config(out=str(tmp_path / "out"), max_steps=2, eval_limit=1, progress=False))
-    assert list((tmp_path / "out").iterdir()) == []  # no stage ran, no config.json was written
+    assert not (tmp_path / "out").exists()  # no stage ran, nothing was written
 
 
 def test_bad_stage_names_and_flags_fail_before_anything_runs(tmp_path):

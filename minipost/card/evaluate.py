@@ -5,8 +5,9 @@ import json
 from pathlib import Path
 
 from minipost.common import DATA_DIR, read_jsonl
-from minipost.data import load_probes, per_domain, tokenize_pairs
-from minipost.heldout import chat_items, means, pair_logps, preference_wins, probe_items, val_losses
+from minipost.data import per_domain, tokenize_pairs
+from minipost.heldout import (chat_items, load_eval_pairs, load_probes, means, pair_logps, preference_wins, probe_items,
+                              val_losses)
 from minipost.model import check_same_tokenizer, load_model
 from minipost.tokenizer import special_id
 from minipost.world import check
@@ -68,7 +69,7 @@ def evaluate_items(path, device="cpu", ref_path=None, chat: bool = True, limit: 
     if ref_path is not None and Path(ref_path).resolve() != Path(path).resolve():
         ref, ref_enc, _ = load_model(ref_path, device)
         check_same_tokenizer(enc, ref_enc, path, ref_path)
-        records = per_domain(read_jsonl(DATA_DIR / "eval_prefs.jsonl"), limit)
+        records = per_domain(load_eval_pairs(DATA_DIR / "eval_prefs.jsonl"), limit)
         pairs = tokenize_pairs(enc, records, model.cfg.block_size, str(DATA_DIR / "eval_prefs.jsonl"))
         pad = special_id(enc, "<|pad|>")
         wins = preference_wins(*pair_logps(model, pairs, pad), *pair_logps(ref, pairs, pad))  # (N,) bool

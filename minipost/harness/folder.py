@@ -138,6 +138,25 @@ def _refuse(folder, held: str, what: str) -> None:
                      "); wait for it to end or choose another folder")
 
 
+def check_not_held(folder: str | os.PathLike, what: str = "--out") -> None:
+    """Refuse (InputError naming the pid) a folder another process holds, without taking it: the stages of a
+    pipeline, checked before the first one runs."""
+    key = os.path.realpath(folder)
+    if fcntl is None or key in _HELD or not Path(key).is_dir():
+        return
+    if _try_flock(key, fcntl.LOCK_SH, keep=False) is None:
+        _refuse(folder, key, what)
+
+
+def check_not_a_run(folder: Path, what: str) -> None:
+    """A pipeline's or a lab's --out holds runs in subfolders; one that holds a run itself (its model.pt or
+    state.pt) is another command's folder, and writing config.json into it would make that run unusable."""
+    held = [n for n in ("model.pt", "state.pt") if (Path(folder) / n).is_file()]
+    if held:
+        raise InputError(f"{what}: holds a single run ({' and '.join(held)}), not runs in subfolders; give "
+                         "another folder")
+
+
 def release_folder(folder: str | os.PathLike) -> None:
     fd = _HELD.pop(os.path.realpath(folder), None)
     if fd is not None:
