@@ -182,6 +182,22 @@ def test_every_objective_refuses_a_bad_flag_in_one_line_with_exit_2(objective, t
     assert not (tmp_path / "run").exists()
 
 
+def test_a_resume_state_of_another_run_is_one_line_naming_the_field(tmp_path):
+    toy_train(ToyConfig(out=str(tmp_path), stop_after=4))
+    state = load_checkpoint(tmp_path / "state.pt")
+    for edit, message in [(lambda st: st.pop("optimizer"), "field 'optimizer' missing"),
+                          (lambda st: st["model"].update(weight=torch.zeros(2, 5)), "field 'model' does not fit"),
+                          (lambda st: st.update(step="4"), "fields 'step' and 'elapsed_s' must be numbers")]:
+        edited = {**state, "model": dict(state["model"])}
+        edit(edited)
+        save_checkpoint(tmp_path / "state.pt", edited)
+        with pytest.raises(InputError, match=re.escape(f"{tmp_path / 'state.pt'}: {message}")):
+            toy_train(ToyConfig(out=str(tmp_path), resume=True))
+    save_checkpoint(tmp_path / "state.pt", state)
+    toy_train(ToyConfig(out=str(tmp_path), resume=True))  # the run's own state still resumes
+    assert (tmp_path / "model.pt").is_file()
+
+
 def test_a_non_finite_loss_stops_with_the_step(tmp_path):
     run = Run(ToyConfig(out=str(tmp_path)), "toy")
     run.start(model=torch.nn.Linear(1, 1))

@@ -37,7 +37,7 @@ import torch
 from tqdm import tqdm
 
 from minipost import dist, threads
-from minipost.common import pick_device, save_checkpoint, save_json, seed_everything
+from minipost.common import InputError, pick_device, save_checkpoint, save_json, seed_everything
 from minipost.harness.folder import record_model, release_folder, save_state, start_run
 from minipost.harness.metrics import MetricsLogger, check_finite
 
@@ -90,7 +90,17 @@ class Run:
         elapsed = 0.0
         if state:
             for key, obj in objects.items():
-                obj.set_state(state[key]) if isinstance(obj, torch.Generator) else obj.load_state_dict(state[key])
+                try:
+                    obj.set_state(state[key]) if isinstance(obj, torch.Generator) else obj.load_state_dict(state[key])
+                except (KeyError, ValueError, RuntimeError, TypeError) as e:  # a state.pt of another run, or edited
+                    why = ("missing" if isinstance(e, KeyError) else
+                           f"does not fit this run ({str(e).splitlines()[0][:200]})")
+                    release_folder(self.out)
+                    raise InputError(f"{self.out / 'state.pt'}: field {key!r} {why}; it is not this run's resume "
+                                     "state (start afresh without --resume, or give another --out)") from None
+            if not isinstance(state.get("step"), int) or not isinstance(state.get("elapsed_s"), (int, float)):
+                release_folder(self.out)
+                raise InputError(f"{self.out / 'state.pt'}: fields 'step' and 'elapsed_s' must be numbers")
             self.step, elapsed, self.resumed = state["step"], state["elapsed_s"], True
             self.saved = {k: v for k, v in state.items()
                           if k not in objects and k not in ("step", "config", "rng", "elapsed_s")}
