@@ -122,10 +122,10 @@ def exit_on_input_error(fn):
     try:
         return fn()
     except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
+        sys.stderr.write(f"error: {e}\n")  # one write: under torchrun the ranks' lines do not interleave
         raise SystemExit(2) from None
     except (FloatingPointError, DiskFull) as e:
-        print(f"stopped: {e}", file=sys.stderr)
+        sys.stderr.write(f"stopped: {e}\n")
         raise SystemExit(1) from None
 
 

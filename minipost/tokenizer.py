@@ -184,18 +184,19 @@ def load_ranks(path: str | Path) -> dict[bytes, int]:
     """Read a tiktoken rank file. (Same result as `tiktoken.load.load_tiktoken_bpe`, which we avoid because it
     caches files by path in a temp directory: after retraining, it would hand back the old tokenizer.)"""
     ranks = {}
-    with open(path, encoding="ascii") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            if not raw.strip():
                 continue
             try:
-                tok_b64, rank = line.split()
+                tok_b64, rank = raw.decode("ascii").split()
                 ranks[base64.b64decode(tok_b64, validate=True)] = int(rank)
-            except ValueError as e:  # wrong field count, bad base64 (binascii.Error is a ValueError), bad int
-                raise ValueError(
-                    f"{path}:{lineno}: expected 'base64_token rank', got {line.strip()!r} ({e})") from None
-    if sorted(ranks.values()) != list(range(len(ranks))):
-        raise ValueError(f"{path}: ranks must be 0..{len(ranks) - 1} with no gaps or repeats")
+            except ValueError as e:  # not ASCII, wrong field count, bad base64 (binascii.Error), bad int
+                raise InputError(f"{path}:{lineno}: expected 'base64_token rank', got {raw.strip()[:80]!r} "
+                                 f"({type(e).__name__})") from None
+    if len(ranks) < 256 or sorted(ranks.values()) != list(range(len(ranks))):
+        raise InputError(f"{path}: {len(ranks)} ranks; a tokenizer holds 0..N-1 (N >= 256: every byte) with no gaps "
+                         "or repeats (delete the file to train it again)")
     return ranks
 
 

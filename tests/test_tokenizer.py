@@ -14,6 +14,7 @@ import tiktoken
 import tiktoken.load
 
 from minipost.common import DATA_DIR
+from minipost.common import InputError
 from minipost.tokenizer import (PAT_STR, SPECIAL_TOKENS, VOCAB_SIZES, build_encoding, encode_text, get_tokenizer,
                                 load_corpus, load_ranks, render_chat, render_prompt, save_ranks, special_id,
                                 split_pieces, train_bpe)
@@ -270,6 +271,11 @@ def test_bad_rank_file_names_the_line(tmp_path):
     path.write_text("AA== 0\nAQ== 5\n")
     with pytest.raises(ValueError, match="no gaps"):
         load_ranks(path)
+    for text, message in [("", "0 ranks; a tokenizer holds"), ("AA== 0\n", "1 ranks"),
+                          ("AA== 0\n\xe9\xe9 1\n", r"bad.tiktoken:2: expected")]:  # empty, a byte short, not ASCII
+        path.write_bytes(text.encode("latin-1"))
+        with pytest.raises(InputError, match=message):  # one line (exit 2), not a traceback from tiktoken
+            load_ranks(path)
 
 
 def write_world(data_dir, texts, chats):
