@@ -26,6 +26,8 @@ knowledge questions over the pretraining corpus.
 """
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import sqlite3
 from pathlib import Path
@@ -54,6 +56,23 @@ def fts_query(text: str) -> str:
 
 
 INDEX_TABLES = {"docs", "docs_data", "docs_idx", "docs_content", "docs_docsize", "docs_config"}  # what fts5 makes
+INDEX_SQL = "CREATE VIRTUAL TABLE docs USING fts5(text, tokenize = 'porter unicode61 remove_diacritics 2')"
+
+
+def check_index_file(path) -> None:
+    """An existing file is an empty SQLite database or an index of ours, or ValueError. It is opened read-only:
+    a check that opened it for writing could already change another program's file (SQLite rolls back a
+    journal, or checkpoints a WAL file, that a crashed writer left)."""
+    try:
+        with contextlib.closing(sqlite3.connect(Path(path).resolve().as_uri() + "?mode=ro", uri=True)) as db:
+            objects = {(r[0], r[1]): r[2] for r in db.execute("SELECT type, name, sql FROM sqlite_master")}
+    except sqlite3.DatabaseError as e:  # not SQLite, or a journal only its writer may roll back
+        raise ValueError(f"{path}: not an SQLite index file of ours, or one another program is writing "
+                         f"({e})") from None
+    ours = {("table", name) for name in INDEX_TABLES}
+    if objects and (set(objects) != ours or objects["table", "docs"] != INDEX_SQL):
+        found = ", ".join(f"{kind} {name}" for kind, name in sorted(objects))
+        raise ValueError(f"{path}: an SQLite database of something else ({found}): not writing an index into it")
 
 
 class Index:
@@ -65,34 +84,24 @@ class Index:
         if path is not None:
             if Path(path).is_dir():
                 raise ValueError(f"{path}: is a folder, not an index file")
+            if Path(path).is_symlink() and not Path(path).exists():
+                raise ValueError(f"{path}: a link to {os.readlink(path)}, which does not exist")
             if not Path(path).parent.is_dir():
                 raise ValueError(f"{path}: its folder {Path(path).parent} does not exist")
+            if Path(path).exists():
+                check_index_file(path)  # read-only: another program's file is never written into, not even rolled back
         self.db = sqlite3.connect(":memory:" if path is None else str(path))
         try:
-            self._open(texts, path)
+            # porter: words match by their stem ("moved" = "move", "speaks" = "speak"); remove_diacritics 2:
+            # "Zürich" = "Zurich". rowid = position + 1 (SQLite's rowids start at 1)
+            self.db.execute(f"CREATE VIRTUAL TABLE IF NOT EXISTS {INDEX_SQL[len('CREATE VIRTUAL TABLE '):]}")
+            if texts and len(self):  # a rerun of the same script would store every text twice
+                raise ValueError(f"{path}: already holds an index of {len(self)} texts; Index(path=...) reopens it "
+                                 "and .add(texts) appends to it")
         except ValueError:
             self.db.close()
             raise
         self.add(texts)
-
-    def _open(self, texts, path):
-        """Make the index table, in a new or empty database or in an index of ours with no texts to add; an
-        existing file of anything else is never written into (ValueError)."""
-        try:  # every schema object (tables, views, indexes, triggers), not only tables
-            objects = {(r[0], r[1]) for r in self.db.execute("SELECT type, name FROM sqlite_master")}
-        except sqlite3.DatabaseError as e:
-            raise ValueError(f"{path}: not an SQLite index file ({e})") from None
-        if objects and objects != {("table", name) for name in INDEX_TABLES}:
-            found = ", ".join(f"{kind} {name}" for kind, name in sorted(objects))
-            raise ValueError(f"{path}: an SQLite database of something else ({found}): not writing an index into it")
-        # porter: words match by their stem ("moved" = "move", "speaks" = "speak"); remove_diacritics 2:
-        # "Zürich" = "Zurich". rowid = position + 1 (SQLite's rowids start at 1)
-        self.db.execute("CREATE VIRTUAL TABLE IF NOT EXISTS docs USING fts5(text, "
-                        "tokenize = 'porter unicode61 remove_diacritics 2')")
-        if texts and len(self):  # a rerun of the same script would store every text twice
-            raise ValueError(f"{path}: already holds an index of {len(self)} texts; Index(path=...) reopens it "
-                             "and .add(texts) appends to it")
-
     def __len__(self) -> int:
         return self.db.execute("SELECT count(*) FROM docs").fetchone()[0]
 

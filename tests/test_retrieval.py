@@ -73,6 +73,19 @@ def test_a_file_is_never_written_into_unless_it_is_an_index_of_ours(tmp_path):
     db.close()
     with pytest.raises(ValueError, match=r"database of something else \(view answer\)"):
         Index(DOCS, path=views)
+    notes = tmp_path / "notes.sqlite"  # another program's full-text table that happens to be called docs
+    with sqlite3.connect(notes) as db:
+        db.execute("CREATE VIRTUAL TABLE docs USING fts5(text, author)")
+        db.execute("INSERT INTO docs VALUES ('my note', 'me')")
+    db.close()
+    before = notes.read_bytes()
+    for texts in (DOCS, []):
+        with pytest.raises(ValueError, match="database of something else"):
+            Index(texts, path=notes)
+    assert notes.read_bytes() == before
+    (tmp_path / "link.db").symlink_to(tmp_path / "gone" / "x.db")
+    with pytest.raises(ValueError, match="a link to .*gone/x.db, which does not exist"):
+        Index(DOCS, path=tmp_path / "link.db")
     with sqlite3.connect(views) as db:
         assert [r[0] for r in db.execute("SELECT name FROM sqlite_master")] == ["answer"]
     db.close()
