@@ -186,12 +186,8 @@ def train(cfg: Config) -> dict:
     stats = run.resumed_value("stats", {})
 
     # ---- the reference's log-probs, once: it never changes (a resumed run recomputes the same numbers)
-    t_ref = time.time()
-    ref_chosen, ref_rejected = pair_logps(ref_model, pairs, pad_id, impl=cfg.logprobs_impl)  # (N,) each
-    eval_ref = pair_logps(ref_model, eval_pairs, pad_id, impl=cfg.logprobs_impl) if eval_pairs else None
+    (ref_chosen, ref_rejected), eval_ref = reference_logps(ref_model, pairs, eval_pairs, pad_id, cfg.logprobs_impl)
     del ref_model
-    print(f"{len(pairs)} training pairs, {len(eval_pairs)} held-out pairs; reference log-probs in "
-          f"{time.time() - t_ref:.1f} s")
 
     # ---- the loop
     model.eval()  # dropout off (see the docstring); gradients flow as usual
@@ -203,10 +199,9 @@ def train(cfg: Config) -> dict:
         chosen_tokens = sum(num_targets(pairs[i][0]) for i in idx)  # the whole batch's (every rank's pairs)
         stats = {"loss": 0.0, "nll_loss": 0.0}  # then pair_metrics' keys, each a mean over the batch's pairs
         for mb in run.micro_batches(idx, cfg.micro_batch_size):  # this process's pairs, a micro-batch at a time
-            x, y = pair_batch([pairs[i] for i in mb], pad_id)  # (2b, T) each, chosen rows first
+            x, y = (t.to(device) for t in pair_batch([pairs[i] for i in mb], pad_id))  # (2b, T), chosen rows first
             b = len(mb)
             weight = b / B  # the loss is a mean over the batch's pairs: this micro-batch's share
-            x, y = x.to(device), y.to(device)  # (2b, T) each
             with autocast(device):
                 logits = model(x)  # (2b, T, V)
             logps = sequence_logprobs(logits, y, ignore_index=IGNORE, impl=cfg.logprobs_impl)  # (2b,)
@@ -244,6 +239,17 @@ def train(cfg: Config) -> dict:
         print(f"dpo done: loss {stats['loss']:.3f}, margin {stats['rewards/margins']:.2f}, {held}, "
               f"{summary['steps_per_s']:.2f} steps/s, {run.elapsed:.0f} s on {device}")
     return summary
+
+
+def reference_logps(ref_model, pairs, eval_pairs, pad_id: int, impl: str):
+    """log pi_ref of every training pair's answers and of the held-out ones (None without held-out pairs):
+    ((chosen (N,), rejected (N,)), (chosen (M,), rejected (M,)) or None)."""
+    t0 = time.time()
+    train_ref = pair_logps(ref_model, pairs, pad_id, impl=impl)
+    eval_ref = pair_logps(ref_model, eval_pairs, pad_id, impl=impl) if eval_pairs else None
+    print(f"{len(pairs)} training pairs, {len(eval_pairs)} held-out pairs; reference log-probs in "
+          f"{time.time() - t0:.1f} s")
+    return train_ref, eval_ref
 
 
 def load_pair_data(cfg: Config, enc, block_size: int):
