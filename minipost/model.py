@@ -42,6 +42,15 @@ class GPTConfig:
     n_embd: int = 128
     dropout: float = 0.0  # off by default: log-probs that feed a ratio or a KL must be deterministic
     value_head: bool = False  # add a scalar head for PPO's critic
+    gelu: str = "exact"  # the MLP's GELU: "exact" (erf), or "tanh", the approximation GPT-2's weights were trained with
+
+    @property
+    def kv_heads(self) -> int:  # heads of keys and values (every query head has its own here)
+        return self.n_head
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
 
 
 # Model sizes by preset. nano: ~1M parameters, trains on a laptop CPU in minutes. small: ~11M, one GPU.
@@ -58,9 +67,8 @@ class KVCache:
     `next_pos` (B,) is the position id the next token of each row gets (padding does not count).
     """
 
-    def __init__(self, cfg: GPTConfig, batch_size: int, max_len: int, device, dtype):
-        D = cfg.n_embd // cfg.n_head
-        shape = (cfg.n_layer, batch_size, cfg.n_head, max_len, D)
+    def __init__(self, cfg, batch_size: int, max_len: int, device, dtype):
+        shape = (cfg.n_layer, batch_size, cfg.kv_heads, max_len, cfg.head_dim)  # (L, B, H, S, D)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.valid = torch.zeros(batch_size, max_len, dtype=torch.bool, device=device)
@@ -110,9 +118,10 @@ class MLP(nn.Module):
         self.proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd)
         self.proj.residual = True
         self.drop = nn.Dropout(cfg.dropout)
+        self.tanh = cfg.gelu == "tanh"
 
     def forward(self, x):
-        return self.drop(self.proj(F.gelu(self.fc(x))))
+        return self.drop(self.proj(F.gelu(self.fc(x), approximate="tanh" if self.tanh else "none")))
 
 
 class Block(nn.Module):
@@ -123,34 +132,27 @@ class Block(nn.Module):
         self.ln2 = nn.LayerNorm(cfg.n_embd)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, attn_mask, cache, layer):
+    def forward(self, x, attn_mask, cache, layer, rope=None):  # (rope: the decoder's blocks take it; GPT-2's not)
         x = x + self.attn(self.ln1(x), attn_mask, cache, layer)
         x = x + self.mlp(self.ln2(x))
         return x
 
 
-class GPT(nn.Module):
-    def __init__(self, cfg: GPTConfig):
-        super().__init__()
-        self.cfg = cfg
-        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
-        self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd)
-        self.drop = nn.Dropout(cfg.dropout)
-        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
-        self.ln_f = nn.LayerNorm(cfg.n_embd)
-        self.value_head = nn.Linear(cfg.n_embd, 1) if cfg.value_head else None
-        self.apply(self._init_weights)
+class CausalLM(nn.Module):
+    """What every model here shares, whatever its blocks: positions and the attention mask under left padding and
+    a KV cache, the forward pass around the blocks, the value head, and generate(). A model sets self.cfg, self.wte
+    (token embedding), self.blocks, self.ln_f (final norm), self.value_head, and says how tokens enter (embed),
+    what its blocks get besides the hidden states (block_inputs: the decoder's rotary angles) and which matrix
+    is its output layer (output_weight)."""
 
-    def _init_weights(self, m):
-        if isinstance(m, nn.Linear):
-            std = 0.02 / math.sqrt(2 * self.cfg.n_layer) if getattr(m, "residual", False) else 0.02
-            nn.init.normal_(m.weight, mean=0.0, std=std)
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Embedding):
-            nn.init.normal_(m.weight, mean=0.0, std=0.02)
+    def embed(self, idx, pos):
+        raise NotImplementedError
 
-    def num_params(self) -> int:
-        return sum(p.numel() for p in self.parameters()) - self.wpe.weight.numel()  # GPT-2's convention
+    def block_inputs(self, pos):
+        return None
+
+    def output_weight(self) -> torch.Tensor:
+        return self.wte.weight  # tied to the input embedding
 
     def positions_and_mask(self, idx, attention_mask=None, cache: KVCache | None = None):
         """Position ids and the attention mask for idx (B, T), with left padding and a KV cache.
@@ -195,16 +197,18 @@ class GPT(nn.Module):
         wider than a block's input, so skipping it on prompt tokens nobody scores saves real compute.
         """
         pos, attn_mask = self.positions_and_mask(idx, attention_mask, cache)  # (B, T) or (T,); (B, 1, T, S)
-        x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C)
+        x = self.embed(idx, pos)  # (B, T, C)
+        extra = self.block_inputs(pos)
         for i, block in enumerate(self.blocks):
-            x = block(x, attn_mask, cache, i)
+            x = block(x, attn_mask, cache, i, extra)
         if cache is not None:
             cache.length += idx.shape[1]  # the T new slots are filled now
         h = self.ln_f(x)  # (B, T, C)
+        w = self.output_weight()  # (V, C)
         if logits_to_keep is None:
-            logits = h @ self.wte.weight.T  # (B, T, V), tied output layer
+            logits = h @ w.T  # (B, T, V)
         else:
-            logits = h[:, h.shape[1] - logits_to_keep:] @ self.wte.weight.T if logits_to_keep else None  # (B, k, V)
+            logits = h[:, h.shape[1] - logits_to_keep:] @ w.T if logits_to_keep else None  # (B, k, V)
         return (logits, h) if return_hidden else logits
 
     def values(self, hidden):
@@ -282,6 +286,35 @@ class GPT(nn.Module):
                 rows, nxt, live = rows[live], nxt[live], live[live]
             logits = self(nxt[:, None], live.long()[:, None], cache=cache)[:, -1]
         return tokens[:, :n], mask[:, :n], logps[:, :n]
+
+
+class GPT(CausalLM):
+    """GPT-2's blocks (the module docstring) on CausalLM's machinery: learned positions added to the tokens."""
+
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.ln_f = nn.LayerNorm(cfg.n_embd)
+        self.value_head = nn.Linear(cfg.n_embd, 1) if cfg.value_head else None
+        self.apply(self._init_weights)
+
+    def _init_weights(self, m):
+        if isinstance(m, nn.Linear):
+            std = 0.02 / math.sqrt(2 * self.cfg.n_layer) if getattr(m, "residual", False) else 0.02
+            nn.init.normal_(m.weight, mean=0.0, std=std)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, mean=0.0, std=0.02)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters()) - self.wpe.weight.numel()  # GPT-2's convention
+
+    def embed(self, idx, pos):
+        return self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C)
 
 
 def sample(probs, u):

@@ -1,0 +1,208 @@
+"""A Hugging Face model folder -> a minipost model: config.json says the family and the shapes, the safetensors
+files hold the weights, under names this file maps onto minipost's (model.py's GPT, decoder.py's Decoder).
+
+    model = load_hf_model("path/to/Qwen3-0.6B-Base", device="cuda", dtype=torch.bfloat16)
+
+Supported (config.json "architectures"):
+
+    LlamaForCausalLM   Llama 3.x, SmolLM2 (a Llama)     -> decoder.Decoder, family llama
+    Qwen2ForCausalLM   Qwen2.5                          -> decoder.Decoder, family qwen2
+    Qwen3ForCausalLM   Qwen3                            -> decoder.Decoder, family qwen3
+    GPT2LMHeadModel    GPT-2 (124M .. 1.5B)             -> model.GPT with GPT-2's tanh GELU
+
+Everything is checked before a weight is read: the architecture, the settings the blocks do not implement
+(sliding windows, other rope scalings, biases where the family has none), and every tensor's name, shape and
+dtype against the model config.json describes, from the safetensors headers. The weights are then read
+once, tensor by tensor, straight into the dtype asked for.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from minipost.common import InputError
+from minipost.decoder import Decoder, DecoderConfig, rope_frequencies
+from minipost.model import GPT, GPTConfig
+
+ARCHITECTURES = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3",
+                 "GPT2LMHeadModel": "gpt2"}
+DTYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
+
+
+def read_config(folder) -> tuple[str, dict]:
+    """The family of a folder's model and its config.json -> (family, config dict); InputError otherwise."""
+    path = Path(folder) / "config.json"
+    if not Path(folder).is_dir():
+        raise InputError(f"{folder}: no such folder (a Hugging Face model folder holds config.json and "
+                         "model.safetensors)")
+    try:
+        hf = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file (a Hugging Face model folder holds one)") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InputError(f"{path}: not a readable JSON file ({e})") from None
+    if not isinstance(hf, dict):
+        raise InputError(f"{path}: expected a JSON object")
+    archs = [a for a in hf.get("architectures") or [] if a in ARCHITECTURES]
+    if not archs:
+        raise InputError(f"{path}: architectures {hf.get('architectures')!r}; minipost loads "
+                         f"{', '.join(ARCHITECTURES)}")
+    return ARCHITECTURES[archs[0]], hf
+
+
+def rope_settings(hf: dict) -> tuple[float, dict | None]:
+    """(theta, scaling) from rope_theta / rope_scaling, or from newer folders' rope_parameters."""
+    params = hf.get("rope_parameters") or {}
+    theta = params.get("rope_theta", hf.get("rope_theta", 10000.0))
+    scaling = hf.get("rope_scaling") or ({k: v for k, v in params.items() if k != "rope_theta"} if params else None)
+    if scaling and scaling.get("rope_type", scaling.get("type", "default")) == "default":
+        scaling = None
+    return float(theta), scaling
+
+
+def model_config(family: str, hf: dict, where: str) -> DecoderConfig | GPTConfig:
+    """config.json -> the minipost model config, refusing what the blocks do not implement."""
+    def need(key, default=None):
+        value = hf.get(key, default)
+        if value is None:
+            raise InputError(f"{where}: field {key!r} missing")
+        return value
+    if family == "gpt2":
+        n_embd = need("n_embd")
+        if hf.get("n_inner") not in (None, 4 * n_embd):
+            raise InputError(f"{where}: n_inner {hf['n_inner']}: minipost's GPT has an MLP of 4 * n_embd")
+        if hf.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):
+            raise InputError(f"{where}: activation_function {hf['activation_function']!r}: GPT-2's is gelu_new")
+        if abs(hf.get("layer_norm_epsilon", 1e-5) - 1e-5) > 1e-12:
+            raise InputError(f"{where}: layer_norm_epsilon {hf['layer_norm_epsilon']}: minipost's GPT uses 1e-5")
+        return GPTConfig(vocab_size=need("vocab_size"), block_size=need("n_positions"), n_layer=need("n_layer"),
+                         n_head=need("n_head"), n_embd=n_embd, gelu="tanh")
+    if hf.get("use_sliding_window"):
+        raise InputError(f"{where}: use_sliding_window true: minipost's attention sees the whole context")
+    if hf.get("mlp_bias"):
+        raise InputError(f"{where}: mlp_bias true: the SwiGLU here has no biases")
+    if hf.get("hidden_act", "silu") != "silu":
+        raise InputError(f"{where}: hidden_act {hf['hidden_act']!r}: SwiGLU uses silu")
+    n_embd, n_head = need("hidden_size"), need("num_attention_heads")
+    theta, scaling = rope_settings(hf)
+    bias = bool(hf.get("attention_bias", False))
+    try:
+        cfg = DecoderConfig(
+            family=family, vocab_size=need("vocab_size"), block_size=need("max_position_embeddings"),
+            n_layer=need("num_hidden_layers"), n_head=n_head, n_kv_head=hf.get("num_key_value_heads") or n_head,
+            n_embd=n_embd, head_dim=hf.get("head_dim") or n_embd // n_head,
+            intermediate_size=need("intermediate_size"), norm_eps=need("rms_norm_eps"), rope_theta=theta,
+            rope_scaling=scaling, qkv_bias=family == "qwen2" or bias, o_bias=family == "llama" and bias,
+            qk_norm=family == "qwen3", tie_embeddings=bool(hf.get("tie_word_embeddings", False)))
+        rope_frequencies(cfg)  # an unsupported rope scaling is refused now
+    except (ValueError, KeyError, TypeError) as e:
+        raise InputError(f"{where}: {e}") from None
+    return cfg
+
+
+def hf_names(family: str, cfg) -> dict[str, str]:
+    """minipost's parameter name -> the folder's tensor name (GPT-2's Conv1D matrices are stored transposed)."""
+    if family == "gpt2":
+        names = {"wte.weight": "wte.weight", "wpe.weight": "wpe.weight", "ln_f.weight": "ln_f.weight",
+                 "ln_f.bias": "ln_f.bias"}
+        for i in range(cfg.n_layer):
+            for ours, theirs in (("ln1", "ln_1"), ("ln2", "ln_2"), ("attn.qkv", "attn.c_attn"),
+                                 ("attn.proj", "attn.c_proj"), ("mlp.fc", "mlp.c_fc"), ("mlp.proj", "mlp.c_proj")):
+                for p in ("weight", "bias"):
+                    names[f"blocks.{i}.{ours}.{p}"] = f"h.{i}.{theirs}.{p}"
+        return names
+    names = {"wte.weight": "model.embed_tokens.weight", "ln_f.weight": "model.norm.weight"}
+    if not cfg.tie_embeddings:
+        names["lm_head.weight"] = "lm_head.weight"
+    for i in range(cfg.n_layer):
+        layer = {"norm1.weight": "input_layernorm.weight", "norm2.weight": "post_attention_layernorm.weight",
+                 "mlp.gate.weight": "mlp.gate_proj.weight", "mlp.up.weight": "mlp.up_proj.weight",
+                 "mlp.down.weight": "mlp.down_proj.weight", "attn.o.weight": "self_attn.o_proj.weight"}
+        for x in "qkv":
+            layer[f"attn.{x}.weight"] = f"self_attn.{x}_proj.weight"
+            if cfg.qkv_bias:
+                layer[f"attn.{x}.bias"] = f"self_attn.{x}_proj.bias"
+        if cfg.o_bias:
+            layer["attn.o.bias"] = "self_attn.o_proj.bias"
+        if cfg.qk_norm:
+            layer["attn.q_norm.weight"] = "self_attn.q_norm.weight"
+            layer["attn.k_norm.weight"] = "self_attn.k_norm.weight"
+        names.update({f"blocks.{i}.{k}": f"model.layers.{i}.{v}" for k, v in layer.items()})
+    return names
+
+
+def weight_files(folder) -> dict[str, Path]:
+    """The folder's tensor name -> the safetensors file holding it (model.safetensors, or a sharded index)."""
+    folder = Path(folder)
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise InputError(f"{index}: not a safetensors index ({e})") from None
+        return {name: folder / file for name, file in weight_map.items()}
+    single = folder / "model.safetensors"
+    if not single.is_file():
+        raise InputError(f"{folder}: no model.safetensors (nor model.safetensors.index.json); minipost reads "
+                         "safetensors weights only")
+    return {name: single for name in _header(single)}
+
+
+def _header(path: Path) -> dict:
+    """A safetensors file's header: tensor name -> {"dtype", "shape", ...}, read without reading a weight."""
+    try:
+        with open(path, "rb") as f:
+            size = int.from_bytes(f.read(8), "little")
+            if not 0 < size < 100 << 20:
+                raise ValueError(f"a header of {size} bytes")
+            header = json.loads(f.read(size))
+    except (OSError, ValueError) as e:
+        raise InputError(f"{path}: not a safetensors file ({e})") from None
+    header.pop("__metadata__", None)
+    return header
+
+
+def load_hf_model(folder, device="cpu", dtype: torch.dtype = torch.float32):
+    """A Hugging Face folder's model as a minipost model in eval mode, its weights in `dtype` on `device`."""
+    from safetensors import safe_open  # the one runtime dependency real models add
+
+    family, hf = read_config(folder)
+    cfg = model_config(family, hf, str(Path(folder) / "config.json"))
+    with torch.device("meta"):  # shapes only: nothing is allocated until the weights are read
+        model = (GPT(cfg) if family == "gpt2" else Decoder(cfg)).to(dtype)
+    files = weight_files(folder)
+    prefix = "transformer." if family == "gpt2" and any(n.startswith("transformer.") for n in files) else ""
+    names = {ours: prefix + theirs for ours, theirs in hf_names(family, cfg).items()}
+    expected = model.state_dict()
+    assert set(names) == set(expected), set(names) ^ set(expected)  # every parameter has its tensor
+    headers = {path: _header(path) for path in set(files.values())}
+    for ours, theirs in names.items():  # every tensor checked before one is read
+        if theirs not in files:
+            raise InputError(f"{folder}: no tensor {theirs!r} in its safetensors files ({family} with "
+                             f"{cfg.n_layer} layers needs it)")
+        info = headers[files[theirs]][theirs]
+        shape = tuple(info["shape"])
+        want = tuple(expected[ours].shape)
+        if family == "gpt2" and ours.endswith("weight") and len(want) == 2 and not ours.startswith(("wte", "wpe")):
+            want = want[::-1]  # GPT-2's Conv1D stores (in, out)
+        if shape != want or info["dtype"] not in DTYPES:
+            raise InputError(f"{files[theirs]}: tensor {theirs!r} is {info['dtype']} {list(shape)}; config.json "
+                             f"says {list(want)} (floating point: {', '.join(DTYPES)})")
+    model = model.to_empty(device=device)
+    if family != "gpt2":
+        model.inv_freq = rope_frequencies(cfg).to(device)  # a buffer the meta device could not compute
+    state = model.state_dict()
+    by_file = {}
+    for ours, theirs in names.items():
+        by_file.setdefault(files[theirs], []).append((ours, theirs))
+    with torch.no_grad():
+        for path, pairs in by_file.items():
+            with safe_open(str(path), framework="pt", device="cpu") as f:
+                for ours, theirs in pairs:
+                    t = f.get_tensor(theirs)
+                    if family == "gpt2" and t.dim() == 2 and not ours.startswith(("wte", "wpe")):
+                        t = t.T
+                    state[ours].copy_(t)  # cast to `dtype` and moved to `device` in one copy
+    return model.eval()

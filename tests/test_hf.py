@@ -1,0 +1,121 @@
+"""Real model families against transformers, with no download: each test builds a tiny random model from a
+transformers config, saves it as a Hugging Face folder, loads it with minipost.hf, and compares logits (also of
+a left-padded batch), greedy generation with the KV cache, and the log-probs of a completion with their
+gradients. transformers is a test-time reference only: minipost never imports it."""
+import json
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from minipost.common import InputError  # noqa: E402
+from minipost.hf import hf_names, load_hf_model  # noqa: E402
+from minipost.logprobs import token_logprobs  # noqa: E402
+
+V = 300
+SHAPES = dict(vocab_size=V, hidden_size=64, intermediate_size=96, num_hidden_layers=2, max_position_embeddings=128,
+              initializer_range=0.2)  # weights 10x the usual init: logits far from uniform, differences visible
+FAMILIES = {
+    "qwen3": ("Qwen3ForCausalLM", "Qwen3Config", dict(**SHAPES, num_attention_heads=4, num_key_value_heads=2,
+                                                      head_dim=24, tie_word_embeddings=True)),
+    "qwen2.5": ("Qwen2ForCausalLM", "Qwen2Config", dict(**SHAPES, num_attention_heads=4, num_key_value_heads=2,
+                                                         tie_word_embeddings=False)),
+    "llama3.2": ("LlamaForCausalLM", "LlamaConfig", dict(
+        **SHAPES, num_attention_heads=4, num_key_value_heads=1, tie_word_embeddings=True, rope_theta=500000.0,
+        rope_scaling={"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                      "original_max_position_embeddings": 16})),  # 16 < 128 positions: the scaling acts
+    "smollm2": ("LlamaForCausalLM", "LlamaConfig", dict(**SHAPES, num_attention_heads=6, num_key_value_heads=2,
+                                                        tie_word_embeddings=True, rope_theta=10000.0)),
+    "gpt2": ("GPT2LMHeadModel", "GPT2Config", dict(vocab_size=V, n_embd=64, n_layer=2, n_head=4, n_positions=128,
+                                                   initializer_range=0.2, bos_token_id=0, eos_token_id=0)),
+}
+
+
+@pytest.fixture(scope="module", params=list(FAMILIES))
+def pair(request, tmp_path_factory):
+    """(transformers' model, minipost's model loaded from the folder transformers saved), both float32."""
+    model_cls, config_cls, kwargs = FAMILIES[request.param]
+    torch.manual_seed(0)
+    if request.param == "smollm2":
+        kwargs = {**kwargs, "hidden_size": 96}  # 6 heads of 16
+    theirs = getattr(transformers, model_cls)(getattr(transformers, config_cls)(**kwargs)).eval()
+    folder = tmp_path_factory.mktemp(request.param)
+    theirs.save_pretrained(folder)
+    return theirs, load_hf_model(folder), folder
+
+
+def batch(seed=1):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, V, (3, 24), generator=g)
+    mask = torch.ones_like(ids)
+    mask[0, :9], mask[2, :3] = 0, 0  # left padding: prompts of 15, 24 and 21 tokens
+    return ids, mask
+
+
+def test_logits_equal_transformers_alone_and_in_a_left_padded_batch(pair):
+    theirs, ours, _ = pair
+    ids, mask = batch()
+    with torch.no_grad():
+        torch.testing.assert_close(ours(ids), theirs(ids).logits, rtol=1e-5, atol=1e-5)
+        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)  # what transformers' generate() passes for left padding
+        want = theirs(ids, attention_mask=mask, position_ids=positions).logits
+        got = ours(ids, mask)
+    real = mask.bool()
+    torch.testing.assert_close(got[real], want[real], rtol=1e-5, atol=1e-5)
+    assert want.abs().max() > 1  # the comparison is not between near-zero logits
+
+
+def test_greedy_generation_with_the_kv_cache_equals_transformers_generate(pair):
+    theirs, ours, _ = pair
+    ids, mask = batch(2)
+    with torch.no_grad():
+        want = theirs.generate(ids, attention_mask=mask, max_new_tokens=12, do_sample=False, pad_token_id=0)
+        stop = theirs.generation_config.eos_token_id  # a row that emits it stops, the rest of it is padding
+        tokens, _, _ = ours.generate(ids, mask, max_new_tokens=12, temperature=0, stop_token=stop, pad_id=0)
+    assert torch.equal(tokens, want[:, ids.shape[1]:])
+
+
+def test_log_probs_of_a_completion_and_their_gradients_equal_transformers(pair):
+    theirs, ours, _ = pair
+    ids, _ = batch(3)
+    targets = ids[:, 1:]
+    ours.zero_grad()
+    theirs.zero_grad()
+    got = token_logprobs(ours(ids)[:, :-1], targets)  # (B, T - 1)
+    want = torch.log_softmax(theirs(ids).logits[:, :-1].float(), dim=-1).gather(-1, targets[..., None])[..., 0]
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    got.sum().backward()
+    want.sum().backward()
+    prefix = "transformer." if isinstance(theirs, transformers.GPT2LMHeadModel) else ""
+    their_params = dict(theirs.named_parameters())
+    family = "gpt2" if prefix else ours.cfg.family
+    for name, theirs_name in hf_names(family, ours.cfg).items():
+        grad = dict(ours.named_parameters())[name].grad
+        want_grad = their_params[prefix + theirs_name].grad
+        if prefix and grad.dim() == 2 and not name.startswith(("wte", "wpe")):
+            want_grad = want_grad.T  # GPT-2's Conv1D
+        torch.testing.assert_close(grad, want_grad, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_a_folder_that_is_not_a_supported_model_is_one_line(tmp_path, pair):
+    _, _, folder = pair
+    with pytest.raises(InputError, match="no such folder"):
+        load_hf_model(tmp_path / "nope")
+    with pytest.raises(InputError, match="config.json: no such file"):
+        load_hf_model(tmp_path)
+    config = json.loads((folder / "config.json").read_text())
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "model.safetensors").write_bytes((folder / "model.safetensors").read_bytes())
+    (bad / "config.json").write_text(json.dumps({**config, "architectures": ["MistralForCausalLM"]}))
+    with pytest.raises(InputError, match=r"architectures \['MistralForCausalLM'\]; minipost loads LlamaForCausalLM"):
+        load_hf_model(bad)
+    wider = {**config, "hidden_size": 128} if "hidden_size" in config else {**config, "n_embd": 128}
+    (bad / "config.json").write_text(json.dumps(wider))
+    with pytest.raises(InputError, match=r"model.safetensors: tensor '.*' is F32 \[.*\]; config.json says"):
+        load_hf_model(bad)
+    (bad / "config.json").write_text(json.dumps(config))
+    (bad / "model.safetensors").write_bytes(b"\x10" * 64)
+    with pytest.raises(InputError, match="not a safetensors file"):
+        load_hf_model(bad)
