@@ -206,8 +206,8 @@ def test_a_non_finite_loss_stops_with_the_step(tmp_path):
         run.check(torch.tensor(float("nan")), "loss")
 
 
-LIBRARY = ("common", "dist", "threads", "optim", "model", "decoder", "hf", "tokenizer", "data", "logprobs", "rollout", "rewards",
-           "heldout", "rl", "lora", "retrieval", "harness", "kernels", "world")  # below the objectives
+LIBRARY = ("common", "dist", "threads", "optim", "model", "decoder", "hf", "tokenizer", "data", "logprobs", "rollout",
+           "rewards", "heldout", "rl", "lora", "retrieval", "harness", "kernels", "world")  # below the objectives
 APPLICATIONS = ("pipeline", "lab", "chat", "evals", "bands", "bench")
 
 
