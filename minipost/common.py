@@ -1,4 +1,4 @@
-"""Shared plumbing every objective file uses: device and seeds, config -> command line, checkpoints, metrics.
+"""Shared plumbing every objective file uses: device and seeds, config -> command line, checkpoints, JSON files.
 
 Nothing here is about learning; it is kept small so the objective files can stay about their equations.
 

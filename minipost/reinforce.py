@@ -38,8 +38,8 @@ Deviations, all on purpose:
 - the whole completion is one action (sequence-level REINFORCE), so the loss sums token log-probs; longer
   answers get proportionally bigger gradients, which is what the estimator says. On a mixed batch the short
   arithmetic answers (~13 tokens) so move less per step than SQL (~25). The default makes up for it
-  with twice GRPO's lr, 1e-4, which also moves every other domain more (measured from the DPO model:
-  arithmetic +15 and +12 with seeds 1337 and 2, tools -1 and -2; +8 with seed 2 at 5e-5).
+  with twice GRPO's lr, 1e-4, which also moves every other domain more (measured: docs/rl-variants.md,
+  "RLOO's learning rate").
 - the reward is a verifiable checker (rewards.py), not a reward model.
 - the model stays in eval mode throughout (no dropout), like the other RL files.
 - reinforce++ keeps this file's loss (sum over each sequence's tokens, mean over sequences) where the paper

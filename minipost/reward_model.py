@@ -24,13 +24,8 @@ near ln 2 = 0.693 (the fresh head gives nearly equal rewards); `margin` is mean 
 `eval_accuracy` is the same accuracy on the held-out eval_prefs.jsonl, the number to watch for overfitting.
 samples.txt lists the held-out pairs the model gets most wrong.
 
-Measured (nano preset from the pipeline's SFT model, 2-core AMD EPYC CPU, 55 s): held-out accuracy 83.7% on
-the 300 pairs of eval_prefs.jsonl, short of the 90% asked for. Every refusal and over-refusal pair is right;
-what it misses are correctness pairs, which need a fact or a copy checked: knowledge 55%, tools 52%,
-arithmetic 70%, sql 71%, instructions 90%. DPO's implicit reward, which reads the same knowledge from token
-log-probs, gets 92.7% on the same pairs (the report card's pref_acc). Other settings did no better: lr 3e-4
-for 300 steps 84.3%, lr 1e-4 for 400 steps 83.3%, lr 3e-5 82.7%, started from the DPO model 84.3%. Training
-accuracy reaches 94%: the head learns the training facts, not the skill of checking a fact it has not seen.
+On nano it ranks 83.7% of the held-out pairs right: every refusal pair, but only about half of the
+correctness pairs that need a fact checked (measured, with the settings tried: docs/reward-models.md).
 
 Deviations and choices:
 - Every pair is scored in one batch of 2B rows (chosen rows first), right-padded; causal attention means the

@@ -1,8 +1,9 @@
 """Rollouts: the policy answers a batch of prompts, `group_size` samples each, with the KV cache.
 
-Online RL alternates two phases. This file is the first: *sample* completions y ~ pi(. | x) and keep what
-the update needs. Every objective (reinforce.py, grpo.py, ppo.py) then scores them (rewards.py) and
-computes log pi(y_t | x, y_<t) again with gradients, through `completion_logprobs` below.
+Online RL alternates two phases. This file is the first: *sample* completions y ~ pi(. | x), score them
+(`sample_and_score`: the rewards of rewards.py, and the reference's log-probs of the same tokens) and keep what
+the update needs; under torchrun each rank samples its share of the groups. Every objective (reinforce.py,
+grpo.py, ppo.py) then computes log pi(y_t | x, y_<t) again with gradients, through `completion_logprobs` below.
 
 Layout of one rollout batch of N = (number of prompts) * group_size rows, group after group
 (rows 0..G-1 are the G samples of prompt 0, and so on; `rewards.view(-1, G)` gives one row per prompt):
@@ -306,7 +307,7 @@ def load_rl_prompts(data, eval_data, *, domains: str, oversample: str, prompts_p
     A prompt may take at most block_size - max_new_tokens tokens (room for a whole answer); the training file
     must hold at least one batch of prompts; with reward_fn, the reward must score every domain the prompts
     hold (rewards.check_reward_domains; reward_spec names the flag). The held-out records keep every domain's
-    items (cut them with heldout.per_domain)."""
+    items (cut them with data.per_domain)."""
     room = block_size - max_new_tokens  # longest prompt that leaves room for a whole answer
     if room < 1:
         raise InputError(f"--max-new-tokens {max_new_tokens}: {model_path} has block_size {block_size}, which "

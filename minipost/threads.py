@@ -37,7 +37,7 @@ Measured (`python -m minipost.bench.threads`, 15 nano training steps, median of 
 2026-12-02): torch's default 3.28 s alone and 11.05 s per run with two side by side (3.37x); 1 thread 5.76 s
 alone (1.76x slower), 5.89 s side by side; auto (2 threads, PASSIVE) 3.42 s alone (1.04x) and 6.09 s side by
 side (1.78x its time alone); GOMP_SPINCOUNT=10000 instead of PASSIVE: 3.09 s alone, 9.15 s side by side.
-The second goal (each of two runs side by side within 1.5x of its time alone) is out of reach for any fixed
+Each of two runs side by side within 1.5x of its time alone is out of reach for any fixed
 setting here: two runs that each need the CPU work of one 1-thread run (5.8 s) cannot both finish before
 5.8 s on two cores, which is 1.7x the 2-thread time alone; PASSIVE comes within 4% of that floor. Only a
 thread count that follows the load could do better, and that would make the numbers follow the load (fact 1).

@@ -79,7 +79,7 @@ except ImportError:
 # ## The report card, side by side
 # Every column is held-out, and every row is compared with `start`, the checkpoint all three began from:
 # each cell carries its 95% interval, and ▲/▼ marks a change that a paired test on the same items finds
-# significant (evals.card). A good RL run moves the arithmetic column and leaves the others (and the held-out
+# significant (card.card). A good RL run moves the arithmetic column and leaves the others (and the held-out
 # pretraining loss) where they were.
 
 # %%

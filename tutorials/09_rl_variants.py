@@ -81,8 +81,8 @@ summaries = {name: {seed: run(name, module, extra, seed, OUT / f"{name}_s{seed}"
 
 # %% [markdown]
 # ## The report card, mean ± sd over seeds
-# One report-card evaluation per final checkpoint (every held-out column, evals.evaluate_items), then the
-# card over seeds (evals.card): each cell is the mean ± sd of the three seeds, and its mark compares the
+# One report-card evaluation per final checkpoint (every held-out column, card.evaluate_items), then the
+# card over seeds (card.card): each cell is the mean ± sd of the three seeds, and its mark compares the
 # seed-averaged items with `start`, the DPO model all of them began from, by a paired bootstrap on the same
 # items. How large a difference between two methods must be to count is not guessed here: the next cell
 # works it out from these runs' own spreads.

@@ -82,7 +82,7 @@ print(f"the padded answer scores higher on {100 * longer_wins:.0f}% of {len(gold
 # %% [markdown]
 # ## 3. The judge as a column: win rate against the SFT model's answers
 # An LLM judge or a human arena reports a *win rate* against a fixed baseline. Here the baseline is the SFT
-# model's answer and the judge our reward model (`evals.win_items`; the card's `win_rate`). A win rate can
+# model's answer and the judge our reward model (`card.win_items`; the card's `win_rate`). A win rate can
 # rise for the wrong reason: longer answers, or answers the judge likes but the checker rejects. The
 # length-controlled win rate (the idea of AlpacaEval 2's, Dubois et al. 2024, arXiv:2404.04475) fits
 # P(win) = sigmoid(a + b * tanh(length difference / its sd)) and reports sigmoid(a): the win rate at equal

@@ -40,7 +40,7 @@ def cell_se(cell: dict) -> float:
 
 
 def make_bands(cards: list[dict]) -> dict:
-    """Bands from the cards (evals.card) of >= 3 runs: {row: {column: dict(mean, sd, min, max, se, n, runs)}}
+    """Bands from the cards (card.card) of >= 3 runs: {row: {column: dict(mean, sd, min, max, se, n, runs)}}
     for every cell that all of them have, with the same number of items."""
     if len(cards) < 3:
         raise InputError(f"bands need at least 3 runs to give a spread, got {len(cards)}")
@@ -60,7 +60,7 @@ def make_bands(cards: list[dict]) -> dict:
 
 def band_limits(band: dict, column: str) -> tuple[float, float]:
     """The interval [lo, hi] a cell of a new run is expected in (WIDTH * sqrt(sd^2 + se^2) around the mean),
-    cut to what the column can hold (evals.column_range: a share in [0, 1], val_loss in nats at least 0)."""
+    cut to what the column can hold (report.column_range: a share in [0, 1], val_loss in nats at least 0)."""
     half = WIDTH * math.hypot(band["sd"], band["se"])  # sqrt(sd^2 + se^2) without overflow
     low, high = column_range(column)
     return max(band["mean"] - half, low), min(band["mean"] + half, high)

@@ -22,7 +22,7 @@ def eval_answers(path, device="cpu", limit: int | None = None) -> list[str]:
 
 def win_items(judge, prompts: list, answers: list[str], baseline: list[str]) -> list[float]:
     """The judge's verdict per prompt: 1.0 when it scores the answer above the baseline's answer, 0.0 below,
-    0.5 for a tie (the same text). judge(prompts, answers) -> (N,) scores: a reward_model.RewardModel here,
+    0.5 for a tie (the same text). judge(prompts, answers) -> (N,) scores: a rewards.RewardModel here,
     the stand-in for an LLM judge or a human arena (their pairwise win rate against a fixed baseline)."""
     if len(answers) != len(baseline):
         raise ValueError(f"{len(answers)} answers but {len(baseline)} baseline answers: not the same prompts")
