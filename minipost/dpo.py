@@ -157,7 +157,8 @@ def pair_metrics(losses, chosen_rewards, rejected_rewards, chosen_logps, rejecte
             "rewards/rejected": rejected_rewards.mean().item(),
             "rewards/margins": (chosen_rewards - rejected_rewards).mean().item(),
             "rewards/accuracies": (chosen_rewards > rejected_rewards).float().mean().item(),
-            "logps/chosen": chosen_logps.detach().mean().item(), "logps/rejected": rejected_logps.detach().mean().item()}
+            "logps/chosen": chosen_logps.detach().mean().item(),
+            "logps/rejected": rejected_logps.detach().mean().item()}
 
 
 def train(cfg: Config) -> dict:
@@ -228,12 +229,12 @@ def train(cfg: Config) -> dict:
         run.log(**stats, **held, lr=lr, grad_norm=grad_norm, steps_per_s=run.step / run.elapsed)
         run.end_step(eval_pref_acc=eval_acc, stats=stats)
 
-    # ---- the outputs later stages read: model.pt (plain weights: LoRA adapters merged), samples.txt
+    # ---- the outputs later stages read: model.pt (plain weights: LoRA adapters merged), samples.txt, summary.json
     summary = run.summary(**stats, eval_pref_acc=eval_acc if eval_pairs else None, trainable_params=trainable_params,
                           training_bytes=training_bytes(model, optimizer))
     if run.done:
         merge_lora(model)  # (no adapters: nothing to do) model.pt holds plain weights that every command loads
-    if run.finish(model_checkpoint(model, ckpt["tokenizer"], run.step),
+    if run.finish(model_checkpoint(model, ckpt["tokenizer"], run.step), summary=summary,
                   samples=(lambda path: write_samples(model, enc, path, sample_records)) if sample_records else None):
         held = f"held-out preference accuracy {eval_acc:.3f}" if eval_pairs else "no held-out pairs"
         print(f"dpo done: loss {stats['loss']:.3f}, margin {stats['rewards/margins']:.2f}, {held}, "

@@ -140,10 +140,10 @@ def train(cfg: Config) -> dict:
                 tokens_per_s=tokens_seen / run.elapsed)
         run.end_step(tokens_seen=tokens_seen, val_loss=val_loss)
 
-    # ---- the outputs later stages read: model.pt, samples.txt
-    summary = {"val_loss": val_loss, "tokens_per_s": tokens_seen / max(run.elapsed, 1e-9), "seconds": run.elapsed,
-               "params": model.num_params(), "device": str(run.device), "steps": run.step}
-    if run.finish(model_checkpoint(model, cfg.tokenizer, run.step),
+    # ---- the outputs later stages read: model.pt, samples.txt, summary.json
+    summary = run.summary(val_loss=val_loss, tokens_per_s=tokens_seen / max(run.elapsed, 1e-9),
+                          params=model.num_params())
+    if run.finish(model_checkpoint(model, cfg.tokenizer, run.step), summary=summary,
                   samples=lambda path: write_samples(model, enc, path, probes, chat=False)):
         print(f"pretrain done: held-out loss {val_loss:.3f}, {summary['tokens_per_s']:,.0f} tokens/s, "
               f"{run.elapsed:.0f} s on {run.device}")

@@ -191,8 +191,7 @@ def train(cfg: Config) -> dict:
         run.end_step(eval_accuracy=eval_acc, stats=stats)
 
     # ---- the outputs: model.pt (kind "reward_model"), samples.txt (the held-out pairs' rewards), summary.json
-    summary = {**stats, "eval_accuracy": eval_acc if eval_pairs else None, "steps": run.step, "seconds": run.elapsed,
-               "device": str(device)}
+    summary = run.summary(**stats, eval_accuracy=eval_acc if eval_pairs else None)
     if eval_pairs and run.done:
         chosen, rejected = final_eval if final_eval is not None else pair_rewards(model, eval_pairs, pad_id)
         summary["eval_accuracy_by_kind"] = accuracy_by_kind(eval_rows, chosen > rejected)

@@ -186,13 +186,13 @@ def train(cfg: Config) -> dict:
                 val_loss=val_loss, lr=lr, grad_norm=grad_norm, steps_per_s=run.step / run.elapsed)
         run.end_step(tokens_seen=tokens_seen, val_loss=val_loss)
 
-    # ---- the outputs later stages read: model.pt (plain weights: LoRA adapters merged), samples.txt
+    # ---- the outputs later stages read: model.pt (plain weights: LoRA adapters merged), samples.txt, summary.json
     summary = run.summary(loss=loss_sum, token_acc=correct / max(n_tok, 1), tokens_seen=tokens_seen,
                           val_loss=val_loss, trainable_params=trainable_params,
                           training_bytes=training_bytes(model, optimizer))
     if run.done:
         merge_lora(model)  # (no adapters: nothing to do) model.pt holds plain weights that every command loads
-    if run.finish(model_checkpoint(model, ckpt["tokenizer"], run.step),
+    if run.finish(model_checkpoint(model, ckpt["tokenizer"], run.step), summary=summary,
                   samples=lambda path: write_samples(model, enc, path, sample_records)):
         print(f"sft done: loss {loss_sum:.3f}, token accuracy {summary['token_acc']:.2f}, held-out pretraining "
               f"loss {val_loss:.3f}, {summary['steps_per_s']:.2f} steps/s, {run.elapsed:.0f} s on {run.device}")
