@@ -30,7 +30,8 @@ grpo weighs a short answer's tokens more; dapo and dr_grpo weigh every token ali
 Variants, each one option (docs/rl-variants.md has the table and their measurements):
 - DAPO (Yu et al. 2025, arXiv:2503.14476): `--loss-type dapo`, clip-higher `--clip-eps-high 0.28`, dynamic
   sampling `--dynamic-sampling true` (groups whose rewards are all equal carry no signal: replace them with
-  fresh prompts), overlong shaping `--overlong-buffer N` (a penalty over the last N tokens of the budget).
+  fresh prompts; rollout.sample_informative_groups), overlong shaping `--overlong-buffer N` (a penalty over
+  the last N tokens of the budget).
 - GSPO (Zheng et al. 2025, arXiv:2507.18071): `--importance-sampling-level sequence`, one ratio per completion
   s_i = (pi / pi_old)(o_i)^(1/|o_i|), clipped per sequence.
 - the KL term: `--kl-loss k1|k2|k3|k3_corrected` in the loss (rl.kl_loss_term), or `--kl-in reward`:
@@ -60,7 +61,7 @@ from dataclasses import dataclass
 
 import torch
 
-from minipost import dist, rollout
+from minipost import dist
 from minipost.common import InputError, check_config, field
 from minipost.data import per_domain
 from minipost.harness import Run, main
@@ -69,9 +70,10 @@ from minipost.logprobs import masked_mean
 from minipost.model import model_checkpoint
 from minipost.optim import adamw, linear_decay_lr, set_lr
 from minipost.rewards import parse_reward, zero_spread
-from minipost.rl import KL_LOSSES, add_info, check_kl_flags, kl_estimate, kl_loss_term, largest_weight
-from minipost.rollout import (RolloutConfig, completion_logprobs, concat_rollouts, load_policy_and_prompts,
-                              micro_batches, next_prompts)
+from minipost.rl import (KL_LOSSES, add_info, check_kl_flags, kl_estimate, kl_in_reward, kl_loss_term,
+                         largest_weight)
+from minipost.rollout import (RolloutConfig, completion_logprobs, load_policy_and_prompts, micro_batches,
+                              next_prompts, sample_and_score, sample_informative_groups)
 from minipost.tokenizer import special_id
 
 
@@ -209,44 +211,15 @@ def micro_batch_weight(loss_type: str, mb_mask: torch.Tensor, full_mask: torch.T
 # ----------------------------------------------------------------------------------------------------------------
 # the loop, one phase per function: prompts -> sample and score -> advantages -> update
 
-def sample_and_score(policy, ref, enc, prompts: list[dict], reward_fn, cfg: Config, gen: torch.Generator,
-                     ranks: dist.Ranks = dist.Ranks()):
-    """rollout.sample_and_score (G answers per prompt, pi_old and pi_ref log-probs, rewards) with DAPO's
+def sample_scored(policy, ref, enc, prompts: list[dict], reward_fn, cfg: Config, gen: torch.Generator,
+                  ranks: dist.Ranks = dist.Ranks()):
+    """rollout.sample_and_score (G answers per prompt, their pi_old and pi_ref log-probs, the rewards) with DAPO's
     overlong penalty, and with --kl-in reward the KL to the reference taken from each reward."""
-    batch_rollout, ref_logps, rewards, stats = rollout.sample_and_score(policy, ref, enc, prompts, reward_fn, cfg, gen,
-                                                                        ranks, cfg.overlong_buffer)
+    batch_rollout, ref_logps, rewards, stats = sample_and_score(policy, ref, enc, prompts, reward_fn, cfg, gen, ranks,
+                                                                cfg.overlong_buffer)
     if cfg.kl_in == "reward" and cfg.beta:  # k1 summed over each completion, a constant to the gradient
-        mask = batch_rollout.completion_mask
-        rewards = rewards - cfg.beta * ((batch_rollout.logprobs - ref_logps) * mask).sum(dim=1)  # (B,)
+        rewards = kl_in_reward(rewards, batch_rollout.logprobs, ref_logps, batch_rollout.completion_mask, cfg.beta)
     return batch_rollout, ref_logps, rewards, stats
-
-
-def sample_informative_groups(policy, ref, enc, records, perm, pos, reward_fn, cfg: Config, gen, order_gen):
-    """DAPO's dynamic sampling: rollout batches of fresh prompts until prompts_per_step groups whose rewards are
-    not all equal are collected (or max_sample_rounds batches are spent) -> (rollout, ref_logps, rewards,
-    stats of the first batch plus dropped_groups and sample_rounds, perm, pos).
-
-    A group with zero reward spread has zero advantage for every sample: it costs compute and adds only the KL
-    term. Extra groups past prompts_per_step are discarded; if no round found any, the last batch is used as is.
-    """
-    kept, dropped, first_stats = [], 0, None
-    for rounds in range(1, cfg.max_sample_rounds + 1):
-        prompts, perm, pos = next_prompts(records, perm, pos, cfg.prompts_per_step, order_gen)
-        batch_rollout, ref_logps, rewards, stats = sample_and_score(policy, ref, enc, prompts, reward_fn, cfg, gen)
-        first_stats = first_stats or stats
-        spread = ~zero_spread(rewards, cfg.group_size)  # (prompts,) groups with a learning signal
-        dropped += int((~spread).sum())
-        rows = torch.arange(len(batch_rollout), device=rewards.device).view(-1, cfg.group_size)[spread].view(-1)
-        if len(rows):
-            kept.append((batch_rollout.select(rows), ref_logps[rows], rewards[rows]))
-        if sum(len(k[2]) for k in kept) >= cfg.prompts_per_step * cfg.group_size:
-            break
-    if kept:
-        batch_rollout, ref_logps, rewards = concat_rollouts(kept, special_id(enc, "<|pad|>"))
-        first = torch.arange(min(cfg.prompts_per_step * cfg.group_size, len(rewards)))  # whole groups, in order
-        batch_rollout, ref_logps, rewards = batch_rollout.select(first), ref_logps[first], rewards[first]
-    stats = {**first_stats, "dropped_groups": dropped, "sample_rounds": rounds}
-    return batch_rollout, ref_logps, rewards, stats, perm, pos
 
 
 def update(policy, optimizer, batch_rollout, ref_logps, advantages, cfg: Config, run: Run) -> dict:
@@ -301,15 +274,16 @@ def train(cfg: Config, reward_fn=None) -> dict:
     # ---- the loop: prompts, sample and score, advantages, update, log
     for step in run.steps():
         lr = set_lr(optimizer, linear_decay_lr(step, lr=cfg.lr, max_steps=cfg.max_steps) if cfg.lr_decay else cfg.lr)
-        if cfg.dynamic_sampling:
+        if cfg.dynamic_sampling:  # DAPO: batches of fresh prompts until prompts_per_step groups carry a signal
             batch_rollout, ref_logps, rewards, stats, perm, pos = sample_informative_groups(
-                policy, ref, enc, records, perm, pos, reward_fn, cfg, gen, order_gen)
+                lambda prompts: sample_scored(policy, ref, enc, prompts, reward_fn, cfg, gen), records, perm, pos,
+                cfg.prompts_per_step, cfg.group_size, cfg.max_sample_rounds, order_gen, special_id(enc, "<|pad|>"))
         else:
             prompts, perm, pos = next_prompts(records, perm, pos, cfg.prompts_per_step, order_gen)
-            batch_rollout, ref_logps, rewards, stats = sample_and_score(policy, ref, enc, prompts, reward_fn, cfg,
-                                                                        gen, ranks)
+            batch_rollout, ref_logps, rewards, stats = sample_scored(policy, ref, enc, prompts, reward_fn, cfg, gen,
+                                                                     ranks)
         advantages = group_advantages(rewards, cfg.group_size, scale=cfg.scale_rewards)  # (B,)
-        zero_std = run.sum(zero_spread(rewards, cfg.group_size).float().mean().item()) / ranks.world
+        zero_std = run.mean(zero_spread(rewards, cfg.group_size).float().mean().item())
         info = update(policy, optimizer, batch_rollout, ref_logps, advantages, cfg, run)
 
         run.log(**stats, zero_std_frac=zero_std, **info, lr=lr, steps_per_s=run.step / run.elapsed)

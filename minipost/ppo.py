@@ -254,7 +254,7 @@ def train(cfg: Config, reward_fn=None) -> dict:
                                                                    ranks)
         advantages, returns, old_values = ppo_advantages(critic, batch_rollout, scores, ref_logps, cfg,
                                                          ranks)  # (B, T) x3
-        zero_std = run.sum(zero_spread(scores, cfg.group_size).float().mean().item()) / ranks.world
+        zero_std = run.mean(zero_spread(scores, cfg.group_size).float().mean().item())
         explained_var = explained_variance(old_values, returns, batch_rollout.completion_mask, ranks)
         info = update(policy, critic, optimizer, critic_optimizer, batch_rollout, ref_logps, advantages, returns,
                       old_values, cfg, order_gen, run)

@@ -60,7 +60,6 @@ from dataclasses import dataclass
 
 import torch
 
-from minipost import dist
 from minipost.common import InputError, check_config, field
 from minipost.data import per_domain
 from minipost.harness import Run, main
@@ -69,7 +68,8 @@ from minipost.logprobs import masked_mean, whiten
 from minipost.model import model_checkpoint
 from minipost.optim import adamw, linear_decay_lr, set_lr
 from minipost.rewards import parse_reward, token_rewards, zero_spread
-from minipost.rl import KL_LOSSES, add_info, check_kl_flags, kl_estimate, kl_loss_term, largest_weight
+from minipost.rl import (KL_LOSSES, add_info, check_kl_flags, kl_estimate, kl_in_reward, kl_loss_term,
+                         largest_weight)
 from minipost.rollout import (RolloutConfig, completion_logprobs, load_policy_and_prompts, micro_batches,
                               next_prompts, sample_and_score)
 
@@ -178,17 +178,15 @@ def reinforce_loss(logps, advantages, mask, ref_logps=None, beta: float = 0.0, *
 # the loop, one phase per function: prompts -> sample and score -> advantages -> update
 
 def baseline_advantages(rewards: torch.Tensor, cfg: Config, running_mean: float,
-                        ranks: dist.Ranks = dist.Ranks()) -> tuple[torch.Tensor, float]:
-    """A = r - b for the chosen baseline -> (advantages (B,), the running mean updated *after* this batch, over
-    every rank's rewards)."""
+                        batch_mean=lambda r: r.mean().item()) -> tuple[torch.Tensor, float]:
+    """A = r - b for the chosen baseline -> (advantages (B,), the running mean updated *after* this batch;
+    `batch_mean` is the rewards' mean, over every process's rows under torchrun: Run.batch_mean)."""
     if cfg.baseline == "rloo":
         return rloo_advantages(rewards, cfg.group_size), running_mean
     if cfg.baseline == "reinforce++":
         raise ValueError("reinforce++ advantages are per token: use reinforce_pp_advantages")
     if cfg.baseline == "mean":
-        batch_mean = rewards.mean().item() if ranks.world == 1 else (
-            dist.all_reduce_sum(rewards.sum().item(), ranks) / dist.all_reduce_sum(len(rewards), ranks))
-        updated = cfg.mean_momentum * running_mean + (1 - cfg.mean_momentum) * batch_mean
+        updated = cfg.mean_momentum * running_mean + (1 - cfg.mean_momentum) * batch_mean(rewards)
         return rewards - running_mean, updated
     return rewards, running_mean
 
@@ -257,10 +255,10 @@ def train(cfg: Config, reward_fn=None) -> dict:
                                                  cfg.beta if cfg.kl_in == "reward" else 0.0)  # (B, T)
         else:
             if cfg.beta and cfg.kl_in == "reward":  # k1 per token, summed over the sequence
-                rewards = rewards - cfg.beta * ((batch_rollout.logprobs - ref_logps) * batch_rollout.completion_mask
-                                                ).sum(dim=1)  # (B,)
-            advantages, running_mean = baseline_advantages(rewards, cfg, running_mean, ranks)  # (B,)
-        zero_std = run.sum(zero_spread(rewards, cfg.group_size).float().mean().item()) / ranks.world
+                rewards = kl_in_reward(rewards, batch_rollout.logprobs, ref_logps, batch_rollout.completion_mask,
+                                       cfg.beta)  # (B,)
+            advantages, running_mean = baseline_advantages(rewards, cfg, running_mean, run.batch_mean)  # (B,)
+        zero_std = run.mean(zero_spread(rewards, cfg.group_size).float().mean().item())
         info = update(policy, optimizer, batch_rollout, ref_logps, advantages, cfg, run)
 
         run.log(**stats, zero_std_frac=zero_std, baseline=running_mean, **info, lr=lr,

@@ -5,6 +5,7 @@ loss differentiates, and the bookkeeping of a rollout batch's metrics over micro
     kl_loss_term(logps, ref_logps, kind)    the per-token term a loss adds times beta, and which KL its gradient follows
     add_info(totals, info, ...)             a micro-batch's metrics into the rollout batch's means
     largest_weight(model)                   max |w|: inf or NaN as soon as one weight is, checked after each update
+    kl_in_reward(rewards, logps, ...)       r - beta * sum_t (log pi_old - log pi_ref): the KL as a reward penalty
     whiten_tokens(x, mask, ranks)           logprobs.whiten over the tokens of every torchrun rank's rows
     explained_variance(values, returns, ...) how much of the returns' variance a critic explains
 """
@@ -75,6 +76,13 @@ def kl_loss_term(logps: torch.Tensor, ref_logps: torch.Tensor, kind: str = "k3",
     if kind not in KL_LOSSES:
         raise ValueError(f"unknown kl_loss {kind!r}; use one of {', '.join(KL_LOSSES)}")
     return kl_estimate(logps, ref_logps, kind)
+
+
+def kl_in_reward(rewards, logps, ref_logps, mask, beta: float) -> torch.Tensor:
+    """Each completion's reward minus beta times its k1 KL to the reference, summed over its tokens (`--kl-in
+    reward`): rewards (B,), logps / ref_logps / mask (B, T) -> (B,). A constant to the gradient: the policy
+    feels the KL through the advantages, as in InstructGPT's reward."""
+    return rewards - beta * ((logps - ref_logps) * mask).sum(dim=1)
 
 
 def add_info(totals: dict, info: dict, loss_weight: float, token_weight: float) -> None:

@@ -39,7 +39,7 @@ from minipost.data import per_domain
 from minipost.harness import RunConfig
 from minipost.logprobs import token_logprobs
 from minipost.model import left_pad, load_model
-from minipost.rewards import check_reward_domains, parse_reward, score_rollout
+from minipost.rewards import check_reward_domains, parse_reward, score_rollout, zero_spread
 from minipost.tokenizer import render_prompt, special_id
 from minipost.world import build as build_world, validate_record
 
@@ -354,6 +354,37 @@ def sample_and_score(policy, ref, enc, prompts: list[dict], reward_fn, cfg: Roll
                                    cfg.length_penalty, overlong_buffer,
                                    gather=lambda x: dist.all_gather_lists(x, ranks))  # (B,)
     return batch_rollout, ref_logps, rewards, stats
+
+
+def sample_informative_groups(sample, records, perm, pos, prompts_per_step: int, group_size: int, max_rounds: int,
+                              order_gen: torch.Generator, pad_id: int):
+    """DAPO's dynamic sampling (Yu et al. 2025): rollout batches of fresh prompts until prompts_per_step groups
+    whose rewards are not all equal are collected, or max_rounds batches are spent -> (rollout, ref_logps,
+    rewards, stats of the first batch plus dropped_groups and sample_rounds, perm, pos). `sample(prompts)` ->
+    (rollout, ref_logps, rewards, stats) samples and scores one batch (rollout.sample_and_score and whatever an
+    objective adds to the rewards).
+
+    A group with zero reward spread has zero advantage for every sample: it costs compute and adds only the KL
+    term. Extra groups past prompts_per_step are discarded; if no round found any, the last batch is used as is.
+    """
+    kept, dropped, first_stats = [], 0, None
+    for rounds in range(1, max_rounds + 1):
+        prompts, perm, pos = next_prompts(records, perm, pos, prompts_per_step, order_gen)
+        batch_rollout, ref_logps, rewards, stats = sample(prompts)
+        first_stats = first_stats or stats
+        spread = ~zero_spread(rewards, group_size)  # (prompts,) groups with a learning signal
+        dropped += int((~spread).sum())
+        rows = torch.arange(len(batch_rollout), device=rewards.device).view(-1, group_size)[spread].view(-1)
+        if len(rows):
+            kept.append((batch_rollout.select(rows), ref_logps[rows], rewards[rows]))
+        if sum(len(k[2]) for k in kept) >= prompts_per_step * group_size:
+            break
+    if kept:
+        batch_rollout, ref_logps, rewards = concat_rollouts(kept, pad_id)
+        first = torch.arange(min(prompts_per_step * group_size, len(rewards)))  # whole groups, in order
+        batch_rollout, ref_logps, rewards = batch_rollout.select(first), ref_logps[first], rewards[first]
+    stats = {**first_stats, "dropped_groups": dropped, "sample_rounds": rounds}
+    return batch_rollout, ref_logps, rewards, stats, perm, pos
 
 
 def minibatches(ro: Rollout, num_minibatches: int, gen: torch.Generator,

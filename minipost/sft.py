@@ -17,8 +17,9 @@ then the micro-batch means (the common bug) over-weights the tokens of micro-bat
 Choices and deviations, all switchable in `Config`:
 - packing (`pack`, off by default): several conversations are concatenated into one row of up to block_size + 1
   tokens, so fewer pad tokens are computed. Attention is not reset at conversation boundaries (nanochat packs
-  this way too); the loss mask is unchanged. TRL 1.16's default packing ("bfd") restarts position ids at each
-  conversation, which keeps attention inside it on FlashAttention-style kernels.
+  this way too); the loss mask is unchanged. TRL 1.16 packs only when asked too, and its default packing
+  ("bfd") restarts position ids at each conversation, which keeps attention inside it on FlashAttention-style
+  kernels.
 - pretraining mix (`ptx_coef`): optionally add ptx_coef * (next-token loss on a packed batch of pretraining
   text) to every step, the "pretraining mix" InstructGPT uses in PPO-ptx (their eq. 2) to limit forgetting.
   Logged as `ptx_loss`; `val_loss` (held-out pretraining text) shows what SFT costs the base model. The defaults

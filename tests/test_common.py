@@ -364,7 +364,8 @@ def test_tool_clis_reject_bad_values_in_one_line(tmp_path, capsys):
     for stage in (*bench_evals.ROWS, bench_evals.JUDGE):  # a pipeline run whose checkpoints are all broken
         (tmp_path / "run" / stage).mkdir(parents=True)
         (tmp_path / "run" / stage / "model.pt").write_text("not a checkpoint")
-    cases = [(bench_evals.main, ["--out", str(tmp_path / "run")], "pretrain/model.pt: not a readable"),(world_main, ["--out", str(tmp_path / "a_file")], "cannot write there"),
+    cases = [(bench_evals.main, ["--out", str(tmp_path / "run")], "pretrain/model.pt: not a readable"),
+             (world_main, ["--out", str(tmp_path / "a_file")], "cannot write there"),
              (world_main, ["--seed", "abc"], "invalid int value"),
              (bench_rollout.main, ["--batch", "0"], "whole number >= 1"),
              (bench_rollout.main, ["--prompt-tokens", "250", "--new-tokens", "64"], "block_size 256"),

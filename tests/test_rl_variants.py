@@ -80,6 +80,37 @@ def test_bnpo_takes_micro_batches_in_rollout_order_as_trl_does():
         assert logps.grad[1, 0].item() == pytest.approx(grads[1], abs=1e-6)  # a long row's token (A = -1)
 
 
+@pytest.mark.parametrize("loss_type,by_length", [("bnpo", False), ("grpo", True), ("dapo", True)])
+def test_grpo_update_asks_for_rollout_order_exactly_when_the_loss_is_bnpo(loss_type, by_length, monkeypatch):
+    """The guard on the test above: grpo.update's micro-batches come in rollout order for bnpo (whose token mean
+    per micro-batch depends on the grouping), by length for the others (the same gradient, less padding)."""
+    import minipost.grpo as grpo
+    from minipost.model import GPT, GPTConfig
+    asked = []
+
+    def recording(ro, size, by_length=True):
+        asked.append(by_length)
+        return micro_batches(ro, size, by_length)
+    monkeypatch.setattr(grpo, "micro_batches", recording)
+
+    class OneProcess:  # what update needs of the run harness, for one process
+        def check(self, value, what): pass
+        def sum(self, value): return value
+        def optimizer_step(self, model, optimizer, clip):
+            optimizer.step()
+            optimizer.zero_grad()
+            return torch.tensor(0.0)
+    torch.manual_seed(0)
+    policy = GPT(GPTConfig(vocab_size=16, block_size=16, n_layer=1, n_head=1, n_embd=8))
+    ids = torch.randint(0, 16, (4, 3))
+    ro = Rollout(ids, torch.ones(4, 3, dtype=torch.long), ids, torch.ones(4, 3, dtype=torch.long), torch.zeros(4, 3),
+                 torch.ones(4, dtype=torch.bool), group_size=2)
+    cfg = grpo.Config(loss_type=loss_type, micro_batch_size=2, beta=0.0)
+    grpo.update(policy, torch.optim.SGD(policy.parameters(), lr=0.1), ro, torch.zeros(4, 3),
+                torch.tensor([1.0, -1.0, 1.0, -1.0]), cfg, OneProcess())
+    assert asked == [by_length]
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # clips: DAPO's clip-higher and GSPO's sequence ratio
 

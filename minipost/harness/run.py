@@ -67,6 +67,16 @@ class Run:
         """This process's rows of a global batch of batch_size (all of them without torchrun)."""
         return dist.shard(batch_size, self.ranks, flag)
 
+    def mean(self, value: float) -> float:
+        """The mean over the processes of a number each computed on its equal share (the number itself alone)."""
+        return self.sum(value) / self.ranks.world
+
+    def batch_mean(self, values: torch.Tensor) -> float:
+        """The mean of every process's values together (the tensor's own mean alone)."""
+        if self.ranks.world == 1:
+            return values.mean().item()
+        return self.sum(values.sum().item()) / self.sum(len(values))
+
     def micro_batches(self, batch, size: int) -> list:
         """This process's rows of a global batch (all of them alone; its share under torchrun), in micro-batches of
         `size` rows for forward/backward (0: one micro-batch) -> a list of row-index pieces."""
@@ -133,13 +143,15 @@ class Run:
         cfg = self.cfg
         self.bar = tqdm(range(self.step, cfg.max_steps), initial=self.step, total=cfg.max_steps,
                         disable=not (cfg.progress and self.main), desc=self.name)
-        for i in self.bar:
-            self.step = i + 1
-            yield i
-            if self.stopped:
-                break
-        self.bar.close()
-        self.logger.close()
+        try:
+            for i in self.bar:
+                self.step = i + 1
+                yield i
+                if self.stopped:
+                    break
+        finally:  # also when the loop raises: metrics.jsonl is closed with every row written
+            self.bar.close()
+            self.logger.close()
 
     def optimizer_step(self, model, optimizer, grad_clip: float) -> torch.Tensor:
         """Sum the gradients over the processes, clip their global norm (0: no clipping), step, zero them.
@@ -165,7 +177,7 @@ class Run:
 
     def out_of_time(self) -> bool:
         """--max-seconds (0: no limit) has passed at this step; every process gets the same answer."""
-        max_seconds = getattr(self.cfg, "max_seconds", 0)
+        max_seconds = self.cfg.max_seconds
         if not max_seconds:
             return False
         if self._time_checked[0] != self.step:  # decided once per step: every process must agree with the others
