@@ -48,7 +48,10 @@ class MetricsLogger:
 
     def close(self) -> None:
         if self.enabled:
-            self._f.close()
+            try:
+                self._f.close()
+            except OSError:  # the row a full disk refused, still buffered: log() has already said so (DiskFull)
+                pass
 
 
 NON_FINITE = ("nan", "inf", "-inf")  # how metrics.jsonl writes a measured value that is not a finite number
