@@ -198,6 +198,21 @@ def test_a_resume_state_of_another_run_is_one_line_naming_the_field(tmp_path):
     assert (tmp_path / "model.pt").is_file()
 
 
+@pytest.mark.parametrize("objective", OBJECTIVES)
+@pytest.mark.parametrize("bad,message", [(dict(max_steps=0), "--max-steps 0: must be >= 1"),
+                                         (dict(lr=0.0), "--lr 0.0: must be > 0"),
+                                         (dict(lr=float("nan")), "--lr nan: must be a finite number"),
+                                         (dict(eval_every=-1), "--eval-every -1: must be >= 0"),
+                                         (dict(save_every=0), "--save-every 0: must be >= 1"),
+                                         (dict(device="tpu"), "--device 'tpu'"),
+                                         (dict(threads="many"), "--threads 'many'")])
+def test_every_objective_refuses_a_bad_shared_field_when_its_config_is_made(objective, bad, message):
+    """The fields RunConfig gives every objective are checked the same way in each (before any file is read)."""
+    module = importlib.import_module(f"minipost.{objective}")
+    with pytest.raises(InputError, match=re.escape(message)):
+        module.Config(**bad)
+
+
 def test_a_non_finite_loss_stops_with_the_step(tmp_path):
     run = Run(ToyConfig(out=str(tmp_path)), "toy")
     run.start(model=torch.nn.Linear(1, 1))
