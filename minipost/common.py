@@ -158,6 +158,9 @@ def check_config(cfg) -> None:
             raise InputError(f"{flag} {v}: must be > {meta['gt']}")
         if "check" in meta:  # a field's own check, e.g. threads.parse_threads; raises InputError
             meta["check"](v)
+    micro, batch = getattr(cfg, "micro_batch_size", 0), getattr(cfg, "batch_size", None)
+    if batch is not None and micro > batch:  # a micro-batch is a part of one batch
+        raise InputError(f"--micro-batch-size {micro}: more than --batch-size {batch}")
     if getattr(cfg, "out", ""):
         check_out_dir(cfg)
 

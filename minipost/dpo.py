@@ -106,8 +106,6 @@ class Config(LoRAConfig, RunConfig):
 
     def __post_init__(self):
         check_config(self)
-        if self.micro_batch_size > self.batch_size:
-            raise InputError(f"--micro-batch-size {self.micro_batch_size}: more than --batch-size {self.batch_size}")
         if self.label_smoothing and self.loss_type != "robust":
             raise InputError(f"--label-smoothing {self.label_smoothing}: only used by --loss-type robust, "
                              f"not {self.loss_type!r}")

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import torch
 
-from minipost.common import DATA_DIR, InputError, autocast, check_config, field
+from minipost.common import DATA_DIR, InputError, autocast, field
 from minipost.data import load_texts, pack, packed_batch, per_domain
 from minipost.harness import Run, RunConfig, main
 from minipost.heldout import heldout_loss, load_probes, write_samples
@@ -70,11 +70,6 @@ class Config(RunConfig):
                                choices=["auto", "reference", "chunked", "triton"])
     compile: bool = field(False, "torch.compile the model")
 
-    def __post_init__(self):
-        check_config(self)
-        if self.micro_batch_size > self.batch_size:
-            raise InputError(f"--micro-batch-size {self.micro_batch_size}: more than --batch-size {self.batch_size}")
-
 
 PRESETS = {
     "nano": {},
@@ -89,7 +84,7 @@ def next_token_loss(logits, targets, impl="auto"):
 
 def train(cfg: Config) -> dict:
     run = Run(cfg, "pretrain")  # torchrun ranks, CPU threads, seeds, the run folder: minipost/harness/run.py
-    mine = run.shard(cfg.batch_size)  # this process's rows of every global batch (all of them alone)
+    run.shard(cfg.batch_size)  # torchrun: a global batch must split evenly over the processes (checked now)
 
     # ---- data: the world's corpus unless you pass your own; every file is checked before OUT is touched
     enc, train_stream, val_stream, probes = load_corpus(cfg)
@@ -112,16 +107,14 @@ def train(cfg: Config) -> dict:
 
     # ---- the loop
     model.train()
-    micro = min(cfg.micro_batch_size or cfg.batch_size, mine.stop - mine.start)
     for step in run.steps():
         lr = set_lr(optimizer, cosine_lr(step, lr=cfg.lr, warmup_steps=cfg.warmup_steps, max_steps=cfg.max_steps,
                                          min_lr_ratio=cfg.min_lr_ratio))
         batch_gen = torch.Generator().manual_seed(cfg.seed * 100_003 + step)  # batches depend on (seed, step) only
         batch_x, batch_y = packed_batch(train_stream, cfg.batch_size, cfg.block_size, batch_gen)  # (B, T) each
-        batch_x, batch_y = batch_x[mine], batch_y[mine]  # this process's B / N rows
         loss_sum = 0.0
-        for i in range(0, len(batch_x), micro):
-            x, y = batch_x[i:i + micro].to(run.device), batch_y[i:i + micro].to(run.device)  # (b, T) each
+        for rows in run.micro_batches(torch.arange(cfg.batch_size), cfg.micro_batch_size):  # this process's rows
+            x, y = batch_x[rows].to(run.device), batch_y[rows].to(run.device)  # (b, T) each
             with autocast(run.device):
                 logits = fwd(x)  # (b, T, V)
             # every window has T targets, so the b/B share of the batch mean makes the sum the full-batch mean

@@ -51,7 +51,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from minipost.common import DATA_DIR, InputError, check_config, field
+from minipost.common import DATA_DIR, InputError, field
 from minipost.data import EpochBatches, load_prefs, tokenize_pairs
 from minipost.harness import Run, RunConfig, main
 from minipost.model import load_init, model_checkpoint
@@ -89,11 +89,6 @@ class Config(RunConfig):
     eval_every: int = field(50, "steps between held-out accuracy evaluations (0: only at the end)", min=0)
     log_every: int = field(5, "steps between metrics.jsonl rows", min=1)
     save_every: int = field(50, "steps between OUT/state.pt saves (for --resume)", min=1)
-
-    def __post_init__(self):
-        check_config(self)
-        if self.micro_batch_size > self.batch_size:
-            raise InputError(f"--micro-batch-size {self.micro_batch_size}: more than --batch-size {self.batch_size}")
 
 
 PRESETS = {

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 
 import torch
 
-from minipost.common import DATA_DIR, InputError, autocast, check_config, field, read_jsonl
+from minipost.common import DATA_DIR, InputError, autocast, field, read_jsonl
 from minipost.data import (IGNORE, EpochBatches, collate, load_chats, load_texts, num_targets, pack, pack_examples,
                            packed_batch, per_domain, tokenize_chats)
 from minipost.harness import Run, RunConfig, main
@@ -84,11 +84,6 @@ class Config(LoRAConfig, RunConfig):
     save_every: int = field(100, "steps between OUT/state.pt saves (what --resume continues from)", min=1)
     logprobs_impl: str = field("auto", "token_logprobs implementation",
                                choices=["auto", "reference", "chunked", "triton"])
-
-    def __post_init__(self):
-        check_config(self)
-        if self.micro_batch_size > self.batch_size:
-            raise InputError(f"--micro-batch-size {self.micro_batch_size}: more than --batch-size {self.batch_size}")
 
 
 PRESETS = {

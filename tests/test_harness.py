@@ -213,6 +213,13 @@ def test_every_objective_refuses_a_bad_shared_field_when_its_config_is_made(obje
         module.Config(**bad)
 
 
+@pytest.mark.parametrize("objective", ("pretrain", "sft", "dpo", "reward_model"))
+def test_a_micro_batch_larger_than_the_batch_is_refused(objective):
+    module = importlib.import_module(f"minipost.{objective}")
+    with pytest.raises(InputError, match=re.escape("--micro-batch-size 8: more than --batch-size 4")):
+        module.Config(batch_size=4, micro_batch_size=8)
+
+
 def test_a_non_finite_loss_stops_with_the_step(tmp_path):
     run = Run(ToyConfig(out=str(tmp_path)), "toy")
     run.start(model=torch.nn.Linear(1, 1))
