@@ -305,6 +305,8 @@ def read_jsonl(path: str | os.PathLike, required: typing.Sequence[str] | dict = 
                 row = json.loads(line)
             except json.JSONDecodeError as e:
                 raise InputError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+            except ValueError as e:  # valid JSON Python will not read, e.g. an integer of over 4300 digits
+                raise InputError(f"{path}:{lineno}: not readable JSON ({str(e)[:120]})") from None
             except RecursionError:
                 raise InputError(f"{path}:{lineno}: JSON nested deeper than Python reads; a record is one flat "
                                  "object") from None

@@ -171,8 +171,8 @@ def plan(name: str, stage_cfg, fresh: bool = False, known: dict | None = None, s
     elif state.exists():
         what = f"{out} holds {'an unfinished' if step is None else f'a {step}-step'} {name} run"
         stage_cfg, how = dataclasses.replace(stage_cfg, resume=True), "resume"
-        resumed = load_checkpoint(state, required=("config", "model", "step", "rng", "elapsed_s"))  # checked now,
-        saved, ignored = resumed["config"], RESUME_IGNORES                       # not after the stages before it
+        resumed = load_checkpoint(state, required=("config", "model", "optimizer", "step", "rng", "elapsed_s"))
+        saved, ignored = resumed["config"], RESUME_IGNORES  # (its fields checked now, not after earlier stages)
     else:  # a finished run of fewer steps and nothing to resume it from
         raise InputError(f"{out} holds a finished {name} run of {step} steps, not the {stage_cfg.max_steps} "
                          f"planned, and no state.pt to continue it; {redo}")

@@ -184,6 +184,8 @@ def load_ranks(path: str | Path) -> dict[bytes, int]:
     """Read a tiktoken rank file. (Same result as `tiktoken.load.load_tiktoken_bpe`, which we avoid because it
     caches files by path in a temp directory: after retraining, it would hand back the old tokenizer.)"""
     ranks = {}
+    if Path(path).is_dir():
+        raise InputError(f"{path}: a folder, not a tokenizer file (delete it to train the tokenizer again)")
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, start=1):
             if not raw.strip():
@@ -197,6 +199,10 @@ def load_ranks(path: str | Path) -> dict[bytes, int]:
     if len(ranks) < 256 or sorted(ranks.values()) != list(range(len(ranks))):
         raise InputError(f"{path}: {len(ranks)} ranks; a tokenizer holds 0..N-1 (N >= 256: every byte) with no gaps "
                          "or repeats (delete the file to train it again)")
+    missing = [b for b in range(256) if bytes([b]) not in ranks]
+    if missing:  # byte-level BPE must be able to write any text: every single byte is a token
+        raise InputError(f"{path}: no token for the byte {missing[0]:#04x} ({len(missing)} bytes missing); delete the "
+                         "file to train the tokenizer again")
     return ranks
 
 

@@ -82,6 +82,9 @@ def test_read_jsonl_names_file_line_and_field(tmp_path):
     p.write_text('{"text": "ok"}\n' + "[" * 200_000 + "\n")  # a RecursionError in json, not a record
     with pytest.raises(InputError, match=r"d.jsonl:2: JSON nested deeper than Python reads"):
         read_jsonl(p)
+    p.write_text('{"text": ' + "1" * 5000 + "}\n")  # valid JSON, an integer Python refuses to convert
+    with pytest.raises(InputError, match=r"d.jsonl:1: not readable JSON"):
+        read_jsonl(p)
 
 
 def test_nan_loss_stops_with_a_message():

@@ -187,7 +187,9 @@ def test_a_resume_state_of_another_run_is_one_line_naming_the_field(tmp_path):
     state = load_checkpoint(tmp_path / "state.pt")
     for edit, message in [(lambda st: st.pop("optimizer"), "field 'optimizer' missing"),
                           (lambda st: st["model"].update(weight=torch.zeros(2, 5)), "field 'model' does not fit"),
-                          (lambda st: st.update(step="4"), "fields 'step' and 'elapsed_s' must be numbers")]:
+                          (lambda st: st.update(step="4"), "fields 'step' and 'elapsed_s' must be numbers"),
+                          (lambda st: st.update(step=-5), "fields 'step' and 'elapsed_s' must be numbers, step >= 0"),
+                          (lambda st: st.update(rng={}), "field 'rng' is not the random state a run saves")]:
         edited = {**state, "model": dict(state["model"])}
         edit(edited)
         save_checkpoint(tmp_path / "state.pt", edited)
@@ -312,7 +314,8 @@ def test_a_second_process_writing_into_a_held_folder_stops_at_once_naming_the_ho
         release_folder(tmp_path)
 
 
-_HOLDER = "import sys, time\nfrom minipost.harness import hold_folder\nhold_folder(sys.argv[1])\nprint('held', flush=True)\ntime.sleep(300)\n"
+_HOLDER = ("import sys, time\nfrom minipost.harness import hold_folder\nhold_folder(sys.argv[1])\n"
+           "print('held', flush=True)\ntime.sleep(300)\n")
 
 
 def test_the_pipeline_and_the_lab_stop_at_once_in_a_folder_another_process_holds(tmp_path):
@@ -350,7 +353,12 @@ def test_a_pipeline_whose_stage_folder_another_process_holds_stops_before_the_fi
 
 def test_a_pipeline_or_lab_into_a_single_runs_folder_is_refused(tmp_path):
     from minipost import lab, pipeline
+    (tmp_path / "metrics.jsonl").write_text("")  # a run killed before its first save leaves only its records
+    for command in (lambda: pipeline.run(pipeline.Config(out=str(tmp_path), max_steps=1, progress=False)),):
+        with pytest.raises(InputError, match=re.escape(f"--out {tmp_path}: holds a single run (metrics.jsonl)")):
+            command()
     save_checkpoint(tmp_path / "model.pt", {"step": 1})  # what `python -m minipost.sft --out tmp_path` leaves
+    (tmp_path / "metrics.jsonl").unlink()
     for command in (lambda: pipeline.run(pipeline.Config(out=str(tmp_path), max_steps=1, progress=False)),
                     lambda: lab.run_lab(lab.Config(out=str(tmp_path)))):
         with pytest.raises(InputError, match=re.escape(f"--out {tmp_path}: holds a single run (model.pt)")):

@@ -3,6 +3,7 @@
 Most tests train on a small corpus written here with a small vocabulary, so the whole file runs in seconds.
 The test on the real world corpus is skipped when data/pretrain.jsonl has not been generated.
 """
+import base64
 import json
 import random
 import time
@@ -271,11 +272,18 @@ def test_bad_rank_file_names_the_line(tmp_path):
     path.write_text("AA== 0\nAQ== 5\n")
     with pytest.raises(ValueError, match="no gaps"):
         load_ranks(path)
+    every_byte_but_one = "".join(f"{base64.b64encode(bytes([b])).decode()} {b}\n" for b in range(255))
+    every_byte_but_one += f"{base64.b64encode(b'zz').decode()} 255\n"  # 256 ranks, no gap, the byte 0xff missing
     for text, message in [("", "0 ranks; a tokenizer holds"), ("AA== 0\n", "1 ranks"),
+                          (every_byte_but_one, "no token for the byte 0xff"),
                           ("AA== 0\n\xe9\xe9 1\n", r"bad.tiktoken:2: expected")]:  # empty, a byte short, not ASCII
         path.write_bytes(text.encode("latin-1"))
         with pytest.raises(InputError, match=message):  # one line (exit 2), not a traceback from tiktoken
             load_ranks(path)
+    path.unlink()
+    path.mkdir()
+    with pytest.raises(InputError, match="a folder, not a tokenizer file"):
+        load_ranks(path)
 
 
 def write_world(data_dir, texts, chats):

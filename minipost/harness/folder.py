@@ -149,9 +149,10 @@ def check_not_held(folder: str | os.PathLike, what: str = "--out") -> None:
 
 
 def check_not_a_run(folder: Path, what: str) -> None:
-    """A pipeline's or a lab's --out holds runs in subfolders; one that holds a run itself (its model.pt or
-    state.pt) is another command's folder, and writing config.json into it would make that run unusable."""
-    held = [n for n in ("model.pt", "state.pt") if (Path(folder) / n).is_file()]
+    """A pipeline's or a lab's --out holds runs in subfolders; one that holds a run itself (its model.pt,
+    state.pt or metrics.jsonl) is another command's folder, and writing config.json into it would make that run
+    unusable."""
+    held = [n for n in ("model.pt", "state.pt", "metrics.jsonl") if (Path(folder) / n).is_file()]
     if held:
         raise InputError(f"{what}: holds a single run ({' and '.join(held)}), not runs in subfolders; give "
                          "another folder")
@@ -262,7 +263,11 @@ def start_run(out_dir, cfg, write: bool = True) -> dict | None:
     if changed and write:  # resumed anyway: from now on the run is recorded as what it continues with
         save_json(out / "inputs.json", {**inputs, "changed_on_resume": True})
         save_json(out / "config.json", now)
-    set_rng_state(state["rng"])
+    try:
+        set_rng_state(state["rng"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:  # edited, or another program's state.pt
+        raise InputError(f"{out / 'state.pt'}: field 'rng' is not the random state a run saves ({type(e).__name__}: "
+                         f"{str(e)[:100]}); start afresh without --resume, or give another --out") from None
     print(f"resumed from {out / 'state.pt'} at step {state['step']}")
     return state
 

@@ -108,9 +108,10 @@ class Run:
                     release_folder(self.out)
                     raise InputError(f"{self.out / 'state.pt'}: field {key!r} {why}; it is not this run's resume "
                                      "state (start afresh without --resume, or give another --out)") from None
-            if not isinstance(state.get("step"), int) or not isinstance(state.get("elapsed_s"), (int, float)):
+            if not isinstance(state.get("step"), int) or state["step"] < 0 or not isinstance(state.get("elapsed_s"),
+                                                                                         (int, float)):
                 release_folder(self.out)
-                raise InputError(f"{self.out / 'state.pt'}: fields 'step' and 'elapsed_s' must be numbers")
+                raise InputError(f"{self.out / 'state.pt'}: fields 'step' and 'elapsed_s' must be numbers, step >= 0")
             self.step, elapsed, self.resumed = state["step"], state["elapsed_s"], True
             self.saved = {k: v for k, v in state.items()
                           if k not in objects and k not in ("step", "config", "rng", "elapsed_s")}
