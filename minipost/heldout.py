@@ -18,7 +18,7 @@ from minipost.data import load_prefs, load_texts, pack, packed_eval_batches, pai
 from minipost.logprobs import sequence_logprobs, token_logprobs
 from minipost.rollout import complete
 from minipost.tokenizer import encode_text, render_prompt, special_id
-from minipost.world import PROBE_DOMAINS, SCORED_DOMAINS, check, check_probe, is_refusal
+from minipost.world import DOMAINS, PROBE_DOMAINS, SCORED_DOMAINS, check, check_probe, is_refusal
 
 
 def means(items: dict[str, list]) -> dict[str, float]:
@@ -182,6 +182,6 @@ def load_eval_pairs(path) -> list[dict]:
     lines = []
     rows = load_prefs(path, lines)
     for n, r in zip(lines, rows):
-        if not isinstance(r.get("domain"), str):
-            raise InputError(f"{path}:{n}: field 'domain': missing or not a string (the card counts pairs per domain)")
+        if r.get("domain") not in DOMAINS:  # the card counts pairs per domain
+            raise InputError(f"{path}:{n}: field 'domain': {r.get('domain')!r} is not one of {list(DOMAINS)}")
     return rows

@@ -120,7 +120,8 @@ def test_a_finished_stage_is_reused_only_for_its_own_config_and_start(tmp_path, 
     ("prefs.jsonl", {"chosen": None}, r"missing field\(s\) \['chosen'\]"),       # DPO's and the reward model's
     ("probes.jsonl", {"answer": None}, r"missing field\(s\) \['answer'\]"),     # pretraining's and the card's
     ("probes.jsonl", {"domain": "sql"}, r"field 'domain' is 'sql'; a probe's is one of"),
-    ("eval_prefs.jsonl", {"domain": None}, r"field 'domain': missing"),            # the card's pref_acc per domain
+    ("eval_prefs.jsonl", {"domain": None}, r"field 'domain': None is not one of"),  # the card's pref_acc per domain
+    ("eval_prefs.jsonl", {"domain": "zzz"}, r"field 'domain': 'zzz' is not one of"),
     ("pretrain_val.jsonl", {"text": [[[[1]]]]}, r"field 'text' must be str"),
 ])
 def test_a_damaged_world_file_stops_the_pipeline_before_any_stage_runs(tmp_path, monkeypatch, name, change, message):
