@@ -18,6 +18,7 @@ once, tensor by tensor, straight into the dtype asked for.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -52,50 +53,69 @@ def read_config(folder) -> tuple[str, dict]:
     return ARCHITECTURES[archs[0]], hf
 
 
-def rope_settings(hf: dict) -> tuple[float, dict | None]:
+def rope_settings(hf: dict, where: str) -> tuple[float, dict | None]:
     """(theta, scaling) from rope_theta / rope_scaling, or from newer folders' rope_parameters."""
     params = hf.get("rope_parameters") or {}
+    scaling = hf.get("rope_scaling")
+    if not isinstance(params, dict) or not isinstance(scaling, (dict, type(None))):
+        raise InputError(f"{where}: rope_parameters / rope_scaling: expected JSON objects")
     theta = params.get("rope_theta", hf.get("rope_theta", 10000.0))
-    scaling = hf.get("rope_scaling") or ({k: v for k, v in params.items() if k != "rope_theta"} if params else None)
+    if isinstance(theta, bool) or not isinstance(theta, (int, float)) or not 0 < theta < float("inf"):
+        raise InputError(f"{where}: rope_theta {theta!r}: expected a positive number")
+    scaling = scaling or ({k: v for k, v in params.items() if k != "rope_theta"} if params else None)
     if scaling and scaling.get("rope_type", scaling.get("type", "default")) == "default":
         scaling = None
     return float(theta), scaling
 
 
+MAX_SIZE = 1 << 24  # no field of a model's shape is larger (the biggest vocabularies are ~260,000)
+
+
 def model_config(family: str, hf: dict, where: str) -> DecoderConfig | GPTConfig:
     """config.json -> the minipost model config, refusing what the blocks do not implement."""
-    def need(key, default=None):
+    def size(key, default=None) -> int:  # a whole number of things: 1 .. MAX_SIZE
         value = hf.get(key, default)
         if value is None:
             raise InputError(f"{where}: field {key!r} missing")
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_SIZE:
+            raise InputError(f"{where}: field {key!r} is {value!r}; expected a whole number in 1 .. {MAX_SIZE}")
         return value
+
+    def positive(key, default=None) -> float:
+        value = hf.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
+            raise InputError(f"{where}: field {key!r} is {value!r}; expected a small positive number")
+        return float(value)
+
     if family == "gpt2":
-        n_embd = need("n_embd")
+        n_embd, n_head = size("n_embd"), size("n_head")
         if hf.get("n_inner") not in (None, 4 * n_embd):
             raise InputError(f"{where}: n_inner {hf['n_inner']}: minipost's GPT has an MLP of 4 * n_embd")
         if hf.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):
             raise InputError(f"{where}: activation_function {hf['activation_function']!r}: GPT-2's is gelu_new")
-        if abs(hf.get("layer_norm_epsilon", 1e-5) - 1e-5) > 1e-12:
+        if abs(positive("layer_norm_epsilon", 1e-5) - 1e-5) > 1e-12:
             raise InputError(f"{where}: layer_norm_epsilon {hf['layer_norm_epsilon']}: minipost's GPT uses 1e-5")
-        return GPTConfig(vocab_size=need("vocab_size"), block_size=need("n_positions"), n_layer=need("n_layer"),
-                         n_head=need("n_head"), n_embd=n_embd, gelu="tanh")
+        if n_embd % n_head:
+            raise InputError(f"{where}: n_embd {n_embd} is not a multiple of n_head {n_head}")
+        return GPTConfig(vocab_size=size("vocab_size"), block_size=size("n_positions"), n_layer=size("n_layer"),
+                         n_head=n_head, n_embd=n_embd, gelu="tanh")
     if hf.get("use_sliding_window"):
         raise InputError(f"{where}: use_sliding_window true: minipost's attention sees the whole context")
     if hf.get("mlp_bias"):
         raise InputError(f"{where}: mlp_bias true: the SwiGLU here has no biases")
     if hf.get("hidden_act", "silu") != "silu":
         raise InputError(f"{where}: hidden_act {hf['hidden_act']!r}: SwiGLU uses silu")
-    n_embd, n_head = need("hidden_size"), need("num_attention_heads")
-    theta, scaling = rope_settings(hf)
+    n_embd, n_head = size("hidden_size"), size("num_attention_heads")
+    theta, scaling = rope_settings(hf, where)
     bias = bool(hf.get("attention_bias", False))
     try:
         cfg = DecoderConfig(
-            family=family, vocab_size=need("vocab_size"), block_size=need("max_position_embeddings"),
-            n_layer=need("num_hidden_layers"), n_head=n_head, n_kv_head=hf.get("num_key_value_heads") or n_head,
-            n_embd=n_embd, head_dim=hf.get("head_dim") or n_embd // n_head,
-            intermediate_size=need("intermediate_size"), norm_eps=need("rms_norm_eps"), rope_theta=theta,
-            rope_scaling=scaling, qkv_bias=family == "qwen2" or bias, o_bias=family == "llama" and bias,
-            qk_norm=family == "qwen3", tie_embeddings=bool(hf.get("tie_word_embeddings", False)))
+            family=family, vocab_size=size("vocab_size"), block_size=size("max_position_embeddings"),
+            n_layer=size("num_hidden_layers"), n_head=n_head, n_kv_head=size("num_key_value_heads", n_head),
+            n_embd=n_embd, head_dim=size("head_dim", n_embd // n_head), intermediate_size=size("intermediate_size"),
+            norm_eps=positive("rms_norm_eps"), rope_theta=theta, rope_scaling=scaling,
+            qkv_bias=family == "qwen2" or bias, o_bias=family == "llama" and bias, qk_norm=family == "qwen3",
+            tie_embeddings=bool(hf.get("tie_word_embeddings", False)))
         rope_frequencies(cfg)  # an unsupported rope scaling is refused now
     except (ValueError, KeyError, TypeError) as e:
         raise InputError(f"{where}: {e}") from None
@@ -140,6 +160,8 @@ def weight_files(folder) -> dict[str, Path]:
     if index.is_file():
         try:
             weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+            if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+                raise TypeError("weight_map is not a {tensor name: file name} object")
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise InputError(f"{index}: not a safetensors index ({e})") from None
         return {name: folder / file for name, file in weight_map.items()}
@@ -147,21 +169,38 @@ def weight_files(folder) -> dict[str, Path]:
     if not single.is_file():
         raise InputError(f"{folder}: no model.safetensors (nor model.safetensors.index.json); minipost reads "
                          "safetensors weights only")
-    return {name: single for name in _header(single)}
+    return {name: single for name in read_header(single)}
 
 
-def _header(path: Path) -> dict:
-    """A safetensors file's header: tensor name -> {"dtype", "shape", ...}, read without reading a weight."""
+BYTES = {"F32": 4, "BF16": 2, "F16": 2, "F64": 8, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+
+
+def read_header(path: Path) -> dict:
+    """A safetensors file's header, checked against the file: tensor name -> {"dtype", "shape", "data_offsets"},
+    each tensor's bytes inside the file and as many as its shape and dtype take. Reads no weight."""
     try:
         with open(path, "rb") as f:
             size = int.from_bytes(f.read(8), "little")
             if not 0 < size < 100 << 20:
                 raise ValueError(f"a header of {size} bytes")
             header = json.loads(f.read(size))
-    except (OSError, ValueError) as e:
-        raise InputError(f"{path}: not a safetensors file ({e})") from None
-    header.pop("__metadata__", None)
+        if not isinstance(header, dict):
+            raise ValueError("the header is not a JSON object")
+        header.pop("__metadata__", None)
+        data = path.stat().st_size - 8 - size  # bytes of tensor data after the header
+        for name, info in header.items():
+            shape, (start, end) = info["shape"], info["data_offsets"]
+            if not all(isinstance(n, int) and n >= 0 for n in (*shape, start, end)) or info["dtype"] not in BYTES:
+                raise ValueError(f"tensor {name!r}: {info!r}")
+            if end > data or end - start != math.prod(shape) * BYTES[info["dtype"]]:
+                raise ValueError(f"tensor {name!r}: bytes {start}..{end} do not hold {info['dtype']} {shape} "
+                                 f"within the file's {data} bytes of data")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise InputError(f"{path}: not a safetensors file ({str(e)[:200]})") from None
     return header
+
+
+UNUSED_GPT2 = (".attn.bias", ".attn.masked_bias")  # GPT-2 folders of old: the causal mask, stored as a buffer
 
 
 def load_hf_model(folder, device="cpu", dtype: torch.dtype = torch.float32):
@@ -177,11 +216,17 @@ def load_hf_model(folder, device="cpu", dtype: torch.dtype = torch.float32):
     names = {ours: prefix + theirs for ours, theirs in hf_names(family, cfg).items()}
     expected = model.state_dict()
     assert set(names) == set(expected), set(names) ^ set(expected)  # every parameter has its tensor
-    headers = {path: _header(path) for path in set(files.values())}
+    headers = {path: read_header(path) for path in set(files.values())}
+    unused = sorted(n for n in files if n not in set(names.values()) and not n.endswith(UNUSED_GPT2))
+    if unused:  # a tensor no block reads: config.json describes another model than the weights are
+        raise InputError(f"{folder}: {len(unused)} tensors a {family} model of this config.json has no place for, "
+                         f"e.g. {unused[0]!r} (another architecture, more layers, a bias or an output layer?)")
     for ours, theirs in names.items():  # every tensor checked before one is read
         if theirs not in files:
             raise InputError(f"{folder}: no tensor {theirs!r} in its safetensors files ({family} with "
                              f"{cfg.n_layer} layers needs it)")
+        if theirs not in headers[files[theirs]]:
+            raise InputError(f"{files[theirs]}: no tensor {theirs!r}, which the index says it holds")
         info = headers[files[theirs]][theirs]
         shape = tuple(info["shape"])
         want = tuple(expected[ours].shape)

@@ -115,7 +115,26 @@ def test_a_folder_that_is_not_a_supported_model_is_one_line(tmp_path, pair):
     (bad / "config.json").write_text(json.dumps(wider))
     with pytest.raises(InputError, match=r"model.safetensors: tensor '.*' is F32 \[.*\]; config.json says"):
         load_hf_model(bad)
+    layers = "n_layer" if "n_layer" in config else "num_hidden_layers"
+    for change, message in [({layers: 1}, "tensors a .* model of this config.json has no place for"),  # 2 in the file
+                            ({layers: -1}, f"field '{layers}' is -1; expected a whole number"),
+                            ({layers: True}, f"field '{layers}' is True; expected a whole number")]:
+        (bad / "config.json").write_text(json.dumps({**config, **change}))
+        with pytest.raises(InputError, match=message):
+            load_hf_model(bad)
     (bad / "config.json").write_text(json.dumps(config))
-    (bad / "model.safetensors").write_bytes(b"\x10" * 64)
-    with pytest.raises(InputError, match="not a safetensors file"):
-        load_hf_model(bad)
+    weights = (folder / "model.safetensors").read_bytes()
+    for damaged in (weights[:-100], b"\x10" * 64):  # cut short; not a safetensors file at all
+        (bad / "model.safetensors").write_bytes(damaged)
+        with pytest.raises(InputError, match="not a safetensors file"):
+            load_hf_model(bad)
+
+
+def test_a_folder_whose_weights_are_another_families_is_refused(tmp_path):
+    """A Qwen3 folder labelled Llama: the same names but q_norm and k_norm, which a Llama has no place for."""
+    model_cls, config_cls, kwargs = FAMILIES["qwen3"]
+    getattr(transformers, model_cls)(getattr(transformers, config_cls)(**kwargs)).save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "architectures": ["LlamaForCausalLM"]}))
+    with pytest.raises(InputError, match=r"tensors a llama model of this config.json has no place for, e.g. .*_norm"):
+        load_hf_model(tmp_path)
