@@ -190,7 +190,14 @@ def check_out_dir(cfg) -> None:
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse with one-line errors (exit 2), for the CLIs that are not built from a Config."""
+    """argparse with one-line errors (exit 2), and usage lines that name the command as it is typed
+    (`python -m minipost.sft`, not `sft.py`)."""
+
+    def __init__(self, *args, **kwargs):
+        spec = getattr(sys.modules.get("__main__"), "__spec__", None)  # set by `python -m`
+        if "prog" not in kwargs and spec is not None and spec.name.startswith("minipost."):
+            kwargs["prog"] = f"python -m {spec.name.removesuffix('.__main__')}"
+        super().__init__(*args, **kwargs)
 
     def error(self, message):  # one line, exit 2 (argparse's default also prints the whole usage)
         print(f"error: {message} (see --help)", file=sys.stderr)
@@ -227,14 +234,15 @@ def parse_config(cls, argv: list[str] | None = None, presets: dict[str, dict] | 
     parser = ArgumentParser(description=(cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else None)
     for f in dataclasses.fields(cls):
         typ = hints[f.name]
-        default = f"default: {f.default}"
+        default = "" if "default:" in f.metadata.get("help", "") else f"default: {f.default}"  # (said in the help)
         for key, sign in (("min", ">="), ("max", "<="), ("gt", ">")):
             if key in f.metadata:
                 default += f"; {sign} {f.metadata[key]}"
         for name, values in (presets or {}).items():  # what each preset actually runs
             if f.name in values and f.name != "preset" and values[f.name] != f.default:
                 default += f"; {name}: {values[f.name]}"
-        kwargs: dict = {"help": f.metadata.get("help", "") + f" ({default})", "default": None}
+        kwargs: dict = {"help": f.metadata.get("help", "") + (f" ({default.lstrip('; ')})" if default else ""),
+                        "default": None}
         if typ is bool:
             kwargs["type"] = str2bool
             kwargs["metavar"] = "BOOL"

@@ -76,7 +76,8 @@ class Config(LoRAConfig, RunConfig):
     The defaults are the nano preset (a laptop CPU, ~2 min); `--preset small` changes only what PRESETS lists."""
     preset: str = field("nano", "model size and schedule: nano (laptop CPU) or small (one GPU)",
                         choices=["nano", "small"])
-    out: str = field("runs/dpo", "output folder: config.json, metrics.jsonl, state.pt, model.pt, samples.txt")
+    out: str = field("runs/dpo", "output folder: config.json, inputs.json, metrics.jsonl, state.pt, "
+                                     "model.pt, samples.txt, summary.json")
     init: str = field("runs/sft/model.pt", "the model to start from (usually the SFT model)")
     ref: str = field("", "the frozen reference model (default: the init checkpoint); same tokenizer as --init")
     data: str = field("", "preference pairs: JSONL of {'prompt', 'chosen', 'rejected'} (default: the world's)")

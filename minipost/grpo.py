@@ -83,7 +83,8 @@ LOSS_TYPES = ("grpo", "dapo", "bnpo", "dr_grpo")  # how token losses become one 
 @dataclass
 class Config(RolloutConfig):
     """GRPO: group-relative advantages, clipped ratio, k3 KL to the reference in the loss."""
-    out: str = field("runs/grpo", "output folder: config.json, metrics.jsonl, state.pt, model.pt, samples.txt")
+    out: str = field("runs/grpo", "output folder: config.json, inputs.json, metrics.jsonl, state.pt, "
+                                     "model.pt, samples.txt, summary.json")
     init: str = field("runs/dpo/model.pt", "checkpoint to start from (and the frozen reference)")
     max_steps: int = field(200, "rollout batches (each followed by num_iterations optimizer steps)", min=1)
     group_size: int = field(8, "samples per prompt (G); a group of one has no baseline to compare with", min=2)

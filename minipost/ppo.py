@@ -71,7 +71,8 @@ from minipost.rollout import (RolloutConfig, completion_logprobs, completion_val
 @dataclass
 class Config(RolloutConfig):
     """PPO: critic, per-token KL-penalised rewards, GAE, clipped policy and value losses."""
-    out: str = field("runs/ppo", "output folder: config.json, metrics.jsonl, state.pt, model.pt, samples.txt")
+    out: str = field("runs/ppo", "output folder: config.json, inputs.json, metrics.jsonl, state.pt, "
+                                     "model.pt, samples.txt, summary.json")
     init: str = field("runs/dpo/model.pt", "checkpoint to start from (and the frozen reference)")
     missing_stop_penalty: float = field(1.0, "subtracted from the reward of a completion without <|end|>", min=0)
     max_steps: int = field(200, "rollout batches (each: ppo_epochs * num_minibatches optimizer steps)", min=1)

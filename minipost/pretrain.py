@@ -46,7 +46,8 @@ class Config(RunConfig):
     """Pretrain a tiny GPT on the synthetic world's corpus (or your own text). The defaults are the nano preset."""
     preset: str = field("nano", "model size: nano (~1M parameters, laptop CPU) or small (~11M, one GPU)",
                         choices=["nano", "small"])
-    out: str = field("runs/pretrain", "output folder: config.json, metrics.jsonl, state.pt, model.pt, samples.txt")
+    out: str = field("runs/pretrain", "output folder: config.json, inputs.json, metrics.jsonl, state.pt, "
+                                     "model.pt, samples.txt, summary.json")
     data: str = field("", "training text: JSONL of {'text'} or a .txt file (default: the world's corpus)")
     val_data: str = field("", "held-out text in the same form (default: the world's pretrain_val.jsonl)")
     init: str = field("", "start from this checkpoint's weights (and size) instead of random init")

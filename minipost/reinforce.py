@@ -77,7 +77,8 @@ from minipost.rollout import (RolloutConfig, completion_logprobs, load_policy_an
 @dataclass
 class Config(RolloutConfig):
     """REINFORCE / RLOO: sequence-level policy gradient with a baseline, KL to the reference."""
-    out: str = field("runs/rloo", "output folder: config.json, metrics.jsonl, state.pt, model.pt, samples.txt")
+    out: str = field("runs/rloo", "output folder: config.json, inputs.json, metrics.jsonl, state.pt, "
+                                     "model.pt, samples.txt, summary.json")
     init: str = field("runs/dpo/model.pt", "checkpoint to start from (and the frozen reference)")
     max_steps: int = field(200, "rollout batches (each followed by one optimizer step)", min=1)
     group_size: int = field(8, "samples per prompt (G); >= 2 for --baseline rloo", min=1)

@@ -68,7 +68,8 @@ class Config(RunConfig):
     The defaults are the nano preset (a laptop CPU, ~1 min); `--preset small` changes only what PRESETS lists."""
     preset: str = field("nano", "model size and schedule: nano (laptop CPU) or small (one GPU)",
                         choices=["nano", "small"])
-    out: str = field("runs/reward_model", "output folder: config.json, metrics.jsonl, state.pt, model.pt, samples.txt")
+    out: str = field("runs/reward_model", "output folder: config.json, inputs.json, metrics.jsonl, state.pt, "
+                                     "model.pt, samples.txt, summary.json")
     init: str = field("runs/sft/model.pt", "the model to start from (usually the SFT model); a fresh head is added")
     data: str = field("", "preference pairs: JSONL of {'prompt', 'chosen', 'rejected'[, 'margin']} "
                       "(default: the world's)")

@@ -59,7 +59,8 @@ class Config(LoRAConfig, RunConfig):
     """Supervised fine-tuning on chat data: loss on the assistant's tokens only. The defaults are the nano preset."""
     preset: str = field("nano", "schedule: nano (laptop CPU) or small (one GPU); the model's size comes from --init",
                         choices=["nano", "small"])
-    out: str = field("runs/sft", "output folder: config.json, metrics.jsonl, state.pt, model.pt, samples.txt")
+    out: str = field("runs/sft", "output folder: config.json, inputs.json, metrics.jsonl, state.pt, "
+                                     "model.pt, samples.txt, summary.json")
     init: str = field("runs/pretrain/model.pt", "the base model to fine-tune (a minipost checkpoint)")
     data: str = field("", "chat data: JSONL of {'messages'} or {'prompt', 'completion'} (default: the world's)")
     max_steps: int = field(300, "optimizer steps", min=1)

@@ -20,7 +20,8 @@ from minipost.harness.folder import where_to_continue
 class RunConfig:
     """Where a run writes, what it starts from, how long it runs and how often it logs, evaluates and saves."""
     preset: str = field("nano", "nano (laptop CPU; the defaults) or small (one GPU)", choices=["nano", "small"])
-    out: str = field("runs/run", "output folder: config.json, metrics.jsonl, state.pt, model.pt, samples.txt")
+    out: str = field("runs/run", "output folder: config.json, inputs.json, metrics.jsonl, state.pt, "
+                                     "model.pt, samples.txt, summary.json")
     init: str = field("", "checkpoint to start from")
     max_steps: int = field(100, "optimizer steps", min=1)
     max_seconds: float = field(0.0, "stop after this many seconds, keeping the model trained so far (0: no limit); "
