@@ -21,6 +21,7 @@ import json
 import math
 from pathlib import Path
 
+import tiktoken
 import torch
 
 from minipost.common import InputError
@@ -251,3 +252,70 @@ def load_hf_model(folder, device="cpu", dtype: torch.dtype = torch.float32):
                         t = t.T
                     state[ours].copy_(t)  # cast to `dtype` and moved to `device` in one copy
     return model.eval()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# tokenizer.json -> a tiktoken Encoding: one tokenizer path for minipost's own BPE and the families'
+
+GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""  # ByteLevel's own
+
+
+def byte_level_alphabet() -> dict[str, int]:
+    """GPT-2's byte-level alphabet: the printable character that stands for each byte in tokenizer.json's
+    vocabulary and merges -> the byte. Printable bytes stand for themselves; the other 68 get the characters
+    from U+0100 on, in byte order (Radford et al. 2019's encoder.py defines it so)."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("\xa1"), ord("\xac") + 1), *range(ord("\xae"), 256)]
+    others = [b for b in range(256) if b not in printable]
+    return {**{chr(b): b for b in printable}, **{chr(256 + i): b for i, b in enumerate(others)}}
+
+
+def split_pattern(pre: dict | None, where: str) -> str:
+    """The pre-tokenizer's split regex: ByteLevel's own (GPT-2), or a Split on a regex then ByteLevel without
+    its regex (Llama 3, Qwen2, SmolLM2)."""
+    steps = (pre or {}).get("pretokenizers") if (pre or {}).get("type") == "Sequence" else [pre or {}]
+    kinds = [st.get("type") for st in steps]
+    if kinds == ["ByteLevel"] and steps[0].get("use_regex", True) and not steps[0].get("add_prefix_space"):
+        return GPT2_PATTERN
+    if kinds == ["Split", "ByteLevel"] and not steps[1].get("use_regex") and not steps[1].get("add_prefix_space"):
+        split = steps[0]
+        if split.get("behavior") == "Isolated" and not split.get("invert") and "Regex" in split.get("pattern", {}):
+            return split["pattern"]["Regex"]
+    raise InputError(f"{where}: pre_tokenizer {kinds}: minipost reads byte-level BPE as GPT-2, Llama 3, Qwen2 and "
+                     "SmolLM2 write it (ByteLevel, or a regex Split then ByteLevel, no prefix space)")
+
+
+def load_hf_tokenizer(folder) -> tiktoken.Encoding:
+    """A folder's tokenizer.json (byte-level BPE) as a tiktoken Encoding with the same token ids: the merges
+    become ranks (a token's rank is its id, so the merge order must follow the ids, which is how byte-level
+    BPE is trained), the pre-tokenizer's regex the split pattern, and the added tokens special tokens."""
+    path = Path(folder) / "tokenizer.json"
+    try:
+        tok = json.loads(path.read_text(encoding="utf-8"))
+        model, added = tok["model"], tok.get("added_tokens") or []
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file (a Hugging Face model folder holds one)") from None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise InputError(f"{path}: not a tokenizer.json ({e})") from None
+    if model.get("type") != "BPE" or model.get("byte_fallback") or tok.get("normalizer") not in (None, {"type": "NFC"}):
+        raise InputError(f"{path}: model {model.get('type')!r} with normalizer {tok.get('normalizer')!r}: minipost "
+                         "reads byte-level BPE (GPT-2, Llama 3, Qwen2, SmolLM2)")
+    if (tok.get("decoder") or {}).get("type") != "ByteLevel":
+        raise InputError(f"{path}: decoder {tok.get('decoder')!r}: byte-level BPE decodes with ByteLevel")
+    pattern = split_pattern(tok.get("pre_tokenizer"), str(path))
+    alphabet = byte_level_alphabet()
+    specials = {t["content"]: t["id"] for t in added if t.get("special") or t["content"] not in model["vocab"]}
+    try:  # (a special token may sit in the vocabulary too; in tiktoken it is a special token only)
+        ranks = {bytes(alphabet[c] for c in token): i for token, i in model["vocab"].items() if token not in specials}
+    except KeyError as e:
+        raise InputError(f"{path}: a vocabulary token holds {e.args[0]!r}, which is no byte's character") from None
+    merged = [ranks[bytes(alphabet[c] for c in "".join(m.split(" ") if isinstance(m, str) else m))]
+              for m in model.get("merges", [])]
+    if any(b <= a for a, b in zip(merged, merged[1:])):
+        raise InputError(f"{path}: the merges do not come in the order of their tokens' ids; tiktoken merges by id")
+    missing = [b for b in range(256) if bytes([b]) not in ranks]
+    if missing:
+        raise InputError(f"{path}: no token for the byte {missing[0]:#04x}; byte-level BPE has one for each byte")
+    enc = tiktoken.Encoding(name=f"hf:{Path(folder).name}", pat_str=pattern, mergeable_ranks=ranks,
+                            special_tokens=specials)
+    enc.normalize_nfc = tok.get("normalizer") == {"type": "NFC"}  # (Qwen2's; tokenizer.encode_text applies it)
+    return enc

@@ -40,6 +40,7 @@ import base64
 import heapq
 import re
 import time
+import unicodedata
 import warnings
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -269,6 +270,8 @@ def special_id(enc: tiktoken.Encoding, token: str) -> int:
 def encode_text(enc: tiktoken.Encoding, text: str) -> list[int]:
     """Encode text that may come from a user. Special-token spellings become ordinary tokens, never specials:
     `allowed_special=set()` stops them being read as specials, `disallowed_special=()` stops tiktoken raising."""
+    if getattr(enc, "normalize_nfc", False):  # a Hugging Face tokenizer that normalizes first (Qwen2's: NFC)
+        text = unicodedata.normalize("NFC", text)
     return enc.encode(text, allowed_special=set(), disallowed_special=())
 
 

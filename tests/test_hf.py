@@ -138,3 +138,80 @@ def test_a_folder_whose_weights_are_another_families_is_refused(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({**config, "architectures": ["LlamaForCausalLM"]}))
     with pytest.raises(InputError, match=r"tensors a llama model of this config.json has no place for, e.g. .*_norm"):
         load_hf_model(tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# tokenizer.json -> tiktoken: trained here with the tokenizers library, as each family's folder writes it
+
+LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
+                r"\s*[\r\n]+|\s+(?!\S)|\s+")  # Llama 3's, Qwen2's and SmolLM2's split (Qwen2 and SmolLM2: \p{N})
+WORDS = ["the", "capital", "of", "Brerkia", "is", "Gubus", "Zürich", "naïve", "日本語", "🎉", "12345", "3.14", "don't",
+         "WE'LL", "\n\n", "  ", "\t", "<|im_start|>", "<|endoftext|>", "x_y", "ÄÖÜ", "Ω", "\u00a0"]
+
+
+def mixed_text(rng) -> str:
+    """Words, digits, whitespace runs, unicode and special-token spellings, glued in random ways."""
+    return "".join(rng.choice(WORDS) + rng.choice([" ", "", "\n", "  ", ",", ". ", "\t"]) for _ in range(rng.randint(1, 12)))
+
+
+@pytest.fixture(scope="module", params=["gpt2", "llama3", "qwen2"])
+def tokenizers_pair(request, tmp_path_factory):
+    """(the tokenizers library's Tokenizer, minipost's Encoding of the tokenizer.json it saved)."""
+    import random
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from minipost.hf import load_hf_tokenizer
+    rng = random.Random(0)
+    tok = Tokenizer(models.BPE())
+    if request.param == "gpt2":
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    else:
+        tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(LLAMA3_SPLIT), behavior="isolated"),
+                                                     pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    if request.param == "qwen2":
+        tok.normalizer = normalizers.NFC()
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator([mixed_text(rng) for _ in range(3000)], trainers.BpeTrainer(
+        vocab_size=600, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    folder = tmp_path_factory.mktemp(f"tok_{request.param}")
+    tok.save(str(folder / "tokenizer.json"))
+    tok.encode_special_tokens = True  # a special token's spelling in the text stays text, as in minipost
+    return request.param, tok, load_hf_tokenizer(folder)
+
+
+def test_tokenizer_json_encodes_and_decodes_as_the_tokenizers_library(tokenizers_pair):
+    """10,000 strings: mixed text, and (without a normalizer) random code points, where a byte-level BPE's
+    byte fallback and the split regex meet every script. With NFC (Qwen2's normalizer) the tokenizers library
+    orders the bytes of some runs of combining marks differently (4 in 10,000 random code-point strings here;
+    unicodedata's NFC gives the same text): random code points are left out there."""
+    import random
+    from minipost.tokenizer import encode_text
+    family, theirs, ours = tokenizers_pair
+    rng = random.Random(1)
+    for i in range(10_000):
+        if family != "qwen2" and i % 3 == 0:
+            text = "".join(chr(rng.randint(32, 0x2FFF)) for _ in range(rng.randint(1, 20)))
+        else:
+            text = mixed_text(rng)
+        ids = theirs.encode(text, add_special_tokens=False).ids
+        assert encode_text(ours, text) == ids, (family, text)
+        assert ours.decode(ids) == theirs.decode(ids, skip_special_tokens=False), (family, text)
+    im_start = theirs.token_to_id("<|im_start|>")
+    assert ours.encode("<|im_start|>", allowed_special="all") == [im_start]  # the token itself, when asked for
+    assert im_start not in encode_text(ours, "<|im_start|>user")  # its spelling in user text: text
+
+
+def test_a_tokenizer_json_minipost_cannot_read_is_one_line(tmp_path, tokenizers_pair):
+    from minipost.hf import load_hf_tokenizer
+    _, theirs, _ = tokenizers_pair
+    with pytest.raises(InputError, match="tokenizer.json: no such file"):
+        load_hf_tokenizer(tmp_path)
+    saved = json.loads(theirs.to_str())
+    for change, message in [({"model": {**saved["model"], "type": "Unigram"}}, "minipost reads byte-level BPE"),
+                            ({"pre_tokenizer": {"type": "Whitespace"}}, r"pre_tokenizer \['Whitespace'\]"),
+                            ({"decoder": None}, "decodes with ByteLevel"),
+                            ({"model": {**saved["model"], "merges": saved["model"]["merges"][::-1]}},
+                             "the merges do not come in the order of their tokens' ids")]:
+        (tmp_path / "tokenizer.json").write_text(json.dumps({**saved, **change}))
+        with pytest.raises(InputError, match=message):
+            load_hf_tokenizer(tmp_path)
