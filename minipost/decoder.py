@@ -178,12 +178,19 @@ class Decoder(CausalLM):
     def __init__(self, cfg: DecoderConfig):
         super().__init__()
         self.cfg = cfg
-        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        # the embedding's weight is made here and drawn below, where it is not on the meta device (shapes only:
+        # hf.load_hf_model reads every weight from the file, and nn.Embedding's own init there imports
+        # torch._dynamo, a second of a load)
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd, _weight=torch.empty(cfg.vocab_size, cfg.n_embd))
+        if not self.wte.weight.is_meta:
+            nn.init.normal_(self.wte.weight)
         self.blocks = nn.ModuleList(DecoderBlock(cfg) for _ in range(cfg.n_layer))
         self.ln_f = RMSNorm(cfg.n_embd, cfg.norm_eps)
         self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         self.value_head = nn.Linear(cfg.n_embd, 1) if cfg.value_head else None
-        self.register_buffer("inv_freq", rope_frequencies(cfg), persistent=False)  # (D/2,)
+        self.register_buffer("inv_freq", torch.empty(cfg.head_dim // 2), persistent=False)  # (D/2,)
+        if not self.inv_freq.is_meta:  # (on the meta device, shapes only: hf.load_hf_model fills it in later)
+            self.inv_freq.copy_(rope_frequencies(cfg))
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

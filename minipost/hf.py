@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import mmap
 from pathlib import Path
 
 import tiktoken
@@ -170,7 +171,7 @@ def weight_files(folder) -> dict[str, Path]:
     if not single.is_file():
         raise InputError(f"{folder}: no model.safetensors (nor model.safetensors.index.json); minipost reads "
                          "safetensors weights only")
-    return {name: single for name in read_header(single)}
+    return {name: single for name in read_header(single) if name != "__data_start__"}
 
 
 BYTES = {"F32": 4, "BF16": 2, "F16": 2, "F64": 8, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
@@ -178,7 +179,10 @@ BYTES = {"F32": 4, "BF16": 2, "F16": 2, "F64": 8, "I64": 8, "I32": 4, "I16": 2, 
 
 def read_header(path: Path) -> dict:
     """A safetensors file's header, checked against the file: tensor name -> {"dtype", "shape", "data_offsets"},
-    each tensor's bytes inside the file and as many as its shape and dtype take. Reads no weight."""
+    each tensor's bytes inside the file and as many as its shape and dtype take. Reads no weight.
+
+    The format: 8 bytes (little-endian) saying the header's length, the header (JSON), then the tensors' bytes
+    one after another, each at data_offsets from the end of the header."""
     try:
         with open(path, "rb") as f:
             size = int.from_bytes(f.read(8), "little")
@@ -188,8 +192,11 @@ def read_header(path: Path) -> dict:
         if not isinstance(header, dict):
             raise ValueError("the header is not a JSON object")
         header.pop("__metadata__", None)
+        header["__data_start__"] = 8 + size
         data = path.stat().st_size - 8 - size  # bytes of tensor data after the header
         for name, info in header.items():
+            if name == "__data_start__":
+                continue
             shape, (start, end) = info["shape"], info["data_offsets"]
             if not all(isinstance(n, int) and n >= 0 for n in (*shape, start, end)) or info["dtype"] not in BYTES:
                 raise ValueError(f"tensor {name!r}: {info!r}")
@@ -204,10 +211,23 @@ def read_header(path: Path) -> dict:
 UNUSED_GPT2 = (".attn.bias", ".attn.masked_bias")  # GPT-2 folders of old: the causal mask, stored as a buffer
 
 
+def read_into(mapped: mmap.mmap, header: dict, name: str, out: torch.Tensor, transpose: bool = False) -> None:
+    """Copy one tensor of a mapped safetensors file into `out` (a tensor of the model, on any device, cast to
+    its dtype, GPT-2's Conv1D transposed), then let go of the file's pages it touched: the copy runs at memory
+    speed, and the file never counts in this process's memory beyond the tensor being copied."""
+    info = header[name]
+    start, end = (header["__data_start__"] + o for o in info["data_offsets"])
+    if end > start:
+        t = torch.frombuffer(mapped, dtype=DTYPES[info["dtype"]], count=math.prod(info["shape"]), offset=start)
+        t = t.view(info["shape"])
+        out.copy_(t.T if transpose else t)
+        if hasattr(mapped, "madvise"):  # (Linux, macOS) the pages stay in the OS's cache, out of this process
+            page = mmap.PAGESIZE
+            mapped.madvise(mmap.MADV_DONTNEED, start // page * page, end - start // page * page)
+
+
 def load_hf_model(folder, device="cpu", dtype: torch.dtype = torch.float32):
     """A Hugging Face folder's model as a minipost model in eval mode, its weights in `dtype` on `device`."""
-    from safetensors import safe_open  # the one runtime dependency real models add
-
     family, hf = read_config(folder)
     cfg = model_config(family, hf, str(Path(folder) / "config.json"))
     with torch.device("meta"):  # shapes only: nothing is allocated until the weights are read
@@ -236,7 +256,11 @@ def load_hf_model(folder, device="cpu", dtype: torch.dtype = torch.float32):
         if shape != want or info["dtype"] not in DTYPES:
             raise InputError(f"{files[theirs]}: tensor {theirs!r} is {info['dtype']} {list(shape)}; config.json "
                              f"says {list(want)} (floating point: {', '.join(DTYPES)})")
-    model = model.to_empty(device=device)
+    for module in model.modules():  # memory for every weight, left uninitialised: the file fills it
+        for key, p in module._parameters.items():  # (Module.to_empty does this too, and imports 487 modules)
+            if p is not None:
+                module._parameters[key] = torch.nn.Parameter(torch.empty(p.shape, dtype=p.dtype, device=device),
+                                                             requires_grad=p.requires_grad)
     if family != "gpt2":
         model.inv_freq = rope_frequencies(cfg).to(device)  # a buffer the meta device could not compute
     state = model.state_dict()
@@ -245,12 +269,10 @@ def load_hf_model(folder, device="cpu", dtype: torch.dtype = torch.float32):
         by_file.setdefault(files[theirs], []).append((ours, theirs))
     with torch.no_grad():
         for path, pairs in by_file.items():
-            with safe_open(str(path), framework="pt", device="cpu") as f:
-                for ours, theirs in pairs:
-                    t = f.get_tensor(theirs)
-                    if family == "gpt2" and t.dim() == 2 and not ours.startswith(("wte", "wpe")):
-                        t = t.T
-                    state[ours].copy_(t)  # cast to `dtype` and moved to `device` in one copy
+            with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY) as mapped:
+                for ours, theirs in pairs:  # at most one tensor of the file in memory besides the model
+                    conv1d = family == "gpt2" and state[ours].dim() == 2 and not ours.startswith(("wte", "wpe"))
+                    read_into(mapped, headers[path], theirs, state[ours], transpose=conv1d)  # (GPT-2: (in, out))
     return model.eval()
 
 
