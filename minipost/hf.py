@@ -221,7 +221,7 @@ def read_into(mapped: mmap.mmap, header: dict, name: str, out: torch.Tensor, tra
         t = torch.frombuffer(mapped, dtype=DTYPES[info["dtype"]], count=math.prod(info["shape"]), offset=start)
         t = t.view(info["shape"])
         out.copy_(t.T if transpose else t)
-        if hasattr(mapped, "madvise"):  # (Linux, macOS) the pages stay in the OS's cache, out of this process
+        if hasattr(mmap, "MADV_DONTNEED"):  # (Linux, macOS) the pages stay in the OS's cache, out of this process
             page = mmap.PAGESIZE
             mapped.madvise(mmap.MADV_DONTNEED, start // page * page, end - start // page * page)
 

@@ -359,7 +359,8 @@ def test_device_names_are_checked_with_one_line_errors():
 
 def test_tool_clis_reject_bad_values_in_one_line(tmp_path, capsys):
     """The CLIs not built from a Config (world, the benchmarks) check their flags too: one line, exit 2."""
-    from minipost.bench import evals as bench_evals, rollout as bench_rollout, threads as bench_threads
+    from minipost.bench import evals as bench_evals, hf_load as bench_hf_load, rollout as bench_rollout
+    from minipost.bench import threads as bench_threads
     from minipost.common import exit_on_input_error
     from minipost.world.generate import main as world_main
 
@@ -371,6 +372,7 @@ def test_tool_clis_reject_bad_values_in_one_line(tmp_path, capsys):
              (world_main, ["--out", str(tmp_path / "a_file")], "cannot write there"),
              (world_main, ["--seed", "abc"], "invalid int value"),
              (bench_rollout.main, ["--batch", "0"], "whole number >= 1"),
+             (bench_hf_load.main, ["--layers", "0"], "whole number >= 1"),
              (bench_rollout.main, ["--prompt-tokens", "250", "--new-tokens", "64"], "block_size 256"),
              (bench_threads.main, ["--steps", "-1"], "whole number >= 1"),
              (bench_evals.main, ["--limits", "100,x"], "whole numbers >= 0"),
