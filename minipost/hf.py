@@ -44,11 +44,12 @@ def read_config(folder) -> tuple[str, dict]:
         hf = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise InputError(f"{path}: no such file (a Hugging Face model folder holds one)") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise InputError(f"{path}: not a readable JSON file ({e})") from None
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise InputError(f"{path}: not a readable JSON file ({type(e).__name__}: {str(e)[:100]})") from None
     if not isinstance(hf, dict):
         raise InputError(f"{path}: expected a JSON object")
-    archs = [a for a in hf.get("architectures") or [] if a in ARCHITECTURES]
+    listed = hf.get("architectures") or []
+    archs = [a for a in listed if a in ARCHITECTURES] if isinstance(listed, list) else []
     if not archs:
         raise InputError(f"{path}: architectures {hf.get('architectures')!r}; minipost loads "
                          f"{', '.join(ARCHITECTURES)}")
@@ -164,8 +165,12 @@ def weight_files(folder) -> dict[str, Path]:
             weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
             if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
                 raise TypeError("weight_map is not a {tensor name: file name} object")
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise InputError(f"{index}: not a safetensors index ({e})") from None
+        except (OSError, ValueError, KeyError, TypeError, RecursionError) as e:
+            raise InputError(f"{index}: not a safetensors index ({type(e).__name__}: {str(e)[:100]})") from None
+        for file in set(weight_map.values()):  # a shard is a plain file beside the index (not a pipe, not elsewhere)
+            shard = folder / file
+            if Path(file).name != file or not shard.is_file():
+                raise InputError(f"{index}: shard {file!r} is not a file in {folder}")
         return {name: folder / file for name, file in weight_map.items()}
     single = folder / "model.safetensors"
     if not single.is_file():
@@ -194,6 +199,10 @@ def read_header(path: Path) -> dict:
         header.pop("__metadata__", None)
         header["__data_start__"] = 8 + size
         data = path.stat().st_size - 8 - size  # bytes of tensor data after the header
+        spans = sorted(tuple(info["data_offsets"]) for name, info in header.items() if name != "__data_start__")
+        tiled = all(a[1] == b[0] for a, b in zip(spans, spans[1:])) and (not spans or spans[0][0] == 0)
+        if not tiled or (spans and spans[-1][1] > data):
+            raise ValueError("the tensors' byte ranges overlap or leave gaps (each tensor its own bytes, in a row)")
         for name, info in header.items():
             if name == "__data_start__":
                 continue
@@ -203,8 +212,8 @@ def read_header(path: Path) -> dict:
             if end > data or end - start != math.prod(shape) * BYTES[info["dtype"]]:
                 raise ValueError(f"tensor {name!r}: bytes {start}..{end} do not hold {info['dtype']} {shape} "
                                  f"within the file's {data} bytes of data")
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-        raise InputError(f"{path}: not a safetensors file ({str(e)[:200]})") from None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError, RecursionError) as e:
+        raise InputError(f"{path}: not a safetensors file ({type(e).__name__}: {str(e)[:200]})") from None
     return header
 
 
@@ -238,6 +247,10 @@ def load_hf_model(folder, device="cpu", dtype: torch.dtype = torch.float32):
     expected = model.state_dict()
     assert set(names) == set(expected), set(names) ^ set(expected)  # every parameter has its tensor
     headers = {path: read_header(path) for path in set(files.values())}
+    for path, header in headers.items():  # a shard's tensors are the ones the index lists for it
+        stray = [n for n in header if n != "__data_start__" and files.get(n) != path]
+        if stray:
+            raise InputError(f"{path}: holds {stray[0]!r}, which the index does not list for it")
     unused = sorted(n for n in files if n not in set(names.values()) and not n.endswith(UNUSED_GPT2))
     if unused:  # a tensor no block reads: config.json describes another model than the weights are
         raise InputError(f"{folder}: {len(unused)} tensors a {family} model of this config.json has no place for, "
@@ -298,7 +311,7 @@ def split_pattern(pre: dict | None, where: str) -> str:
     kinds = [st.get("type") for st in steps]
     if kinds == ["ByteLevel"] and steps[0].get("use_regex", True) and not steps[0].get("add_prefix_space"):
         return GPT2_PATTERN
-    if kinds == ["Split", "ByteLevel"] and not steps[1].get("use_regex") and not steps[1].get("add_prefix_space"):
+    if kinds == ["Split", "ByteLevel"] and not steps[1].get("use_regex", True) and not steps[1].get("add_prefix_space"):
         split = steps[0]
         if split.get("behavior") == "Isolated" and not split.get("invert") and "Regex" in split.get("pattern", {}):
             return split["pattern"]["Regex"]
@@ -321,17 +334,23 @@ def load_hf_tokenizer(folder) -> tiktoken.Encoding:
     if model.get("type") != "BPE" or model.get("byte_fallback") or tok.get("normalizer") not in (None, {"type": "NFC"}):
         raise InputError(f"{path}: model {model.get('type')!r} with normalizer {tok.get('normalizer')!r}: minipost "
                          "reads byte-level BPE (GPT-2, Llama 3, Qwen2, SmolLM2)")
+    ignored = [k for k in ("dropout", "continuing_subword_prefix", "end_of_word_suffix") if model.get(k)]
+    if ignored:
+        raise InputError(f"{path}: model.{ignored[0]} is set; byte-level BPE as these families write it has none")
     if (tok.get("decoder") or {}).get("type") != "ByteLevel":
         raise InputError(f"{path}: decoder {tok.get('decoder')!r}: byte-level BPE decodes with ByteLevel")
     pattern = split_pattern(tok.get("pre_tokenizer"), str(path))
     alphabet = byte_level_alphabet()
-    specials = {t["content"]: t["id"] for t in added if t.get("special") or t["content"] not in model["vocab"]}
+    specials = {t["content"]: t["id"] for t in added}  # (tiktoken decodes them; encode_text matches the non-special)
     try:  # (a special token may sit in the vocabulary too; in tiktoken it is a special token only)
         ranks = {bytes(alphabet[c] for c in token): i for token, i in model["vocab"].items() if token not in specials}
     except KeyError as e:
         raise InputError(f"{path}: a vocabulary token holds {e.args[0]!r}, which is no byte's character") from None
-    merged = [ranks[bytes(alphabet[c] for c in "".join(m.split(" ") if isinstance(m, str) else m))]
-              for m in model.get("merges", [])]
+    try:
+        merged = [ranks[bytes(alphabet[c] for c in "".join(m.split(" ") if isinstance(m, str) else m))]
+                  for m in model.get("merges", [])]
+    except (KeyError, TypeError) as e:
+        raise InputError(f"{path}: a merge makes {e.args[0]!r}, which is not an ordinary vocabulary token") from None
     if any(b <= a for a, b in zip(merged, merged[1:])):
         raise InputError(f"{path}: the merges do not come in the order of their tokens' ids; tiktoken merges by id")
     missing = [b for b in range(256) if bytes([b]) not in ranks]
@@ -340,4 +359,10 @@ def load_hf_tokenizer(folder) -> tiktoken.Encoding:
     enc = tiktoken.Encoding(name=f"hf:{Path(folder).name}", pat_str=pattern, mergeable_ranks=ranks,
                             special_tokens=specials)
     enc.normalize_nfc = tok.get("normalizer") == {"type": "NFC"}  # (Qwen2's; tokenizer.encode_text applies it)
+    # added tokens that are not special (Qwen's <think>, <tool_call>) are words of their own, matched in the
+    # text before BPE, where their spelling stands (tokenizer.encode_text splits on them)
+    words = [t for t in added if not t.get("special")]
+    if any(t.get(k) for t in words for k in ("single_word", "lstrip", "rstrip")):
+        raise InputError(f"{path}: an added token with single_word, lstrip or rstrip: minipost matches exact text")
+    enc.added_words = {t["content"]: t["id"] for t in words}
     return enc

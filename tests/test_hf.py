@@ -124,7 +124,14 @@ def test_a_folder_that_is_not_a_supported_model_is_one_line(tmp_path, pair):
             load_hf_model(bad)
     (bad / "config.json").write_text(json.dumps(config))
     weights = (folder / "model.safetensors").read_bytes()
-    for damaged in (weights[:-100], b"\x10" * 64):  # cut short; not a safetensors file at all
+    size = int.from_bytes(weights[:8], "little")
+    header = json.loads(weights[8:8 + size])
+    name = next(n for n in header if n != "__metadata__")
+    start, end = header[name]["data_offsets"]
+    header[name]["data_offsets"] = [start + 4, end + 4]  # overlaps the next tensor's bytes
+    text = json.dumps(header).encode()
+    overlapping = len(text).to_bytes(8, "little") + text + weights[8 + size:]
+    for damaged in (weights[:-100], b"\x10" * 64, overlapping):  # cut short; not safetensors; overlapping
         (bad / "model.safetensors").write_bytes(damaged)
         with pytest.raises(InputError, match="not a safetensors file"):
             load_hf_model(bad)
@@ -146,7 +153,8 @@ def test_a_folder_whose_weights_are_another_families_is_refused(tmp_path):
 LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
                 r"\s*[\r\n]+|\s+(?!\S)|\s+")  # Llama 3's, Qwen2's and SmolLM2's split (Qwen2 and SmolLM2: \p{N})
 WORDS = ["the", "capital", "of", "Brerkia", "is", "Gubus", "Zürich", "naïve", "日本語", "🎉", "12345", "3.14", "don't",
-         "WE'LL", "\n\n", "  ", "\t", "<|im_start|>", "<|endoftext|>", "x_y", "ÄÖÜ", "Ω", "\u00a0"]
+         "WE'LL", "\n\n", "  ", "\t", "<|im_start|>", "<|endoftext|>", "x_y", "ÄÖÜ", "Ω", "\u00a0", "<tool_call>",
+         "<think>"]
 
 
 def mixed_text(rng) -> str:
@@ -158,7 +166,7 @@ def mixed_text(rng) -> str:
 def tokenizers_pair(request, tmp_path_factory):
     """(the tokenizers library's Tokenizer, minipost's Encoding of the tokenizer.json it saved)."""
     import random
-    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
     from minipost.hf import load_hf_tokenizer
     rng = random.Random(0)
     tok = Tokenizer(models.BPE())
@@ -173,6 +181,8 @@ def tokenizers_pair(request, tmp_path_factory):
     tok.train_from_iterator([mixed_text(rng) for _ in range(3000)], trainers.BpeTrainer(
         vocab_size=600, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok.add_tokens([AddedToken("<tool_call>", special=False, normalized=False),  # words of their own, as Qwen's
+                    AddedToken("<think>", special=False, normalized=False)])   # (not special: text matches them)
     folder = tmp_path_factory.mktemp(f"tok_{request.param}")
     tok.save(str(folder / "tokenizer.json"))
     tok.encode_special_tokens = True  # a special token's spelling in the text stays text, as in minipost
@@ -199,6 +209,8 @@ def test_tokenizer_json_encodes_and_decodes_as_the_tokenizers_library(tokenizers
     im_start = theirs.token_to_id("<|im_start|>")
     assert ours.encode("<|im_start|>", allowed_special="all") == [im_start]  # the token itself, when asked for
     assert im_start not in encode_text(ours, "<|im_start|>user")  # its spelling in user text: text
+    assert encode_text(ours, "a<tool_call>b") == theirs.encode("a<tool_call>b", add_special_tokens=False).ids
+    assert theirs.token_to_id("<tool_call>") in encode_text(ours, "a<tool_call>b")  # a word of its own
 
 
 def test_a_tokenizer_json_minipost_cannot_read_is_one_line(tmp_path, tokenizers_pair):
