@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import mmap
+import re
 from pathlib import Path
 
 import tiktoken
@@ -176,7 +177,7 @@ def weight_files(folder) -> dict[str, Path]:
     if not single.is_file():
         raise InputError(f"{folder}: no model.safetensors (nor model.safetensors.index.json); minipost reads "
                          "safetensors weights only")
-    return {name: single for name in read_header(single) if name != "__data_start__"}
+    return {name: single for name in read_header(single)}
 
 
 BYTES = {"F32": 4, "BF16": 2, "F16": 2, "F64": 8, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
@@ -187,7 +188,7 @@ def read_header(path: Path) -> dict:
     each tensor's bytes inside the file and as many as its shape and dtype take. Reads no weight.
 
     The format: 8 bytes (little-endian) saying the header's length, the header (JSON), then the tensors' bytes
-    one after another, each at data_offsets from the end of the header."""
+    one after another, each at data_offsets from the end of the header (in_file below: from the file's start)."""
     try:
         with open(path, "rb") as f:
             size = int.from_bytes(f.read(8), "little")
@@ -197,21 +198,19 @@ def read_header(path: Path) -> dict:
         if not isinstance(header, dict):
             raise ValueError("the header is not a JSON object")
         header.pop("__metadata__", None)
-        header["__data_start__"] = 8 + size
         data = path.stat().st_size - 8 - size  # bytes of tensor data after the header
-        spans = sorted(tuple(info["data_offsets"]) for name, info in header.items() if name != "__data_start__")
+        spans = sorted(tuple(info["data_offsets"]) for info in header.values())
         tiled = all(a[1] == b[0] for a, b in zip(spans, spans[1:])) and (not spans or spans[0][0] == 0)
         if not tiled or (spans and spans[-1][1] > data):
             raise ValueError("the tensors' byte ranges overlap or leave gaps (each tensor its own bytes, in a row)")
         for name, info in header.items():
-            if name == "__data_start__":
-                continue
             shape, (start, end) = info["shape"], info["data_offsets"]
             if not all(isinstance(n, int) and n >= 0 for n in (*shape, start, end)) or info["dtype"] not in BYTES:
                 raise ValueError(f"tensor {name!r}: {info!r}")
             if end > data or end - start != math.prod(shape) * BYTES[info["dtype"]]:
                 raise ValueError(f"tensor {name!r}: bytes {start}..{end} do not hold {info['dtype']} {shape} "
                                  f"within the file's {data} bytes of data")
+            info["in_file"] = (8 + size + start, 8 + size + end)  # where its bytes are, from the file's start
     except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError, RecursionError) as e:
         raise InputError(f"{path}: not a safetensors file ({type(e).__name__}: {str(e)[:200]})") from None
     return header
@@ -225,7 +224,7 @@ def read_into(mapped: mmap.mmap, header: dict, name: str, out: torch.Tensor, tra
     its dtype, GPT-2's Conv1D transposed), then let go of the file's pages it touched: the copy runs at memory
     speed, and the file never counts in this process's memory beyond the tensor being copied."""
     info = header[name]
-    start, end = (header["__data_start__"] + o for o in info["data_offsets"])
+    start, end = info["in_file"]
     if end > start:
         t = torch.frombuffer(mapped, dtype=DTYPES[info["dtype"]], count=math.prod(info["shape"]), offset=start)
         t = t.view(info["shape"])
@@ -248,10 +247,11 @@ def load_hf_model(folder, device="cpu", dtype: torch.dtype = torch.float32):
     assert set(names) == set(expected), set(names) ^ set(expected)  # every parameter has its tensor
     headers = {path: read_header(path) for path in set(files.values())}
     for path, header in headers.items():  # a shard's tensors are the ones the index lists for it
-        stray = [n for n in header if n != "__data_start__" and files.get(n) != path]
+        stray = [n for n in header if files.get(n) != path]
         if stray:
             raise InputError(f"{path}: holds {stray[0]!r}, which the index does not list for it")
-    unused = sorted(n for n in files if n not in set(names.values()) and not n.endswith(UNUSED_GPT2))
+    used = set(names.values())
+    unused = sorted(n for n in files if n not in used and not n.endswith(UNUSED_GPT2))
     if unused:  # a tensor no block reads: config.json describes another model than the weights are
         raise InputError(f"{folder}: {len(unused)} tensors a {family} model of this config.json has no place for, "
                          f"e.g. {unused[0]!r} (another architecture, more layers, a bias or an output layer?)")
@@ -365,4 +365,6 @@ def load_hf_tokenizer(folder) -> tiktoken.Encoding:
     if any(t.get(k) for t in words for k in ("single_word", "lstrip", "rstrip")):
         raise InputError(f"{path}: an added token with single_word, lstrip or rstrip: minipost matches exact text")
     enc.added_words = {t["content"]: t["id"] for t in words}
+    longest_first = sorted(enc.added_words, key=len, reverse=True)  # "<a>b" before "<a>" where one holds the other
+    enc.added_words_split = re.compile("(" + "|".join(map(re.escape, longest_first)) + ")") if words else None
     return enc

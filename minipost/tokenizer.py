@@ -272,11 +272,10 @@ def encode_text(enc: tiktoken.Encoding, text: str) -> list[int]:
     `allowed_special=set()` stops them being read as specials, `disallowed_special=()` stops tiktoken raising."""
     if getattr(enc, "normalize_nfc", False):  # a Hugging Face tokenizer that normalizes first (Qwen2's: NFC)
         text = unicodedata.normalize("NFC", text)
-    words = getattr(enc, "added_words", None)  # a Hugging Face tokenizer's added tokens that are not special
-    if words:  # each is one token wherever its spelling stands; the text between them is BPE's
-        pattern = "(" + "|".join(re.escape(w) for w in sorted(words, key=len, reverse=True)) + ")"
-        return [i for k, part in enumerate(re.split(pattern, text)) if part
-                for i in ([words[part]] if k % 2 else enc.encode(part, allowed_special=set(), disallowed_special=()))]
+    split = getattr(enc, "added_words_split", None)  # a Hugging Face tokenizer's added tokens that are not special
+    if split is not None:  # each is one token wherever its spelling stands; the text between them is BPE's
+        return [i for k, part in enumerate(split.split(text)) if part for i in
+                ([enc.added_words[part]] if k % 2 else enc.encode(part, allowed_special=set(), disallowed_special=()))]
     return enc.encode(text, allowed_special=set(), disallowed_special=())
 
 
