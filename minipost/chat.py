@@ -28,7 +28,7 @@ import torch
 from minipost import threads
 from minipost.common import (DEVICE_HELP, ArgumentParser, InputError, check_device, exit_on_input_error, pick_device,
                              str2bool)
-from minipost.model import load_model
+from minipost.checkpoints import load_model
 from minipost.tokenizer import encode_text, render_chat, special_id
 
 

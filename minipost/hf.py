@@ -9,6 +9,7 @@ Supported (config.json "architectures"):
     Qwen2ForCausalLM   Qwen2.5                          -> decoder.Decoder, family qwen2
     Qwen3ForCausalLM   Qwen3                            -> decoder.Decoder, family qwen3
     GPT2LMHeadModel    GPT-2 (124M .. 1.5B)             -> model.GPT with GPT-2's tanh GELU
+                       minipost's own GPT, exported     -> model.GPT with the exact GELU (activation "gelu")
 
 Everything is checked before a weight is read: the architecture, the settings the blocks do not implement
 (sliding windows, other rope scalings, biases where the family has none), and every tensor's name, shape and
@@ -26,6 +27,7 @@ from pathlib import Path
 import tiktoken
 import torch
 
+from minipost.chat_formats import SPECIALS, ChatFormat
 from minipost.common import InputError
 from minipost.decoder import Decoder, DecoderConfig, rope_frequencies
 from minipost.model import GPT, GPTConfig
@@ -95,14 +97,17 @@ def model_config(family: str, hf: dict, where: str) -> DecoderConfig | GPTConfig
         n_embd, n_head = size("n_embd"), size("n_head")
         if hf.get("n_inner") not in (None, 4 * n_embd):
             raise InputError(f"{where}: n_inner {hf['n_inner']}: minipost's GPT has an MLP of 4 * n_embd")
-        if hf.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):
-            raise InputError(f"{where}: activation_function {hf['activation_function']!r}: GPT-2's is gelu_new")
+        gelu = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu": "exact"}.get(  # exact: minipost's own
+            hf.get("activation_function", "gelu_new"))                                 # GPTs, exported
+        if gelu is None:
+            raise InputError(f"{where}: activation_function {hf['activation_function']!r}: GPT-2's is gelu_new "
+                             "(minipost's own GPT: gelu)")
         if abs(positive("layer_norm_epsilon", 1e-5) - 1e-5) > 1e-12:
             raise InputError(f"{where}: layer_norm_epsilon {hf['layer_norm_epsilon']}: minipost's GPT uses 1e-5")
         if n_embd % n_head:
             raise InputError(f"{where}: n_embd {n_embd} is not a multiple of n_head {n_head}")
         return GPTConfig(vocab_size=size("vocab_size"), block_size=size("n_positions"), n_layer=size("n_layer"),
-                         n_head=n_head, n_embd=n_embd, gelu="tanh")
+                         n_head=n_head, n_embd=n_embd, gelu=gelu)
     if hf.get("use_sliding_window"):
         raise InputError(f"{where}: use_sliding_window true: minipost's attention sees the whole context")
     if hf.get("mlp_bias"):
@@ -319,10 +324,12 @@ def split_pattern(pre: dict | None, where: str) -> str:
                      "SmolLM2 write it (ByteLevel, or a regex Split then ByteLevel, no prefix space)")
 
 
-def load_hf_tokenizer(folder) -> tiktoken.Encoding:
+def load_hf_tokenizer(folder, chat_format: str | None = None) -> tiktoken.Encoding:
     """A folder's tokenizer.json (byte-level BPE) as a tiktoken Encoding with the same token ids: the merges
     become ranks (a token's rank is its id, so the merge order must follow the ids, which is how byte-level
-    BPE is trained), the pre-tokenizer's regex the split pattern, and the added tokens special tokens."""
+    BPE is trained), the pre-tokenizer's regex the split pattern, and the added tokens special tokens.
+    The chat format is the folder's template's (read_chat_format), or `chat_format` (chatml, llama3) for a
+    base model whose folder has none."""
     path = Path(folder) / "tokenizer.json"
     try:
         tok = json.loads(path.read_text(encoding="utf-8"))
@@ -367,4 +374,76 @@ def load_hf_tokenizer(folder) -> tiktoken.Encoding:
     enc.added_words = {t["content"]: t["id"] for t in words}
     longest_first = sorted(enc.added_words, key=len, reverse=True)  # "<a>b" before "<a>" where one holds the other
     enc.added_words_split = re.compile("(" + "|".join(map(re.escape, longest_first)) + ")") if words else None
+    enc.hf_folder = Path(folder).resolve()
+    set_chat_format(enc, Path(folder), chat_format)
     return enc
+
+
+def read_tokenizer_config(folder: Path) -> tuple[dict, str | None]:
+    """tokenizer_config.json (optional) -> (its fields, the chat template: its own field, or chat_template.jinja)."""
+    path = folder / "tokenizer_config.json"
+    try:
+        config = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        if not isinstance(config, dict):
+            raise ValueError("not a JSON object")
+        template = config.get("chat_template")
+        if isinstance(template, list):  # [{"name": "default", "template": ...}, {"name": "tool_use", ...}]
+            template = next((t.get("template") for t in template if t.get("name") == "default"), None)
+        if (folder / "chat_template.jinja").is_file():
+            template = (folder / "chat_template.jinja").read_text(encoding="utf-8")
+    except (OSError, ValueError, AttributeError, RecursionError) as e:
+        raise InputError(f"{path}: not a readable tokenizer config ({type(e).__name__}: {str(e)[:100]})") from None
+    if not isinstance(template, (str, type(None))):
+        raise InputError(f"{path}: chat_template is a {type(template).__name__}, not a template string")
+    return config, template
+
+
+def token_name(value) -> str | None:
+    """tokenizer_config.json writes a token as its text or as {"content": text, ...}."""
+    return value.get("content") if isinstance(value, dict) else value if isinstance(value, str) else None
+
+
+def read_chat_format(template: str | None) -> ChatFormat | None:
+    """Which of the formats chat_formats.py renders a folder's Jinja template writes, and its details: a default
+    system turn, Qwen3's <think> blocks, Llama 3.1/3.2's dated system turn. None for no template or another."""
+    if not template:
+        return None
+    if "<|im_start|>" in template:
+        default = re.search(r"<\|im_start\|>system\\n([^'\"{}]*?)<\|im_end\|>", template)  # a literal system turn
+        return ChatFormat("chatml", default_system=default and default.group(1).replace("\\n", "\n"),
+                          think="<think>" in template)
+    if "<|start_header_id|>" in template:
+        cutoff = re.search(r"Cutting Knowledge Date: ([^\\'\"]+)", template)
+        date = re.search(r"date_string = [\"']([^\"']+)[\"']", template)
+        return ChatFormat("llama3", cutoff=cutoff and cutoff.group(1),
+                          **({"date": date.group(1)} if date else {}))
+    if "<|assistant|>" in template and "<|end|>" in template:  # minipost's own, exported (minipost.export)
+        return ChatFormat("minipost")
+    return None
+
+
+def set_chat_format(enc: tiktoken.Encoding, folder: Path, chosen: str | None) -> None:
+    """enc.chat_format (how tokenizer.render_chat writes a conversation) and enc.stand_ins (the tokens that play
+    minipost's <|end|>, <|pad|> and <|endoftext|>: the end of a turn, padding, the end of a document)."""
+    config, template = read_tokenizer_config(folder)
+    where = folder / "tokenizer_config.json"
+    if chosen is not None:
+        if chosen not in SPECIALS:
+            raise InputError(f"hf:{folder}#{chosen}: unknown chat format; choose one of {', '.join(SPECIALS)}")
+        fmt = ChatFormat(chosen, cutoff="December 2023" if chosen == "llama3" else None)
+    else:
+        fmt = read_chat_format(template)
+    specials = enc._special_tokens
+    missing = [t for t in SPECIALS[fmt.name] if t not in specials] if fmt else []
+    if missing and chosen is not None:
+        raise InputError(f"hf:{folder}#{chosen}: its tokenizer has no {missing[0]} token, which {chosen} needs "
+                         f"(a format writes its own special tokens; choose one this tokenizer has)")
+    if missing:
+        raise InputError(f"{where}: its chat template writes {fmt.name} but the tokenizer has no {missing[0]} token")
+    eos, pad = token_name(config.get("eos_token")), token_name(config.get("pad_token"))
+    document_end = next((t for t in ("<|endoftext|>", "<|end_of_text|>", eos) if t in specials), None)
+    enc.chat_format = fmt
+    enc.stand_ins = {k: v for k, v in (("<|end|>", fmt and fmt.turn_end), ("<|endoftext|>", document_end),
+                                        ("<|pad|>", pad if pad in specials else document_end)) if v}
+    enc.no_format_why = (f"{where} has no chat template minipost can render (ChatML, Llama 3); a base model's "
+                         f"folder takes one as hf:PATH#chatml or hf:PATH#llama3, if its tokenizer has its tokens")

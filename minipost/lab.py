@@ -45,7 +45,7 @@ from minipost.common import (DATA_DIR, DEVICE_HELP, InputError, atomic_write_byt
                              read_json_dict, read_jsonl, save_json)
 from minipost.card import binomial_ci, evaluate_checkpoint, read_report
 from minipost.harness import check_not_a_run, file_digest, hold_folder, main, release_folder
-from minipost.model import load_model
+from minipost.checkpoints import load_model
 from minipost.pipeline import plan, run_planned, train_seconds
 from minipost.retrieval import Index
 from minipost.rollout import complete

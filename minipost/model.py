@@ -23,14 +23,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from minipost.common import InputError, load_checkpoint, non_finite
-from minipost import tokenizer
 
 
 @dataclass
@@ -357,73 +354,3 @@ def model_checkpoint(model: GPT, tokenizer_name: str, step: int, **extra) -> dic
     """The dict `model.pt` holds: weights, model config, tokenizer name, step (plus anything else given)."""
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     return {"model": state, "model_config": asdict(model.cfg), "tokenizer": tokenizer_name, "step": step, **extra}
-
-
-def load_model(path, device="cpu", value_head: bool | None = None, policy: bool = True):
-    """Load a checkpoint written by any minipost stage -> (model in eval mode, tokenizer, checkpoint dict).
-    A reward model (kind "reward_model") is refused unless policy=False: its scalar head scores answers, and its
-    language-model head was never trained to write them (RewardModel loads it with policy=False)."""
-    ckpt = load_checkpoint(path, map_location="cpu", required=("model", "model_config", "tokenizer"))
-    if policy and ckpt.get("kind") == "reward_model":
-        raise InputError(f"{path} is a reward model (kind 'reward_model'), not a policy: it scores answers "
-                         "(--reward rm:PATH, the card's judge); give a policy's model.pt (pretrain, sft, dpo, RL)")
-    try:
-        cfg = GPTConfig(**ckpt["model_config"])
-        if value_head is not None:
-            cfg.value_head = value_head
-        model = GPT(cfg)
-    except (TypeError, ValueError, AssertionError, RuntimeError) as e:  # unknown keys, n_embd % n_head != 0, ...
-        raise InputError(f"{path}: model_config {ckpt['model_config']!r} does not describe a minipost GPT "
-                         f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
-    if not isinstance(ckpt["model"], dict):
-        raise InputError(f"{path}: 'model' holds a {type(ckpt['model']).__name__}, not the weights' state_dict")
-    bad = next(non_finite(ckpt["model"]), None)
-    if bad is not None:
-        raise InputError(f"{path}: weight {bad} is not finite (NaN or inf): not a usable starting point")
-    try:
-        missing, unexpected = model.load_state_dict(ckpt["model"], strict=False)
-    except RuntimeError as e:  # shapes that do not fit model_config
-        detail = next((line.strip() for line in str(e).splitlines() if "size mismatch" in line), str(e)[:200])
-        raise InputError(f"{path}: its weights do not fit its model_config ({detail})") from None
-    allowed = {"value_head.weight", "value_head.bias"}
-    if set(missing) - allowed or set(unexpected) - allowed:
-        raise InputError(f"{path}: checkpoint does not match the model: missing {missing}, unexpected {unexpected}")
-    try:
-        enc = tokenizer.get_tokenizer(ckpt["tokenizer"])
-    except (InputError, ValueError, KeyError) as e:
-        raise InputError(f"{path}: its tokenizer {ckpt['tokenizer']!r} is not one minipost knows ({e})") from None
-    if enc.n_vocab != cfg.vocab_size:
-        raise InputError(f"{path}: the model has {cfg.vocab_size} token embeddings but its tokenizer "
-                         f"{ckpt['tokenizer']!r} has {enc.n_vocab} tokens")
-    model.to(device).eval()
-    return model, enc, ckpt
-
-
-def check_same_tokenizer(enc, other_enc, path, other_path) -> None:
-    """Two models whose log-probs are compared (policy and reference) must share one tokenizer: otherwise
-    the same text is different token ids and log pi - log pi_ref is meaningless."""
-    if enc.name != other_enc.name or enc.n_vocab != other_enc.n_vocab:
-        raise InputError(f"{other_path}: tokenizer {other_enc.name!r} ({other_enc.n_vocab} tokens) differs from "
-                         f"{path}'s {enc.name!r} ({enc.n_vocab} tokens); the reference must share the policy's")
-
-
-def load_init(path, device="cpu", hint: str = "", **kwargs):
-    """load_model(path, device, **kwargs) for an --init flag: a missing file is one line naming the flag and
-    `hint` (what produces that file)."""
-    if not Path(path).exists():  # (a folder: load_model says which file it means)
-        raise InputError(f"--init {path}: no such checkpoint{'; ' + hint if hint else ''}")
-    return load_model(path, device, **kwargs)
-
-
-def load_policy_and_reference(init, ref, device="cpu", hint: str = ""):
-    """The policy to train (--init) and the frozen reference it is compared with (--ref, default a copy of
-    --init), sharing one tokenizer -> (policy, reference, tokenizer, the policy's checkpoint dict). A missing
-    file is one line naming its flag, and `hint` (what produces it)."""
-    for flag, path in (("--init", init), ("--ref", ref)):
-        if path and not Path(path).exists():  # (a folder: load_model says which file it means)
-            raise InputError(f"{flag} {path}: no such checkpoint{'; ' + hint if hint else ''}")
-    policy, enc, ckpt = load_model(init, device)
-    reference, ref_enc, _ = load_model(ref or init, device)  # in eval mode, as load_model returns every model
-    check_same_tokenizer(enc, ref_enc, init, ref or init)
-    reference.requires_grad_(False)
-    return policy, reference, enc, ckpt

@@ -42,7 +42,7 @@ from typing import Callable
 import torch
 
 from minipost.common import InputError, autocast, load_checkpoint
-from minipost.model import load_model
+from minipost.checkpoints import load_model
 from minipost.tokenizer import render_chat, special_id
 from minipost.world import check, check_arithmetic, check_sql, check_tools, run_sql
 

@@ -38,7 +38,8 @@ from minipost.common import DATA_DIR, InputError, field, read_jsonl
 from minipost.data import per_domain
 from minipost.harness import RunConfig
 from minipost.logprobs import token_logprobs
-from minipost.model import left_pad, load_model
+from minipost.model import left_pad
+from minipost.checkpoints import load_model
 from minipost.rewards import check_reward_domains, parse_reward, score_rollout, zero_spread
 from minipost.tokenizer import render_prompt, special_id
 from minipost.world import build as build_world, validate_record

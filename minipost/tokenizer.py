@@ -48,12 +48,13 @@ from typing import Iterable
 
 import tiktoken
 
+from minipost import chat_formats
 from minipost.common import DATA_DIR, ArgumentParser, InputError, atomic_write_bytes, exit_on_input_error, read_jsonl
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|user|>", "<|assistant|>", "<|system|>", "<|end|>", "<|pad|>"]
 # Number of BPE tokens (256 bytes + merges); special tokens come on top: n_vocab = size + len(SPECIAL_TOKENS).
 VOCAB_SIZES = {"nano": 1024, "small": 2048}  # the corpus runs out of pairs near 2600
-ROLES = ("system", "user", "assistant")
+ROLES = chat_formats.ROLES
 
 # ----------------------------------------------------------------------------------------------------------------
 # the pre-split regex, in tiktoken's syntax and in Python's
@@ -261,9 +262,16 @@ def get_tokenizer(name: str = "nano", data_dir: str | Path = DATA_DIR) -> tiktok
 # encoding text and chats
 
 def special_id(enc: tiktoken.Encoding, token: str) -> int:
-    """The id of a special token, e.g. special_id(enc, "<|end|>")."""
+    """The id of a special token, e.g. special_id(enc, "<|end|>"). A tokenizer from a Hugging Face folder plays
+    these parts with its own tokens (hf.py sets enc.stand_ins: "<|end|>" -> "<|im_end|>" for ChatML)."""
     if token not in SPECIAL_TOKENS:
         raise ValueError(f"{token!r} is not a special token; they are {SPECIAL_TOKENS}")
+    stand_ins = getattr(enc, "stand_ins", None)
+    if stand_ins is not None:
+        if token not in stand_ins:
+            raise InputError(f"tokenizer {enc.name}: no token plays {token} (no chat format: "
+                             f"{getattr(enc, 'no_format_why', 'its folder has no chat template')})")
+        token = stand_ins[token]
     return enc.encode_single_token(token)
 
 
@@ -289,23 +297,24 @@ def render_chat(enc: tiktoken.Encoding, messages: list[dict], add_generation_pro
 
     Example (ids shown as text):  <|user|> Hi <|end|> <|assistant|> Yo <|end|>
                           mask:       0     0    0         0        1    1
+
+    A tokenizer from a Hugging Face folder renders its family's format instead (chat_formats.py: ChatML,
+    Llama 3), with the same mask: the answers and the token ending their turns.
     """
+    chat_formats.check_messages(messages)
+    fmt = getattr(enc, "chat_format", None)
+    if fmt is not None and fmt.name != "minipost":
+        return chat_formats.render(enc, fmt, messages, add_generation_prompt, encode_text)
     end = special_id(enc, "<|end|>")
     ids, mask = [], []
-    for i, msg in enumerate(messages):
-        if not isinstance(msg, dict) or "role" not in msg or "content" not in msg:
-            raise ValueError(f"message {i}: expected a dict with 'role' and 'content', got {msg!r}")
-        role, content = msg["role"], msg["content"]
-        if role not in ROLES:
-            raise ValueError(f"message {i}: unknown role {role!r}; expected one of {ROLES}")
-        if not isinstance(content, str):
-            raise ValueError(f"message {i}: 'content' must be a string, got {type(content).__name__}")
-        body = encode_text(enc, content)
+    for msg in messages:
+        role = msg["role"]
+        body = encode_text(enc, msg["content"])
         train = 1 if role == "assistant" else 0
-        ids += [special_id(enc, f"<|{role}|>")] + body + [end]
+        ids += [enc.encode_single_token(f"<|{role}|>")] + body + [end]
         mask += [0] + [train] * len(body) + [train]  # the assistant's <|end|> is a target: learn to stop
     if add_generation_prompt:
-        ids.append(special_id(enc, "<|assistant|>"))
+        ids.append(enc.encode_single_token("<|assistant|>"))
         mask.append(0)
     return ids, mask
 

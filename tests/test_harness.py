@@ -230,9 +230,10 @@ def test_a_non_finite_loss_stops_with_the_step(tmp_path):
         run.check(torch.tensor(float("nan")), "loss")
 
 
-LIBRARY = ("common", "dist", "threads", "optim", "model", "decoder", "hf", "tokenizer", "data", "logprobs", "rollout",
-           "rewards", "heldout", "rl", "lora", "retrieval", "harness", "kernels", "world")  # below the objectives
-APPLICATIONS = ("pipeline", "lab", "chat", "card", "evals", "bench")  # evals: the card command's first name
+LIBRARY = ("common", "dist", "threads", "optim", "model", "decoder", "hf", "checkpoints", "tokenizer", "chat_formats",
+           "data", "logprobs", "rollout", "rewards", "heldout", "rl", "lora", "retrieval", "harness", "kernels",
+           "world")  # below the objectives
+APPLICATIONS = ("pipeline", "lab", "chat", "card", "evals", "bench", "export")  # evals: the card command's first name
 
 
 def import_graph() -> dict[str, set[str]]:

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from minipost.common import InputError
-from minipost.model import GPT, GPTConfig, KVCache, filter_probs, left_pad, load_model, sample
+from minipost.model import GPT, GPTConfig, KVCache, filter_probs, left_pad, sample
+from minipost.checkpoints import load_model
 
 CFG = GPTConfig(vocab_size=50, block_size=32, n_layer=2, n_head=2, n_embd=16)
 

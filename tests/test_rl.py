@@ -257,7 +257,7 @@ def test_train_end_to_end_raises_a_toy_reward(objective, extra, tiny_setup, tmp_
     import importlib
 
     from minipost.common import config_with_preset
-    from minipost.model import load_model
+    from minipost.checkpoints import load_model
 
     mod = importlib.import_module(f"minipost.{objective}")
     cfg = config_with_preset(mod.Config, mod.PRESETS, out=str(tmp_path / objective), max_steps=25, **tiny_setup,

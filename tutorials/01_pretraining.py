@@ -22,7 +22,8 @@ from minipost.common import DATA_DIR, config_with_preset, read_jsonl, seed_every
 from minipost.data import load_texts, pack, packed_batch
 from minipost.harness import read_metrics
 from minipost.heldout import probe_scores
-from minipost.model import GPT, GPTConfig, PRESETS as MODEL_PRESETS, load_model
+from minipost.model import GPT, GPTConfig, PRESETS as MODEL_PRESETS
+from minipost.checkpoints import load_model
 from minipost.optim import adamw, cosine_lr, set_lr
 from minipost.pretrain import PRESETS, Config, next_token_loss, train
 from minipost.tokenizer import get_tokenizer

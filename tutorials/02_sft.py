@@ -28,7 +28,7 @@ from minipost.common import DATA_DIR, config_with_preset, read_jsonl, seed_every
 from minipost.data import EpochBatches, collate, load_chats, num_targets, tokenize_chats
 from minipost.harness import read_metrics
 from minipost.heldout import chat_scores, probe_scores
-from minipost.model import load_model
+from minipost.checkpoints import load_model
 from minipost.optim import adamw, cosine_lr, set_lr
 from minipost.sft import PRESETS, Config, sft_loss, train
 from minipost.tokenizer import render_chat, special_id

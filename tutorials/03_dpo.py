@@ -29,7 +29,7 @@ from minipost.dpo import Config, dpo_loss, train
 from minipost.harness import read_metrics
 from minipost.heldout import chat_scores, pair_logps
 from minipost.logprobs import sequence_logprobs
-from minipost.model import load_model
+from minipost.checkpoints import load_model
 from minipost.optim import adamw, cosine_lr, set_lr
 from minipost.tokenizer import special_id
 from minipost.world import is_refusal

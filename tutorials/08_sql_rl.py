@@ -41,7 +41,7 @@ for attempt in [rec["answer"], rec["answer"].replace("SELECT", "select").rstrip(
 # ## Before: what does the start model write?
 
 # %%
-from minipost.model import load_model
+from minipost.checkpoints import load_model
 from minipost.data import per_domain
 from minipost.heldout import heldout_scores
 from minipost.rollout import load_prompts

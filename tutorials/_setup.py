@@ -85,7 +85,7 @@ def rl_start(cfg, critic: bool = False):
     and for PPO the critic (a copy of the start with a fresh value head, whose random init draws from the seed)."""
     from minipost import threads
     from minipost.common import pick_device, seed_everything
-    from minipost.model import load_model
+    from minipost.checkpoints import load_model
     from minipost.rollout import load_rl_prompts
 
     device = pick_device(cfg.device)

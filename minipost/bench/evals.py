@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from minipost.common import DEVICE_HELP, ArgumentParser, InputError, exit_on_input_error, pick_device, positive_int
-from minipost.model import load_model
+from minipost.checkpoints import load_model
 from minipost.pipeline import JUDGE, STAGES, card_items
 from minipost.rewards import RewardModel
 

@@ -22,7 +22,8 @@ import torch
 
 from minipost.common import (DATA_DIR, DEVICE_HELP, ArgumentParser, InputError, exit_on_input_error, pick_device,
                              positive_int, read_jsonl)
-from minipost.model import GPT, PRESETS, GPTConfig, left_pad, load_model
+from minipost.model import GPT, PRESETS, GPTConfig, left_pad
+from minipost.checkpoints import load_model
 from minipost.tokenizer import render_prompt, special_id
 
 

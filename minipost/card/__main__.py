@@ -6,7 +6,7 @@ from pathlib import Path
 from minipost.card.evaluate import eval_answers, evaluate_items
 from minipost.card.report import read_report, write_report
 from minipost.common import ArgumentParser, DEVICE_HELP, check_can_create, exit_on_input_error, pick_device
-from minipost.model import load_model
+from minipost.checkpoints import load_model
 from minipost.rewards import RewardModel
 
 

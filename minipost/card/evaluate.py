@@ -8,7 +8,7 @@ from minipost.common import DATA_DIR, read_jsonl
 from minipost.data import per_domain, tokenize_pairs
 from minipost.heldout import (chat_items, load_eval_pairs, load_probes, means, pair_logps, preference_wins, probe_items,
                               val_losses)
-from minipost.model import check_same_tokenizer, load_model
+from minipost.checkpoints import check_same_tokenizer, load_model
 from minipost.tokenizer import special_id
 from minipost.world import check
 
