@@ -47,6 +47,7 @@ def load_hf(name: str, device="cpu", value_head: bool | None = None):
     """hf:PATH -> (the folder's model in float32, its tokenizer, a checkpoint dict naming the tokenizer)."""
     folder, chosen = split_hf(name)
     spec = HF + str(folder.resolve()) + (f"#{chosen}" if chosen else "")
+    hf.read_config(folder)  # no folder, or no model minipost loads: one line, before the tokenizer
     enc = load_tokenizer(spec)  # (a bad tokenizer or format is refused before a weight is read)
     model = hf.load_hf_model(folder, device)
     if enc.n_vocab > model.cfg.vocab_size:

@@ -61,6 +61,9 @@ class Config:
     out: str = field("runs/pipeline", "output folder; each stage writes OUT/<stage>/")
     preset: str = field("nano", "nano (laptop CPU) or small (one GPU)", choices=["nano", "small"])
     stages: str = field("pretrain,sft,reward_model,dpo,rloo,grpo,ppo", "comma-separated stages to run, in order")
+    init: str = field("", "start SFT from this model instead of pretraining one: a model.pt, or hf:PATH (a Hugging "
+                      "Face folder; hf:PATH#chatml or #llama3 for a base model without a chat template); pretrain is "
+                      "left out and the card's base row is this model")
     fresh: bool = field(False, "rerun every stage from scratch (default: reuse finished stages, resume the rest)")
     seed: int = field(1337, "random seed for every stage", min=0, max=2**32 - 1)
     seeds: str = field("", "comma-separated seeds for the RL stages (e.g. 1337,2,3): each RL stage runs once per "
@@ -84,7 +87,7 @@ class Config:
                              f"{self.stages!r} has none")
 
     def stage_list(self) -> list[str]:
-        return [s.strip() for s in self.stages.split(",") if s.strip()]
+        return [s.strip() for s in self.stages.split(",") if s.strip() and not (self.init and s.strip() == "pretrain")]
 
     def seeds_of(self, stage: str) -> list[int]:
         return (parse_seeds(self.seeds) or [self.seed]) if stage in RL_STAGES else [self.seed]
@@ -117,7 +120,7 @@ def stage_config(name: str, cfg: Config, out: Path, seed: int | None = None):
     kw = dict(preset=cfg.preset, out=str(out / folder), seed=seed, device=cfg.device, progress=cfg.progress,
               threads=cfg.threads)
     if parent is not None:
-        kw["init"] = str(out / parent / "model.pt")
+        kw["init"] = cfg.init if parent == "pretrain" and cfg.init else str(out / parent / "model.pt")
     full = config_with_preset(module.Config, module.PRESETS, **kw, **overrides)
     if cfg.max_steps:
         kw["max_steps"] = min(cfg.max_steps, full.max_steps)
@@ -274,6 +277,7 @@ def run(cfg: Config) -> dict:
     plans = {}
     for i, name in enumerate(planned):  # every stage's config and start is checked before the first one runs
         parent = STAGES[name][1]
+        parent = None if parent == "pretrain" and cfg.init else parent  # (SFT starts from --init)
         retrained = (parent, cfg.seed) in plans and plans[parent, cfg.seed][2] != "reuse"  # its start changes
         for seed in cfg.seeds_of(name):
             plans[name, seed] = stage_plan(name, cfg, out, seed, known={"init": None} if retrained else None,
@@ -309,6 +313,8 @@ def run(cfg: Config) -> dict:
             stage_out = Path(plans[s, seed][1].out)  # a reused stage: the seconds it trained for, not 0
             timings[s] += train_seconds(stage_out) if plans[s, seed][2] == "reuse" else time.time() - t
 
+    if cfg.init:  # the model the stages started from is the card's base row
+        ckpts = {"pretrain": [cfg.init], **ckpts}
     if not ranks.main:  # the card is rank 0's (evaluation is not split over the ranks)
         dist.barrier(ranks)
         return {}

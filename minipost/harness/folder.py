@@ -53,6 +53,16 @@ def file_digest(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+def hf_folder_digest(spec: str) -> str:
+    """sha256 of what hf:PATH[#format] names: the format, and the folder's configs, tokenizer, template and weights."""
+    folder, _, chosen = spec[3:].partition("#")
+    h = hashlib.sha256(chosen.encode() + b"\0")
+    for path in sorted(Path(folder).iterdir()):
+        if path.is_file() and path.suffix in (".json", ".jinja", ".safetensors"):
+            h.update(path.name.encode() + b"\0" + file_digest(path).encode())
+    return h.hexdigest()
+
+
 def world_digest(preset: str = "nano", data_dir=None) -> str:
     """sha256 of the world's files and the preset's tokenizer: what a run reads when --data is its default.
     Other files in DATA_DIR (the lab's, a user's own) reach a run only as its --data."""
@@ -74,6 +84,8 @@ def input_digests(cfg, known: dict | None = None) -> dict:
             got[f] = known[f]
         elif path and Path(path).is_file():
             got[f] = file_digest(path)
+        elif path and str(path).startswith("hf:") and Path(str(path)[3:].partition("#")[0]).is_dir():
+            got[f] = hf_folder_digest(path)
         elif f == "data" and path == "":
             got["world"] = world_digest(getattr(cfg, "preset", "nano"))
     return got
