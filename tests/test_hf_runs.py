@@ -1,0 +1,64 @@
+"""minipost's commands on a Hugging Face folder (hf:PATH), with no download: a tiny random Qwen3 written by
+transformers, with a tokenizer trained on the world's texts and a ChatML template (tests/hf_folders.py). The
+pipeline post-trains it stage after stage and the card reads every row; a run from it resumes bit for bit; bad
+folders and formats are one line before a weight is read."""
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+
+from hf_folders import write_folder  # noqa: E402
+from minipost import hf, pipeline, sft  # noqa: E402
+from minipost.checkpoints import load_model  # noqa: E402
+from minipost.common import InputError, load_checkpoint  # noqa: E402
+from minipost.decoder import Decoder  # noqa: E402
+from minipost.harness.folder import input_digests  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return write_folder(tmp_path_factory.mktemp("hf") / "qwen3")
+
+
+def test_the_pipeline_post_trains_a_folders_model_and_the_card_reads_every_row(tmp_path, folder, monkeypatch):
+    lean = {"reward_model": {"max_pairs": 32}, "dpo": {"max_pairs": 32}}
+    monkeypatch.setattr(pipeline, "STAGES", {name: (m, parent, {**over, **lean.get(name, {})})
+                                             for name, (m, parent, over) in pipeline.STAGES.items()})
+    cfg = pipeline.Config(out=str(tmp_path), init=f"hf:{folder}", stages="pretrain,sft,reward_model,dpo,grpo,ppo",
+                          max_steps=1, eval_limit=1, progress=False)
+    assert cfg.stage_list() == ["sft", "reward_model", "dpo", "grpo", "ppo"]  # the folder's model is the base
+    report = pipeline.run(cfg)
+    assert list(report) == ["base", "sft", "dpo", "grpo", "ppo"]
+    for stage in ("sft", "reward_model", "dpo", "grpo", "ppo"):
+        ckpt = load_checkpoint(tmp_path / stage / "model.pt")
+        assert ckpt["model_config"]["family"] == "qwen3" and ckpt["tokenizer"] == f"hf:{folder.resolve()}", stage
+    model, enc, _ = load_model(tmp_path / "ppo" / "model.pt")
+    assert isinstance(model, Decoder) and enc.chat_format.name == "chatml"
+    assert not (tmp_path / "pretrain").exists()
+
+
+def test_a_run_from_a_folder_resumes_bit_for_bit_and_its_input_is_the_folders_files(tmp_path, folder):
+    def cfg(out, **kw):
+        return sft.Config(init=f"hf:{folder}", out=str(tmp_path / out), max_steps=3, batch_size=4, eval_every=0,
+                          eval_windows=2, progress=False, **kw)
+    sft.train(cfg("straight"))
+    sft.train(cfg("resumed", stop_after=2))
+    sft.train(cfg("resumed", resume=True))
+    a, b = (load_checkpoint(tmp_path / d / "model.pt")["model"] for d in ("straight", "resumed"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    before = input_digests(cfg("x"))["init"]
+    assert input_digests(sft.Config(init=f"hf:{folder}#chatml", out=str(tmp_path / "y")))["init"] != before
+    (folder / "tokenizer_config.json").write_text((folder / "tokenizer_config.json").read_text() + " ")
+    assert input_digests(cfg("x"))["init"] != before  # a changed folder is another start: reused runs rerun
+
+
+def test_a_bad_folder_or_format_is_one_line_before_a_weight_is_read(tmp_path, folder, monkeypatch):
+    def no_weights(*args, **kwargs):
+        raise AssertionError("weights read")
+    monkeypatch.setattr(hf, "load_hf_model", no_weights)
+    for init, message in [(f"hf:{tmp_path}/none", "no such folder"),
+                          (f"hf:{folder}#llama3", r"its tokenizer has no <\|begin_of_text\|> token, which llama3"),
+                          (f"hf:{folder}#vicuna", "unknown chat format; choose one of chatml, llama3, minipost")]:
+        with pytest.raises(InputError, match=message):
+            sft.train(sft.Config(init=init, out=str(tmp_path / "out"), max_steps=1, progress=False))
+    assert not (tmp_path / "out").exists()
