@@ -1,13 +1,17 @@
 """minipost's commands on a Hugging Face folder (hf:PATH), with no download: a tiny random Qwen3 written by
-transformers, with a tokenizer trained on the world's texts and a ChatML template (tests/hf_folders.py). The
+transformers, with a tokenizer trained on the world's texts and a ChatML template (tutorials/_setup.py). The
 pipeline post-trains it stage after stage and the card reads every row; a run from it resumes bit for bit; bad
 folders and formats are one line before a weight is read."""
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
 pytest.importorskip("transformers")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tutorials"))  # lesson 13's tiny folder
 
-from hf_folders import write_folder  # noqa: E402
+from _setup import tiny_hf_folder  # noqa: E402
 from minipost import hf, pipeline, sft  # noqa: E402
 from minipost.checkpoints import load_model  # noqa: E402
 from minipost.common import InputError, load_checkpoint  # noqa: E402
@@ -17,7 +21,7 @@ from minipost.harness.folder import input_digests  # noqa: E402
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
-    return write_folder(tmp_path_factory.mktemp("hf") / "qwen3")
+    return tiny_hf_folder(tmp_path_factory.mktemp("hf") / "qwen3")
 
 
 def test_the_pipeline_post_trains_a_folders_model_and_the_card_reads_every_row(tmp_path, folder, monkeypatch):

@@ -5,7 +5,9 @@ lessons 04-06 make after one RL step by hand (`ONE_STEP`, `rl_start`, `smoke_rew
 Kept in one place so each lesson's own cells are about its method. Import it as `from _setup import ...`
 (the lessons run as scripts from the repository root, so this folder is on sys.path).
 """
+import json
 import os
+import random
 from pathlib import Path
 
 import minipost  # noqa: F401  first: it makes torch's idle threads sleep (minipost/threads.py)
@@ -141,3 +143,50 @@ def report_run(out: Path, summary: dict, rows: list[dict], key: str, label: str,
     fig.tight_layout(); fig.savefig(out / png, dpi=100)
     plt.close(fig)
     print("wrote", out / png)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# a tiny Hugging Face folder (lesson 13 and tests/test_hf_runs.py), written by transformers and the tokenizers
+# library with no download: a byte-level BPE tokenizer trained on the world's texts, a chat template written here
+# from ChatML's documented format, and a random model of a family's architecture
+
+CHATML = r"""{%- for m in messages %}{{- '<|im_start|>' + m.role + '\n' + m.content + '<|im_end|>\n' }}{%- endfor %}
+{%- if add_generation_prompt %}{{- '<|im_start|>assistant\n' }}{%- endif %}"""
+QWEN_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|"
+              r"\s+(?!\S)|\s+")
+
+
+def write_tokenizer(folder, vocab_size=700, template=CHATML):
+    """tokenizer.json (Qwen2-style: a digit per token, ChatML's special tokens) and tokenizer_config.json."""
+    from minipost.tokenizer import load_corpus
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+    texts = load_corpus()
+    random.Random(0).shuffle(texts)
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(QWEN_SPLIT), behavior="isolated"),
+                                                 pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(texts[:3000], trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok.save(str(folder / "tokenizer.json"))
+    config = {"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>", "chat_template": template}
+    (folder / "tokenizer_config.json").write_text(json.dumps({k: v for k, v in config.items() if v}))
+    return tok.get_vocab_size()
+
+
+def tiny_hf_folder(folder, family="qwen3", template=CHATML, seed=0):
+    """A random model of `family`'s architecture (2 layers, 64 wide) with the tokenizer above, saved by
+    transformers' save_pretrained -> the folder."""
+    import transformers  # (a tutorial's helper, not minipost: minipost never imports it)
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = write_tokenizer(folder, template=template)
+    shapes = dict(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True,
+                  **({"head_dim": 32} if family == "qwen3" else {}))  # (Qwen3 sets it apart from 64 / 4 heads)
+    config_cls, model_cls = {"qwen3": ("Qwen3Config", "Qwen3ForCausalLM"), "qwen2": ("Qwen2Config", "Qwen2ForCausalLM"),
+                             "llama": ("LlamaConfig", "LlamaForCausalLM")}[family]
+    torch.manual_seed(seed)
+    model = getattr(transformers, model_cls)(getattr(transformers, config_cls)(**shapes))
+    model.save_pretrained(folder)
+    return folder
