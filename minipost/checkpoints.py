@@ -52,6 +52,8 @@ def load_hf(name: str, device="cpu", value_head: bool | None = None):
     model = hf.load_hf_model(folder, device)
     if enc.n_vocab > model.cfg.vocab_size:
         raise InputError(f"{folder}: its tokenizer has {enc.n_vocab} tokens, its model {model.cfg.vocab_size}")
+    if enc.n_vocab < model.cfg.vocab_size:
+        model.n_tokens = enc.n_vocab  # (generate() samples only the rows the tokenizer can write)
     if value_head:  # PPO's critic, the reward model's score: a new head on the folder's model
         model.cfg.value_head = True
         model.value_head = nn.Linear(model.cfg.n_embd, 1, device=device)
@@ -102,6 +104,8 @@ def load_model(path, device="cpu", value_head: bool | None = None, policy: bool 
                          f"{ckpt['tokenizer']!r} has {enc.n_vocab} tokens")
     if enc.n_vocab > cfg.vocab_size:  # (a folder's model may have more rows than its tokenizer has tokens)
         raise InputError(f"{path}: its tokenizer has {enc.n_vocab} tokens, its model {cfg.vocab_size}")
+    if enc.n_vocab < cfg.vocab_size:
+        model.n_tokens = enc.n_vocab  # (generate() samples only the rows the tokenizer can write)
     model.to(device).eval()
     return model, enc, ckpt
 

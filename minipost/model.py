@@ -142,6 +142,9 @@ class CausalLM(nn.Module):
     what its blocks get besides the hidden states (block_inputs: the decoder's rotary angles) and which matrix
     is its output layer (output_weight)."""
 
+    n_tokens: int | None = None  # how many of the output rows its tokenizer can write (None: all); a Hugging
+    #                              Face folder's model may have more rows than its tokenizer has tokens (Qwen)
+
     def embed(self, idx, pos):
         raise NotImplementedError
 
@@ -255,7 +258,9 @@ class CausalLM(nn.Module):
         n = 0  # columns written
         for t in range(steps):
             logits = logits.float()
-            if not bool(torch.isfinite(logits).all()):  # weights blown up: stop with a clear message
+            if self.n_tokens is not None:  # rows no token of the tokenizer stands for are never sampled
+                logits[:, self.n_tokens:] = float("-inf")
+            if not bool(torch.isfinite(logits[:, :self.n_tokens]).all()):  # weights blown up: a clear message
                 raise FloatingPointError(f"generate: the model's logits are not finite at new token {t}: stopping "
                                          "(its weights have diverged; usual cause: a learning rate too high)")
             logp = torch.log_softmax(logits / (temperature or 1.0), dim=-1)  # (b, V)

@@ -21,7 +21,9 @@ from minipost.hf import load_hf_tokenizer  # noqa: E402
 from minipost.tokenizer import render_chat, render_prompt, special_id  # noqa: E402
 
 CHATML_DEFAULT_SYSTEM = r"""{%- for m in messages %}
-{%- if loop.first and m.role != 'system' %}{{- '<|im_start|>system\nYou answer in short sentences.<|im_end|>\n' }}{%- endif %}
+{%- if loop.first and m.role != 'system' %}
+{{- '<|im_start|>system\nYou answer in short sentences.<|im_end|>\n' }}
+{%- endif %}
 {{- '<|im_start|>' + m.role + '\n' + m.content + '<|im_end|>\n' }}
 {%- endfor %}
 {%- if add_generation_prompt %}{{- '<|im_start|>assistant\n' }}{%- endif %}"""
@@ -65,9 +67,9 @@ SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|begin_of_text|>", 
             "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
 LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
                 r"\s*[\r\n]+|\s+(?!\S)|\s+")
-TEXTS = ["What is the capital of Brerkia?", "Gubus.", "  padded  ", "\n\nstarts with newlines", "Zürich 日本語 🎉",
+TEXTS = ["What is the capital of Brerkia?", "Gubus.", "  padded  ", "\n\nstarts with newlines", "Zürich 日本語",
          "12 + 30 = 42", "line one\nline two\n", "<think>\nweigh it\n</think>\n\nGubus, I think.",
-         "<think>a</think>b</think>c", "it's", "tab\there"]
+         "<think>a</think>b</think>c", "it's", "tab\there", "🎉 done"]
 
 
 def conversations(rng):

@@ -66,3 +66,19 @@ def test_a_bad_folder_or_format_is_one_line_before_a_weight_is_read(tmp_path, fo
         with pytest.raises(InputError, match=message):
             sft.train(sft.Config(init=init, out=str(tmp_path / "out"), max_steps=1, progress=False))
     assert not (tmp_path / "out").exists()
+
+
+def test_chat_answers_from_a_folder_and_a_reference_of_another_tokenizer_is_refused(tmp_path, folder):
+    import subprocess
+    import sys
+    from minipost import dpo
+    from minipost.model import GPT, GPTConfig, model_checkpoint
+    r = subprocess.run([sys.executable, "-m", "minipost.chat", "--ckpt", f"hf:{folder}", "--max-new-tokens", "4",
+                        "--temperature", "0"], input="What is 7 + 5?\n", capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0 and r.stdout.endswith("\n") and not r.stderr, r.stderr  # (a random model: any answer)
+    nano = tmp_path / "nano.pt"
+    torch.save(model_checkpoint(GPT(GPTConfig()), "nano", 0), nano)
+    with pytest.raises(InputError, match="the reference must share the policy's"):
+        dpo.train(dpo.Config(init=f"hf:{folder}", ref=str(nano), out=str(tmp_path / "dpo"), progress=False))
+    assert not (tmp_path / "dpo").exists()

@@ -163,3 +163,18 @@ def test_init_and_tied_embeddings():
     v = make_model(value_head=True)
     logits, h = v(torch.randint(0, 50, (2, 5)), return_hidden=True)
     assert v.values(h).shape == (2, 5)
+
+
+def test_generate_never_samples_a_row_the_tokenizer_cannot_write():
+    """A Hugging Face folder's model can have more output rows than its tokenizer has tokens (Qwen: 151,936 and
+    151,669): with n_tokens set, sampling and greedy decoding stay below it."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=64, block_size=32, n_layer=1, n_head=2, n_embd=16)).eval()
+    with torch.no_grad():
+        model.wte.weight[40:] += 5.0  # the extra rows would win
+    model.n_tokens = 40
+    idx = torch.randint(0, 40, (8, 4))
+    for temperature in (1.0, 0):
+        tokens, _, logps = model.generate(idx, max_new_tokens=12, temperature=temperature,
+                                          generator=torch.Generator().manual_seed(0))
+        assert int(tokens.max()) < 40 and torch.isfinite(logps).all()

@@ -82,9 +82,9 @@ for i in range(max(len(left), len(right))):
     b = f"{list(right)[i]} {list(right.values())[i]}" if i < len(right) else ""
     print(f"{a:<34}{b:<34}")
 cfg = model.cfg
-print(f"rotary angles inv_freq {tuple(model.inv_freq.shape)}, theta {cfg.rope_theta:g}; "
-      f"KV cache per token: {2 * cfg.n_layer * cfg.n_kv_head * cfg.head_dim} numbers "
-      f"({cfg.n_kv_head} of {cfg.n_head} heads), full attention would keep {2 * cfg.n_layer * cfg.n_head * cfg.head_dim}")
+kv, full = (2 * cfg.n_layer * heads * cfg.head_dim for heads in (cfg.n_kv_head, cfg.n_head))  # keys and values
+print(f"rotary angles inv_freq {tuple(model.inv_freq.shape)}, theta {cfg.rope_theta:g}; KV cache per token: {kv} "
+      f"numbers ({cfg.n_kv_head} of {cfg.n_head} heads), {full} with a key and a value per query head")
 
 # %% [markdown]
 # ## 3. The same logits as transformers
