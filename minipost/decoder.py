@@ -16,7 +16,7 @@ What each family differs in (the rest is the same code):
 
     family | q/k/v bias | RMSNorm on q and k | output layer        | rope
     llama  | no         | no                 | tied (Llama 3.2 1B, | theta 500000, llama3 scaling
-           |            |                    | SmolLM2) or own     | (SmolLM2: theta 10000, none)
+           |            |                    | SmolLM2) or own     | (SmolLM2: theta 100000, none)
     qwen2  | yes        | no                 | tied (0.5B) or own  | theta 1000000
     qwen3  | no         | yes (per head)     | tied (0.6B) or own  | theta 1000000
 
@@ -57,7 +57,7 @@ class DecoderConfig:
     rope_scaling: dict | None = None  # Llama 3: {"rope_type": "llama3", "factor", "low_freq_factor",
     #                                   "high_freq_factor", "original_max_position_embeddings"}
     qkv_bias: bool = False  # biases on the q, k and v projections (Qwen2)
-    o_bias: bool = False  # a bias on the output projection (a Llama config with attention_bias)
+    o_bias: bool = False  # a bias on the output projection (Llama or Qwen3 with attention_bias)
     qk_norm: bool = False
     tie_embeddings: bool = True
     value_head: bool = False
@@ -75,8 +75,8 @@ class DecoderConfig:
 
 def rope_frequencies(cfg: DecoderConfig) -> torch.Tensor:
     """The rotation speed of each channel pair, theta^(-2i/D) for i < D/2 -> (D/2,) float32, with Llama 3's
-    scaling: wavelengths longer than original_max / low_freq_factor slow down by `factor`, shorter than
-    original_max / high_freq_factor stay, and those between blend the two."""
+    scaling (Llama 3 report, arXiv:2407.21783): wavelengths longer than original_max / low_freq_factor slow down
+    by `factor`, shorter than original_max / high_freq_factor stay, and those between blend the two."""
     D = cfg.head_dim
     inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, D, 2, dtype=torch.int64).float() / D))  # (D/2,)
     scaling = cfg.rope_scaling or {}
@@ -84,11 +84,11 @@ def rope_frequencies(cfg: DecoderConfig) -> torch.Tensor:
     if kind == "llama3":
         factor, low, high = scaling["factor"], scaling["low_freq_factor"], scaling["high_freq_factor"]
         old_len = scaling["original_max_position_embeddings"]
-        wavelen = 2 * math.pi / inv_freq
-        scaled = torch.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
-        smooth = (old_len / wavelen - low) / (high - low)
-        blended = (1 - smooth) * scaled / factor + smooth * scaled
-        medium = (wavelen >= old_len / high) & (wavelen <= old_len / low)
+        wavelen = 2 * math.pi / inv_freq  # (D/2,) positions a pair takes to turn once
+        scaled = torch.where(wavelen > old_len / low, inv_freq / factor, inv_freq)  # (D/2,) the long ones slowed
+        smooth = (old_len / wavelen - low) / (high - low)  # (D/2,) 0 .. 1 between the two wavelengths
+        blended = (1 - smooth) * scaled / factor + smooth * scaled  # (D/2,)
+        medium = (wavelen >= old_len / high) & (wavelen <= old_len / low)  # (D/2,) the ones between
         inv_freq = torch.where(medium, blended, scaled)
     elif kind != "default":
         raise ValueError(f"rope_scaling type {kind!r}: only the default rotation and llama3's are supported")
@@ -97,20 +97,22 @@ def rope_frequencies(cfg: DecoderConfig) -> torch.Tensor:
 
 def rotate(x, cos, sin):
     """Rotate each channel pair (i, i + D/2) of x (B, H, T, D) by the angles whose cos and sin are (B, 1, T, D)."""
-    x1, x2 = x.chunk(2, dim=-1)
-    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+    x1, x2 = x.chunk(2, dim=-1)  # (B, H, T, D/2) each
+    return x * cos + torch.cat((-x2, x1), dim=-1) * sin  # (B, H, T, D): (x1 cos - x2 sin, x2 cos + x1 sin)
 
 
 class RMSNorm(nn.Module):
+    """x / sqrt(mean(x^2) + eps) * w over the last dim (Zhang & Sennrich 2019, arXiv:1910.07467)."""
+
     def __init__(self, dim: int, eps: float):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(dim))
         self.eps = eps
 
     def forward(self, x):
-        h = x.float()  # the statistic in float32 whatever x's dtype
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * h.to(x.dtype)
+        h = x.float()  # (..., C) the statistic in float32 whatever x's dtype
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)  # (..., C) / (..., 1)
+        return self.weight * h.to(x.dtype)  # (C,) * (..., C)
 
 
 class Attention(nn.Module):
@@ -122,7 +124,8 @@ class Attention(nn.Module):
         self.k = nn.Linear(cfg.n_embd, K * D, bias=cfg.qkv_bias)
         self.v = nn.Linear(cfg.n_embd, K * D, bias=cfg.qkv_bias)
         self.o = nn.Linear(H * D, cfg.n_embd, bias=cfg.o_bias)
-        self.q_norm = RMSNorm(D, cfg.norm_eps) if cfg.qk_norm else None  # Qwen3: each head's q and k normalised
+        self.q_norm = RMSNorm(D, cfg.norm_eps) if cfg.qk_norm else None  # Qwen3 (arXiv:2505.09388): each
+        # head's q and k normalised
         self.k_norm = RMSNorm(D, cfg.norm_eps) if cfg.qk_norm else None
 
     def forward(self, x, attn_mask, cache: KVCache | None, layer: int, rope):

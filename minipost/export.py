@@ -87,8 +87,6 @@ def hf_config(model, dtype: torch.dtype) -> tuple[str, dict]:
                   tie_word_embeddings=True)
         want = dataclasses.replace(cfg, value_head=False, dropout=0.0)  # (dropout: off in an exported model)
     else:
-        if family == "qwen3" and cfg.qkv_bias:  # transformers' Qwen3 puts attention_bias on the output too
-            raise InputError("a qwen3 decoder with q/k/v biases: Qwen3ForCausalLM would expect one on o as well")
         hf = dict(model_type=family, vocab_size=cfg.vocab_size, max_position_embeddings=cfg.block_size,
                   hidden_size=cfg.n_embd, intermediate_size=cfg.intermediate_size, num_hidden_layers=cfg.n_layer,
                   num_attention_heads=cfg.n_head, num_key_value_heads=cfg.n_kv_head, head_dim=cfg.head_dim,

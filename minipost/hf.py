@@ -123,7 +123,7 @@ def model_config(family: str, hf: dict, where: str) -> DecoderConfig | GPTConfig
             n_layer=size("num_hidden_layers"), n_head=n_head, n_kv_head=size("num_key_value_heads", n_head),
             n_embd=n_embd, head_dim=size("head_dim", n_embd // n_head), intermediate_size=size("intermediate_size"),
             norm_eps=positive("rms_norm_eps"), rope_theta=theta, rope_scaling=scaling,
-            qkv_bias=family == "qwen2" or bias, o_bias=family == "llama" and bias, qk_norm=family == "qwen3",
+            qkv_bias=family == "qwen2" or bias, o_bias=family != "qwen2" and bias, qk_norm=family == "qwen3",
             tie_embeddings=bool(hf.get("tie_word_embeddings", False)))
         rope_frequencies(cfg)  # an unsupported rope scaling is refused now
     except (ValueError, KeyError, TypeError) as e:
@@ -309,19 +309,29 @@ def byte_level_alphabet() -> dict[str, int]:
     return {**{chr(b): b for b in printable}, **{chr(256 + i): b for i, b in enumerate(others)}}
 
 
+# SmolLM2's pre-tokenizer, Digits (each digit a piece) then ByteLevel's regex in each piece, as one regex:
+# GPT-2's with a digit alone, and a whitespace run before a digit kept whole (it ended its piece)
+DIGITS_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+|\s+(?![^\s\p{N}])|\s+"""
+
+
 def split_pattern(pre: dict | None, where: str) -> str:
-    """The pre-tokenizer's split regex: ByteLevel's own (GPT-2), or a Split on a regex then ByteLevel without
-    its regex (Llama 3, Qwen2, SmolLM2)."""
+    """The pre-tokenizer's split regex: ByteLevel's own (GPT-2), Digits then ByteLevel's (SmolLM2), or a Split
+    on a regex then ByteLevel without its regex (Llama 3, Qwen2)."""
     steps = (pre or {}).get("pretokenizers") if (pre or {}).get("type") == "Sequence" else [pre or {}]
     kinds = [st.get("type") for st in steps]
-    if kinds == ["ByteLevel"] and steps[0].get("use_regex", True) and not steps[0].get("add_prefix_space"):
-        return GPT2_PATTERN
-    if kinds == ["Split", "ByteLevel"] and not steps[1].get("use_regex", True) and not steps[1].get("add_prefix_space"):
-        split = steps[0]
-        if split.get("behavior") == "Isolated" and not split.get("invert") and "Regex" in split.get("pattern", {}):
-            return split["pattern"]["Regex"]
+    if kinds and kinds[-1] == "ByteLevel" and not steps[-1].get("add_prefix_space"):
+        regex = steps[-1].get("use_regex", True)
+        if kinds == ["ByteLevel"] and regex:
+            return GPT2_PATTERN
+        if kinds == ["Digits", "ByteLevel"] and regex and steps[0].get("individual_digits"):
+            return DIGITS_PATTERN
+        if kinds == ["Split", "ByteLevel"] and not regex:
+            split = steps[0]
+            if split.get("behavior") == "Isolated" and not split.get("invert") and "Regex" in split.get("pattern", {}):
+                return split["pattern"]["Regex"]
     raise InputError(f"{where}: pre_tokenizer {kinds}: minipost reads byte-level BPE as GPT-2, Llama 3, Qwen2 and "
-                     "SmolLM2 write it (ByteLevel, or a regex Split then ByteLevel, no prefix space)")
+                     "SmolLM2 write it (ByteLevel; Digits then ByteLevel; or a regex Split then ByteLevel; no prefix "
+                     "space)")
 
 
 def load_hf_tokenizer(folder, chat_format: str | None = None) -> tiktoken.Encoding:
@@ -409,7 +419,7 @@ def read_chat_format(template: str | None) -> ChatFormat | None:
     if not template:
         return None
     if "<|im_start|>" in template:
-        default = re.search(r"<\|im_start\|>system\\n([^'\"{}]*?)<\|im_end\|>", template)  # a literal system turn
+        default = re.search(r"<\|im_start\|>system(?:\\n|\n)([^'\"{}]*?)<\|im_end\|>", template)  # a literal one
         return ChatFormat("chatml", default_system=default and default.group(1).replace("\\n", "\n"),
                           think="<think>" in template)
     if "<|start_header_id|>" in template:

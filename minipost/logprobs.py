@@ -97,6 +97,28 @@ def _scratch(x: torch.Tensor) -> torch.Tensor:
     return torch.empty((C, V), dtype=torch.float32, device=x.device)
 
 
+def _stats_(z: torch.Tensor, y: torch.Tensor, T: float):
+    """In place on z (C, V) float32 logits, targets y (C,) -> log-probs, row max m and log s, each (C,)."""
+    if T != 1.0:
+        z.div_(T)  # x / T, correctly rounded (as the reference is on the CPU; PyTorch on CUDA multiplies by
+        # 1/T instead, which may differ by an ulp)
+    m = z.amax(dim=-1)  # (C,)
+    z.sub_(m[:, None])  # (C, V) x/T - m <= 0: exp cannot overflow
+    zy = z.gather(1, y[:, None]).squeeze(1)  # (C,) x_y/T - m, taken before z is overwritten
+    logs = z.exp_().sum(dim=-1).log_()  # (C,) log sum exp(x/T - m), in [0, log V]
+    return zy - logs, m, logs  # (x_y/T - m) - log s
+
+
+def _grad_(z: torch.Tensor, y, m, logs, g: torch.Tensor, T: float) -> torch.Tensor:
+    """In place on z (C, V) float32 logits -> g/T * (onehot(y) - p), (C, V); g (C,) already divided by T."""
+    if T != 1.0:
+        z.div_(T)
+    # p = exp((x/T - m) - log s): the same rounding path as forward, so p matches its softmax
+    z.sub_(m[:, None]).sub_(logs[:, None]).exp_()  # (C, V) p
+    z.mul_(-g[:, None])  # (C, V) -g/T * p
+    return z.scatter_add_(1, y[:, None], g[:, None])  # + g/T at the target: g/T * (onehot - p)
+
+
 class _ChunkedLogprobs(torch.autograd.Function):
     """log softmax(x / T)[y] in chunks of rows; saves (m, log s) per row, recomputes softmax in backward."""
 
@@ -111,18 +133,8 @@ class _ChunkedLogprobs(torch.autograd.Function):
         scratch = _scratch(logits)  # (C, V) float32, the only big temporary, reused for every chunk
         for r0, xc in _chunks(logits):
             C = xc.shape[0]
-            yc = y[r0 : r0 + C, None]  # (C, 1)
             z = scratch[:C].copy_(xc)  # (C, V) float32 copy of the chunk
-            if temperature != 1.0:
-                z.div_(temperature)  # x / T, correctly rounded (as the reference is on the CPU; PyTorch on
-                # CUDA multiplies by 1/T instead, which may differ by an ulp)
-            m = z.amax(dim=-1)  # (C,)
-            z.sub_(m[:, None])  # (C, V) x/T - m <= 0: exp cannot overflow
-            zy = z.gather(1, yc).squeeze(1)  # (C,) x_y/T - m, taken before z is overwritten
-            logs = z.exp_().sum(dim=-1).log_()  # (C,) log sum exp(x/T - m), in [0, log V]
-            out[r0 : r0 + C] = zy - logs  # (x_y/T - m) - log s
-            row_max[r0 : r0 + C] = m
-            row_logs[r0 : r0 + C] = logs
+            out[r0 : r0 + C], row_max[r0 : r0 + C], row_logs[r0 : r0 + C] = _stats_(z, y[r0 : r0 + C], temperature)
         ctx.temperature = temperature
         ctx.save_for_backward(logits, y, row_max, row_logs)  # logits are saved by reference, no copy
         return out.view(targets.shape)
@@ -138,15 +150,9 @@ class _ChunkedLogprobs(torch.autograd.Function):
         scratch = _scratch(logits)
         for r0, xc in _chunks(logits):
             C = xc.shape[0]
-            z = scratch[:C].copy_(xc)  # (C, V) float32
-            if T != 1.0:
-                z.div_(T)
-            # p = exp((x/T - m) - log s): the same rounding path as forward, so p matches its softmax
-            z.sub_(row_max[r0 : r0 + C, None]).sub_(row_logs[r0 : r0 + C, None]).exp_()  # (C, V) p
-            gc = g[r0 : r0 + C, None]  # (C, 1)
-            z.mul_(-gc)  # (C, V) -g/T * p
-            z.scatter_add_(1, y[r0 : r0 + C, None], gc)  # + g/T at the target: g/T * (onehot - p)
-            grad_rows[r0 : r0 + C].copy_(z)  # cast to the logits' dtype while writing
+            rows = slice(r0, r0 + C)
+            z = _grad_(scratch[:C].copy_(xc), y[rows], row_max[rows], row_logs[rows], g[rows], T)  # (C, V)
+            grad_rows[rows].copy_(z)  # cast to the logits' dtype while writing
         return grad, None, None
 
 
@@ -221,6 +227,116 @@ def token_logprobs(
     from minipost.kernels.logprobs_triton import triton_token_logprobs
 
     return triton_token_logprobs(logits, targets, float(temperature))
+
+
+# ---------------------------------------------------------------------------------------------------
+# the output layer and the log-prob in one call: the logits never exist whole
+# ---------------------------------------------------------------------------------------------------
+# A chunk of C = max(1, LINEAR_CHUNK_ELEMENTS // V) tokens has its logits in memory at a time: 2**24 numbers,
+# 64 MiB in float32 (110 tokens at V = 151,936), enough rows that each chunk's matmuls run at full speed.
+LINEAR_CHUNK_ELEMENTS = 1 << 24
+
+
+class _LinearLogprobs(torch.autograd.Function):
+    """log softmax(h W^T / T)[y] for chunks of tokens: each chunk's logits (C, V) are made, reduced to three
+    floats per token (the log-prob, m and log s) and dropped; backward makes them again, chunk by chunk, and
+    turns g/T * (onehot - p) into the gradients of h (C, H) and of W (V, H), the latter summed over chunks."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, temperature, impl, with_entropy):
+        N, V = hidden.shape[0], weight.shape[0]
+        C = max(1, LINEAR_CHUNK_ELEMENTS // V)
+        out, row_max, row_logs = (torch.empty(N, dtype=torch.float32, device=hidden.device) for _ in range(3))
+        entropy = torch.empty_like(out) if with_entropy else None
+        for r0 in range(0, N, C):
+            rows = slice(r0, r0 + C)
+            x = hidden[rows] @ weight.T  # (C, V) this chunk's logits, in the weight's dtype
+            if impl == "triton":
+                from minipost.kernels.logprobs_triton import row_stats
+                out[rows], row_max[rows], row_logs[rows] = row_stats(x.view(1, *x.shape), targets[rows], temperature)
+                if with_entropy:  # (the softmax's sums once more, in PyTorch: a metric, not the hot path)
+                    z = x.float()
+                    logs = _stats_(z, targets[rows], temperature)[2]  # z: exp(x/T - m)
+            else:
+                z = x.float()  # (C, V) float32 (the same tensor when the weight is float32)
+                out[rows], row_max[rows], row_logs[rows] = _stats_(z, targets[rows], temperature)  # z: exp(x/T - m)
+                logs = row_logs[rows]
+            if with_entropy:  # H = -sum p log p = log s - sum e log e / s, e = exp(x/T - m), s = sum e
+                entropy[rows] = logs - torch.special.xlogy(z, z).sum(dim=-1) / logs.exp()
+        ctx.save_for_backward(hidden, weight, targets, row_max, row_logs)
+        ctx.temperature, ctx.impl, ctx.chunk = temperature, impl, C
+        if with_entropy:
+            ctx.mark_non_differentiable(entropy)
+            return out, entropy
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out, *_):
+        hidden, weight, targets, row_max, row_logs = ctx.saved_tensors
+        T, C = ctx.temperature, ctx.chunk
+        g = grad_out.float() / T  # (N,) the chain rule through x / T
+        grad_h = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None  # (N, H)
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) \
+            if ctx.needs_input_grad[1] else None  # (V, H) summed over the chunks in float32
+        for r0 in range(0, hidden.shape[0], C):
+            rows = slice(r0, r0 + C)
+            x = hidden[rows] @ weight.T  # (C, V) the chunk's logits once more
+            if ctx.impl == "triton":
+                from minipost.kernels.logprobs_triton import row_grad
+                dx = row_grad(x.view(1, *x.shape), targets[rows], row_max[rows], row_logs[rows],
+                              grad_out[rows].float().contiguous(), T).float()  # (C, V) (the kernel divides by T)
+            else:
+                dx = _grad_(x.float(), targets[rows], row_max[rows], row_logs[rows], g[rows], T)  # (C, V)
+            if grad_h is not None:
+                grad_h[rows] = dx.to(weight.dtype) @ weight  # (C, V) @ (V, H)
+            if grad_w is not None:
+                grad_w.addmm_(dx.T, hidden[rows].float())  # (V, C) @ (C, H)
+        return grad_h, None if grad_w is None else grad_w.to(weight.dtype), None, None, None, None
+
+
+def linear_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, *,
+                    temperature: float = 1.0, impl: str = "auto", entropy: bool = False):
+    """log softmax(hidden @ weight.T / temperature)[targets]: the output layer and the log-prob in one call,
+    its logits made and dropped a chunk of tokens at a time, in forward and in backward, so that they never
+    exist whole: at N = 8192 tokens and Qwen's V = 151,936 they would be 2.5 GB in bf16, 5 GB in float32.
+
+    Args:
+        hidden: (..., H) the final hidden states (after the last norm), float32 or bfloat16.
+        weight: (V, H) the output layer's weight (tied or not), the hidden states' dtype.
+        targets: (...) token ids in [0, V).
+        temperature: T > 0, as in token_logprobs.
+        impl: "reference" (the logits whole: token_logprobs's definition), "chunked" (PyTorch, CPU and MPS),
+            "triton" (each chunk's softmax in token_logprobs's kernels, CUDA) or "auto".
+        entropy: also return each token's entropy, -sum_v p log p (float32, no gradient: a metric).
+
+    Returns:
+        (...) float32 log-probs, differentiable with respect to hidden and weight (entropy: and (...) entropy).
+    """
+    if impl not in IMPLS:
+        raise ValueError(f"linear_logprobs: impl must be one of {IMPLS}, got {impl!r}")
+    if weight.dim() != 2 or hidden.shape[-1] != weight.shape[1] or tuple(hidden.shape[:-1]) != tuple(targets.shape):
+        raise ValueError(f"linear_logprobs: hidden {tuple(hidden.shape)}, weight {tuple(weight.shape)} and targets "
+                         f"{tuple(targets.shape)}: expected (..., H), (V, H) and (...)")
+    if not temperature > 0:
+        raise ValueError(f"linear_logprobs: temperature must be > 0, got {temperature}")
+    V, shape = weight.shape[0], targets.shape
+    targets = targets.reshape(-1).long()
+    if not hidden.is_cuda and targets.numel() and (targets.min() < 0 or targets.max() >= V):
+        raise ValueError(f"linear_logprobs: targets must lie in [0, {V}), got [{targets.min()}, {targets.max()}]")
+    if impl == "reference":
+        logits = hidden @ weight.T  # (..., V) whole
+        logp = _reference(logits, targets.view(shape), float(temperature))
+        if not entropy:
+            return logp
+        lsm = torch.log_softmax(logits.detach().float() / temperature, dim=-1)
+        return logp, -(lsm.exp() * lsm).sum(dim=-1)
+    if impl == "auto":
+        impl = "triton" if hidden.is_cuda and _triton_importable() else "chunked"
+    if impl == "triton" and not hidden.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+        raise RuntimeError("linear_logprobs(impl='triton') needs CUDA tensors (or TRITON_INTERPRET=1)")
+    got = _LinearLogprobs.apply(hidden.reshape(-1, hidden.shape[-1]), weight, targets, float(temperature), impl,
+                                entropy)
+    return (got[0].view(shape), got[1].view(shape)) if entropy else got.view(shape)
 
 
 def sequence_logprobs(logits: torch.Tensor, targets: torch.Tensor, *, ignore_index: int = -100,

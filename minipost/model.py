@@ -60,12 +60,13 @@ PRESETS = {
 class KVCache:
     """Keys and values of every layer for the tokens seen so far, plus which slots hold real (non-pad) tokens.
 
-    k, v: (L, B, H, S, D) preallocated; `length` slots are filled. `valid` (B, S) is False for padding slots.
+    k, v: (L, B, K, S, D) preallocated, K = cfg.kv_heads heads of keys and values (GPT: every query head's; the
+    decoder's grouped-query attention: fewer), D = cfg.head_dim; `length` slots are filled. `valid` (B, S) is False for padding slots.
     `next_pos` (B,) is the position id the next token of each row gets (padding does not count).
     """
 
     def __init__(self, cfg, batch_size: int, max_len: int, device, dtype):
-        shape = (cfg.n_layer, batch_size, cfg.kv_heads, max_len, cfg.head_dim)  # (L, B, H, S, D)
+        shape = (cfg.n_layer, batch_size, cfg.kv_heads, max_len, cfg.head_dim)  # (L, B, K, S, D)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.valid = torch.zeros(batch_size, max_len, dtype=torch.bool, device=device)

@@ -26,7 +26,7 @@ FAMILIES = {
         rope_scaling={"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                       "original_max_position_embeddings": 16})),  # 16 < 128 positions: the scaling acts
     "smollm2": ("LlamaForCausalLM", "LlamaConfig", dict(**SHAPES, num_attention_heads=6, num_key_value_heads=2,
-                                                        tie_word_embeddings=True, rope_theta=10000.0)),
+                                                        tie_word_embeddings=True, rope_theta=100000.0)),
     "gpt2": ("GPT2LMHeadModel", "GPT2Config", dict(vocab_size=V, n_embd=64, n_layer=2, n_head=4, n_positions=128,
                                                    initializer_range=0.2, bos_token_id=0, eos_token_id=0)),
 }
@@ -151,7 +151,8 @@ def test_a_folder_whose_weights_are_another_families_is_refused(tmp_path):
 # tokenizer.json -> tiktoken: trained here with the tokenizers library, as each family's folder writes it
 
 LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
-                r"\s*[\r\n]+|\s+(?!\S)|\s+")  # Llama 3's, Qwen2's and SmolLM2's split (Qwen2 and SmolLM2: \p{N})
+                r"\s*[\r\n]+|\s+(?!\S)|\s+")  # Llama 3's split: up to three digits a piece
+QWEN2_SPLIT = LLAMA3_SPLIT.replace(r"\p{N}{1,3}", r"\p{N}")  # Qwen2's: one digit a piece
 WORDS = ["the", "capital", "of", "Brerkia", "is", "Gubus", "Zürich", "naïve", "日本語", "🎉", "12345", "3.14", "don't",
          "WE'LL", "\n\n", "  ", "\t", "<|im_start|>", "<|endoftext|>", "x_y", "ÄÖÜ", "Ω", "\u00a0", "<tool_call>",
          "<think>"]
@@ -162,7 +163,7 @@ def mixed_text(rng) -> str:
     return "".join(rng.choice(WORDS) + rng.choice([" ", "", "\n", "  ", ",", ". ", "\t"]) for _ in range(rng.randint(1, 12)))
 
 
-@pytest.fixture(scope="module", params=["gpt2", "llama3", "qwen2"])
+@pytest.fixture(scope="module", params=["gpt2", "llama3", "qwen2", "smollm2"])
 def tokenizers_pair(request, tmp_path_factory):
     """(the tokenizers library's Tokenizer, minipost's Encoding of the tokenizer.json it saved)."""
     import random
@@ -172,8 +173,12 @@ def tokenizers_pair(request, tmp_path_factory):
     tok = Tokenizer(models.BPE())
     if request.param == "gpt2":
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    elif request.param == "smollm2":  # each digit a piece, then GPT-2's regex within each
+        tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                                     pre_tokenizers.ByteLevel(add_prefix_space=False)])
     else:
-        tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(LLAMA3_SPLIT), behavior="isolated"),
+        split = LLAMA3_SPLIT if request.param == "llama3" else QWEN2_SPLIT
+        tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(split), behavior="isolated"),
                                                      pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     if request.param == "qwen2":
         tok.normalizer = normalizers.NFC()

@@ -11,9 +11,9 @@
 # A real folder comes from a machine with network, e.g. `hf download Qwen/Qwen3-0.6B-Base --local-dir
 # models/Qwen3-0.6B-Base` (docs/memory.md lists each family's and what fits which GPU); point MINIPOST_HF at
 # it. Without one, the lesson writes a tiny random Qwen3 with transformers (no download): the same code, two
-# layers and 64 channels. A 0.6B model in float32 on a CPU needs about 10 GB of memory for the SFT step (weights,
-# gradients, AdamW's two moments) and takes a minute or so. Set MINIPOST_SMOKE=1 for the short version (the
-# test suite runs it that way).
+# layers and 64 channels. With a real folder, mind the memory: the SFT step keeps the weights, their gradients
+# and AdamW's two moments, 16 bytes a weight in float32 (9.5 GB at Qwen3-0.6B's 596M), and `train()` loads its
+# own copy for the check. Set MINIPOST_SMOKE=1 for the short version (the test suite runs it that way).
 
 # %%
 import os
@@ -27,7 +27,7 @@ from minipost.checkpoints import load_model
 from minipost.common import DATA_DIR, config_with_preset, read_jsonl, seed_everything
 from minipost.data import EpochBatches, collate, load_chats, num_targets, tokenize_chats
 from minipost.export import export
-from minipost.model import GPT, PRESETS as MODEL_PRESETS, GPTConfig
+from minipost.model import GPT, GPTConfig
 from minipost.optim import adamw, cosine_lr, set_lr
 from minipost.sft import PRESETS, Config, sft_loss, train
 from minipost.tokenizer import render_chat, special_id
@@ -73,10 +73,10 @@ print(f"{type(model).__name__} ({model.cfg.family}), {sum(p.numel() for p in mod
 # Qwen3 adds an RMSNorm on each head's queries and keys (q_norm, k_norm (D,)); Qwen2 biases on q, k and v.
 
 # %%
-gpt = GPT(GPTConfig(**MODEL_PRESETS["nano"]))
+gpt = GPT(GPTConfig(n_layer=1, n_head=model.cfg.n_head, n_embd=model.cfg.n_embd))  # GPT-2, as wide
 left = {n: tuple(p.shape) for n, p in gpt.blocks[0].named_parameters()}
 right = {n: tuple(p.shape) for n, p in model.blocks[0].named_parameters()}
-print(f"{'GPT-2 block (nano)':<34}{'decoder block (' + model.cfg.family + ')':<34}")
+print(f"{'GPT-2 block':<34}{'decoder block (' + model.cfg.family + ')':<34}")
 for i in range(max(len(left), len(right))):
     a = f"{list(left)[i]} {list(left.values())[i]}" if i < len(left) else ""
     b = f"{list(right)[i]} {list(right.values())[i]}" if i < len(right) else ""
@@ -96,9 +96,11 @@ ids = torch.tensor([render_chat(enc, chat)[0]])  # (1, T)
 if transformers is not None:
     theirs = transformers.AutoModelForCausalLM.from_pretrained(FOLDER, dtype=torch.float32).eval()
     with torch.no_grad():
-        diff = (model(ids) - theirs(ids).logits).abs().max().item()
-    print(f"{ids.shape[1]} tokens: largest |logit difference| {diff:.2e}")
+        ours = model(ids)  # (1, T, V)
+        diff = (ours - theirs(ids).logits).abs().max().item()
+    print(f"{ids.shape[1]} tokens, logits up to {ours.abs().max().item():.1f}: largest |difference| {diff:.2e}")
     assert diff < 1e-4, diff
+    del theirs  # (its memory back before the training step)
 
 # %% [markdown]
 # ## 4. The family's chat format, and the loss mask

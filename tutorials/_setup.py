@@ -176,13 +176,13 @@ def write_tokenizer(folder, vocab_size=700, template=CHATML):
 
 
 def tiny_hf_folder(folder, family="qwen3", template=CHATML, seed=0):
-    """A random model of `family`'s architecture (2 layers, 64 wide) with the tokenizer above, saved by
-    transformers' save_pretrained -> the folder."""
+    """A random model of `family`'s architecture (2 layers, 64 wide; weights 10x the usual init, so its logits
+    are far from uniform) with the tokenizer above, saved by transformers' save_pretrained -> the folder."""
     import transformers  # (a tutorial's helper, not minipost: minipost never imports it)
     folder.mkdir(parents=True, exist_ok=True)
     vocab = write_tokenizer(folder, template=template)
     shapes = dict(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                  num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True,
+                  num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True, initializer_range=0.2,
                   **({"head_dim": 32} if family == "qwen3" else {}))  # (Qwen3 sets it apart from 64 / 4 heads)
     config_cls, model_cls = {"qwen3": ("Qwen3Config", "Qwen3ForCausalLM"), "qwen2": ("Qwen2Config", "Qwen2ForCausalLM"),
                              "llama": ("LlamaConfig", "LlamaForCausalLM")}[family]

@@ -204,16 +204,21 @@ def _main(argv=None):
                     "forward/backward pass; inference: tokens in the KV cache (default: 4096 = 8 x 512)")
     ap.add_argument("--micro-batch", type=positive_int, default=8, help="GRPO: rows of one forward/backward pass")
     ap.add_argument("--gpus", default="8,12,16,24", help="card sizes in GB (default: 8,12,16,24)")
+    ap.add_argument("--weight-bytes", type=int, choices=[2, 4], default=2, help="bytes a weight: 2 (bf16, the "
+                    "default) or 4 (float32: what the commands load a Hugging Face folder in)")
     args = ap.parse_args(argv)
     if args.model != "all" and args.model not in SIZES:
         raise InputError(f"--model {args.model!r}: choose one of {', '.join(SIZES)}, or all")
     gpus, N, rollout = parse_gpus(args.gpus), args.tokens, (16 * 8, 128, 256)
-    columns = {"inference": dict(mode="inference", tokens=N),
-               "SFT": dict(mode="sft", tokens=N, fused_logprobs=True),
-               "LoRA r=16": dict(mode="lora", tokens=N, lora_rank=16, fused_logprobs=True),
-               "GRPO fused": dict(mode="grpo", rollout=rollout, micro_batch=args.micro_batch, fused_logprobs=True),
-               "GRPO plain": dict(mode="grpo", rollout=rollout, micro_batch=args.micro_batch)}
-    print(f"GiB of GPU memory by arithmetic on config.json shapes: bf16 weights, AdamW with two float32 moments, no\n"
+    b = args.weight_bytes
+    columns = {"inference": dict(mode="inference", tokens=N, dtype_bytes=b),
+               "SFT": dict(mode="sft", tokens=N, fused_logprobs=True, dtype_bytes=b),
+               "LoRA r=16": dict(mode="lora", tokens=N, lora_rank=16, fused_logprobs=True, dtype_bytes=b),
+               "GRPO fused": dict(mode="grpo", rollout=rollout, micro_batch=args.micro_batch, fused_logprobs=True,
+                                  dtype_bytes=b),
+               "GRPO plain": dict(mode="grpo", rollout=rollout, micro_batch=args.micro_batch, dtype_bytes=b)}
+    print(f"GiB of GPU memory by arithmetic on config.json shapes: {'bf16' if b == 2 else 'float32'} weights, AdamW "
+          f"with two float32 moments, no\n"
           f"float32 master copy, no activation checkpointing. inference: {N} tokens in the KV cache. SFT, LoRA:\n"
           f"{N} tokens a forward/backward pass, fused log-probs. GRPO: 16 prompts x 8 answers of 128 prompt + 256\n"
           f"new tokens, {args.micro_batch} rows a pass, fused or plain log-probs. After each total: the smallest "

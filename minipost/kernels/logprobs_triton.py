@@ -193,31 +193,53 @@ def _as_btv(x: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------------
 # autograd glue
 # ---------------------------------------------------------------------------------------------------
+def row_stats(x: torch.Tensor, y: torch.Tensor, temperature: float, cfg: LaunchConfig | None = None):
+    """Forward on x (B, T, V) (unit last stride), y (N = B*T,) int64 -> (log-probs, row max m, log s), each
+    (N,) float32: the online logsumexp over segments of every row, then their combination."""
+    B, T_rows, V = x.shape
+    N = B * T_rows
+    cfg = cfg or pick_config(V, x.element_size())
+    n_splits = triton.cdiv(V, cfg.block * cfg.tiles)
+    part_m = torch.empty((N, n_splits), dtype=torch.float32, device=x.device)  # (N, S)
+    part_s = torch.empty_like(part_m)
+    out = torch.empty(N, dtype=torch.float32, device=x.device)  # (N,)
+    row_max = torch.empty_like(out)
+    row_logs = torch.empty_like(out)
+    if N > 0:
+        _lse_partial_kernel[(N, n_splits)](
+            x, part_m, part_s, T_rows, x.stride(0), x.stride(1), V, n_splits, LOG2E / temperature,
+            BLOCK=cfg.block, TILES=cfg.tiles, num_warps=cfg.num_warps,
+        )
+        _lse_combine_kernel[(triton.cdiv(N, cfg.block_rows),)](
+            x, y, part_m, part_s, out, row_max, row_logs, N, T_rows, x.stride(0), x.stride(1),
+            n_splits, temperature, LOG2E / temperature, BLOCK_R=cfg.block_rows, SPLITS=triton.next_power_of_2(n_splits),
+            SCALE=temperature != 1.0, num_warps=4,
+        )
+    return out, row_max, row_logs
+
+
+def row_grad(x: torch.Tensor, y, row_max, row_logs, g: torch.Tensor, temperature: float,
+             cfg: LaunchConfig | None = None) -> torch.Tensor:
+    """Backward: g / T * (onehot(y) - p) for x (B, T, V), g (N,) float32 -> (N, V) in x's dtype, written once."""
+    B, T_rows, V = x.shape
+    N = B * T_rows
+    cfg = cfg or pick_config(V, x.element_size())
+    dx = torch.empty((N, V), dtype=x.dtype, device=x.device)  # the gradient buffer, written once
+    if N > 0:
+        _grad_kernel[(N, triton.cdiv(V, cfg.block * cfg.tiles))](
+            x, y, row_max, row_logs, g, dx, T_rows, x.stride(0), x.stride(1), V, temperature, LOG2E / temperature,
+            BLOCK=cfg.block, TILES=cfg.tiles, SCALE=temperature != 1.0, num_warps=cfg.num_warps,
+        )
+    return dx
+
+
 class _TritonLogprobs(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, targets, temperature, config):
-        V = logits.shape[-1]
         x = _as_btv(logits)  # (B, T, V) view
-        B, T_rows, _ = x.shape
-        N = B * T_rows
-        cfg = config or pick_config(V, logits.element_size())
-        n_splits = triton.cdiv(V, cfg.block * cfg.tiles)
+        cfg = config or pick_config(logits.shape[-1], logits.element_size())
         y = targets.reshape(-1).contiguous()  # (N,) int64
-        part_m = torch.empty((N, n_splits), dtype=torch.float32, device=logits.device)  # (N, S)
-        part_s = torch.empty_like(part_m)
-        out = torch.empty(N, dtype=torch.float32, device=logits.device)  # (N,)
-        row_max = torch.empty_like(out)
-        row_logs = torch.empty_like(out)
-        if N > 0:
-            _lse_partial_kernel[(N, n_splits)](
-                x, part_m, part_s, T_rows, x.stride(0), x.stride(1), V, n_splits, LOG2E / temperature,
-                BLOCK=cfg.block, TILES=cfg.tiles, num_warps=cfg.num_warps,
-            )
-            _lse_combine_kernel[(triton.cdiv(N, cfg.block_rows),)](
-                x, y, part_m, part_s, out, row_max, row_logs, N, T_rows, x.stride(0), x.stride(1),
-                n_splits, temperature, LOG2E / temperature, BLOCK_R=cfg.block_rows, SPLITS=triton.next_power_of_2(n_splits),
-                SCALE=temperature != 1.0, num_warps=4,
-            )
+        out, row_max, row_logs = row_stats(x, y, temperature, cfg)
         ctx.save_for_backward(x, y, row_max, row_logs)
         ctx.temperature, ctx.cfg, ctx.shape = temperature, cfg, logits.shape
         return out.view(targets.shape)
@@ -225,18 +247,8 @@ class _TritonLogprobs(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         x, y, row_max, row_logs = ctx.saved_tensors
-        cfg = ctx.cfg
-        B, T_rows, V = x.shape
-        N = B * T_rows
         g = grad_out.reshape(-1).float().contiguous()  # (N,); materialises expanded grads (O(N))
-        dx = torch.empty((N, V), dtype=x.dtype, device=x.device)  # the gradient buffer, written once
-        if N > 0:
-            _grad_kernel[(N, triton.cdiv(V, cfg.block * cfg.tiles))](
-                x, y, row_max, row_logs, g, dx, T_rows, x.stride(0), x.stride(1), V, ctx.temperature,
-                LOG2E / ctx.temperature,
-                BLOCK=cfg.block, TILES=cfg.tiles, SCALE=ctx.temperature != 1.0, num_warps=cfg.num_warps,
-            )
-        return dx.view(ctx.shape), None, None, None
+        return row_grad(x, y, row_max, row_logs, g, ctx.temperature, ctx.cfg).view(ctx.shape), None, None, None
 
 
 def triton_token_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0,
