@@ -52,7 +52,7 @@ def fit_history(enc, system: str | None, turns: list[dict], budget: int) -> tupl
 class Streamer:
     """Prints tokens as text the moment they are complete UTF-8 (a BPE token can hold half a character)."""
 
-    def __init__(self, enc, stop_id: int, out=sys.stdout):
+    def __init__(self, enc, stop_id: int | None, out=sys.stdout):
         self.enc, self.stop_id, self.out = enc, stop_id, out
         self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self.text = ""
@@ -77,12 +77,12 @@ class Streamer:
 @torch.no_grad()
 def answer(model, enc, ids: list[int], args, generator, out=sys.stdout) -> str:
     """Sample one answer to the prompt ids, streaming it to `out` -> its text."""
-    stop = special_id(enc, "<|end|>")
+    stop = None if args.raw else special_id(enc, "<|end|>")  # (raw: a base model writes until max_new_tokens)
     streamer = Streamer(enc, stop, out)
     device = model.wte.weight.device
     model.generate(torch.tensor([ids], device=device), max_new_tokens=args.max_new_tokens,
                    temperature=args.temperature, top_k=args.top_k or None, top_p=args.top_p,
-                   stop_token=None if args.raw else stop, pad_id=special_id(enc, "<|pad|>"),
+                   stop_token=stop, pad_id=special_id(enc, "<|pad|>"),
                    generator=generator, on_token=streamer)
     return streamer.finish()
 
@@ -180,6 +180,7 @@ def _main(argv=None):
         raise InputError(f"--max-new-tokens {args.max_new_tokens}: must be in 1 .. {model.cfg.block_size - 1} "
                          f"(the model's context is {model.cfg.block_size} tokens)")
     if not args.raw:  # the system prompt and the answer's room must leave room for a user message
+        special_id(enc, "<|end|>")  # a model without a chat format: one line saying so
         try:
             fit_history(enc, args.system, [{"role": "user", "content": "?"}], model.cfg.block_size - args.max_new_tokens)
         except InputError:

@@ -11,6 +11,7 @@ absolute path (with its #format): later stages, the card and chat read the token
 """
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -24,9 +25,24 @@ from minipost.model import GPT, GPTConfig
 HF = "hf:"
 
 
+def model_checkpoint(model, tokenizer_name: str, step: int, **extra) -> dict:
+    """The dict `model.pt` holds: weights, model config, tokenizer name, step (plus anything else given). A
+    tokenizer from a folder adds the digest of its files: a model.pt is not used with a tokenizer or chat
+    template other than the one it was trained with (load_model checks it)."""
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    if str(tokenizer_name).startswith(HF):
+        extra = {"tokenizer_digest": hf.tokenizer_digest(*split_hf(tokenizer_name)), **extra}
+    return {"model": state, "model_config": asdict(model.cfg), "tokenizer": tokenizer_name, "step": step, **extra}
+
+
 def split_hf(name: str) -> tuple[Path, str | None]:
-    """"hf:PATH#format" -> (the folder, the chat format chosen, or None for the folder's own)."""
-    folder, _, chosen = str(name)[len(HF):].partition("#")
+    """"hf:PATH#format" -> (the folder, the chat format chosen, or None for the folder's own). A folder whose
+    own name holds a "#" is read whole."""
+    folder, chosen = str(name)[len(HF):], None
+    if "#" in folder and not Path(folder).is_dir():
+        folder, _, chosen = folder.rpartition("#")
+    if not folder:
+        raise InputError(f"{name}: no folder after hf: (hf:PATH, or hf:PATH#chatml)")
     return Path(folder), chosen or None
 
 
@@ -47,13 +63,19 @@ def load_hf(name: str, device="cpu", value_head: bool | None = None):
     """hf:PATH -> (the folder's model in float32, its tokenizer, a checkpoint dict naming the tokenizer)."""
     folder, chosen = split_hf(name)
     spec = HF + str(folder.resolve()) + (f"#{chosen}" if chosen else "")
-    hf.read_config(folder)  # no folder, or no model minipost loads: one line, before the tokenizer
+    family, config = hf.read_config(folder)  # no folder, or no model minipost loads: one line, before the tokenizer
+    rows = hf.model_config(family, config, str(folder / "config.json")).vocab_size
     enc = load_tokenizer(spec)  # (a bad tokenizer or format is refused before a weight is read)
+    if enc.n_vocab > rows:
+        raise InputError(f"{folder / 'tokenizer.json'}: {enc.n_vocab} tokens, more than config.json's vocab_size "
+                         f"{rows}")
     model = hf.load_hf_model(folder, device)
-    if enc.n_vocab > model.cfg.vocab_size:
-        raise InputError(f"{folder}: its tokenizer has {enc.n_vocab} tokens, its model {model.cfg.vocab_size}")
-    if enc.n_vocab < model.cfg.vocab_size:
-        model.n_tokens = enc.n_vocab  # (generate() samples only the rows the tokenizer can write)
+    bad = next(non_finite(model.state_dict()), None)
+    if bad is not None:
+        raise InputError(f"{folder}: tensor {hf.hf_names(family, model.cfg).get(bad, bad)!r} is not finite (NaN or "
+                         "inf): not a usable starting point")
+    if enc.n_vocab < rows:
+        model.n_tokens = enc.n_vocab  # (the logits are the tokens' only: minipost/model.py)
     if value_head:  # PPO's critic, the reward model's score: a new head on the folder's model
         model.cfg.value_head = True
         model.value_head = nn.Linear(model.cfg.n_embd, 1, device=device)
@@ -99,13 +121,17 @@ def load_model(path, device="cpu", value_head: bool | None = None, policy: bool 
         enc = load_tokenizer(ckpt["tokenizer"])
     except (InputError, ValueError, KeyError, TypeError) as e:
         raise InputError(f"{path}: its tokenizer {ckpt['tokenizer']!r} is not one minipost knows ({e})") from None
+    if "tokenizer_digest" in ckpt and ckpt["tokenizer_digest"] != hf.tokenizer_digest(*split_hf(ckpt["tokenizer"])):
+        raise InputError(f"{path}: its tokenizer's folder {ckpt['tokenizer']} has changed since the model was trained "
+                         "(tokenizer.json, tokenizer_config.json or chat_template.jinja): the same text would be other "
+                         "token ids or another chat format")
     if enc.n_vocab != cfg.vocab_size and not str(ckpt["tokenizer"]).startswith(HF):
         raise InputError(f"{path}: the model has {cfg.vocab_size} token embeddings but its tokenizer "
                          f"{ckpt['tokenizer']!r} has {enc.n_vocab} tokens")
     if enc.n_vocab > cfg.vocab_size:  # (a folder's model may have more rows than its tokenizer has tokens)
         raise InputError(f"{path}: its tokenizer has {enc.n_vocab} tokens, its model {cfg.vocab_size}")
     if enc.n_vocab < cfg.vocab_size:
-        model.n_tokens = enc.n_vocab  # (generate() samples only the rows the tokenizer can write)
+        model.n_tokens = enc.n_vocab  # (the logits are the tokens' only: minipost/model.py)
     model.to(device).eval()
     return model, enc, ckpt
 

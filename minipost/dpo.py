@@ -62,8 +62,7 @@ from minipost.harness import Run, RunConfig, main
 from minipost.heldout import pair_logps, preference_accuracy, write_samples
 from minipost.logprobs import sequence_logprobs
 from minipost.lora import LoRAConfig, add_lora_from_flags, merge_lora, trainable, training_bytes
-from minipost.model import model_checkpoint
-from minipost.checkpoints import load_policy_and_reference
+from minipost.checkpoints import load_policy_and_reference, model_checkpoint
 from minipost.optim import adamw, cosine_lr, set_lr
 from minipost.tokenizer import special_id
 from minipost.world import build as build_world

@@ -18,6 +18,7 @@ once, tensor by tensor, straight into the dtype asked for.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import mmap
@@ -126,6 +127,8 @@ def model_config(family: str, hf: dict, where: str) -> DecoderConfig | GPTConfig
             qkv_bias=family == "qwen2" or bias, o_bias=family != "qwen2" and bias, qk_norm=family == "qwen3",
             tie_embeddings=bool(hf.get("tie_word_embeddings", False)))
         rope_frequencies(cfg)  # an unsupported rope scaling is refused now
+    except InputError:
+        raise
     except (ValueError, KeyError, TypeError) as e:
         raise InputError(f"{where}: {e}") from None
     return cfg
@@ -206,8 +209,10 @@ def read_header(path: Path) -> dict:
         data = path.stat().st_size - 8 - size  # bytes of tensor data after the header
         spans = sorted(tuple(info["data_offsets"]) for info in header.values())
         tiled = all(a[1] == b[0] for a, b in zip(spans, spans[1:])) and (not spans or spans[0][0] == 0)
-        if not tiled or (spans and spans[-1][1] > data):
+        if not tiled:
             raise ValueError("the tensors' byte ranges overlap or leave gaps (each tensor its own bytes, in a row)")
+        if spans and spans[-1][1] > data:
+            raise ValueError(f"truncated: its header places {spans[-1][1]} bytes of tensors, the file holds {data}")
         for name, info in header.items():
             shape, (start, end) = info["shape"], info["data_offsets"]
             if not all(isinstance(n, int) and n >= 0 for n in (*shape, start, end)) or info["dtype"] not in BYTES:
@@ -344,10 +349,17 @@ def load_hf_tokenizer(folder, chat_format: str | None = None) -> tiktoken.Encodi
     try:
         tok = json.loads(path.read_text(encoding="utf-8"))
         model, added = tok["model"], tok.get("added_tokens") or []
+        if not isinstance(model, dict) or not isinstance(model.get("vocab"), dict) or not isinstance(added, list):
+            raise TypeError("model, model.vocab and added_tokens are not the objects and list they should be")
+        ids = [*model["vocab"].values(), *(t.get("id") if isinstance(t, dict) else None for t in added)]
+        if not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < MAX_SIZE for i in ids) or \
+                not all(isinstance(t.get("content"), str) for t in added) or \
+                not all(isinstance(t, str) for t in model["vocab"]):
+            raise TypeError("a token that is not text, or an id that is not a whole number in 0 .. 2^24")
     except FileNotFoundError:
         raise InputError(f"{path}: no such file (a Hugging Face model folder holds one)") from None
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise InputError(f"{path}: not a tokenizer.json ({e})") from None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
+        raise InputError(f"{path}: not a tokenizer.json ({type(e).__name__}: {str(e)[:100]})") from None
     if model.get("type") != "BPE" or model.get("byte_fallback") or tok.get("normalizer") not in (None, {"type": "NFC"}):
         raise InputError(f"{path}: model {model.get('type')!r} with normalizer {tok.get('normalizer')!r}: minipost "
                          "reads byte-level BPE (GPT-2, Llama 3, Qwen2, SmolLM2)")
@@ -373,8 +385,18 @@ def load_hf_tokenizer(folder, chat_format: str | None = None) -> tiktoken.Encodi
     missing = [b for b in range(256) if bytes([b]) not in ranks]
     if missing:
         raise InputError(f"{path}: no token for the byte {missing[0]:#04x}; byte-level BPE has one for each byte")
-    enc = tiktoken.Encoding(name=f"hf:{Path(folder).name}", pat_str=pattern, mergeable_ranks=ranks,
-                            special_tokens=specials)
+    clash = sorted(set(specials.values()) & set(ranks.values()))
+    every = sorted({*ranks.values(), *specials.values()})
+    if clash or every != list(range(len(every))):  # ids 0 .. n-1, each one token's: generate() samples them all
+        gap = clash[0] if clash else next(i for i, j in enumerate(every) if i != j)
+        raise InputError(f"{path}: token id {gap} is " + ("two tokens'" if clash else "no token's") +
+                         "; minipost reads a vocabulary whose ids run 0 .. n-1, each one token's")
+    digest = tokenizer_digest(folder, chat_format)[:12]  # (two folders' tokenizers share a name only if equal)
+    try:
+        enc = tiktoken.Encoding(name=f"hf:{Path(folder).name}:{digest}", pat_str=pattern, mergeable_ranks=ranks,
+                                special_tokens=specials)
+    except (ValueError, OverflowError) as e:  # a split regex tiktoken's engine cannot read
+        raise InputError(f"{path}: tiktoken cannot use it ({type(e).__name__}: {str(e)[:100]})") from None
     enc.normalize_nfc = tok.get("normalizer") == {"type": "NFC"}  # (Qwen2's; tokenizer.encode_text applies it)
     # added tokens that are not special (Qwen's <think>, <tool_call>) are words of their own, matched in the
     # text before BPE, where their spelling stands (tokenizer.encode_text splits on them)
@@ -387,6 +409,18 @@ def load_hf_tokenizer(folder, chat_format: str | None = None) -> tiktoken.Encodi
     enc.hf_folder = Path(folder).resolve()
     set_chat_format(enc, Path(folder), chat_format)
     return enc
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
+
+
+def tokenizer_digest(folder, chat_format: str | None = None) -> str:
+    """sha256 of what a folder's tokenizer is made of: its files, and the chat format chosen for it."""
+    h = hashlib.sha256(f"{chat_format}".encode())
+    for name in TOKENIZER_FILES:
+        path = Path(folder) / name
+        h.update(name.encode() + b"\0" + (path.read_bytes() if path.is_file() else b"-") + b"\0")
+    return h.hexdigest()
 
 
 def read_tokenizer_config(folder: Path) -> tuple[dict, str | None]:

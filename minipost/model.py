@@ -22,7 +22,7 @@ S cache slots.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -143,8 +143,9 @@ class CausalLM(nn.Module):
     what its blocks get besides the hidden states (block_inputs: the decoder's rotary angles) and which matrix
     is its output layer (output_weight)."""
 
-    n_tokens: int | None = None  # how many of the output rows its tokenizer can write (None: all); a Hugging
-    #                              Face folder's model may have more rows than its tokenizer has tokens (Qwen)
+    n_tokens: int | None = None  # how many of the output rows are tokens (None: all). A Hugging Face folder's
+    #                              model may have more rows than its tokenizer has tokens (Qwen: 151,936 and
+    #                              151,669); the logits are then the tokens' only, in training and in sampling
 
     def embed(self, idx, pos):
         raise NotImplementedError
@@ -206,6 +207,8 @@ class CausalLM(nn.Module):
             cache.length += idx.shape[1]  # the T new slots are filled now
         h = self.ln_f(x)  # (B, T, C)
         w = self.output_weight()  # (V, C)
+        if self.n_tokens is not None:
+            w = w[:self.n_tokens]  # (V', C) the rows that are tokens
         if logits_to_keep is None:
             logits = h @ w.T  # (B, T, V)
         else:
@@ -259,9 +262,7 @@ class CausalLM(nn.Module):
         n = 0  # columns written
         for t in range(steps):
             logits = logits.float()
-            if self.n_tokens is not None:  # rows no token of the tokenizer stands for are never sampled
-                logits[:, self.n_tokens:] = float("-inf")
-            if not bool(torch.isfinite(logits[:, :self.n_tokens]).all()):  # weights blown up: a clear message
+            if not bool(torch.isfinite(logits).all()):  # weights blown up: stop with a clear message
                 raise FloatingPointError(f"generate: the model's logits are not finite at new token {t}: stopping "
                                          "(its weights have diverged; usual cause: a learning rate too high)")
             logp = torch.log_softmax(logits / (temperature or 1.0), dim=-1)  # (b, V)
@@ -354,9 +355,3 @@ def left_pad(seqs: list[list[int]], pad_id: int, device=None):
             ids[i, T - len(s):] = torch.tensor(s)
             mask[i, T - len(s):] = 1
     return ids.to(device), mask.to(device)
-
-
-def model_checkpoint(model: GPT, tokenizer_name: str, step: int, **extra) -> dict:
-    """The dict `model.pt` holds: weights, model config, tokenizer name, step (plus anything else given)."""
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    return {"model": state, "model_config": asdict(model.cfg), "tokenizer": tokenizer_name, "step": step, **extra}

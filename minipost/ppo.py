@@ -59,8 +59,7 @@ from minipost.data import per_domain
 from minipost.harness import Run, main
 from minipost.heldout import heldout_scores, write_samples
 from minipost.logprobs import masked_mean
-from minipost.model import model_checkpoint
-from minipost.checkpoints import load_model
+from minipost.checkpoints import load_model, model_checkpoint
 from minipost.optim import adamw, linear_decay_lr, set_lr
 from minipost.rewards import parse_reward, token_rewards, zero_spread
 from minipost.rl import (KL_LOSSES, add_info, check_kl_flags, explained_variance, kl_estimate, kl_loss_term,

@@ -35,8 +35,8 @@ from minipost.data import load_texts, pack, packed_batch, per_domain
 from minipost.harness import Run, RunConfig, main
 from minipost.heldout import heldout_loss, load_probes, write_samples
 from minipost.logprobs import token_logprobs
-from minipost.model import GPT, PRESETS as MODEL_PRESETS, GPTConfig, model_checkpoint
-from minipost.checkpoints import check_same_tokenizer, load_model
+from minipost.model import GPT, PRESETS as MODEL_PRESETS, GPTConfig
+from minipost.checkpoints import check_same_tokenizer, load_model, model_checkpoint
 from minipost.optim import adamw, cosine_lr, set_lr
 from minipost.tokenizer import VOCAB_SIZES, get_tokenizer
 from minipost.world import build as build_world

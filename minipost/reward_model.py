@@ -54,8 +54,7 @@ import torch.nn.functional as F
 from minipost.common import DATA_DIR, InputError, field
 from minipost.data import EpochBatches, load_prefs, tokenize_pairs
 from minipost.harness import Run, RunConfig, main
-from minipost.model import model_checkpoint
-from minipost.checkpoints import load_init
+from minipost.checkpoints import load_init, model_checkpoint
 from minipost.optim import adamw, cosine_lr, set_lr
 from minipost.rewards import KIND, pair_rewards, reward_scores, sequence_batch
 from minipost.tokenizer import special_id

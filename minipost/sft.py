@@ -48,8 +48,7 @@ from minipost.harness import Run, RunConfig, main
 from minipost.heldout import heldout_loss, write_samples
 from minipost.logprobs import token_logprobs
 from minipost.lora import LoRAConfig, add_lora_from_flags, merge_lora, trainable, training_bytes
-from minipost.model import model_checkpoint
-from minipost.checkpoints import load_init
+from minipost.checkpoints import load_init, model_checkpoint
 from minipost.optim import adamw, cosine_lr, set_lr
 from minipost.tokenizer import special_id
 from minipost.world import build as build_world

@@ -11,7 +11,8 @@ import torch
 
 from minipost import chat
 from minipost.common import InputError, save_checkpoint
-from minipost.model import GPT, GPTConfig, model_checkpoint
+from minipost.model import GPT, GPTConfig
+from minipost.checkpoints import model_checkpoint
 from minipost.tokenizer import build_encoding, get_tokenizer, render_chat, special_id
 
 BYTES = build_encoding("bytes", {bytes([i]): i for i in range(256)})  # one token per byte

@@ -16,8 +16,8 @@ from minipost.data import pair_batch, tokenize_pairs
 from minipost.harness import read_metrics
 from minipost.heldout import pair_logps, preference_accuracy
 from minipost.logprobs import sequence_logprobs
-from minipost.model import GPT, GPTConfig, model_checkpoint
-from minipost.checkpoints import load_model
+from minipost.model import GPT, GPTConfig
+from minipost.checkpoints import load_model, model_checkpoint
 
 ENC = tokenizer.build_encoding("bytes", {bytes([i]): i for i in range(256)})  # byte-level, no trained file
 PAD = tokenizer.special_id(ENC, "<|pad|>")

@@ -8,7 +8,8 @@ import torch
 
 from minipost.card import (COLUMN_ORDER, binomial_ci, card, evaluate_checkpoint, evaluate_items, mcnemar_p,
                             paired_difference, report_table, write_report)
-from minipost.model import GPT, GPTConfig, model_checkpoint
+from minipost.model import GPT, GPTConfig
+from minipost.checkpoints import model_checkpoint
 from minipost.common import save_checkpoint
 from minipost.tokenizer import get_tokenizer
 

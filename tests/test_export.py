@@ -10,12 +10,12 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from minipost.checkpoints import load_model  # noqa: E402
+from minipost.checkpoints import load_model, model_checkpoint  # noqa: E402
 from minipost.common import InputError  # noqa: E402
 from minipost.decoder import Decoder, DecoderConfig  # noqa: E402
 from minipost.export import chat_template_jinja, export, main  # noqa: E402
 from minipost.hf import load_hf_model, load_hf_tokenizer  # noqa: E402
-from minipost.model import GPT, GPTConfig, model_checkpoint  # noqa: E402
+from minipost.model import GPT, GPTConfig  # noqa: E402
 from minipost.tokenizer import SPECIAL_TOKENS, encode_text, get_tokenizer, render_chat  # noqa: E402
 
 V = 300

@@ -72,7 +72,8 @@ def test_chat_answers_from_a_folder_and_a_reference_of_another_tokenizer_is_refu
     import subprocess
     import sys
     from minipost import dpo
-    from minipost.model import GPT, GPTConfig, model_checkpoint
+    from minipost.model import GPT, GPTConfig
+    from minipost.checkpoints import model_checkpoint
     r = subprocess.run([sys.executable, "-m", "minipost.chat", "--ckpt", f"hf:{folder}", "--max-new-tokens", "4",
                         "--temperature", "0"], input="What is 7 + 5?\n", capture_output=True, text=True,
                        timeout=120)
@@ -82,3 +83,66 @@ def test_chat_answers_from_a_folder_and_a_reference_of_another_tokenizer_is_refu
     with pytest.raises(InputError, match="the reference must share the policy's"):
         dpo.train(dpo.Config(init=f"hf:{folder}", ref=str(nano), out=str(tmp_path / "dpo"), progress=False))
     assert not (tmp_path / "dpo").exists()
+
+
+def variant(folder, tmp_path, name, rows=0, nan=False):
+    """A copy of the folder, its model given `rows` more output rows than the tokenizer has tokens, or a NaN."""
+    import json
+    import shutil
+    from safetensors.torch import load_file, save_file
+    out = tmp_path / name
+    shutil.copytree(folder, out)
+    weights = load_file(out / "model.safetensors")
+    emb = weights["model.embed_tokens.weight"]
+    weights["model.embed_tokens.weight"] = torch.cat([emb, torch.randn(rows, emb.shape[1]) * 5])
+    if nan:
+        weights["model.norm.weight"][0] = float("nan")
+    save_file(weights, out / "model.safetensors", metadata={"format": "pt"})
+    config = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps({**config, "vocab_size": config["vocab_size"] + rows}))
+    return out
+
+
+def test_rows_beyond_the_tokenizer_are_no_logits_and_nan_weights_are_refused(tmp_path, folder):
+    model, enc, _ = load_model(f"hf:{variant(folder, tmp_path, 'more_rows', rows=300)}")
+    ids = torch.tensor([enc.encode("What is 2 + 2?")])
+    assert model.cfg.vocab_size == enc.n_vocab + 300 and model(ids).shape[-1] == enc.n_vocab
+    with pytest.raises(InputError, match="tensor 'model.norm.weight' is not finite"):
+        sft.train(sft.Config(init=f"hf:{variant(folder, tmp_path, 'nan', nan=True)}", out=str(tmp_path / "o"),
+                             max_steps=1, progress=False))
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_model_is_not_used_with_a_changed_tokenizer_nor_compared_with_another_of_the_same_name(tmp_path, folder):
+    import shutil
+    from minipost.checkpoints import check_same_tokenizer
+    copy = tmp_path / "a" / "qwen3"
+    shutil.copytree(folder, copy)
+    sft.train(sft.Config(init=f"hf:{copy}", out=str(tmp_path / "run"), max_steps=1, batch_size=2, eval_every=0,
+                         eval_windows=1, progress=False))
+    load_model(tmp_path / "run" / "model.pt")
+    config = copy / "tokenizer_config.json"
+    config.write_text(config.read_text().replace("<|endoftext|>", "<|im_end|>"))  # another pad token
+    with pytest.raises(InputError, match="has changed since the model was trained"):
+        load_model(tmp_path / "run" / "model.pt")
+    _, ours, _ = load_model(f"hf:{folder}")
+    _, theirs, _ = load_model(f"hf:{copy}")  # the same folder name, another tokenizer_config.json
+    with pytest.raises(InputError, match="the reference must share the policy's"):
+        check_same_tokenizer(ours, theirs, "a", "b")
+
+
+def test_a_tokenizer_json_of_the_wrong_types_or_with_a_gap_in_its_ids_is_one_line(tmp_path, folder):
+    import json
+    import shutil
+    saved = json.loads((folder / "tokenizer.json").read_text())
+    shutil.copytree(folder, tmp_path / "t")
+    for change, message in [({"model": "BPE"}, "not a tokenizer.json"),
+                            ({"added_tokens": [1, 2]}, "not a tokenizer.json"),
+                            ({"added_tokens": [{"id": -5, "content": "<x>", "special": True}]}, "not a tokenizer.json"),
+                            ({"added_tokens": saved["added_tokens"] + [{"id": 5000, "content": "<x>", "special": True}]},
+                             "token id 700 is no token's"),
+                            ({"added_tokens": [{"id": 300, "content": "<x>", "special": True}]},
+                             "token id 300 is two tokens'")]:
+        (tmp_path / "t" / "tokenizer.json").write_text(json.dumps({**saved, **change}))
+        with pytest.raises(InputError, match=message):
+            hf.load_hf_tokenizer(tmp_path / "t")

@@ -269,7 +269,8 @@ def test_the_lab_refuses_a_reward_model_or_a_too_long_prompt_before_any_work(tmp
     import torch
     from minipost import lab as lab_cmd
     from minipost.common import save_checkpoint
-    from minipost.model import GPT, GPTConfig, PRESETS, model_checkpoint
+    from minipost.model import GPT, GPTConfig, PRESETS
+    from minipost.checkpoints import model_checkpoint
     from minipost.tokenizer import get_tokenizer
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=get_tokenizer("nano").n_vocab, **PRESETS["nano"]))
@@ -293,7 +294,8 @@ def _fake_pipeline(folder, seed: int):
     import torch
     from minipost.common import save_checkpoint
     from minipost.card import write_report
-    from minipost.model import GPT, GPTConfig, PRESETS, model_checkpoint
+    from minipost.model import GPT, GPTConfig, PRESETS
+    from minipost.checkpoints import model_checkpoint
     from minipost.tokenizer import get_tokenizer
     torch.manual_seed(seed)
     model = GPT(GPTConfig(vocab_size=get_tokenizer("nano").n_vocab, **PRESETS["nano"]))

@@ -165,9 +165,11 @@ def test_init_and_tied_embeddings():
     assert v.values(h).shape == (2, 5)
 
 
-def test_generate_never_samples_a_row_the_tokenizer_cannot_write():
+def test_rows_that_are_no_token_are_left_out_of_the_logits():
     """A Hugging Face folder's model can have more output rows than its tokenizer has tokens (Qwen: 151,936 and
-    151,669): with n_tokens set, sampling and greedy decoding stay below it."""
+    151,669): with n_tokens set, the logits are the tokens' only, so sampling never draws another row, and the
+    log-probs a sampler records are the ones a training forward pass computes."""
+    from minipost.logprobs import token_logprobs
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=64, block_size=32, n_layer=1, n_head=2, n_embd=16)).eval()
     with torch.no_grad():
@@ -178,3 +180,7 @@ def test_generate_never_samples_a_row_the_tokenizer_cannot_write():
         tokens, _, logps = model.generate(idx, max_new_tokens=12, temperature=temperature,
                                           generator=torch.Generator().manual_seed(0))
         assert int(tokens.max()) < 40 and torch.isfinite(logps).all()
+    with torch.no_grad():
+        full = torch.cat([idx, tokens], dim=1)
+        again = token_logprobs(model(full)[:, 3:-1], full[:, 4:])  # (8, 12) the training forward's
+    torch.testing.assert_close(again, logps, atol=1e-5, rtol=0)

@@ -15,8 +15,8 @@ import minipost.reward_model as rm
 import minipost.tokenizer as tokenizer
 from minipost.common import InputError, config_with_preset, save_checkpoint
 from minipost.harness import read_metrics
-from minipost.model import GPT, GPTConfig, model_checkpoint
-from minipost.checkpoints import load_model
+from minipost.model import GPT, GPTConfig
+from minipost.checkpoints import load_model, model_checkpoint
 from minipost.rewards import KIND, RewardModel
 
 ENC = tokenizer.build_encoding("bytes", {bytes([i]): i for i in range(256)})  # byte-level, no trained file

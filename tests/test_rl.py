@@ -234,7 +234,7 @@ def tiny_setup(tmp_path, monkeypatch):
 
     import minipost.tokenizer as tokenizer
     from minipost.common import save_checkpoint
-    from minipost.model import model_checkpoint
+    from minipost.checkpoints import model_checkpoint
 
     enc = tokenizer.build_encoding("bytes", {bytes([i]): i for i in range(256)})
     monkeypatch.setattr(tokenizer, "get_tokenizer", lambda name, *a, **k: enc)
@@ -422,7 +422,7 @@ def test_rl_trains_on_a_reward_model_named_on_the_command_line(objective, tiny_s
 
     import minipost.tokenizer as tokenizer
     from minipost.common import save_checkpoint
-    from minipost.model import model_checkpoint
+    from minipost.checkpoints import model_checkpoint
     from minipost.rewards import KIND
 
     torch.manual_seed(1)

@@ -14,8 +14,8 @@ import minipost.tokenizer as tokenizer
 from minipost.common import DATA_DIR, InputError, config_with_preset, load_checkpoint, save_checkpoint
 from minipost.data import IGNORE, collate, pack_examples, per_domain
 from minipost.harness import read_metrics
-from minipost.model import GPT, GPTConfig, model_checkpoint
-from minipost.checkpoints import load_model
+from minipost.model import GPT, GPTConfig
+from minipost.checkpoints import load_model, model_checkpoint
 
 # A byte-level tokenizer (no merges): 256 byte tokens + the specials. Needs no trained file.
 ENC = tokenizer.build_encoding("bytes", {bytes([i]): i for i in range(256)})

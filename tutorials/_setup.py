@@ -42,7 +42,8 @@ def start_checkpoint(out: Path, candidates=RL_STARTS) -> str:
         raise SystemExit(f"none of {list(candidates)} exists: run `python -m minipost.pipeline --stages "
                          "pretrain,sft,dpo` first, or set MINIPOST_INIT=path/to/model.pt")
     from minipost.common import save_checkpoint
-    from minipost.model import GPT, GPTConfig, PRESETS as MODEL_PRESETS, model_checkpoint
+    from minipost.model import GPT, GPTConfig, PRESETS as MODEL_PRESETS
+    from minipost.checkpoints import model_checkpoint
     from minipost.tokenizer import get_tokenizer
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=get_tokenizer("nano").n_vocab, **MODEL_PRESETS["nano"]))

@@ -18,7 +18,7 @@ def _main(argv=None):
     ap = ArgumentParser(prog="python -m minipost.card", description="Evaluate checkpoints and print the report card.")
     ap.add_argument("--ckpt", action="append", help="checkpoint path (repeat for several rows)")
     ap.add_argument("--from-json", default=None, help="re-render a saved report.json instead of evaluating")
-    ap.add_argument("--name", action="append", help="row names, in --ckpt order (default: the folder names)")
+    ap.add_argument("--name", action="append", help="row names, in --ckpt order (default: the folder names: of a model.pt, of an hf:PATH)")
     ap.add_argument("--ref", default=None, help="reference checkpoint for preference accuracy (e.g. the SFT model)")
     ap.add_argument("--out", default="runs/report", help="folder for report.md, report.json, report.png")
     ap.add_argument("--vs", default=None, help="row every other row's arrows compare with (default: the row above)")
@@ -46,7 +46,7 @@ def _main(argv=None):
     if not args.ckpt:
         ap.error("give --ckpt (one or more) or --from-json")
     device = pick_device(args.device)
-    names = args.name or [Path(c).parent.name for c in args.ckpt]
+    names = args.name or [Path(c[3:]).name if c.startswith("hf:") else Path(c).parent.name for c in args.ckpt]
     if args.vs and args.vs not in names:
         ap.error(f"--vs {args.vs!r} is not a row name; the rows are {names}")
     if len(set(names)) < len(names):
