@@ -35,6 +35,10 @@ Memory, for N = 8192 tokens and V = 151936 (a Qwen-sized vocabulary), bf16 logit
                 which autograd needs anyway) plus the same 4 MB chunk.
     triton      like chunked, without the chunk: 64 KB of row statistics plus the gradient itself.
 
+`linear_logprobs(hidden, weight, targets)` goes one step further: it takes the final hidden states and the
+output layer's weight, and makes the logits themselves a chunk of tokens at a time, so that they never exist
+whole either (the section at the end of this file).
+
 Shapes: legend used in comments below: N = number of rows (all leading dims flattened), V = vocabulary,
 C = rows in one chunk.
 """

@@ -6,6 +6,7 @@ same process (timings on shared CPUs vary 2x from day to day; a ratio in one run
     python -m minipost.bench.evals      the report card's evaluation at fewer and at all items
     python -m minipost.bench.hf_load    loading a Qwen3-0.6B-shaped Hugging Face folder, time and peak memory
     python -m minipost.bench.memory     each family's GPU memory for inference, SFT, LoRA, GRPO (arithmetic)
+    python -m minipost.bench.linear_logprobs  the output layer + log-prob: peak memory and time, three ways
 
 The log-prob kernels' benchmark sits with them: python -m minipost.kernels.bench.
 """
