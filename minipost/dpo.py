@@ -60,7 +60,6 @@ from minipost.common import DATA_DIR, InputError, autocast, check_config, field,
 from minipost.data import IGNORE, EpochBatches, load_prefs, num_targets, pair_batch, per_domain, tokenize_pairs
 from minipost.harness import Run, RunConfig, main
 from minipost.heldout import pair_logps, preference_accuracy, write_samples
-from minipost.logprobs import sequence_logprobs
 from minipost.lora import LoRAConfig, add_lora_from_flags, merge_lora, trainable, training_bytes
 from minipost.checkpoints import load_policy_and_reference, model_checkpoint
 from minipost.optim import adamw, cosine_lr, set_lr
@@ -102,8 +101,10 @@ class Config(LoRAConfig, RunConfig):
     eval_pairs: int = field(256, "held-out pairs per evaluation (0: none)", min=0)
     log_every: int = field(5, "steps between metrics.jsonl rows", min=1)
     save_every: int = field(50, "steps between OUT/state.pt saves (for --resume)", min=1)
-    logprobs_impl: str = field("auto", "token_logprobs implementation",
-                               choices=["auto", "reference", "chunked", "triton"])
+    logprobs_impl: str = field("auto", "log-probs: fused (the output layer and the log-prob in one, "
+                               "logits never whole), or the logits then token_logprobs: reference, chunked, triton; "
+                               "auto: fused from a vocabulary of 32768",
+                               choices=["auto", "fused", "reference", "chunked", "triton"])
 
     def __post_init__(self):
         check_config(self)
@@ -202,9 +203,10 @@ def train(cfg: Config) -> dict:
             x, y = (t.to(device) for t in pair_batch([pairs[i] for i in mb], pad_id))  # (2b, T), chosen rows first
             b = len(mb)
             weight = b / B  # the loss is a mean over the batch's pairs: this micro-batch's share
+            answer = y != IGNORE  # (2b, T) the response tokens
             with autocast(device):
-                logits = model(x)  # (2b, T, V)
-            logps = sequence_logprobs(logits, y, ignore_index=IGNORE, impl=cfg.logprobs_impl)  # (2b,)
+                logp = model.logprobs(x, y.masked_fill(~answer, 0), impl=cfg.logprobs_impl)  # (2b, T)
+            logps = (logp * answer).sum(dim=1)  # (2b,) log pi(response | prompt)
             losses, chosen_r, rejected_r = dpo_loss(
                 logps[:b], logps[b:], ref_chosen[mb].to(device), ref_rejected[mb].to(device),
                 beta=cfg.beta, loss_type=cfg.loss_type, label_smoothing=cfg.label_smoothing)  # (b,) each

@@ -14,8 +14,7 @@ from __future__ import annotations
 import torch
 
 from minipost.common import DATA_DIR, InputError, atomic_write_bytes, autocast, read_jsonl
-from minipost.data import load_prefs, load_texts, pack, packed_eval_batches, pair_batch
-from minipost.logprobs import sequence_logprobs, token_logprobs
+from minipost.data import IGNORE, load_prefs, load_texts, pack, packed_eval_batches, pair_batch
 from minipost.rollout import complete
 from minipost.tokenizer import encode_text, render_prompt, special_id
 from minipost.world import DOMAINS, PROBE_DOMAINS, SCORED_DOMAINS, check, check_probe, is_refusal
@@ -113,8 +112,8 @@ def heldout_losses(model, stream: torch.Tensor, *, windows: int = 64, block_size
     for x, y in packed_eval_batches(stream, batch_size, block_size):
         x, y = x.to(device), y.to(device)  # (B, T) each
         with autocast(device):
-            logits = model(x)  # (B, T, V)
-        losses.append(-token_logprobs(logits, y, impl=impl).double().mean(dim=1).cpu())  # (B,)
+            logp = model.logprobs(x, y, impl=impl)  # (B, T)
+        losses.append(-logp.double().mean(dim=1).cpu())  # (B,)
     model.train(was_training)
     return torch.cat(losses)
 
@@ -146,9 +145,11 @@ def pair_logps(model, pairs: list[tuple], pad_id: int, *, batch_size: int = 64, 
     chosen, rejected = [], []
     for s in range(0, len(pairs), batch_size):
         x, y = pair_batch(pairs[s:s + batch_size], pad_id)  # (2B, T) each, chosen rows first
+        x, y = x.to(device), y.to(device)
+        answer = y != IGNORE  # (2B, T) the response tokens
         with autocast(device):
-            logits = model(x.to(device))  # (2B, T, V)
-        lp = sequence_logprobs(logits, y.to(device), impl=impl).float().cpu()  # (2B,)
+            logp = model.logprobs(x, y.masked_fill(~answer, 0), impl=impl)  # (2B, T)
+        lp = (logp * answer).sum(dim=1).float().cpu()  # (2B,) log pi(response | prompt)
         chosen.append(lp[:len(lp) // 2])
         rejected.append(lp[len(lp) // 2:])
     return torch.cat(chosen), torch.cat(rejected)

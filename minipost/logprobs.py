@@ -247,14 +247,17 @@ class _LinearLogprobs(torch.autograd.Function):
     turns g/T * (onehot - p) into the gradients of h (C, H) and of W (V, H), the latter summed over chunks."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, temperature, impl, with_entropy):
+    def forward(ctx, hidden, weight, targets, temperature, impl, with_entropy, with_top1):
         N, V = hidden.shape[0], weight.shape[0]
         C = max(1, LINEAR_CHUNK_ELEMENTS // V)
         out, row_max, row_logs = (torch.empty(N, dtype=torch.float32, device=hidden.device) for _ in range(3))
         entropy = torch.empty_like(out) if with_entropy else None
+        top1 = torch.empty(N, dtype=torch.bool, device=hidden.device) if with_top1 else None
         for r0 in range(0, N, C):
             rows = slice(r0, r0 + C)
             x = hidden[rows] @ weight.T  # (C, V) this chunk's logits, in the weight's dtype
+            if with_top1:  # the target is the most likely token: greedy decoding would write it
+                top1[rows] = x.gather(1, targets[rows, None]).squeeze(1) == x.amax(dim=1)
             if impl == "triton":
                 from minipost.kernels.logprobs_triton import row_stats
                 out[rows], row_max[rows], row_logs[rows] = row_stats(x.view(1, *x.shape), targets[rows], temperature)
@@ -269,10 +272,9 @@ class _LinearLogprobs(torch.autograd.Function):
                 entropy[rows] = logs - torch.special.xlogy(z, z).sum(dim=-1) / logs.exp()
         ctx.save_for_backward(hidden, weight, targets, row_max, row_logs)
         ctx.temperature, ctx.impl, ctx.chunk = temperature, impl, C
-        if with_entropy:
-            ctx.mark_non_differentiable(entropy)
-            return out, entropy
-        return out
+        extras = [t for t in (entropy, top1) if t is not None]
+        ctx.mark_non_differentiable(*extras)
+        return (out, *extras) if extras else out
 
     @staticmethod
     def backward(ctx, grad_out, *_):
@@ -295,11 +297,11 @@ class _LinearLogprobs(torch.autograd.Function):
                 grad_h[rows] = dx.to(weight.dtype) @ weight  # (C, V) @ (V, H)
             if grad_w is not None:
                 grad_w.addmm_(dx.T, hidden[rows].float())  # (V, C) @ (C, H)
-        return grad_h, None if grad_w is None else grad_w.to(weight.dtype), None, None, None, None
+        return grad_h, None if grad_w is None else grad_w.to(weight.dtype), None, None, None, None, None
 
 
 def linear_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, *,
-                    temperature: float = 1.0, impl: str = "auto", entropy: bool = False):
+                    temperature: float = 1.0, impl: str = "auto", entropy: bool = False, top1: bool = False):
     """log softmax(hidden @ weight.T / temperature)[targets]: the output layer and the log-prob in one call,
     its logits made and dropped a chunk of tokens at a time, in forward and in backward, so that they never
     exist whole: at N = 8192 tokens and Qwen's V = 151,936 they would be 2.5 GB in bf16, 5 GB in float32.
@@ -312,9 +314,11 @@ def linear_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.T
         impl: "reference" (the logits whole: token_logprobs's definition), "chunked" (PyTorch, CPU and MPS),
             "triton" (each chunk's softmax in token_logprobs's kernels, CUDA) or "auto".
         entropy: also return each token's entropy, -sum_v p log p (float32, no gradient: a metric).
+        top1: also return whether each target is the most likely token ((...) bool: token accuracy).
 
     Returns:
-        (...) float32 log-probs, differentiable with respect to hidden and weight (entropy: and (...) entropy).
+        (...) float32 log-probs, differentiable with respect to hidden and weight; with entropy or top1, the
+        tuple (log-probs, entropy or None, top1 or None).
     """
     if impl not in IMPLS:
         raise ValueError(f"linear_logprobs: impl must be one of {IMPLS}, got {impl!r}")
@@ -330,17 +334,22 @@ def linear_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.T
     if impl == "reference":
         logits = hidden @ weight.T  # (..., V) whole
         logp = _reference(logits, targets.view(shape), float(temperature))
-        if not entropy:
+        if not (entropy or top1):
             return logp
         lsm = torch.log_softmax(logits.detach().float() / temperature, dim=-1)
-        return logp, -(lsm.exp() * lsm).sum(dim=-1)
+        return (logp, -(lsm.exp() * lsm).sum(dim=-1) if entropy else None,
+                logits.gather(-1, targets.view(*shape, 1)).squeeze(-1) == logits.amax(dim=-1) if top1 else None)
     if impl == "auto":
         impl = "triton" if hidden.is_cuda and _triton_importable() else "chunked"
     if impl == "triton" and not hidden.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
         raise RuntimeError("linear_logprobs(impl='triton') needs CUDA tensors (or TRITON_INTERPRET=1)")
     got = _LinearLogprobs.apply(hidden.reshape(-1, hidden.shape[-1]), weight, targets, float(temperature), impl,
-                                entropy)
-    return (got[0].view(shape), got[1].view(shape)) if entropy else got.view(shape)
+                                entropy, top1)
+    if not (entropy or top1):
+        return got.view(shape)
+    got = iter(got)
+    logp = next(got).view(shape)
+    return logp, next(got).view(shape) if entropy else None, next(got).view(shape) if top1 else None
 
 
 def sequence_logprobs(logits: torch.Tensor, targets: torch.Tensor, *, ignore_index: int = -100,

@@ -28,6 +28,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from minipost.logprobs import linear_logprobs, token_logprobs
+
+
+
+FUSED_VOCAB = 32768  # CausalLM.logprobs(impl="auto") fuses the output layer and the log-prob from this vocabulary
+#                     up; below it the logits are small, and the fused path's second matmul costs more than it saves
 
 
 @dataclass
@@ -214,6 +220,31 @@ class CausalLM(nn.Module):
         else:
             logits = h[:, h.shape[1] - logits_to_keep:] @ w.T if logits_to_keep else None  # (B, k, V)
         return (logits, h) if return_hidden else logits
+
+    def logprobs(self, idx, targets, attention_mask=None, *, temperature: float = 1.0, impl: str = "auto",
+                 return_hidden: bool = False, top1: bool = False):
+        """log pi(targets) at the last k = targets.shape[1] positions -> (B, k) float32: the output layer and the
+        log-prob in one step, all an objective that scores chosen tokens needs (SFT, DPO, the RL passes).
+
+        impl "fused", or "auto" at a vocabulary of FUSED_VOCAB or more: logprobs.linear_logprobs, the logits
+        made a chunk of tokens at a time and never whole. Otherwise the k positions' logits (logits_to_keep),
+        then token_logprobs(impl): "reference", "chunked", "triton", "auto" (the plain path). With
+        return_hidden, also the final hidden states (B, T, C); with top1, whether each target is the most
+        likely token (B, k) bool (token accuracy).
+        """
+        k = targets.shape[1]
+        fused = impl == "fused" or (impl == "auto" and self.cfg.vocab_size >= FUSED_VOCAB)
+        if fused:
+            _, h = self(idx, attention_mask, return_hidden=True, logits_to_keep=0)  # (B, T, C), no logits
+            w = self.output_weight()[:self.n_tokens]  # (V, C)
+            got = linear_logprobs(h[:, h.shape[1] - k:], w, targets, temperature=temperature, top1=top1)
+            logp, hits = (got[0], got[2]) if top1 else (got, None)  # (B, k)
+        else:
+            logits, h = self(idx, attention_mask, return_hidden=True, logits_to_keep=k)  # (B, k, V), (B, T, C)
+            logp = token_logprobs(logits, targets, temperature=temperature, impl=impl)  # (B, k)
+            hits = logits.argmax(dim=-1) == targets if top1 else None
+        extras = ([hits] if top1 else []) + ([h] if return_hidden else [])
+        return (logp, *extras) if extras else logp
 
     def values(self, hidden):
         """PPO critic: hidden (B, T, C) -> value estimates (B, T) in float32."""

@@ -37,7 +37,6 @@ from minipost import dist
 from minipost.common import DATA_DIR, InputError, field, read_jsonl
 from minipost.data import per_domain
 from minipost.harness import RunConfig
-from minipost.logprobs import token_logprobs
 from minipost.model import left_pad
 from minipost.checkpoints import load_model
 from minipost.rewards import check_reward_domains, parse_reward, score_rollout, zero_spread
@@ -63,8 +62,10 @@ class RolloutConfig(RunConfig):
     top_k: int = field(0, "sample from the k most likely tokens only (0: off)", min=0)
     top_p: float = field(1.0, "nucleus sampling mass (1: off)", gt=0, max=1)
     eval_limit: int = field(100, "held-out prompts per domain for the held-out evaluations (0: all)", min=0)
-    logprobs_impl: str = field("auto", "token_logprobs implementation",
-                               choices=["auto", "reference", "chunked", "triton"])
+    logprobs_impl: str = field("auto", "log-probs: fused (the output layer and the log-prob in one, "
+                               "logits never whole), or the logits then token_logprobs: reference, chunked, triton; "
+                               "auto: fused from a vocabulary of 32768",
+                               choices=["auto", "fused", "reference", "chunked", "triton"])
 
 
 @dataclass
@@ -194,9 +195,9 @@ def completion_logprobs(model, ro: Rollout, temperature: float = 1.0, impl: str 
     t = max(int(ro.completion_mask.sum(dim=1).max()), 1)  # completion columns in use (completions are right-padded)
     ids = torch.cat([ro.prompt_ids[:, -p:], ro.completion_ids[:, :t]], dim=1)[:, :-1]  # (N, p+t-1)
     attn = torch.cat([ro.prompt_mask[:, -p:], ro.completion_mask[:, :t]], dim=1)[:, :-1]  # (N, p+t-1)
-    logits, hidden = model(ids, attn, return_hidden=True, logits_to_keep=t)  # (N, t, V), (N, p+t-1, C)
-    hidden = hidden[:, p - 1:]  # (N, t, C): the last t columns, those that predict completion tokens
-    logps = token_logprobs(logits, ro.completion_ids[:, :t], temperature=temperature, impl=impl)  # (N, t)
+    logps, hidden = model.logprobs(ids, ro.completion_ids[:, :t], attn, temperature=temperature, impl=impl,
+                                   return_hidden=True)  # (N, t): the last t columns predict the completion
+    hidden = hidden[:, p - 1:]  # (N, t, C): those columns' final hidden states
     logps = F.pad(logps, (0, T - t)) * ro.completion_mask  # (N, T); padding contributes exactly 0
     return (logps, F.pad(hidden, (0, 0, 0, T - t))) if return_hidden else logps
 

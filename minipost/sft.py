@@ -46,7 +46,6 @@ from minipost.data import (IGNORE, EpochBatches, collate, load_chats, load_texts
                            packed_batch, per_domain, tokenize_chats)
 from minipost.harness import Run, RunConfig, main
 from minipost.heldout import heldout_loss, write_samples
-from minipost.logprobs import token_logprobs
 from minipost.lora import LoRAConfig, add_lora_from_flags, merge_lora, trainable, training_bytes
 from minipost.checkpoints import load_init, model_checkpoint
 from minipost.optim import adamw, cosine_lr, set_lr
@@ -83,8 +82,10 @@ class Config(LoRAConfig, RunConfig):
                               min=1)
     log_every: int = field(10, "steps between metrics.jsonl rows", min=1)
     save_every: int = field(100, "steps between OUT/state.pt saves (what --resume continues from)", min=1)
-    logprobs_impl: str = field("auto", "token_logprobs implementation",
-                               choices=["auto", "reference", "chunked", "triton"])
+    logprobs_impl: str = field("auto", "log-probs: fused (the output layer and the log-prob in one, "
+                               "logits never whole), or the logits then token_logprobs: reference, chunked, triton; "
+                               "auto: fused from a vocabulary of 32768",
+                               choices=["auto", "fused", "reference", "chunked", "triton"])
 
 
 PRESETS = {
@@ -93,26 +94,17 @@ PRESETS = {
 }
 
 
-def sft_loss(logits, targets, num_tokens=None, impl="auto"):
+def sft_loss(logp, targets, num_tokens=None):
     """Sum of -log pi(target) over the targets that count, divided by num_tokens.
 
-    logits (B, T, V), targets (B, T) with IGNORE (-100) where the loss mask is 0 -> scalar (float32).
-    num_tokens defaults to this batch's count of targets; pass the count of the whole optimizer step when
-    accumulating gradients, so every token weighs the same whichever micro-batch it is in.
+    logp (B, T) float32 log-probs of the targets (model.logprobs), targets (B, T) with IGNORE (-100) where the
+    loss mask is 0 -> scalar. num_tokens defaults to this batch's count of targets; pass the count of the whole
+    optimizer step when accumulating gradients, so every token weighs the same whichever micro-batch it is in.
     """
     mask = targets != IGNORE  # (B, T)
-    logp = token_logprobs(logits, targets.clamp(min=0), impl=impl)  # (B, T); IGNORE -> id 0, masked below
     if num_tokens is None:
         num_tokens = mask.sum()
     return -(logp * mask).sum() / num_tokens
-
-
-@torch.no_grad()
-def token_accuracy(logits, targets) -> tuple[int, int]:
-    """(correct, counted): greedy argmax == target over the targets that count. logits (B, T, V)."""
-    mask = targets != IGNORE  # (B, T)
-    correct = (logits.argmax(dim=-1) == targets) & mask
-    return int(correct.sum()), int(mask.sum())
 
 
 def train(cfg: Config) -> dict:
@@ -155,19 +147,19 @@ def train(cfg: Config) -> dict:
         for part in run.micro_batches(batch, cfg.micro_batch_size):  # this process's rows, a micro-batch at a time
             x, y = collate([rows[i] for i in part], pad_id)
             x, y = x.to(run.device), y.to(run.device)  # (b, T) each
-            with autocast(run.device):
-                logits = model(x)  # (b, T, V)
-            loss = sft_loss(logits, y, n_tok, cfg.logprobs_impl)  # this micro-batch's share of the step's mean
+            with autocast(run.device):  # log pi of every next token, and whether it is the model's first choice
+                logp, top1 = model.logprobs(x, y.clamp(min=0), impl=cfg.logprobs_impl, top1=True)  # (b, T) each
+            loss = sft_loss(logp, y, n_tok)  # this micro-batch's share of the step's mean
             run.check(loss, "loss")
             loss.backward()
             loss_sum += loss.item()
-            correct += token_accuracy(logits, y)[0]
+            correct += int((top1 & (y != IGNORE)).sum())  # token accuracy: greedy decoding writes the target
         ptx_loss = None
         if ptx_stream is not None:  # pretraining mix: a little next-token loss on the corpus (InstructGPT eq. 2)
             x, y = packed_batch(ptx_stream, cfg.ptx_batch_size, block_size, ptx_gen)  # (P, T) each
             x, y = x[mine_ptx], y[mine_ptx]  # this process's rows, its loss its share of the mean over all P
             with autocast(run.device):
-                loss = -token_logprobs(model(x.to(run.device)), y.to(run.device), impl=cfg.logprobs_impl).mean()
+                loss = -model.logprobs(x.to(run.device), y.to(run.device), impl=cfg.logprobs_impl).mean()
                 loss = loss * (len(x) / cfg.ptx_batch_size)
             run.check(loss, "ptx_loss")
             (cfg.ptx_coef * loss).backward()

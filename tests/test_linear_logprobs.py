@@ -46,12 +46,14 @@ def exact(hidden, weight, targets, upstream, T):
 
 def check(impl, N, H, V, dtype, T, seed, atol, rtol_grad):
     hidden, weight, targets, upstream = inputs(N, H, V, dtype, seed)
-    logp, entropy = linear_logprobs(hidden, weight, targets, temperature=T, impl=impl, entropy=True)
+    logp, entropy, top1 = linear_logprobs(hidden, weight, targets, temperature=T, impl=impl, entropy=True, top1=True)
     grad_h, grad_w = torch.autograd.grad((logp * upstream).sum(), (hidden, weight))
     want_logp, want_entropy, want_h, want_w = exact(hidden, weight, targets, upstream, T)
     assert logp.dtype == entropy.dtype == torch.float32 and grad_h.dtype == grad_w.dtype == dtype
     torch.testing.assert_close(logp.double(), want_logp, atol=atol, rtol=0)
     torch.testing.assert_close(entropy.double(), want_entropy, atol=atol, rtol=0)
+    logits = hidden.detach().double() @ weight.detach().double().T  # (N, V)
+    assert torch.equal(top1, logits.argmax(dim=1) == targets) or dtype != torch.float32  # (bf16: ties)
     for got, want in ((grad_h, want_h), (grad_w, want_w)):  # relative to the gradient's size
         assert (got.double() - want).norm() <= rtol_grad * want.norm(), (got.double() - want).norm() / want.norm()
 
@@ -108,3 +110,12 @@ def test_bad_arguments_are_refused():
         linear_logprobs(hidden, weight, targets, temperature=0)
     with pytest.raises(ValueError, match="impl"):
         linear_logprobs(hidden, weight, targets, impl="fast")
+
+
+@pytest.mark.parametrize("impl", ["reference"] + IMPLS)
+def test_top1_says_which_targets_greedy_decoding_would_write(impl):
+    hidden, weight, targets, _ = inputs(20, 16, 300, torch.float32, 8)
+    greedy = (hidden @ weight.T).argmax(dim=1)  # (N,)
+    targets = torch.where(torch.arange(20) % 2 == 0, greedy, (greedy + 1) % 300)  # every other row the argmax
+    _, _, top1 = linear_logprobs(hidden, weight, targets, impl=impl, top1=True)
+    assert top1.tolist() == [i % 2 == 0 for i in range(20)]

@@ -149,6 +149,8 @@ def test_first_update_has_ratio_one_and_zero_clip_fraction():
     mask = ro.completion_mask
     ratio = torch.exp(logps - ro.logprobs)[mask.bool()]
     torch.testing.assert_close(ratio, torch.ones_like(ratio), atol=2e-6, rtol=0)
+    fused = completion_logprobs(model, ro, temperature=0.9, impl="fused")  # the logits never whole: the same
+    torch.testing.assert_close(torch.exp(fused - ro.logprobs)[mask.bool()], torch.ones_like(ratio), atol=2e-6, rtol=0)
     _, info = ppo_policy_loss(logps, ro.logprobs, torch.randn(mask.shape), mask)
     assert info["clip_frac"].item() == 0.0 and abs(info["approx_kl"].item()) < 1e-10
     # at ratio 1 the clipped loss's gradient is the plain policy gradient (the clip is inactive)

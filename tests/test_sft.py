@@ -14,6 +14,7 @@ import minipost.tokenizer as tokenizer
 from minipost.common import DATA_DIR, InputError, config_with_preset, load_checkpoint, save_checkpoint
 from minipost.data import IGNORE, collate, pack_examples, per_domain
 from minipost.harness import read_metrics
+from minipost.logprobs import token_logprobs
 from minipost.model import GPT, GPTConfig
 from minipost.checkpoints import load_model, model_checkpoint
 
@@ -41,15 +42,39 @@ def chat(q, a):
     return [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
 
 
+def logprobs(logits, targets):
+    """log pi(target) at every position (IGNORE read as token 0, which the loss masks out): what
+    model.logprobs gives sft_loss."""
+    return token_logprobs(logits, targets.clamp(min=0), impl="reference")
+
+
 def test_sft_loss_matches_hand_computation():
     logits = torch.tensor([[[0.0, 0.0], [2.0, 0.0], [1.0, 0.0]]])  # (1, 3, 2)
     targets = torch.tensor([[IGNORE, 0, 1]])  # the first position is prompt: no loss
     # -log softmax([2, 0])[0] = log(1 + e^-2); -log softmax([1, 0])[1] = log(1 + e^1)
     expected = (math.log(1 + math.exp(-2)) + math.log(1 + math.exp(1))) / 2
-    assert sft.sft_loss(logits, targets).item() == pytest.approx(expected, rel=1e-6)
+    assert sft.sft_loss(logprobs(logits, targets), targets).item() == pytest.approx(expected, rel=1e-6)
     # with the step's token count given (here 4: another micro-batch holds 2 more), the sum is divided by 4
-    assert sft.sft_loss(logits, targets, num_tokens=4).item() == pytest.approx(expected / 2, rel=1e-6)
-    assert sft.token_accuracy(logits, targets) == (1, 2)  # argmax [2, 0] -> 0 right; argmax [1, 0] -> 0, wanted 1
+    assert sft.sft_loss(logprobs(logits, targets), targets, num_tokens=4).item() == pytest.approx(expected / 2,
+                                                                                                 rel=1e-6)
+
+
+def test_model_logprobs_and_top1_are_the_logits_and_the_fused_paths_alike():
+    """model.logprobs: the plain path (the logits, then token_logprobs) and the fused one (linear_logprobs) give
+    the same log-probs, gradients and token accuracy (top1: greedy decoding writes the target)."""
+    model = tiny_gpt()
+    x = torch.randint(0, ENC.n_vocab, (3, 12))
+    y = torch.randint(0, ENC.n_vocab, (3, 12))
+    y[:, ::2] = model(x).argmax(dim=-1)[:, ::2]  # every other target is the model's first choice
+    got = {}
+    for impl in ("reference", "fused"):
+        model.zero_grad()
+        logp, top1 = model.logprobs(x, y, impl=impl, top1=True)
+        logp.sum().backward()
+        got[impl] = logp, top1, torch.cat([p.grad.flatten() for p in model.parameters()])
+    torch.testing.assert_close(got["fused"][0], got["reference"][0], atol=1e-5, rtol=0)
+    assert torch.equal(got["fused"][1], got["reference"][1]) and got["fused"][1][:, ::2].all()
+    torch.testing.assert_close(got["fused"][2], got["reference"][2], atol=1e-5, rtol=1e-4)
 
 
 def test_targets_are_the_answer_and_its_end_token_only():
@@ -66,7 +91,7 @@ def test_prompt_tokens_get_no_gradient_signal():
     ids, mask = tokenizer.render_chat(ENC, chat("hi", "yo"))
     x, y = collate([(ids, mask)], PAD)
     logits = torch.randn(1, x.shape[1], ENC.n_vocab, requires_grad=True)
-    sft.sft_loss(logits, y).backward()
+    sft.sft_loss(logprobs(logits, y), y).backward()
     prompt_rows = (y[0] == IGNORE)
     assert prompt_rows.sum() > 0
     assert torch.all(logits.grad[0, prompt_rows] == 0)
@@ -86,9 +111,9 @@ def test_grad_accumulation_equals_one_big_batch():
         for b in micro_batches:
             x, y = collate(b, PAD)
             if weighting == "token":
-                loss = sft.sft_loss(model(x), y, n_tok, impl="reference")
+                loss = sft.sft_loss(logprobs(model(x), y), y, n_tok)
             else:
-                loss = sft.sft_loss(model(x), y, impl="reference") / len(micro_batches)
+                loss = sft.sft_loss(logprobs(model(x), y), y) / len(micro_batches)
             loss.backward()
         return torch.cat([p.grad.flatten() for p in model.parameters()])
 
@@ -115,7 +140,7 @@ def test_sft_teaches_the_model_to_stop():
     x, y = collate([(ids, mask)], PAD)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     for _ in range(60):
-        sft.sft_loss(model(x), y).backward()
+        sft.sft_loss(logprobs(model(x), y), y).backward()
         opt.step()
         opt.zero_grad()
     prompt = torch.tensor([tokenizer.render_prompt(ENC, "hi")])
@@ -278,3 +303,19 @@ def test_a_failed_start_leaves_the_earlier_run_untouched(world):
     with pytest.raises(InputError, match="no such checkpoint"):
         sft.train(small_cfg(world, "run", init=str(world / "missing.pt")))
     assert before == {f: (world.parent / "run" / f).read_bytes() for f in before}
+
+
+def test_the_fused_log_probs_train_as_the_plain_ones(world):
+    """--logprobs-impl fused (the output layer and the log-prob in one, logits never whole) against the plain
+    path: the same run, the same metrics and weights within float32 rounding."""
+    sft.train(small_cfg(world, "plain", max_steps=3, logprobs_impl="reference"))
+    sft.train(small_cfg(world, "fused", max_steps=3, logprobs_impl="fused"))
+    a, b = (load_checkpoint(world.parent / d / "model.pt")["model"] for d in ("plain", "fused"))
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], atol=1e-5, rtol=1e-4)
+    rows = list(zip(metrics(world.parent / "plain"), metrics(world.parent / "fused")))
+    assert sum("loss" in a for a, _ in rows) == 3
+    for row_a, row_b in rows:
+        assert row_a.keys() == row_b.keys() and row_a.get("token_acc") == row_b.get("token_acc")
+        for key in ("loss", "val_loss"):
+            assert row_a.get(key) == pytest.approx(row_b.get(key), rel=1e-5), key

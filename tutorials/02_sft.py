@@ -28,6 +28,7 @@ from minipost.common import DATA_DIR, config_with_preset, read_jsonl, seed_every
 from minipost.data import EpochBatches, collate, load_chats, num_targets, tokenize_chats
 from minipost.harness import read_metrics
 from minipost.heldout import chat_scores, probe_scores
+from minipost.logprobs import token_logprobs
 from minipost.checkpoints import load_model
 from minipost.optim import adamw, cosine_lr, set_lr
 from minipost.sft import PRESETS, Config, sft_loss, train
@@ -124,6 +125,8 @@ batches = EpochBatches(len(rows), one.batch_size, seed=one.seed + 1)
 # - the learning rate from the warmup (`cosine_lr`, set by `set_lr`);
 # - the batch: B rows, `n_tok` the number of answer tokens (targets) in all of them, and `collate` pads them into
 #   (B, T) tensors, y = -100 wherever the loss mask is 0;
+# - `token_logprobs`: log pi of each next token, from the logits (`train()` gets the same numbers from
+#   `model.logprobs(x, y)`, which at a real model's vocabulary never makes the logits whole: lesson 13);
 # - `sft_loss`: the sum of -log pi over the targets, divided by `n_tok` (with micro-batches, each one divides by
 #   the whole step's `n_tok`, so every token weighs the same);
 # - `run.optimizer_step`: clip the global gradient norm to `grad_clip`, then AdamW's update.
@@ -139,7 +142,8 @@ n_tok = sum(num_targets(rows[i]) for i in batch)  # answer tokens (targets) in t
 x, y = collate([rows[i] for i in batch], special_id(enc, "<|pad|>"))  # (B, T) each; y -100 off the answers
 model.train()
 logits = model(x)  # (B, T, V)
-loss = sft_loss(logits, y, n_tok)  # scalar: mean -log pi over the n_tok answer tokens
+logp = token_logprobs(logits, y.clamp(min=0))  # (B, T) log pi of each next token (-100 read as 0)
+loss = sft_loss(logp, y, n_tok)  # scalar: mean -log pi over the n_tok answer tokens (y -100: masked)
 loss.backward()  # .grad of every weight
 grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), one.grad_clip)  # the norm before clipping
 optimizer.step()

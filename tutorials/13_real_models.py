@@ -136,7 +136,8 @@ set_lr(optimizer, cosine_lr(0, lr=one.lr, warmup_steps=one.warmup_steps, max_ste
 n_tok = sum(num_targets(rows[i]) for i in batch)
 x, y = collate([rows[i] for i in batch], special_id(enc, "<|pad|>"))  # (B, T); y -100 off the answers
 model.train()
-loss = sft_loss(model(x), y, n_tok)  # mean -log pi over the answer tokens
+logp = model.logprobs(x, y.clamp(min=0))  # (B, T) log pi of each next token: logits, then the log-prob
+loss = sft_loss(logp, y, n_tok)  # mean -log pi over the answer tokens
 loss.backward()
 torch.nn.utils.clip_grad_norm_(model.parameters(), one.grad_clip)
 optimizer.step()
