@@ -1,15 +1,21 @@
 """minipost/bench/memory.py: parameter counts against the built models (and transformers'), the activation
-estimate against what autograd saves, one budget by hand, and the command line's one-line error."""
+estimate against what autograd saves, the three log-prob paths' formulas against the bytes their tensors take,
+one budget by hand, and the command line's one-line error."""
 import dataclasses
+import weakref
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
+from minipost import logprobs
 from minipost.bench import memory
-from minipost.bench.memory import GiB, SIZES, activation_bytes, budget, lora_params, num_params
+from minipost.bench.memory import GiB, SIZES, activation_bytes, budget, logit_bytes, lora_params, num_params
 from minipost.decoder import Decoder, DecoderConfig
+from minipost.logprobs import LINEAR_CHUNK_ELEMENTS, linear_logprobs, token_logprobs
 from minipost.lora import add_lora, trainable
-from minipost.model import GPT, GPTConfig
+from minipost.model import FUSED_VOCAB, GPT, GPTConfig
 
 
 def build(cfg):
@@ -114,31 +120,130 @@ def test_a_budget_by_hand():
     # weights = gradients = 1992 * 2 = 3984 bytes; AdamW 1992 * 8 = 15936
     # A = 2 ((4 + 2*2) 8 + 4) + 4*2*4*2 + 4*2 + 4*16*2 = 136 + 64 + 8 + 128 = 336; A_final = (4 + 4) 8 + 4 = 68
     # activations = 10 (2 * 336 + 68) = 7400; plain logits = 10 * 100 * (2 + 12) = 14000
-    parts = budget(cfg, mode="sft", tokens=10)
+    parts = budget(cfg, mode="sft", tokens=10, logprobs="plain")
     assert {k: v * GiB for k, v in parts.items() if v} == {"weights": 3984, "gradients": 3984, "adamw": 15936,
                                                           "activations": 7400, "logits": 14000, "total": 45304}
     # checkpointing keeps each block's input (2 * 8 * 2 = 32) and one block: 10 (32 + 336 + 68) = 4360
     assert budget(cfg, mode="sft", tokens=10, checkpointing=True)["activations"] * GiB == 4360
-    # fused: 10 * 100 * 2 * 2 = 4000 for the logits and their gradient, + one chunk of all 10 rows 10 * 100 * 4
-    assert budget(cfg, mode="sft", tokens=10, fused_logprobs=True)["logits"] * GiB == 8000
+    # chunked: 10 * 100 * 2 * 2 = 4000 for the logits and their gradient, + one chunk of all 10 rows 10 * 100 * 4
+    assert budget(cfg, mode="sft", tokens=10, logprobs="chunked")["logits"] * GiB == 8000
+    # fused (the default): 10 tokens are one chunk (R = 2^24 // 100), no previous chunk: 10 * 100 * (2*2 + 4)
+    # = 8000, + the float32 buffer of the output layer's gradient 100 * 8 * 4 = 3200
+    assert budget(cfg, mode="sft", tokens=10)["logits"] * GiB == 11200
     # inference with 10 cached tokens: weights 3984 + KV 10 * (2*2*1*4*2 = 32) = 320 + prefill 10 * 336 = 3360
     assert budget(cfg, mode="inference", tokens=10)["total"] * GiB == 3984 + 320 + 3360
-    # GRPO, 4 rows of 3 prompt + 5 new tokens, 2 rows a pass, fused: generation = KV 4*8*32 = 1024 + prefill
+    # GRPO, 4 rows of 3 prompt + 5 new tokens, 2 rows a pass, chunked: generation = KV 4*8*32 = 1024 + prefill
     # 4*3*336 + 4*100*16 = 10432; training = gradients 3984 + activations 2*8*740 = 11840 + logits 2*5*100*4
     # + 10*100*4 = 8000 -> 23824; total = weights 2 * 3984 + AdamW 15936 + max(11456, 23824) = 47728
-    grpo = budget(cfg, mode="grpo", rollout=(4, 3, 5), micro_batch=2, fused_logprobs=True)
+    grpo = budget(cfg, mode="grpo", rollout=(4, 3, 5), micro_batch=2, logprobs="chunked")
     assert grpo["total"] * GiB == 47728
-    # LoRA r 2: per layer 2 (2 (8 + 8) + 2 (8 + 4) + 3 (8 + 16)) = 256, two layers 512 trained
+    # fused: the logits 11200 as SFT's (10 answer tokens a pass) -> training 27024, total 7968 + 15936 + 27024
+    assert budget(cfg, mode="grpo", rollout=(4, 3, 5), micro_batch=2)["total"] * GiB == 50928
+    # LoRA r 2: per layer 2 (2 (8 + 8) + 2 (8 + 4) + 3 (8 + 16)) = 256, two layers 512 trained; the output layer
+    # is frozen, so the fused logits have no gradient buffer: 8000
     lora = budget(cfg, mode="lora", tokens=10, lora_rank=2)
     assert (lora["weights"] * GiB, lora["gradients"] * GiB, lora["adamw"] * GiB) == (2 * 2504, 1024, 4096)
+    assert lora["logits"] * GiB == 8000
+    with pytest.raises(ValueError, match="plain, chunked or fused"):
+        budget(cfg, mode="sft", tokens=10, logprobs="triton")
 
 
-def test_fused_logits_are_smaller_at_a_qwen_vocabulary():
+def test_fused_logits_are_smaller_than_chunked_and_chunked_than_plain_at_a_qwen_vocabulary():
     cfg = SIZES["Qwen3-0.6B"]
-    assert cfg.vocab_size == 151936
-    plain = budget(cfg, mode="sft", tokens=4096)["logits"]
-    fused = budget(cfg, mode="sft", tokens=4096, fused_logprobs=True)["logits"]
-    assert fused < plain / 3  # 4 bytes per logit against 14
+    assert cfg.vocab_size == 151936 >= FUSED_VOCAB  # CausalLM.logprobs(impl="auto") takes the fused path
+    plain, chunked, fused = (budget(cfg, mode="sft", tokens=4096, logprobs=p)["logits"]
+                             for p in ("plain", "chunked", "fused"))
+    assert fused < chunked < plain / 3  # 4 bytes per logit against 14; fused: nothing of size N V
+    assert budget(cfg, mode="sft", tokens=4096)["logits"] == fused  # the default
+
+
+def test_fused_formula_uses_the_chunk_the_code_makes():
+    """R = LINEAR_CHUNK_ELEMENTS // V tokens a chunk (110 at Qwen's V): 12 bytes a logit of one chunk (bf16 and
+    float32), + V C 4 for bf16 when the output layer trains; the same at 4096 tokens as at 8192."""
+    cfg = SIZES["Qwen3-0.6B"]
+    V, C = cfg.vocab_size, cfg.n_embd
+    R = LINEAR_CHUNK_ELEMENTS // V
+    assert R == 110
+    for tokens in (4096, 8192):
+        assert logit_bytes(cfg, tokens, 2, "fused") == R * V * 12 + V * C * 4  # SFT, GRPO's policy
+        assert logit_bytes(cfg, tokens, 2, "fused", output_trains=False) == R * V * 12  # LoRA
+        assert logit_bytes(cfg, tokens, 4, "fused") == R * V * 12  # float32: the buffer is the gradient itself
+    assert logit_bytes(cfg, R, 2, "fused", output_trains=False) == R * V * 8  # one chunk: no previous one
+    lora = budget(cfg, mode="lora", tokens=4096, lora_rank=16)["logits"] * GiB
+    assert lora == R * V * 12 and budget(cfg, mode="sft", tokens=4096)["logits"] * GiB == lora + V * C * 4
+
+
+class LiveBytes(TorchDispatchMode):
+    """The bytes of the tensor storages that torch's ops make while it is on (CPU): live now, and the most at once.
+    Storages of the tensors passed in, made before, do not count."""
+
+    def __init__(self, *before):
+        super().__init__()
+        self.live = self.peak = 0
+        self.known = {t.untyped_storage().data_ptr() for t in before}
+
+    def _free(self, ptr, nbytes):
+        self.live -= nbytes
+        self.known.discard(ptr)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in self.known:
+                storage = t.untyped_storage()
+                ptr, nbytes = storage.data_ptr(), storage.nbytes()
+                if ptr:
+                    self.known.add(ptr)
+                    self.live += nbytes
+                    weakref.finalize(storage, self._free, ptr, nbytes)
+        self.peak = max(self.peak, self.live)
+        return out
+
+
+def peak_logit_bytes(path, hidden, weight, targets, hold_logits=True) -> int:
+    """The most bytes alive at once over one forward and backward pass of the log-probs of `targets` along `path`,
+    above the inputs. hold_logits=False drops the logits after the forward pass, as CausalLM.logprobs does."""
+    with LiveBytes(hidden, weight, targets) as mem:
+        if path == "fused":  # its PyTorch path, the one the CPU runs
+            logp = linear_logprobs(hidden, weight, targets, impl="chunked")
+        else:
+            logits = hidden @ weight.T
+            logp = token_logprobs(logits, targets, impl="reference" if path == "plain" else "chunked")
+            if not hold_logits:
+                del logits
+        logp.sum().backward()
+        del logp
+    return mem.peak
+
+
+@pytest.mark.parametrize("path,dtype,trains", [("plain", torch.float32, False), ("plain", torch.bfloat16, False),
+                                               ("chunked", torch.float32, False), ("chunked", torch.bfloat16, False),
+                                               ("fused", torch.float32, True), ("fused", torch.bfloat16, True),
+                                               ("fused", torch.bfloat16, False)])
+def test_logit_formulas_are_what_the_code_allocates(path, dtype, trains, monkeypatch):
+    """logit_bytes against the bytes the tensors take, counted one by one on the CPU, chunks made small (16 tokens
+    for fused, 4 rows for chunked) so that there are several. fused runs its PyTorch path here, which makes no
+    kernel output: R V b less than the Triton path that budget counts; the hidden states' gradient (N C b) is
+    alive at its peak, and for float32 weights the buffer the weight's gradient is summed in, which is that
+    gradient (budget counts it in gradients). plain counts the logits as held by the caller; CausalLM.logprobs
+    drops them after the forward pass, N V b less."""
+    for module in (logprobs, memory):
+        monkeypatch.setattr(module, "LINEAR_CHUNK_ELEMENTS", 1 << 14)
+        monkeypatch.setattr(module, "CHUNK_ELEMENTS", 1 << 12)
+    N, C, V = 100, 32, 1000
+    torch.manual_seed(0)
+    hidden = torch.randn(N, C, dtype=dtype, requires_grad=True)
+    weight = (torch.randn(V, C) * 0.1).to(dtype).requires_grad_(trains)
+    targets = torch.randint(0, V, (N,))
+    b = torch.finfo(dtype).bits // 8
+    expected = logit_bytes(DecoderConfig(vocab_size=V, n_embd=C), N, b, path, output_trains=trains)
+    if path == "fused":
+        R = (1 << 14) // V
+        expected += -R * V * b + N * C * b + (V * C * 4 if trains and b == 4 else 0)
+    small = 32 * N  # a few floats a token: the upstream gradient, row statistics, the log-probs
+    assert 0 <= peak_logit_bytes(path, hidden, weight, targets) - expected <= small
+    if path == "plain":
+        assert 0 <= peak_logit_bytes(path, hidden, weight, targets, hold_logits=False) - (expected - N * V * b) <= small
 
 
 def test_cli_prints_every_model_and_a_bad_name_is_one_line(capsys):

@@ -31,11 +31,33 @@ vocabulary, r the LoRA rank; GiB = 2^30 bytes.
                  A_final = 2 C b + 8
       checkpointing (torch.utils.checkpoint around each block; minipost's blocks do not use it):
                  N (L C b + A + A_final)  each block's input, and the one block recomputed in backward
-    logits       N V (b + 12)        plain log-softmax (logprobs.py "reference"): at its peak in backward three
-                                     float32 N x V tensors (logprobs.py measured it) and the logits or their gradient
-                 N V 2 b + chunk     fused (logprobs.py "chunked" or "triton", minipost's default): the logits (the
-                                     model writes them all before the log-probs; the fused backward reads them) and
-                                     their gradient, plus one float32 chunk (logprobs.CHUNK_ELEMENTS: 4 MiB)
+    logits       three paths, budget(logprobs=...). N: the tokens scored, a row of V logits each. minipost takes
+                 "fused" from a vocabulary of model.FUSED_VOCAB (32768) up: every model in SIZES.
+      plain      N V (b + 12)        the logits whole, then logprobs.py's "reference" log-softmax: at its peak in
+                                     backward three float32 N x V tensors, and the logits if the caller still holds
+                                     them (CausalLM.logprobs drops them after the forward pass: N V 12)
+      chunked    N V 2 b + chunk     the logits whole (the model writes them all before the log-probs; the backward
+                                     reads them) and their gradient, then logprobs.py's "chunked" or "triton" path:
+                                     2 floats a row, plus one float32 chunk (logprobs.CHUNK_ELEMENTS: 4 MiB)
+      fused      R V (2 b + f + 4)   logprobs.linear_logprobs, through CausalLM.logprobs: the output layer and the
+                   + V C f           log-prob in one call, the logits made R = max(1, LINEAR_CHUNK_ELEMENTS // V)
+                                     tokens at a time (2^24 logits: R = 110 at V 151,936) and never N x V.
+                                     f = 4 for bf16 weights, 0 for float32 ones (.float() of a float32 tensor is
+                                     the tensor itself). The peak is in backward, in the Triton path (CUDA's
+                                     default), as the next chunk is made: its logits (b), the kernel's gradient of
+                                     them (b) and that gradient's float32 copy (f), while the previous chunk's
+                                     float32 gradient (4) is still referenced: 12 bytes a logit, bf16 or float32.
+                                     The PyTorch path (CPU, MPS) has no kernel output, R V (b + f + 4);
+                                     tests/test_memory.py checks that against the bytes its tensors take on the
+                                     CPU. One chunk (N <= R) has no previous one: N V (2 b + f).
+                                     V C f: the float32 buffer the output layer's gradient is summed in over the
+                                     chunks, counted when that layer trains (SFT, GRPO's policy; not LoRA, whose
+                                     output layer is frozen). For float32 weights the buffer is the gradient
+                                     itself, already in `gradients`; for bf16 it costs V C 4 more than the logits-
+                                     whole paths, whose matmul writes the gradient in bf16 directly, so in bf16 the
+                                     fused path takes less than "chunked" only when N V 4 > R V 12 + V C 4, about
+                                     N > C + 3 R (Qwen3-0.6B: N > 1354; Qwen3-1.7B: N > 2378).
+                 Left out in all three: the hidden states' gradient (N C b) and a few floats a token.
     kv_cache     N 2 L K D b         keys and values of every cached token (GPT-2: K = H, D = C / H)
     prefill      N_prompt A + rows V 16   the prompts through the blocks at once, one layer alive at a time (no
                                      autograd); sampling's float32 logits, log-probs, probabilities and their sum
@@ -43,7 +65,8 @@ vocabulary, r the LoRA rank; GiB = 2^30 bytes.
     inference  weights + kv_cache + prefill (N tokens prefilled into the cache: one prompt that long)
     sft        weights + gradients + adamw + activations + logits
     lora       sft with P_t the adapters: the frozen weights still carry gradients back to earlier adapters, so
-               the activations are SFT's (the adapters' r-wide products, 7 r b per layer and token, left out)
+               the activations are SFT's (the adapters' r-wide products, 7 r b per layer and token, left out), and
+               the logits too, less the fused path's weight-gradient buffer (the output layer is frozen)
     grpo       weights + adamw + the larger of two phases: generation (kv_cache + prefill of the rollout batch)
                and training (gradients + activations + logits of one micro-batch of rows, logits on the answer
                tokens only, as rollout.completion_logprobs asks). The cache is freed before the backward pass
@@ -58,11 +81,12 @@ import math
 
 from minipost.common import ArgumentParser, InputError, exit_on_input_error, positive_int
 from minipost.decoder import DecoderConfig
-from minipost.logprobs import CHUNK_ELEMENTS
+from minipost.logprobs import CHUNK_ELEMENTS, LINEAR_CHUNK_ELEMENTS
 from minipost.model import GPTConfig
 
 GiB = 2 ** 30
 HEADROOM = 0.10  # of each card, kept for the CUDA context and fragmentation
+LOGPROBS = ("plain", "chunked", "fused")  # the log-prob paths budget() counts (module docstring)
 
 
 def _decoder(family, V, C, F, L, H, K, D, tied, T):
@@ -132,22 +156,32 @@ def kv_bytes(cfg, b: int) -> int:
     return 2 * cfg.n_layer * cfg.kv_heads * cfg.head_dim * b
 
 
-def logit_bytes(cfg, tokens: int, b: int, fused: bool) -> int:
-    """Bytes of the logits' peak: plain, N V (b + 12); fused, N V 2 b and one float32 chunk of rows."""
+def logit_bytes(cfg, tokens: int, b: int, logprobs: str, output_trains: bool = True) -> int:
+    """Bytes of the logits' peak along one of the three paths (module docstring): "plain", N V (b + 12);
+    "chunked", N V 2 b and one float32 chunk of rows; "fused", R V (2 b + f + 4) and, when the output layer
+    trains, its float32 gradient buffer V C f."""
     V = cfg.vocab_size
-    if fused:  # the chunk as logprobs._scratch sizes it: CHUNK_ELEMENTS // V rows, at most N
+    if logprobs == "plain":
+        return tokens * V * (b + 12)
+    if logprobs == "chunked":  # the chunk as logprobs._scratch sizes it: CHUNK_ELEMENTS // V rows, at most N
         return tokens * V * 2 * b + min(max(1, CHUNK_ELEMENTS // V), tokens) * V * 4
-    return tokens * V * (b + 12)
+    R = max(1, LINEAR_CHUNK_ELEMENTS // V)  # tokens a chunk, as _LinearLogprobs makes them
+    f = 4 if b < 4 else 0  # a float32 copy; none when the weights are float32 already
+    previous = 4 if tokens > R else 0  # the previous chunk's float32 gradient, still referenced
+    return min(R, tokens) * V * (2 * b + f + previous) + (V * cfg.n_embd * f if output_trains else 0)
 
 
 def budget(cfg, *, mode: str, tokens: int = 0, dtype_bytes: int = 2, adam_bytes: int = 8, lora_rank: int = 0,
-           checkpointing: bool = False, fused_logprobs: bool = False, rollout=(128, 128, 256),
+           checkpointing: bool = False, logprobs: str = "fused", rollout=(128, 128, 256),
            micro_batch: int = 8) -> dict[str, float]:
     """GiB of each part and the total (module docstring). tokens: sft and lora, the tokens of one forward and
     backward pass; inference, the tokens in the KV cache. grpo reads rollout = (rows, prompt tokens, new
-    tokens) of one rollout batch and micro_batch, the rows of one forward and backward pass, instead."""
+    tokens) of one rollout batch and micro_batch, the rows of one forward and backward pass, instead.
+    logprobs: the training pass's log-prob path, "plain", "chunked" or "fused" (minipost's default)."""
     if mode not in ("inference", "sft", "lora", "grpo"):
         raise ValueError(f"mode {mode!r}: expected inference, sft, lora or grpo")
+    if logprobs not in LOGPROBS:
+        raise ValueError(f"logprobs {logprobs!r}: expected plain, chunked or fused")
     if mode != "grpo" and tokens < 1:
         raise ValueError(f"{mode} needs tokens >= 1")
     if (mode == "lora") != (lora_rank > 0):
@@ -171,7 +205,7 @@ def budget(cfg, *, mode: str, tokens: int = 0, dtype_bytes: int = 2, adam_bytes:
         part.update(weights=(2 * P if mode == "grpo" else P + (trained if mode == "lora" else 0)) * b,
                     gradients=trained * b, adamw=trained * adam_bytes,
                     activations=train_tokens * (kept + A_final),
-                    logits=logit_bytes(cfg, logit_tokens, b, fused_logprobs))
+                    logits=logit_bytes(cfg, logit_tokens, b, logprobs, output_trains=mode != "lora"))
         training = part["gradients"] + part["activations"] + part["logits"]
         total = part["weights"] + part["adamw"] + max(training, part["kv_cache"] + part["prefill"])
     return {**{k: v / GiB for k, v in part.items()}, "total": total / GiB}
@@ -211,19 +245,20 @@ def _main(argv=None):
         raise InputError(f"--model {args.model!r}: choose one of {', '.join(SIZES)}, or all")
     gpus, N, rollout = parse_gpus(args.gpus), args.tokens, (16 * 8, 128, 256)
     b = args.weight_bytes
+    grpo = dict(mode="grpo", rollout=rollout, micro_batch=args.micro_batch, dtype_bytes=b)
     columns = {"inference": dict(mode="inference", tokens=N, dtype_bytes=b),
-               "SFT": dict(mode="sft", tokens=N, fused_logprobs=True, dtype_bytes=b),
-               "LoRA r=16": dict(mode="lora", tokens=N, lora_rank=16, fused_logprobs=True, dtype_bytes=b),
-               "GRPO fused": dict(mode="grpo", rollout=rollout, micro_batch=args.micro_batch, fused_logprobs=True,
-                                  dtype_bytes=b),
-               "GRPO plain": dict(mode="grpo", rollout=rollout, micro_batch=args.micro_batch, dtype_bytes=b)}
+               "SFT": dict(mode="sft", tokens=N, dtype_bytes=b),
+               "LoRA r=16": dict(mode="lora", tokens=N, lora_rank=16, dtype_bytes=b),
+               "GRPO": grpo, "GRPO chunked": {**grpo, "logprobs": "chunked"},
+               "GRPO plain": {**grpo, "logprobs": "plain"}}
     print(f"GiB of GPU memory by arithmetic on config.json shapes: {'bf16' if b == 2 else 'float32'} weights, AdamW "
           f"with two float32 moments, no\n"
           f"float32 master copy, no activation checkpointing. inference: {N} tokens in the KV cache. SFT, LoRA:\n"
-          f"{N} tokens a forward/backward pass, fused log-probs. GRPO: 16 prompts x 8 answers of 128 prompt + 256\n"
-          f"new tokens, {args.micro_batch} rows a pass, fused or plain log-probs. After each total: the smallest "
-          f"card of\n{', '.join(f'{g:g}' for g in gpus)} GB that holds it with {HEADROOM:.0%} to spare (- none).\n")
-    print(f"{'model':13s} {'params':>8s}" + "".join(f"  {c:>11s}" for c in columns))
+          f"{N} tokens a forward/backward pass. GRPO: 16 prompts x 8 answers of 128 prompt + 256 new tokens,\n"
+          f"{args.micro_batch} rows a pass. Log-probs: fused (minipost's default at these vocabularies); GRPO "
+          f"chunked\nand GRPO plain write the logits whole. After each total: the smallest card of "
+          f"{', '.join(f'{g:g}' for g in gpus)} GB\nthat holds it with {HEADROOM:.0%} to spare (- none).\n")
+    print(f"{'model':13s} {'params':>8s}" + "".join(f" {c:>12s}" for c in columns))
     for name in list(SIZES) if args.model == "all" else [args.model]:
         totals = [budget(SIZES[name], **kw)["total"] for kw in columns.values()]
         print(f"{name:13s} {num_params(SIZES[name]) / 1e6:7.1f}M"
