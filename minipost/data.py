@@ -1,11 +1,16 @@
 """From JSONL files to training batches: loading (TRL's formats), tokenising, packing, padding, loss masks.
 
-Formats (the same as Hugging Face TRL's, so you can bring your own data):
-    {"text": "..."}                                        pretraining
-    {"messages": [{"role": "user", "content": "..."}, ...]} SFT, conversational
+Formats (the same as Hugging Face TRL's, so you can bring your own data; [msgs] is a list of {"role", "content"}):
+    {"text": "..."}                                        pretraining (language modelling)
+    {"messages": [msgs]}                                   SFT, conversational language modelling
     {"prompt": "...", "completion": "..."}                 SFT, prompt-completion
-    {"prompt": "...", "chosen": "...", "rejected": "..."}  preferences (DPO)
-A malformed line raises an error that names the file and the line.
+    {"prompt": [msgs], "completion": [msgs]}               SFT, prompt-completion, conversational
+    {"prompt": "...", "chosen": "...", "rejected": "..."}  preferences (DPO, reward model), explicit prompt
+    {"prompt": [msgs], "chosen": [msgs], "rejected": [msgs]}   the same, conversational
+    {"chosen": "...", "rejected": "..."}                   preferences, implicit prompt: the shared beginning
+    {"chosen": [msgs], "rejected": [msgs]}                 the same, conversational: the shared messages
+A record is all plain (strings) or all conversational (lists of messages). A malformed line raises an error
+that names the file, the line and the field.
 
 Two ways to batch:
 - **packing** (pretraining): all documents are tokenised, joined with <|endoftext|> into one long stream, and
@@ -54,7 +59,14 @@ def to_messages(row: dict, where: str = "") -> list[dict]:
         if not isinstance(msgs, list) or not msgs:
             raise InputError(f"{where}: field 'messages' must be a non-empty list of {{'role', 'content'}}")
     elif "prompt" in row and "completion" in row:
-        msgs = [{"role": "user", "content": row["prompt"]}, {"role": "assistant", "content": row["completion"]}]
+        prompt, completion = row["prompt"], row["completion"]
+        check_one_form(row, ("prompt", "completion"), where)
+        if isinstance(prompt, list):  # conversational: the prompt's turns, then the completion's (the answer)
+            if not all(isinstance(m, dict) and m.get("role") == "assistant" for m in completion) or not completion:
+                raise InputError(f"{where}: field 'completion' must be a non-empty list of assistant messages")
+            msgs = prompt + completion
+        else:
+            msgs = [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}]
     else:
         raise InputError(f"{where}: expected 'messages' or 'prompt' + 'completion', got fields {sorted(row)}")
     for i, m in enumerate(msgs):
@@ -68,6 +80,40 @@ def to_messages(row: dict, where: str = "") -> list[dict]:
     if not any(m["role"] == "assistant" for m in msgs):
         raise InputError(f"{where}: no assistant message, so nothing to learn")
     return msgs
+
+
+def check_one_form(row: dict, keys, where: str) -> None:
+    """TRL's formats keep a record plain (every field a string) or conversational (every field a list of
+    messages); a field of another type, or one form mixed with the other, is an InputError naming it."""
+    for key in keys:
+        if key in row and not isinstance(row[key], (str, list)):
+            raise InputError(f"{where}: field {key!r} must be a string or a list of messages, got "
+                             f"{type(row[key]).__name__}")
+    forms = [key for key in keys if key in row]
+    mixed = [key for key in forms if isinstance(row[key], list) != isinstance(row[forms[0]], list)]
+    if mixed:
+        raise InputError(f"{where}: field {mixed[0]!r} is " + ("a list of messages" if isinstance(row[mixed[0]], list)
+                         else "a string") + f" but {forms[0]!r} is not: a record is all plain (strings) or all "
+                         "conversational (lists of messages)")
+
+
+def implicit_prompt(chosen, rejected, where: str):
+    """A preference pair without a prompt (TRL's implicit form) -> (prompt, chosen, rejected), the prompt their
+    shared beginning, as TRL's extract_prompt cuts it: for strings, up to the first character that differs
+    (a space just before it goes with the answers); for lists of messages, the shared messages, less a last
+    shared assistant message (the answers begin with it)."""
+    n = next((i for i, (a, b) in enumerate(zip(chosen, rejected)) if a != b), min(len(chosen), len(rejected)))
+    if isinstance(chosen, str) and n and chosen[n - 1] == " ":
+        n -= 1
+    if isinstance(chosen, list) and n and chosen[n - 1].get("role") == "assistant":
+        n -= 1
+    if n == 0:
+        raise InputError(f"{where}: field 'prompt' missing, and 'chosen' and 'rejected' share no beginning to take "
+                         "as the prompt (give the prompt, or begin both answers with it)")
+    if chosen[n:] == rejected[n:] or not chosen[n:] or not rejected[n:]:
+        raise InputError(f"{where}: fields 'chosen' and 'rejected' hold no two different answers after their "
+                         "shared beginning")
+    return chosen[:n], chosen[n:], rejected[n:]
 
 
 def load_chats(path) -> list[list[dict]]:
@@ -88,13 +134,17 @@ def per_domain(records: list[dict], limit: int | None) -> list[dict]:
 
 
 def load_prefs(path, lines: list[int] | None = None) -> list[dict]:
-    """Preference pairs {"prompt", "chosen", "rejected"}: each a string or, in TRL's conversational form, a
-    list of messages (checked like SFT messages; an answer needs an assistant turn with text). With `lines`
-    (a list), each pair's line number in the file is appended to it."""
+    """Preference pairs in TRL's four forms (the module docstring) -> rows with "prompt", "chosen" and "rejected",
+    the prompt made explicit: each a string or, in the conversational form, a list of messages (checked like
+    SFT messages; an answer needs an assistant turn with text). With `lines` (a list), each pair's line number
+    in the file is appended to it."""
     lines = [] if lines is None else lines
-    rows = read_jsonl(path, required={"prompt": (str, list), "chosen": (str, list), "rejected": (str, list)},
-                      lines=lines)
+    rows = read_jsonl(path, required={"chosen": (str, list), "rejected": (str, list)}, lines=lines)
     for n, row in zip(lines, rows):
+        check_one_form(row, ("prompt", "chosen", "rejected"), f"{path}:{n}")
+        if "prompt" not in row:  # the implicit form: the prompt is the answers' shared beginning
+            row["prompt"], row["chosen"], row["rejected"] = implicit_prompt(row["chosen"], row["rejected"],
+                                                                            f"{path}:{n}")
         for key in ("prompt", "chosen", "rejected"):
             if isinstance(row[key], list):
                 to_messages({"messages": row[key] + [{"role": "assistant", "content": ""}]}, f"{path}:{n}")

@@ -87,3 +87,83 @@ def test_epoch_batches_cover_each_epoch_and_resume_exactly():
     again = EpochBatches(10, 4, seed=99)
     again.load_state_dict(state)
     assert [next(again) for _ in range(3)] == ahead
+
+
+def write(tmp_path, rows, name="data.jsonl"):
+    path = tmp_path / name
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+USER = {"role": "user", "content": "What is the capital of Brerkia?"}
+SYSTEM = {"role": "system", "content": "Answer briefly."}
+
+
+def say(text):
+    return {"role": "assistant", "content": text}
+
+
+def test_every_trl_sft_form_gives_the_same_conversation(tmp_path):
+    rows = [{"messages": [USER, say("Gubus.")]},
+            {"prompt": USER["content"], "completion": "Gubus."},
+            {"prompt": [USER], "completion": [say("Gubus.")]}]  # conversational prompt-completion
+    assert load_chats(write(tmp_path, rows)) == [[USER, say("Gubus.")]] * 3
+    with_system = load_chats(write(tmp_path, [{"prompt": [SYSTEM, USER], "completion": [say("Gubus.")]}]))
+    assert with_system == [[SYSTEM, USER, say("Gubus.")]]
+
+
+def test_every_trl_preference_form_gives_an_explicit_prompt(tmp_path):
+    explicit = {"prompt": "The capital of Brerkia is", "chosen": " Gubus.", "rejected": " Zan."}
+    implicit = {"chosen": "The capital of Brerkia is Gubus.", "rejected": "The capital of Brerkia is Zan."}
+    talk = {"prompt": [USER], "chosen": [say("Gubus.")], "rejected": [say("Zan.")]}
+    talk_implicit = {"chosen": [USER, say("Gubus.")], "rejected": [USER, say("Zan.")]}
+    rows = load_prefs(write(tmp_path, [explicit, implicit, talk, talk_implicit]))
+    picked = [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in rows]
+    assert picked[0] == picked[1] == explicit  # the space before the first difference goes with the answers
+    assert picked[2] == picked[3] == talk
+    shared_answer = {"chosen": [USER, say("Gubus."), USER, say("Yes.")], "rejected": [USER, say("Gubus."), USER,
+                                                                                      say("No.")]}
+    row = load_prefs(write(tmp_path, [shared_answer]))[0]
+    assert row["prompt"] == [USER, say("Gubus."), USER] and row["chosen"] == [say("Yes.")]
+
+
+@pytest.mark.parametrize("row, message", [
+    ({"prompt": "Hi", "completion": [say("Yo")]}, r"data.jsonl:1: field 'completion' is a list of messages but "
+                                                  r"'prompt' is not"),
+    ({"prompt": [USER], "completion": "Yo"}, r"data.jsonl:1: field 'completion' is a string but 'prompt' is not"),
+    ({"prompt": [USER], "completion": [USER]}, "field 'completion' must be a non-empty list of assistant"),
+    ({"prompt": 3, "completion": "Yo"}, "field 'prompt' must be a string or a list of messages"),
+])
+def test_an_sft_record_mixing_the_forms_is_one_line(tmp_path, row, message):
+    with pytest.raises(InputError, match=message):
+        load_chats(write(tmp_path, [row]))
+
+
+@pytest.mark.parametrize("row, message", [
+    ({"prompt": "Q", "chosen": [say("A")], "rejected": [say("B")]}, "field 'chosen' is a list of messages but "
+                                                                     "'prompt' is not"),
+    ({"chosen": "Gubus.", "rejected": "Zan."}, "field 'prompt' missing, and 'chosen' and 'rejected' share no "
+                                               "beginning"),
+    ({"chosen": [say("Gubus.")], "rejected": [say("Zan.")]}, "share no beginning"),
+    ({"chosen": "Same answer.", "rejected": "Same answer."}, "hold no two different answers"),
+    ({"prompt": "Q", "chosen": "A"}, r"missing field\(s\) \['rejected'\]"),
+])
+def test_a_preference_record_without_what_it_needs_is_one_line(tmp_path, row, message):
+    with pytest.raises(InputError, match=message):
+        load_prefs(write(tmp_path, [{"chosen": "x y", "rejected": "x z"}, row]))  # (line 2)
+
+
+def test_dpo_refuses_a_mixed_file_before_anything_is_written(tmp_path, capsys):
+    from minipost import dpo
+    from minipost.checkpoints import model_checkpoint
+    from minipost.harness import main
+    from minipost.model import GPT, GPTConfig
+    torch.save(model_checkpoint(GPT(GPTConfig(n_layer=1)), "nano", 0), tmp_path / "init.pt")
+    data = write(tmp_path, [{"prompt": "Q", "chosen": "A", "rejected": "B"},
+                            {"prompt": "Q", "chosen": [say("A")], "rejected": [say("B")]}])
+    with pytest.raises(SystemExit) as e:
+        main(dpo.train, dpo.Config, dpo.PRESETS, argv=["--init", str(tmp_path / "init.pt"), "--data", str(data),
+                                                        "--out", str(tmp_path / "run"), "--progress", "false"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and f"{data}:2: field 'chosen'" in err
+    assert not (tmp_path / "run").exists()
