@@ -17,7 +17,8 @@ What the families' templates add, kept here (hf.py reads which of them a folder'
 - Llama 3 strips the whitespace around each message.
 
 The loss mask is minipost's, as in render_chat: 1 on the assistant's answer and the token that ends its turn
-(the stop token at generation time: the model must learn to stop), 0 elsewhere. The text between two special
+(the stop token at generation time: the model must learn to stop), 0 elsewhere (and on an assistant message
+marked {"train": False}, a prompt's earlier answer). The text between two special
 tokens is encoded as one string, as a tokenizer encoding the whole rendered text would (a header's newline
 may merge with the content after it), and a token is a target when its first byte is an answer's.
 """
@@ -58,9 +59,9 @@ class ChatFormat:
                 messages = [{"role": "system", "content": self.default_system}, *messages]
             last_user = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=-1)
             for i, m in enumerate(messages):
-                answer, content = m["role"] == "assistant", m["content"]
+                answer, content = m["role"] == "assistant" and m.get("train", True), m["content"]
                 out += [special("<|im_start|>"), text(m["role"] + "\n")]
-                if answer and self.think:
+                if m["role"] == "assistant" and self.think:
                     reasoning, content = split_think(content)
                     if i > last_user and (i == len(messages) - 1 or reasoning):
                         content = f"<think>\n{reasoning}\n</think>\n\n" + content.lstrip("\n")
@@ -77,7 +78,7 @@ class ChatFormat:
                     text(f"\n\nCutting Knowledge Date: {self.cutoff}\nToday Date: {self.date}\n\n{system}"),
                     special("<|eot_id|>")]
         for m in messages:
-            answer = m["role"] == "assistant"
+            answer = m["role"] == "assistant" and m.get("train", True)
             out += [special("<|start_header_id|>"), text(m["role"]), special("<|end_header_id|>"), text("\n\n"),
                     text(m["content"].strip(), answer), special("<|eot_id|>", answer)]
         if add_generation_prompt:

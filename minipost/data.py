@@ -51,32 +51,47 @@ def load_texts(path) -> list[str]:
     return [r["text"] for r in read_jsonl(path, required={"text": str})]
 
 
+def check_messages(msgs, field: str, where: str, roles=ROLES) -> list[dict]:
+    """A field holding a list of messages: each {"role" (one of `roles`), "content" (a string)}, else an InputError
+    naming the field and the message."""
+    if not isinstance(msgs, list) or not msgs:
+        raise InputError(f"{where}: field {field!r} must be a non-empty list of {{'role', 'content'}}")
+    for i, m in enumerate(msgs):
+        if not isinstance(m, dict) or "role" not in m or "content" not in m:
+            raise InputError(f"{where}: field {field!r} message {i}: needs 'role' and 'content', got {m!r}"[:300])
+        if m["role"] not in roles:
+            raise InputError(f"{where}: field {field!r} message {i}: role {m['role']!r}; expected one of {list(roles)}")
+        if not isinstance(m["content"], str):
+            raise InputError(f"{where}: field {field!r} message {i}: 'content' must be a string, got "
+                             f"{type(m['content']).__name__}")
+    return msgs
+
+
+def as_context(msgs: list[dict]) -> list[dict]:
+    """A prompt's messages, its earlier answers included, as context: render_chat trains on none of them."""
+    return [{**m, "train": False} if m["role"] == "assistant" else m for m in msgs]
+
+
 def to_messages(row: dict, where: str = "") -> list[dict]:
-    """One SFT row in either TRL format -> a list of {"role", "content"} messages (checked: roles among
-    system/user/assistant, string contents, at least one assistant turn)."""
+    """One SFT row in a TRL format -> a list of {"role", "content"} messages (checked: roles among
+    system/user/assistant, string contents, at least one assistant turn). In the prompt-completion forms only
+    the completion is trained on: a conversational prompt's own assistant turns are context."""
     if "messages" in row:
-        msgs = row["messages"]
-        if not isinstance(msgs, list) or not msgs:
-            raise InputError(f"{where}: field 'messages' must be a non-empty list of {{'role', 'content'}}")
+        msgs = check_messages(row["messages"], "messages", where)
     elif "prompt" in row and "completion" in row:
         prompt, completion = row["prompt"], row["completion"]
         check_one_form(row, ("prompt", "completion"), where)
-        if isinstance(prompt, list):  # conversational: the prompt's turns, then the completion's (the answer)
-            if not all(isinstance(m, dict) and m.get("role") == "assistant" for m in completion) or not completion:
-                raise InputError(f"{where}: field 'completion' must be a non-empty list of assistant messages")
-            msgs = prompt + completion
+        if isinstance(completion, str) and not completion.strip():
+            raise InputError(f"{where}: field 'completion' is empty: nothing to learn")
+        if isinstance(completion, str):  # a plain answer: one assistant message
+            completion = [{"role": "assistant", "content": completion}]
+        if isinstance(prompt, list):  # conversational: the prompt's turns (context), then the answer
+            msgs = as_context(check_messages(prompt, "prompt", where)) + \
+                check_messages(completion, "completion", where, roles=("assistant",))
         else:
-            msgs = [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}]
+            msgs = [{"role": "user", "content": prompt}, *completion]
     else:
         raise InputError(f"{where}: expected 'messages' or 'prompt' + 'completion', got fields {sorted(row)}")
-    for i, m in enumerate(msgs):
-        if not isinstance(m, dict) or "role" not in m or "content" not in m:
-            raise InputError(f"{where}: each message needs 'role' and 'content', got {m!r}"[:300])
-        if m["role"] not in ROLES:
-            raise InputError(f"{where}: message {i} field 'role' is {m['role']!r}; expected one of {list(ROLES)}")
-        if not isinstance(m["content"], str):
-            raise InputError(f"{where}: message {i} field 'content' must be a string, got "
-                             f"{type(m['content']).__name__}")
     if not any(m["role"] == "assistant" for m in msgs):
         raise InputError(f"{where}: no assistant message, so nothing to learn")
     return msgs
@@ -84,17 +99,25 @@ def to_messages(row: dict, where: str = "") -> list[dict]:
 
 def check_one_form(row: dict, keys, where: str) -> None:
     """TRL's formats keep a record plain (every field a string) or conversational (every field a list of
-    messages); a field of another type, or one form mixed with the other, is an InputError naming it."""
+    messages); minipost also takes plain answers to a conversational prompt (each answer one assistant message).
+    A field of another type, a plain prompt with conversational answers, or answers of both forms, is an
+    InputError naming the field. keys: the prompt's key first, then the answers'."""
     for key in keys:
         if key in row and not isinstance(row[key], (str, list)):
             raise InputError(f"{where}: field {key!r} must be a string or a list of messages, got "
                              f"{type(row[key]).__name__}")
-    forms = [key for key in keys if key in row]
-    mixed = [key for key in forms if isinstance(row[key], list) != isinstance(row[forms[0]], list)]
-    if mixed:
-        raise InputError(f"{where}: field {mixed[0]!r} is " + ("a list of messages" if isinstance(row[mixed[0]], list)
-                         else "a string") + f" but {forms[0]!r} is not: a record is all plain (strings) or all "
-                         "conversational (lists of messages)")
+    answers = [key for key in keys[1:] if key in row]
+    listed = [key for key in answers if isinstance(row[key], list)]
+    if listed and len(listed) < len(answers):  # answers of both forms: name the plain one
+        odd = next(key for key in answers if key not in listed)
+    elif listed and isinstance(row.get(keys[0]), str):  # conversational answers to a plain prompt
+        odd = listed[0]
+    else:
+        return
+    kind = "a list of messages" if isinstance(row[odd], list) else "a string"
+    raise InputError(f"{where}: field {odd!r} is {kind} where the record's other fields are not: a record is all "
+                     "plain (strings) or all conversational (lists of messages), or a conversational prompt with "
+                     "plain answers")
 
 
 def implicit_prompt(chosen, rejected, where: str):
@@ -105,7 +128,7 @@ def implicit_prompt(chosen, rejected, where: str):
     n = next((i for i, (a, b) in enumerate(zip(chosen, rejected)) if a != b), min(len(chosen), len(rejected)))
     if isinstance(chosen, str) and n and chosen[n - 1] == " ":
         n -= 1
-    if isinstance(chosen, list) and n and chosen[n - 1].get("role") == "assistant":
+    if isinstance(chosen, list) and n and isinstance(chosen[n - 1], dict) and chosen[n - 1].get("role") == "assistant":
         n -= 1
     if n == 0:
         raise InputError(f"{where}: field 'prompt' missing, and 'chosen' and 'rejected' share no beginning to take "
@@ -146,9 +169,9 @@ def load_prefs(path, lines: list[int] | None = None) -> list[dict]:
             row["prompt"], row["chosen"], row["rejected"] = implicit_prompt(row["chosen"], row["rejected"],
                                                                             f"{path}:{n}")
         for key in ("prompt", "chosen", "rejected"):
-            if isinstance(row[key], list):
-                to_messages({"messages": row[key] + [{"role": "assistant", "content": ""}]}, f"{path}:{n}")
-                if key != "prompt" and not any(m["role"] == "assistant" and m["content"].strip() for m in row[key]):
+            if isinstance(row[key], list):  # an answer holds assistant messages; the prompt holds the rest
+                check_messages(row[key], key, f"{path}:{n}", roles=ROLES if key == "prompt" else ("assistant",))
+                if key != "prompt" and not any(m["content"].strip() for m in row[key]):
                     raise InputError(f"{path}:{n}: field {key!r} has no assistant message with text to score")
             elif not row[key].strip():
                 raise InputError(f"{path}:{n}: field {key!r} is empty")
@@ -237,7 +260,7 @@ def tokenize_pairs(enc, rows: list[dict], block_size: int, where: str = "", line
 
     pairs = []
     for i, row in enumerate(rows):
-        prompt = as_messages(row["prompt"], "user")
+        prompt = as_context(as_messages(row["prompt"], "user"))  # (a prompt's earlier answers are not scored)
         pair = []
         for key in ("chosen", "rejected"):
             ids, mask = render_chat(enc, prompt + as_messages(row[key], "assistant"))

@@ -144,6 +144,7 @@ class _ChunkedLogprobs(torch.autograd.Function):
         return out.view(targets.shape)
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
         logits, y, row_max, row_logs = ctx.saved_tensors
         T = ctx.temperature
@@ -255,9 +256,9 @@ class _LinearLogprobs(torch.autograd.Function):
         top1 = torch.empty(N, dtype=torch.bool, device=hidden.device) if with_top1 else None
         for r0 in range(0, N, C):
             rows = slice(r0, r0 + C)
-            x = hidden[rows] @ weight.T  # (C, V) this chunk's logits, in the weight's dtype
-            if with_top1:  # the target is the most likely token: greedy decoding would write it
-                top1[rows] = x.gather(1, targets[rows, None]).squeeze(1) == x.amax(dim=1)
+            x = hidden[rows] @ weight.T  # (C, V) this chunk's logits (in bf16 under CUDA's autocast)
+            if with_top1:  # the target is the model's first choice: greedy decoding would write it
+                top1[rows] = x.argmax(dim=1) == targets[rows]
             if impl == "triton":
                 from minipost.kernels.logprobs_triton import row_stats
                 out[rows], row_max[rows], row_logs[rows] = row_stats(x.view(1, *x.shape), targets[rows], temperature)
@@ -272,21 +273,24 @@ class _LinearLogprobs(torch.autograd.Function):
                 entropy[rows] = logs - torch.special.xlogy(z, z).sum(dim=-1) / logs.exp()
         ctx.save_for_backward(hidden, weight, targets, row_max, row_logs)
         ctx.temperature, ctx.impl, ctx.chunk = temperature, impl, C
+        ctx.dtype = x.dtype if N else weight.dtype  # backward makes the logits again in this dtype: m and log s
         extras = [t for t in (entropy, top1) if t is not None]
         ctx.mark_non_differentiable(*extras)
         return (out, *extras) if extras else out
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out, *_):
         hidden, weight, targets, row_max, row_logs = ctx.saved_tensors
         T, C = ctx.temperature, ctx.chunk
         g = grad_out.float() / T  # (N,) the chain rule through x / T
+        w = weight.to(ctx.dtype)  # (V, H) as forward's matmul saw it (autocast: a bf16 copy), else the weight
         grad_h = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None  # (N, H)
         grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) \
             if ctx.needs_input_grad[1] else None  # (V, H) summed over the chunks in float32
         for r0 in range(0, hidden.shape[0], C):
             rows = slice(r0, r0 + C)
-            x = hidden[rows] @ weight.T  # (C, V) the chunk's logits once more
+            x = hidden[rows].to(ctx.dtype) @ w.T  # (C, V) the chunk's logits once more, as forward made them
             if ctx.impl == "triton":
                 from minipost.kernels.logprobs_triton import row_grad
                 dx = row_grad(x.view(1, *x.shape), targets[rows], row_max[rows], row_logs[rows],
@@ -294,7 +298,7 @@ class _LinearLogprobs(torch.autograd.Function):
             else:
                 dx = _grad_(x.float(), targets[rows], row_max[rows], row_logs[rows], g[rows], T)  # (C, V)
             if grad_h is not None:
-                grad_h[rows] = dx.to(weight.dtype) @ weight  # (C, V) @ (V, H)
+                grad_h[rows] = (dx.to(ctx.dtype) @ w).to(hidden.dtype)  # (C, V) @ (V, H)
             if grad_w is not None:
                 grad_w.addmm_(dx.T, hidden[rows].float())  # (V, C) @ (C, H)
         return grad_h, None if grad_w is None else grad_w.to(weight.dtype), None, None, None, None, None
@@ -325,8 +329,12 @@ def linear_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.T
     if weight.dim() != 2 or hidden.shape[-1] != weight.shape[1] or tuple(hidden.shape[:-1]) != tuple(targets.shape):
         raise ValueError(f"linear_logprobs: hidden {tuple(hidden.shape)}, weight {tuple(weight.shape)} and targets "
                          f"{tuple(targets.shape)}: expected (..., H), (V, H) and (...)")
-    if not temperature > 0:
-        raise ValueError(f"linear_logprobs: temperature must be > 0, got {temperature}")
+    if not hidden.is_floating_point() or hidden.dtype != weight.dtype:
+        raise TypeError(f"linear_logprobs: hidden {hidden.dtype} and weight {weight.dtype}: one floating-point dtype")
+    if targets.is_floating_point() or targets.is_complex() or targets.dtype == torch.bool:
+        raise TypeError(f"linear_logprobs: targets must be integer token ids, got {targets.dtype}")
+    if not 0 < temperature < float("inf"):
+        raise ValueError(f"linear_logprobs: temperature must be > 0 and finite, got {temperature}")
     V, shape = weight.shape[0], targets.shape
     targets = targets.reshape(-1).long()
     if not hidden.is_cuda and targets.numel() and (targets.min() < 0 or targets.max() >= V):

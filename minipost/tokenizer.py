@@ -292,8 +292,9 @@ def render_chat(enc: tiktoken.Encoding, messages: list[dict], add_generation_pro
     """Token ids and loss mask for a chat: each message is `<|role|>content<|end|>`.
 
     loss_mask[i] = 1 where the model is trained to predict ids[i]: assistant content and the `<|end|>` closing
-    it; 0 on role tokens, system and user turns. `add_generation_prompt` appends `<|assistant|>` (mask 0) so
-    the model continues with an answer.
+    it; 0 on role tokens, system and user turns, and on an assistant message marked {"train": False} (a
+    prompt's earlier answer: context). `add_generation_prompt` appends `<|assistant|>` (mask 0) so the model
+    continues with an answer.
 
     Example (ids shown as text):  <|user|> Hi <|end|> <|assistant|> Yo <|end|>
                           mask:       0     0    0         0        1    1
@@ -310,7 +311,7 @@ def render_chat(enc: tiktoken.Encoding, messages: list[dict], add_generation_pro
     for msg in messages:
         role = msg["role"]
         body = encode_text(enc, msg["content"])
-        train = 1 if role == "assistant" else 0
+        train = 1 if role == "assistant" and msg.get("train", True) else 0
         ids += [enc.encode_single_token(f"<|{role}|>")] + body + [end]
         mask += [0] + [train] * len(body) + [train]  # the assistant's <|end|> is a target: learn to stop
     if add_generation_prompt:

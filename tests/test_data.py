@@ -27,7 +27,7 @@ def test_malformed_rows_name_file_and_line(tmp_path):
     with pytest.raises(ValueError, match=r"bad.jsonl:1: missing field\(s\) \['rejected'\]"):
         load_prefs(p)
     p.write_text(json.dumps({"messages": [{"role": "user"}]}) + "\n")
-    with pytest.raises(ValueError, match=r"bad.jsonl:1: each message needs 'role' and 'content'"):
+    with pytest.raises(ValueError, match=r"bad.jsonl:1: field 'messages' message 0: needs 'role' and 'content'"):
         load_chats(p)
 
 
@@ -49,8 +49,8 @@ def test_collate_shifts_targets_and_masks_prompt_and_padding():
 
 def test_chat_and_preference_records_are_checked_field_by_field(tmp_path):
     p = tmp_path / "bad.jsonl"
-    cases = [({"messages": [{"role": "robot", "content": "x"}]}, r"bad.jsonl:1: message 0 field 'role' is 'robot'"),
-             ({"messages": [{"role": "user", "content": 5}]}, r"bad.jsonl:1: message 0 field 'content' must be a string"),
+    cases = [({"messages": [{"role": "robot", "content": "x"}]}, r"bad.jsonl:1: field 'messages' message 0: role 'robot'"),
+             ({"messages": [{"role": "user", "content": 5}]}, r"bad.jsonl:1: field 'messages' message 0: 'content' must be a string"),
              ({"messages": "hello"}, r"bad.jsonl:1: field 'messages' must be a non-empty list"),
              ({"messages": [{"role": "user", "content": "hi"}]}, r"bad.jsonl:1: no assistant message")]
     for row, msg in cases:
@@ -106,10 +106,25 @@ def say(text):
 def test_every_trl_sft_form_gives_the_same_conversation(tmp_path):
     rows = [{"messages": [USER, say("Gubus.")]},
             {"prompt": USER["content"], "completion": "Gubus."},
-            {"prompt": [USER], "completion": [say("Gubus.")]}]  # conversational prompt-completion
-    assert load_chats(write(tmp_path, rows)) == [[USER, say("Gubus.")]] * 3
+            {"prompt": [USER], "completion": [say("Gubus.")]},  # conversational prompt-completion
+            {"prompt": [USER], "completion": "Gubus."}]  # a plain answer to a conversational prompt
+    assert load_chats(write(tmp_path, rows)) == [[USER, say("Gubus.")]] * 4
     with_system = load_chats(write(tmp_path, [{"prompt": [SYSTEM, USER], "completion": [say("Gubus.")]}]))
     assert with_system == [[SYSTEM, USER, say("Gubus.")]]
+
+
+def test_a_prompts_own_answers_are_context_not_targets(tmp_path):
+    """In the prompt-completion forms the completion alone is learned (as TRL's completion-only loss): an
+    earlier answer inside a conversational prompt gets no target, in SFT and in a preference pair's scores."""
+    import minipost.tokenizer as tokenizer
+    from minipost.data import tokenize_chats, tokenize_pairs
+    enc = tokenizer.get_tokenizer("nano")
+    prompt = [USER, say("Old answer."), {"role": "user", "content": "And now?"}]
+    (ids, mask), = tokenize_chats(enc, load_chats(write(tmp_path, [{"prompt": prompt, "completion": "New."}])), 256)
+    assert enc.decode([i for i, m in zip(ids, mask) if m]) == "New.<|end|>"
+    pair = load_prefs(write(tmp_path, [{"prompt": prompt, "chosen": "New.", "rejected": "Old."}]))
+    (chosen, rejected), = tokenize_pairs(enc, pair, 256)
+    assert enc.decode([i for i, m in zip(*chosen) if m]) == "New.<|end|>"
 
 
 def test_every_trl_preference_form_gives_an_explicit_prompt(tmp_path):
@@ -128,10 +143,13 @@ def test_every_trl_preference_form_gives_an_explicit_prompt(tmp_path):
 
 
 @pytest.mark.parametrize("row, message", [
-    ({"prompt": "Hi", "completion": [say("Yo")]}, r"data.jsonl:1: field 'completion' is a list of messages but "
-                                                  r"'prompt' is not"),
-    ({"prompt": [USER], "completion": "Yo"}, r"data.jsonl:1: field 'completion' is a string but 'prompt' is not"),
-    ({"prompt": [USER], "completion": [USER]}, "field 'completion' must be a non-empty list of assistant"),
+    ({"prompt": "Hi", "completion": [say("Yo")]}, r"data.jsonl:1: field 'completion' is a list of messages where "
+                                                  r"the record's other fields are not"),
+    ({"prompt": [USER], "completion": [USER]}, r"field 'completion' message 0: role 'user'; expected one of "
+                                               r"\['assistant'\]"),
+    ({"prompt": [USER], "completion": []}, "field 'completion' must be a non-empty list"),
+    ({"prompt": [], "completion": "Yo"}, "field 'prompt' must be a non-empty list"),
+    ({"prompt": "Hi", "completion": " "}, "field 'completion' is empty"),
     ({"prompt": 3, "completion": "Yo"}, "field 'prompt' must be a string or a list of messages"),
 ])
 def test_an_sft_record_mixing_the_forms_is_one_line(tmp_path, row, message):
@@ -140,8 +158,12 @@ def test_an_sft_record_mixing_the_forms_is_one_line(tmp_path, row, message):
 
 
 @pytest.mark.parametrize("row, message", [
-    ({"prompt": "Q", "chosen": [say("A")], "rejected": [say("B")]}, "field 'chosen' is a list of messages but "
-                                                                     "'prompt' is not"),
+    ({"prompt": "Q", "chosen": [say("A")], "rejected": [say("B")]}, "field 'chosen' is a list of messages where"),
+    ({"prompt": [USER], "chosen": [say("A")], "rejected": "B"}, "field 'rejected' is a string where"),
+    ({"chosen": ["a", "b"], "rejected": ["a", "c"]}, "field 'prompt' message 0: needs 'role' and 'content'"),
+    ({"prompt": [USER], "chosen": [USER, say("A")], "rejected": [say("B")]}, "field 'chosen' message 0: role 'user'"),
+    ({"chosen": [SYSTEM, USER, say("A")], "rejected": [SYSTEM, {**USER, "content": "Other?"}, say("B")]},
+     "field 'chosen' message 0: role 'user'"),
     ({"chosen": "Gubus.", "rejected": "Zan."}, "field 'prompt' missing, and 'chosen' and 'rejected' share no "
                                                "beginning"),
     ({"chosen": [say("Gubus.")], "rejected": [say("Zan.")]}, "share no beginning"),

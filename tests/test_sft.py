@@ -298,7 +298,7 @@ def test_a_failed_start_leaves_the_earlier_run_untouched(world):
     sft.train(small_cfg(world, "run", max_steps=2))
     before = {f: (world.parent / "run" / f).read_bytes() for f in ("config.json", "metrics.jsonl")}
     (world / "bad.jsonl").write_text(json.dumps({"messages": [{"role": "robot", "content": "hi"}]}) + "\n")
-    with pytest.raises(InputError, match=r"bad.jsonl:1: .*'role' is 'robot'"):
+    with pytest.raises(InputError, match=r"bad.jsonl:1: .*role 'robot'"):
         sft.train(small_cfg(world, "run", data=str(world / "bad.jsonl")))
     with pytest.raises(InputError, match="no such checkpoint"):
         sft.train(small_cfg(world, "run", init=str(world / "missing.pt")))

@@ -30,6 +30,7 @@ What lives here, so that it is written once and the objective files stay about t
 """
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -49,6 +50,10 @@ class Run:
         self.cfg, self.name = cfg, name
         self.ranks = dist.setup(pick_device(cfg.device))  # torchrun: this process's rank and device (else one)
         self.device = self.ranks.device
+        if getattr(cfg, "logprobs_impl", "") == "triton" and self.device.type != "cuda" and \
+                os.environ.get("TRITON_INTERPRET") != "1":
+            raise InputError(f"--logprobs-impl triton: the Triton kernels run on CUDA, and this run is on "
+                             f"{self.device.type} (chunked, fused or auto run anywhere)")
         print(threads.configure(cfg.threads))
         seed_everything(cfg.seed)  # before any model is built: random init draws from it
         self.out = Path(cfg.out)
