@@ -318,4 +318,5 @@ def test_the_fused_log_probs_train_as_the_plain_ones(world):
     for row_a, row_b in rows:
         assert row_a.keys() == row_b.keys() and row_a.get("token_acc") == row_b.get("token_acc")
         for key in ("loss", "val_loss"):
-            assert row_a.get(key) == pytest.approx(row_b.get(key), rel=1e-5), key
+            if key in row_a:
+                assert row_a[key] == pytest.approx(row_b[key], rel=1e-5), key
