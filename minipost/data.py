@@ -4,6 +4,7 @@ Formats (the same as Hugging Face TRL's, so you can bring your own data; [msgs] 
     {"text": "..."}                                        pretraining (language modelling)
     {"messages": [msgs]}                                   SFT, conversational language modelling
     {"prompt": "...", "completion": "..."}                 SFT, prompt-completion
+    {"question": "...", "answer": "... #### N"}            SFT (and RL prompts): GSM8K's form (world/gsm8k.py)
     {"prompt": [msgs], "completion": [msgs]}               SFT, prompt-completion, conversational
     {"prompt": "...", "chosen": "...", "rejected": "..."}  preferences (DPO, reward model), explicit prompt
     {"prompt": [msgs], "chosen": [msgs], "rejected": [msgs]}   the same, conversational
@@ -26,6 +27,7 @@ import torch
 
 from minipost.common import InputError, read_jsonl
 from minipost.tokenizer import encode_text, render_chat, special_id
+from minipost.world import gsm8k
 
 IGNORE = -100  # target id that cross-entropy skips
 ROLES = ("system", "user", "assistant")
@@ -76,6 +78,8 @@ def to_messages(row: dict, where: str = "") -> list[dict]:
     """One SFT row in a TRL format -> a list of {"role", "content"} messages (checked: roles among
     system/user/assistant, string contents, at least one assistant turn). In the prompt-completion forms only
     the completion is trained on: a conversational prompt's own assistant turns are context."""
+    if gsm8k.is_gsm8k(row):  # {"question", "answer" ending "#### N"}: the worked solution is the answer
+        return gsm8k.to_messages(row, where)
     if "messages" in row:
         msgs = check_messages(row["messages"], "messages", where)
     elif "prompt" in row and "completion" in row:

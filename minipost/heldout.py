@@ -18,6 +18,7 @@ from minipost.data import IGNORE, load_prefs, load_texts, pack, packed_eval_batc
 from minipost.rollout import complete
 from minipost.tokenizer import encode_text, render_prompt, special_id
 from minipost.world import DOMAINS, PROBE_DOMAINS, SCORED_DOMAINS, check, check_probe, is_refusal
+from minipost.world.registry import BROUGHT
 
 
 def means(items: dict[str, list]) -> dict[str, float]:
@@ -51,7 +52,7 @@ def chat_items(model, enc, records: list[dict], max_new_tokens: int = 64) -> tup
     rows = [{"domain": r["domain"], "prompt": r["prompt"], "completion": t, "stopped": s,
              "score": check(r, t)} for r, t, s in zip(records, texts, stopped)]
     out = {"format": [float(r["stopped"]) for r in rows]}
-    for domain in SCORED_DOMAINS:
+    for domain in SCORED_DOMAINS + tuple(BROUGHT):  # (a brought domain's column only where its records are)
         d = [float(r["score"]) for r in rows if r["domain"] == domain]
         if d:
             out[domain] = d

@@ -19,7 +19,8 @@ Built-in rewards (all 0 or 1):
               arithmetic error is a miscopied operand ("3 + 7" -> "3 + 1 = 4"), and a two-step problem
               is rarely solved outright, so without it most arithmetic groups score all 0 and teach nothing
     format    the answer has the domain's shape, right or wrong: arithmetic ends "= <integer>.", tools is a
-              JSON object with "name" and "arguments", sql is a query that runs, otherwise non-empty text
+              JSON object with "name" and "arguments", sql is a query that runs, gsm8k states a final
+              number (#### N or \boxed{N}), otherwise non-empty text
 
 A learned reward, `rm:PATH` (or `rm:PATH:W` with a weight): the score of a reward model trained by
 `python -m minipost.reward_model` (RLHF as in InstructGPT), composable with the terms above.
@@ -44,7 +45,7 @@ import torch
 from minipost.common import InputError, autocast, load_checkpoint
 from minipost.checkpoints import load_model
 from minipost.tokenizer import render_chat, special_id
-from minipost.world import check, check_arithmetic, check_sql, check_tools, run_sql
+from minipost.world import check, check_arithmetic, check_sql, check_tools, gsm8k, run_sql
 
 RewardFn = Callable[[str, str, dict], float]
 
@@ -105,6 +106,8 @@ def format_reward(prompt: str, completion: str, record: dict) -> float:
         return float(isinstance(call, dict) and set(call) == {"name", "arguments"})
     if domain == "sql":
         return float(run_sql(text) is not None)
+    if domain == "gsm8k":  # a final number stated as GSM8K's graders read it: #### N or \boxed{N}
+        return gsm8k.has_final_answer(text)
     return float(any(ch.isalpha() for ch in text))
 
 

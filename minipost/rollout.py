@@ -41,7 +41,7 @@ from minipost.model import left_pad
 from minipost.checkpoints import load_model
 from minipost.rewards import check_reward_domains, parse_reward, score_rollout, zero_spread
 from minipost.tokenizer import render_prompt, special_id
-from minipost.world import build as build_world, validate_record
+from minipost.world import build as build_world, gsm8k, validate_record
 
 
 
@@ -260,7 +260,8 @@ def micro_batches(ro: Rollout, size: int, by_length: bool = True) -> list[torch.
 
 def load_prompts(path, domains: str = "", oversample: str = "", enc=None,
                  max_prompt_tokens: int | None = None) -> list[dict]:
-    """RL records (rl.jsonl / eval.jsonl rows: "prompt", "domain" and checker fields) of the named domains.
+    """RL records (rl.jsonl / eval.jsonl rows: "prompt", "domain" and checker fields, or GSM8K's {"question",
+    "answer"}, world/gsm8k.py) of the named domains.
 
     domains: comma-separated, e.g. "arithmetic" or "arithmetic,sql"; empty keeps every domain.
     oversample: "domain:k,..." lists each record of that domain k times (k >= 1, an integer), so an epoch over
@@ -272,8 +273,12 @@ def load_prompts(path, domains: str = "", oversample: str = "", enc=None,
     record stops the run now with file:line, not when it is first sampled hours later.
     """
     lines = []
-    records = read_jsonl(path, required=("prompt", "domain"), lines=lines)
+    records = read_jsonl(path, lines=lines)  # GSM8K's {"question", "answer"} rows become prompts of domain gsm8k
+    records = [gsm8k.to_rl_record(r, f"{path}:{n}") if gsm8k.is_gsm8k(r) else r for n, r in zip(lines, records)]
     for lineno, r in zip(lines, records):
+        missing = [k for k in ("prompt", "domain") if k not in r]
+        if missing:
+            raise InputError(f"{path}:{lineno}: missing field(s) {missing}; has {sorted(r)}")
         problem = validate_record(r)
         if problem:
             raise InputError(f"{path}:{lineno}: {problem}")

@@ -111,6 +111,15 @@ def doc_filler(rng, W, train_item):
 # ----------------------------------------------------------------------------- the Domain record
 
 @dataclass(frozen=True)
+class Checker:
+    """A checker for records of data a user brings (registry.BROUGHT): no sampler, no corpus, no probes."""
+    name: str
+    check: Callable                     # (record, completion) -> 0.0 or 1.0
+    check_fields: dict                  # {record field the checker reads: its type}
+    validate: Callable | None = None    # (record) -> message or None
+
+
+@dataclass(frozen=True)
 class Domain:
     """Everything build(), check() and the report card need to know about one domain.
 

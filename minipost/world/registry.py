@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import re
 
-from minipost.world import arithmetic, instructions, knowledge, refusals, sql, tools
-from minipost.world.base import Domain
+from minipost.world import arithmetic, gsm8k, instructions, knowledge, refusals, sql, tools
+from minipost.world.base import Domain, Checker
 
 # name -> Domain. The order is the order of every split (and of the seeded draws that build them).
 REGISTRY: dict[str, Domain] = {d.name: d for d in (
@@ -21,13 +21,22 @@ PROBE_DOMAINS = tuple(d.name for d in REGISTRY.values() if d.probes is not None)
 SCORED_DOMAINS = tuple(d.name for d in REGISTRY.values() if d.report_column)      # chat score columns
 BENCHMARK = {d.name: d.benchmark for d in REGISTRY.values()}  # a read-only view, for printing
 
+# Checkers for data a user brings in a public form (the world generates none of it): record["domain"] -> its
+# checker. Their records are scored and validated like the world's, and a held-out set of them gets a column.
+BROUGHT: dict[str, Checker] = {"gsm8k": Checker("gsm8k", gsm8k.check, {"answer": str}, gsm8k.validate)}
+
+
+def checker(domain) -> Domain | Checker | None:
+    """The world's domain or a brought checker of that name (None: neither)."""
+    return REGISTRY.get(domain) or BROUGHT.get(domain) if isinstance(domain, str) else None
+
 
 def check(record: dict, completion: str) -> float:
     """Score a completion for a record of rl/eval/prefs: 0.0 or 1.0, dispatching on record["domain"]."""
     domain = record.get("domain")
-    if domain not in REGISTRY:
-        raise ValueError(f"record has domain {domain!r}; expected one of {DOMAINS}")
-    d = REGISTRY[domain]
+    d = checker(domain)
+    if d is None:
+        raise ValueError(f"record has domain {domain!r}; expected one of {DOMAINS + tuple(BROUGHT)}")
     missing = [f for f in d.check_fields if f not in record]
     if missing:
         raise ValueError(f"{domain} record lacks checker field(s) {missing}: {str(record)[:120]}")
@@ -73,9 +82,9 @@ def validate_record(record: dict) -> str | None:
         return f"field 'prompt': expected a non-empty string, got {record['prompt']!r:.40}"
     if "domain" not in record:
         return "field 'domain': missing"
-    d = REGISTRY.get(record["domain"]) if isinstance(record["domain"], str) else None
+    d = checker(record["domain"])
     if d is None:
-        return f"field 'domain': unknown domain {record['domain']!r:.40}; expected one of {DOMAINS}"
+        return f"field 'domain': unknown domain {record['domain']!r:.40}; expected one of {DOMAINS + tuple(BROUGHT)}"
     for name, t in d.check_fields.items():
         if name not in record:
             article = "an" if d.name[0] in "aeiou" else "a"
