@@ -184,6 +184,7 @@ def load_eval_pairs(path) -> list[dict]:
     lines = []
     rows = load_prefs(path, lines)
     for n, r in zip(lines, rows):
-        if r.get("domain") not in DOMAINS:  # the card counts pairs per domain
-            raise InputError(f"{path}:{n}: field 'domain': {r.get('domain')!r} is not one of {list(DOMAINS)}")
+        if r.get("domain") not in DOMAINS + tuple(BROUGHT):  # the card counts pairs per domain
+            raise InputError(f"{path}:{n}: field 'domain': {r.get('domain')!r} is not one of "
+                             f"{list(DOMAINS + tuple(BROUGHT))}")
     return rows

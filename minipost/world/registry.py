@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from minipost.world import arithmetic, gsm8k, instructions, knowledge, refusals, sql, tools
+from minipost.world import arithmetic, gsm8k, identity, instructions, knowledge, refusals, sql, tools
 from minipost.world.base import Domain, Checker
 
 # name -> Domain. The order is the order of every split (and of the seeded draws that build them).
@@ -23,7 +23,10 @@ BENCHMARK = {d.name: d.benchmark for d in REGISTRY.values()}  # a read-only view
 
 # Checkers for data a user brings in a public form (the world generates none of it): record["domain"] -> its
 # checker. Their records are scored and validated like the world's, and a held-out set of them gets a column.
-BROUGHT: dict[str, Checker] = {"gsm8k": Checker("gsm8k", gsm8k.check, {"answer": str}, gsm8k.validate)}
+BROUGHT: dict[str, Checker] = {
+    "gsm8k": Checker("gsm8k", gsm8k.check, {"answer": str}, gsm8k.validate),
+    "identity": Checker("identity", identity.check, {"name": str, "old_name": str}, identity.validate),  # its lab
+}
 
 
 def checker(domain) -> Domain | Checker | None:
