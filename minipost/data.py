@@ -5,6 +5,7 @@ Formats (the same as Hugging Face TRL's, so you can bring your own data; [msgs] 
     {"messages": [msgs]}                                   SFT, conversational language modelling
     {"prompt": "...", "completion": "..."}                 SFT, prompt-completion
     {"question": "...", "answer": "... #### N"}            SFT (and RL prompts): GSM8K's form (world/gsm8k.py)
+    {"prompt": "..."} or {"prompt": [msgs]}                RL, prompt-only: a reward model scores the answers
     {"prompt": [msgs], "completion": [msgs]}               SFT, prompt-completion, conversational
     {"prompt": "...", "chosen": "...", "rejected": "..."}  preferences (DPO, reward model), explicit prompt
     {"prompt": [msgs], "chosen": [msgs], "rejected": [msgs]}   the same, conversational

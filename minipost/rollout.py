@@ -42,6 +42,7 @@ from minipost.checkpoints import load_model
 from minipost.rewards import check_reward_domains, parse_reward, score_rollout, zero_spread
 from minipost.tokenizer import render_prompt, special_id
 from minipost.world import build as build_world, gsm8k, validate_record
+from minipost.world.registry import PROMPT_ONLY
 
 
 
@@ -273,8 +274,11 @@ def load_prompts(path, domains: str = "", oversample: str = "", enc=None,
     record stops the run now with file:line, not when it is first sampled hours later.
     """
     lines = []
-    records = read_jsonl(path, lines=lines)  # GSM8K's {"question", "answer"} rows become prompts of domain gsm8k
+    records = read_jsonl(path, lines=lines)
+    # GSM8K's {"question", "answer"} rows become prompts of domain gsm8k; TRL's prompt-only rows ({"prompt"}
+    # alone, a string or messages) get the domain "prompts", which a reward model scores (rm:PATH)
     records = [gsm8k.to_rl_record(r, f"{path}:{n}") if gsm8k.is_gsm8k(r) else r for n, r in zip(lines, records)]
+    records = [{**r, "domain": PROMPT_ONLY} if "prompt" in r and "domain" not in r else r for r in records]
     for lineno, r in zip(lines, records):
         missing = [k for k in ("prompt", "domain") if k not in r]
         if missing:
@@ -321,6 +325,9 @@ def load_rl_prompts(data, eval_data, *, domains: str, oversample: str, prompts_p
                          "leaves no room for a prompt")
     records = load_prompts(data, domains, oversample, enc, room)
     eval_records = load_prompts(eval_data, domains, "", enc, room)
+    if any(r["domain"] == PROMPT_ONLY for r in eval_records):
+        raise InputError(f"--eval-data {eval_data}: held-out prompts are scored by their domain's checker; "
+                         "prompt-only records (no domain) train with a reward model, and cannot be scored here")
     if len(records) < prompts_per_step:
         raise InputError(f"--prompts-per-step {prompts_per_step}: only {len(records)} prompts to train on")
     if reward_fn is not None:  # a term that scores one domain only, with prompts of others: refused now

@@ -75,3 +75,34 @@ def test_grpo_trains_on_gsm8k_records_and_logs_their_held_out_column(tmp_path):
                            group_size=2, max_new_tokens=8, eval_limit=2, progress=False))
     rows = read_metrics(tmp_path / "run" / "metrics.jsonl")
     assert any("eval_gsm8k" in r for r in rows)
+
+
+def test_prompt_only_records_train_with_a_reward_model_and_nothing_else(tmp_path):
+    """TRL's prompt-only form ({"prompt"}, a string or messages) has no checker: a reward model scores it, and a
+    checker term in --reward, or such prompts as held-out data, is one line before anything is written."""
+    from minipost.rewards import parse_reward
+    from minipost.rollout import load_rl_prompts
+    from minipost.tokenizer import get_tokenizer
+    path = tmp_path / "prompts.jsonl"
+    rows = [{"prompt": "Write a haiku."}, {"prompt": [{"role": "system", "content": "Be kind."},
+                                                       {"role": "user", "content": "Say hi."}]}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    records = load_prompts(path)
+    assert [r["domain"] for r in records] == ["prompts", "prompts"] and validate_record(records[1]) is None
+    kw = dict(domains="", oversample="", prompts_per_step=2, enc=get_tokenizer("nano"), block_size=256,
+              max_new_tokens=16, model_path="m.pt")
+    with pytest.raises(InputError, match="--reward 'correct:1': prompt-only records .* a reward model scores them"):
+        load_rl_prompts(path, gsm8k_file(tmp_path), reward_fn=parse_reward("correct:1"), reward_spec="correct:1", **kw)
+    with pytest.raises(InputError, match="held-out prompts are scored by their domain's checker"):
+        load_rl_prompts(path, path, **kw)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"prompt": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}]})
+                   + "\n")
+    with pytest.raises(InputError, match="bad.jsonl:1: field 'prompt': its last message is an answer"):
+        load_prompts(bad)
+
+
+def gsm8k_file(tmp_path):
+    path = tmp_path / "gsm8k_eval.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    return path

@@ -29,6 +29,9 @@ BROUGHT: dict[str, Checker] = {
 }
 
 
+PROMPT_ONLY = "prompts"  # the domain of TRL's prompt-only records: no checker, a reward model scores them
+
+
 def checker(domain) -> Domain | Checker | None:
     """The world's domain or a brought checker of that name (None: neither)."""
     return REGISTRY.get(domain) or BROUGHT.get(domain) if isinstance(domain, str) else None
@@ -37,6 +40,9 @@ def checker(domain) -> Domain | Checker | None:
 def check(record: dict, completion: str) -> float:
     """Score a completion for a record of rl/eval/prefs: 0.0 or 1.0, dispatching on record["domain"]."""
     domain = record.get("domain")
+    if domain == PROMPT_ONLY:
+        raise ValueError("prompt-only records (a prompt, no domain or answer) have no checker: a reward model "
+                         "scores them (rm:PATH)")
     d = checker(domain)
     if d is None:
         raise ValueError(f"record has domain {domain!r}; expected one of {DOMAINS + tuple(BROUGHT)}")
@@ -81,10 +87,20 @@ def validate_record(record: dict) -> str | None:
         return f"record: expected a JSON object, got {type(record).__name__}"
     if "prompt" not in record:
         return "field 'prompt': missing"
-    if not isinstance(record["prompt"], str) or not record["prompt"].strip():
-        return f"field 'prompt': expected a non-empty string, got {record['prompt']!r:.40}"
+    prompt = record["prompt"]
+    if isinstance(prompt, list):  # TRL's conversational prompt: messages, the last one not an answer
+        bad = next((i for i, m in enumerate(prompt) if not isinstance(m, dict) or m.get("role") not in
+                    ("system", "user", "assistant") or not isinstance(m.get("content"), str)), None)
+        if not prompt or bad is not None:
+            return f"field 'prompt': message {bad or 0} is not a {{'role', 'content'}} of system, user or assistant"
+        if prompt[-1]["role"] == "assistant":
+            return "field 'prompt': its last message is an answer; a prompt ends with the question"
+    elif not isinstance(prompt, str) or not prompt.strip():
+        return f"field 'prompt': expected a non-empty string or a list of messages, got {prompt!r:.40}"
     if "domain" not in record:
         return "field 'domain': missing"
+    if record["domain"] == PROMPT_ONLY:
+        return None
     d = checker(record["domain"])
     if d is None:
         return f"field 'domain': unknown domain {record['domain']!r:.40}; expected one of {DOMAINS + tuple(BROUGHT)}"
