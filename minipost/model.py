@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from minipost.logprobs import linear_logprobs, token_logprobs
 
@@ -149,6 +150,8 @@ class CausalLM(nn.Module):
     what its blocks get besides the hidden states (block_inputs: the decoder's rotary angles) and which matrix
     is its output layer (output_weight)."""
 
+    checkpointing: bool = False  # activation checkpointing (--checkpointing): in training, keep each block's input
+    #                              only and run the block again in backward: less memory, more compute
     n_tokens: int | None = None  # how many of the output rows are tokens (None: all). A Hugging Face folder's
     #                              model may have more rows than its tokenizer has tokens (Qwen: 151,936 and
     #                              151,669); the logits are then the tokens' only, in training and in sampling
@@ -208,7 +211,10 @@ class CausalLM(nn.Module):
         x = self.embed(idx, pos)  # (B, T, C)
         extra = self.block_inputs(pos)
         for i, block in enumerate(self.blocks):
-            x = block(x, attn_mask, cache, i, extra)
+            if self.checkpointing and self.training and torch.is_grad_enabled() and cache is None:
+                x = checkpoint(block, x, attn_mask, cache, i, extra, use_reentrant=False)  # (B, T, C) kept alone
+            else:
+                x = block(x, attn_mask, cache, i, extra)
         if cache is not None:
             cache.length += idx.shape[1]  # the T new slots are filled now
         h = self.ln_f(x)  # (B, T, C)

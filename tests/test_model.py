@@ -184,3 +184,19 @@ def test_rows_that_are_no_token_are_left_out_of_the_logits():
         full = torch.cat([idx, tokens], dim=1)
         again = token_logprobs(model(full)[:, 3:-1], full[:, 4:])  # (8, 12) the training forward's
     torch.testing.assert_close(again, logps, atol=1e-5, rtol=0)
+
+
+def test_activation_checkpointing_keeps_less_for_backward_and_the_same_gradients():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=64, block_size=32, n_layer=3, n_head=2, n_embd=32)).train()
+    x = torch.randint(0, 64, (4, 32))
+    kept, grads = {}, {}
+    for on in (False, True):
+        model.checkpointing, saved = on, []
+        model.zero_grad()
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+            loss = model(x).logsumexp(-1).mean()
+        loss.backward()
+        kept[on], grads[on] = sum(saved), [p.grad.clone() for p in model.parameters()]
+    assert kept[True] < kept[False] / 2  # each block's input (and the logits' inputs), not its insides
+    assert all(torch.equal(a, b) for a, b in zip(grads[False], grads[True]))

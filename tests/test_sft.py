@@ -320,3 +320,12 @@ def test_the_fused_log_probs_train_as_the_plain_ones(world):
         for key in ("loss", "val_loss"):
             if key in row_a:
                 assert row_a[key] == pytest.approx(row_b[key], rel=1e-5), key
+
+
+def test_activation_checkpointing_trains_the_same_weights(world):
+    """--checkpointing keeps each block's input only and runs the block again in backward: the same gradients,
+    so the same run, bit for bit."""
+    sft.train(small_cfg(world, "kept", max_steps=3))
+    sft.train(small_cfg(world, "recomputed", max_steps=3, checkpointing=True))
+    a, b = (load_checkpoint(world.parent / d / "model.pt")["model"] for d in ("kept", "recomputed"))
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -34,6 +34,8 @@ class RunConfig:
     resume: bool = field(False, "continue from OUT/state.pt: weights, optimizer, schedule, RNG, data position and step")
     allow_config_change: bool = field(False, "with --resume, accept a config that differs from the saved run's")
     seed: int = field(1337, "random seed (initial weights, data order, sampling)", min=0, max=2**32 - 1)
+    checkpointing: bool = field(False, "activation checkpointing: keep each block's input only and run the block "
+                                       "again in backward (less memory for about a third more compute)")
     device: str = field("auto", DEVICE_HELP, check=check_device)
     progress: bool = field(True, "show a tqdm progress bar")
     threads: str = field("auto", threads.HELP, check=threads.parse_threads)

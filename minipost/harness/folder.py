@@ -99,7 +99,7 @@ def record_model(out: Path) -> None:
 
 
 RESUME_IGNORES = ("out", "resume", "allow_config_change", "progress", "device", "stop_after", "save_every", "threads",
-                  "max_seconds")  # fields that may change between a run and its resumption
+                  "max_seconds", "checkpointing")  # fields that may change between a run and its resumption
 
 
 _HELD: dict[str, int] = {}  # folder -> the descriptor whose lock this process holds (see hold_folder)

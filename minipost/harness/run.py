@@ -99,6 +99,9 @@ class Run:
         order: anything with state_dict/load_state_dict, or a torch.Generator) are saved in state.pt and, with
         --resume true, restored from it, with every RNG, the step, the clock and the values of end_step()."""
         self.objects = objects
+        for obj in objects.values():  # the models it trains take --checkpointing
+            if hasattr(obj, "checkpointing"):
+                obj.checkpointing = bool(getattr(self.cfg, "checkpointing", False))
         state = dist.main_first(lambda: start_run(self.out, self.cfg), self.ranks)  # the folder: lock, previous/
         if not self.main:
             state = start_run(self.out, self.cfg, write=False)  # the other ranks only read the resume state
