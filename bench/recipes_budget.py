@@ -2,10 +2,10 @@
 (minipost/bench/memory.py): float32 weights, as the commands load a folder; GiB; the smallest card of 8, 12, 16,
 24 GB that holds it with 10% to spare. Run: python bench/recipes_budget.py"""
 from minipost.bench.memory import SIZES, budget, smallest_card
-rows = [("SFT Qwen3-0.6B-Base", "Qwen3-0.6B", "sft", dict(tokens=4096)),
-        ("  + --checkpointing", "Qwen3-0.6B", "sft", dict(tokens=4096, checkpointing=True)),
-        ("  + --lora-rank 16", "Qwen3-0.6B", "lora", dict(tokens=4096, lora_rank=16)),
-        ("  + both", "Qwen3-0.6B", "lora", dict(tokens=4096, lora_rank=16, checkpointing=True)),
+rows = [("SFT Qwen3-0.6B-Base", "Qwen3-0.6B", "sft", dict(tokens=2048)),
+        ("  + --checkpointing", "Qwen3-0.6B", "sft", dict(tokens=2048, checkpointing=True)),
+        ("  + --lora-rank 16", "Qwen3-0.6B", "lora", dict(tokens=2048, lora_rank=16)),
+        ("  + both", "Qwen3-0.6B", "lora", dict(tokens=2048, lora_rank=16, checkpointing=True)),
         ("DPO Qwen2.5-0.5B-Instruct", "Qwen2.5-0.5B", "sft", dict(tokens=2 * 4 * 64)),
         ("  + --lora-rank 16", "Qwen2.5-0.5B", "lora", dict(tokens=2 * 4 * 64, lora_rank=16)),
         ("GRPO Qwen2.5-0.5B-Instruct", "Qwen2.5-0.5B", "grpo", dict(rollout=(128, 128, 256), micro_batch=8)),

@@ -251,12 +251,15 @@ class _LinearLogprobs(torch.autograd.Function):
     def forward(ctx, hidden, weight, targets, temperature, impl, with_entropy, with_top1):
         N, V = hidden.shape[0], weight.shape[0]
         C = max(1, LINEAR_CHUNK_ELEMENTS // V)
+        kind = hidden.device.type  # the dtype of the logits: autocast's (CUDA training: bf16), else the weight's
+        dt = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else weight.dtype
+        w = weight.to(dt)  # (V, H) cast once (under autocast: a bf16 copy), not once a chunk
         out, row_max, row_logs = (torch.empty(N, dtype=torch.float32, device=hidden.device) for _ in range(3))
         entropy = torch.empty_like(out) if with_entropy else None
         top1 = torch.empty(N, dtype=torch.bool, device=hidden.device) if with_top1 else None
         for r0 in range(0, N, C):
             rows = slice(r0, r0 + C)
-            x = hidden[rows] @ weight.T  # (C, V) this chunk's logits (in bf16 under CUDA's autocast)
+            x = hidden[rows].to(dt) @ w.T  # (C, V) this chunk's logits
             if with_top1:  # the target is the model's first choice: greedy decoding would write it
                 top1[rows] = x.argmax(dim=1) == targets[rows]
             if impl == "triton":
@@ -273,7 +276,7 @@ class _LinearLogprobs(torch.autograd.Function):
                 entropy[rows] = logs - torch.special.xlogy(z, z).sum(dim=-1) / logs.exp()
         ctx.save_for_backward(hidden, weight, targets, row_max, row_logs)
         ctx.temperature, ctx.impl, ctx.chunk = temperature, impl, C
-        ctx.dtype = x.dtype if N else weight.dtype  # backward makes the logits again in this dtype: m and log s
+        ctx.dtype = dt  # backward makes the logits again in this dtype: those m and log s describe
         extras = [t for t in (entropy, top1) if t is not None]
         ctx.mark_non_differentiable(*extras)
         return (out, *extras) if extras else out
@@ -294,13 +297,17 @@ class _LinearLogprobs(torch.autograd.Function):
             if ctx.impl == "triton":
                 from minipost.kernels.logprobs_triton import row_grad
                 dx = row_grad(x.view(1, *x.shape), targets[rows], row_max[rows], row_logs[rows],
-                              grad_out[rows].float().contiguous(), T).float()  # (C, V) (the kernel divides by T)
+                              grad_out[rows].float().contiguous(), T)  # (C, V) (the kernel divides by T)
             else:
-                dx = _grad_(x.float(), targets[rows], row_max[rows], row_logs[rows], g[rows], T)  # (C, V)
+                dx = _grad_(x.float(), targets[rows], row_max[rows], row_logs[rows], g[rows], T).to(ctx.dtype)
             if grad_h is not None:
-                grad_h[rows] = (dx.to(ctx.dtype) @ w).to(hidden.dtype)  # (C, V) @ (V, H)
-            if grad_w is not None:
-                grad_w.addmm_(dx.T, hidden[rows].float())  # (V, C) @ (C, H)
+                grad_h[rows] = (dx @ w).to(hidden.dtype)  # (C, V) @ (V, H)
+            if grad_w is not None:  # (V, C) @ (C, H), summed over the chunks in float32
+                h = hidden[rows].to(ctx.dtype)
+                if ctx.dtype == torch.float32:
+                    grad_w.addmm_(dx.T, h)  # in place
+                else:
+                    grad_w += dx.T @ h  # the product in bf16 (the GPU's tensor cores), the sum in float32
         return grad_h, None if grad_w is None else grad_w.to(weight.dtype), None, None, None, None, None
 
 

@@ -21,7 +21,8 @@ ROWS = [{"question": "A farmer has 3 pens of 12 hens. How many hens?", "answer":
     ("so 36 hens.\n#### 36", "36"), ("#### 1,000", "1000"), ("#### $1,250.00", "1250"), ("#### +7.", "7"),
     ("#### -3", "-3"), ("#### 2.50", "2.5"), ("#### -0", "0"), ("The answer is \\boxed{42}.", "42"),
     ("\\boxed{1} then \\boxed{2}", "2"), ("#### 5 ... \\boxed{6}", "5"), ("#### 4\n#### 9", "9"),
-    ("it is 36", None), ("#### many", None), ("", None), ("#### 1e400x", None),
+    ("it is 36", None), ("#### many", None), ("", None), ("#### 1e400x", None), ("#### 5/2", None),
+    ("\\boxed{\\$1,000}", "1000"),
 ])
 def test_the_final_number_is_read_as_the_graders_read_it(text, want):
     assert final_number(text) == want
@@ -40,6 +41,7 @@ def test_sft_rows_and_rl_prompts_from_gsm8k_records(tmp_path):
                         {"role": "assistant", "content": ROWS[0]["answer"]}]
     prompts = load_prompts(path)
     assert [p["answer"] for p in prompts] == ["36", "625", "-3"] and {p["domain"] for p in prompts} == {"gsm8k"}
+    assert prompts[0]["prompt"].startswith(ROWS[0]["question"]) and prompts[0]["prompt"].endswith("#### <number>")
     assert validate_record(prompts[0]) is None
     assert check(prompts[1], "Half of 1,250 is 625.\n#### 625") == 1.0
     assert check(prompts[1], "It costs 625 dollars.") == 0.0  # no final answer stated

@@ -200,3 +200,17 @@ def test_activation_checkpointing_keeps_less_for_backward_and_the_same_gradients
         kept[on], grads[on] = sum(saved), [p.grad.clone() for p in model.parameters()]
     assert kept[True] < kept[False] / 2  # each block's input (and the logits' inputs), not its insides
     assert all(torch.equal(a, b) for a, b in zip(grads[False], grads[True]))
+
+
+def test_logprobs_fuses_the_output_layer_from_a_real_vocabulary(monkeypatch):
+    """impl "auto": linear_logprobs (the logits never whole) from FUSED_VOCAB tokens up, the logits then
+    token_logprobs below it (minipost's own GPTs)."""
+    import minipost.model as model_module
+    calls = []
+    real = model_module.linear_logprobs
+    monkeypatch.setattr(model_module, "linear_logprobs", lambda *a, **k: calls.append(1) or real(*a, **k))
+    for vocab, fused in ((1030, False), (model_module.FUSED_VOCAB, True)):
+        model = GPT(GPTConfig(vocab_size=vocab, block_size=8, n_layer=1, n_head=1, n_embd=8))
+        calls.clear()
+        model.logprobs(torch.randint(0, vocab, (2, 8)), torch.randint(0, vocab, (2, 8)))
+        assert bool(calls) == fused, vocab

@@ -11,9 +11,10 @@
              the hidden states and the weight): eager (the logits whole, log_softmax), torch.compile of the
              same, minipost's logits-then-Triton path, linear_logprobs (fused), and Liger's fused linear
              cross-entropy with reduction="none" when it imports. ms and peak extra memory.
-3. grpo      one GRPO step of a random-weight model of Qwen3-0.6B's shapes, bf16: 16 prompts x 8 answers of
-             256 new tokens sampled with the KV cache, a frozen reference's log-probs, then the update in
-             micro-batches of 8 rows; tokens/s and peak memory with the plain and the fused log-probs.
+3. grpo      one GRPO step of a random-weight model of Qwen3-0.6B's shapes, as the recipes run (float32 weights,
+             bf16 matmuls under autocast, AdamW): 16 prompts x 8 answers of 256 new tokens sampled with the KV
+             cache, a frozen reference's log-probs, then the update in micro-batches of 8 rows; tokens/s and
+             peak memory with the plain (chunked) and the fused log-probs.
 4. pipeline  the `small` preset pipeline with --max-steps cut, in a subprocess: seconds per step of each stage,
              and the whole run's time extrapolated from them at the preset's own step counts.
 
@@ -39,7 +40,7 @@ from pathlib import Path
 
 import torch
 
-from minipost.common import ArgumentParser, exit_on_input_error
+from minipost.common import ArgumentParser, autocast, exit_on_input_error
 
 say = functools.partial(print, flush=True)
 PARTS = ("kernels", "fused", "grpo", "pipeline")
@@ -72,7 +73,7 @@ def kernels(device, smoke: bool) -> dict:
     args = ["--n", "64", "--vocab", "1000", "--dtype", "fp32", "--reps", "1"] if smoke else \
         ["--n", "8192", "--vocab", "50257", "151936", "--dtype", "bf16"]
     proc = subprocess.run([sys.executable, "-m", "minipost.kernels.bench", "--device", device, *args],
-                          capture_output=True, text=True, timeout=400)
+                          capture_output=True, text=True, timeout=150)
     say(proc.stdout)
     if proc.returncode:
         raise RuntimeError(proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"rc {proc.returncode}")
@@ -137,10 +138,9 @@ def grpo(device, smoke: bool) -> dict:
         cfg = dataclasses.replace(cfg, vocab_size=1000, n_layer=2, n_embd=64, n_head=4, n_kv_head=2, head_dim=16,
                                   intermediate_size=128)
         prompts, group, new, prompt_len, micro = 2, 2, 8, 8, 2
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
     torch.manual_seed(0)
-    policy = Decoder(cfg).to(device, dtype)
-    reference = Decoder(cfg).to(device, dtype).requires_grad_(False)
+    policy = Decoder(cfg).to(device)  # float32 weights; autocast makes the matmuls bf16 on CUDA
+    reference = Decoder(cfg).to(device).requires_grad_(False)
     reference.load_state_dict(policy.state_dict())
     optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-6)
     ids = [torch.randint(0, cfg.vocab_size, (prompt_len,)).tolist() for _ in range(prompts)]
@@ -154,8 +154,9 @@ def grpo(device, smoke: bool) -> dict:
         sync(device)
         t0 = time.perf_counter()
         policy.eval()
-        ro = sample_completions(policy, ids, group, new, temperature=1.0,
-                                generator=torch.Generator(device=device).manual_seed(1))
+        with autocast(torch.device(device)):
+            ro = sample_completions(policy, ids, group, new, temperature=1.0,
+                                    generator=torch.Generator(device=device).manual_seed(1))
         sync(device)
         t1 = time.perf_counter()
         rewards = torch.rand(len(ro), device=device)  # a random reward: the step's cost does not depend on it
@@ -164,9 +165,10 @@ def grpo(device, smoke: bool) -> dict:
         for start in range(0, len(ro), micro):
             rows = torch.arange(start, min(start + micro, len(ro)), device=device)
             sub = ro.select(rows)
-            with torch.no_grad():
+            with torch.no_grad(), autocast(torch.device(device)):
                 ref = completion_logprobs(reference, sub, 1.0, impl)
-            logps = completion_logprobs(policy, sub, 1.0, impl)
+            with autocast(torch.device(device)):
+                logps = completion_logprobs(policy, sub, 1.0, impl)
             loss, _ = grpo_loss(logps, sub.logprobs, ref, advantages[rows], sub.completion_mask, beta=0.04)
             (loss * len(rows) / len(ro)).backward()
         optimizer.step()
@@ -193,7 +195,7 @@ def pipeline(device, smoke: bool, steps: int) -> dict:
         cmd = [sys.executable, "-m", "minipost.pipeline", "--preset", preset, "--max-steps", str(steps), "--out", out,
                "--stages", stages, "--progress", "false", "--device", device] + (["--eval-limit", "1"] if smoke else [])
         t = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=480)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=150)
         wall = time.perf_counter() - t
         if proc.returncode:
             raise RuntimeError(proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed")
@@ -221,7 +223,7 @@ def _main(argv: list[str] | None = None) -> None:
     ap = ArgumentParser(description="minipost's GPU measurements in one call (bench/results/).")
     ap.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated, of {', '.join(PARTS)}")
     ap.add_argument("--smoke", action="store_true", help="tiny shapes on any device: checks the script")
-    ap.add_argument("--pipeline-steps", type=int, default=20, help="steps a stage in the pipeline part")
+    ap.add_argument("--pipeline-steps", type=int, default=10, help="steps a stage in the pipeline part")
     ap.add_argument("--out", default="bench/results", help="folder for the results' .json")
     args = ap.parse_args(argv)
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]
@@ -237,12 +239,18 @@ def _main(argv: list[str] | None = None) -> None:
         triton_version = triton.__version__
     except Exception:
         triton_version = None
+    git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
     result = {"device": name, "torch": torch.__version__, "triton": triton_version, "smoke": args.smoke,
+              "commit": git.stdout.strip() or None,
               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "parts": {}}
     say(f"{name}, torch {torch.__version__}, triton {triton_version}, {result['date']}")
     runs = {"kernels": lambda: kernels(device, args.smoke), "fused": lambda: fused(device, args.smoke),
             "grpo": lambda: grpo(device, args.smoke),
             "pipeline": lambda: pipeline(device, args.smoke, args.pipeline_steps)}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-").lower() + "-" + result["date"][:10] + \
+        ("-smoke" if args.smoke else "")
     for part in parts:
         t = time.perf_counter()
         try:
@@ -251,11 +259,7 @@ def _main(argv: list[str] | None = None) -> None:
             say(f"{part}: failed\n{traceback.format_exc()}")
             result["parts"][part] = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
         result["parts"][part]["seconds"] = time.perf_counter() - t
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-").lower() + "-" + result["date"][:10] + \
-        ("-smoke" if args.smoke else "")
-    (out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+        (out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")  # each part's: a cut run keeps them
     say(f"wrote {out / (stem + '.json')}")
 
 

@@ -4,10 +4,11 @@
 
 The final answer is the number after `####`. Such a file serves SFT (the question, then the whole solution as
 the answer: to_messages) and RL (the question as the prompt, the final number as what the checker wants:
-to_rl_record). The checker reads a completion's final number the way the common graders do: the number after
-its last `####`, else inside its last `\\boxed{...}`, else nothing (an answer that states no final number
-scores 0, however close its last number comes). Numbers compare as values: "1,000", "1000.0" and "+1000" are
-equal; "$" and a trailing "." are dropped.
+to_rl_record, whose prompt ends by asking for that line). The checker is strict: it reads the number after a
+completion's last `####`, else inside its last `\\boxed{...}`, else nothing (an answer that states no final
+number scores 0, however close its last number comes; a "flexible" grader would take the last number in the
+text instead). Numbers compare as values: "1,000", "1000.0" and "+1000" are equal; "$" and a trailing "." are
+dropped; a fraction ("5/2") is no number here.
 """
 from __future__ import annotations
 
@@ -16,13 +17,14 @@ from decimal import Decimal, InvalidOperation
 
 from minipost.common import InputError
 
-HASHES = re.compile(r"####[ \t]*([-+]?\$?[\d,]*\.?\d+)(?!\.?\w)")  # the number right after ####, a whole word
+HASHES = re.compile(r"####[ \t]*([-+]?\$?[\d,]*\.?\d+)(?![./]?\w)")  # the number right after ####, a whole word
+ASK = "\nEnd with the final answer on its own line as: #### <number>"  # what an RL prompt asks for
 BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
 
 
 def number(text: str) -> str | None:
     """A written number -> its canonical form ("1,000.50" -> "1000.5", "+7" -> "7", "-0" -> "0"), else None."""
-    t = text.strip().replace(",", "").replace("$", "").rstrip(".").strip()
+    t = text.strip().replace(",", "").replace("\\$", "").replace("$", "").rstrip(".").strip()
     try:
         value = Decimal(t)
     except InvalidOperation:
@@ -85,6 +87,6 @@ def to_messages(row: dict, where: str) -> list[dict]:
 
 
 def to_rl_record(row: dict, where: str) -> dict:
-    """RL: the question as the prompt; the checker wants the solution's final number."""
+    """RL: the question, asking for the #### line, as the prompt; the checker wants the solution's final number."""
     check_row(row, where)
-    return {"prompt": row["question"], "domain": "gsm8k", "answer": solution_answer(row["answer"], where)}
+    return {"prompt": row["question"] + ASK, "domain": "gsm8k", "answer": solution_answer(row["answer"], where)}
