@@ -3,10 +3,11 @@
 # the log-prob kernels, the fused output layer + log-prob, a 0.6B-shaped GRPO step, the small pipeline cut
 # short), the kernels' launch sweep, and the log-prob tests on CUDA. Everything goes to $OUT (default
 # bench/results/): the .json of the measurements and the log of each step. Liger-Kernel is measured when its
-# wheel lies in $WHEELS (the GPU machine reaches no package registry).
+# wheel lies in $WHEELS (the GPU machine reaches no package registry): `pip download liger-kernel --no-deps -d
+# .wheels` here, and the folder (ignored by git) travels with the command.
 set -u
 OUT=${OUT:-bench/results}
-WHEELS=${WHEELS:-shared/wheels}
+WHEELS=${WHEELS:-.wheels}
 mkdir -p "$OUT"
 if ls "$WHEELS"/*.whl >/dev/null 2>&1; then
   pip install --no-index --no-deps "$WHEELS"/*.whl 2>&1 | tail -1
