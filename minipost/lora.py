@@ -118,8 +118,8 @@ def training_bytes(model: nn.Module, optimizer: torch.optim.Optimizer) -> int:
 
 @dataclass
 class LoRAConfig:
-    """The LoRA flags of the objectives that fine-tune a whole model (SFT, DPO): a Config adds them by deriving
-    from this class too, and add_lora_from_flags reads them."""
+    """The LoRA flags of the objectives that fine-tune a policy (SFT, DPO, the RL files): a Config adds them by
+    deriving from this class too, and add_lora_from_flags reads them."""
     lora_rank: int = field(0, "LoRA: adapters of this rank on --lora-targets and every other weight frozen; model.pt "
                            "has them merged (0: full fine-tuning; minipost/lora.py)", min=0)
     lora_alpha: float = field(16.0, "LoRA scale: the update is (alpha / rank) B A", gt=0)

@@ -33,7 +33,7 @@ from minipost.common import (DATA_DIR, DEVICE_HELP, InputError, check_config, ch
 from minipost.card import eval_answers, evaluate_items, write_report
 from minipost.data import load_chats, load_prefs, load_texts
 from minipost.harness import (INPUT_FIELDS, RESUME_IGNORES, check_not_a_run, check_not_held, check_previous,
-                              file_digest, hold_folder, input_digests, main, read_metrics, release_folder)
+                              config_changes, file_digest, hold_folder, input_digests, main, read_metrics, release_folder)
 from minipost.heldout import load_eval_pairs, load_probes
 from minipost.rewards import RewardModel
 from minipost.rollout import load_prompts
@@ -182,7 +182,7 @@ def plan(name: str, stage_cfg, fresh: bool = False, known: dict | None = None, s
     if not isinstance(saved, dict):
         raise InputError(f"{out / 'state.pt'}: field 'config' is not a dict; {redo}")
     now = asdict(stage_cfg)
-    changed = sorted(k for k in set(now) | set(saved) if k not in ignored and now.get(k) != saved.get(k))
+    changed = config_changes(stage_cfg, saved, ignored)
     if changed:
         diff = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in changed)
         raise InputError(f"{what} of another config ({diff}); {redo}")

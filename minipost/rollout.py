@@ -37,6 +37,7 @@ from minipost import dist
 from minipost.common import DATA_DIR, InputError, field, read_jsonl
 from minipost.data import per_domain
 from minipost.harness import RunConfig
+from minipost.lora import LoRAConfig, add_lora_from_flags
 from minipost.model import left_pad
 from minipost.checkpoints import load_model
 from minipost.rewards import check_reward_domains, parse_reward, score_rollout, zero_spread
@@ -47,8 +48,9 @@ from minipost.world.registry import PROMPT_ONLY
 
 
 @dataclass
-class RolloutConfig(RunConfig):
-    """The fields the three RL objectives share: which prompts, which reward, how the answers are sampled."""
+class RolloutConfig(LoRAConfig, RunConfig):
+    """The fields the three RL objectives share: which prompts, which reward, how the answers are sampled (and
+    the LoRA flags: adapters on the policy)."""
     data: str = field("", "RL prompts, JSONL with prompt, domain and checker fields (default: the world's rl.jsonl)")
     eval_data: str = field("", "held-out prompts in the same form (default: the world's eval.jsonl)")
     domains: str = field("", "comma-separated domains to train on (empty: all)")
@@ -351,6 +353,8 @@ def load_policy_and_prompts(cfg: RolloutConfig, device, reward_fn):
     ref.requires_grad_(False)
     print(f"{len(records)} RL prompts, {len(eval_records)} held-out prompts, domains: {cfg.domains or 'all'}")
     print(f"policy: {policy.num_params() / 1e6:.2f}M parameters on {device}, from {cfg.init}")
+    if cfg.lora_rank:  # adapters on the policy, its other weights frozen (model.pt: merged, rl files)
+        print(add_lora_from_flags(policy, cfg))
     return policy, ref, enc, ckpt, records, eval_records
 
 

@@ -394,3 +394,16 @@ def test_ctrl_c_says_where_the_state_is_and_exits_130(tmp_path):
     assert proc.returncode == 130, err[-2000:]
     assert "Traceback" not in err
     assert f"interrupted: {tmp_path / 'state.pt'} holds step " in err and "--resume true continues" in err
+
+
+def test_a_saved_config_without_a_newer_field_counts_it_as_its_default():
+    """A run folder written before a field existed (its config.json lacks it) is resumed and reused as long
+    as the field keeps its default; another value is a change."""
+    import dataclasses
+    from minipost import grpo
+    from minipost.harness import config_changes
+    cfg = grpo.Config()
+    saved = dataclasses.asdict(cfg)
+    del saved["lora_rank"], saved["checkpointing"]
+    assert config_changes(cfg, saved) == []
+    assert config_changes(dataclasses.replace(cfg, lora_rank=4), saved) == ["lora_rank"]

@@ -64,3 +64,22 @@ def test_targets_and_rank_are_checked():
     only_fc = lora.add_lora(tiny(), rank=2, alpha=2, targets=("fc",))
     assert [n for n, m in only_fc.named_modules() if isinstance(m, lora.LoRALinear)] == [
         "blocks.0.mlp.fc", "blocks.1.mlp.fc"]
+
+
+@pytest.mark.parametrize("objective", ["grpo", "reinforce", "ppo"])
+def test_the_rl_files_train_lora_adapters_and_save_them_merged(tmp_path, objective):
+    """--lora-rank on an RL file: adapters on the policy alone, the rest frozen; model.pt holds plain weights
+    in which only the adapted matrices moved."""
+    import importlib
+    from minipost.checkpoints import load_model, model_checkpoint
+    module = importlib.import_module(f"minipost.{objective}")
+    torch.manual_seed(0)
+    torch.save(model_checkpoint(GPT(GPTConfig(n_layer=1)), "nano", 0), tmp_path / "init.pt")
+    module.train(module.Config(init=str(tmp_path / "init.pt"), out=str(tmp_path / "run"), lora_rank=2, max_steps=2,
+                               prompts_per_step=2, max_new_tokens=8, eval_limit=1, lr=1e-2, progress=False),
+                 reward_fn=lambda prompt, completion, record: len(set(completion)) / 8)  # differs between answers
+    before = torch.load(tmp_path / "init.pt", weights_only=True)["model"]
+    after = load_model(tmp_path / "run" / "model.pt")[2]["model"]
+    assert after.keys() == before.keys()  # merged: no adapter tensors left
+    moved = {k for k in before if not torch.equal(before[k], after[k])}
+    assert moved and all(k.endswith("weight") and (".attn." in k or ".mlp." in k) for k in moved), moved

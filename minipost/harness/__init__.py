@@ -8,11 +8,11 @@
 """
 from minipost.harness.config import RunConfig, main
 from minipost.harness.folder import (INPUT_FIELDS, RESUME_IGNORES, check_not_a_run, check_not_held, check_previous,
-                                     file_digest, hold_folder, input_digests, release_folder, save_state, start_run,
+                                     config_changes, file_digest, hold_folder, input_digests, release_folder, save_state, start_run,
                                      where_to_continue)
 from minipost.harness.metrics import MetricsLogger, check_finite, read_metrics
 from minipost.harness.run import Run
 
 __all__ = ["Run", "RunConfig", "main", "INPUT_FIELDS", "RESUME_IGNORES", "check_not_a_run", "check_not_held",
-           "check_previous", "file_digest", "hold_folder", "input_digests", "release_folder", "save_state", "start_run",
+           "config_changes", "check_previous", "file_digest", "hold_folder", "input_digests", "release_folder", "save_state", "start_run",
            "where_to_continue", "MetricsLogger", "check_finite", "read_metrics"]

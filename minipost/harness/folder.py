@@ -102,6 +102,14 @@ RESUME_IGNORES = ("out", "resume", "allow_config_change", "progress", "device", 
                   "max_seconds", "checkpointing")  # fields that may change between a run and its resumption
 
 
+def config_changes(cfg, saved: dict, ignored=RESUME_IGNORES) -> list[str]:
+    """The fields whose values differ between cfg and a run's saved config, but `ignored`. A field the saved
+    config lacks (a run of an older minipost, before the field existed) counts as holding its default."""
+    now = dataclasses.asdict(cfg)
+    defaults = {f.name: f.default for f in dataclasses.fields(cfg)}
+    return sorted(k for k in set(now) | set(saved) if k not in ignored and now.get(k) != saved.get(k, defaults.get(k)))
+
+
 _HELD: dict[str, int] = {}  # folder -> the descriptor whose lock this process holds (see hold_folder)
 
 
@@ -258,8 +266,7 @@ def start_run(out_dir, cfg, write: bool = True) -> dict | None:
         raise InputError(f"--max-steps {cfg.max_steps}: {out / 'state.pt'} is at step {state['step']} already; a "
                          "resumed run only goes on from there (give --max-steps of at least that)")
     now = dataclasses.asdict(cfg)
-    changed = sorted(k for k in set(now) | set(state["config"]) if k not in RESUME_IGNORES
-                     and now.get(k) != state["config"].get(k))
+    changed = config_changes(cfg, state["config"], RESUME_IGNORES)
     # and what it was started from: without inputs.json (deleted, or a run of an older minipost) that cannot be
     # checked, so it takes the same flag as a change, and the inputs it goes on with are recorded
     saved_inputs, inputs = read_json_dict(out / "inputs.json"), input_digests(cfg)
