@@ -2,28 +2,15 @@
 definition in float64: values, entropy, and the gradients of the hidden states and of the weight, on random
 inputs; float32 and bfloat16, odd vocabularies, temperatures, many chunks, a Qwen-sized vocabulary at a few
 tokens, and the Triton path under Triton's interpreter at small shapes (TRITON_INTERPRET=1 without a GPU)."""
-import os
-
-import torch
-
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+from triton_cpu import DEVICE, IMPLS, INTERPRETER_WARNINGS  # first: TRITON_INTERPRET before the kernels load
 
 import pytest  # noqa: E402
+import torch  # noqa: E402
 
 from minipost import logprobs  # noqa: E402
 from minipost.logprobs import linear_logprobs  # noqa: E402
 
-try:
-    import triton  # noqa: F401
-    HAS_TRITON = True
-except Exception:  # pragma: no cover - depends on the machine
-    HAS_TRITON = False
-
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-IMPLS = ["chunked", pytest.param("triton", marks=pytest.mark.skipif(not HAS_TRITON, reason="no triton"))]
-pytestmark = [pytest.mark.filterwarnings("ignore:invalid value encountered in subtract:RuntimeWarning"),
-              pytest.mark.filterwarnings("ignore:divide by zero encountered in log:RuntimeWarning")]
+pytestmark = INTERPRETER_WARNINGS
 
 
 def inputs(N, H, V, dtype, seed, scale=1.0):

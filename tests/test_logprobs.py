@@ -4,28 +4,16 @@ Without a GPU the Triton kernels run in Triton's interpreter (TRITON_INTERPRET=1
 before the kernel module is imported); interpreter runs are slow, so the shapes here are small.
 Every comparison uses fresh random inputs from a seeded generator (a different seed per case).
 """
-import os
 import zlib
 
-import torch
-
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+from triton_cpu import DEVICE, HAS_TRITON, IMPLS, INTERPRETER_WARNINGS  # first: TRITON_INTERPRET before the kernels
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+import torch  # noqa: E402
 
 from minipost.logprobs import token_logprobs  # noqa: E402
 
-try:
-    import triton  # noqa: F401
-
-    HAS_TRITON = True
-except Exception:  # pragma: no cover - depends on the machine
-    HAS_TRITON = False
-
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-IMPLS = ["chunked", pytest.param("triton", marks=pytest.mark.skipif(not HAS_TRITON, reason="no triton"))]
 # "triton-split": the kernels under a small launch config (3 tiles of BLOCK columns per program), so
 # that a row of V = 1000 or 5003 columns is cut into 6 or 7 segments (not a power of two: the combine
 # kernel pads to 8), whose last one ends in a partial tile and fully masked tiles, and the combine
@@ -40,12 +28,7 @@ def split_config(V):
 IMPLS_AND_SPLIT = IMPLS + [pytest.param("triton-split", marks=pytest.mark.skipif(not HAS_TRITON, reason="no triton"))]
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 EPS32 = torch.finfo(torch.float32).eps  # 2**-23: one float32 ulp at 1.0
-# The interpreter evaluates both sides of tl.where in numpy, so masked lanes compute -inf - (-inf)
-# and log(0) before being discarded; the warnings say nothing about the kernel.
-pytestmark = [
-    pytest.mark.filterwarnings("ignore:invalid value encountered in subtract:RuntimeWarning"),
-    pytest.mark.filterwarnings("ignore:divide by zero encountered in log:RuntimeWarning"),
-]
+pytestmark = INTERPRETER_WARNINGS  # (the interpreter's numpy warnings say nothing about the kernel)
 
 
 @pytest.fixture(autouse=True)
