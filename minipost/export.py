@@ -32,7 +32,7 @@ import torch
 from safetensors.torch import save_file
 
 from minipost.chat_formats import TURN_END, ChatFormat
-from minipost.checkpoints import load_model
+from minipost.checkpoints import HF, load_model, split_hf
 from minipost.common import ArgumentParser, InputError, check_can_create, exit_on_input_error, non_finite
 from minipost.hf import byte_level_alphabet, hf_names, model_config
 from minipost.tokenizer import PAT_STR
@@ -181,7 +181,7 @@ def read_json(path: Path) -> dict:
 
 def write_tokenizer(enc, tokenizer_name: str, folder: Path, block_size: int) -> dict:
     """tokenizer.json and tokenizer_config.json (+ generation_config.json) -> the token ids config.json names."""
-    if not tokenizer_name.startswith("hf:"):  # minipost's own BPE
+    if not tokenizer_name.startswith(HF):  # minipost's own BPE
         write_json(folder / "tokenizer.json", tokenizer_json(enc))
         write_json(folder / "tokenizer_config.json", {
             "tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": block_size, "bos_token": None,
@@ -190,7 +190,7 @@ def write_tokenizer(enc, tokenizer_name: str, folder: Path, block_size: int) -> 
         ids = {"eos_token_id": enc.encode_single_token("<|end|>"), "pad_token_id": enc.encode_single_token("<|pad|>")}
         write_json(folder / "generation_config.json", ids)
         return {"bos_token_id": None, **ids}
-    spec, _, chosen = tokenizer_name[3:].partition("#")  # "hf:/abs/folder" or "hf:/abs/folder#chatml"
+    spec, chosen = split_hf(tokenizer_name)  # "hf:/abs/folder" or "hf:/abs/folder#chatml"
     source = Path(getattr(enc, "hf_folder", None) or spec)
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json",
                  "chat_template.jinja"):  # (a template file would win over a chosen format's template)

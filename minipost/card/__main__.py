@@ -6,7 +6,7 @@ from pathlib import Path
 from minipost.card.evaluate import eval_answers, evaluate_items
 from minipost.card.report import read_report, write_report
 from minipost.common import ArgumentParser, DEVICE_HELP, check_can_create, exit_on_input_error, pick_device
-from minipost.checkpoints import load_model
+from minipost.checkpoints import HF, load_model, split_hf
 from minipost.rewards import RewardModel
 
 
@@ -46,7 +46,7 @@ def _main(argv=None):
     if not args.ckpt:
         ap.error("give --ckpt (one or more) or --from-json")
     device = pick_device(args.device)
-    names = args.name or [Path(c[3:]).name if c.startswith("hf:") else Path(c).parent.name for c in args.ckpt]
+    names = args.name or [split_hf(c)[0].name if c.startswith(HF) else Path(c).parent.name for c in args.ckpt]
     if args.vs and args.vs not in names:
         ap.error(f"--vs {args.vs!r} is not a row name; the rows are {names}")
     if len(set(names)) < len(names):

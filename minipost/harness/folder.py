@@ -16,6 +16,7 @@ except ImportError:  # Windows
 
 import torch
 
+from minipost.checkpoints import HF, split_hf
 from minipost.common import (DATA_DIR, InputError, load_checkpoint, read_json_dict, rng_state, save_checkpoint,
                              save_json, set_rng_state)
 
@@ -55,8 +56,8 @@ def file_digest(path: str | os.PathLike) -> str:
 
 def hf_folder_digest(spec: str) -> str:
     """sha256 of what hf:PATH[#format] names: the format, and the folder's configs, tokenizer, template and weights."""
-    folder, _, chosen = spec[3:].partition("#")
-    h = hashlib.sha256(chosen.encode() + b"\0")
+    folder, chosen = split_hf(spec)
+    h = hashlib.sha256((chosen or "").encode() + b"\0")
     for path in sorted(Path(folder).iterdir()):
         if path.is_file() and path.suffix in (".json", ".jinja", ".safetensors"):
             h.update(path.name.encode() + b"\0" + file_digest(path).encode())
@@ -84,7 +85,7 @@ def input_digests(cfg, known: dict | None = None) -> dict:
             got[f] = known[f]
         elif path and Path(path).is_file():
             got[f] = file_digest(path)
-        elif path and str(path).startswith("hf:") and Path(str(path)[3:].partition("#")[0]).is_dir():
+        elif path and str(path).startswith(HF) and split_hf(path)[0].is_dir():
             got[f] = hf_folder_digest(path)
         elif f == "data" and path == "":
             got["world"] = world_digest(getattr(cfg, "preset", "nano"))
