@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+from minipost.chat_formats import check_messages
 from minipost.world import arithmetic, gsm8k, identity, instructions, knowledge, refusals, sql, tools
 from minipost.world.base import Domain, Checker
 
@@ -89,10 +90,12 @@ def validate_record(record: dict) -> str | None:
         return "field 'prompt': missing"
     prompt = record["prompt"]
     if isinstance(prompt, list):  # TRL's conversational prompt: messages, the last one not an answer
-        bad = next((i for i, m in enumerate(prompt) if not isinstance(m, dict) or m.get("role") not in
-                    ("system", "user", "assistant") or not isinstance(m.get("content"), str)), None)
-        if not prompt or bad is not None:
-            return f"field 'prompt': message {bad or 0} is not a {{'role', 'content'}} of system, user or assistant"
+        try:
+            check_messages(prompt)  # (the chat template's own check)
+        except ValueError as e:
+            return f"field 'prompt': {e}"
+        if not prompt:
+            return "field 'prompt': an empty list of messages"
         if prompt[-1]["role"] == "assistant":
             return "field 'prompt': its last message is an answer; a prompt ends with the question"
     elif not isinstance(prompt, str) or not prompt.strip():
