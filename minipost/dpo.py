@@ -73,8 +73,9 @@ LOSS_TYPES = ["sigmoid", "ipo", "hinge", "robust"]
 class Config(LoRAConfig, RunConfig):
     """Direct Preference Optimization on (prompt, chosen, rejected) pairs against a frozen reference.
     The defaults are the nano preset (a laptop CPU, ~2 min); `--preset small` changes only what PRESETS lists."""
-    preset: str = field("nano", "model size and schedule: nano (laptop CPU) or small (one GPU)",
-                        choices=["nano", "small"])
+    preset: str = field("nano", "schedule: nano (laptop CPU), small (one GPU) or "
+                                 "hf (a Hugging Face model of about 0.5B parameters, --init hf:PATH, on one GPU: docs/recipes.md); the model's size comes from --init",
+                        choices=["nano", "small", "hf"])
     out: str = field("runs/dpo", "output folder: config.json, inputs.json, metrics.jsonl, state.pt, "
                                      "model.pt, samples.txt, summary.json")
     init: str = field("runs/sft/model.pt", "the model to start from (usually the SFT model)")
@@ -118,6 +119,8 @@ class Config(LoRAConfig, RunConfig):
 PRESETS = {
     "nano": {},
     "small": dict(preset="small", max_steps=200, batch_size=64, block_size=512, lr=5e-5),
+    "hf": dict(preset="hf", max_steps=60, batch_size=8, micro_batch_size=4, lr=5e-6, beta=0.1, eval_every=20,
+               checkpointing=True),
 }
 
 

@@ -124,6 +124,8 @@ PRESETS = {
     "nano": {},
     "small": dict(preset="small", prompts_per_step=32, max_new_tokens=64, lr=5e-6, num_iterations=2,
                   domains="arithmetic", oversample="", reward="correct:1", beta=0.0, eval_every=20),
+    "hf": dict(preset="hf", max_steps=50, prompts_per_step=16, max_new_tokens=256, micro_batch_size=8, lr=1e-6,
+               oversample="", reward="correct:1,format:0.1", eval_every=10, eval_limit=200, checkpointing=True),
 }
 
 

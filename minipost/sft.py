@@ -56,8 +56,9 @@ from minipost.world import build as build_world
 @dataclass
 class Config(LoRAConfig, RunConfig):
     """Supervised fine-tuning on chat data: loss on the assistant's tokens only. The defaults are the nano preset."""
-    preset: str = field("nano", "schedule: nano (laptop CPU) or small (one GPU); the model's size comes from --init",
-                        choices=["nano", "small"])
+    preset: str = field("nano", "schedule: nano (laptop CPU), small (one GPU) or "
+                                 "hf (a Hugging Face model of about 0.5B parameters, --init hf:PATH, on one GPU: docs/recipes.md); the model's size comes from --init",
+                        choices=["nano", "small", "hf"])
     out: str = field("runs/sft", "output folder: config.json, inputs.json, metrics.jsonl, state.pt, "
                                      "model.pt, samples.txt, summary.json")
     init: str = field("runs/pretrain/model.pt", "the base model to fine-tune (a minipost checkpoint)")
@@ -91,6 +92,8 @@ class Config(LoRAConfig, RunConfig):
 PRESETS = {
     "nano": {},
     "small": dict(preset="small", max_steps=600, batch_size=64, block_size=512, lr=3e-4),
+    "hf": dict(preset="hf", max_steps=500, batch_size=16, micro_batch_size=4, block_size=512, lr=1e-5, ptx_coef=0.0,
+               checkpointing=True),  # full fine-tuning of a ~0.5B model; with --lora-rank, --lr about 1e-4
 }
 
 

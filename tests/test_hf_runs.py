@@ -146,3 +146,37 @@ def test_a_tokenizer_json_of_the_wrong_types_or_with_a_gap_in_its_ids_is_one_lin
         (tmp_path / "t" / "tokenizer.json").write_text(json.dumps({**saved, **change}))
         with pytest.raises(InputError, match=message):
             hf.load_hf_tokenizer(tmp_path / "t")
+
+
+def test_the_three_recipes_run_from_their_hf_presets_and_a_minipost_gpt_is_refused(tmp_path, folder):
+    """docs/recipes.md's labs are `--preset hf` on a folder: SFT on chats, DPO on the identity pairs, GRPO on
+    GSM8K records. Each takes one step here, its lengths cut to fit the tiny model and the CPU."""
+    import json
+    from minipost import dpo, grpo
+    from minipost.common import config_with_preset
+    from minipost.model import GPT, GPTConfig
+    from minipost.checkpoints import model_checkpoint
+    from minipost.world import identity
+    identity.build(tmp_path / "identity", "Nova", "Qwen")
+    gsm8k = tmp_path / "gsm8k.jsonl"
+    gsm8k.write_text("".join(json.dumps({"question": f"Ann has {a} apples and buys {b} more. How many now?",
+                                         "answer": f"{a} + {b} = {a + b}.\n#### {a + b}"}) + "\n"
+                             for a, b in [(3, 4), (10, 5), (7, 8)]))
+    runs = {sft: dict(block_size=64, eval_windows=2),
+            dpo: dict(data=str(tmp_path / "identity" / "prefs.jsonl"), max_pairs=8, eval_pairs=4,
+                      eval_data=str(tmp_path / "identity" / "eval_prefs.jsonl")),
+            grpo: dict(data=str(gsm8k), eval_data=str(gsm8k), prompts_per_step=2, group_size=2, max_new_tokens=4,
+                       eval_limit=1)}
+    for module, cut in runs.items():
+        cfg = config_with_preset(module.Config, module.PRESETS, preset="hf", init=f"hf:{folder}", max_steps=1,
+                                 out=str(tmp_path / module.__name__), progress=False, **cut)
+        assert cfg.checkpointing and cfg.lr == module.PRESETS["hf"]["lr"] <= 1e-5, module.__name__
+        module.train(cfg)
+        saved = json.loads((tmp_path / module.__name__ / "config.json").read_text())
+        assert saved["preset"] == "hf" and load_checkpoint(tmp_path / module.__name__ / "model.pt")["step"] == 1
+    nano = tmp_path / "nano.pt"
+    torch.save(model_checkpoint(GPT(GPTConfig()), "nano", 0), nano)
+    with pytest.raises(InputError, match=r"--preset hf: the schedule of a Hugging Face model .* one of minipost's own"):
+        sft.train(config_with_preset(sft.Config, sft.PRESETS, preset="hf", init=str(nano), out=str(tmp_path / "x"),
+                                     progress=False))
+    assert not (tmp_path / "x").exists()

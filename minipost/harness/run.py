@@ -41,6 +41,18 @@ from minipost import dist, threads
 from minipost.common import InputError, pick_device, save_checkpoint, save_json, seed_everything
 from minipost.harness.folder import record_model, release_folder, save_state, start_run
 from minipost.harness.metrics import MetricsLogger, check_finite
+from minipost.decoder import Decoder
+from minipost.model import FUSED_VOCAB
+
+
+def check_preset_fits(cfg, model) -> None:
+    """--preset hf holds a real model's schedule (learning rates of 1e-5 and below, 512-token rows); on one of
+    minipost's own GPTs (no decoder family, a vocabulary below GPT-2's) it would train for nothing: one line."""
+    if getattr(cfg, "preset", "") == "hf" and not isinstance(model, Decoder) and model.cfg.vocab_size < FUSED_VOCAB:
+        raise InputError(f"--preset hf: the schedule of a Hugging Face model of about 0.5B parameters, and --init "
+                         f"{cfg.init} is one of minipost's own ({model.num_params() / 1e6:.1f}M parameters, a "
+                         f"vocabulary of {model.cfg.vocab_size}); give --init hf:PATH (or a model.pt trained from "
+                         "one), or --preset nano or small")
 
 
 class Run:
@@ -102,6 +114,7 @@ class Run:
         for obj in objects.values():  # the models it trains take --checkpointing
             if hasattr(obj, "checkpointing"):
                 obj.checkpointing = bool(getattr(self.cfg, "checkpointing", False))
+                check_preset_fits(self.cfg, obj)
         state = dist.main_first(lambda: start_run(self.out, self.cfg), self.ranks)  # the folder: lock, previous/
         if not self.main:
             state = start_run(self.out, self.cfg, write=False)  # the other ranks only read the resume state
