@@ -19,11 +19,12 @@ rows = [("SFT Qwen3-0.6B-Base", "Qwen3-0.6B", "sft", dict(tokens=sft_tokens, che
          dict(rollout=rollout, micro_batch=pass_rows, checkpointing=True)),
         ("  --checkpointing false", "Qwen2.5-0.5B", "grpo", dict(rollout=rollout, micro_batch=pass_rows)),
         ("  --logprobs-impl reference (logits whole)", "Qwen2.5-0.5B", "grpo",
-         dict(rollout=rollout, micro_batch=pass_rows, checkpointing=True, logprobs="plain"))]
-print(f"{'stage':42s} {'weights':>8s} {'grads':>6s} {'adamw':>6s} {'activ.':>7s} {'logits':>7s} {'gen.':>5s} "
+         dict(rollout=rollout, micro_batch=pass_rows, checkpointing=True, logprobs="plain")),
+        ("  --checkpointing false --logprobs-impl reference", "Qwen2.5-0.5B", "grpo", dict(rollout=rollout, micro_batch=pass_rows, logprobs="plain"))]
+print(f"{'stage':50s} {'weights':>8s} {'grads':>6s} {'adamw':>6s} {'activ.':>7s} {'logits':>7s} {'gen.':>5s} "
       f"{'total':>6s}  card")
 for label, model, mode, kw in rows:
     b = budget(SIZES[model], mode=mode, dtype_bytes=4, **kw)
     gen = b["kv_cache"] + b["prefill"]
-    print(f"{label:42s} {b['weights']:8.2f} {b['gradients']:6.2f} {b['adamw']:6.2f} {b['activations']:7.2f} "
+    print(f"{label:50s} {b['weights']:8.2f} {b['gradients']:6.2f} {b['adamw']:6.2f} {b['activations']:7.2f} "
           f"{b['logits']:7.2f} {gen:5.2f} {b['total']:6.2f}  {smallest_card(b['total'], [8, 12, 16, 24])}")
