@@ -293,7 +293,9 @@ class CausalLM(nn.Module):
         logps = torch.zeros(B, steps, device=idx.device)
         rows = torch.arange(B, device=idx.device)  # (b,) which row of the batch each cache row is
         live = torch.ones(B, dtype=torch.bool, device=idx.device)  # (b,) cache rows still generating
-        cache = KVCache(self.cfg, B, P + steps, idx.device, self.wte.weight.dtype)
+        kind = idx.device.type  # under autocast the keys and values are made in its dtype (CUDA: bf16), so kept in it
+        cache = KVCache(self.cfg, B, P + steps, idx.device, torch.get_autocast_dtype(kind)
+                        if torch.is_autocast_enabled(kind) else self.wte.weight.dtype)
         logits = self(idx, attention_mask, cache=cache, logits_to_keep=1)[:, -1]  # (B, V): left padding puts every
         # prompt's last token in the last column
         n = 0  # columns written

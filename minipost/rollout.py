@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from minipost import dist
-from minipost.common import DATA_DIR, InputError, field, read_jsonl
+from minipost.common import DATA_DIR, InputError, autocast, field, read_jsonl
 from minipost.data import per_domain
 from minipost.harness import RunConfig
 from minipost.lora import LoRAConfig, add_lora_from_flags
@@ -118,10 +118,11 @@ def sample_completions(model, prompts: list[list[int]], group_size: int = 1, max
     prompt_ids, prompt_mask = left_pad(repeated, pad_id, device)  # (N, P) each
     was_training = model.training
     model.eval()  # no dropout while sampling: the log-probs we keep must be reproducible
-    tokens, mask, logps = model.generate(prompt_ids, prompt_mask, max_new_tokens=max_new_tokens,
-                                         temperature=temperature, top_k=top_k, top_p=top_p,
-                                         stop_token=stop_token, pad_id=pad_id, generator=generator,
-                                         rows_of=rows_of)  # (N, T) x3
+    with autocast(device):  # CUDA: bf16 matmuls and a bf16 KV cache, as the training pass's matmuls
+        tokens, mask, logps = model.generate(prompt_ids, prompt_mask, max_new_tokens=max_new_tokens,
+                                             temperature=temperature, top_k=top_k, top_p=top_p,
+                                             stop_token=stop_token, pad_id=pad_id, generator=generator,
+                                             rows_of=rows_of)  # (N, T) x3
     model.train(was_training)
     if stop_token is None:
         stopped = torch.zeros(len(repeated), dtype=torch.bool, device=device)
@@ -198,8 +199,9 @@ def completion_logprobs(model, ro: Rollout, temperature: float = 1.0, impl: str 
     t = max(int(ro.completion_mask.sum(dim=1).max()), 1)  # completion columns in use (completions are right-padded)
     ids = torch.cat([ro.prompt_ids[:, -p:], ro.completion_ids[:, :t]], dim=1)[:, :-1]  # (N, p+t-1)
     attn = torch.cat([ro.prompt_mask[:, -p:], ro.completion_mask[:, :t]], dim=1)[:, :-1]  # (N, p+t-1)
-    logps, hidden = model.logprobs(ids, ro.completion_ids[:, :t], attn, temperature=temperature, impl=impl,
-                                   return_hidden=True)  # (N, t): the last t columns predict the completion
+    with autocast(ids.device):  # CUDA: bf16 matmuls; the log-probs come out float32
+        logps, hidden = model.logprobs(ids, ro.completion_ids[:, :t], attn, temperature=temperature, impl=impl,
+                                       return_hidden=True)  # (N, t): the last t columns predict the completion
     hidden = hidden[:, p - 1:]  # (N, t, C): those columns' final hidden states
     logps = F.pad(logps, (0, T - t)) * ro.completion_mask  # (N, T); padding contributes exactly 0
     return (logps, F.pad(hidden, (0, 0, 0, T - t))) if return_hidden else logps
@@ -216,8 +218,9 @@ def completion_values(critic, batch_rollout) -> torch.Tensor:
     t = max(int(batch_rollout.completion_mask.sum(dim=1).max()), 1)  # completion columns in use (right-padded)
     ids = torch.cat([batch_rollout.prompt_ids[:, -p:], batch_rollout.completion_ids[:, :t]], dim=1)[:, :-1]
     attn = torch.cat([batch_rollout.prompt_mask[:, -p:], batch_rollout.completion_mask[:, :t]], dim=1)[:, :-1]
-    _, hidden = critic(ids, attn, return_hidden=True, logits_to_keep=0)  # (B, p+t-1, C), no logits
-    values = critic.values(hidden[:, p - 1:])  # (B, t): the state before completion token 0, 1, ...
+    with autocast(ids.device):  # CUDA: bf16 matmuls
+        _, hidden = critic(ids, attn, return_hidden=True, logits_to_keep=0)  # (B, p+t-1, C), no logits
+        values = critic.values(hidden[:, p - 1:]).float()  # (B, t): the state before completion token 0, 1, ...
     return F.pad(values, (0, T - t)) * batch_rollout.completion_mask  # (B, T)
 
 

@@ -35,6 +35,30 @@ def test_training_forward_recomputes_the_sampling_logprobs(temperature):
     assert (lp1 - ro.logprobs)[m].abs().max() > 1e-2
 
 
+
+def test_under_autocast_the_rollout_and_the_training_pass_both_run_in_its_dtype(monkeypatch):
+    """What CUDA's bf16 autocast does to a rollout, played on the CPU's: the KV cache is kept in bf16 (the keys
+    and values are made in it), and the training pass recomputes the sampler's log-probs up to bf16 rounding,
+    in float32; a float32 pass over the same rollout differs from it by more than float32 rounding."""
+    import contextlib
+    from minipost import model as model_module, rollout
+    cache_dtypes = []
+    real_cache = model_module.KVCache
+    monkeypatch.setattr(model_module, "KVCache", lambda *a: cache_dtypes.append(a[-1]) or real_cache(*a))
+    monkeypatch.setattr(rollout, "autocast", lambda device: torch.autocast("cpu", dtype=torch.bfloat16))
+    model = make_model()
+    ro = sample_completions(model, PROMPTS, group_size=2, max_new_tokens=10, stop_token=STOP, pad_id=PAD,
+                            generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        lp = completion_logprobs(model, ro, impl="reference")
+    monkeypatch.setattr(rollout, "autocast", lambda device: contextlib.nullcontext())
+    with torch.no_grad():
+        lp32 = completion_logprobs(model, ro, impl="reference")
+    m = ro.completion_mask.bool()
+    assert cache_dtypes == [torch.bfloat16] and lp.dtype == ro.logprobs.dtype == torch.float32
+    torch.testing.assert_close(lp[m], ro.logprobs[m], atol=5e-3, rtol=0)  # (0 here: the same bf16 kernels)
+    assert (lp32 - lp)[m].abs().max() > 1e-4  # the autocast pass really ran in bf16
+
 def test_top_k_sampling_keeps_unfiltered_tempered_logprobs():
     model = make_model(1)
     ro = sample_completions(model, PROMPTS, group_size=2, max_new_tokens=8, temperature=0.8, top_k=5, top_p=0.9,
