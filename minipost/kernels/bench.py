@@ -10,6 +10,7 @@ parallel regions, and each one waits for its slowest thread, which a busy neighb
 Columns
   fwd ms      forward only (no_grad), median
   f+b ms      forward + backward with upstream grad g (ones), grad written to x.grad, median
+  x floor     f+b ms / the floor: 3*N*V*bytes (the least traffic, below) at the copy bandwidth measured here
   fwd TB/s    N*V*bytes / fwd time: the one read of the logits a forward cannot avoid
   %copy       fwd TB/s against the copy bandwidth measured here (x.copy_ of the same tensor: read+write)
   f+b TB/s    3*N*V*bytes / f+b time: read x (fwd), read x + write grad (bwd), the minimum traffic
@@ -24,7 +25,8 @@ allocation and free made by PyTorch's CPU allocator with torch.profiler(profile_
 them in time order, and report the highest running total. That counts exactly the tensor bytes the call
 allocates (scratch and result), not Python objects or allocator slack.
 
-`--sweep` (GPU) times the triton kernels under other launch configs, to tune `pick_config`.
+`--sweep` (GPU) times the triton kernels under other launch configs, to tune `pick_config` (`--no-table`: only
+that). `--json PATH` writes the table's rows, floor included, as they are measured.
 Every line is printed with flush=True, so a redirected or remote run shows its rows as they come. On a
 CPU the profiler logs a line per call to stderr; `2>/dev/null` keeps only the table.
 """
@@ -32,8 +34,10 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import statistics
 import time
+from pathlib import Path
 
 import torch
 
@@ -198,6 +202,9 @@ def main(argv=None):
     ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                     help="include torch.compile(reference) (default: on for CUDA, off for CPU)")
     ap.add_argument("--sweep", action="store_true", help="GPU: also sweep triton launch configs")
+    ap.add_argument("--table", action=argparse.BooleanOptionalAction, default=True,
+                    help="time every path (--no-table with --sweep: the sweep alone)")
+    ap.add_argument("--json", default="", help="also write the table's rows to this .json file")
     ap.add_argument("--threads", type=int, default=None, help="CPU: torch.set_num_threads (default: torch's)")
     args = ap.parse_args(argv)
 
@@ -219,16 +226,19 @@ def main(argv=None):
     what = torch.cuda.get_device_name() if on_gpu else f"CPU, {torch.get_num_threads()} threads"
     say(f"token_logprobs bench, {time.strftime('%Y-%m-%d %H:%M %Z')}: {what}; torch {torch.__version__}, "
         f"triton {triton_version}; N={N}")
-    head = (f"{'V':>6} {'dtype':>5} {'impl':>12} {'fwd ms':>8} {'f+b ms':>8} {'fwd TB/s':>8} {'%copy':>6} "
-            f"{'f+b TB/s':>8} {'extra MB':>9} {'x grad':>6} {'err':>8} {'gerr':>8} {'vs eager t/mem':>14}")
-    say(head)
-    say("-" * len(head))
-    for V in vocabs:
+    head = (f"{'V':>6} {'dtype':>5} {'impl':>12} {'fwd ms':>8} {'f+b ms':>8} {'x floor':>7} {'fwd TB/s':>8} "
+            f"{'%copy':>6} {'f+b TB/s':>8} {'extra MB':>9} {'x grad':>6} {'err':>8} {'gerr':>8} {'vs eager t/mem':>14}")
+    if args.table:
+        say(head)
+        say("-" * len(head))
+    rows = []
+    for V in vocabs if args.table else []:
         for dname in dtypes:
             x = (torch.randn(N, V, device=device) * 4).to(DTYPES[dname])  # (N, V)
             y = torch.randint(0, V, (N,), device=device)  # (N,)
             copy = copy_tbps(x, device, args.reps)
-            base = None
+            floor = 3 * x.numel() * x.element_size() / (copy * 1e12) * 1e3  # ms: read the logits twice, write
+            base = None  # the gradient once, at the copy bandwidth
             for name, fn in make_impls(device, compile_ref).items():
                 try:
                     r = bench_one(name, fn, x, y, device, args.reps)
@@ -236,12 +246,16 @@ def main(argv=None):
                     say(f"{V:>6} {dname:>5} {name:>12}  failed: {type(e).__name__}: {str(e)[:60]}")
                     continue
                 base = base or r
-                say(f"{V:>6} {dname:>5} {name:>12} {r['fwd']:8.3f} {r['fb']:8.3f} {r['fwd_tbps']:8.3g} "
+                rows.append(dict(V=V, dtype=dname, N=N, copy_tbps=copy, floor_ms=floor, x_floor=r["fb"] / floor, **r))
+                say(f"{V:>6} {dname:>5} {name:>12} {r['fwd']:8.3f} {r['fb']:8.3f} {r['fb'] / floor:7.2f} "
+                    f"{r['fwd_tbps']:8.3g} "
                     f"{100 * r['fwd_tbps'] / copy:5.0f}% {r['fb_tbps']:8.3g} {r['extra'] / 2**20:9.1f} "
                     f"{r['extra'] / r['grad_bytes']:6.2f} {r['err']:8.1e} {r['gerr']:8.1e} "
                     f"{r['fb'] / base['fb']:6.2f}/{r['extra'] / base['extra']:.2f}")
-            say(f"{'':>12} copy bandwidth {copy:.3g} TB/s; gradient buffer "
+            say(f"{'':>12} copy bandwidth {copy:.3g} TB/s; floor (f+b) {floor:.3f} ms; gradient buffer "
                 f"{x.numel() * x.element_size() / 2**20:.1f} MB")
+            if args.json:  # after each (V, dtype): a run cut short keeps what it measured
+                Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
             del x
             if on_gpu:
                 torch.cuda.empty_cache()
