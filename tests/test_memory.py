@@ -159,18 +159,19 @@ def test_fused_logits_are_smaller_than_chunked_and_chunked_than_plain_at_a_qwen_
 
 def test_fused_formula_uses_the_chunk_the_code_makes():
     """R = LINEAR_CHUNK_ELEMENTS // V tokens a chunk (110 at Qwen's V): 12 bytes a logit of one chunk (bf16 and
-    float32), + V C 4 for bf16 when the output layer trains; the same at 4096 tokens as at 8192."""
+    float32); for bf16 when the output layer trains, the larger bf16 product dx^T h (R V 4 + V C 2) and the
+    buffer V C 4; the same at 4096 tokens as at 8192."""
     cfg = SIZES["Qwen3-0.6B"]
     V, C = cfg.vocab_size, cfg.n_embd
     R = LINEAR_CHUNK_ELEMENTS // V
-    assert R == 110
+    assert R == 110 and R * V * 4 + V * C * 2 > R * V * 12
     for tokens in (4096, 8192):
-        assert logit_bytes(cfg, tokens, 2, "fused") == R * V * 12 + V * C * 4  # SFT, GRPO's policy
+        assert logit_bytes(cfg, tokens, 2, "fused") == R * V * 4 + V * C * 2 + V * C * 4  # SFT, GRPO's policy
         assert logit_bytes(cfg, tokens, 2, "fused", output_trains=False) == R * V * 12  # LoRA
         assert logit_bytes(cfg, tokens, 4, "fused") == R * V * 12  # float32: the buffer is the gradient itself
     assert logit_bytes(cfg, R, 2, "fused", output_trains=False) == R * V * 8  # one chunk: no previous one
     lora = budget(cfg, mode="lora", tokens=4096, lora_rank=16)["logits"] * GiB
-    assert lora == R * V * 12 and budget(cfg, mode="sft", tokens=4096)["logits"] * GiB == lora + V * C * 4
+    assert lora == R * V * 12 and budget(cfg, mode="sft", tokens=4096)["logits"] * GiB == R * V * 4 + V * C * 6
 
 
 class LiveBytes(TorchDispatchMode):
@@ -216,11 +217,12 @@ def peak_logit_bytes(path, hidden, weight, targets, hold_logits=True) -> int:
     return mem.peak
 
 
-@pytest.mark.parametrize("path,dtype,trains", [("plain", torch.float32, False), ("plain", torch.bfloat16, False),
-                                               ("chunked", torch.float32, False), ("chunked", torch.bfloat16, False),
-                                               ("fused", torch.float32, True), ("fused", torch.bfloat16, True),
-                                               ("fused", torch.bfloat16, False)])
-def test_logit_formulas_are_what_the_code_allocates(path, dtype, trains, monkeypatch):
+@pytest.mark.parametrize("path,dtype,trains,C", [
+    ("plain", torch.float32, False, 32), ("plain", torch.bfloat16, False, 32), ("chunked", torch.float32, False, 32),
+    ("chunked", torch.bfloat16, False, 32), ("fused", torch.float32, True, 32), ("fused", torch.bfloat16, True, 32),
+    ("fused", torch.bfloat16, False, 32),  # R / C = 1/2 below; at 1/20 (Qwen's 110 / 1024 is about 1/9) the bf16
+    ("fused", torch.float32, True, 320), ("fused", torch.bfloat16, True, 320)])  # product dx^T h is the peak
+def test_logit_formulas_are_what_the_code_allocates(path, dtype, trains, C, monkeypatch):
     """logit_bytes against the bytes the tensors take, counted one by one on the CPU, chunks made small (16 tokens
     for fused, 4 rows for chunked) so that there are several. fused runs its PyTorch path here, which makes no
     kernel output: R V b less than the Triton path that budget counts; the hidden states' gradient (N C b) is
@@ -230,16 +232,18 @@ def test_logit_formulas_are_what_the_code_allocates(path, dtype, trains, monkeyp
     for module in (logprobs, memory):
         monkeypatch.setattr(module, "LINEAR_CHUNK_ELEMENTS", 1 << 14)
         monkeypatch.setattr(module, "CHUNK_ELEMENTS", 1 << 12)
-    N, C, V = 100, 32, 1000
+    N, V = 100, 1000
     torch.manual_seed(0)
     hidden = torch.randn(N, C, dtype=dtype, requires_grad=True)
     weight = (torch.randn(V, C) * 0.1).to(dtype).requires_grad_(trains)
     targets = torch.randint(0, V, (N,))
     b = torch.finfo(dtype).bits // 8
     expected = logit_bytes(DecoderConfig(vocab_size=V, n_embd=C), N, b, path, output_trains=trains)
-    if path == "fused":
-        R = (1 << 14) // V
-        expected += -R * V * b + N * C * b + (V * C * 4 if trains and b == 4 else 0)
+    if path == "fused":  # the PyTorch path's two moments (the module docstring), by hand
+        R, f = (1 << 14) // V, 4 if b < 4 else 0
+        product = R * V * 2 * b + V * C * 2 if trains and b < 4 else 0
+        expected = max(R * V * (b + f + 4), product) + (V * C * f if trains else 0)
+        expected += N * C * b + (V * C * 4 if trains and b == 4 else 0)
     small = 32 * N  # a few floats a token: the upstream gradient, row statistics, the log-probs
     assert 0 <= peak_logit_bytes(path, hidden, weight, targets) - expected <= small
     if path == "plain":
@@ -279,3 +283,23 @@ def test_num_params_matches_transformers():
     with torch.device("meta"):
         theirs = transformers.GPT2LMHeadModel(config).num_parameters()
     assert num_params(model_config("gpt2", config.to_dict(), "tiny gpt2")) == theirs
+
+
+def test_amp_counts_the_bf16_copies_autocast_keeps_of_the_trained_weights():
+    """Under bf16 autocast every float32 weight a block's matmul reads is cast once and the copy kept until the
+    autocast region ends (the CPU's autocast caches as CUDA's does): 2 bytes for each of matrix_params, and
+    nothing for the embedding, which is looked up. Counted after a no-grad forward, when nothing else is alive."""
+    cfg = DecoderConfig(family="qwen3", vocab_size=500, n_embd=64, intermediate_size=96, n_layer=2, n_head=4,
+                        n_kv_head=2, head_dim=16, tie_embeddings=True, block_size=64, qk_norm=True)
+    torch.manual_seed(0)
+    model = Decoder(cfg)
+    idx = torch.randint(0, 500, (2, 16))
+    with LiveBytes(*model.parameters(), *model.buffers(), idx) as mem, torch.no_grad(), \
+            torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(idx, logits_to_keep=1)
+        kept = mem.live - out.untyped_storage().nbytes()
+    assert kept == 2 * memory.matrix_params(cfg) > 0
+    b = budget(cfg, mode="sft", tokens=32, dtype_bytes=4, amp=True)
+    assert b["amp"] * memory.GiB == 2 * memory.matrix_params(cfg) + 2 * 2 * 500 * 64  # + the output's copy, product
+    with pytest.raises(ValueError, match="amp counts float32 weights"):
+        budget(cfg, mode="sft", tokens=32, dtype_bytes=2, amp=True)

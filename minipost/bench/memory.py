@@ -39,35 +39,49 @@ vocabulary, r the LoRA rank; GiB = 2^30 bytes.
       chunked    N V 2 b + chunk     the logits whole (the model writes them all before the log-probs; the backward
                                      reads them) and their gradient, then logprobs.py's "chunked" or "triton" path:
                                      2 floats a row, plus one float32 chunk (logprobs.CHUNK_ELEMENTS: 4 MiB)
-      fused      R V (2 b + f + 4)   logprobs.linear_logprobs, through CausalLM.logprobs: the output layer and the
-                   + V C f           log-prob in one call, the logits made R = max(1, LINEAR_CHUNK_ELEMENTS // V)
-                                     tokens at a time (2^24 logits: R = 110 at V 151,936) and never N x V.
-                                     f = 4 for bf16 weights, 0 for float32 ones (.float() of a float32 tensor is
-                                     the tensor itself). The peak is in backward, in the Triton path (CUDA's
-                                     default), as the next chunk is made: its logits (b), the kernel's gradient of
-                                     them (b) and that gradient's float32 copy (f), while the previous chunk's
-                                     float32 gradient (4) is still referenced: 12 bytes a logit, bf16 or float32.
-                                     The PyTorch path (CPU, MPS) has no kernel output, R V (b + f + 4);
-                                     tests/test_memory.py checks that against the bytes its tensors take on the
-                                     CPU. One chunk (N <= R) has no previous one: N V (2 b + f).
+      fused      max(R V (2 b + f + 4),   logprobs.linear_logprobs, through CausalLM.logprobs: the output layer
+                     R V 2 b + V C 2)     and the log-prob in one call, the logits made R = max(1,
+                   + V C f           LINEAR_CHUNK_ELEMENTS // V) tokens at a time (2^24 logits: R = 110 at V
+                                     151,936) and never N x V. f = 4 for bf16 weights, 0 for float32 ones
+                                     (.float() of a float32 tensor is the tensor itself). The peak is in backward,
+                                     counted for the Triton path (CUDA's default), at one of two moments: as the
+                                     next chunk is made (its logits, b; the kernel's gradient of them, b; the
+                                     logits' float32 view, f; the previous chunk's float32 gradient, 4), or, for
+                                     bf16 weights that train, as a chunk's share of the weight's gradient is made:
+                                     the logits and their gradient (2 b) and the bf16 product dx^T h (V C 2) before
+                                     it is added to the float32 buffer (float32 weights add in place). The PyTorch
+                                     path (CPU, MPS) has no kernel output and a float32 one, R V (b + f + 4) and
+                                     R V 2 b + V C 2; tests/test_memory.py checks those against the bytes its
+                                     tensors take on the CPU. One chunk (N <= R) has no previous one.
                                      V C f: the float32 buffer the output layer's gradient is summed in over the
                                      chunks, counted when that layer trains (SFT, GRPO's policy; not LoRA, whose
                                      output layer is frozen). For float32 weights the buffer is the gradient
-                                     itself, already in `gradients`; for bf16 it costs V C 4 more than the logits-
-                                     whole paths, whose matmul writes the gradient in bf16 directly, so in bf16 the
-                                     fused path takes less than "chunked" only when N V 4 > R V 12 + V C 4, about
-                                     N > C + 3 R (Qwen3-0.6B: N > 1354; Qwen3-1.7B: N > 2378).
+                                     itself, already in `gradients`; for bf16 it and the product cost V C 6 more
+                                     than the logits-whole paths, whose matmul writes the gradient in bf16
+                                     directly, so in bf16 (C > 4 R) the fused path takes less than "chunked" only
+                                     when N V 4 > R V 4 + V C 6, N > R + 1.5 C (Qwen3-0.6B: 1646; Qwen3-1.7B: 3182).
                  Left out in all three: the hidden states' gradient (N C b) and a few floats a token.
-    kv_cache     N 2 L K D b         keys and values of every cached token (GPT-2: K = H, D = C / H)
+    amp          2 M + 2 V C         float32 weights under CUDA's bf16 autocast (dtype_bytes=4, what the commands
+                   (+ 2 V C)         run): autocast keeps a bf16 copy of every weight a matmul reads that trains,
+                                     from the forward pass to the end of the step; M the trained parameters but the
+                                     embedding and the output layer (the embedding is looked up, never cast; LoRA:
+                                     the adapters). The output layer's weight is copied once whichever path (the
+                                     cached copy, linear_logprobs' own, or a frozen one's cast), and the fused path
+                                     makes each chunk's bf16 product for its gradient, V C 2 more, when it trains.
+                                     GRPO's generation holds the same copies of the policy (2 M + 2 V C). Its
+                                     logits and activations are still counted at b = 4 (an upper bound: most are
+                                     bf16 under autocast).
+    kv_cache     N 2 L K D b         keys and values of every cached token (GPT-2: K = H, D = C / H); under
+                                     autocast the cache is kept in bf16 (b = 2)
     prefill      N_prompt A + rows V 16   the prompts through the blocks at once, one layer alive at a time (no
                                      autograd); sampling's float32 logits, log-probs, probabilities and their sum
 
     inference  weights + kv_cache + prefill (N tokens prefilled into the cache: one prompt that long)
-    sft        weights + gradients + adamw + activations + logits
+    sft        weights + gradients + adamw + activations + logits (+ amp)
     lora       sft with P_t the adapters: the frozen weights still carry gradients back to earlier adapters, so
                the activations are SFT's (the adapters' r-wide products, 7 r b per layer and token, left out), and
                the logits too, less the fused path's weight-gradient buffer (the output layer is frozen)
-    grpo       weights + adamw + the larger of two phases: generation (kv_cache + prefill of the rollout batch)
+    grpo       weights + adamw (+ amp) + the larger of two phases: generation (kv_cache + prefill of the rollout batch)
                and training (gradients + activations + logits of one micro-batch of rows, logits on the answer
                tokens only, as rollout.completion_logprobs asks). The cache is freed before the backward pass
                and the gradients set to None between steps, so the two do not add up.
@@ -158,8 +172,8 @@ def kv_bytes(cfg, b: int) -> int:
 
 def logit_bytes(cfg, tokens: int, b: int, logprobs: str, output_trains: bool = True) -> int:
     """Bytes of the logits' peak along one of the three paths (module docstring): "plain", N V (b + 12);
-    "chunked", N V 2 b and one float32 chunk of rows; "fused", R V (2 b + f + 4) and, when the output layer
-    trains, its float32 gradient buffer V C f."""
+    "chunked", N V 2 b and one float32 chunk of rows; "fused", the larger of R V (2 b + f + 4) and (bf16 weights
+    that train) R V 2 b + V C 2, and, when the output layer trains, its float32 gradient buffer V C f."""
     V = cfg.vocab_size
     if logprobs == "plain":
         return tokens * V * (b + 12)
@@ -168,16 +182,36 @@ def logit_bytes(cfg, tokens: int, b: int, logprobs: str, output_trains: bool = T
     R = max(1, LINEAR_CHUNK_ELEMENTS // V)  # tokens a chunk, as _LinearLogprobs makes them
     f = 4 if b < 4 else 0  # a float32 copy; none when the weights are float32 already
     previous = 4 if tokens > R else 0  # the previous chunk's float32 gradient, still referenced
-    return min(R, tokens) * V * (2 * b + f + previous) + (V * cfg.n_embd * f if output_trains else 0)
+    chunk = min(R, tokens) * V * (2 * b + f + previous)  # as the next chunk's logits are made
+    product = min(R, tokens) * V * 2 * b + V * cfg.n_embd * 2 if output_trains and b < 4 else 0  # dx^T h in bf16
+    return max(chunk, product) + (V * cfg.n_embd * f if output_trains else 0)
+
+
+def amp_bytes(cfg, trained_matrices: int, logprobs: str, output_trains: bool) -> int:
+    """Bytes of the bf16 copies CUDA's autocast makes of float32 weights during a training step (module
+    docstring): 2 M + 2 V C, and 2 V C more for the fused path's product when the output layer trains."""
+    out = cfg.vocab_size * cfg.n_embd * 2
+    return 2 * trained_matrices + out + (out if logprobs == "fused" and output_trains else 0)
+
+
+def matrix_params(cfg) -> int:
+    """The parameters of the blocks' matmuls: every parameter but the embeddings, the output layer, the norms
+    and biases (what autocast casts when all train)."""
+    C, L = cfg.n_embd, cfg.n_layer
+    if isinstance(cfg, GPTConfig):
+        return L * 12 * C * C
+    H, K, D, F = cfg.n_head, cfg.n_kv_head, cfg.head_dim, cfg.intermediate_size
+    return L * (2 * C * H * D + 2 * C * K * D + 3 * C * F)
 
 
 def budget(cfg, *, mode: str, tokens: int = 0, dtype_bytes: int = 2, adam_bytes: int = 8, lora_rank: int = 0,
            checkpointing: bool = False, logprobs: str = "fused", rollout=(128, 128, 256),
-           micro_batch: int = 8) -> dict[str, float]:
+           micro_batch: int = 8, amp: bool = False) -> dict[str, float]:
     """GiB of each part and the total (module docstring). tokens: sft and lora, the tokens of one forward and
     backward pass; inference, the tokens in the KV cache. grpo reads rollout = (rows, prompt tokens, new
     tokens) of one rollout batch and micro_batch, the rows of one forward and backward pass, instead.
-    logprobs: the training pass's log-prob path, "plain", "chunked" or "fused" (minipost's default)."""
+    logprobs: the training pass's log-prob path, "plain", "chunked" or "fused" (minipost's default). amp:
+    float32 weights (dtype_bytes=4) under CUDA's bf16 autocast, as the commands run on a GPU."""
     if mode not in ("inference", "sft", "lora", "grpo"):
         raise ValueError(f"mode {mode!r}: expected inference, sft, lora or grpo")
     if logprobs not in LOGPROBS:
@@ -186,10 +220,12 @@ def budget(cfg, *, mode: str, tokens: int = 0, dtype_bytes: int = 2, adam_bytes:
         raise ValueError(f"{mode} needs tokens >= 1")
     if (mode == "lora") != (lora_rank > 0):
         raise ValueError("lora_rank > 0 goes with mode 'lora', and only with it")
+    if amp and (dtype_bytes != 4 or mode == "inference"):
+        raise ValueError("amp counts float32 weights (dtype_bytes=4) trained under autocast")
     b, P = dtype_bytes, num_params(cfg)
     A, A_final = activation_bytes(cfg, b)
     kept = cfg.n_layer * cfg.n_embd * b + A if checkpointing else cfg.n_layer * A
-    part = dict.fromkeys(("weights", "gradients", "adamw", "activations", "logits", "kv_cache", "prefill"), 0)
+    part = dict.fromkeys(("weights", "gradients", "adamw", "amp", "activations", "logits", "kv_cache", "prefill"), 0)
     if mode == "inference":
         part.update(weights=P * b, kv_cache=tokens * kv_bytes(cfg, b), prefill=tokens * A)
         total = sum(part.values())
@@ -200,14 +236,17 @@ def budget(cfg, *, mode: str, tokens: int = 0, dtype_bytes: int = 2, adam_bytes:
             rows, prompt, new = rollout
             mb = min(micro_batch or rows, rows)
             train_tokens, logit_tokens = mb * (prompt + new), mb * new
-            part.update(kv_cache=rows * (prompt + new) * kv_bytes(cfg, b),
+            part.update(kv_cache=rows * (prompt + new) * kv_bytes(cfg, 2 if amp else b),
                         prefill=rows * prompt * A + rows * cfg.vocab_size * 16)
         part.update(weights=(2 * P if mode == "grpo" else P + (trained if mode == "lora" else 0)) * b,
                     gradients=trained * b, adamw=trained * adam_bytes,
                     activations=train_tokens * (kept + A_final),
                     logits=logit_bytes(cfg, logit_tokens, b, logprobs, output_trains=mode != "lora"))
+        if amp:
+            matrices = lora_params(cfg, lora_rank) if mode == "lora" else matrix_params(cfg)
+            part["amp"] = amp_bytes(cfg, matrices, logprobs, output_trains=mode != "lora")
         training = part["gradients"] + part["activations"] + part["logits"]
-        total = part["weights"] + part["adamw"] + max(training, part["kv_cache"] + part["prefill"])
+        total = part["weights"] + part["adamw"] + part["amp"] + max(training, part["kv_cache"] + part["prefill"])
     return {**{k: v / GiB for k, v in part.items()}, "total": total / GiB}
 
 
@@ -245,14 +284,15 @@ def _main(argv=None):
         raise InputError(f"--model {args.model!r}: choose one of {', '.join(SIZES)}, or all")
     gpus, N, rollout = parse_gpus(args.gpus), args.tokens, (16 * 8, 128, 256)
     b = args.weight_bytes
-    grpo = dict(mode="grpo", rollout=rollout, micro_batch=args.micro_batch, dtype_bytes=b)
+    amp = b == 4  # float32 weights: the commands' bf16 autocast, and its copies of the weights
+    grpo = dict(mode="grpo", rollout=rollout, micro_batch=args.micro_batch, dtype_bytes=b, amp=amp)
     columns = {"inference": dict(mode="inference", tokens=N, dtype_bytes=b),
-               "SFT": dict(mode="sft", tokens=N, dtype_bytes=b),
-               "LoRA r=16": dict(mode="lora", tokens=N, lora_rank=16, dtype_bytes=b),
+               "SFT": dict(mode="sft", tokens=N, dtype_bytes=b, amp=amp),
+               "LoRA r=16": dict(mode="lora", tokens=N, lora_rank=16, dtype_bytes=b, amp=amp),
                "GRPO": grpo, "GRPO chunked": {**grpo, "logprobs": "chunked"},
                "GRPO plain": {**grpo, "logprobs": "plain"}}
-    print(f"GiB of GPU memory by arithmetic on config.json shapes: {'bf16' if b == 2 else 'float32'} weights, AdamW "
-          f"with two float32 moments, no\n"
+    weights = "bf16 weights" if b == 2 else "float32 weights under bf16 autocast (its bf16 copies counted)"
+    print(f"GiB of GPU memory by arithmetic on config.json shapes: {weights}, AdamW with two float32 moments, no\n"
           f"float32 master copy, no activation checkpointing. inference: {N} tokens in the KV cache. SFT, LoRA:\n"
           f"{N} tokens a forward/backward pass. GRPO: 16 prompts x 8 answers of 128 prompt + 256 new tokens,\n"
           f"{args.micro_batch} rows a pass. Log-probs: fused (minipost's default at these vocabularies); GRPO "
