@@ -236,12 +236,13 @@ def update(policy, optimizer, batch_rollout, ref_logps, advantages, cfg: Config,
     for _ in range(cfg.num_iterations):
         for idx in micro_batches(batch_rollout, cfg.micro_batch_size or len(batch_rollout),
                                  by_length=cfg.loss_type != "bnpo"):  # bnpo's mean depends on the grouping
-            logps = completion_logprobs(policy, batch_rollout.select(idx), cfg.temperature,
-                                        cfg.logprobs_impl)  # (b, T)
+            logps, entropy = completion_logprobs(policy, batch_rollout.select(idx), cfg.temperature,
+                                                 cfg.logprobs_impl, entropy=True)  # (b, T) each
             loss, info = grpo_loss(logps, old_logps[idx], ref_logps[idx], advantages[idx], mask[idx], cfg.clip_eps,
                                    cfg.beta if cfg.kl_in == "loss" else 0.0, cfg.loss_type,
                                    max_tokens=cfg.max_new_tokens, clip_eps_high=cfg.clip_eps_high or None,
                                    importance_sampling_level=cfg.importance_sampling_level, kl_loss=cfg.kl_loss)
+            info["entropy"] = (entropy * mask[idx]).sum() / mask[idx].sum().clamp(min=1)  # a metric
             weight = micro_batch_weight(cfg.loss_type, mask[idx], mask, total)
             run.check(loss, "loss")
             (loss * weight).backward()

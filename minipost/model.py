@@ -150,7 +150,7 @@ class CausalLM(nn.Module):
     what its blocks get besides the hidden states (block_inputs: the decoder's rotary angles) and which matrix
     is its output layer (output_weight)."""
 
-    checkpointing: bool = False  # activation checkpointing (--checkpointing): in training, keep each block's input
+    checkpointing: bool = False  # activation checkpointing (--checkpointing): with grad on, keep each block's input
     #                              only and run the block again in backward: less memory, more compute
     n_tokens: int | None = None  # how many of the output rows are tokens (None: all). A Hugging Face folder's
     #                              model may have more rows than its tokenizer has tokens (Qwen: 151,936 and
@@ -211,8 +211,9 @@ class CausalLM(nn.Module):
         x = self.embed(idx, pos)  # (B, T, C)
         extra = self.block_inputs(pos)
         for i, block in enumerate(self.blocks):
-            if self.checkpointing and self.training and torch.is_grad_enabled() and cache is None:
-                x = checkpoint(block, x, attn_mask, cache, i, extra, use_reentrant=False)  # (B, T, C) kept alone
+            if self.checkpointing and torch.is_grad_enabled() and cache is None:  # (train or eval mode: RL's
+                x = checkpoint(block, x, attn_mask, cache, i, extra, use_reentrant=False)  # policies train in
+                # eval mode, no dropout) x (B, T, C) is all the block keeps for backward
             else:
                 x = block(x, attn_mask, cache, i, extra)
         if cache is not None:
@@ -228,28 +229,33 @@ class CausalLM(nn.Module):
         return (logits, h) if return_hidden else logits
 
     def logprobs(self, idx, targets, attention_mask=None, *, temperature: float = 1.0, impl: str = "auto",
-                 return_hidden: bool = False, top1: bool = False):
+                 return_hidden: bool = False, top1: bool = False, entropy: bool = False):
         """log pi(targets) at the last k = targets.shape[1] positions -> (B, k) float32: the output layer and the
         log-prob in one step, all an objective that scores chosen tokens needs (SFT, DPO, the RL passes).
 
         impl "fused", or "auto" at a vocabulary of FUSED_VOCAB or more: logprobs.linear_logprobs, the logits
         made a chunk of tokens at a time and never whole. Otherwise the k positions' logits (logits_to_keep),
-        then token_logprobs(impl): "reference", "chunked", "triton", "auto" (the plain path). With
-        return_hidden, also the final hidden states (B, T, C); with top1, whether each target is the most
-        likely token (B, k) bool (token accuracy).
+        then token_logprobs(impl): "reference", "chunked", "triton", "auto" (the plain path). Extras, in this
+        order: with entropy, each position's entropy -sum p log p at the temperature (B, k) float32, a metric
+        without gradient; with top1, whether each target is the most likely token (B, k) bool (token accuracy);
+        with return_hidden, the final hidden states (B, T, C).
         """
         k = targets.shape[1]
         fused = impl == "fused" or (impl == "auto" and self.cfg.vocab_size >= FUSED_VOCAB)
         if fused:
             _, h = self(idx, attention_mask, return_hidden=True, logits_to_keep=0)  # (B, T, C), no logits
             w = self.output_weight()[:self.n_tokens]  # (V, C)
-            got = linear_logprobs(h[:, h.shape[1] - k:], w, targets, temperature=temperature, top1=top1)
-            logp, hits = (got[0], got[2]) if top1 else (got, None)  # (B, k)
+            got = linear_logprobs(h[:, h.shape[1] - k:], w, targets, temperature=temperature, entropy=entropy,
+                                  top1=top1)
+            logp, ent, hits = got if entropy or top1 else (got, None, None)  # (B, k) each
         else:
             logits, h = self(idx, attention_mask, return_hidden=True, logits_to_keep=k)  # (B, k, V), (B, T, C)
             logp = token_logprobs(logits, targets, temperature=temperature, impl=impl)  # (B, k)
             hits = logits.argmax(dim=-1) == targets if top1 else None
-        extras = ([hits] if top1 else []) + ([h] if return_hidden else [])
+            if entropy:
+                lsm = torch.log_softmax(logits.detach().float() / temperature, dim=-1)  # (B, k, V)
+                ent = -(lsm.exp() * lsm).sum(dim=-1)  # (B, k)
+        extras = ([ent] if entropy else []) + ([hits] if top1 else []) + ([h] if return_hidden else [])
         return (logp, *extras) if extras else logp
 
     def values(self, hidden):

@@ -203,7 +203,8 @@ def update(policy, critic, optimizer, critic_optimizer, batch_rollout, ref_logps
             for part in (micro_batches(mb_rollout, cfg.micro_batch_size or len(minibatch)) if len(minibatch) else []):
                 idx = minibatch[part]  # rows of the rollout batch
                 sub = mb_rollout.select(part)
-                logps = completion_logprobs(policy, sub, cfg.temperature, cfg.logprobs_impl)  # (b, T)
+                logps, entropy = completion_logprobs(policy, sub, cfg.temperature, cfg.logprobs_impl,
+                                                     entropy=True)  # (b, T) each
                 values = completion_values(critic, sub)  # (b, T)
                 policy_loss, policy_info = ppo_policy_loss(logps, old_logps[idx], advantages[idx], mask[idx],
                                                            cfg.clip_eps, ref_logps[idx], kl_loss=cfg.kl_loss,
@@ -211,7 +212,8 @@ def update(policy, critic, optimizer, critic_optimizer, batch_rollout, ref_logps
                 value_loss, value_info = ppo_value_loss(values, old_values[idx], returns[idx], mask[idx],
                                                         cfg.clip_value)
                 loss = policy_loss + cfg.vf_coef * value_loss  # two separate models: each gets its own term's gradient
-                info = {"loss": loss.detach(), **policy_info, **value_info}
+                info = {"loss": loss.detach(), **policy_info, **value_info,
+                        "entropy": (entropy * mask[idx]).sum() / mask[idx].sum().clamp(min=1)}  # a metric
                 weight = mask[idx].sum().item() / mb_tokens  # token means: token share
                 run.check(loss, "loss")
                 (loss * weight).backward()

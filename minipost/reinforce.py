@@ -205,11 +205,12 @@ def update(policy, optimizer, batch_rollout, ref_logps, advantages, cfg: Config,
     totals = {}
     for _ in range(cfg.num_iterations):
         for idx in micro_batches(batch_rollout, cfg.micro_batch_size or len(batch_rollout)):
-            logps = completion_logprobs(policy, batch_rollout.select(idx), cfg.temperature,
-                                        cfg.logprobs_impl)  # (b, T)
+            logps, entropy = completion_logprobs(policy, batch_rollout.select(idx), cfg.temperature,
+                                                 cfg.logprobs_impl, entropy=True)  # (b, T) each
             loss, info = reinforce_loss(logps, advantages[idx], mask[idx], ref_logps[idx], kl_beta,
                                         old_logps=None if old_logps is None else old_logps[idx],
                                         clip_eps=cfg.clip_eps, kl_loss=cfg.kl_loss)
+            info["entropy"] = (entropy * mask[idx]).sum() / mask[idx].sum().clamp(min=1)  # a metric
             weight = len(idx) / rows  # a mean over sequences: weight each micro-batch by its rows
             run.check(loss, "loss")
             (loss * weight).backward()

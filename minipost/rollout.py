@@ -182,12 +182,13 @@ def complete(model, enc, prompts: list[list[int]], max_new_tokens: int, stop_tok
 
 
 def completion_logprobs(model, ro: Rollout, temperature: float = 1.0, impl: str = "auto",
-                        return_hidden: bool = False):
+                        return_hidden: bool = False, entropy: bool = False):
     """log pi(y_t | x, y_<t) for every completion token, by one ordinary (differentiable) forward pass.
 
     The input is prompt + completion minus its last token; the logits at column P-1+t predict completion
-    token t. Returns (N, T) float32 log-probs (0 where completion_mask is 0), and with `return_hidden` the
-    final hidden states at the same columns (N, T, C): the state *before* token t, which PPO's critic scores.
+    token t. Returns (N, T) float32 log-probs (0 where completion_mask is 0); with `entropy` also each token's
+    entropy under the policy (N, T), the metric RL logs; with `return_hidden` the final hidden states at the
+    same columns (N, T, C): the state *before* token t, which PPO's critic scores.
 
     Columns that are padding in *every* row are cut before the forward pass (left of the longest prompt, right
     of the longest completion) and the (N, T) layout is restored after: a micro-batch of 13-token answers
@@ -200,11 +201,14 @@ def completion_logprobs(model, ro: Rollout, temperature: float = 1.0, impl: str 
     ids = torch.cat([ro.prompt_ids[:, -p:], ro.completion_ids[:, :t]], dim=1)[:, :-1]  # (N, p+t-1)
     attn = torch.cat([ro.prompt_mask[:, -p:], ro.completion_mask[:, :t]], dim=1)[:, :-1]  # (N, p+t-1)
     with autocast(ids.device):  # CUDA: bf16 matmuls; the log-probs come out float32
-        logps, hidden = model.logprobs(ids, ro.completion_ids[:, :t], attn, temperature=temperature, impl=impl,
-                                       return_hidden=True)  # (N, t): the last t columns predict the completion
+        logps, *ent, hidden = model.logprobs(ids, ro.completion_ids[:, :t], attn, temperature=temperature,
+                                             impl=impl, entropy=entropy, return_hidden=True)
+    # logps (N, t): the last t columns predict the completion; ent: [their entropy (N, t)] or []
     hidden = hidden[:, p - 1:]  # (N, t, C): those columns' final hidden states
     logps = F.pad(logps, (0, T - t)) * ro.completion_mask  # (N, T); padding contributes exactly 0
-    return (logps, F.pad(hidden, (0, 0, 0, T - t))) if return_hidden else logps
+    extras = [F.pad(e, (0, T - t)) * ro.completion_mask for e in ent] + \
+        ([F.pad(hidden, (0, 0, 0, T - t))] if return_hidden else [])
+    return (logps, *extras) if extras else logps
 
 
 def completion_values(critic, batch_rollout) -> torch.Tensor:

@@ -313,3 +313,17 @@ def test_a_reference_with_another_tokenizer_is_refused_before_anything_is_writte
     with pytest.raises(InputError, match="tokenizer"):
         dpo.train(cfg)
     assert snapshot(tmp_path / "run") == before
+
+
+def test_checkpointing_recomputes_the_blocks_of_a_policy_trained_in_eval_mode(tmp_path, monkeypatch):
+    """DPO trains in eval mode (no dropout); --checkpointing must still recompute the blocks in backward, and the
+    weights come out the same bit for bit."""
+    import minipost.model as model_module
+    calls = []
+    real = model_module.checkpoint
+    monkeypatch.setattr(model_module, "checkpoint", lambda *a, **k: calls.append(1) or real(*a, **k))
+    for on in (False, True):
+        dpo.train(tiny_run(tmp_path, monkeypatch, out=str(tmp_path / str(on)), max_steps=2, checkpointing=on))
+        assert bool(calls) == on
+    a, b = (load_model(tmp_path / d / "model.pt")[0].state_dict() for d in ("False", "True"))
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -186,9 +186,15 @@ def test_rows_that_are_no_token_are_left_out_of_the_logits():
     torch.testing.assert_close(again, logps, atol=1e-5, rtol=0)
 
 
-def test_activation_checkpointing_keeps_less_for_backward_and_the_same_gradients():
+@pytest.mark.parametrize("family", ["gpt", "qwen3"])
+@pytest.mark.parametrize("mode", ["train", "eval"])  # RL's policies and DPO's train in eval mode (no dropout)
+def test_activation_checkpointing_keeps_less_for_backward_and_the_same_gradients(family, mode):
+    from minipost.decoder import Decoder, DecoderConfig
     torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=64, block_size=32, n_layer=3, n_head=2, n_embd=32)).train()
+    model = GPT(GPTConfig(vocab_size=64, block_size=32, n_layer=3, n_head=2, n_embd=32)) if family == "gpt" else \
+        Decoder(DecoderConfig(family="qwen3", vocab_size=64, block_size=32, n_layer=3, n_head=2, n_kv_head=1,
+                              head_dim=16, n_embd=32, intermediate_size=48, qk_norm=True))
+    model.train(mode == "train")
     x = torch.randint(0, 64, (4, 32))
     kept, grads = {}, {}
     for on in (False, True):

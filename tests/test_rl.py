@@ -441,3 +441,24 @@ def test_rl_trains_on_a_reward_model_named_on_the_command_line(objective, tiny_s
     r = train_rows[0]  # the logged reward is the weighted sum of the logged terms, minus the missing-stop penalty
     expected = r["r_correct"] + 0.5 * r["r_rm"] - cfg.missing_stop_penalty * (1 - r["stop_rate"])
     assert r["reward"] == pytest.approx(expected, abs=1e-5)
+
+
+@pytest.mark.parametrize("objective", ["grpo", "reinforce", "ppo"])
+def test_checkpointing_recomputes_the_policys_blocks_and_trains_the_same_weights(objective, tiny_setup, tmp_path,
+                                                                                 monkeypatch):
+    """The RL policies train in eval mode (no dropout while the log-probs are compared): --checkpointing must
+    still recompute their blocks in backward, and give the same weights bit for bit."""
+    import importlib
+
+    import minipost.model as model_module
+    from minipost.common import load_checkpoint
+    mod = importlib.import_module(f"minipost.{objective}")
+    calls = []
+    real = model_module.checkpoint
+    monkeypatch.setattr(model_module, "checkpoint", lambda *a, **k: calls.append(1) or real(*a, **k))
+    for on in (False, True):
+        mod.train(mod.Config(out=str(tmp_path / str(on)), max_steps=2, checkpointing=on,
+                             **{**tiny_setup, **RL_FILES[objective]}), reward_fn=ascii_share)
+        assert bool(calls) == on, objective
+    a, b = (load_checkpoint(tmp_path / d / "model.pt")["model"] for d in ("False", "True"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
