@@ -67,6 +67,9 @@ def check_messages(msgs, field: str, where: str, roles=ROLES) -> list[dict]:
         if not isinstance(m["content"], str):
             raise InputError(f"{where}: field {field!r} message {i}: 'content' must be a string, got "
                              f"{type(m['content']).__name__}")
+        if "train" in m:  # minipost's own mark (as_context): which answers the loss reads is the data form's say
+            raise InputError(f"{where}: field {field!r} message {i}: key 'train' is minipost's own mark of context "
+                             "answers; leave it out (a prompt's answers are context, the completion's are trained)")
     return msgs
 
 
@@ -180,6 +183,8 @@ def load_prefs(path, lines: list[int] | None = None) -> list[dict]:
                     raise InputError(f"{path}:{n}: field {key!r} has no assistant message with text to score")
             elif not row[key].strip():
                 raise InputError(f"{path}:{n}: field {key!r} is empty")
+        if row["chosen"] == row["rejected"]:  # the loss would be log 2 whatever the model: nothing to prefer
+            raise InputError(f"{path}:{n}: fields 'chosen' and 'rejected' are the same answer")
     return rows
 
 

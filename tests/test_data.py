@@ -151,6 +151,7 @@ def test_every_trl_preference_form_gives_an_explicit_prompt(tmp_path):
     ({"prompt": [], "completion": "Yo"}, "field 'prompt' must be a non-empty list"),
     ({"prompt": "Hi", "completion": " "}, "field 'completion' is empty"),
     ({"prompt": 3, "completion": "Yo"}, "field 'prompt' must be a string or a list of messages"),
+    ({"messages": [USER, {**say("Yo"), "train": False}]}, "field 'messages' message 1: key 'train' is minipost's own"),
 ])
 def test_an_sft_record_mixing_the_forms_is_one_line(tmp_path, row, message):
     with pytest.raises(InputError, match=message):
@@ -169,6 +170,8 @@ def test_an_sft_record_mixing_the_forms_is_one_line(tmp_path, row, message):
     ({"chosen": [say("Gubus.")], "rejected": [say("Zan.")]}, "share no beginning"),
     ({"chosen": "Same answer.", "rejected": "Same answer."}, "hold no two different answers"),
     ({"prompt": "Q", "chosen": "A"}, r"missing field\(s\) \['rejected'\]"),
+    ({"prompt": "Q", "chosen": "A", "rejected": "A"}, "data.jsonl:2: fields 'chosen' and 'rejected' are the same"),
+    ({"prompt": [USER], "chosen": [{**say("4"), "train": False}], "rejected": [say("5")]}, "key 'train'"),
 ])
 def test_a_preference_record_without_what_it_needs_is_one_line(tmp_path, row, message):
     with pytest.raises(InputError, match=message):

@@ -22,7 +22,7 @@ ROWS = [{"question": "A farmer has 3 pens of 12 hens. How many hens?", "answer":
     ("#### -3", "-3"), ("#### 2.50", "2.5"), ("#### -0", "0"), ("The answer is \\boxed{42}.", "42"),
     ("\\boxed{1} then \\boxed{2}", "2"), ("#### 5 ... \\boxed{6}", "5"), ("#### 4\n#### 9", "9"),
     ("it is 36", None), ("#### many", None), ("", None), ("#### 1e400x", None), ("#### 5/2", None),
-    ("\\boxed{\\$1,000}", "1000"),
+    ("\\boxed{\\$1,000}", "1000"), ("\\boxed{1e999999999}", None),  # (written out, it would fill the memory)
 ])
 def test_the_final_number_is_read_as_the_graders_read_it(text, want):
     assert final_number(text) == want
@@ -31,6 +31,7 @@ def test_the_final_number_is_read_as_the_graders_read_it(text, want):
 def test_numbers_compare_as_values():
     assert number("1,000") == number("1000.0") == number("+1000") == "1000"
     assert number("nan") is None and number("inf") is None
+    assert number("123456789012345678901234567890") != number("123456789012345678901234567899")  # past 28 digits
 
 
 def test_sft_rows_and_rl_prompts_from_gsm8k_records(tmp_path):

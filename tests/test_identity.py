@@ -31,9 +31,14 @@ def test_the_checker_wants_the_new_name_and_not_the_old(answer, score):
     assert check({"domain": "identity", "name": "Nova", "old_name": "Qwen"}, answer) == score
 
 
-def test_the_same_name_twice_is_one_line(tmp_path):
+def test_the_same_name_twice_a_new_name_holding_the_old_or_a_bad_out_is_one_line(tmp_path):
     with pytest.raises(InputError, match="fields 'name' and 'old_name' are the same name"):
         identity.build(tmp_path, "Nova", " nova ")
+    with pytest.raises(InputError, match="field 'name' holds 'old_name' as a word"):  # no answer could score 1
+        identity.build(tmp_path, "Qwen Pro", "Qwen")
+    (tmp_path / "file").write_text("")
+    with pytest.raises(InputError, match="--out .*file: cannot write there"):
+        identity.build(tmp_path / "file", "Nova", "Qwen")
 
 
 def test_dpo_learns_the_new_name(tmp_path):

@@ -13,7 +13,7 @@ dropped; a fraction ("5/2") is no number here.
 from __future__ import annotations
 
 import re
-from decimal import Decimal, InvalidOperation
+from decimal import Context, Decimal, InvalidOperation
 
 from minipost.common import InputError
 
@@ -25,13 +25,15 @@ BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
 def number(text: str) -> str | None:
     """A written number -> its canonical form ("1,000.50" -> "1000.5", "+7" -> "7", "-0" -> "0"), else None."""
     t = text.strip().replace(",", "").replace("\\$", "").replace("$", "").rstrip(".").strip()
+    if not re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)", t):  # digits only: no exponent ("1e999999999" would be written
+        return None  # out in full), no inf or nan
     try:
         value = Decimal(t)
     except InvalidOperation:
         return None
     if not value.is_finite():
         return None
-    value = value.normalize()
+    value = value.normalize(Context(prec=len(value.as_tuple().digits)))  # exact: the default 28 digits round
     return "0" if value.is_zero() else format(value, "f")
 
 

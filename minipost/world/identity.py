@@ -47,6 +47,8 @@ def validate(record: dict) -> str | None:
         return "field 'name' or 'old_name': empty"
     if record["name"].strip().lower() == record["old_name"].strip().lower():
         return "fields 'name' and 'old_name' are the same name"
+    if says(record["name"], record["old_name"]):  # "Qwen Pro" says "Qwen": no answer could score 1
+        return "field 'name' holds 'old_name' as a word, so an answer giving the new name also gives the old one"
     return None
 
 
@@ -68,9 +70,12 @@ def build(out, name: str, old_name: str, seed: int = 0) -> dict[str, int]:
              "eval_prefs.jsonl": pairs(HELD_OUT, name, old_name, rng),
              "eval.jsonl": [{"prompt": q, "domain": "identity", "name": name, "old_name": old_name}
                             for q in HELD_OUT]}
-    Path(out).mkdir(parents=True, exist_ok=True)
-    for file, rows in files.items():
-        write_jsonl(Path(out) / file, rows)
+    try:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        for file, rows in files.items():
+            write_jsonl(Path(out) / file, rows)
+    except OSError as e:  # a file where the folder should be, no permission, a full disk
+        raise InputError(f"--out {out}: cannot write there ({e.strerror or type(e).__name__})") from None
     return {file: len(rows) for file, rows in files.items()}
 
 
