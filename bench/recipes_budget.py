@@ -3,6 +3,9 @@
 as the commands load a folder and run it, with autocast's bf16 copies of the weights; GiB; the smallest card of 8, 12, 16, 24 GB that holds it with 10% to spare. Run: python bench/recipes_budget.py"""
 from minipost import dpo, grpo, sft
 from minipost.bench.memory import SIZES, budget, smallest_card
+from minipost.common import ArgumentParser
+
+ArgumentParser(description=__doc__.splitlines()[0]).parse_args()  # no flags: --help says what it prints
 
 s, d, g = sft.PRESETS["hf"], dpo.PRESETS["hf"], grpo.PRESETS["hf"]
 sft_tokens = s["micro_batch_size"] * s["block_size"]  # one forward/backward pass: 4 rows of 512

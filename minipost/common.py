@@ -22,6 +22,7 @@ import json
 import math
 import os
 import random
+import re
 import shutil
 import sys
 import tempfile
@@ -253,12 +254,14 @@ def parse_config(cls, argv: list[str] | None = None, presets: dict[str, dict] | 
             kwargs["type"] = typ
         else:  # Optional[str] and friends: take the first concrete type
             kwargs["type"] = next(a for a in typing.get_args(typ) if a is not type(None))
-        if "choices" in f.metadata:
+        if f.name == "preset" and presets:  # the presets this command has (a shared field may list more)
+            kwargs["choices"] = list(presets)
+        elif "choices" in f.metadata:
             kwargs["choices"] = f.metadata["choices"]
         parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, **kwargs)
     args = parser.parse_args(argv)
     given = {k: v for k, v in vars(args).items() if v is not None}
-    values = {}
+    values, preset = {}, None
     if presets is not None and "preset" in {f.name for f in dataclasses.fields(cls)}:
         preset = given.get("preset", _default(cls, "preset"))
         if preset not in presets:
@@ -267,8 +270,11 @@ def parse_config(cls, argv: list[str] | None = None, presets: dict[str, dict] | 
     values.update(given)
     try:
         return cls(**values)
-    except InputError as e:  # a value out of range: one line, exit 2
-        parser.error(str(e))
+    except InputError as e:  # a value out of range: one line, exit 2, naming the flags the preset set
+        named = [flag for flag in re.findall(r"--([a-z0-9-]+)", str(e)) if flag.replace("-", "_") not in given
+                 and flag.replace("-", "_") in (presets or {}).get(preset, {}) and flag != "preset"]
+        parser.error(str(e) + (f" ({', '.join('--' + f for f in dict.fromkeys(named))} set by --preset {preset})"
+                               if named else ""))
 
 
 def _default(cls, name):

@@ -99,7 +99,8 @@ def to_messages(row: dict, where: str = "") -> list[dict]:
         else:
             msgs = [{"role": "user", "content": prompt}, *completion]
     else:
-        raise InputError(f"{where}: expected 'messages' or 'prompt' + 'completion', got fields {sorted(row)}")
+        hint = " (plain text, {'text'}, is pretraining data: python -m minipost.pretrain --data)" if "text" in row else ""
+        raise InputError(f"{where}: expected 'messages' or 'prompt' + 'completion', got fields {sorted(row)}{hint}")
     if not any(m["role"] == "assistant" for m in msgs):
         raise InputError(f"{where}: no assistant message, so nothing to learn")
     return msgs
@@ -132,7 +133,9 @@ def implicit_prompt(chosen, rejected, where: str):
     """A preference pair without a prompt (TRL's implicit form) -> (prompt, chosen, rejected), the prompt their
     shared beginning, as TRL's extract_prompt cuts it: for strings, up to the first character that differs
     (a space just before it goes with the answers); for lists of messages, the shared messages, less a last
-    shared assistant message (the answers begin with it)."""
+    shared assistant message (the answers begin with it). That last step is minipost's: TRL keeps such a
+    message in the prompt, where it would be context and never scored, and minipost's answers must begin with
+    an assistant turn."""
     n = next((i for i, (a, b) in enumerate(zip(chosen, rejected)) if a != b), min(len(chosen), len(rejected)))
     if isinstance(chosen, str) and n and chosen[n - 1] == " ":
         n -= 1

@@ -78,9 +78,10 @@ class Config(LoRAConfig, RunConfig):
                         choices=["nano", "small", "hf"])
     out: str = field("runs/dpo", "output folder: config.json, inputs.json, metrics.jsonl, state.pt, "
                                      "model.pt, samples.txt, summary.json")
-    init: str = field("runs/sft/model.pt", "the model to start from (usually the SFT model)")
+    init: str = field("runs/sft/model.pt", "the model to start from (usually the SFT model): a model.pt, or hf:PATH")
     ref: str = field("", "the frozen reference model (default: the init checkpoint); same tokenizer as --init")
-    data: str = field("", "preference pairs: JSONL of {'prompt', 'chosen', 'rejected'} (default: the world's)")
+    data: str = field("", "preference pairs: JSONL of {'prompt', 'chosen', 'rejected'}, plain or conversational, "
+                          "the prompt optional (the answers' shared beginning) (default: the world's)")
     eval_data: str = field("", "held-out pairs for preference accuracy (default: the world's eval_prefs.jsonl)")
     max_pairs: int = field(0, "train on the first N pairs only (0: all); for quick experiments", min=0)
     beta: float = field(0.5, "strength of the pull towards the reference (the KL coefficient)", gt=0)

@@ -86,7 +86,7 @@ class Config(RolloutConfig):
     """GRPO: group-relative advantages, clipped ratio, k3 KL to the reference in the loss."""
     out: str = field("runs/grpo", "output folder: config.json, inputs.json, metrics.jsonl, state.pt, "
                                      "model.pt, samples.txt, summary.json")
-    init: str = field("runs/dpo/model.pt", "checkpoint to start from (and the frozen reference)")
+    init: str = field("runs/dpo/model.pt", "model to start from (and the frozen reference): a model.pt, or hf:PATH")
     max_steps: int = field(200, "rollout batches (each followed by num_iterations optimizer steps)", min=1)
     group_size: int = field(8, "samples per prompt (G); a group of one has no baseline to compare with", min=2)
     lr: float = field(5e-5, "Adam learning rate", gt=0)

@@ -353,7 +353,7 @@ def linear_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.T
             return logp
         lsm = torch.log_softmax(logits.detach().float() / temperature, dim=-1)
         return (logp, -(lsm.exp() * lsm).sum(dim=-1) if entropy else None,
-                logits.gather(-1, targets.view(*shape, 1)).squeeze(-1) == logits.amax(dim=-1) if top1 else None)
+                logits.argmax(dim=-1) == targets.view(shape) if top1 else None)  # ties: the first, as argmax
     if impl == "auto":
         impl = "triton" if hidden.is_cuda and _triton_importable() else "chunked"
     if impl == "triton" and not hidden.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":

@@ -242,7 +242,7 @@ class CausalLM(nn.Module):
         """
         k = targets.shape[1]
         fused = impl == "fused" or (impl == "auto" and self.cfg.vocab_size >= FUSED_VOCAB)
-        if fused:
+        if fused or k == 0:  # (k = 0: no logits to keep, and linear_logprobs gives (B, 0))
             _, h = self(idx, attention_mask, return_hidden=True, logits_to_keep=0)  # (B, T, C), no logits
             w = self.output_weight()[:self.n_tokens]  # (V, C)
             got = linear_logprobs(h[:, h.shape[1] - k:], w, targets, temperature=temperature, entropy=entropy,

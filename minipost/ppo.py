@@ -74,7 +74,7 @@ class Config(RolloutConfig):
     """PPO: critic, per-token KL-penalised rewards, GAE, clipped policy and value losses."""
     out: str = field("runs/ppo", "output folder: config.json, inputs.json, metrics.jsonl, state.pt, "
                                      "model.pt, samples.txt, summary.json")
-    init: str = field("runs/dpo/model.pt", "checkpoint to start from (and the frozen reference)")
+    init: str = field("runs/dpo/model.pt", "model to start from (and the frozen reference): a model.pt, or hf:PATH")
     missing_stop_penalty: float = field(1.0, "subtracted from the reward of a completion without <|end|>", min=0)
     max_steps: int = field(200, "rollout batches (each: ppo_epochs * num_minibatches optimizer steps)", min=1)
     group_size: int = field(8, "samples per prompt (G)", min=1)

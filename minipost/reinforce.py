@@ -80,7 +80,7 @@ class Config(RolloutConfig):
     """REINFORCE / RLOO: sequence-level policy gradient with a baseline, KL to the reference."""
     out: str = field("runs/rloo", "output folder: config.json, inputs.json, metrics.jsonl, state.pt, "
                                      "model.pt, samples.txt, summary.json")
-    init: str = field("runs/dpo/model.pt", "checkpoint to start from (and the frozen reference)")
+    init: str = field("runs/dpo/model.pt", "model to start from (and the frozen reference): a model.pt, or hf:PATH")
     max_steps: int = field(200, "rollout batches (each followed by one optimizer step)", min=1)
     group_size: int = field(8, "samples per prompt (G); >= 2 for --baseline rloo", min=1)
     lr: float = field(1e-4, "Adam learning rate", gt=0)

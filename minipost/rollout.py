@@ -51,7 +51,9 @@ from minipost.world.registry import PROMPT_ONLY
 class RolloutConfig(LoRAConfig, RunConfig):
     """The fields the three RL objectives share: which prompts, which reward, how the answers are sampled (and
     the LoRA flags: adapters on the policy)."""
-    data: str = field("", "RL prompts, JSONL with prompt, domain and checker fields (default: the world's rl.jsonl)")
+    data: str = field("", "RL prompts, JSONL: {'prompt', 'domain', the checker's fields}, GSM8K's {'question', "
+                          "'answer'}, or TRL's prompt-only {'prompt'} (a reward model scores those) (default: the "
+                          "world's rl.jsonl)")
     eval_data: str = field("", "held-out prompts in the same form (default: the world's eval.jsonl)")
     domains: str = field("", "comma-separated domains to train on (empty: all)")
     oversample: str = field("arithmetic:2", "domain:k,... repeats that domain's prompts k times (empty: none)")
@@ -312,7 +314,8 @@ def load_prompts(path, domains: str = "", oversample: str = "", enc=None,
         name, _, k = (x.strip() for x in item.partition(":"))
         if not k.isdigit() or int(k) < 1 or name not in {r["domain"] for r in records} or name in repeats:
             raise InputError(f"--oversample {item!r}: expected domain:k with k an integer >= 1, each domain once, "
-                             f"domains among {sorted({r['domain'] for r in records})}")
+                             f"domains among {sorted({r['domain'] for r in records})} (--oversample '' repeats none; "
+                             "the default repeats the world's arithmetic)")
         repeats[name] = int(k)
     for name, k in repeats.items():
         kept += [r for r in kept if r["domain"] == name] * (k - 1)  # nothing if `domains` left it out

@@ -61,8 +61,10 @@ class Config(LoRAConfig, RunConfig):
                         choices=["nano", "small", "hf"])
     out: str = field("runs/sft", "output folder: config.json, inputs.json, metrics.jsonl, state.pt, "
                                      "model.pt, samples.txt, summary.json")
-    init: str = field("runs/pretrain/model.pt", "the base model to fine-tune (a minipost checkpoint)")
-    data: str = field("", "chat data: JSONL of {'messages'} or {'prompt', 'completion'} (default: the world's)")
+    init: str = field("runs/pretrain/model.pt", "the base model to fine-tune: a model.pt, or hf:PATH (a Hugging "
+                                                "Face folder)")
+    data: str = field("", "chat data: JSONL of {'messages'} or {'prompt', 'completion'}, plain or conversational "
+                          "(TRL's forms), or GSM8K's {'question', 'answer'} (default: the world's)")
     max_steps: int = field(300, "optimizer steps", min=1)
     batch_size: int = field(32, "rows per optimizer step (conversations, or packed rows with --pack)", min=1)
     micro_batch_size: int = field(0, "rows per forward/backward (0: the whole batch); token-weighted, so the same "

@@ -39,3 +39,20 @@ def test_a_bad_part_is_one_line(capsys):
     with pytest.raises(SystemExit) as e:
         gpu.main(["--parts", "kernels,speed"])
     assert e.value.code == 2 and "--parts 'kernels,speed': choose among" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["--vocab", "0"], ["--reps", "0"], ["--n", "-3"], ["--device", "tpu"]])
+def test_the_kernels_benchmarks_bad_flags_are_one_line(argv, capsys):
+    from minipost.kernels import bench
+    with pytest.raises(SystemExit) as e:
+        bench.main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and err.startswith("error:")
+
+
+def test_an_out_that_is_a_file_is_one_line_before_anything_runs(tmp_path, capsys):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(SystemExit) as e:
+        gpu.main(["--smoke", "--out", str(tmp_path / "file")])
+    out = capsys.readouterr()
+    assert e.value.code == 2 and "cannot write there" in out.err and not out.out

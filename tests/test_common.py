@@ -55,6 +55,23 @@ def test_parse_config_presets_then_flags():
         parse_config(Cfg, ["--preset", "zzz"], presets)
 
 
+def test_a_bad_value_a_preset_set_says_so_and_the_help_lists_only_the_presets_there_are(capsys):
+    @dataclasses.dataclass
+    class Checked(Cfg):
+        def __post_init__(self):
+            if self.steps > 5:
+                raise InputError(f"--steps {self.steps}: more than 5")
+    with pytest.raises(SystemExit) as e:
+        parse_config(Checked, ["--preset", "b"], {"a": {}, "b": {"steps": 9}})
+    assert e.value.code == 2 and "--steps 9: more than 5 (--steps set by --preset b)" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse_config(Checked, ["--preset", "b", "--steps", "7"], {"a": {}, "b": {"steps": 9}})
+    assert "set by" not in capsys.readouterr().err  # the user's own value: nothing to explain
+    with pytest.raises(SystemExit):
+        parse_config(Cfg, ["--help"], {"a": {}, "b": {}})
+    assert "--preset {a,b}" in capsys.readouterr().out
+
+
 def test_checkpoint_roundtrip_atomic_and_weights_only(tmp_path):
     path = tmp_path / "m.pt"
     save_checkpoint(path, {"w": torch.ones(2), "step": 3})

@@ -106,6 +106,9 @@ def test_top1_says_which_targets_greedy_decoding_would_write(impl):
     targets = torch.where(torch.arange(20) % 2 == 0, greedy, (greedy + 1) % 300)  # every other row the argmax
     _, _, top1 = linear_logprobs(hidden, weight, targets, impl=impl, top1=True)
     assert top1.tolist() == [i % 2 == 0 for i in range(20)]
+    tied = torch.zeros(3, 16)  # every logit 0: argmax's first index is the one greedy decoding writes, on every path
+    _, _, top1 = linear_logprobs(tied, weight, torch.tensor([0, 3, 5]), impl=impl, top1=True)
+    assert top1.tolist() == [True, False, False]
 
 
 @pytest.mark.parametrize("impl", IMPLS)

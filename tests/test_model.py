@@ -220,3 +220,10 @@ def test_logprobs_fuses_the_output_layer_from_a_real_vocabulary(monkeypatch):
         calls.clear()
         model.logprobs(torch.randint(0, vocab, (2, 8)), torch.randint(0, vocab, (2, 8)))
         assert bool(calls) == fused, vocab
+
+
+def test_logprobs_of_no_targets_is_an_empty_row_on_every_path():
+    model = GPT(GPTConfig(vocab_size=50, block_size=8, n_layer=1, n_head=1, n_embd=8))
+    idx, none = torch.randint(0, 50, (2, 5)), torch.zeros(2, 0, dtype=torch.long)
+    for impl in ("reference", "chunked", "fused"):
+        assert model.logprobs(idx, none, impl=impl).shape == (2, 0)

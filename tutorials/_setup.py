@@ -180,6 +180,7 @@ def tiny_hf_folder(folder, family="qwen3", template=CHATML, seed=0):
     """A random model of `family`'s architecture (2 layers, 64 wide; weights 10x the usual init, so its logits
     are far from uniform) with the tokenizer above, saved by transformers' save_pretrained -> the folder."""
     import transformers  # (a tutorial's helper, not minipost: minipost never imports it)
+    folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     vocab = write_tokenizer(folder, template=template)
     shapes = dict(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,

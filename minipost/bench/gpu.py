@@ -312,6 +312,11 @@ def _main(argv: list[str] | None = None) -> None:
         ap.error(f"--parts {args.parts!r}: choose among {', '.join(PARTS)}")
     if args.pipeline_steps < 2:
         ap.error("--pipeline-steps must be at least 2 (seconds per step are timed between the first and the last)")
+    out = Path(args.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        ap.error(f"--out {out}: cannot write there ({e.strerror or type(e).__name__})")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
     try:
@@ -333,8 +338,6 @@ def _main(argv: list[str] | None = None) -> None:
     runs = {"kernels": lambda: kernels(device, args.smoke), "fused": lambda: fused(device, args.smoke),
             "grpo": lambda: grpo(device, args.smoke),
             "pipeline": lambda: pipeline(device, args.smoke, args.pipeline_steps)}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     stem = re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-").lower() + "-" + result["date"][:10] + \
         ("-smoke" if args.smoke else "")
     for part in parts:

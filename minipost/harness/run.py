@@ -47,7 +47,8 @@ from minipost.model import FUSED_VOCAB
 
 def check_preset_fits(cfg, model) -> None:
     """--preset hf holds a real model's schedule (learning rates of 1e-5 and below, 512-token rows); on one of
-    minipost's own GPTs (no decoder family, a vocabulary below GPT-2's) it would train for nothing: one line."""
+    minipost's own GPTs (no decoder family, a vocabulary below model.FUSED_VOCAB = 32,768) it would train for
+    nothing: one line."""
     if getattr(cfg, "preset", "") == "hf" and not isinstance(model, Decoder) and model.cfg.vocab_size < FUSED_VOCAB:
         raise InputError(f"--preset hf: the schedule of a Hugging Face model of about 0.5B parameters, and --init "
                          f"{cfg.init} is one of minipost's own ({model.num_params() / 1e6:.1f}M parameters, a "

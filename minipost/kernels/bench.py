@@ -41,6 +41,7 @@ from pathlib import Path
 
 import torch
 
+from minipost.common import ArgumentParser, positive_int
 from minipost.logprobs import _reference, token_logprobs
 
 GPU_VOCABS, GPU_N = (32768, 50257, 151936), 8192
@@ -193,20 +194,22 @@ def sweep(device, N, vocabs, dtypes):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--device", default="auto", help="auto | cuda | cpu")
-    ap.add_argument("--n", type=int, default=None, help=f"tokens (default {GPU_N} on GPU, {CPU_N} on CPU)")
-    ap.add_argument("--vocab", type=int, nargs="+", default=None, help="vocabulary sizes")
+    ap = ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"], help="auto | cuda | cpu")
+    ap.add_argument("--n", type=positive_int, default=None, help=f"tokens (default {GPU_N} on GPU, {CPU_N} on CPU)")
+    ap.add_argument("--vocab", type=positive_int, nargs="+", default=None, help="vocabulary sizes")
     ap.add_argument("--dtype", nargs="+", default=None, choices=list(DTYPES), help="logit dtypes")
-    ap.add_argument("--reps", type=int, default=7, help="CPU: timed runs per median")
+    ap.add_argument("--reps", type=positive_int, default=7, help="CPU: timed runs per median")
     ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                     help="include torch.compile(reference) (default: on for CUDA, off for CPU)")
     ap.add_argument("--sweep", action="store_true", help="GPU: also sweep triton launch configs")
     ap.add_argument("--table", action=argparse.BooleanOptionalAction, default=True,
                     help="time every path (--no-table with --sweep: the sweep alone)")
     ap.add_argument("--json", default="", help="also write the table's rows to this .json file")
-    ap.add_argument("--threads", type=int, default=None, help="CPU: torch.set_num_threads (default: torch's)")
+    ap.add_argument("--threads", type=positive_int, default=None, help="CPU: torch.set_num_threads (default: torch's)")
     args = ap.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        ap.error("--device cuda: no CUDA device here")
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     on_gpu = device == "cuda"
