@@ -20,16 +20,18 @@ import torch.nn as nn
 from minipost import hf, tokenizer
 from minipost.common import InputError, load_checkpoint, non_finite
 from minipost.decoder import Decoder, DecoderConfig
+from minipost.lora import plain_state_dict
 from minipost.model import GPT, GPTConfig
 
 HF = "hf:"
 
 
 def model_checkpoint(model, tokenizer_name: str, step: int, **extra) -> dict:
-    """The dict `model.pt` holds: weights, model config, tokenizer name, step (plus anything else given). A
-    tokenizer from a folder adds the digest of its files: a model.pt is not used with a tokenizer or chat
-    template other than the one it was trained with (load_model checks it)."""
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    """The dict `model.pt` holds: weights (LoRA adapters folded in: plain weights every command loads), model
+    config, tokenizer name, step (plus anything else given). A tokenizer from a folder adds the digest of its
+    files: a model.pt is not used with a tokenizer or chat template other than the one it was trained with
+    (load_model checks it)."""
+    state = {k: v.detach().cpu() for k, v in plain_state_dict(model).items()}
     if str(tokenizer_name).startswith(HF):
         extra = {"tokenizer_digest": hf.tokenizer_digest(*split_hf(tokenizer_name)), **extra}
     return {"model": state, "model_config": asdict(model.cfg), "tokenizer": tokenizer_name, "step": step, **extra}

@@ -60,7 +60,7 @@ from minipost.common import DATA_DIR, InputError, autocast, check_config, field,
 from minipost.data import IGNORE, EpochBatches, load_prefs, num_targets, pair_batch, per_domain, tokenize_pairs
 from minipost.harness import Run, RunConfig, main
 from minipost.heldout import pair_logps, preference_accuracy, write_samples
-from minipost.lora import LoRAConfig, add_lora_from_flags, merge_lora, trainable, training_bytes
+from minipost.lora import LoRAConfig, add_lora_from_flags, trainable, training_bytes
 from minipost.checkpoints import load_policy_and_reference, model_checkpoint
 from minipost.optim import adamw, cosine_lr, set_lr
 from minipost.tokenizer import special_id
@@ -237,8 +237,6 @@ def train(cfg: Config) -> dict:
     # ---- the outputs later stages read: model.pt (plain weights: LoRA adapters merged), samples.txt, summary.json
     summary = run.summary(**stats, eval_pref_acc=eval_acc if eval_pairs else None, trainable_params=trainable_params,
                           training_bytes=training_bytes(model, optimizer))
-    if run.done:
-        merge_lora(model)  # (no adapters: nothing to do) model.pt holds plain weights that every command loads
     if run.finish(model_checkpoint(model, ckpt["tokenizer"], run.step), summary=summary,
                   samples=(lambda path: write_samples(model, enc, path, sample_records)) if sample_records else None):
         held = f"held-out preference accuracy {eval_acc:.3f}" if eval_pairs else "no held-out pairs"

@@ -15,8 +15,9 @@ the share shrinks with the width, and on a large model r = 8..64 is well under 1
     ... train: only the A and B matrices have requires_grad ...
     model = merge_lora(model)                            # W <- W + (alpha/r) B A; plain nn.Linear again
 
-The objective files take `--lora-rank 8 --lora-alpha 16 [--lora-targets attn,mlp]` and save the *merged*
-model, so every other command (evals, the next stage, chat) loads it as any checkpoint. Left out: dropout on
+The objective files take `--lora-rank 8 --lora-alpha 16 [--lora-targets attn,mlp]`, and their model.pt holds
+the *merged* weights (model_checkpoint folds the adapters in with plain_state_dict), so every other command
+(evals, the next stage, chat) loads it as any checkpoint; state.pt keeps the adapters, to resume. Left out: dropout on
 the adapter input (the paper's lora_dropout) and adapters on embeddings; QLoRA's 4-bit base weights.
 """
 from __future__ import annotations
@@ -89,6 +90,23 @@ def add_lora(model: nn.Module, rank: int, alpha: float, targets=TARGETS) -> nn.M
         parent = model.get_submodule(parent_name)
         setattr(parent, child, LoRALinear(getattr(parent, child), rank, alpha))
     return model
+
+
+def plain_state_dict(model: nn.Module) -> dict:
+    """model.state_dict() with every adapter folded into its weight (W + scale * B A, as merged() computes it)
+    under the base model's keys, in its order: what model.pt holds, so that every command loads it. The model
+    is unchanged (a resumed run goes on training its adapters)."""
+    adapted = {name: m for name, m in model.named_modules() if isinstance(m, LoRALinear)}
+    state = {}
+    for key, value in model.state_dict().items():
+        owner, _, part = key.rpartition(".")  # "blocks.0.attn.qkv.base", "weight"; "blocks.0.attn.qkv", "A"
+        if owner.endswith(".base") and owner[:-len(".base")] in adapted:
+            m = adapted[owner[:-len(".base")]]
+            with torch.no_grad():
+                state[f"{owner[:-len('.base')]}.{part}"] = value + m.scale * (m.B @ m.A) if part == "weight" else value
+        elif owner not in adapted:  # (the adapters' own A and B are folded in above)
+            state[key] = value
+    return state
 
 
 def merge_lora(model: nn.Module) -> nn.Module:

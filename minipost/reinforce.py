@@ -70,7 +70,6 @@ from minipost.optim import adamw, linear_decay_lr, set_lr
 from minipost.rewards import parse_reward, token_rewards, zero_spread
 from minipost.rl import (KL_LOSSES, add_info, check_kl_flags, kl_estimate, kl_in_reward, kl_loss_term,
                          largest_weight)
-from minipost.lora import merge_lora
 from minipost.rollout import (RolloutConfig, completion_logprobs, load_policy_and_prompts, micro_batches,
                               next_prompts, sample_and_score)
 
@@ -273,8 +272,6 @@ def train(cfg: Config, reward_fn=None) -> dict:
 
     # ---- the outputs: model.pt, samples.txt, summary.json
     summary = run.summary(start=start_scores, end=end_scores)
-    if run.done:
-        merge_lora(policy)  # (--lora-rank: model.pt holds plain weights; without adapters nothing to do)
     if run.finish(model_checkpoint(policy, ckpt["tokenizer"], run.step), summary=summary,
                   samples=lambda path: write_samples(policy, enc, path, per_domain(eval_records, 4))):
         print(f"reinforce ({cfg.baseline}) done: {run.step} steps in {run.elapsed:.0f} s; held-out " +

@@ -46,7 +46,7 @@ from minipost.data import (IGNORE, EpochBatches, collate, load_chats, load_texts
                            packed_batch, per_domain, tokenize_chats)
 from minipost.harness import Run, RunConfig, main
 from minipost.heldout import heldout_loss, write_samples
-from minipost.lora import LoRAConfig, add_lora_from_flags, merge_lora, trainable, training_bytes
+from minipost.lora import LoRAConfig, add_lora_from_flags, trainable, training_bytes
 from minipost.checkpoints import load_init, model_checkpoint
 from minipost.optim import adamw, cosine_lr, set_lr
 from minipost.tokenizer import special_id
@@ -184,8 +184,6 @@ def train(cfg: Config) -> dict:
     summary = run.summary(loss=loss_sum, token_acc=correct / max(n_tok, 1), tokens_seen=tokens_seen,
                           val_loss=val_loss, trainable_params=trainable_params,
                           training_bytes=training_bytes(model, optimizer))
-    if run.done:
-        merge_lora(model)  # (no adapters: nothing to do) model.pt holds plain weights that every command loads
     if run.finish(model_checkpoint(model, ckpt["tokenizer"], run.step), summary=summary,
                   samples=lambda path: write_samples(model, enc, path, sample_records)):
         print(f"sft done: loss {loss_sum:.3f}, token accuracy {summary['token_acc']:.2f}, held-out pretraining "
