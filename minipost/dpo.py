@@ -58,7 +58,7 @@ import torch.nn.functional as F
 
 from minipost.common import DATA_DIR, InputError, autocast, check_config, field, read_jsonl
 from minipost.data import IGNORE, EpochBatches, load_prefs, num_targets, pair_batch, per_domain, tokenize_pairs
-from minipost.harness import Run, RunConfig, main
+from minipost.harness import Run, RunConfig, logprobs_impl_field, main
 from minipost.heldout import pair_logps, preference_accuracy, write_samples
 from minipost.lora import LoRAConfig, add_lora_from_flags, trainable, training_bytes
 from minipost.checkpoints import load_policy_and_reference, model_checkpoint
@@ -103,10 +103,7 @@ class Config(LoRAConfig, RunConfig):
     eval_pairs: int = field(256, "held-out pairs per evaluation (0: none)", min=0)
     log_every: int = field(5, "steps between metrics.jsonl rows", min=1)
     save_every: int = field(50, "steps between OUT/state.pt saves (for --resume)", min=1)
-    logprobs_impl: str = field("auto", "log-probs: fused (the output layer and the log-prob in one, "
-                               "logits never whole), or the logits then token_logprobs: reference, chunked, triton; "
-                               "auto: fused from a vocabulary of 32768",
-                               choices=["auto", "fused", "reference", "chunked", "triton"])
+    logprobs_impl: str = logprobs_impl_field()
 
     def __post_init__(self):
         check_config(self)

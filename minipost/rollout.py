@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from minipost import dist
 from minipost.common import DATA_DIR, InputError, autocast, field, read_jsonl
 from minipost.data import per_domain
-from minipost.harness import RunConfig
+from minipost.harness import RunConfig, logprobs_impl_field
 from minipost.lora import LoRAConfig, add_lora_from_flags
 from minipost.model import left_pad
 from minipost.checkpoints import load_model
@@ -67,10 +67,7 @@ class RolloutConfig(LoRAConfig, RunConfig):
     top_k: int = field(0, "sample from the k most likely tokens only (0: off)", min=0)
     top_p: float = field(1.0, "nucleus sampling mass (1: off)", gt=0, max=1)
     eval_limit: int = field(100, "held-out prompts per domain for the held-out evaluations (0: all)", min=0)
-    logprobs_impl: str = field("auto", "log-probs: fused (the output layer and the log-prob in one, "
-                               "logits never whole), or the logits then token_logprobs: reference, chunked, triton; "
-                               "auto: fused from a vocabulary of 32768",
-                               choices=["auto", "fused", "reference", "chunked", "triton"])
+    logprobs_impl: str = logprobs_impl_field()
 
 
 @dataclass

@@ -44,7 +44,7 @@ import torch
 from minipost.common import DATA_DIR, InputError, autocast, field, read_jsonl
 from minipost.data import (IGNORE, EpochBatches, collate, load_chats, load_texts, num_targets, pack, pack_examples,
                            packed_batch, per_domain, tokenize_chats)
-from minipost.harness import Run, RunConfig, main
+from minipost.harness import Run, RunConfig, logprobs_impl_field, main
 from minipost.heldout import heldout_loss, write_samples
 from minipost.lora import LoRAConfig, add_lora_from_flags, trainable, training_bytes
 from minipost.checkpoints import load_init, model_checkpoint
@@ -85,10 +85,7 @@ class Config(LoRAConfig, RunConfig):
                               min=1)
     log_every: int = field(10, "steps between metrics.jsonl rows", min=1)
     save_every: int = field(100, "steps between OUT/state.pt saves (what --resume continues from)", min=1)
-    logprobs_impl: str = field("auto", "log-probs: fused (the output layer and the log-prob in one, "
-                               "logits never whole), or the logits then token_logprobs: reference, chunked, triton; "
-                               "auto: fused from a vocabulary of 32768",
-                               choices=["auto", "fused", "reference", "chunked", "triton"])
+    logprobs_impl: str = logprobs_impl_field()
 
 
 PRESETS = {

@@ -14,6 +14,14 @@ from pathlib import Path
 from minipost import threads
 from minipost.common import DEVICE_HELP, check_config, check_device, exit_on_input_error, field, parse_config
 from minipost.harness.folder import where_to_continue
+from minipost.model import FUSED_VOCAB
+
+
+def logprobs_impl_field():
+    """--logprobs-impl, for the objectives that score chosen tokens (SFT, DPO, the RL files)."""
+    return field("auto", "log-probs: fused (the output layer and the log-prob in one, logits never whole), or the "
+                         "logits then token_logprobs: reference, chunked, triton; auto: fused from a vocabulary of "
+                         f"{FUSED_VOCAB}", choices=["auto", "fused", "reference", "chunked", "triton"])
 
 
 @dataclass
