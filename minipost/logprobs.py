@@ -257,20 +257,22 @@ class _LinearLogprobs(torch.autograd.Function):
         out, row_max, row_logs = (torch.empty(N, dtype=torch.float32, device=hidden.device) for _ in range(3))
         entropy = torch.empty_like(out) if with_entropy else None
         top1 = torch.empty(N, dtype=torch.bool, device=hidden.device) if with_top1 else None
+        if impl == "triton":
+            from minipost.kernels.logprobs_triton import row_stats  # (imported only where Triton runs)
         for r0 in range(0, N, C):
             rows = slice(r0, r0 + C)
             x = hidden[rows].to(dt) @ w.T  # (C, V) this chunk's logits
             if with_top1:  # the target is the model's first choice: greedy decoding would write it
                 top1[rows] = x.argmax(dim=1) == targets[rows]
             if impl == "triton":
-                from minipost.kernels.logprobs_triton import row_stats
                 out[rows], row_max[rows], row_logs[rows] = row_stats(x.view(1, *x.shape), targets[rows], temperature)
                 if with_entropy:  # (the softmax's sums once more, in PyTorch: a metric, not the hot path)
                     z = x.float()
-                    logs = _stats_(z, targets[rows], temperature)[2]  # z: exp(x/T - m)
+                    logs = _stats_(z, targets[rows], temperature)[2]  # (in place: z is now exp(x/T - m))
             else:
                 z = x.float()  # (C, V) float32 (the same tensor when the weight is float32)
-                out[rows], row_max[rows], row_logs[rows] = _stats_(z, targets[rows], temperature)  # z: exp(x/T - m)
+                out[rows], row_max[rows], row_logs[rows] = _stats_(z, targets[rows], temperature)  # (in place:
+                # z is now exp(x/T - m))
                 logs = row_logs[rows]
             if with_entropy:  # H = -sum p log p = log s - sum e log e / s, e = exp(x/T - m), s = sum e
                 entropy[rows] = logs - torch.special.xlogy(z, z).sum(dim=-1) / logs.exp()
@@ -291,11 +293,12 @@ class _LinearLogprobs(torch.autograd.Function):
         grad_h = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None  # (N, H)
         grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) \
             if ctx.needs_input_grad[1] else None  # (V, H) summed over the chunks in float32
+        if ctx.impl == "triton":
+            from minipost.kernels.logprobs_triton import row_grad
         for r0 in range(0, hidden.shape[0], C):
             rows = slice(r0, r0 + C)
             x = hidden[rows].to(ctx.dtype) @ w.T  # (C, V) the chunk's logits once more, as forward made them
             if ctx.impl == "triton":
-                from minipost.kernels.logprobs_triton import row_grad
                 dx = row_grad(x.view(1, *x.shape), targets[rows], row_max[rows], row_logs[rows],
                               grad_out[rows].float().contiguous(), T)  # (C, V) (the kernel divides by T)
             else:

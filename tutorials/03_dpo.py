@@ -24,11 +24,10 @@ import torch
 
 from minipost import threads
 from minipost.common import DATA_DIR, read_jsonl, seed_everything
-from minipost.data import EpochBatches, num_targets, pair_batch, tokenize_pairs
+from minipost.data import IGNORE, EpochBatches, num_targets, pair_batch, tokenize_pairs
 from minipost.dpo import Config, dpo_loss, train
 from minipost.harness import read_metrics
 from minipost.heldout import chat_scores, pair_logps
-from minipost.logprobs import sequence_logprobs
 from minipost.checkpoints import load_model
 from minipost.optim import adamw, cosine_lr, set_lr
 from minipost.tokenizer import special_id
@@ -62,7 +61,8 @@ reference, _, _ = load_model(SFT)
 pad = special_id(enc, "<|pad|>")
 pairs = tokenize_pairs(enc, rows[:8], block_size=256)
 x, y = pair_batch(pairs, pad)  # (16, T): 8 chosen rows, then 8 rejected rows
-logps = sequence_logprobs(policy(x), y)  # (16,): summed log-probs of the answer tokens (targets != -100)
+answer = y != IGNORE  # (16, T) the answer tokens
+logps = (policy.logprobs(x, y.masked_fill(~answer, 0)) * answer).sum(dim=1)  # (16,): summed answer log-probs
 ref_c, ref_r = pair_logps(reference, pairs, pad)  # (8,) each: the same sums, batched, chosen and rejected
 losses, chosen_r, rejected_r = dpo_loss(logps[:8], logps[8:], ref_c, ref_r, beta=0.1)
 print("step-0 losses:", [round(v, 4) for v in losses.tolist()], " ln 2 =", round(math.log(2), 4))
@@ -99,7 +99,8 @@ ref_chosen, ref_rejected = pair_logps(reference, pairs, pad)  # (N,) each: log p
 # - the batch: B pairs as 2B rows, chosen answers first; `chosen_tokens` counts the chosen answers' tokens;
 # - `model.eval()`: DPO trains with dropout off (the log-probs are compared with the reference's; gradients flow
 #   as usual);
-# - `sequence_logprobs`: log pi(y|x), the sum of the answer tokens' log-probs, one number per row;
+# - `model.logprobs` then a masked sum: log pi(y|x), the sum of the answer tokens' log-probs, one number per row
+#   (`model.logprobs` gives every position's log pi(target): the output layer and the log-prob in one step);
 # - `dpo_loss`: the per-pair loss and the implicit rewards; at step 0 the policy is the reference, so each loss
 #   is ln 2 (up to rounding: the reference's rows were padded in another batch);
 # - RPO's term (`rpo_alpha`): the mean -log pi per chosen-answer token, added to the mean DPO loss;
@@ -114,7 +115,8 @@ B = len(idx)
 chosen_tokens = sum(num_targets(pairs[i][0]) for i in idx)  # answer tokens of the B chosen answers
 x, y = pair_batch([pairs[i] for i in idx], pad)  # (2B, T) each: B chosen rows, then B rejected rows
 model.eval()
-logps = sequence_logprobs(model(x), y)  # (2B,): log pi(y|x) of every row
+answer = y != IGNORE  # (2B, T) the answer tokens
+logps = (model.logprobs(x, y.masked_fill(~answer, 0)) * answer).sum(dim=1)  # (2B,): log pi(y|x) of every row
 losses, chosen_r, rejected_r = dpo_loss(logps[:B], logps[B:], ref_chosen[idx], ref_rejected[idx],
                                         beta=one.beta)  # (B,) each
 nll = -logps[:B].sum() / chosen_tokens  # scalar: mean -log pi per chosen-answer token
