@@ -286,6 +286,10 @@ def load_prompts(path, domains: str = "", oversample: str = "", enc=None,
     # GSM8K's {"question", "answer"} rows become prompts of domain gsm8k; TRL's prompt-only rows ({"prompt"}
     # alone, a string or messages) get the domain "prompts", which a reward model scores (rm:PATH)
     records = [gsm8k.to_rl_record(r, f"{path}:{n}") if gsm8k.is_gsm8k(r) else r for n, r in zip(lines, records)]
+    for lineno, r in zip(lines, records):
+        if "prompt" in r and "domain" not in r and "answer" in r:  # not prompt-only: a checker is wanted
+            raise InputError(f"{path}:{lineno}: field 'domain' missing: a record with an 'answer' names the domain "
+                             "whose checker reads it (TRL's prompt-only rows hold a 'prompt' alone)")
     records = [{**r, "domain": PROMPT_ONLY} if "prompt" in r and "domain" not in r else r for r in records]
     for lineno, r in zip(lines, records):
         missing = [k for k in ("prompt", "domain") if k not in r]

@@ -94,10 +94,13 @@ def test_prompt_only_records_train_with_a_reward_model_and_nothing_else(tmp_path
     assert [r["domain"] for r in records] == ["prompts", "prompts"] and validate_record(records[1]) is None
     kw = dict(domains="", oversample="", prompts_per_step=2, enc=get_tokenizer("nano"), block_size=256,
               max_new_tokens=16, model_path="m.pt")
-    with pytest.raises(InputError, match="--reward 'correct:1': prompt-only records .* a reward model scores them"):
+    with pytest.raises(InputError, match="--reward 'correct:1': prompt-only records .* only a reward model scores"):
         load_rl_prompts(path, gsm8k_file(tmp_path), reward_fn=parse_reward("correct:1"), reward_spec="correct:1", **kw)
     with pytest.raises(InputError, match="held-out prompts are scored by their domain's checker"):
         load_rl_prompts(path, path, **kw)
+    path.write_text(json.dumps({"prompt": "What is 2+2?", "answer": "4"}) + "\n")  # an answer wants a checker
+    with pytest.raises(InputError, match="prompts.jsonl:1: field 'domain' missing: a record with an 'answer'"):
+        load_prompts(path)
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"prompt": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}]})
                    + "\n")

@@ -42,8 +42,8 @@ def check(record: dict, completion: str) -> float:
     """Score a completion for a record of rl/eval/prefs: 0.0 or 1.0, dispatching on record["domain"]."""
     domain = record.get("domain")
     if domain == PROMPT_ONLY:
-        raise ValueError("prompt-only records (a prompt, no domain or answer) have no checker: a reward model "
-                         "scores them (rm:PATH)")
+        raise ValueError("prompt-only records (a prompt, no domain or answer) have no checker for a term to "
+                         "call: only a reward model scores them (rm:PATH alone)")
     d = checker(domain)
     if d is None:
         raise ValueError(f"record has domain {domain!r}; expected one of {DOMAINS + tuple(BROUGHT)}")
