@@ -11,8 +11,9 @@ Formats (the same as Hugging Face TRL's, so you can bring your own data; [msgs] 
     {"prompt": [msgs], "chosen": [msgs], "rejected": [msgs]}   the same, conversational
     {"chosen": "...", "rejected": "..."}                   preferences, implicit prompt: the shared beginning
     {"chosen": [msgs], "rejected": [msgs]}                 the same, conversational: the shared messages
-A record is all plain (strings) or all conversational (lists of messages). A malformed line raises an error
-that names the file, the line and the field.
+A record is all plain (strings) or all conversational (lists of messages); minipost also takes plain answers
+to a conversational prompt (each answer then one assistant message), a mix TRL's forms do not list. A malformed
+line raises an error that names the file, the line and the field.
 
 Two ways to batch:
 - **packing** (pretraining): all documents are tokenised, joined with <|endoftext|> into one long stream, and
