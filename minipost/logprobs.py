@@ -370,6 +370,19 @@ def linear_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.T
     return logp, next(got).view(shape) if entropy else None, next(got).view(shape) if top1 else None
 
 
+@torch.no_grad()
+def token_entropy(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """-sum_v p log p of softmax(logits / T) at each position (..., V) -> (...) float32, a metric (no gradient),
+    made CHUNK_ELEMENTS logits at a time: no float32 copy of the whole logits."""
+    flat = logits.reshape(-1, logits.shape[-1])  # (N, V)
+    out = torch.empty(flat.shape[0], dtype=torch.float32, device=logits.device)
+    rows = max(1, CHUNK_ELEMENTS // max(flat.shape[1], 1))
+    for r0 in range(0, flat.shape[0], rows):
+        lsm = torch.log_softmax(flat[r0:r0 + rows].float() / temperature, dim=-1)  # (rows, V)
+        out[r0:r0 + rows] = -(lsm.exp() * lsm).sum(dim=-1)
+    return out.view(logits.shape[:-1])
+
+
 def sequence_logprobs(logits: torch.Tensor, targets: torch.Tensor, *, ignore_index: int = -100,
                       temperature: float = 1.0, impl: str = "auto") -> torch.Tensor:
     """Sum of log pi(target) over the positions whose target is not `ignore_index` (the response tokens):

@@ -29,7 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from minipost.logprobs import linear_logprobs, token_logprobs
+from minipost.logprobs import linear_logprobs, token_entropy, token_logprobs
 
 
 
@@ -252,9 +252,7 @@ class CausalLM(nn.Module):
             logits, h = self(idx, attention_mask, return_hidden=True, logits_to_keep=k)  # (B, k, V), (B, T, C)
             logp = token_logprobs(logits, targets, temperature=temperature, impl=impl)  # (B, k)
             hits = logits.argmax(dim=-1) == targets if top1 else None
-            if entropy:
-                lsm = torch.log_softmax(logits.detach().float() / temperature, dim=-1)  # (B, k, V)
-                ent = -(lsm.exp() * lsm).sum(dim=-1)  # (B, k)
+            ent = token_entropy(logits, temperature) if entropy else None  # (B, k), a chunk at a time
         extras = ([ent] if entropy else []) + ([hits] if top1 else []) + ([h] if return_hidden else [])
         return (logp, *extras) if extras else logp
 

@@ -22,6 +22,8 @@ pi / pi_old = 1 exactly (up to float rounding). Two things make that true, and t
   *which* tokens can be drawn but the log-prob we keep is that of the unfiltered tempered softmax, the same
   quantity the training pass computes (as in TRL and OpenRLHF); with filtering on, the sampler is then
   slightly off-policy, a known, usually harmless, mismatch.
+Under CUDA's bf16 autocast the KV-cache sampler (one token at a time) rounds otherwise than a pass over the
+whole sequence, so `sample_and_score` takes pi_old from a no-grad training pass there, and the ratio is 1 again.
 
 Shape legend: N rows (prompts x group_size), P prompt columns, T completion columns, V vocabulary,
 C channels.
@@ -181,13 +183,15 @@ def complete(model, enc, prompts: list[list[int]], max_new_tokens: int, stop_tok
 
 
 def completion_logprobs(model, ro: Rollout, temperature: float = 1.0, impl: str = "auto",
-                        return_hidden: bool = False, entropy: bool = False):
+                        return_hidden: bool = False, entropy: bool = False, rows: int | None = None):
     """log pi(y_t | x, y_<t) for every completion token, by one ordinary (differentiable) forward pass.
 
     The input is prompt + completion minus its last token; the logits at column P-1+t predict completion
     token t. Returns (N, T) float32 log-probs (0 where completion_mask is 0); with `entropy` also each token's
     entropy under the policy (N, T), the metric RL logs; with `return_hidden` the final hidden states at the
-    same columns (N, T, C): the state *before* token t, which PPO's critic scores.
+    same columns (N, T, C): the state *before* token t, which PPO's critic scores. `rows`: that many rows a
+    forward pass (the same numbers: every row keeps the whole rollout's columns), so that a real vocabulary's
+    logits are never the whole rollout's at once on the plain path.
 
     Columns that are padding in *every* row are cut before the forward pass (left of the longest prompt, right
     of the longest completion) and the (N, T) layout is restored after: a micro-batch of 13-token answers
@@ -199,9 +203,11 @@ def completion_logprobs(model, ro: Rollout, temperature: float = 1.0, impl: str 
     t = max(int(ro.completion_mask.sum(dim=1).max()), 1)  # completion columns in use (completions are right-padded)
     ids = torch.cat([ro.prompt_ids[:, -p:], ro.completion_ids[:, :t]], dim=1)[:, :-1]  # (N, p+t-1)
     attn = torch.cat([ro.prompt_mask[:, -p:], ro.completion_mask[:, :t]], dim=1)[:, :-1]  # (N, p+t-1)
+    targets, n = ro.completion_ids[:, :t], rows or max(len(ids), 1)  # (N, t); rows a pass
     with autocast(ids.device):  # CUDA: bf16 matmuls; the log-probs come out float32
-        logps, *ent, hidden = model.logprobs(ids, ro.completion_ids[:, :t], attn, temperature=temperature,
-                                             impl=impl, entropy=entropy, return_hidden=True)
+        outs = [model.logprobs(ids[s:s + n], targets[s:s + n], attn[s:s + n], temperature=temperature, impl=impl,
+                               entropy=entropy, return_hidden=True) for s in range(0, max(len(ids), 1), n)]
+    logps, *ent, hidden = (torch.cat(x) if len(outs) > 1 else x[0] for x in zip(*outs))
     # logps (N, t): the last t columns predict the completion; ent: [their entropy (N, t)] or []
     hidden = hidden[:, p - 1:]  # (N, t, C): those columns' final hidden states
     logps = F.pad(logps, (0, T - t)) * ro.completion_mask  # (N, T); padding contributes exactly 0
@@ -377,8 +383,14 @@ def sample_and_score(policy, ref, enc, prompts: list[dict], reward_fn, cfg: Roll
     communication), and the stats are over every rank's rows."""
     batch_rollout = rollout_share(policy, enc, prompts, cfg.group_size, cfg.max_new_tokens, cfg.temperature,
                                   cfg.top_k or None, cfg.top_p, gen, ranks)
+    rows = getattr(cfg, "micro_batch_size", 0) or None  # a pass of the training pass's rows at a time
     with torch.no_grad():
-        ref_logps = completion_logprobs(ref, batch_rollout, cfg.temperature, cfg.logprobs_impl)  # (B, T)
+        ref_logps = completion_logprobs(ref, batch_rollout, cfg.temperature, cfg.logprobs_impl, rows=rows)  # (B, T)
+        if isinstance(autocast(batch_rollout.prompt_ids.device), torch.autocast):  # bf16 (CUDA): the KV-cache
+            # sampler rounds otherwise than a pass over the whole sequence; pi_old is then the training pass's,
+            # so that the first update's ratio is 1 up to float rounding, as in float32
+            batch_rollout.logprobs = completion_logprobs(policy, batch_rollout, cfg.temperature, cfg.logprobs_impl,
+                                                         rows=rows)
     rewards, stats = score_rollout(batch_rollout, reward_fn, cfg.max_new_tokens, cfg.missing_stop_penalty,
                                    cfg.length_penalty, overlong_buffer,
                                    gather=lambda x: dist.all_gather_lists(x, ranks))  # (B,)

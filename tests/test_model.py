@@ -1,5 +1,7 @@
 """The GPT's contracts: causal, cache-consistent, padding-invariant, generation that matches itself and caps each
 row by its own prompt, and load_model refusing files that are not minipost checkpoints."""
+import math
+
 import pytest
 import torch
 
@@ -227,3 +229,16 @@ def test_logprobs_of_no_targets_is_an_empty_row_on_every_path():
     idx, none = torch.randint(0, 50, (2, 5)), torch.zeros(2, 0, dtype=torch.long)
     for impl in ("reference", "chunked", "fused"):
         assert model.logprobs(idx, none, impl=impl).shape == (2, 0)
+
+
+def test_entropy_is_the_same_on_the_plain_and_the_fused_path_and_log_v_when_uniform():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=300, block_size=16, n_layer=1, n_head=1, n_embd=16))
+    idx, y = torch.randint(0, 300, (3, 10)), torch.randint(0, 300, (3, 10))
+    for temperature in (1.0, 0.7):
+        plain = model.logprobs(idx, y, impl="reference", entropy=True, temperature=temperature)[1]
+        fused = model.logprobs(idx, y, impl="fused", entropy=True, temperature=temperature)[1]
+        torch.testing.assert_close(plain, fused, atol=1e-5, rtol=0)
+        assert not plain.requires_grad and plain.shape == (3, 10)
+    from minipost.logprobs import token_entropy
+    torch.testing.assert_close(token_entropy(torch.zeros(2, 50)), torch.full((2,), math.log(50)))

@@ -181,3 +181,37 @@ def test_load_prompts_checks_every_record_when_the_file_loads(tmp_path):
     with pytest.raises(InputError, match=r"rl.jsonl:2: field 'prompt' is \d+ tokens"):
         load_prompts(path, enc=get_tokenizer("nano"), max_prompt_tokens=64)
     assert len(load_prompts(path)) == 2  # without a token budget the long prompt is fine
+
+
+def test_a_pass_of_a_few_rows_at_a_time_gives_the_same_numbers_bit_for_bit():
+    """completion_logprobs(rows=k): the reference's pass in the training pass's micro-batches, so that a real
+    vocabulary's logits are never the whole rollout's; every row keeps the rollout's columns, so nothing changes."""
+    model = make_model()
+    ro = sample_completions(model, PROMPTS, group_size=3, max_new_tokens=12, stop_token=STOP, pad_id=PAD,
+                            generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        whole = completion_logprobs(model, ro, impl="reference")
+        for rows in (1, 5, 12):
+            assert torch.equal(completion_logprobs(model, ro, impl="reference", rows=rows), whole)
+
+
+def test_under_autocast_pi_old_is_the_training_passs_and_the_first_ratio_is_one(monkeypatch):
+    """On CUDA (played here on the CPU's bf16 autocast) the KV-cache sampler rounds otherwise than a pass over the
+    whole sequence; sample_and_score takes pi_old from a no-grad training pass, so the first update's ratio is 1."""
+    from types import SimpleNamespace
+    from minipost import rollout
+    monkeypatch.setattr(rollout, "autocast", lambda device: torch.autocast("cpu", dtype=torch.bfloat16))
+    def sampled(policy, *args):  # the sampler's log-probs, off by a stand-in for its own rounding
+        ro = sample_completions(policy, PROMPTS, group_size=2, max_new_tokens=10, stop_token=STOP, pad_id=PAD,
+                                generator=torch.Generator().manual_seed(0))
+        ro.logprobs = (ro.logprobs + 0.01) * ro.completion_mask
+        return ro
+    monkeypatch.setattr(rollout, "rollout_share", sampled)
+    monkeypatch.setattr(rollout, "score_rollout", lambda ro, *a, **k: (torch.zeros(len(ro)), {}))
+    model = make_model()
+    cfg = SimpleNamespace(group_size=2, max_new_tokens=10, temperature=1.0, top_k=0, top_p=1.0, logprobs_impl="auto",
+                          micro_batch_size=3, missing_stop_penalty=0.0, length_penalty=0.0)
+    ro, ref_logps, _, _ = rollout.sample_and_score(model, model, None, [], None, cfg, None)
+    with torch.no_grad():
+        lp = completion_logprobs(model, ro, impl="auto")  # the training pass, under the same autocast
+    assert torch.equal(ro.logprobs, lp) and torch.equal(ref_logps, lp)  # the policy is its own reference here

@@ -214,12 +214,13 @@ def grpo(device, smoke: bool) -> dict:
             for start in range(0, rows, rows_a_pass):
                 idx = torch.arange(start, min(start + rows_a_pass, rows), device=device)
                 sub = ro.select(idx)
-                with torch.no_grad():
-                    ref = completion_logprobs(reference, sub, 1.0, impl)
-                logps = completion_logprobs(policy, sub, 1.0, impl)
-                loss, _ = grpo_loss(logps, sub.logprobs, ref, advantages[idx], sub.completion_mask, beta=0.04)
+                with torch.no_grad():  # as rollout.sample_and_score: the reference, and on CUDA pi_old again
+                    ref = completion_logprobs(reference, sub, 1.0, impl)  # at the training pass's precision
+                    old = completion_logprobs(policy, sub, 1.0, impl) if cuda else sub.logprobs
+                logps, entropy = completion_logprobs(policy, sub, 1.0, impl, entropy=True)  # as grpo.update
+                loss, _ = grpo_loss(logps, old, ref, advantages[idx], sub.completion_mask, beta=0.04)
                 (loss * len(idx) / rows).backward()
-                del ref, logps, loss
+                del ref, old, logps, entropy, loss
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             sync(device)
