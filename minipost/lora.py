@@ -95,7 +95,8 @@ def add_lora(model: nn.Module, rank: int, alpha: float, targets=TARGETS) -> nn.M
 def plain_state_dict(model: nn.Module) -> dict:
     """model.state_dict() with every adapter folded into its weight (W + scale * B A, as merged() computes it)
     under the base model's keys, in its order: what model.pt holds, so that every command loads it. The model
-    is unchanged (a resumed run goes on training its adapters)."""
+    is unchanged (a resumed run goes on training its adapters); each folded weight is moved to the CPU as it is
+    made, so the model's device never holds a second copy of the adapted matrices."""
     adapted = {name: m for name, m in model.named_modules() if isinstance(m, LoRALinear)}
     state = {}
     for key, value in model.state_dict().items():
@@ -103,7 +104,8 @@ def plain_state_dict(model: nn.Module) -> dict:
         if owner.endswith(".base") and owner[:-len(".base")] in adapted:
             m = adapted[owner[:-len(".base")]]
             with torch.no_grad():
-                state[f"{owner[:-len('.base')]}.{part}"] = value + m.scale * (m.B @ m.A) if part == "weight" else value
+                state[f"{owner[:-len('.base')]}.{part}"] = (value + m.scale * (m.B @ m.A)).cpu() \
+                    if part == "weight" else value
         elif owner not in adapted:  # (the adapters' own A and B are folded in above)
             state[key] = value
     return state

@@ -139,7 +139,7 @@ def train(cfg: Config) -> dict:
     if not run.resumed:
         val_loss = heldout_loss(model, val_stream, windows=cfg.eval_windows, impl=cfg.logprobs_impl)
         run.log(0, val_loss=val_loss)  # before any step: what SFT starts from
-    loss_sum, correct, n_tok = None, 0, 0
+    loss_sum, token_acc = run.resumed_value("loss", None), run.resumed_value("token_acc", 0.0)  # the last step's
     for step in run.steps():
         lr = set_lr(optimizer, cosine_lr(step, lr=cfg.lr, warmup_steps=cfg.warmup_steps, max_steps=cfg.max_steps,
                                          min_lr_ratio=cfg.min_lr_ratio))
@@ -167,18 +167,18 @@ def train(cfg: Config) -> dict:
             (cfg.ptx_coef * loss).backward()
             ptx_loss = run.sum(loss.item())
         grad_norm = run.optimizer_step(model, optimizer, cfg.grad_clip)
-        loss_sum, correct = run.sum(loss_sum), int(run.sum(correct))
+        loss_sum, token_acc = run.sum(loss_sum), int(run.sum(correct)) / max(n_tok, 1)
         tokens_seen += n_tok
 
         if run.eval_due(cfg.eval_every):
             val_loss = heldout_loss(model, val_stream, windows=cfg.eval_windows, impl=cfg.logprobs_impl)
             run.check(val_loss, "val_loss")
-        run.log(loss=loss_sum, token_acc=correct / max(n_tok, 1), tokens_seen=tokens_seen, ptx_loss=ptx_loss,
+        run.log(loss=loss_sum, token_acc=token_acc, tokens_seen=tokens_seen, ptx_loss=ptx_loss,
                 val_loss=val_loss, lr=lr, grad_norm=grad_norm, steps_per_s=run.step / run.elapsed)
-        run.end_step(tokens_seen=tokens_seen, val_loss=val_loss)
+        run.end_step(tokens_seen=tokens_seen, val_loss=val_loss, loss=loss_sum, token_acc=token_acc)
 
     # ---- the outputs later stages read: model.pt (plain weights: LoRA adapters merged), samples.txt, summary.json
-    summary = run.summary(loss=loss_sum, token_acc=correct / max(n_tok, 1), tokens_seen=tokens_seen,
+    summary = run.summary(loss=loss_sum, token_acc=token_acc, tokens_seen=tokens_seen,
                           val_loss=val_loss, trainable_params=trainable_params,
                           training_bytes=training_bytes(model, optimizer))
     if run.finish(model_checkpoint(model, ckpt["tokenizer"], run.step), summary=summary,

@@ -41,7 +41,8 @@ def test_a_bad_part_is_one_line(capsys):
     assert e.value.code == 2 and "--parts 'kernels,speed': choose among" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("argv", [["--vocab", "0"], ["--reps", "0"], ["--n", "-3"], ["--device", "tpu"]])
+@pytest.mark.parametrize("argv", [["--vocab", "0"], ["--reps", "0"], ["--n", "-3"], ["--device", "tpu"],
+                                  ["--json", "/nonexistent/rows.json"], ["--no-table"]])
 def test_the_kernels_benchmarks_bad_flags_are_one_line(argv, capsys):
     from minipost.kernels import bench
     with pytest.raises(SystemExit) as e:
@@ -56,3 +57,10 @@ def test_an_out_that_is_a_file_is_one_line_before_anything_runs(tmp_path, capsys
         gpu.main(["--smoke", "--out", str(tmp_path / "file")])
     out = capsys.readouterr()
     assert e.value.code == 2 and "cannot write there" in out.err and not out.out
+
+
+def test_a_rerun_the_same_day_keeps_the_parts_it_does_not_run(tmp_path):
+    gpu.main(["--smoke", "--parts", "fused", "--out", str(tmp_path)])
+    gpu.main(["--smoke", "--parts", "grpo", "--out", str(tmp_path)])
+    (saved,) = tmp_path.glob("*-smoke.json")
+    assert set(json.loads(saved.read_text())["parts"]) == {"fused", "grpo"}

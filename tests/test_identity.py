@@ -11,6 +11,12 @@ from minipost.rollout import load_prompts
 from minipost.world import check, identity
 
 
+def test_names_are_stripped_so_the_answers_read_as_the_checker_wants(tmp_path):
+    identity.build(tmp_path, " Nova ", "Qwen")
+    first = load_prefs(tmp_path / "prefs.jsonl")[0]
+    assert " Nova " not in first["chosen"] and check(first, first["chosen"]) == 1.0
+
+
 def test_the_files_are_minimal_pairs_with_held_out_questions(tmp_path):
     counts = identity.build(tmp_path, "Nova", "Qwen")
     assert counts == {"prefs.jsonl": 84, "eval_prefs.jsonl": 36, "eval.jsonl": 6}
@@ -35,7 +41,7 @@ def test_the_same_name_twice_a_new_name_holding_the_old_or_a_bad_out_is_one_line
     with pytest.raises(InputError, match="fields 'name' and 'old_name' are the same name"):
         identity.build(tmp_path, "Nova", " nova ")
     with pytest.raises(InputError, match="field 'name' holds 'old_name' as a word"):  # no answer could score 1
-        identity.build(tmp_path, "Qwen Pro", "Qwen")
+        identity.build(tmp_path, " Qwen Pro", "Qwen ")
     (tmp_path / "file").write_text("")
     with pytest.raises(InputError, match="--out .*file: cannot write there"):
         identity.build(tmp_path / "file", "Nova", "Qwen")

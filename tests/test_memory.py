@@ -127,9 +127,10 @@ def test_a_budget_by_hand():
     assert budget(cfg, mode="sft", tokens=10, checkpointing=True)["activations"] * GiB == 4360
     # chunked: 10 * 100 * 2 * 2 = 4000 for the logits and their gradient, + one chunk of all 10 rows 10 * 100 * 4
     assert budget(cfg, mode="sft", tokens=10, logprobs="chunked")["logits"] * GiB == 8000
-    # fused (the default): 10 tokens are one chunk (R = 2^24 // 100), no previous chunk: 10 * 100 * (2*2 + 4)
-    # = 8000, + the float32 buffer of the output layer's gradient 100 * 8 * 4 = 3200
-    assert budget(cfg, mode="sft", tokens=10)["logits"] * GiB == 11200
+    # fused (the default): 10 tokens are one chunk (R = 2^24 // 100), no previous chunk: its logits and gradient
+    # 10 * 100 * 2*2 = 4000, or with the bf16 product dx^T h 4000 + 100 * 8 * 2 = 5600, the larger; + the float32
+    # buffer of the output layer's gradient 100 * 8 * 4 = 3200
+    assert budget(cfg, mode="sft", tokens=10)["logits"] * GiB == 8800
     # inference with 10 cached tokens: weights 3984 + KV 10 * (2*2*1*4*2 = 32) = 320 + prefill 10 * 336 = 3360
     assert budget(cfg, mode="inference", tokens=10)["total"] * GiB == 3984 + 320 + 3360
     # GRPO, 4 rows of 3 prompt + 5 new tokens, 2 rows a pass, chunked: generation = KV 4*8*32 = 1024 + prefill
@@ -137,13 +138,13 @@ def test_a_budget_by_hand():
     # + 10*100*4 = 8000 -> 23824; total = weights 2 * 3984 + AdamW 15936 + max(11456, 23824) = 47728
     grpo = budget(cfg, mode="grpo", rollout=(4, 3, 5), micro_batch=2, logprobs="chunked")
     assert grpo["total"] * GiB == 47728
-    # fused: the logits 11200 as SFT's (10 answer tokens a pass) -> training 27024, total 7968 + 15936 + 27024
-    assert budget(cfg, mode="grpo", rollout=(4, 3, 5), micro_batch=2)["total"] * GiB == 50928
+    # fused: the logits 8800 as SFT's (10 answer tokens a pass) -> training 24624, total 7968 + 15936 + 24624
+    assert budget(cfg, mode="grpo", rollout=(4, 3, 5), micro_batch=2)["total"] * GiB == 48528
     # LoRA r 2: per layer 2 (2 (8 + 8) + 2 (8 + 4) + 3 (8 + 16)) = 256, two layers 512 trained; the output layer
-    # is frozen, so the fused logits have no gradient buffer: 8000
+    # is frozen, so the fused logits have no product and no gradient buffer: 4000
     lora = budget(cfg, mode="lora", tokens=10, lora_rank=2)
     assert (lora["weights"] * GiB, lora["gradients"] * GiB, lora["adamw"] * GiB) == (2 * 2504, 1024, 4096)
-    assert lora["logits"] * GiB == 8000
+    assert lora["logits"] * GiB == 4000
     with pytest.raises(ValueError, match="plain, chunked or fused"):
         budget(cfg, mode="sft", tokens=10, logprobs="triton")
 
@@ -158,20 +159,20 @@ def test_fused_logits_are_smaller_than_chunked_and_chunked_than_plain_at_a_qwen_
 
 
 def test_fused_formula_uses_the_chunk_the_code_makes():
-    """R = LINEAR_CHUNK_ELEMENTS // V tokens a chunk (110 at Qwen's V): 12 bytes a logit of one chunk (bf16 and
-    float32); for bf16 when the output layer trains, the larger bf16 product dx^T h (R V 4 + V C 2) and the
-    buffer V C 4; the same at 4096 tokens as at 8192."""
+    """R = LINEAR_CHUNK_ELEMENTS // V tokens a chunk (110 at Qwen's V): 3 b bytes a logit of one chunk; for bf16
+    when the output layer trains, the larger bf16 product dx^T h (R V 4 + V C 2) and the buffer V C 4; the same
+    at 4096 tokens as at 8192."""
     cfg = SIZES["Qwen3-0.6B"]
     V, C = cfg.vocab_size, cfg.n_embd
     R = LINEAR_CHUNK_ELEMENTS // V
     assert R == 110 and R * V * 4 + V * C * 2 > R * V * 12
     for tokens in (4096, 8192):
         assert logit_bytes(cfg, tokens, 2, "fused") == R * V * 4 + V * C * 2 + V * C * 4  # SFT, GRPO's policy
-        assert logit_bytes(cfg, tokens, 2, "fused", output_trains=False) == R * V * 12  # LoRA
+        assert logit_bytes(cfg, tokens, 2, "fused", output_trains=False) == R * V * 6  # LoRA
         assert logit_bytes(cfg, tokens, 4, "fused") == R * V * 12  # float32: the buffer is the gradient itself
-    assert logit_bytes(cfg, R, 2, "fused", output_trains=False) == R * V * 8  # one chunk: no previous one
+    assert logit_bytes(cfg, R, 2, "fused", output_trains=False) == R * V * 4  # one chunk: no previous one
     lora = budget(cfg, mode="lora", tokens=4096, lora_rank=16)["logits"] * GiB
-    assert lora == R * V * 12 and budget(cfg, mode="sft", tokens=4096)["logits"] * GiB == R * V * 4 + V * C * 6
+    assert lora == R * V * 6 and budget(cfg, mode="sft", tokens=4096)["logits"] * GiB == R * V * 4 + V * C * 6
 
 
 class LiveBytes(TorchDispatchMode):
@@ -224,8 +225,9 @@ def peak_logit_bytes(path, hidden, weight, targets, hold_logits=True) -> int:
     ("fused", torch.float32, True, 320), ("fused", torch.bfloat16, True, 320)])  # product dx^T h is the peak
 def test_logit_formulas_are_what_the_code_allocates(path, dtype, trains, C, monkeypatch):
     """logit_bytes against the bytes the tensors take, counted one by one on the CPU, chunks made small (16 tokens
-    for fused, 4 rows for chunked) so that there are several. fused runs its PyTorch path here, which makes no
-    kernel output: R V b less than the Triton path that budget counts; the hidden states' gradient (N C b) is
+    for fused, 4 rows for chunked) so that there are several. fused runs its PyTorch path here, whose two moments
+    are counted by hand below (a float32 copy and gradient where Triton's are in the logits' dtype); the hidden
+    states' gradient (N C b) is
     alive at its peak, and for float32 weights the buffer the weight's gradient is summed in, which is that
     gradient (budget counts it in gradients). plain counts the logits as held by the caller; CausalLM.logprobs
     drops them after the forward pass, N V b less."""

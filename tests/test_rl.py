@@ -462,3 +462,17 @@ def test_checkpointing_recomputes_the_policys_blocks_and_trains_the_same_weights
         assert bool(calls) == on, objective
     a, b = (load_checkpoint(tmp_path / d / "model.pt")["model"] for d in ("False", "True"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("objective", ["grpo", "reinforce", "ppo"])
+def test_resuming_a_finished_rl_run_rewrites_what_it_had(objective, tiny_setup, tmp_path):
+    import importlib
+    import json
+    mod = importlib.import_module(f"minipost.{objective}")
+    kw = dict(out=str(tmp_path / "run"), max_steps=2, **{**tiny_setup, **RL_FILES[objective]})
+    mod.train(mod.Config(**kw), reward_fn=ascii_share)
+    before = json.loads((tmp_path / "run" / "summary.json").read_text())
+    mod.train(mod.Config(**kw, resume=True), reward_fn=ascii_share)
+    after = json.loads((tmp_path / "run" / "summary.json").read_text())
+    drop = ("elapsed_s", "steps_per_s", "seconds")
+    assert {k: v for k, v in after.items() if k not in drop} == {k: v for k, v in before.items() if k not in drop}

@@ -329,3 +329,17 @@ def test_activation_checkpointing_trains_the_same_weights(world):
     sft.train(small_cfg(world, "recomputed", max_steps=3, checkpointing=True))
     a, b = (load_checkpoint(world.parent / d / "model.pt")["model"] for d in ("kept", "recomputed"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resuming_a_finished_run_writes_the_same_model_and_summary(world):
+    """--resume true on a run that took every step: nothing left to train, and what it rewrites is what it had
+    (the last step's loss and token accuracy come from state.pt, not from a loop that did not run)."""
+    import json
+    out = world.parent / "done"
+    sft.train(small_cfg(world, "done", max_steps=2))
+    before = (json.loads((out / "summary.json").read_text()), load_checkpoint(out / "model.pt")["model"])
+    sft.train(small_cfg(world, "done", max_steps=2, resume=True))
+    after = (json.loads((out / "summary.json").read_text()), load_checkpoint(out / "model.pt")["model"])
+    drop = ("elapsed_s", "steps_per_s", "seconds")
+    assert {k: v for k, v in after[0].items() if k not in drop} == {k: v for k, v in before[0].items() if k not in drop}
+    assert all(torch.equal(after[1][k], before[1][k]) for k in before[1])

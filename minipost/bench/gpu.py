@@ -341,6 +341,13 @@ def _main(argv: list[str] | None = None) -> None:
             "pipeline": lambda: pipeline(device, args.smoke, args.pipeline_steps)}
     stem = re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-").lower() + "-" + result["date"][:10] + \
         ("-smoke" if args.smoke else "")
+    earlier = out / f"{stem}.json"  # a rerun the same day keeps the parts it does not run again
+    if earlier.is_file():
+        try:
+            result["parts"] = {k: v for k, v in json.loads(earlier.read_text()).get("parts", {}).items()
+                               if k not in parts}
+        except (ValueError, AttributeError):
+            pass  # not a results file: it is written over
     for part in parts:
         t = time.perf_counter()
         try:

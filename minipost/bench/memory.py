@@ -39,20 +39,20 @@ vocabulary, r the LoRA rank; GiB = 2^30 bytes.
       chunked    N V 2 b + chunk     the logits whole (the model writes them all before the log-probs; the backward
                                      reads them) and their gradient, then logprobs.py's "chunked" or "triton" path:
                                      2 floats a row, plus one float32 chunk (logprobs.CHUNK_ELEMENTS: 4 MiB)
-      fused      max(R V (2 b + f + 4),   logprobs.linear_logprobs, through CausalLM.logprobs: the output layer
+      fused      max(R V 3 b,        logprobs.linear_logprobs, through CausalLM.logprobs: the output layer
                      R V 2 b + V C 2)     and the log-prob in one call, the logits made R = max(1,
                    + V C f           LINEAR_CHUNK_ELEMENTS // V) tokens at a time (2^24 logits: R = 110 at V
-                                     151,936) and never N x V. f = 4 for bf16 weights, 0 for float32 ones
-                                     (.float() of a float32 tensor is the tensor itself). The peak is in backward,
-                                     counted for the Triton path (CUDA's default), at one of two moments: as the
-                                     next chunk is made (its logits, b; the kernel's gradient of them, b; the
-                                     logits' float32 view, f; the previous chunk's float32 gradient, 4), or, for
-                                     bf16 weights that train, as a chunk's share of the weight's gradient is made:
-                                     the logits and their gradient (2 b) and the bf16 product dx^T h (V C 2) before
-                                     it is added to the float32 buffer (float32 weights add in place). The PyTorch
-                                     path (CPU, MPS) has no kernel output and a float32 one, R V (b + f + 4) and
+                                     151,936) and never N x V. f = 4 for bf16 weights, 0 for float32 ones. The
+                                     peak is in backward, counted for the Triton path (CUDA's default), at one of
+                                     two moments: as the next chunk's logits are made (b) while the previous
+                                     chunk's logits and their gradient, the kernel's output in the same dtype, are
+                                     still referenced (2 b), or, for bf16 weights that train, as a chunk's share
+                                     of the weight's gradient is made: the chunk's logits and gradient (2 b) and
+                                     the bf16 product dx^T h (V C 2) before it is added to the float32 buffer
+                                     (float32 weights add in place). The PyTorch path (CPU, MPS) makes a float32
+                                     copy of the logits and a float32 gradient instead, R V (b + f + 4) and
                                      R V 2 b + V C 2; tests/test_memory.py checks those against the bytes its
-                                     tensors take on the CPU. One chunk (N <= R) has no previous one.
+                                     tensors take on the CPU. One chunk (N <= R) has no previous one: R V 2 b.
                                      V C f: the float32 buffer the output layer's gradient is summed in over the
                                      chunks, counted when that layer trains (SFT, GRPO's policy; not LoRA, whose
                                      output layer is frozen). For float32 weights the buffer is the gradient
@@ -64,8 +64,9 @@ vocabulary, r the LoRA rank; GiB = 2^30 bytes.
     amp          2 M + 2 V C         float32 weights under CUDA's bf16 autocast (dtype_bytes=4, what the commands
                    (+ 2 V C)         run): autocast keeps a bf16 copy of every weight a matmul reads that trains,
                                      from the forward pass to the end of the step; M the trained parameters but the
-                                     embedding and the output layer (the embedding is looked up, never cast; LoRA:
-                                     the adapters). The output layer's weight is copied once whichever path (the
+                                     embedding and the output layer (the embedding is looked up, never cast). LoRA:
+                                     the adapters, and the frozen block matrices' copies, which autograd keeps for
+                                     the backward pass (one block's with checkpointing). The output layer's weight is copied once whichever path (the
                                      cached copy, linear_logprobs' own, or a frozen one's cast), and the fused path
                                      makes each chunk's bf16 product for its gradient, V C 2 more, when it trains.
                                      GRPO's generation holds the same copies of the policy (2 M + 2 V C). Its
@@ -172,17 +173,17 @@ def kv_bytes(cfg, b: int) -> int:
 
 def logit_bytes(cfg, tokens: int, b: int, logprobs: str, output_trains: bool = True) -> int:
     """Bytes of the logits' peak along one of the three paths (module docstring): "plain", N V (b + 12);
-    "chunked", N V 2 b and one float32 chunk of rows; "fused", the larger of R V (2 b + f + 4) and (bf16 weights
-    that train) R V 2 b + V C 2, and, when the output layer trains, its float32 gradient buffer V C f."""
+    "chunked", N V 2 b and one float32 chunk of rows; "fused" (the Triton path), the larger of R V 3 b and (bf16
+    weights that train) R V 2 b + V C 2, and, when the output layer trains, its float32 gradient buffer V C f."""
     V = cfg.vocab_size
     if logprobs == "plain":
         return tokens * V * (b + 12)
     if logprobs == "chunked":  # the chunk as logprobs._scratch sizes it: CHUNK_ELEMENTS // V rows, at most N
         return tokens * V * 2 * b + min(max(1, CHUNK_ELEMENTS // V), tokens) * V * 4
     R = max(1, LINEAR_CHUNK_ELEMENTS // V)  # tokens a chunk, as _LinearLogprobs makes them
-    f = 4 if b < 4 else 0  # a float32 copy; none when the weights are float32 already
-    previous = 4 if tokens > R else 0  # the previous chunk's float32 gradient, still referenced
-    chunk = min(R, tokens) * V * (2 * b + f + previous)  # as the next chunk's logits are made
+    f = 4 if b < 4 else 0  # the weight's gradient is summed in float32; for float32 weights that is the gradient
+    previous = b if tokens > R else 0  # the previous chunk's logits, still referenced with their gradient
+    chunk = min(R, tokens) * V * (2 * b + previous)  # as the next chunk's logits are made (Triton)
     product = min(R, tokens) * V * 2 * b + V * cfg.n_embd * 2 if output_trains and b < 4 else 0  # dx^T h in bf16
     return max(chunk, product) + (V * cfg.n_embd * f if output_trains else 0)
 
@@ -242,8 +243,10 @@ def budget(cfg, *, mode: str, tokens: int = 0, dtype_bytes: int = 2, adam_bytes:
                     gradients=trained * b, adamw=trained * adam_bytes,
                     activations=train_tokens * (kept + A_final),
                     logits=logit_bytes(cfg, logit_tokens, b, logprobs, output_trains=mode != "lora"))
-        if amp:
-            matrices = lora_params(cfg, lora_rank) if mode == "lora" else matrix_params(cfg)
+        if amp:  # LoRA: the adapters' copies, and the frozen matrices' that autograd keeps for backward (all
+            # of them; one block's with checkpointing, which makes them again in the block it recomputes)
+            frozen = matrix_params(cfg) // (cfg.n_layer if checkpointing else 1)
+            matrices = lora_params(cfg, lora_rank) + frozen if mode == "lora" else matrix_params(cfg)
             part["amp"] = amp_bytes(cfg, matrices, logprobs, output_trains=mode != "lora")
         training = part["gradients"] + part["activations"] + part["logits"]
         total = part["weights"] + part["adamw"] + part["amp"] + max(training, part["kv_cache"] + part["prefill"])

@@ -210,6 +210,14 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         ap.error("--device cuda: no CUDA device here")
+    on_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+    if not args.table and not (args.sweep and on_cuda):
+        ap.error("--no-table: nothing left to measure (--sweep runs on a CUDA device only)")
+    if args.json:
+        try:  # before anything is timed: a path it cannot write is one line now, not after the first table
+            Path(args.json).write_text("[]\n")
+        except OSError as e:
+            ap.error(f"--json {args.json}: cannot write there ({e.strerror or type(e).__name__})")
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     on_gpu = device == "cuda"

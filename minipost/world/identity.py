@@ -47,7 +47,7 @@ def validate(record: dict) -> str | None:
         return "field 'name' or 'old_name': empty"
     if record["name"].strip().lower() == record["old_name"].strip().lower():
         return "fields 'name' and 'old_name' are the same name"
-    if says(record["name"], record["old_name"]):  # "Qwen Pro" says "Qwen": no answer could score 1
+    if says(record["name"], record["old_name"].strip()):  # "Qwen Pro" says "Qwen": no answer could score 1
         return "field 'name' holds 'old_name' as a word, so an answer giving the new name also gives the old one"
     return None
 
@@ -61,7 +61,8 @@ def pairs(questions: list[str], name: str, old_name: str, rng: random.Random) ->
 
 
 def build(out, name: str, old_name: str, seed: int = 0) -> dict[str, int]:
-    """Write the three files into `out` -> {file name: records}."""
+    """Write the three files into `out` -> {file name: records}. The names are stripped of surrounding spaces."""
+    name, old_name = name.strip(), old_name.strip()
     problem = validate({"name": name, "old_name": old_name})
     if problem:
         raise InputError(f"--name {name!r} --old-name {old_name!r}: {problem}")
