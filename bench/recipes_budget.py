@@ -1,6 +1,7 @@
 """The memory budget of each stage of the three recipes in docs/recipes.md, by arithmetic on the shapes
 (minipost/bench/memory.py) that the objectives' `--preset hf` runs: float32 weights under CUDA's bf16 autocast,
-as the commands load a folder and run it, with autocast's bf16 copies of the weights; GiB; the smallest card of 8, 12, 16, 24 GB that holds it with 10% to spare. Run: python bench/recipes_budget.py"""
+as the commands load a folder and run it, with autocast's bf16 copies of the weights; GiB; the smallest card of
+8, 12, 16, 24 GB that holds it with 10% to spare. Run: python bench/recipes_budget.py"""
 from minipost import dpo, grpo, sft
 from minipost.bench.memory import SIZES, budget, smallest_card
 from minipost.common import ArgumentParser
@@ -23,11 +24,13 @@ rows = [("SFT Qwen3-0.6B-Base", "Qwen3-0.6B", "sft", dict(tokens=sft_tokens, che
         ("  --checkpointing false", "Qwen2.5-0.5B", "grpo", dict(rollout=rollout, micro_batch=pass_rows)),
         ("  --logprobs-impl reference (logits whole)", "Qwen2.5-0.5B", "grpo",
          dict(rollout=rollout, micro_batch=pass_rows, checkpointing=True, logprobs="plain")),
-        ("  --checkpointing false --logprobs-impl reference", "Qwen2.5-0.5B", "grpo", dict(rollout=rollout, micro_batch=pass_rows, logprobs="plain"))]
+        ("  --checkpointing false --logprobs-impl reference", "Qwen2.5-0.5B", "grpo",
+         dict(rollout=rollout, micro_batch=pass_rows, logprobs="plain"))]
 print(f"{'stage':50s} {'weights':>8s} {'grads':>6s} {'adamw':>6s} {'amp':>5s} {'activ.':>7s} {'logits':>7s} "
       f"{'gen.':>5s} {'total':>6s}  card")
 for label, model, mode, kw in rows:
     b = budget(SIZES[model], mode=mode, dtype_bytes=4, amp=True, **kw)
     gen = b["kv_cache"] + b["prefill"]
-    print(f"{label:50s} {b['weights']:8.2f} {b['gradients']:6.2f} {b['adamw']:6.2f} {b['amp']:5.2f} {b['activations']:7.2f} "
+    print(f"{label:50s} {b['weights']:8.2f} {b['gradients']:6.2f} {b['adamw']:6.2f} {b['amp']:5.2f} "
+          f"{b['activations']:7.2f} "
           f"{b['logits']:7.2f} {gen:5.2f} {b['total']:6.2f}  {smallest_card(b['total'], [8, 12, 16, 24])}")

@@ -86,6 +86,10 @@ def to_messages(row: dict, where: str = "") -> list[dict]:
     if gsm8k.is_gsm8k(row):  # {"question", "answer" ending "#### N"}: the worked solution is the answer
         return gsm8k.to_messages(row, where)
     if "messages" in row:
+        other = [k for k in ("prompt", "completion") if k in row]
+        if other:  # two forms in one record: which to train on would be a guess
+            raise InputError(f"{where}: field {other[0]!r} beside 'messages': a record is one form, 'messages' or "
+                             "'prompt' + 'completion'")
         msgs = check_messages(row["messages"], "messages", where)
     elif "prompt" in row and "completion" in row:
         prompt, completion = row["prompt"], row["completion"]
@@ -100,7 +104,8 @@ def to_messages(row: dict, where: str = "") -> list[dict]:
         else:
             msgs = [{"role": "user", "content": prompt}, *completion]
     else:
-        hint = " (plain text, {'text'}, is pretraining data: python -m minipost.pretrain --data)" if "text" in row else ""
+        hint = " (plain text, {'text'}, is pretraining data: python -m minipost.pretrain --data)" \
+            if "text" in row else ""
         raise InputError(f"{where}: expected 'messages' or 'prompt' + 'completion', got fields {sorted(row)}{hint}")
     if not any(m["role"] == "assistant" for m in msgs):
         raise InputError(f"{where}: no assistant message, so nothing to learn")

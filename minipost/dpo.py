@@ -73,9 +73,6 @@ LOSS_TYPES = ["sigmoid", "ipo", "hinge", "robust"]
 class Config(LoRAConfig, RunConfig):
     """Direct Preference Optimization on (prompt, chosen, rejected) pairs against a frozen reference.
     The defaults are the nano preset (a laptop CPU, ~2 min); `--preset small` changes only what PRESETS lists."""
-    preset: str = field("nano", "schedule: nano (laptop CPU), small (one GPU) or "
-                                 "hf (a Hugging Face model of about 0.5B parameters, --init hf:PATH, on one GPU: docs/recipes.md); the model's size comes from --init",
-                        choices=["nano", "small", "hf"])
     out: str = field("runs/dpo", "output folder: config.json, inputs.json, metrics.jsonl, state.pt, "
                                      "model.pt, samples.txt, summary.json")
     init: str = field("runs/sft/model.pt", "the model to start from (usually the SFT model): a model.pt, or hf:PATH")

@@ -388,7 +388,8 @@ def sequence_logprobs(logits: torch.Tensor, targets: torch.Tensor, *, ignore_ind
     """Sum of log pi(target) over the positions whose target is not `ignore_index` (the response tokens):
     one number per row, log pi(response | prompt). logits (B, T, V), targets (B, T) -> (B,) float32.
 
-    DPO's policy and reference log-probs and the report card's preference accuracy all come from here."""
+    The definition from whole logits; DPO and the preference accuracies take the same sum from model.logprobs
+    (the output layer and the log-prob in one), and the tests check the two agree."""
     mask = targets != ignore_index  # (B, T)
     logp = token_logprobs(logits, targets.masked_fill(~mask, 0), temperature=temperature, impl=impl)  # (B, T)
     return (logp * mask).sum(dim=1)  # (B,)

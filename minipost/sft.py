@@ -56,9 +56,6 @@ from minipost.world import build as build_world
 @dataclass
 class Config(LoRAConfig, RunConfig):
     """Supervised fine-tuning on chat data: loss on the assistant's tokens only. The defaults are the nano preset."""
-    preset: str = field("nano", "schedule: nano (laptop CPU), small (one GPU) or "
-                                 "hf (a Hugging Face model of about 0.5B parameters, --init hf:PATH, on one GPU: docs/recipes.md); the model's size comes from --init",
-                        choices=["nano", "small", "hf"])
     out: str = field("runs/sft", "output folder: config.json, inputs.json, metrics.jsonl, state.pt, "
                                      "model.pt, samples.txt, summary.json")
     init: str = field("runs/pretrain/model.pt", "the base model to fine-tune: a model.pt, or hf:PATH (a Hugging "

@@ -152,6 +152,7 @@ def test_every_trl_preference_form_gives_an_explicit_prompt(tmp_path):
     ({"prompt": "Hi", "completion": " "}, "field 'completion' is empty"),
     ({"prompt": 3, "completion": "Yo"}, "field 'prompt' must be a string or a list of messages"),
     ({"messages": [USER, {**say("Yo"), "train": False}]}, "field 'messages' message 1: key 'train' is minipost's own"),
+    ({"messages": [USER, say("Yo")], "prompt": "x", "completion": 5}, "field 'prompt' beside 'messages'"),
 ])
 def test_an_sft_record_mixing_the_forms_is_one_line(tmp_path, row, message):
     with pytest.raises(InputError, match=message):

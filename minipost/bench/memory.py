@@ -66,8 +66,9 @@ vocabulary, r the LoRA rank; GiB = 2^30 bytes.
                                      from the forward pass to the end of the step; M the trained parameters but the
                                      embedding and the output layer (the embedding is looked up, never cast). LoRA:
                                      the adapters, and the frozen block matrices' copies, which autograd keeps for
-                                     the backward pass (one block's with checkpointing). The output layer's weight is copied once whichever path (the
-                                     cached copy, linear_logprobs' own, or a frozen one's cast), and the fused path
+                                     the backward pass (one block's with checkpointing). The output layer's weight
+                                     is copied once whichever path (the cached copy, linear_logprobs' own, or a
+                                     frozen one's cast), and the fused path
                                      makes each chunk's bf16 product for its gradient, V C 2 more, when it trains.
                                      GRPO's generation holds the same copies of the policy (2 M + 2 V C). Its
                                      logits and activations are still counted at b = 4 (an upper bound: most are

@@ -13,6 +13,7 @@ from minipost.harness.folder import (INPUT_FIELDS, RESUME_IGNORES, check_not_a_r
 from minipost.harness.metrics import MetricsLogger, check_finite, read_metrics
 from minipost.harness.run import Run
 
-__all__ = ["Run", "RunConfig", "logprobs_impl_field", "main", "INPUT_FIELDS", "RESUME_IGNORES", "check_not_a_run", "check_not_held",
-           "config_changes", "check_previous", "file_digest", "hold_folder", "input_digests", "release_folder", "save_state", "start_run",
-           "where_to_continue", "MetricsLogger", "check_finite", "read_metrics"]
+__all__ = ["Run", "RunConfig", "logprobs_impl_field", "main", "INPUT_FIELDS", "RESUME_IGNORES", "check_not_a_run",
+           "check_not_held", "config_changes", "check_previous", "file_digest", "hold_folder", "input_digests",
+           "release_folder", "save_state", "start_run", "where_to_continue", "MetricsLogger", "check_finite",
+           "read_metrics"]

@@ -27,8 +27,9 @@ def logprobs_impl_field():
 @dataclass
 class RunConfig:
     """Where a run writes, what it starts from, how long it runs and how often it logs, evaluates and saves."""
-    preset: str = field("nano", "nano (laptop CPU; the defaults), small (one GPU) or, where the objective has it, "
-                                 "hf (a Hugging Face model of about 0.5B parameters, --init hf:PATH, on one GPU: docs/recipes.md)",
+    preset: str = field("nano", "schedule: nano (laptop CPU; the defaults), small (one GPU) or, where the "
+                                "objective has it, hf (a Hugging Face model of about 0.5B parameters, --init "
+                                "hf:PATH, one GPU: docs/recipes.md); the model's size comes from --init",
                         choices=["nano", "small", "hf"])
     out: str = field("runs/run", "output folder: config.json, inputs.json, metrics.jsonl, state.pt, "
                                      "model.pt, samples.txt, summary.json")
