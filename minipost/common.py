@@ -271,10 +271,16 @@ def parse_config(cls, argv: list[str] | None = None, presets: dict[str, dict] | 
     try:
         return cls(**values)
     except InputError as e:  # a value out of range: one line, exit 2, naming the flags the preset set
-        named = [flag for flag in re.findall(r"--([a-z0-9-]+)", str(e)) if flag.replace("-", "_") not in given
-                 and flag.replace("-", "_") in (presets or {}).get(preset, {}) and flag != "preset"]
-        parser.error(str(e) + (f" ({', '.join('--' + f for f in dict.fromkeys(named))} set by --preset {preset})"
-                               if named else ""))
+        parser.error(with_preset_note(str(e), (presets or {}).get(preset, {}), preset, given))
+
+
+def with_preset_note(message: str, preset_values: dict, preset, given) -> str:
+    """An error message naming flags (--max-new-tokens 256: ...) + which of them the preset set, the user not
+    having given them: "(--max-new-tokens set by --preset hf)"."""
+    named = [flag for flag in re.findall(r"--([a-z0-9-]+)", message) if flag.replace("-", "_") not in given
+             and flag.replace("-", "_") in preset_values and flag != "preset"]
+    return message + (f" ({', '.join('--' + f for f in dict.fromkeys(named))} set by --preset {preset})"
+                      if named else "")
 
 
 def _default(cls, name):

@@ -288,6 +288,9 @@ def tokenize_pairs(enc, rows: list[dict], block_size: int, where: str = "", line
                 fits = f"block_size + 1 = {block_size + 1}" if targets else f"block_size {block_size}"
                 raise InputError(f"{where}:{line}: prompt + {key} is {len(ids)} tokens, more than {fits}")
             pair.append((ids, mask))
+        if pair[0] == pair[1]:  # different records, the same tokens (a key the template does not write)
+            raise InputError(f"{where}:{lines[i] if lines else i + 1}: fields 'chosen' and 'rejected' render to the "
+                             "same tokens: nothing to prefer")
         pairs.append(tuple(pair))
     return pairs
 

@@ -71,6 +71,15 @@ def test_a_bad_value_a_preset_set_says_so_and_the_help_lists_only_the_presets_th
         parse_config(Cfg, ["--help"], {"a": {}, "b": {}})
     assert "--preset {a,b}" in capsys.readouterr().out
 
+    from minipost.harness import main
+
+    def refuse(cfg):  # a check made once the run has its model (the objective's, not the dataclass's)
+        raise InputError(f"--lr {cfg.lr}: too large for this model")
+    for argv, note in ((["--preset", "b"], " (--lr set by --preset b)"), (["--preset", "b", "--lr", "3"], "")):
+        with pytest.raises(SystemExit) as e:
+            main(refuse, Cfg, {"a": {}, "b": {"lr": 3.0}}, argv)
+        assert e.value.code == 2 and capsys.readouterr().err == f"error: --lr 3.0: too large for this model{note}\n"
+
 
 def test_checkpoint_roundtrip_atomic_and_weights_only(tmp_path):
     path = tmp_path / "m.pt"

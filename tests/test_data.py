@@ -179,6 +179,15 @@ def test_a_preference_record_without_what_it_needs_is_one_line(tmp_path, row, me
         load_prefs(write(tmp_path, [{"chosen": "x y", "rejected": "x z"}, row]))  # (line 2)
 
 
+def test_a_pair_whose_answers_render_to_the_same_tokens_is_one_line(tmp_path):
+    from minipost.data import tokenize_pairs
+    from minipost.tokenizer import get_tokenizer
+    row = {"prompt": [USER], "chosen": [say("A")], "rejected": [{**say("A"), "name": "x"}]}  # a key not written
+    path = write(tmp_path, [row])
+    with pytest.raises(InputError, match="data.jsonl:1: fields 'chosen' and 'rejected' render to the same tokens"):
+        tokenize_pairs(get_tokenizer("nano"), load_prefs(path, lines := []), 256, str(path), lines)
+
+
 def test_dpo_refuses_a_mixed_file_before_anything_is_written(tmp_path, capsys):
     from minipost import dpo
     from minipost.checkpoints import model_checkpoint

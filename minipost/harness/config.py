@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from minipost import threads
-from minipost.common import DEVICE_HELP, check_config, check_device, exit_on_input_error, field, parse_config
+from minipost.common import (DEVICE_HELP, InputError, check_config, check_device, exit_on_input_error, field,
+                             parse_config, with_preset_note)
 from minipost.harness.folder import where_to_continue
 from minipost.model import FUSED_VOCAB
 
@@ -61,8 +62,17 @@ def main(train_fn, cls, presets: dict[str, dict] | None = None, argv: list[str] 
     exits 1; Ctrl-C prints where the run's state is and how to continue, and exits 130; anything else is a bug
     and keeps its traceback."""
     cfg = parse_config(cls, argv, presets)
+    given = {a[2:].split("=")[0].replace("-", "_") for a in (sys.argv[1:] if argv is None else argv)
+             if a.startswith("--")}
+
+    def train():  # a refusal of a value the preset set says so, as parse_config's do
+        try:
+            return train_fn(cfg)
+        except InputError as e:
+            preset = getattr(cfg, "preset", None)
+            raise InputError(with_preset_note(str(e), (presets or {}).get(preset, {}), preset, given)) from None
     try:
-        return exit_on_input_error(lambda: train_fn(cfg))
+        return exit_on_input_error(train)
     except KeyboardInterrupt:
         if os.environ.get("RANK", "0") == "0":  # under torchrun rank 0 holds the folder and speaks for every rank
             print(f"\ninterrupted: {where_to_continue(Path(cfg.out))}", file=sys.stderr)
