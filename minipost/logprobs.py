@@ -266,7 +266,8 @@ class _LinearLogprobs(torch.autograd.Function):
                 top1[rows] = x.argmax(dim=1) == targets[rows]
             if impl == "triton":
                 out[rows], row_max[rows], row_logs[rows] = row_stats(x.view(1, *x.shape), targets[rows], temperature)
-                if with_entropy:  # (the softmax's sums once more, in PyTorch: a metric, not the hot path)
+                if with_entropy:  # the softmax's sums once more, in PyTorch: a float32 copy of the chunk and a
+                    # few passes over it, on every RL training pass (time, and no more than backward's peak memory)
                     z = x.float()
                     logs = _stats_(z, targets[rows], temperature)[2]  # (in place: z is now exp(x/T - m))
             else:
