@@ -241,7 +241,7 @@ def update(policy, optimizer, batch_rollout, ref_logps, advantages, cfg: Config,
                                    cfg.beta if cfg.kl_in == "loss" else 0.0, cfg.loss_type,
                                    max_tokens=cfg.max_new_tokens, clip_eps_high=cfg.clip_eps_high or None,
                                    importance_sampling_level=cfg.importance_sampling_level, kl_loss=cfg.kl_loss)
-            info["entropy"] = (entropy * mask[idx]).sum() / mask[idx].sum().clamp(min=1)  # a metric
+            info["entropy"] = masked_mean(entropy, mask[idx])  # a metric, no gradient
             weight = micro_batch_weight(cfg.loss_type, mask[idx], mask, total)
             run.check(loss, "loss")
             (loss * weight).backward()

@@ -237,6 +237,12 @@ def token_logprobs(
 # ---------------------------------------------------------------------------------------------------
 # the output layer and the log-prob in one call: the logits never exist whole
 # ---------------------------------------------------------------------------------------------------
+def autocast_dtype(device: torch.device, default: torch.dtype) -> torch.dtype:
+    """The dtype a matmul on `device` gives here: autocast's where it is on (CUDA training: bf16), else default."""
+    kind = device.type
+    return torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else default
+
+
 # A chunk of C = max(1, LINEAR_CHUNK_ELEMENTS // V) tokens has its logits in memory at a time: 2**24 numbers,
 # 64 MiB in float32 (110 tokens at V = 151,936), enough rows that each chunk's matmuls run at full speed.
 LINEAR_CHUNK_ELEMENTS = 1 << 24
@@ -251,8 +257,7 @@ class _LinearLogprobs(torch.autograd.Function):
     def forward(ctx, hidden, weight, targets, temperature, impl, with_entropy, with_top1):
         N, V = hidden.shape[0], weight.shape[0]
         C = max(1, LINEAR_CHUNK_ELEMENTS // V)
-        kind = hidden.device.type  # the dtype of the logits: autocast's (CUDA training: bf16), else the weight's
-        dt = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else weight.dtype
+        dt = autocast_dtype(hidden.device, weight.dtype)  # the logits' dtype: autocast's, or the weight's
         w = weight.to(dt)  # (V, H) cast once (under autocast: a bf16 copy), not once a chunk
         out, row_max, row_logs = (torch.empty(N, dtype=torch.float32, device=hidden.device) for _ in range(3))
         entropy = torch.empty_like(out) if with_entropy else None

@@ -29,8 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from minipost.logprobs import linear_logprobs, token_entropy, token_logprobs
-
+from minipost.logprobs import autocast_dtype, linear_logprobs, token_entropy, token_logprobs
 
 
 FUSED_VOCAB = 32768  # CausalLM.logprobs(impl="auto") fuses the output layer and the log-prob from this vocabulary
@@ -68,7 +67,8 @@ class KVCache:
     """Keys and values of every layer for the tokens seen so far, plus which slots hold real (non-pad) tokens.
 
     k, v: (L, B, K, S, D) preallocated, K = cfg.kv_heads heads of keys and values (GPT: every query head's; the
-    decoder's grouped-query attention: fewer), D = cfg.head_dim; `length` slots are filled. `valid` (B, S) is False for padding slots.
+    decoder's grouped-query attention: fewer), D = cfg.head_dim; `length` slots are filled. `valid` (B, S) is
+    False for padding slots.
     `next_pos` (B,) is the position id the next token of each row gets (padding does not count).
     """
 
@@ -219,9 +219,7 @@ class CausalLM(nn.Module):
         if cache is not None:
             cache.length += idx.shape[1]  # the T new slots are filled now
         h = self.ln_f(x)  # (B, T, C)
-        w = self.output_weight()  # (V, C)
-        if self.n_tokens is not None:
-            w = w[:self.n_tokens]  # (V', C) the rows that are tokens
+        w = self.output_weight()[:self.n_tokens]  # (V, C): the rows that are tokens (n_tokens None: all)
         if logits_to_keep is None:
             logits = h @ w.T  # (B, T, V)
         else:
@@ -244,7 +242,7 @@ class CausalLM(nn.Module):
         fused = impl == "fused" or (impl == "auto" and self.cfg.vocab_size >= FUSED_VOCAB)
         if fused or k == 0:  # (k = 0: no logits to keep, and linear_logprobs gives (B, 0))
             _, h = self(idx, attention_mask, return_hidden=True, logits_to_keep=0)  # (B, T, C), no logits
-            w = self.output_weight()[:self.n_tokens]  # (V, C)
+            w = self.output_weight()[:self.n_tokens]  # (V, C) the rows that are tokens
             got = linear_logprobs(h[:, h.shape[1] - k:], w, targets, temperature=temperature, entropy=entropy,
                                   top1=top1)
             logp, ent, hits = got if entropy or top1 else (got, None, None)  # (B, k) each
@@ -297,9 +295,8 @@ class CausalLM(nn.Module):
         logps = torch.zeros(B, steps, device=idx.device)
         rows = torch.arange(B, device=idx.device)  # (b,) which row of the batch each cache row is
         live = torch.ones(B, dtype=torch.bool, device=idx.device)  # (b,) cache rows still generating
-        kind = idx.device.type  # under autocast the keys and values are made in its dtype (CUDA: bf16), so kept in it
-        cache = KVCache(self.cfg, B, P + steps, idx.device, torch.get_autocast_dtype(kind)
-                        if torch.is_autocast_enabled(kind) else self.wte.weight.dtype)
+        # the keys and values are kept in the dtype they are made in (under CUDA's autocast: bf16)
+        cache = KVCache(self.cfg, B, P + steps, idx.device, autocast_dtype(idx.device, self.wte.weight.dtype))
         logits = self(idx, attention_mask, cache=cache, logits_to_keep=1)[:, -1]  # (B, V): left padding puts every
         # prompt's last token in the last column
         n = 0  # columns written

@@ -212,7 +212,7 @@ def update(policy, critic, optimizer, critic_optimizer, batch_rollout, ref_logps
                                                         cfg.clip_value)
                 loss = policy_loss + cfg.vf_coef * value_loss  # two separate models: each gets its own term's gradient
                 info = {"loss": loss.detach(), **policy_info, **value_info,
-                        "entropy": (entropy * mask[idx]).sum() / mask[idx].sum().clamp(min=1)}  # a metric
+                        "entropy": masked_mean(entropy, mask[idx])}  # a metric, no gradient
                 weight = mask[idx].sum().item() / mb_tokens  # token means: token share
                 run.check(loss, "loss")
                 (loss * weight).backward()

@@ -209,7 +209,7 @@ def update(policy, optimizer, batch_rollout, ref_logps, advantages, cfg: Config,
             loss, info = reinforce_loss(logps, advantages[idx], mask[idx], ref_logps[idx], kl_beta,
                                         old_logps=None if old_logps is None else old_logps[idx],
                                         clip_eps=cfg.clip_eps, kl_loss=cfg.kl_loss)
-            info["entropy"] = (entropy * mask[idx]).sum() / mask[idx].sum().clamp(min=1)  # a metric
+            info["entropy"] = masked_mean(entropy, mask[idx])  # a metric, no gradient
             weight = len(idx) / rows  # a mean over sequences: weight each micro-batch by its rows
             run.check(loss, "loss")
             (loss * weight).backward()

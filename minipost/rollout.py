@@ -182,6 +182,16 @@ def complete(model, enc, prompts: list[list[int]], max_new_tokens: int, stop_tok
     return [results[i][0] for i in range(len(prompts))], [results[i][1] for i in range(len(prompts))]
 
 
+def scored_sequences(ro: Rollout):
+    """What the training pass reads: prompt + completion minus its last token, the columns that are padding in
+    every row cut -> (ids (N, p+t-1), attention mask (N, p+t-1), p prompt columns, t completion columns)."""
+    p = max(int(ro.prompt_mask.sum(dim=1).max()), 1)  # prompt columns in use (prompts are left-padded)
+    t = max(int(ro.completion_mask.sum(dim=1).max()), 1)  # completion columns in use (completions are right-padded)
+    ids = torch.cat([ro.prompt_ids[:, -p:], ro.completion_ids[:, :t]], dim=1)[:, :-1]  # (N, p+t-1)
+    attn = torch.cat([ro.prompt_mask[:, -p:], ro.completion_mask[:, :t]], dim=1)[:, :-1]  # (N, p+t-1)
+    return ids, attn, p, t
+
+
 def completion_logprobs(model, ro: Rollout, temperature: float = 1.0, impl: str = "auto",
                         return_hidden: bool = False, entropy: bool = False, rows: int | None = None):
     """log pi(y_t | x, y_<t) for every completion token, by one ordinary (differentiable) forward pass.
@@ -199,10 +209,7 @@ def completion_logprobs(model, ro: Rollout, temperature: float = 1.0, impl: str 
     out of attention and positions count real tokens only; see micro_batches for grouping rows by length.
     """
     T = ro.completion_ids.shape[1]
-    p = max(int(ro.prompt_mask.sum(dim=1).max()), 1)  # prompt columns in use (prompts are left-padded)
-    t = max(int(ro.completion_mask.sum(dim=1).max()), 1)  # completion columns in use (completions are right-padded)
-    ids = torch.cat([ro.prompt_ids[:, -p:], ro.completion_ids[:, :t]], dim=1)[:, :-1]  # (N, p+t-1)
-    attn = torch.cat([ro.prompt_mask[:, -p:], ro.completion_mask[:, :t]], dim=1)[:, :-1]  # (N, p+t-1)
+    ids, attn, p, t = scored_sequences(ro)  # (N, p+t-1) each
     targets, n = ro.completion_ids[:, :t], rows or max(len(ids), 1)  # (N, t); rows a pass
     with autocast(ids.device):  # CUDA: bf16 matmuls; the log-probs come out float32
         outs = [model.logprobs(ids[s:s + n], targets[s:s + n], attn[s:s + n], temperature=temperature, impl=impl,
@@ -223,10 +230,7 @@ def completion_values(critic, batch_rollout) -> torch.Tensor:
     padding in every row cut), keeping only the final hidden states: no output layer, no log-softmax.
     """
     T = batch_rollout.completion_ids.shape[1]
-    p = max(int(batch_rollout.prompt_mask.sum(dim=1).max()), 1)  # prompt columns in use (left-padded)
-    t = max(int(batch_rollout.completion_mask.sum(dim=1).max()), 1)  # completion columns in use (right-padded)
-    ids = torch.cat([batch_rollout.prompt_ids[:, -p:], batch_rollout.completion_ids[:, :t]], dim=1)[:, :-1]
-    attn = torch.cat([batch_rollout.prompt_mask[:, -p:], batch_rollout.completion_mask[:, :t]], dim=1)[:, :-1]
+    ids, attn, p, t = scored_sequences(batch_rollout)  # (B, p+t-1) each
     with autocast(ids.device):  # CUDA: bf16 matmuls
         _, hidden = critic(ids, attn, return_hidden=True, logits_to_keep=0)  # (B, p+t-1, C), no logits
         values = critic.values(hidden[:, p - 1:]).float()  # (B, t): the state before completion token 0, 1, ...
@@ -293,11 +297,11 @@ def load_prompts(path, domains: str = "", oversample: str = "", enc=None,
     # alone, a string or messages) get the domain "prompts", which a reward model scores (rm:PATH)
     records = [gsm8k.to_rl_record(r, f"{path}:{n}") if gsm8k.is_gsm8k(r) else r for n, r in zip(lines, records)]
     for lineno, r in zip(lines, records):
-        if "prompt" in r and "domain" not in r and "answer" in r:  # not prompt-only: a checker is wanted
-            raise InputError(f"{path}:{lineno}: field 'domain' missing: a record with an 'answer' names the domain "
-                             "whose checker reads it (TRL's prompt-only rows hold a 'prompt' alone)")
-    records = [{**r, "domain": PROMPT_ONLY} if "prompt" in r and "domain" not in r else r for r in records]
-    for lineno, r in zip(lines, records):
+        if "prompt" in r and "domain" not in r:
+            if "answer" in r:  # not prompt-only: a checker is wanted
+                raise InputError(f"{path}:{lineno}: field 'domain' missing: a record with an 'answer' names the "
+                                 "domain whose checker reads it (TRL's prompt-only rows hold a 'prompt' alone)")
+            r["domain"] = PROMPT_ONLY
         missing = [k for k in ("prompt", "domain") if k not in r]
         if missing:
             raise InputError(f"{path}:{lineno}: missing field(s) {missing}; has {sorted(r)}")

@@ -8,8 +8,8 @@
 """
 from minipost.harness.config import RunConfig, logprobs_impl_field, main
 from minipost.harness.folder import (INPUT_FIELDS, RESUME_IGNORES, check_not_a_run, check_not_held, check_previous,
-                                     config_changes, file_digest, hold_folder, input_digests, release_folder, save_state, start_run,
-                                     where_to_continue)
+                                     config_changes, file_digest, hold_folder, input_digests, release_folder,
+                                     save_state, start_run, where_to_continue)
 from minipost.harness.metrics import MetricsLogger, check_finite, read_metrics
 from minipost.harness.run import Run
 
